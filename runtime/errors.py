@@ -1,0 +1,88 @@
+"""The project's one error tree.
+
+Every failure the runtime signals is an exception from this module; protocol
+libraries' exceptions are mapped into it at the edge (``raise … from exc``).
+The families tell callers what to do next:
+
+* :class:`RetryableError` — try again later (a device or server not ready);
+* :class:`ConfigError` — fix the configuration; retrying will not help;
+* :class:`AuthError` — a person must act (credentials, permissions);
+* :class:`RejectedError` — the receiver refused this request (with a code).
+"""
+
+from __future__ import annotations
+
+
+class CommandpostError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+class RetryableError(CommandpostError):
+    """A transient failure: the same call may succeed later."""
+
+
+class DeviceUnavailableError(RetryableError):
+    """A field device did not answer (connection refused, timeout, offline)."""
+
+
+class StoreUnavailableError(RetryableError):
+    """Redis could not be reached; the operation was not applied."""
+
+
+class MailboxFullError(RetryableError):
+    """An entity's mailbox refused a command; the sender may retry later."""
+
+
+class ProtocolError(CommandpostError):
+    """A peer broke its protocol: malformed frame, wrong shape, bad status."""
+
+
+class MalformedMessageError(ProtocolError):
+    """A payload that is not valid msgpack or not of the expected shape."""
+
+
+class RejectedError(CommandpostError):
+    """The receiver understood the request and refused it.
+
+    ``code`` is the receiver's own reason (a Modbus exception code, an entity's
+    refusal name) so that the operator sees why.
+    """
+
+    def __init__(self, message: str, code: str = "rejected") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnknownEntityError(RejectedError):
+    """A message was addressed to an entity that no host owns."""
+
+    def __init__(self, entity_id: str) -> None:
+        super().__init__(f"unknown entity {entity_id!r}", code="unknown_entity")
+        self.entity_id = entity_id
+
+
+class ExpiredError(RejectedError):
+    """A message or command reached its deadline before it was served."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="expired")
+
+
+class ConfigError(CommandpostError):
+    """Bad configuration: an inventory, a profile, a URL. Not retryable."""
+
+
+class InventoryError(ConfigError):
+    """An inventory file failed validation; ``issues`` holds one line per error."""
+
+    def __init__(self, issues: list[str]) -> None:
+        super().__init__("\n".join(issues))
+        self.issues = issues
+
+
+class AuthError(CommandpostError):
+    """Authentication or authorisation failed: a person has to act."""
+
+
+class EntityCrashedError(CommandpostError):
+    """Raised inside a cell when an entity's callback raised; carries the cause."""
