@@ -1,1 +1,53 @@
-"""commandpost admin_web."""
+"""The admin web of commandpost: JSON API, pages, users and audit.
+
+    users = UserRegistry()
+    creds = create_demo_users(users, municipalities=["dijon", "talant"])
+    write_credentials("credentials.json", creds)
+    server = AdminServer(create_app(StaticBackend(), users), *parse_listen("127.0.0.1:8080"))
+    server.start()
+
+It sees the runtime only through :class:`AdminBackend`.
+"""
+
+from admin_web.app import create_app
+from admin_web.auth import (
+    Role,
+    User,
+    UserRegistry,
+    create_demo_users,
+    hash_password,
+    hash_token,
+    parse_role,
+    verify_password,
+    write_credentials,
+)
+from admin_web.backend import AdminBackend, StaticBackend, SwappableBackend
+from admin_web.guards import current_user, ensure_scope, require, require_login
+from admin_web.http_errors import ApiError
+from admin_web.redact import redact_url, redact_urls
+from admin_web.server import AdminServer, parse_listen
+
+__all__ = [
+    "AdminBackend",
+    "AdminServer",
+    "ApiError",
+    "Role",
+    "StaticBackend",
+    "SwappableBackend",
+    "User",
+    "UserRegistry",
+    "create_app",
+    "create_demo_users",
+    "current_user",
+    "ensure_scope",
+    "hash_password",
+    "hash_token",
+    "parse_listen",
+    "parse_role",
+    "redact_url",
+    "redact_urls",
+    "require",
+    "require_login",
+    "verify_password",
+    "write_credentials",
+]

@@ -1,1 +1,218 @@
-"""CLI placeholder."""
+"""``commandpost``: the command line, and the composition root of the runtime.
+
+Exit codes: 0 success, 1 bad input or failed check, 2 usage error. Errors are
+printed to stderr as one readable line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runtime.errors import CommandpostError, InventoryError
+
+log = logging.getLogger("commandpost")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"commandpost: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """Actor-based control runtime of a metropolitan command post."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- inventory ---------------------------------------------------------------
+@cli.group()
+def inventory() -> None:
+    """Validate or generate inventory files."""
+
+
+@inventory.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def inventory_check(file: str) -> None:
+    """Validate FILE: exit 0, or exit 1 with one line per error."""
+    from runtime.inventory import load_inventory
+
+    try:
+        inv = load_inventory(file)
+    except InventoryError as exc:
+        for issue in exc.issues:
+            click.echo(issue, err=True)
+        sys.exit(1)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(inv.count_by_kind().items()))
+    click.echo(f"{file}: ok — {len(inv.equipment)} entities in "
+               f"{len(inv.municipalities)} municipalities ({counts})")
+
+
+@inventory.command("demo")
+@click.option("--scale", type=click.FloatRange(min=0.0, min_open=True, max=10.0), default=1.0,
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def inventory_demo(scale: float, seed: int) -> None:
+    """Write the demo metropolis as an inventory file to standard output."""
+    from runtime.demo_inventory import generate_demo
+
+    sys.stdout.write(generate_demo(scale=scale, seed=seed))
+
+
+# -- running -----------------------------------------------------------------
+def _wait_for_stop(duration: float | None) -> None:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stop.wait(duration)
+
+
+def _serve(
+    inv: Any, *, admin: str, credentials_file: str | None, redis: str | None,
+    mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
+) -> None:
+    from admin_web import (
+        AdminServer,
+        StaticBackend,
+        SwappableBackend,
+        UserRegistry,
+        create_app,
+        create_demo_users,
+        parse_listen,
+        write_credentials,
+    )
+    from runtime.service import RuntimeBackend, Service, ServiceOptions
+
+    host, port = parse_listen(admin)
+    svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address))
+    users = UserRegistry()
+    creds = create_demo_users(users, [m.slug for m in inv.municipalities])
+    if credentials_file is None:
+        credentials_file = str(Path.cwd() / "commandpost-credentials.json")
+    write_credentials(credentials_file, creds)
+    backend = SwappableBackend(StaticBackend())
+    server = AdminServer(create_app(backend, users), host, port)
+    try:
+        svc.start_servers()
+        server.start()
+        click.echo(f"admin web:   {server.url}/  (API under {server.url}/api/v1)")
+        click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer)")
+        click.echo(f"redis:       {svc.redis_url}   mqtt: {svc.mqtt_url}")
+        t0 = time.monotonic()
+        svc.start_ray()
+        backend.swap(RuntimeBackend(svc))
+        svc.start_tree()
+        click.echo(f"{len(inv.equipment)} entities on {len(svc.plan.hosts)} hosts started "
+                   f"in {time.monotonic() - t0:.1f}s; health: {backend.health()['status']}")
+        if duration is None:
+            click.echo("running; Ctrl-C to stop")
+        _wait_for_stop(duration)
+        click.echo("stopping…")
+    finally:
+        svc.stop()
+        server.stop()
+    click.echo("stopped")
+
+
+@cli.command()
+@click.option("--scale", type=click.FloatRange(min=0.0, min_open=True, max=10.0), default=1.0,
+              show_default=True, help="fraction of the Dijon-scale metropolis")
+@click.option("--duration", type=click.FloatRange(min=0.0), default=None,
+              help="stop cleanly after this many seconds")
+@click.option("--admin", default="127.0.0.1:8080", show_default=True, help="HOST:PORT")
+@click.option("--credentials-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(scale: float, duration: float | None, admin: str, credentials_file: str | None,
+         seed: int) -> None:
+    """The whole simulated metropolis with embedded Redis, broker and admin web."""
+    from runtime.demo_inventory import generate_demo
+    from runtime.inventory import parse_inventory
+
+    inv = parse_inventory(generate_demo(scale=scale, seed=seed), f"<demo scale {scale}>")
+    _serve(inv, admin=admin, credentials_file=credentials_file, redis=None, mqtt=None,
+           ray_address=None, duration=duration, demo=True)
+
+
+@cli.command()
+@click.option("--inventory", "inventory_file", required=True,
+              type=click.Path(dir_okay=False))
+@click.option("--ray-address", default=None, help="an existing Ray cluster (ray://… or host:port)")
+@click.option("--redis", default=None, help="redis://… (default: an embedded server)")
+@click.option("--mqtt", default=None, help="mqtt://… (default: an embedded broker)")
+@click.option("--admin", default="127.0.0.1:8080", show_default=True, help="HOST:PORT")
+@click.option("--credentials-file", type=click.Path(dir_okay=False), default=None)
+def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: str | None,
+        admin: str, credentials_file: str | None) -> None:
+    """The production service on a real inventory, until SIGTERM/SIGINT."""
+    from runtime.inventory import load_inventory
+
+    try:
+        inv = load_inventory(inventory_file)
+    except InventoryError as exc:
+        for issue in exc.issues:
+            click.echo(issue, err=True)
+        sys.exit(1)
+    _serve(inv, admin=admin, credentials_file=credentials_file, redis=redis, mqtt=mqtt,
+           ray_address=ray_address, duration=None, demo=False)
+
+
+# -- benchmarks --------------------------------------------------------------
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print only the JSON line")
+@click.option("--scale", type=float, default=1.0, show_default=True)
+@click.option("--kills", type=int, default=5, show_default=True, help="recovery: kills to time")
+def bench(name: str, as_json: bool, scale: float, kills: int) -> None:
+    """Run benchmark NAME (startup, recovery); the last line is its JSON figures."""
+    from runtime import bench as benches
+
+    runners: dict[str, Callable[..., dict[str, Any]]] = {
+        "startup": benches.startup,
+        "recovery": benches.recovery,
+    }
+    runner = runners.get(name)
+    if runner is None:
+        _fail(f"unknown benchmark {name!r} (known: {', '.join(sorted(runners))})", 2)
+        return
+    say: Callable[[str], None] = (lambda s: None) if as_json else click.echo
+    result = runner(scale=scale, kills=kills, say=say)
+    click.echo(json.dumps(result))
+
+
+def main() -> None:
+    """Console entry point: errors become one line on stderr and exit 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted")
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except InventoryError as exc:
+        for issue in exc.issues:
+            click.echo(issue, err=True)
+        sys.exit(1)
+    except CommandpostError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+
+
+if __name__ == "__main__":
+    main()

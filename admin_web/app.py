@@ -1,0 +1,89 @@
+"""The admin web application: JSON API, pages, auth, audit.
+
+Built once by the composition root and served by :class:`AdminServer`::
+
+    users = UserRegistry()
+    creds = create_demo_users(users)
+    app = create_app(StaticBackend(), users)
+    server = AdminServer(app, port=8080)
+    server.start()
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Final
+
+from flask import Flask, Response, g, request
+
+from admin_web.api import api
+from admin_web.auth import User, UserRegistry
+from admin_web.backend import AdminBackend
+from admin_web.context import Services, install
+from admin_web.guards import CSRF_FIELD, csrf_token
+from admin_web.http_errors import install_error_handlers
+from admin_web.pages import pages
+
+audit: Final = logging.getLogger("commandpost.audit")
+
+MUTATING_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY_BYTES: Final = 1024 * 1024
+
+# No inline script or style anywhere, so the policy can be this strict.
+_SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def create_app(
+    backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None
+) -> Flask:
+    """Build the admin web on ``backend`` (the runtime's read model) and ``users``.
+
+    ``secret_key`` signs the session cookies; when None a random one is drawn,
+    so sessions end with the process.
+    """
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secret_key if secret_key is not None else secrets.token_bytes(32),
+        SESSION_COOKIE_NAME="commandpost_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
+    install(app, Services(backend=backend, users=users))
+    install_error_handlers(app)
+    app.register_blueprint(api)
+    app.register_blueprint(pages)
+    app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD)
+    app.after_request(_secure_headers)
+    app.after_request(_audit)
+    return app
+
+
+def _secure_headers(response: Response) -> Response:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.endpoint != "static":
+        # Answers depend on who asks: no shared or browser cache may keep them.
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _audit(response: Response) -> Response:
+    if request.method in MUTATING_METHODS:
+        user = g.get("user")
+        if isinstance(user, User):
+            audit.info(
+                "user=%s role=%s method=%s path=%r status=%d",
+                user.name,
+                user.role,
+                request.method,
+                request.path,
+                response.status_code,
+            )
+    return response

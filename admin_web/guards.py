@@ -1,0 +1,167 @@
+"""Who is calling, and may he: bearer tokens for the API, a login session for pages.
+
+    @api.get("/tree")
+    @require(Role.VIEWER)
+    def tree() -> ResponseReturnValue: ...
+
+    @pages.get("/")
+    @require_login(Role.VIEWER)
+    def index() -> ResponseReturnValue: ...
+
+The authenticated :class:`User` of a request is ``current_user()``; a view
+acting on one municipality checks the operator's scope with
+:func:`ensure_scope`. Pages posting forms carry the session's CSRF token
+(:func:`csrf_token` in the template, :func:`check_csrf` in the view); the API
+needs none because it never reads the session cookie.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import secrets
+from collections.abc import Callable
+from typing import Final, ParamSpec
+
+from flask import abort, g, redirect, request, session, url_for
+from flask.typing import ResponseReturnValue
+
+from admin_web.auth import Role, User
+from admin_web.context import services
+from admin_web.http_errors import ApiError
+from runtime.errors import AuthError
+
+P = ParamSpec("P")
+View = Callable[P, ResponseReturnValue]
+
+SESSION_USER: Final = "user"
+SESSION_CSRF: Final = "csrf"
+CSRF_FIELD: Final = "csrf_token"
+
+_BEARER_CHALLENGE: Final = 'Bearer realm="commandpost"'
+_INVALID_TOKEN_CHALLENGE: Final = 'Bearer realm="commandpost", error="invalid_token"'
+
+
+def current_user() -> User:
+    """The user authenticated for this request; raises :class:`AuthError` if none."""
+    user = g.get("user")
+    if not isinstance(user, User):
+        raise AuthError("not authenticated")
+    return user
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate_bearer() -> User:
+    """The user of the request's bearer token, remembered as :func:`current_user`.
+
+    Raises :class:`ApiError` 401 (with ``WWW-Authenticate: Bearer``) when the
+    token is missing or unknown.
+    """
+    token = _bearer_token()
+    if token is None:
+        raise ApiError(
+            401, "authentication required", headers={"WWW-Authenticate": _BEARER_CHALLENGE}
+        )
+    try:
+        user = services().users.by_token(token)
+    except AuthError:
+        raise ApiError(
+            401, "invalid token", headers={"WWW-Authenticate": _INVALID_TOKEN_CHALLENGE}
+        ) from None
+    g.user = user
+    return user
+
+
+def require(role: Role) -> Callable[[View[P]], View[P]]:
+    """Decorate an API view: bearer token required (401), ``role`` or above (403)."""
+
+    def decorate(view: View[P]) -> View[P]:
+        @functools.wraps(view)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+            user = authenticate_bearer()
+            if not user.can(role):
+                raise ApiError(403, f"requires the {role} role")
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
+def ensure_scope(role: Role, municipality: str) -> None:
+    """Refuse (403) unless the current user holds ``role`` within ``municipality``."""
+    if not current_user().can(role, municipality):
+        raise ApiError(403, f"not allowed in municipality {municipality}", field="municipality")
+
+
+def session_user() -> User | None:
+    """The user logged in through the session cookie, remembered as :func:`current_user`.
+
+    None when nobody is logged in (or the user has been removed since).
+    """
+    name = session.get(SESSION_USER)
+    if not isinstance(name, str):
+        return None
+    try:
+        user = services().users.get(name)
+    except AuthError:
+        session.clear()
+        return None
+    g.user = user
+    return user
+
+
+def require_login(role: Role = Role.VIEWER) -> Callable[[View[P]], View[P]]:
+    """Decorate a page: login required (redirect to the form), ``role`` or above (403)."""
+
+    def decorate(view: View[P]) -> View[P]:
+        @functools.wraps(view)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+            user = session_user()
+            if user is None:
+                return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
+            if not user.can(role):
+                abort(403, f"this page requires the {role} role")
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
+def csrf_token() -> str:
+    """The session's CSRF token, created on first use; put it in every form."""
+    token = session.get(SESSION_CSRF)
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session[SESSION_CSRF] = token
+    return token
+
+
+def new_csrf_token() -> str:
+    """Replace the session's CSRF token (at login, with the new session)."""
+    token = secrets.token_urlsafe(32)
+    session[SESSION_CSRF] = token
+    return token
+
+
+def csrf_valid() -> bool:
+    """Whether the posted form carries the session's CSRF token."""
+    expected = session.get(SESSION_CSRF)
+    posted = request.form.get(CSRF_FIELD, "")
+    if not isinstance(expected, str) or not posted:
+        return False
+    return hmac.compare_digest(expected.encode(), posted.encode())
+
+
+def check_csrf() -> None:
+    """Refuse (400) a form post without the session's CSRF token."""
+    if not csrf_valid():
+        abort(400, "the form has expired; reload the page and try again")

@@ -1,0 +1,91 @@
+"""Server-rendered pages: login, logout and the overview."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
+
+from admin_web.auth import Role
+from admin_web.context import services
+from admin_web.guards import (
+    SESSION_USER,
+    check_csrf,
+    csrf_valid,
+    new_csrf_token,
+    require_login,
+    session_user,
+)
+from runtime.errors import AuthError
+
+audit: Final = logging.getLogger("commandpost.audit")
+
+pages = Blueprint("pages", __name__)
+
+# Longer form values are refused before hashing anything.
+_MAX_FIELD: Final = 1024
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path on this site: "//host" or "/\host" would send the user away.
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return url_for("pages.index")
+    return target
+
+
+def _login_form(error: str | None, status: int) -> ResponseReturnValue:
+    return render_template(
+        "login.html",
+        error=error,
+        name=request.form.get("name", "")[:64],
+        next=_safe_next(request.values.get("next")),
+    ), status
+
+
+@pages.get("/login")
+def login() -> ResponseReturnValue:
+    """The login form (or straight on when already logged in)."""
+    if session_user() is not None:
+        return redirect(_safe_next(request.args.get("next")))
+    return _login_form(None, 200)
+
+
+@pages.post("/login")
+def login_submit() -> ResponseReturnValue:
+    """Check the form; on success start a fresh session and go on to ``next``."""
+    if not csrf_valid():
+        return _login_form("The form had expired; please try again.", 400)
+    name = request.form.get("name", "")
+    password = request.form.get("password", "")
+    try:
+        if len(name) > _MAX_FIELD or len(password) > _MAX_FIELD:
+            raise AuthError("field too long")
+        user = services().users.check_password(name, password)
+    except AuthError:
+        audit.warning("login refused name=%r from=%s", name[:64], request.remote_addr)
+        return _login_form("Wrong name or password.", 401)
+    # A new session at login, so a session cookie planted before it is useless.
+    session.clear()
+    session[SESSION_USER] = user.name
+    new_csrf_token()
+    g.user = user
+    return redirect(_safe_next(request.form.get("next")))
+
+
+@pages.post("/logout")
+def logout() -> ResponseReturnValue:
+    """End the session."""
+    if session_user() is not None:
+        check_csrf()
+    session.clear()
+    return redirect(url_for("pages.login"))
+
+
+@pages.get("/")
+@require_login(Role.VIEWER)
+def index() -> ResponseReturnValue:
+    """Health and the supervision tree."""
+    backend = services().backend
+    return render_template("index.html", health=backend.health(), tree=backend.tree())

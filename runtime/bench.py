@@ -1,0 +1,237 @@
+"""Benchmarks behind ``commandpost bench NAME``: honest figures, one JSON line.
+
+Each function returns the figures; the CLI prints them as the last line.
+Timings on a shared 2-core machine are noisy: compare within one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray
+
+from runtime.commands import Command, CommandStatus, new_command_id
+from runtime.demo_inventory import generate_demo
+from runtime.embedded import EmbeddedRedis
+from runtime.entity import Checkpoint
+from runtime.envelope import pack
+from runtime.inventory import parse_inventory
+from runtime.procmem import pss_mb, ray_pids, tree_pids
+from runtime.store import RedisStore, SyncStore
+from supervisors.tree import TreeConfig
+
+Say = Callable[[str], None]
+
+SEED_VERSION = 7
+
+
+def machine() -> str:
+    return f"{platform.node()} {os.cpu_count()} cpu {psutil.virtual_memory().total >> 30} GiB"
+
+
+def runtime_memory_mb() -> float:
+    """PSS of every process of the runtime: this one, its children, all of Ray's."""
+    pids = set(tree_pids(os.getpid())) | set(ray_pids())
+    return pss_mb(pids)
+
+
+def _seed_checkpoints(data_dir: Path, ids: list[str], say: Say) -> float:
+    t0 = time.monotonic()
+    blobs = {
+        eid: pack(Checkpoint(state={"seeded": True}, twin={"reported": {}, "desired": {}},
+                             version=SEED_VERSION).to_dict())
+        for eid in ids
+    }
+
+    async def write(url: str) -> None:
+        store = RedisStore(url)
+        await store.connect()
+        try:
+            await store.save_checkpoints(blobs)
+        finally:
+            await store.close()
+
+    with EmbeddedRedis(data_dir / "redis") as redis:
+        asyncio.run(write(redis.url))
+    say(f"seeded {len(ids)} checkpoints in {time.monotonic() - t0:.2f}s")
+    return time.monotonic() - t0
+
+
+def startup(*, scale: float = 1.0, say: Say = print, **_: Any) -> dict[str, Any]:
+    """From nothing running to every entity answering a ping with its saved state."""
+    from runtime.service import Service, ServiceOptions
+
+    import_s = time.time() - psutil.Process().create_time()
+    inv = parse_inventory(generate_demo(scale=scale), "<demo>")
+    ids = [eq.id for eq in inv.equipment]
+    with tempfile.TemporaryDirectory(prefix="cp-bench-") as tmp:
+        data = Path(tmp)
+        _seed_checkpoints(data, ids, say)
+        t0 = time.monotonic()
+        svc = Service(inv, ServiceOptions(data_dir=data, spares=0))
+        try:
+            svc.start_servers()
+            t_servers = time.monotonic()
+            svc.start_ray()
+            t_ray = time.monotonic()
+            svc.start_tree()
+            t_tree = time.monotonic()
+            answered, min_version = 0, -1
+            for h in svc.plan.hosts:
+                r = ray.get(svc.host_handle(h.host_id).ping_entities.remote(), timeout=60)
+                answered += r["answered"]
+                min_version = r["min_version"] if min_version < 0 else min(min_version,
+                                                                           r["min_version"])
+            t_ready = time.monotonic()
+            mem = runtime_memory_mb()
+            say(f"servers {t_servers - t0:.2f}s, ray.init {t_ray - t_servers:.2f}s, "
+                f"tree {t_tree - t_ray:.2f}s, pings {t_ready - t_tree:.2f}s; "
+                f"{answered}/{len(ids)} answered, min version {min_version}; "
+                f"{len(svc.plan.hosts)} hosts; machine {machine()}")
+        finally:
+            svc.stop()
+    return {
+        "scale": scale, "entities": len(ids), "answered": answered,
+        "state_loaded": min_version >= SEED_VERSION,
+        "startup_s": round(import_s + (t_ready - t0), 2), "memory_mb": round(mem, 1),
+        "hosts": len(svc.plan.hosts), "import_s": round(import_s, 2),
+        "machine": machine(),
+    }
+
+
+def _wait_acked(store: SyncStore, ids: list[str], timeout: float = 60.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    pending = set(ids)
+    statuses: dict[str, str] = {}
+    while pending and time.monotonic() < deadline:
+        for cid in list(pending):
+            st = store.get_command(cid).status
+            if st in (CommandStatus.ACKED, CommandStatus.FAILED, CommandStatus.EXPIRED,
+                      CommandStatus.SUPERSEDED):
+                statuses[cid] = str(st)
+                pending.discard(cid)
+        if pending:
+            time.sleep(0.05)
+    for cid in pending:
+        statuses[cid] = "timeout"
+    return statuses
+
+
+def recovery(*, scale: float = 1.0, kills: int = 5, say: Say = print,
+             **_: Any) -> dict[str, Any]:
+    """kill -9 the biggest host K times; time detection and full recovery; check state."""
+    from runtime.service import Service, ServiceOptions
+
+    inv = parse_inventory(generate_demo(scale=scale), "<demo>")
+    svc = Service(inv, ServiceOptions())
+    rng = random.Random(1)
+    detect: list[float] = []
+    recover: list[float] = []
+    state_lost = 0
+    try:
+        svc.start_servers()
+        svc.start_ray()
+        svc.start_tree()
+        assert svc.store is not None
+        target = max(svc.plan.hosts, key=lambda h: len(h.entity_ids))
+        kinds = {eq.id: eq.kind for eq in inv.equipment}
+        field = {"lighting_circuit": ("dim", lambda: float(rng.randint(0, 100))),
+                 "crossroad": ("plan", lambda: rng.randint(1, 32)),
+                 "camera": ("preset", lambda: rng.randint(0, 255)),
+                 "vehicle": ("message", lambda: f"m{rng.randint(0, 10**6)}"),
+                 "building": ("mode", lambda: rng.choice(["occupied", "unoccupied"])),
+                 "access_terminal": ("bollard", lambda: rng.choice(["up", "down"]))}
+        spacing = TreeConfig().domain.max_seconds + 1.0
+        say(f"target {target.host_id} with {len(target.entity_ids)} entities; "
+            f"kills spaced {spacing:.0f}s; machine {machine()}")
+        for k in range(kills):
+            expected: dict[str, tuple[str, Any]] = {}
+            cids = []
+            for eid in target.entity_ids:
+                name, make = field[kinds[eid]]
+                value = make()
+                cmd = Command(command_id=new_command_id(), target=eid, action="set",
+                              params={name: value}, caller="bench")
+                svc.store.submit_command(cmd)
+                cids.append(cmd.command_id)
+                expected[eid] = (name, value)
+            statuses = _wait_acked(svc.store, cids)
+            not_acked = [c for c, s in statuses.items() if s != "acked"]
+            if not_acked:
+                say(f"kill {k}: {len(not_acked)} commands not acked: "
+                    f"{sorted(set(statuses.values()))}")
+            tree = svc.tree()
+            host = _find(tree, target.host_id)
+            pid = int(host["pid"])
+            t_kill = time.time()
+            os.kill(pid, 9)
+            detected = None
+            recovered = None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if detected is None:
+                    for ev in ray.get(svc.root.recent_events.remote()):
+                        if (ev["entity"] == target.host_id and ev["event"] == "supervisor_exit"
+                                and ev["ts"] >= t_kill):
+                            detected = ev["ts"] - t_kill
+                try:
+                    handle = svc.host_handle(target.host_id)
+                    r = ray.get(handle.ping_entities.remote(timeout=2.0), timeout=5)
+                    if r["answered"] == len(target.entity_ids) and \
+                            _find(svc.tree(), target.host_id)["pid"] != pid:
+                        recovered = time.time() - t_kill
+                        break
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
+                        ValueError, KeyError):
+                    pass
+                time.sleep(0.01)
+            if recovered is None:
+                say(f"kill {k}: host did not recover within 60 s")
+                state_lost += len(target.entity_ids)
+                continue
+            snap = ray.get(svc.host_handle(target.host_id).snapshot.remote(), timeout=30)
+            lost = 0
+            for eid, (name, value) in expected.items():
+                cp = snap.get(eid) or {}
+                if (cp.get("twin") or {}).get("desired", {}).get(name) != value:
+                    lost += 1
+            state_lost += lost
+            recover.append(recovered)
+            if detected is not None:
+                detect.append(detected)
+            say(f"kill {k}: pid {pid} detected {detected if detected is None else round(detected, 3)}s, "
+                f"recovered {recovered:.3f}s, state lost {lost}")
+            if k < kills - 1:
+                time.sleep(spacing)
+    finally:
+        svc.stop()
+    return {
+        "kills": len(recover),
+        "detect_p50_s": round(statistics.median(detect), 3) if detect else None,
+        "recovery_p50_s": round(statistics.median(recover), 3) if recover else None,
+        "recovery_max_s": round(max(recover), 3) if recover else None,
+        "state_lost": state_lost,
+        "entities_per_kill": len(target.entity_ids),
+        "machine": machine(),
+    }
+
+
+def _find(tree: dict[str, Any], node_id: str) -> dict[str, Any]:
+    if tree.get("id") == node_id:
+        return tree
+    for c in tree.get("children", []):
+        try:
+            return _find(c, node_id)
+        except KeyError:
+            continue
+    raise KeyError(node_id)

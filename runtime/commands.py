@@ -1,0 +1,216 @@
+"""The command vocabulary: what an operator (or a plan) asks a piece of equipment to do.
+
+A command is journaled before anything acts on it, then moves forward through
+its lifecycle and never back::
+
+    queued ──► sent ──► acked | failed | expired
+       └─────► acked | failed | expired | superseded
+
+``superseded`` means a newer setpoint for the same target replaced the command
+before it was sent. This module does no I/O; :mod:`runtime.store` persists
+commands as Redis hashes through :meth:`Command.to_fields` and
+:meth:`Command.from_fields`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.envelope import pack, unpack
+from runtime.errors import MalformedMessageError, RejectedError
+
+__all__ = [
+    "TERMINAL",
+    "TRANSITIONS",
+    "Command",
+    "CommandStatus",
+    "can_move",
+    "new_command_id",
+]
+
+
+class CommandStatus(enum.StrEnum):
+    """Where a command is in its lifecycle."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    ACKED = "acked"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
+
+
+TERMINAL: frozenset[CommandStatus] = frozenset(
+    {CommandStatus.ACKED, CommandStatus.FAILED, CommandStatus.EXPIRED, CommandStatus.SUPERSEDED}
+)
+
+# The one definition of the lifecycle: the store's Lua script is generated from it.
+TRANSITIONS: Mapping[CommandStatus, frozenset[CommandStatus]] = {
+    CommandStatus.QUEUED: frozenset(
+        {
+            CommandStatus.SENT,
+            CommandStatus.ACKED,
+            CommandStatus.FAILED,
+            CommandStatus.EXPIRED,
+            CommandStatus.SUPERSEDED,
+        }
+    ),
+    CommandStatus.SENT: frozenset(
+        {CommandStatus.ACKED, CommandStatus.FAILED, CommandStatus.EXPIRED}
+    ),
+    **{status: frozenset() for status in TERMINAL},
+}
+
+
+def can_move(old: CommandStatus, new: CommandStatus) -> bool:
+    """Whether a command in ``old`` may move to ``new`` (never back, never to itself)."""
+    return new in TRANSITIONS.get(old, frozenset())
+
+
+def new_command_id() -> str:
+    """A fresh command id that sorts by creation time (millisecond hex + random suffix)."""
+    return f"c-{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
+
+
+_REQUIRED = ("command_id", "target", "action", "caller")
+_FLOATS = ("created_ts", "deadline_ts", "updated_ts")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command to one target entity, as journaled.
+
+    ``deadline_ts`` is wall-clock seconds since the epoch (0 means none);
+    ``idempotency_key`` is scoped to ``(caller, target)``; ``params`` must be
+    msgpack-encodable and is copied, so the caller's mapping may change later
+    without touching the command.
+    """
+
+    command_id: str
+    target: str
+    action: str
+    params: Mapping[str, Any]
+    caller: str
+    status: CommandStatus = CommandStatus.QUEUED
+    created_ts: float = 0.0
+    deadline_ts: float = 0.0
+    updated_ts: float = 0.0
+    error: str = ""
+    idempotency_key: str = ""
+
+    def __post_init__(self) -> None:
+        for name in _REQUIRED:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise RejectedError(f"command {name} must be a non-empty string",
+                                    code="bad_command")
+        if not isinstance(self.params, Mapping):
+            raise RejectedError("command params must be a mapping", code="bad_command")
+        if not all(isinstance(k, str) for k in self.params):
+            raise RejectedError("command params keys must be strings", code="bad_command")
+        try:
+            status = CommandStatus(self.status)
+        except ValueError as exc:
+            raise RejectedError(f"unknown command status {self.status!r}",
+                                code="bad_command") from exc
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RejectedError(f"command {name} must be a number", code="bad_command")
+            if not math.isfinite(value) or value < 0:
+                raise RejectedError(f"command {name} must be finite and >= 0",
+                                    code="bad_command")
+            object.__setattr__(self, name, float(value))
+        for name in ("error", "idempotency_key"):
+            if not isinstance(getattr(self, name), str):
+                raise RejectedError(f"command {name} must be a string", code="bad_command")
+        params = dict(self.params)
+        try:
+            pack(params)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise RejectedError(f"command params are not encodable: {exc}",
+                                code="bad_command") from exc
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "status", status)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the command can no longer move."""
+        return self.status in TERMINAL
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        """The command as Redis hash fields (params msgpack-encoded, numbers as text)."""
+        return {
+            "command_id": self.command_id,
+            "target": self.target,
+            "action": self.action,
+            "params": pack(dict(self.params)),
+            "caller": self.caller,
+            "status": self.status.value,
+            "created_ts": repr(self.created_ts),
+            "deadline_ts": repr(self.deadline_ts),
+            "updated_ts": repr(self.updated_ts),
+            "error": self.error,
+            "idempotency_key": self.idempotency_key,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> Command:
+        """Rebuild a command from hash fields (str or bytes keys and values).
+
+        Optional fields may be missing (older records); a record that cannot be
+        a command raises :class:`MalformedMessageError`.
+        """
+        text: dict[str, str] = {}
+        params_raw: bytes = b""
+        for raw_key, raw_value in fields.items():
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            if key == "params":
+                params_raw = raw_value if isinstance(raw_value, bytes) else raw_value.encode()
+                continue
+            try:
+                text[key] = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+            except UnicodeDecodeError as exc:
+                raise MalformedMessageError(f"command field {key} is not UTF-8") from exc
+        params: Any = unpack(params_raw) if params_raw else {}
+        if not isinstance(params, dict):
+            raise MalformedMessageError("stored command params are not a mapping")
+        try:
+            numbers = {name: float(text.get(name) or 0.0) for name in _FLOATS}
+        except ValueError as exc:
+            raise MalformedMessageError(f"stored command has a bad timestamp: {exc}") from exc
+        try:
+            return cls(
+                command_id=text.get("command_id", ""),
+                target=text.get("target", ""),
+                action=text.get("action", ""),
+                params=params,
+                caller=text.get("caller", ""),
+                status=CommandStatus(text.get("status") or CommandStatus.QUEUED.value),
+                error=text.get("error", ""),
+                idempotency_key=text.get("idempotency_key", ""),
+                **numbers,
+            )
+        except (RejectedError, ValueError) as exc:
+            raise MalformedMessageError(f"stored record is not a command: {exc}") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        """The command as the HTTP API shows it."""
+        return {
+            "command_id": self.command_id,
+            "target": self.target,
+            "action": self.action,
+            "params": dict(self.params),
+            "caller": self.caller,
+            "status": self.status.value,
+            "created_ts": self.created_ts,
+            "deadline_ts": self.deadline_ts,
+            "updated_ts": self.updated_ts,
+            "error": self.error,
+        }

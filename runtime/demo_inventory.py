@@ -1,0 +1,309 @@
+"""The demo metropolis: Dijon Métropole's equipment, generated deterministically.
+
+>>> from runtime.demo_inventory import build_demo, generate_demo
+>>> build_demo(scale=1.0).count_by_kind()["crossroad"]
+113
+>>> text = generate_demo(scale=0.1, seed=7)   # TOML, as `commandpost inventory demo` writes it
+
+At scale 1.0 the counts are those of the reference city (see
+:data:`BASE_COUNTS`); other scales multiply each count and round half up,
+keeping at least one of each kind when ``scale > 0``. Equipment is spread over
+the 23 municipalities in proportion to population (largest remainder) and
+jittered around each centroid. The same ``(scale, seed)`` always gives the
+same text.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+from runtime.errors import ConfigError
+from runtime.inventory import (
+    Equipment,
+    Inventory,
+    Municipality,
+    PlacementPolicy,
+    dump_inventory,
+    slugify,
+)
+
+__all__ = [
+    "BASE_COUNTS",
+    "BUS_LINES",
+    "MAX_SCALE",
+    "SERVICE_ROLES",
+    "DemoCounts",
+    "build_demo",
+    "demo_counts",
+    "generate_demo",
+    "municipalities",
+]
+
+METROPOLIS_NAME: Final = "Dijon Métropole"
+
+#: Reference figures of the metropolis at scale 1.0.
+BASE_COUNTS: Final = {
+    "crossroad": 113,
+    "lighting_circuit": 1134,
+    "lamp_points": 34_000,
+    "building": 180,
+    "camera": 269,
+    "bus": 180,
+    "service_vehicle": 205,
+    "radio": 130,
+    "access_terminal": 26,
+}
+
+#: Above this, access-terminal unit ids would pass Modbus's 247 on their one
+#: simulator port and lighting ports would run into the access terminals' port.
+MAX_SCALE: Final = 9.0
+
+BUS_LINES: Final = ("L1", "L2", "L3", "L4", "L5", "L6", "B10", "B11", "B12", "B13", "B14", "B15")
+SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance")
+POINTS_PER_CIRCUIT: Final = (25, 35)
+
+_PLACEMENT: Final = PlacementPolicy(
+    default="sharded",
+    shards={"traffic": 1, "lighting": 3, "buildings": 1, "video": 1, "fleet": 1, "access": 1},
+)
+_KM_PER_DEGREE: Final = 111.32
+# Jitter radius: ~0.6 km for a small town, ~1.5 km for Dijon; clipped at 3 sigma (4.5 km
+# at most), far inside the inventory's 50 km check.
+_SIGMA_KM: Final = (0.6, 1.5)
+_CLIP_SIGMAS: Final = 3.0
+_DECIMALS: Final = 6
+
+
+@functools.cache
+def municipalities() -> tuple[Municipality, ...]:
+    """The 23 municipalities of the packaged ``data/municipalities.csv``, slugged, in file order."""
+    text = resources.files("runtime").joinpath("data/municipalities.csv").read_text("utf-8")
+    out: list[Municipality] = []
+    for row in csv.DictReader(io.StringIO(text)):
+        out.append(
+            Municipality(
+                slug=slugify(row["name"]),
+                name=row["name"],
+                lat=float(row["lat"]),
+                lon=float(row["lon"]),
+                population=int(row["population"]),
+            )
+        )
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoCounts:
+    """How much of each thing the demo has at one scale."""
+
+    crossroad: int
+    lighting_circuit: int
+    lamp_points: int
+    building: int
+    camera: int
+    buses: int
+    service_vehicles: int
+    radios: int
+    access_terminal: int
+
+    @property
+    def vehicle(self) -> int:
+        """Buses and service vehicles together (both are of kind ``vehicle``)."""
+        return self.buses + self.service_vehicles
+
+    def by_kind(self) -> dict[str, int]:
+        """Entity count per inventory kind."""
+        return {
+            "crossroad": self.crossroad,
+            "lighting_circuit": self.lighting_circuit,
+            "building": self.building,
+            "camera": self.camera,
+            "vehicle": self.vehicle,
+            "access_terminal": self.access_terminal,
+        }
+
+
+def _check_scale(scale: float) -> None:
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ConfigError(f"demo scale must be a finite number, got {scale!r}")
+    if not 0 <= scale <= MAX_SCALE:
+        raise ConfigError(f"demo scale {scale:g} outside [0, {MAX_SCALE:g}]")
+
+
+def _scaled(base: int, scale: float) -> int:
+    if scale == 0:
+        return 0
+    # Round the product first so that float noise (205 * 0.1 = 20.500000000000004) cannot
+    # decide a half-up rounding.
+    return max(1, math.floor(round(base * scale, 9) + 0.5))
+
+
+def demo_counts(scale: float = 1.0) -> DemoCounts:
+    """The demo's counts at ``scale`` (0 to :data:`MAX_SCALE`)."""
+    _check_scale(scale)
+    circuits = _scaled(BASE_COUNTS["lighting_circuit"], scale)
+    lo, hi = POINTS_PER_CIRCUIT
+    # Only at scales below ~0.0013 can the rounded totals leave a circuit outside 25-35 points.
+    points = min(max(_scaled(BASE_COUNTS["lamp_points"], scale), lo * circuits), hi * circuits)
+    service = _scaled(BASE_COUNTS["service_vehicle"], scale)
+    return DemoCounts(
+        crossroad=_scaled(BASE_COUNTS["crossroad"], scale),
+        lighting_circuit=circuits,
+        lamp_points=points,
+        building=_scaled(BASE_COUNTS["building"], scale),
+        camera=_scaled(BASE_COUNTS["camera"], scale),
+        buses=_scaled(BASE_COUNTS["bus"], scale),
+        service_vehicles=service,
+        radios=min(service, _scaled(BASE_COUNTS["radio"], scale)),
+        access_terminal=_scaled(BASE_COUNTS["access_terminal"], scale),
+    )
+
+
+def _apportion(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` in proportion to ``weights`` by largest remainder, in exact integers."""
+    whole = sum(weights)
+    shares = [total * w // whole for w in weights]
+    remainders = [total * w % whole for w in weights]
+    # Ties go to the larger weight, then to the earlier entry: never to dict or hash order.
+    order = sorted(range(len(weights)), key=lambda i: (-remainders[i], -weights[i], i))
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def _sigma_km(population: int) -> float:
+    lo, hi = _SIGMA_KM
+    return min(hi, max(lo, lo * math.cbrt(population / 10_000)))
+
+
+def _position(rng: random.Random, muni: Municipality) -> tuple[float, float]:
+    sigma = _sigma_km(muni.population)
+    dx, dy = rng.gauss(0.0, sigma), rng.gauss(0.0, sigma)
+    radius = math.hypot(dx, dy)
+    limit = _CLIP_SIGMAS * sigma
+    if radius > limit:
+        dx, dy = dx * limit / radius, dy * limit / radius
+    lat = muni.lat + dy / _KM_PER_DEGREE
+    lon = muni.lon + dx / (_KM_PER_DEGREE * math.cos(math.radians(muni.lat)))
+    return round(lat, _DECIMALS), round(lon, _DECIMALS)
+
+
+def _circuit_points(rng: random.Random, circuits: int, total: int) -> list[int]:
+    """``circuits`` sizes within :data:`POINTS_PER_CIRCUIT` summing to exactly ``total``."""
+    if circuits == 0:
+        return []
+    lo, hi = POINTS_PER_CIRCUIT
+    base, extra = divmod(total, circuits)
+    sizes = [base] * circuits
+    for i in rng.sample(range(circuits), extra):
+        sizes[i] += 1
+    # Pairwise transfers keep the sum and the bounds while spreading the sizes out.
+    for _ in range(circuits):
+        a, b = rng.randrange(circuits), rng.randrange(circuits)
+        move = rng.randint(0, min(sizes[a] - lo, hi - sizes[b]))
+        sizes[a] -= move
+        sizes[b] += move
+    return sizes
+
+
+def _dealt(rng: random.Random, options: Sequence[str], count: int) -> list[str]:
+    """``count`` picks spread evenly over ``options``, in shuffled order."""
+    picks = [options[i % len(options)] for i in range(count)]
+    rng.shuffle(picks)
+    return picks
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One run of ids: ``{prefix}-{slug}-{n:04d}``, numbered per municipality."""
+
+    kind: str
+    prefix: str
+    profile: str
+    count: int
+
+
+def build_demo(scale: float = 1.0, seed: int = 0) -> Inventory:
+    """The demo metropolis as an :class:`Inventory`, deterministic for ``(scale, seed)``."""
+    counts = demo_counts(scale)
+    rng = random.Random(seed)
+    munis = municipalities()
+    weights = [m.population for m in munis]
+    families = (
+        _Family("crossroad", "xr", "traffic_controller", counts.crossroad),
+        _Family("lighting_circuit", "lc", "lighting_cabinet", counts.lighting_circuit),
+        _Family("building", "bld", "bms", counts.building),
+        _Family("camera", "cam", "camera", counts.camera),
+        _Family("vehicle", "bus", "bus", counts.buses),
+        _Family("vehicle", "veh", "service_vehicle", counts.service_vehicles),
+        _Family("access_terminal", "at", "access_terminal", counts.access_terminal),
+    )
+    placed: dict[str, list[tuple[str, Municipality, float, float]]] = {}
+    for family in families:
+        rows: list[tuple[str, Municipality, float, float]] = []
+        for muni, share in zip(munis, _apportion(family.count, weights), strict=True):
+            for n in range(1, share + 1):
+                lat, lon = _position(rng, muni)
+                rows.append((f"{family.prefix}-{muni.slug}-{n:04d}", muni, lat, lon))
+        placed[family.prefix] = rows
+
+    points = iter(_circuit_points(rng, counts.lighting_circuit, counts.lamp_points))
+    lines = iter(_dealt(rng, BUS_LINES, counts.buses))
+    roles = iter(_dealt(rng, SERVICE_ROLES, counts.service_vehicles))
+    radios = set(rng.sample(range(counts.service_vehicles), counts.radios))
+
+    def endpoint(prefix: str, i: int, ident: str) -> str:
+        if prefix == "xr":
+            return f"modbus://127.0.0.1:{15020 + i // 200}/{i % 200 + 1}"
+        if prefix == "lc":
+            return f"modbus://127.0.0.1:{15100 + i // 200}/{i % 200 + 1}"
+        if prefix == "at":
+            return f"modbus://127.0.0.1:15200/{i + 1}"
+        if prefix == "bld":
+            return f"opcua://127.0.0.1:{4840 + i // 60}/bld/{ident}"
+        return "mqtt"
+
+    def attrs(prefix: str, i: int) -> dict[str, Any]:
+        if prefix == "lc":
+            return {"points": next(points)}
+        if prefix == "bus":
+            return {"line": next(lines)}
+        if prefix == "veh":
+            return {"role": next(roles), "radio": i in radios}
+        return {}
+
+    equipment: list[Equipment] = []
+    for family in families:
+        for i, (ident, muni, lat, lon) in enumerate(placed[family.prefix]):
+            equipment.append(
+                Equipment(
+                    id=ident,
+                    kind=family.kind,
+                    municipality=muni.slug,
+                    lat=lat,
+                    lon=lon,
+                    endpoint=endpoint(family.prefix, i, ident),
+                    profile=family.profile,
+                    attrs=attrs(family.prefix, i),
+                )
+            )
+    return Inventory(
+        name=METROPOLIS_NAME,
+        municipalities=munis,
+        equipment=tuple(equipment),
+        placement=_PLACEMENT,
+        source=f"<demo scale={scale:g} seed={seed}>",
+    )
+
+
+def generate_demo(scale: float = 1.0, seed: int = 0) -> str:
+    """The TOML text of the demo metropolis, identical for the same ``(scale, seed)``."""
+    return dump_inventory(build_demo(scale, seed), decimals=_DECIMALS)

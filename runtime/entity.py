@@ -1,0 +1,224 @@
+"""Entity actors: the behaviour of one piece of equipment.
+
+An entity is plain async Python. It owns its state and twin, receives one
+message at a time from its mailbox, and talks to the world only through its
+:class:`EntityContext` (send, reply, timers, events, clock). It never knows
+whether it runs packed with hundreds of others in a host or alone in a
+dedicated Ray actor, and it can be unit-tested with no Ray and no sockets::
+
+    class Counter(Entity):
+        kind = "counter"
+
+        async def on_start(self, saved):
+            self.state = dict(saved.get("state", {})) if saved else {"n": 0}
+
+        async def on_increment(self, msg):
+            self.state["n"] += msg.payload["by"]
+            return {"n": self.state["n"]}
+
+Messages are dispatched to ``on_<type>`` coroutines. A handler that raises a
+:class:`~runtime.errors.RejectedError` or :class:`~runtime.errors.ProtocolError`
+refuses that message (the sender gets the error) and the entity carries on; any
+other exception is a crash: the entity is restarted from its last checkpoint by
+its supervisor, and the message is recorded with the crash, never redelivered.
+
+The priority lane runs on another thread (a Ray concurrency group of its own),
+so its handler is a class method that sees only an immutable *view* the entity
+publishes, and hands work back to the entity with :meth:`PriorityLane.post`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from runtime.clock import Clock
+from runtime.envelope import Envelope, MessageKind
+from runtime.errors import MalformedMessageError, RejectedError
+from runtime.inventory import Equipment
+from runtime.twin import Twin
+
+log = logging.getLogger("commandpost.entity")
+
+Handler = Callable[[Envelope], Awaitable[Any]]
+
+
+class EntityContext(Protocol):
+    """What an entity may do to the world around it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def equipment(self) -> Equipment: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def send(self, env: Envelope) -> None:
+        """Send an envelope to another entity (batched between hosts)."""
+
+    def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
+        """Answer ``request`` (no-op when it expects no answer)."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Record an event (alarm, state change) in the event stream."""
+
+    def start_timer(
+        self, name: str, delay_s: float, type: str, payload: Any = None, *, repeat: bool = False
+    ) -> None:
+        """Post ``type`` to this entity after ``delay_s`` (every ``delay_s`` when repeat)."""
+
+    def cancel_timer(self, name: str) -> None: ...
+
+    def publish_view(self, view: Mapping[str, Any]) -> None:
+        """Publish the immutable view that the priority lane reads."""
+
+
+class PriorityLane(Protocol):
+    """The latency-critical lane of a host, running on its own event loop."""
+
+    resources: dict[str, Any]
+
+    def post(self, env: Envelope) -> None:
+        """Hand an envelope to an entity's mailbox on the host's main loop (thread-safe)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What survives a restart of an entity or of its host."""
+
+    state: Mapping[str, Any]
+    twin: Mapping[str, Any]
+    applied: tuple[str, ...] = ()  # recent command ids already actuated
+    version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": dict(self.state),
+            "twin": dict(self.twin),
+            "applied": list(self.applied),
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Checkpoint:
+        return cls(
+            state=dict(d.get("state") or {}),
+            twin=dict(d.get("twin") or {}),
+            applied=tuple(d.get("applied") or ()),
+            version=int(d.get("version", 0)),
+        )
+
+
+APPLIED_WINDOW = 64
+
+
+class Entity:
+    """Base class of every entity behaviour."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, ctx: EntityContext) -> None:
+        self.ctx = ctx
+        self.state: dict[str, Any] = {}
+        self.twin = Twin()
+        self.applied: list[str] = []
+        self.version = 0
+
+    # -- lifecycle -------------------------------------------------------
+    async def on_start(self, saved: Checkpoint | None) -> None:
+        """Start from the last checkpoint (None on the very first start)."""
+        if saved is not None:
+            self.state = dict(saved.state)
+            self.twin = Twin.from_dict(dict(saved.twin))
+            self.applied = list(saved.applied)
+            self.version = saved.version
+
+    async def on_stop(self) -> None:
+        """Release what the entity holds; its state is checkpointed after this."""
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(
+            state=dict(self.state),
+            twin=self.twin.to_dict(),
+            applied=tuple(self.applied[-APPLIED_WINDOW:]),
+            version=self.version,
+        )
+
+    # -- messages --------------------------------------------------------
+    async def handle(self, msg: Envelope) -> Any:
+        """Dispatch ``msg`` to ``on_<type>``; an unknown type is refused."""
+        handler = getattr(self, "on_" + msg.type, None) if msg.type.isidentifier() else None
+        if handler is None or msg.type in _RESERVED:
+            raise RejectedError(
+                f"{self.kind or 'entity'} {self.ctx.id} has no handler for {msg.type!r}",
+                code="unknown_message",
+            )
+        result: Any = await handler(msg)
+        self.version += 1
+        return result
+
+    async def on_ping(self, msg: Envelope) -> dict[str, Any]:
+        """Liveness through the mailbox: answers with the entity's version."""
+        self.version -= 1  # a ping observes, it does not change the entity
+        return {"id": self.ctx.id, "version": self.version}
+
+    async def on_get_state(self, msg: Envelope) -> dict[str, Any]:
+        """The entity's checkpointable state and twin, for tests and the admin."""
+        self.version -= 1
+        return self.checkpoint().to_dict()
+
+    # -- commands --------------------------------------------------------
+    async def on_command(self, msg: Envelope) -> dict[str, Any]:
+        """A journaled command: ``{"command_id", "action", "params"}``.
+
+        A command id already applied (a replay of the journal after a restart)
+        is acknowledged again without acting twice.
+        """
+        payload = msg.payload
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("action"), str):
+            raise MalformedMessageError("a command needs an action")
+        command_id = str(payload.get("command_id") or msg.id)
+        if self.already_applied(command_id):
+            self.version -= 1
+            return {"command_id": command_id, "duplicate": True}
+        params = payload.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise MalformedMessageError("command params must be a mapping")
+        result = await self.apply_command(payload["action"], dict(params))
+        self.mark_applied(command_id)
+        return {"command_id": command_id, "result": result}
+
+    async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
+        """Carry out one command; subclasses validate and actuate."""
+        raise RejectedError(f"{self.kind or 'entity'} accepts no {action!r} command",
+                            code="unknown_action")
+
+    def already_applied(self, command_id: str) -> bool:
+        return command_id in self.applied
+
+    def mark_applied(self, command_id: str) -> None:
+        self.applied.append(command_id)
+        del self.applied[:-APPLIED_WINDOW]
+
+    # -- priority lane ---------------------------------------------------
+    @classmethod
+    async def on_priority(
+        cls, view: Mapping[str, Any], msg: Envelope, lane: PriorityLane
+    ) -> Any:
+        """Serve a latency-critical request on the priority loop.
+
+        Runs on another thread: it may read ``view`` (immutable, published by
+        the entity) and use ``lane.resources``; it must not touch the entity.
+        """
+        raise RejectedError(f"{cls.kind or 'entity'} has no priority lane", code="no_priority")
+
+
+_RESERVED = frozenset({"start", "stop", "priority"})
+
+
+def is_command(env: Envelope) -> bool:
+    return env.kind is MessageKind.COMMAND

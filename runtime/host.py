@@ -1,0 +1,524 @@
+"""A host: many entities in one process, their mailboxes, checkpoints and commands.
+
+:class:`HostCore` is the whole host without Ray: it owns the entity slots and
+the supervisor that restarts them, routes envelopes (locally, or in batches
+through the :class:`~runtime.router.Outbox`), checkpoints dirty entities to
+the store in pipelined batches, consumes the command journal for its entities,
+and records events. The Ray actor in :mod:`runtime.ray_host` wraps one of these;
+tests drive it directly with an in-memory store and transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.cell import EntityCell, EntityFactory, EntitySlot
+from runtime.clock import Clock, SystemClock
+from runtime.commands import TERMINAL, CommandStatus
+from runtime.entity import Checkpoint
+from runtime.envelope import Envelope, MessageKind, decode_batch, pack, unpack
+from runtime.errors import (
+    CommandpostError,
+    ExpiredError,
+    MailboxFullError,
+    MalformedMessageError,
+    RejectedError,
+    StoreUnavailableError,
+    UnknownEntityError,
+)
+from runtime.inventory import Equipment
+from runtime.mailbox import Mailbox
+from runtime.router import Directory, Outbox, Transport
+from runtime.store import StateStore
+from supervisors import (
+    ChildSpec,
+    ExitReason,
+    RestartType,
+    Supervisor,
+    SupervisorEvent,
+    SupervisorOptions,
+)
+
+log = logging.getLogger("commandpost.host")
+
+HOST_PREFIX = "@"  # envelopes addressed to "@{host_id}" are replies to a host-level request
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """Tunables of one host."""
+
+    mailbox_capacity: int = 256
+    checkpoint_interval_s: float = 0.25
+    event_flush_interval_s: float = 0.5
+    journal_block_ms: int = 500
+    max_event_backlog: int = 50_000
+    supervision: SupervisorOptions = SupervisorOptions()
+    restart_type: RestartType = RestartType.PERMANENT
+
+
+class HostCore:
+    """Entities of one host, supervised, persisted and reachable."""
+
+    def __init__(
+        self,
+        host_id: str,
+        equipment: Sequence[Equipment],
+        *,
+        factory_for: Callable[[Equipment], EntityFactory],
+        store: StateStore,
+        transport: Transport,
+        directory: Directory,
+        clock: Clock | None = None,
+        config: HostConfig = HostConfig(),
+        generation: int = 0,
+    ) -> None:
+        self.host_id = host_id
+        self.generation = generation
+        self.clock: Clock = clock or SystemClock()
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.outbox = Outbox(transport)
+        self.slots: dict[str, EntitySlot] = {
+            eq.id: EntitySlot(eq, factory_for(eq), Mailbox(config.mailbox_capacity))
+            for eq in equipment
+        }
+        self.supervisor: Supervisor | None = None
+        self._pending: dict[str, asyncio.Future[Envelope]] = {}
+        self._dirty: set[str] = set()
+        self._ack_waiting: list[tuple[str, CommandStatus, str]] = []
+        self._events: deque[dict[str, Any]] = deque()
+        self._dropped_events = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight_commands: OrderedDict[str, str] = OrderedDict()  # stream id -> command id
+        self._done_commands: set[str] = set()
+        self._cursor = "0"
+        self._retry_commands: list[Envelope] = []
+        self._escalations: list[tuple[str, str]] = []
+        self.counters: dict[str, int] = {
+            "unknown_target": 0,
+            "malformed_batches": 0,
+            "malformed_envelopes": 0,
+            "refused_full": 0,
+            "delivered": 0,
+        }
+        self.started_at = 0.0
+        self.last_tick = time.monotonic()
+        self.ready = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        """Load every checkpoint in bulk, start the entities in order, then the loops."""
+        self.loop = asyncio.get_running_loop()
+        self.started_at = time.time()
+        ids = list(self.slots)
+        blobs = await self.store.load_checkpoints(ids)
+        for eid, blob in blobs.items():
+            try:
+                self.slots[eid].saved = Checkpoint.from_dict(unpack(blob))
+            except (MalformedMessageError, TypeError, ValueError) as exc:
+                log.error("checkpoint of %s is unreadable (%s): starting it fresh", eid, exc)
+                self.emit(eid, "checkpoint_unreadable", {"error": str(exc)})
+        for slot in self.slots.values():
+            if slot.saved is not None:
+                for cid in slot.saved.applied:
+                    slot.mailbox.remember(cid)
+        self._cursor = await self.store.get_cursor(self._cursor_name)
+        children = [
+            (
+                ChildSpec(eid, restart=self.config.restart_type, shutdown_timeout_s=2.0),
+                self._cell_factory(slot),
+            )
+            for eid, slot in self.slots.items()
+        ]
+        self.supervisor = Supervisor(
+            f"{self.host_id}/entities",
+            self.config.supervision,
+            children,
+            clock=self.clock,
+            on_event=self._on_supervisor_event,
+            on_escalate=self._on_escalate,
+        )
+        await self.supervisor.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._checkpoint_loop(), name=f"host[{self.host_id}].checkpoints"),
+            loop.create_task(self._event_loop(), name=f"host[{self.host_id}].events"),
+            loop.create_task(self._journal_loop(), name=f"host[{self.host_id}].journal"),
+            loop.create_task(self._tick_loop(), name=f"host[{self.host_id}].tick"),
+        ]
+        self.ready = True
+        self.emit(self.host_id, "host_started", {"entities": len(self.slots),
+                                                   "generation": self.generation})
+
+    async def stop(self) -> None:
+        """Stop entities in reverse order, flush their checkpoints, stop the loops."""
+        self.ready = False
+        if self.supervisor is not None:
+            await self.supervisor.shutdown()
+        await self.outbox.drain(timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+        self._tasks = []
+        try:
+            await self._flush_checkpoints(all_slots=True)
+            await self._flush_events()
+        except StoreUnavailableError as exc:
+            log.error("host %s stopped without its last checkpoints: %s", self.host_id, exc)
+        await self.outbox.close()
+
+    def _cell_factory(self, slot: EntitySlot) -> Callable[[ChildSpec], EntityCell]:
+        def make(spec: ChildSpec) -> EntityCell:
+            return EntityCell(slot, self)
+
+        return make
+
+    def _on_supervisor_event(self, ev: SupervisorEvent) -> None:
+        if ev.action == "restart":
+            slot = self.slots.get(ev.child)
+            if slot is not None:
+                slot.restarts = ev.restarts
+        if ev.action in ("restart", "give_up", "escalate", "failed"):
+            self.emit(ev.child or self.host_id, f"supervisor_{ev.action}",
+                      {"supervisor": ev.supervisor, "reason": ev.reason, "restarts": ev.restarts})
+        if ev.action == "failed":
+            slot = self.slots.get(ev.child)
+            if slot is not None:
+                slot.status = "failed"
+
+    def _on_escalate(self, who: str, reason: ExitReason) -> None:
+        self._escalations.append((who, reason.detail))
+        log.error("host %s: %s escalated (%s)", self.host_id, who, reason.detail)
+
+    @property
+    def gave_up(self) -> bool:
+        return self.supervisor is not None and self.supervisor.gave_up
+
+    # -- HostServices (called by cells) -----------------------------------
+    def route(self, env: Envelope) -> None:
+        """Deliver ``env`` locally, to a host-level waiter, or to the owning host."""
+        target = env.target
+        if target.startswith(HOST_PREFIX):
+            host_id = target[len(HOST_PREFIX):]
+            if host_id == self.host_id:
+                fut = self._pending.pop(env.correlation_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(env)
+            else:
+                self.outbox.put(host_id, env)
+            return
+        slot = self.slots.get(target)
+        if slot is not None:
+            self._offer(slot, env)
+            return
+        owner = self.directory.host_of(target)
+        if owner is None or owner == self.host_id:
+            self._unknown(env)
+            return
+        self.outbox.put(owner, env)
+
+    def _offer(self, slot: EntitySlot, env: Envelope) -> None:
+        try:
+            if slot.mailbox.offer(env):
+                self.counters["delivered"] += 1
+        except MailboxFullError as exc:
+            self.counters["refused_full"] += 1
+            if env.kind is MessageKind.COMMAND and env.sender == "journal":
+                # A journaled command is never refused for good: it waits its turn.
+                self._retry_commands.append(env)
+            else:
+                self._error_reply(env, exc, "mailbox_full")
+
+    def _unknown(self, env: Envelope) -> None:
+        self.counters["unknown_target"] += 1
+        log.debug("no entity %s (message %s from %s)", env.target, env.type, env.sender)
+        self._error_reply(env, UnknownEntityError(env.target), "unknown_entity")
+
+    def _error_reply(self, env: Envelope, exc: CommandpostError, code: str) -> None:
+        if env.reply_to and env.kind is not MessageKind.REPLY:
+            self.route(env.reply("error", {"error": str(exc), "code": code}, sender=self.host_id))
+
+    def emit(self, entity_id: str, event: str, fields: Mapping[str, Any]) -> None:
+        if len(self._events) >= self.config.max_event_backlog:
+            self._events.popleft()
+            self._dropped_events += 1
+        row: dict[str, Any] = {"ts": time.time(), "entity": entity_id, "event": event,
+                               "host": self.host_id}
+        for k, v in fields.items():
+            row[k] = v if isinstance(v, (str, int, float, bool)) else str(v)
+        self._events.append(row)
+
+    def mark_dirty(self, slot: EntitySlot) -> None:
+        slot.dirty = True
+        self._dirty.add(slot.id)
+
+    def message_done(self, slot: EntitySlot, env: Envelope, error: CommandpostError | None) -> None:
+        if env.kind is not MessageKind.COMMAND or env.sender != "journal":
+            return
+        if error is None:
+            status, text = CommandStatus.ACKED, ""
+        elif isinstance(error, ExpiredError):
+            status, text = CommandStatus.EXPIRED, str(error)
+        else:
+            status, text = CommandStatus.FAILED, str(error)
+        # The ack waits for the checkpoint that holds the command's effect.
+        self.mark_dirty(slot)
+        self._ack_waiting.append((env.id, status, text))
+
+    # -- inbound ---------------------------------------------------------
+    def deliver_batch(self, blob: bytes) -> dict[str, int]:
+        """Deliver a batch from another host; malformed rows are counted, not fatal."""
+        try:
+            envelopes, bad = decode_batch(blob)
+        except MalformedMessageError as exc:
+            self.counters["malformed_batches"] += 1
+            log.warning("host %s dropped a malformed batch: %s", self.host_id, exc)
+            return {"accepted": 0, "malformed": 1}
+        self.counters["malformed_envelopes"] += bad
+        for env in envelopes:
+            self.route(env)
+        return {"accepted": len(envelopes), "malformed": bad}
+
+    async def request(
+        self, target: str, type: str, payload: Any = None, *, timeout: float = 5.0,
+        kind: MessageKind = MessageKind.CONTROL,
+    ) -> Any:
+        """Send ``type`` to an entity and wait for its answer (raises its error)."""
+        env = Envelope(target=target, type=type, payload=payload, sender=self.host_id,
+                       reply_to=HOST_PREFIX + self.host_id, kind=kind,
+                       deadline=time.time() + timeout)
+        fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[env.id] = fut
+        try:
+            self.route(env)
+            answer = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(env.id, None)
+        if answer.type == "error":
+            p = answer.payload if isinstance(answer.payload, dict) else {}
+            raise RejectedError(str(p.get("error", "error")), code=str(p.get("code", "error")))
+        return answer.payload
+
+    async def ping_entities(self, ids: Iterable[str] | None = None,
+                            timeout: float = 10.0) -> dict[str, Any]:
+        """Ping entities through their mailboxes; answers with who answered."""
+        targets = list(ids) if ids is not None else list(self.slots)
+
+        async def one(eid: str) -> tuple[str, Any]:
+            try:
+                return eid, await self.request(eid, "ping", timeout=timeout)
+            except (CommandpostError, TimeoutError) as exc:
+                return eid, {"error": str(exc) or type(exc).__name__}
+
+        results = await asyncio.gather(*(one(e) for e in targets))
+        answered = {e: r for e, r in results if "error" not in r}
+        versions = [int(r.get("version", 0)) for r in answered.values()]
+        return {"answered": len(answered), "asked": len(targets),
+                "failed": [e for e, r in results if "error" in r],
+                "min_version": min(versions, default=0), "max_version": max(versions, default=0)}
+
+    def snapshot(self, ids: Iterable[str] | None = None) -> dict[str, Any]:
+        """Current checkpointable state of entities (live incarnation, else last saved)."""
+        out: dict[str, Any] = {}
+        for eid in ids if ids is not None else self.slots:
+            slot = self.slots[eid]
+            cp = slot.entity.checkpoint() if slot.entity is not None else slot.saved
+            out[eid] = cp.to_dict() if cp is not None else None
+        return out
+
+    # -- background loops ------------------------------------------------
+    async def _tick_loop(self) -> None:
+        while True:
+            self.last_tick = time.monotonic()
+            await asyncio.sleep(0.1)
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.checkpoint_interval_s)
+            try:
+                await self._flush_checkpoints()
+            except StoreUnavailableError as exc:
+                log.debug("checkpoints wait for the store: %s", exc)
+
+    async def _flush_checkpoints(self, *, all_slots: bool = False) -> None:
+        ids = list(self.slots) if all_slots else list(self._dirty)
+        acks, self._ack_waiting = self._ack_waiting, []
+        blobs: dict[str, bytes] = {}
+        for eid in ids:
+            cp = self.slots[eid].take_checkpoint()
+            if cp is not None:
+                blobs[eid] = pack(cp.to_dict())
+        self._dirty.difference_update(ids)
+        try:
+            if blobs:
+                await self.store.save_checkpoints(blobs)
+            if acks:
+                await self.store.update_commands(acks)
+                for cid, _, _ in acks:
+                    self._done_commands.add(cid)
+                await self._advance_cursor()
+        except StoreUnavailableError:
+            self._dirty.update(blobs)
+            self._ack_waiting = acks + self._ack_waiting
+            raise
+
+    async def _event_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.event_flush_interval_s)
+            try:
+                await self._flush_events()
+            except StoreUnavailableError as exc:
+                log.debug("events wait for the store: %s", exc)
+
+    async def _flush_events(self) -> None:
+        if not self._events:
+            return
+        batch = list(self._events)
+        await self.store.append_events(batch)
+        for _ in range(len(batch)):
+            self._events.popleft()
+
+    @property
+    def _cursor_name(self) -> str:
+        return f"host:{self.host_id}"
+
+    async def _journal_loop(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._journal_pass()
+                delay = 0.05
+            except StoreUnavailableError as exc:
+                log.debug("journal waits for the store: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _journal_pass(self) -> None:
+        retry, self._retry_commands = self._retry_commands, []
+        for env in retry:
+            self._offer(self.slots[env.target], env)
+        after = next(reversed(self._inflight_commands), None) or self._cursor
+        block = 50 if self._retry_commands else self.config.journal_block_ms
+        entries = await self.store.read_journal(after, count=500, block_ms=block)
+        if not entries:
+            await self._advance_cursor()
+            return
+        for sid, _cid, _target in entries:
+            self._inflight_commands[sid] = _cid
+        mine = [(sid, cid, t) for sid, cid, t in entries if t in self.slots]
+        others = {cid for sid, cid, t in entries if t not in self.slots}
+        self._done_commands.update(others)
+        if mine:
+            commands = await self.store.get_commands([cid for _, cid, _ in mine])
+            now = time.time()
+            latest: dict[tuple[str, str], str] = {}
+            for _, cid, _ in mine:
+                cmd = commands.get(cid)
+                if cmd is not None and cmd.status not in TERMINAL:
+                    latest[(cmd.target, cmd.action)] = cid
+            updates: list[tuple[str, CommandStatus, str]] = []
+            deliver: list[Envelope] = []
+            for _, cid, target in mine:
+                cmd = commands.get(cid)
+                if cmd is None or cmd.status in TERMINAL:
+                    self._done_commands.add(cid)
+                    continue
+                if latest.get((cmd.target, cmd.action)) != cid:
+                    updates.append((cid, CommandStatus.SUPERSEDED, "a newer setpoint replaced it"))
+                    self._done_commands.add(cid)
+                    continue
+                if cmd.deadline_ts and now > cmd.deadline_ts:
+                    updates.append((cid, CommandStatus.EXPIRED, "deadline passed before sending"))
+                    self._done_commands.add(cid)
+                    continue
+                if cmd.status is CommandStatus.QUEUED:
+                    updates.append((cid, CommandStatus.SENT, ""))
+                deliver.append(Envelope(
+                    id=cid, target=target, type="command", sender="journal",
+                    kind=MessageKind.COMMAND, deadline=cmd.deadline_ts,
+                    payload={"command_id": cid, "action": cmd.action, "params": dict(cmd.params)},
+                ))
+            if updates:
+                await self.store.update_commands(updates)
+            for env in deliver:
+                slot = self.slots[env.target]
+                if slot.mailbox.seen(env.id):
+                    # Applied before a restart (its id is in the checkpoint): ack again.
+                    self._ack_waiting.append((env.id, CommandStatus.ACKED, ""))
+                    continue
+                self._offer(slot, env)
+        await self._advance_cursor()
+
+    async def _advance_cursor(self) -> None:
+        moved = None
+        while self._inflight_commands:
+            sid, cid = next(iter(self._inflight_commands.items()))
+            if cid not in self._done_commands:
+                break
+            self._inflight_commands.popitem(last=False)
+            self._done_commands.discard(cid)
+            moved = sid
+        if moved is not None and moved != self._cursor:
+            self._cursor = moved
+            await self.store.set_cursor(self._cursor_name, moved)
+
+    # -- status ----------------------------------------------------------
+    def lag_s(self) -> float:
+        """How long since the main loop last ran its ticker (a hung host grows this)."""
+        return max(0.0, time.monotonic() - self.last_tick)
+
+    def status(self) -> dict[str, Any]:
+        statuses: dict[str, int] = {}
+        restarts = 0
+        for slot in self.slots.values():
+            statuses[slot.status] = statuses.get(slot.status, 0) + 1
+            restarts += slot.stats.crashes
+        return {
+            "host_id": self.host_id,
+            "generation": self.generation,
+            "pid": os.getpid(),
+            "entities": len(self.slots),
+            "entity_status": statuses,
+            "entity_restarts": restarts,
+            "ready": self.ready,
+            "gave_up": self.gave_up,
+            "outbox": {"calls": self.outbox.stats.calls, "envelopes": self.outbox.stats.envelopes,
+                       "calls_to": dict(self.outbox.calls_to)},
+            "counters": dict(self.counters),
+            "dropped_events": self._dropped_events,
+            "escalations": list(self._escalations[-20:]),
+        }
+
+    def entity_info(self, entity_id: str) -> dict[str, Any]:
+        slot = self.slots.get(entity_id)
+        if slot is None:
+            raise UnknownEntityError(entity_id)
+        cp = slot.entity.checkpoint() if slot.entity is not None else slot.saved
+        return {
+            "id": entity_id,
+            "status": slot.status,
+            "restarts": slot.stats.crashes,
+            "mailbox": len(slot.mailbox),
+            "stats": {"handled": slot.stats.handled, "refused": slot.stats.refused,
+                      "malformed": slot.stats.malformed, "expired": slot.stats.expired,
+                      "conflated": slot.mailbox.stats.conflated,
+                      "duplicates": slot.mailbox.stats.duplicates},
+            "crashes": [{"ts": c.ts, "message_id": c.message_id, "type": c.message_type,
+                         "error": c.error} for c in slot.crashes],
+            "checkpoint": cp.to_dict() if cp is not None else None,
+        }

@@ -1,0 +1,324 @@
+"""The host as a Ray actor: one OS process running many entities.
+
+Three concurrency groups, three event loops:
+
+* default — entities, their mailboxes, the journal, checkpoints, batches in;
+* ``control`` — ``ping`` and ``sentinel`` for the supervisor's death watch and
+  heartbeat, so a busy default loop never makes a healthy host look dead;
+* ``priority`` — the latency-critical lane (bus priority): served on its own
+  loop, reading the entity's published view and handing work back to the
+  default loop thread-safely.
+
+Hosts run with ``max_restarts=0``: their supervisor, not Ray, replaces them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from runtime.cell import EntityFactory
+from runtime.envelope import Envelope, MessageKind, pack, unpack
+from runtime.errors import (
+    CommandpostError,
+    ConfigError,
+    RejectedError,
+    RetryableError,
+    UnknownEntityError,
+)
+from runtime.host import HostConfig, HostCore
+from runtime.inventory import Equipment
+from runtime.placement import equipment_from_wire
+from runtime.router import Directory
+from runtime.store import RedisStore
+from supervisors.spec import Backoff, IntensityScope, RestartType, Strategy, SupervisorOptions
+
+log = logging.getLogger("commandpost.ray_host")
+
+NAMESPACE = "commandpost"
+REGISTRY_BLOB = "hosts"  # store blob: host id -> {"actor": name, "generation": n}
+
+
+def load_factory(path: str) -> Callable[[Equipment], EntityFactory]:
+    """Resolve ``"package.module:function"`` to the entity factory chooser."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        chooser: Callable[[Equipment], EntityFactory] = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load entity factory {path!r}: {exc}") from exc
+    return chooser
+
+
+def options_from_wire(d: Mapping[str, Any]) -> SupervisorOptions:
+    b = d.get("backoff") or {}
+    return SupervisorOptions(
+        strategy=Strategy(d.get("strategy", "one_for_one")),
+        max_restarts=int(d.get("max_restarts", 5)),
+        max_seconds=float(d.get("max_seconds", 10.0)),
+        scope=IntensityScope(d.get("scope", "child")),
+        backoff=Backoff(
+            initial_s=float(b.get("initial_s", 0.0)),
+            factor=float(b.get("factor", 2.0)),
+            max_s=float(b.get("max_s", 2.0)),
+            jitter=float(b.get("jitter", 0.2)),
+        ),
+    )
+
+
+def options_to_wire(o: SupervisorOptions) -> dict[str, Any]:
+    return {
+        "strategy": str(o.strategy), "max_restarts": o.max_restarts,
+        "max_seconds": o.max_seconds, "scope": str(o.scope),
+        "backoff": {"initial_s": o.backoff.initial_s, "factor": o.backoff.factor,
+                    "max_s": o.backoff.max_s, "jitter": o.backoff.jitter},
+    }
+
+
+class RayTransport:
+    """Batches to other hosts as one Ray call each, resolving hosts by registry."""
+
+    def __init__(self, store: RedisStore, namespace: str = NAMESPACE) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._handles: dict[str, Any] = {}
+        self._names: dict[str, str] = {}
+
+    async def _refresh(self) -> None:
+        blob = await self._store.get_blob(REGISTRY_BLOB)
+        if blob:
+            reg = unpack(blob)
+            self._names = {h: str(v["actor"]) for h, v in reg.items()}
+        self._handles.clear()
+
+    async def handle(self, host_id: str) -> Any:
+        h = self._handles.get(host_id)
+        if h is not None:
+            return h
+        if host_id not in self._names:
+            await self._refresh()
+        name = self._names.get(host_id)
+        if name is None:
+            raise RetryableError(f"host {host_id} is not registered")
+        try:
+            h = ray.get_actor(name, namespace=self._namespace)
+        except ValueError as exc:
+            await self._refresh()
+            raise RetryableError(f"host {host_id} ({name}) is not reachable") from exc
+        self._handles[host_id] = h
+        return h
+
+    async def send_batch(self, host_id: str, blob: bytes) -> Mapping[str, Any]:
+        handle = await self.handle(host_id)
+        try:
+            result: Mapping[str, Any] = await handle.deliver.remote(blob)
+        except RayActorError as exc:
+            self._handles.pop(host_id, None)
+            await self._refresh()
+            raise RetryableError(f"host {host_id} died during delivery") from exc
+        return result
+
+
+class _Lane:
+    """The priority lane's resources and its hand-off to the default loop."""
+
+    def __init__(self, core: HostCore) -> None:
+        self.resources: dict[str, Any] = {}
+        self._core = core
+
+    def post(self, env: Envelope) -> None:
+        loop = self._core.loop
+        if loop is None:
+            raise RetryableError("host is not started")
+        loop.call_soon_threadsafe(self._core.route, env)
+
+
+@ray.remote(
+    num_cpus=0,
+    max_restarts=0,
+    max_task_retries=0,
+    concurrency_groups={"control": 64, "priority": 16},
+)
+class HostActor:
+    """A Ray process hosting entities; created blank, then given an assignment."""
+
+    def __init__(self) -> None:
+        logging.basicConfig(level=os.environ.get("COMMANDPOST_LOG", "INFO"))
+        self.core: HostCore | None = None
+        self.store: RedisStore | None = None
+        self.lane: _Lane | None = None
+        self._stopped = threading.Event()
+        self._assigned = threading.Event()
+        self.pid = os.getpid()
+        self.created = time.time()
+
+    async def warm(self, modules: list[str]) -> int:
+        """Import entity code ahead of an assignment (a warm spare pays it up front)."""
+        for m in modules:
+            importlib.import_module(m)
+        return self.pid
+
+    async def assign(self, blob: bytes) -> dict[str, Any]:
+        """Become host ``host_id``: load checkpoints, start entities and loops."""
+        if self.core is not None:
+            raise RejectedError("host already has an assignment", code="assigned")
+        a = unpack(blob, max_size=256 << 20)
+        self.store = RedisStore(a["store_url"], namespace=a["namespace"])
+        await self.store.connect()
+        chooser = load_factory(a["factory"])
+        equipment = [equipment_from_wire(d) for d in a["equipment"]]
+        cfg = a.get("config") or {}
+        config = HostConfig(
+            mailbox_capacity=int(cfg.get("mailbox_capacity", 256)),
+            checkpoint_interval_s=float(cfg.get("checkpoint_interval_s", 0.25)),
+            supervision=options_from_wire(cfg.get("supervision") or {}),
+            restart_type=RestartType(cfg.get("restart_type", "permanent")),
+        )
+        core = HostCore(
+            a["host_id"], equipment, factory_for=chooser, store=self.store,
+            transport=RayTransport(self.store, a.get("ray_namespace", NAMESPACE)),
+            directory=Directory(a.get("directory") or {}), config=config,
+            generation=int(a.get("generation", 0)),
+        )
+        self.core = core
+        self.lane = _Lane(core)
+        await core.start()
+        self._assigned.set()
+        return core.status()
+
+    # -- control group ---------------------------------------------------
+    @ray.method(concurrency_group="control")
+    async def ping(self) -> dict[str, Any]:
+        """Liveness for the supervisor: pid, main-loop lag, whether entities gave up."""
+        core = self.core
+        return {
+            "pid": self.pid,
+            "node": ray.get_runtime_context().get_node_id(),
+            "host_id": core.host_id if core else "",
+            "ready": bool(core and core.ready),
+            "lag_s": core.lag_s() if core else 0.0,
+            "gave_up": bool(core and core.gave_up),
+            "entities": len(core.slots) if core else 0,
+            "entity_restarts": sum(s.stats.crashes for s in core.slots.values()) if core else 0,
+            "failed": sum(1 for s in core.slots.values() if s.status == "failed") if core else 0,
+        }
+
+    @ray.method(concurrency_group="control")
+    async def sentinel(self) -> str:
+        """Never answers while the host lives: its failure is the death notice."""
+        while not self._stopped.is_set():
+            await asyncio.sleep(0.5)
+        return "stopped"
+
+    # -- default group ---------------------------------------------------
+    async def deliver(self, blob: bytes) -> dict[str, int]:
+        if self.core is None:
+            raise RetryableError("host has no assignment yet")
+        return self.core.deliver_batch(blob)
+
+    async def send(self, blobs: list[bytes]) -> int:
+        """Route envelopes as if an entity of this host sent them (tests, tools)."""
+        if self.core is None:
+            raise RetryableError("host has no assignment yet")
+        n = 0
+        for b in blobs:
+            self.core.route(Envelope.from_wire(unpack(b)))
+            n += 1
+        return n
+
+    async def request(self, target: str, type: str, payload: Any = None,
+                      timeout: float = 5.0) -> Any:
+        if self.core is None:
+            raise RetryableError("host has no assignment yet")
+        return await self.core.request(target, type, payload, timeout=timeout)
+
+    async def ping_entities(self, timeout: float = 10.0) -> dict[str, Any]:
+        if self.core is None:
+            raise RetryableError("host has no assignment yet")
+        return await self.core.ping_entities(timeout=timeout)
+
+    async def status(self) -> dict[str, Any]:
+        if self.core is None:
+            return {"host_id": "", "pid": self.pid, "entities": 0, "ready": False}
+        return self.core.status()
+
+    async def snapshot(self, ids: list[str] | None = None) -> dict[str, Any]:
+        if self.core is None:
+            raise RetryableError("host has no assignment yet")
+        return self.core.snapshot(ids)
+
+    async def entity(self, entity_id: str) -> dict[str, Any]:
+        if self.core is None:
+            raise UnknownEntityError(entity_id)
+        return self.core.entity_info(entity_id)
+
+    async def drain(self) -> dict[str, Any]:
+        """Ship buffered batches and flush checkpoints (used before measuring)."""
+        if self.core is None:
+            return {}
+        await self.core.outbox.drain()
+        return self.core.status()
+
+    async def restart_entity(self, entity_id: str) -> None:
+        if self.core is None or self.core.supervisor is None:
+            raise UnknownEntityError(entity_id)
+        await self.core.supervisor.restart_child(entity_id)
+
+    async def stop(self) -> bool:
+        """Graceful stop: entities in reverse order, last checkpoints, then idle."""
+        if self.core is not None:
+            await self.core.stop()
+        if self.store is not None:
+            await self.store.close()
+        self._stopped.set()
+        return True
+
+    # -- priority group --------------------------------------------------
+    @ray.method(concurrency_group="priority")
+    async def priority(self, blob: bytes) -> bytes:
+        """Serve a latency-critical envelope at once, ahead of the default loop's work."""
+        core, lane = self.core, self.lane
+        try:
+            if core is None or lane is None:
+                raise RetryableError("host has no assignment yet")
+            env = Envelope.from_wire(unpack(blob))
+            slot = core.slots.get(env.target)
+            if slot is None:
+                raise UnknownEntityError(env.target)
+            entity = slot.entity
+            behaviour = type(entity) if entity is not None else slot.factory
+            handler = getattr(behaviour, "on_priority", None)
+            if handler is None:
+                raise RejectedError(f"{env.target} has no priority lane", code="no_priority")
+            result = await handler(slot.view, env, lane)
+            return pack({"ok": True, "result": result})
+        except CommandpostError as exc:
+            return pack({"ok": False, "error": str(exc),
+                         "code": getattr(exc, "code", type(exc).__name__)})
+
+
+def host_options(name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    """Ray options of a host actor: detached and named, so it outlives its creator."""
+    return {"name": name, "namespace": namespace, "lifetime": "detached"}
+
+
+def call(ref: Any, timeout: float) -> Any:
+    """``ray.get`` with a deadline, mapping Ray's failures into the error tree."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except GetTimeoutError as exc:
+        raise RetryableError(f"no answer within {timeout:.1f}s") from exc
+    except RayActorError as exc:
+        raise RetryableError(f"actor died: {exc}") from exc
+
+
+__all__ = ["NAMESPACE", "HostActor", "MessageKind", "RayTransport", "call", "host_options"]

@@ -1,0 +1,319 @@
+"""The running system, composed: servers, Ray, the supervision tree, the admin backend.
+
+This module is part of the composition root (with :mod:`runtime.cli`): it is
+the one place that wires the runtime to the supervisors and the entity
+behaviours, for ``commandpost demo``, ``run`` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import ray
+
+from runtime.embedded import EmbeddedBroker, EmbeddedRedis
+from runtime.envelope import pack
+from runtime.errors import CommandpostError, ConfigError, RetryableError
+from runtime.inventory import Inventory
+from runtime.placement import PlacementPlan, equipment_to_wire, plan
+from runtime.ray_host import NAMESPACE, options_to_wire
+from runtime.store import SyncStore
+from supervisors.root import RootActor
+from supervisors.spec import SupervisorOptions
+from supervisors.tree import ROOT_NAME
+
+log = logging.getLogger("commandpost.service")
+
+FACTORY = "actors.registry:factory_for"
+WARM_MODULES = ("actors.registry",)
+
+
+@dataclass
+class ServiceOptions:
+    """Where the parts are; None means "start an embedded one"."""
+
+    redis_url: str | None = None
+    mqtt_url: str | None = None
+    ray_address: str | None = None
+    namespace: str = "cp"
+    ray_namespace: str = NAMESPACE
+    data_dir: Path | None = None
+    spares: int = 1
+    host_supervision: SupervisorOptions = field(
+        default_factory=lambda: SupervisorOptions(max_restarts=5, max_seconds=10.0,
+                                                  scope=_child_scope()))
+    broker: str = "auto"
+
+
+def _child_scope() -> Any:
+    from supervisors.spec import IntensityScope
+
+    return IntensityScope.CHILD
+
+
+class Service:
+    """Start, watch and stop the whole runtime."""
+
+    def __init__(self, inventory: Inventory, options: ServiceOptions | None = None) -> None:
+        self.inventory = inventory
+        self.options = options or ServiceOptions()
+        self.plan: PlacementPlan = plan(inventory)
+        self.redis: EmbeddedRedis | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.redis_url = self.options.redis_url or ""
+        self.mqtt_url = self.options.mqtt_url or ""
+        self.root: Any = None
+        self.store: SyncStore | None = None
+        self._root_blob = b""
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._started_ray = False
+        self.root_restarts = 0
+        self.start_error = ""
+        self.started = threading.Event()
+        self.t0 = time.monotonic()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- servers ---------------------------------------------------------
+    def start_servers(self) -> None:
+        """Embedded Redis and broker unless URLs were given."""
+        data = self.options.data_dir
+        if data is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="commandpost-")
+            data = Path(self._tmp.name)
+        if not self.redis_url:
+            self.redis = EmbeddedRedis(data / "redis")
+            self.redis.start()
+            self.redis.start_watchdog()
+            self.redis_url = self.redis.url
+        if not self.mqtt_url:
+            self.broker = EmbeddedBroker(data / "mqtt", prefer=self.options.broker)
+            self.broker.start()
+            self.broker.start_watchdog()
+            self.mqtt_url = self.broker.url
+        self.store = SyncStore(self.redis_url, namespace=self.options.namespace)
+
+    def start_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = {
+            "namespace": self.options.ray_namespace,
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": os.environ.get("COMMANDPOST_RAY_LOGS", "") == "1",
+        }
+        if self.options.ray_address:
+            kwargs["address"] = self.options.ray_address
+        ray.init(**kwargs)
+        self._started_ray = True
+
+    # -- the tree --------------------------------------------------------
+    def root_config(self) -> bytes:
+        by_id = {eq.id: eq for eq in self.inventory.equipment}
+        hosts = [
+            {"host_id": h.host_id, "domain": h.domain, "mode": h.mode,
+             "equipment": [equipment_to_wire(by_id[e]) for e in h.entity_ids]}
+            for h in self.plan.hosts
+        ]
+        return pack({
+            "hosts": hosts, "directory": dict(self.plan.owner), "store_url": self.redis_url,
+            "namespace": self.options.namespace, "ray_namespace": self.options.ray_namespace,
+            "factory": FACTORY,
+            "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
+            "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES)},
+        })
+
+    def start_tree(self) -> dict[str, Any]:
+        """Create (or find) the root and start every host; blocks until all started."""
+        self._root_blob = self.root_config()
+        self.root = self._create_root()
+        try:
+            tree: dict[str, Any] = ray.get(self.root.start.remote())
+        except Exception as exc:
+            self.start_error = str(exc)
+            raise
+        self.started.set()
+        self._watcher = threading.Thread(target=self._watch_root, name="root-watch", daemon=True)
+        self._watcher.start()
+        return tree
+
+    def _create_root(self) -> Any:
+        ns = self.options.ray_namespace
+        try:
+            old = ray.get_actor(ROOT_NAME, namespace=ns)
+            ray.kill(old, no_restart=True)
+        except ValueError:
+            pass
+        return RootActor.options(  # type: ignore[attr-defined]
+            name=ROOT_NAME, namespace=ns, lifetime="detached").remote(self._root_blob)
+
+    def _watch_root(self) -> None:
+        # The root is detached: if its process dies, a new root re-adopts the hosts.
+        while not self._stop.is_set():
+            ref = self.root.ping.remote()
+            try:
+                ray.get(ref, timeout=10)
+            except ray.exceptions.RayActorError:
+                if self._stop.is_set():
+                    return
+                log.error("root supervisor died; starting a new one that re-adopts the hosts")
+                self.root_restarts += 1
+                try:
+                    self.root = self._create_root()
+                    ray.get(self.root.start.remote())
+                except Exception as exc:
+                    log.error("root restart failed: %s", exc)
+            except ray.exceptions.GetTimeoutError:
+                log.warning("root supervisor did not answer a ping within 10 s")
+            self._stop.wait(1.0)
+
+    # -- queries ---------------------------------------------------------
+    def tree(self, timeout: float = 5.0) -> dict[str, Any]:
+        if self.root is None:
+            raise RetryableError("the supervision tree is not started")
+        try:
+            out: dict[str, Any] = ray.get(self.root.get_tree.remote(), timeout=timeout)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            raise RetryableError(f"root supervisor unavailable: {exc}") from exc
+        return out
+
+    def host_handle(self, host_id: str) -> Any:
+        names = ray.get(self.root.host_actors.remote(), timeout=10)
+        return ray.get_actor(names[host_id], namespace=self.options.ray_namespace)
+
+    def redis_ok(self) -> bool:
+        if self.store is None:
+            return False
+        try:
+            self.store.ping()
+        except CommandpostError:
+            return False
+        return True
+
+    def broker_ok(self) -> bool:
+        u = urlparse(self.mqtt_url)
+        try:
+            with socket.create_connection((u.hostname or "127.0.0.1", u.port or 1883), 0.5):
+                return True
+        except OSError:
+            return False
+
+    # -- shutdown --------------------------------------------------------
+    def stop(self) -> None:
+        """Reverse order: tree (hosts in reverse), root, Ray, broker, Redis."""
+        self._stop.set()
+        if self.root is not None:
+            try:
+                ray.get(self.root.shutdown.remote(), timeout=120)
+            except Exception as exc:
+                log.warning("tree shutdown incomplete: %s", exc)
+            try:
+                ray.kill(self.root, no_restart=True)
+            except Exception as exc:
+                log.debug("root already gone: %s", exc)
+            self.root = None
+        if self._watcher is not None:
+            self._watcher.join(timeout=15)
+        if self._started_ray:
+            ray.shutdown()
+        if self.store is not None:
+            self.store.close()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class RuntimeBackend:
+    """The admin web's view of a :class:`Service` (health, tree, system)."""
+
+    def __init__(self, service: Service, simulators: list[dict[str, Any]] | None = None) -> None:
+        self.service = service
+        self.simulators = simulators or []
+        self._cache: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def tree(self) -> dict[str, Any]:
+        return self.service.tree()
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            if self._cache is not None and time.monotonic() - self._cache[0] < 0.2:
+                return dict(self._cache[1])
+        total = len(self.service.inventory.equipment)
+        if not self.service.started.is_set():
+            out = {"status": "starting", "entities": total, "online": 0}
+        else:
+            redis_ok = self.service.redis_ok()
+            broker_ok = self.service.broker_ok()
+            try:
+                tree = self.service.tree(timeout=3.0)
+                statuses = _statuses(tree)
+                running = sum(h.get("entities", 0) - h.get("failed_entities", 0)
+                              for h in _hosts(tree) if h["status"] == "running")
+            except RetryableError:
+                statuses, running = {"failed"}, 0
+            if not (redis_ok and broker_ok) or "failed" in statuses:
+                status = "degraded"
+            elif statuses <= {"running"} and running == total:
+                status = "ok"
+            else:
+                status = "starting"
+            out = {"status": status, "entities": total, "online": 0,
+                   "redis": "ok" if redis_ok else "unreachable",
+                   "mqtt": "ok" if broker_ok else "unreachable"}
+        with self._lock:
+            self._cache = (time.monotonic(), out)
+        return dict(out)
+
+    def system(self) -> dict[str, Any]:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("commandpost")
+        except metadata.PackageNotFoundError:
+            version = "0+unknown"
+        try:
+            nodes = len([n for n in ray.nodes() if n.get("Alive")])
+            address = ray.get_runtime_context().gcs_address
+        except Exception:
+            nodes, address = 0, ""
+        s = self.service
+        return {
+            "version": version,
+            "ray": {"address": address, "nodes": nodes},
+            "redis": {"url": s.redis_url, "status": "ok" if s.redis_ok() else "unreachable",
+                      "pid": s.redis.pid if s.redis else None},
+            "mqtt": {"url": s.mqtt_url, "status": "ok" if s.broker_ok() else "unreachable",
+                     "broker": s.broker.kind if s.broker else "external"},
+            "simulators": self.simulators,
+        }
+
+
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [node]
+    for c in node.get("children", []):
+        out.extend(_walk(c))
+    return out
+
+
+def _statuses(tree: dict[str, Any]) -> set[str]:
+    return {str(n["status"]) for n in _walk(tree)}
+
+
+def _hosts(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    return [n for n in _walk(tree) if "host" in str(n.get("kind", ""))]
+
+
+_ = ConfigError

@@ -1,0 +1,1369 @@
+"""The state store: entity checkpoints, the event stream and the durable command journal.
+
+Everything the runtime keeps in Redis goes through this module, which maps
+every redis-py exception into the project's error tree at the edge. Key
+layout, under a namespace prefix ``ns`` (default ``cp``)::
+
+    {ns}:ckpt:{entity_id}              string  an entity's msgpack checkpoint (opaque here)
+    {ns}:events                        stream  operator-visible events, MAXLEN ~ 100000
+    {ns}:journal                       stream  command submissions (command_id, target)
+    {ns}:cmd:{command_id}              hash    the command (Command.to_fields)
+    {ns}:idem:{caller}:{target}:{key}  string  -> command_id, kept 48 h (parts %-escaped)
+    {ns}:cursor:{name}                 string  last journal id a consumer has processed
+    {ns}:kv:{name}                     string  small msgpack blobs (the host registry …)
+    {ns}:hash:{name}                   hash    generic string hashes
+
+Three implementations share those keys and the Lua scripts:
+
+* :class:`RedisStore` (``redis.asyncio``) for entities and hosts;
+* :class:`SyncStore` (``redis``), the subset the threaded Flask admin needs;
+* :class:`MemoryStore`, dict-backed with the same semantics, for unit tests.
+
+Example::
+
+    store = RedisStore("redis://127.0.0.1:6379/0")
+    await store.connect()
+    cmd, created = await store.submit_command(
+        Command(new_command_id(), "xr-dijon-001", "set_plan", {"plan": 2}, "operator:ana"))
+    # the reply came after the server's fsync: the command is durable
+    await store.update_command(cmd.command_id, CommandStatus.SENT)
+    await store.close()
+
+Redis must run with ``appendonly yes`` and ``appendfsync always`` for a reply
+to mean "durable"; the embedded server is started that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
+
+from runtime.clock import Clock, SystemClock
+from runtime.commands import TERMINAL, TRANSITIONS, Command, CommandStatus
+from runtime.errors import (
+    AuthError,
+    CommandpostError,
+    ConfigError,
+    MalformedMessageError,
+    ProtocolError,
+    RejectedError,
+    StoreUnavailableError,
+)
+
+__all__ = [
+    "EVENTS_MAXLEN",
+    "IDEMPOTENCY_TTL_S",
+    "JOURNAL_MAXLEN",
+    "TERMINAL_TTL_S",
+    "MemoryStore",
+    "RedisStore",
+    "RetryPolicy",
+    "StateStore",
+    "StoreKeys",
+    "SyncStore",
+]
+
+log = logging.getLogger("commandpost.store")
+
+T = TypeVar("T")
+
+IDEMPOTENCY_TTL_S = 172_800  # 48 h: the contract promises at least 24 h
+TERMINAL_TTL_S = 7 * 86_400  # a finished command stays readable for a week
+EVENTS_MAXLEN = 100_000
+JOURNAL_MAXLEN = 1_000_000
+SAVE_CHUNK = 500
+LOAD_CHUNK = 1_000
+EVENT_CHUNK = 1_000
+EVENT_FILTER_WINDOW = 5_000  # newest events scanned when filtering by entity
+
+
+# -- retry policy -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Jittered, capped exponential backoff for connection-level failures.
+
+    An operation is retried until ``deadline_s`` seconds have passed since its
+    first attempt, then fails with :class:`StoreUnavailableError`.
+    """
+
+    initial_s: float = 0.05
+    max_s: float = 2.0
+    factor: float = 2.0
+    jitter: float = 0.2
+    deadline_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.initial_s <= 0 or self.max_s < self.initial_s:
+            raise ConfigError("retry policy needs 0 < initial_s <= max_s")
+        if self.factor < 1:
+            raise ConfigError("retry policy factor must be >= 1")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError("retry policy jitter must be in [0, 1)")
+        if self.deadline_s < 0:
+            raise ConfigError("retry policy deadline_s must be >= 0")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after the ``attempt``-th failure (1-based)."""
+        base = min(self.max_s, self.initial_s * self.factor ** max(0, attempt - 1))
+        return base * (1 + random.uniform(-self.jitter, self.jitter))
+
+
+# -- keys ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StoreKeys:
+    """Redis key names under one namespace (the only place they are spelled)."""
+
+    namespace: str = "cp"
+
+    def __post_init__(self) -> None:
+        if not self.namespace or any(c.isspace() for c in self.namespace):
+            raise ConfigError(f"bad store namespace {self.namespace!r}")
+
+    def checkpoint(self, entity_id: str) -> str:
+        return f"{self.namespace}:ckpt:{entity_id}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.namespace}:events"
+
+    @property
+    def journal(self) -> str:
+        return f"{self.namespace}:journal"
+
+    @property
+    def command_prefix(self) -> str:
+        return f"{self.namespace}:cmd:"
+
+    def command(self, command_id: str) -> str:
+        return self.command_prefix + command_id
+
+    def idempotency(self, caller: str, target: str, key: str) -> str:
+        # Escaped so that a colon inside a caller name cannot make two triples collide.
+        parts = (quote(p, safe="") for p in (caller, target, key))
+        return f"{self.namespace}:idem:" + ":".join(parts)
+
+    def cursor(self, name: str) -> str:
+        return f"{self.namespace}:cursor:{name}"
+
+    def blob(self, name: str) -> str:
+        return f"{self.namespace}:kv:{name}"
+
+    def hash(self, name: str) -> str:
+        return f"{self.namespace}:hash:{name}"
+
+
+# -- Lua scripts (one text each, registered by both Redis-backed stores) ------------------------
+# KEYS: cmd hash, journal stream[, idempotency key]
+# ARGV: cmd key prefix, journal maxlen, idempotency ttl, command_id, target, field, value, …
+# Reply: {1, {}} created; {0, fields} an earlier command holds the idempotency key;
+#        {2, fields} a command with this id exists already.
+SUBMIT_COMMAND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {2, redis.call('HGETALL', KEYS[1])}
+end
+if #KEYS == 3 then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then
+    local fields = redis.call('HGETALL', ARGV[1] .. existing)
+    if #fields > 0 then
+      return {0, fields}
+    end
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'command_id', ARGV[4], 'target', ARGV[5])
+if #KEYS == 3 then
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+end
+return {1, {}}
+"""
+
+
+def _lua_set(statuses: frozenset[CommandStatus]) -> str:
+    return "{" + ", ".join(f'["{s.value}"] = true' for s in sorted(statuses)) + "}"
+
+
+# KEYS: cmd hash. ARGV: new status, ts, error, terminal ttl, "1" when this is a retry.
+# Reply: 1 moved, 0 not allowed, -1 no such command. On a retry, finding the
+# status already at the target counts as moved: the lost first attempt did it.
+UPDATE_COMMAND_LUA = (
+    "local moves = {\n"
+    + "".join(
+        f'  ["{old.value}"] = {_lua_set(new)},\n' for old, new in sorted(TRANSITIONS.items())
+    )
+    + "}\n"
+    + f"local terminal = {_lua_set(TERMINAL)}\n"
+    + """
+local old = redis.call('HGET', KEYS[1], 'status')
+if not old then
+  return -1
+end
+if old == ARGV[1] then
+  if ARGV[5] == '1' then return 1 end
+  return 0
+end
+local allowed = moves[old]
+if not allowed or not allowed[ARGV[1]] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_ts', ARGV[2], 'error', ARGV[3])
+if terminal[ARGV[1]] then
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+)
+
+
+# -- shared codecs ------------------------------------------------------------------------------
+_STREAM_ID = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    match = _STREAM_ID.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise RejectedError(f"bad stream id {value!r}", code="bad_stream_id")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_EVENT_TYPES = "_types"  # a field naming the non-str values, so that events round-trip
+_RESERVED_EVENT_FIELDS = frozenset({"event_id", _EVENT_TYPES})
+
+
+def _encode_event(event: Mapping[str, Any]) -> dict[str, str]:
+    if not isinstance(event, Mapping) or not event:
+        raise RejectedError("an event must be a non-empty mapping", code="bad_event")
+    fields: dict[str, str] = {}
+    types: dict[str, str] = {}
+    for name, value in event.items():
+        if not isinstance(name, str) or not name or name in _RESERVED_EVENT_FIELDS:
+            raise RejectedError(f"bad event field name {name!r}", code="bad_event")
+        if isinstance(value, str):
+            fields[name] = value
+        elif isinstance(value, bool):
+            fields[name], types[name] = ("true" if value else "false"), "b"
+        elif isinstance(value, int):
+            fields[name], types[name] = str(value), "i"
+        elif isinstance(value, float):
+            fields[name], types[name] = repr(value), "f"
+        else:
+            raise RejectedError(
+                f"event field {name!r} must be str, int, float or bool, not "
+                f"{type(value).__name__}",
+                code="bad_event",
+            )
+    if types:
+        fields[_EVENT_TYPES] = json.dumps(types, separators=(",", ":"))
+    return fields
+
+
+def _decode_event(event_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, Any]:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    try:
+        types = json.loads(fields.pop(_EVENT_TYPES, "{}"))
+    except ValueError as exc:
+        raise MalformedMessageError(f"event {event_id} has a bad type map") from exc
+    out: dict[str, Any] = dict(fields)
+    try:
+        for name, tag in types.items():
+            if name not in fields:
+                continue
+            if tag == "b":
+                out[name] = fields[name] == "true"
+            elif tag == "i":
+                out[name] = int(fields[name])
+            elif tag == "f":
+                out[name] = float(fields[name])
+    except (ValueError, AttributeError) as exc:
+        raise MalformedMessageError(f"event {event_id} has a bad value: {exc}") from exc
+    out["event_id"] = event_id
+    return out
+
+
+def _pairs(flat: Sequence[Any]) -> dict[bytes, bytes]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise RejectedError(f"{kind} must be a non-empty string", code="bad_request")
+    return value
+
+
+def _check_blob(entity_id: str, blob: bytes) -> bytes:
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise RejectedError(f"checkpoint of {entity_id!r} must be bytes", code="bad_request")
+    return bytes(blob)
+
+
+def _stamp(cmd: Command, clock: Clock) -> Command:
+    """Give a fresh command its creation time if the caller left it at 0."""
+    if cmd.created_ts:
+        return cmd
+    now = clock.time()
+    return dataclasses.replace(cmd, created_ts=now, updated_ts=cmd.updated_ts or now)
+
+
+def _submit_call(keys: StoreKeys, cmd: Command, maxlen: int) -> tuple[list[str], list[Any]]:
+    script_keys = [keys.command(cmd.command_id), keys.journal]
+    if cmd.idempotency_key:
+        script_keys.append(keys.idempotency(cmd.caller, cmd.target, cmd.idempotency_key))
+    args: list[Any] = [keys.command_prefix, maxlen, IDEMPOTENCY_TTL_S, cmd.command_id, cmd.target]
+    for name, value in cmd.to_fields().items():
+        args += [name, value]
+    return script_keys, args
+
+
+def _submit_result(cmd: Command, reply: Any, retried: bool) -> tuple[Command, bool]:
+    try:
+        code, flat = int(reply[0]), reply[1]
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ProtocolError(f"unexpected submit reply {reply!r}") from exc
+    if code == 1:
+        return cmd, True
+    existing = Command.from_fields(_pairs(flat))
+    # Same id already stored: after a retry it is our own lost first attempt.
+    return existing, (code == 2 and retried)
+
+
+def _update_args(status: CommandStatus, error: str, ts: float, retried: bool) -> list[Any]:
+    return [status.value, repr(float(ts)), error, TERMINAL_TTL_S, "1" if retried else "0"]
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _check_url(url: str) -> None:
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"bad redis URL {_redact(url)!r}: {exc}") from exc
+
+
+# -- health and error mapping -------------------------------------------------------------------
+_AUTH_ERRORS: tuple[type[Exception], ...] = (
+    rex.AuthenticationError,
+    rex.AuthorizationError,
+    rex.AuthenticationWrongNumberOfArgsError,
+    rex.NoPermissionError,
+    rex.ExternalAuthProviderError,
+)
+_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    rex.ConnectionError,  # includes BusyLoadingError (the server is loading its AOF)
+    rex.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _classify(exc: Exception, op: str) -> CommandpostError | None:
+    """The project error for ``exc``, or None when it is connection-level (worth a retry)."""
+    if isinstance(exc, _AUTH_ERRORS):
+        return AuthError(f"redis refused {op}: {exc}")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return None
+    # The server is up but cannot write (maxmemory, a replica, a failing disk): not retried.
+    cannot_write = isinstance(exc, (rex.OutOfMemoryError, rex.ReadOnlyError, OSError))
+    if cannot_write or str(exc).startswith("MISCONF"):
+        return StoreUnavailableError(f"redis cannot apply {op}: {exc}")
+    return ProtocolError(f"redis error during {op}: {exc}")
+
+
+class _Guard:
+    """Health tracking, error mapping and retry timing shared by the Redis stores.
+
+    Logs once when the store flips unhealthy and once when it recovers.
+    """
+
+    def __init__(self, where: str, policy: RetryPolicy) -> None:
+        self.where = where
+        self.policy = policy
+        self.healthy = False
+        self.last_error = ""
+        self._known = False
+        self._lock = threading.Lock()  # the sync store is shared by Flask's threads
+
+    def succeeded(self) -> None:
+        if self.healthy:
+            return
+        with self._lock:
+            if self.healthy:
+                return
+            if self._known:
+                log.info("store %s recovered", self.where)
+            else:
+                log.info("store %s reachable", self.where)
+            self.healthy = True
+            self._known = True
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self.last_error = error
+            if self.healthy or not self._known:
+                log.warning("store %s unavailable: %s", self.where, error)
+            self.healthy = False
+            self._known = True
+
+    def backoff(self, exc: Exception, op: str, attempt: int, elapsed: float) -> float:
+        """Seconds to wait before the next attempt, or raise the mapped error."""
+        error = _classify(exc, op)
+        if error is not None:
+            if isinstance(error, (StoreUnavailableError, AuthError)):
+                self.failed(str(error))
+            raise error from exc
+        self.failed(f"{op}: {type(exc).__name__}: {exc}")
+        remaining = self.policy.deadline_s - elapsed
+        if remaining <= 0:
+            raise StoreUnavailableError(
+                f"redis at {self.where} unreachable: {op} failed {attempt} time(s) "
+                f"over {elapsed:.1f} s: {exc}"
+            ) from exc
+        return min(self.policy.delay(attempt), remaining)
+
+
+# -- the interface ------------------------------------------------------------------------------
+class StateStore(Protocol):
+    """What entities, hosts and supervisors need from the store (async)."""
+
+    @property
+    def healthy(self) -> bool:
+        """True when the last contact with the store succeeded."""
+
+    @property
+    def last_error(self) -> str:
+        """The last connection-level failure, for operators ("" if none yet)."""
+
+    async def connect(self) -> None:
+        """Reach the store, retrying within the policy's deadline."""
+
+    async def close(self) -> None:
+        """Release connections; the store may be connected again later."""
+
+    async def ping(self) -> float:
+        """Seconds of one round trip."""
+
+    async def save_checkpoints(self, blobs: Mapping[str, bytes]) -> None:
+        """Store each entity's checkpoint blob, replacing the previous one."""
+
+    async def load_checkpoints(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Checkpoints of ``ids``; ids without one are missing from the result."""
+
+    async def delete_checkpoints(self, ids: Sequence[str]) -> None:
+        """Forget the checkpoints of ``ids`` (absent ones are ignored)."""
+
+    async def append_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Append flat events (str, int, float or bool values) to the event stream."""
+
+    async def recent_events(
+        self, count: int = 100, *, entity: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest events first, each with its ``event_id``."""
+
+    async def submit_command(self, cmd: Command) -> tuple[Command, bool]:
+        """Journal ``cmd`` durably, or return the command its idempotency key names."""
+
+    async def get_command(self, command_id: str) -> Command:
+        """The stored command; :class:`KeyError` when there is none."""
+
+    async def get_commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        """The stored commands among ``ids``."""
+
+    async def update_command(
+        self, command_id: str, status: CommandStatus, *, error: str = "", ts: float | None = None
+    ) -> bool:
+        """Move a command forward; whether it moved."""
+
+    async def update_commands(
+        self, updates: Sequence[tuple[str, CommandStatus, str]]
+    ) -> list[bool]:
+        """Several ``(command_id, status, error)`` moves in one round trip."""
+
+    async def read_journal(
+        self, after_id: str, count: int = 500, block_ms: int = 0
+    ) -> list[tuple[str, str, str]]:
+        """Journal entries ``(stream_id, command_id, target)`` after ``after_id``."""
+
+    async def get_cursor(self, name: str) -> str:
+        """The journal id consumer ``name`` processed last ("0" when none)."""
+
+    async def set_cursor(self, name: str, stream_id: str) -> None:
+        """Record the journal id consumer ``name`` processed last."""
+
+    async def put_blob(self, name: str, data: bytes) -> None:
+        """Store a small named blob."""
+
+    async def get_blob(self, name: str) -> bytes | None:
+        """A named blob, or None when it was never stored."""
+
+    async def hset_many(self, name: str, mapping: Mapping[str, str]) -> None:
+        """Set fields of the named hash."""
+
+    async def hgetall(self, name: str) -> dict[str, str]:
+        """Every field of the named hash ({} when absent)."""
+
+
+def _check_updates(
+    updates: Sequence[tuple[str, CommandStatus, str]],
+) -> list[tuple[str, CommandStatus, str]]:
+    out = []
+    for command_id, status, error in updates:
+        out.append((_check_id("command id", command_id), _status(status), error))
+    return out
+
+
+def _status(status: CommandStatus | str) -> CommandStatus:
+    try:
+        return CommandStatus(status)
+    except ValueError as exc:
+        raise RejectedError(f"unknown command status {status!r}", code="bad_command") from exc
+
+
+def _check_read(count: int, block_ms: int) -> None:
+    if count <= 0 or block_ms < 0:
+        raise RejectedError("count must be > 0 and block_ms >= 0", code="bad_request")
+
+
+# -- Redis, async -------------------------------------------------------------------------------
+class RedisStore:
+    """The state store on Redis through ``redis.asyncio``.
+
+    The short socket timeouts make a dead server visible in about a second;
+    connection-level failures are retried by ``retry`` and then raise
+    :class:`StoreUnavailableError`. The client is created on first use in the
+    running event loop and released by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "cp",
+        retry: RetryPolicy = RetryPolicy(),
+        clock: Clock | None = None,
+        *,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+        health_check_interval: int = 2,
+        events_maxlen: int = EVENTS_MAXLEN,
+        journal_maxlen: int = JOURNAL_MAXLEN,
+    ) -> None:
+        _check_url(url)
+        if socket_timeout <= 0 or connect_timeout <= 0 or events_maxlen <= 0 or journal_maxlen <= 0:
+            raise ConfigError("store timeouts and stream lengths must be > 0")
+        self.url = url
+        self.keys = StoreKeys(namespace)
+        self._clock: Clock = clock or SystemClock()
+        self._guard = _Guard(_redact(url), retry)
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        self._health_check_interval = health_check_interval
+        self._events_maxlen = events_maxlen
+        self._journal_maxlen = journal_maxlen
+        self._redis: aioredis.Redis | None = None
+        self._submit_script: Any = None
+        self._update_script: Any = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._guard.healthy
+
+    @property
+    def last_error(self) -> str:
+        return self._guard.last_error
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            client = aioredis.Redis.from_url(
+                self.url,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._connect_timeout,
+                health_check_interval=self._health_check_interval,
+                decode_responses=False,
+                # Our RetryPolicy is the only retry layer: redis-py's own would multiply it.
+                retry=AsyncRetry(NoBackoff(), 0),
+            )
+            self._submit_script = client.register_script(SUBMIT_COMMAND_LUA)
+            self._update_script = client.register_script(UPDATE_COMMAND_LUA)
+            self._redis = client
+        return self._redis
+
+    async def _call(self, op: str, fn: Callable[[int], Awaitable[T]]) -> T:
+        """Run ``fn(attempt)`` under the retry policy, mapping every redis error."""
+        started = self._clock.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await fn(attempt)
+            except (rex.RedisError, OSError) as exc:
+                elapsed = self._clock.monotonic() - started
+                delay = self._guard.backoff(exc, op, attempt, elapsed)
+                await self._clock.sleep(delay)
+                continue
+            self._guard.succeeded()
+            return result
+
+    async def connect(self) -> None:
+        """Reach Redis (within the retry deadline) and warn if its replies are not durable."""
+        await self.ping()
+        client = self._client()
+
+        async def once(_: int) -> Any:
+            try:
+                return await client.config_get("append*")
+            except rex.ResponseError as exc:
+                # Managed servers often disable CONFIG: durability cannot be checked there.
+                log.debug("store %s: cannot read the AOF settings: %s", self._guard.where, exc)
+                return None
+
+        config = await self._call("connect", once)
+        if config is not None:
+            settings = {_text(k): _text(v) for k, v in config.items()}
+            if settings.get("appendonly") != "yes" or settings.get("appendfsync") != "always":
+                log.warning(
+                    "store %s runs with appendonly=%s appendfsync=%s: an accepted command "
+                    "may be lost if Redis crashes (needs appendonly yes, appendfsync always)",
+                    self._guard.where, settings.get("appendonly"), settings.get("appendfsync"),
+                )
+
+    async def close(self) -> None:
+        client, self._redis = self._redis, None
+        if client is not None:
+            with contextlib.suppress(rex.RedisError, OSError):
+                await client.aclose()
+
+    async def ping(self) -> float:
+        client = self._client()
+
+        async def once(_: int) -> float:
+            start = time.perf_counter()
+            await client.ping()
+            return time.perf_counter() - start
+
+        return await self._call("ping", once)
+
+    async def save_checkpoints(self, blobs: Mapping[str, bytes]) -> None:
+        items = [(_check_id("entity id", k), _check_blob(k, v)) for k, v in blobs.items()]
+        client = self._client()
+        for chunk in _chunks(items, SAVE_CHUNK):
+
+            async def once(_: int, chunk: Sequence[tuple[str, bytes]] = chunk) -> None:
+                pipe = client.pipeline(transaction=False)
+                for entity_id, blob in chunk:
+                    pipe.set(self.keys.checkpoint(entity_id), blob)
+                await pipe.execute()
+
+            await self._call("save_checkpoints", once)
+
+    async def load_checkpoints(self, ids: Sequence[str]) -> dict[str, bytes]:
+        wanted = [_check_id("entity id", i) for i in ids]
+        if not wanted:
+            return {}
+        client = self._client()
+
+        async def once(_: int) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for chunk in _chunks(wanted, LOAD_CHUNK):
+                pipe.mget([self.keys.checkpoint(i) for i in chunk])
+            return await pipe.execute()
+
+        replies = await self._call("load_checkpoints", once)
+        values = [v for reply in replies for v in reply]
+        return {i: v for i, v in zip(wanted, values, strict=True) if v is not None}
+
+    async def delete_checkpoints(self, ids: Sequence[str]) -> None:
+        wanted = [_check_id("entity id", i) for i in ids]
+        if not wanted:
+            return
+        client = self._client()
+
+        async def once(_: int) -> None:
+            pipe = client.pipeline(transaction=False)
+            for chunk in _chunks(wanted, LOAD_CHUNK):
+                pipe.delete(*(self.keys.checkpoint(i) for i in chunk))
+            await pipe.execute()
+
+        await self._call("delete_checkpoints", once)
+
+    async def append_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Append events; after a connection-level retry some may be stored twice."""
+        encoded = [_encode_event(e) for e in events]
+        client = self._client()
+        for chunk in _chunks(encoded, EVENT_CHUNK):
+
+            async def once(_: int, chunk: Sequence[dict[str, str]] = chunk) -> None:
+                pipe = client.pipeline(transaction=False)
+                for fields in chunk:
+                    pipe.xadd(self.keys.events, fields,  # type: ignore[arg-type]
+                              maxlen=self._events_maxlen, approximate=True)
+                await pipe.execute()
+
+            await self._call("append_events", once)
+
+    async def recent_events(
+        self, count: int = 100, *, entity: str | None = None
+    ) -> list[dict[str, Any]]:
+        _check_read(count, 0)
+        client = self._client()
+        window = count if entity is None else max(count, EVENT_FILTER_WINDOW)
+
+        async def once(_: int) -> list[Any]:
+            rows: Any = await client.xrevrange(self.keys.events, count=window)
+            return list(rows or ())
+
+        return _filter_events(await self._call("recent_events", once), count, entity)
+
+    async def submit_command(self, cmd: Command) -> tuple[Command, bool]:
+        """Journal ``cmd`` atomically, or return the command that holds its idempotency key.
+
+        Returns ``(command, created)``: ``created`` is False when an earlier
+        command of the same ``(caller, target, idempotency_key)`` (or the same
+        id) is returned instead. A fresh command with ``created_ts`` 0 is
+        stamped with the store's clock. The reply means the command is durable.
+        """
+        cmd = _stamp(cmd, self._clock)
+        keys, args = _submit_call(self.keys, cmd, self._journal_maxlen)
+        self._client()
+        tries = 0
+
+        async def once(attempt: int) -> Any:
+            nonlocal tries
+            tries = attempt
+            return await self._submit_script(keys=keys, args=args)
+
+        reply = await self._call("submit_command", once)
+        return _submit_result(cmd, reply, tries > 1)
+
+    async def get_command(self, command_id: str) -> Command:
+        """The stored command; raises :class:`KeyError` when there is none."""
+        found = await self.get_commands([command_id])
+        if command_id not in found:
+            raise KeyError(command_id)
+        return found[command_id]
+
+    async def get_commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        wanted = [_check_id("command id", i) for i in ids]
+        if not wanted:
+            return {}
+        client = self._client()
+
+        async def once(_: int) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for command_id in wanted:
+                pipe.hgetall(self.keys.command(command_id))
+            return await pipe.execute()
+
+        replies = await self._call("get_commands", once)
+        return {i: Command.from_fields(r) for i, r in zip(wanted, replies, strict=True) if r}
+
+    async def update_command(
+        self,
+        command_id: str,
+        status: CommandStatus,
+        *,
+        error: str = "",
+        ts: float | None = None,
+    ) -> bool:
+        """Move a command forward if its lifecycle allows; whether it moved.
+
+        Raises :class:`KeyError` for an unknown command.
+        """
+        command_id = _check_id("command id", command_id)
+        status = _status(status)
+        stamp = self._clock.time() if ts is None else ts
+        key = self.keys.command(command_id)
+        self._client()
+
+        async def once(attempt: int) -> Any:
+            args = _update_args(status, error, stamp, attempt > 1)
+            return await self._update_script(keys=[key], args=args)
+
+        moved = int(await self._call("update_command", once))
+        if moved < 0:
+            raise KeyError(command_id)
+        return moved == 1
+
+    async def update_commands(
+        self, updates: Sequence[tuple[str, CommandStatus, str]]
+    ) -> list[bool]:
+        """Several moves in one round trip; an unknown command id reports False."""
+        checked = _check_updates(updates)
+        if not checked:
+            return []
+        client = self._client()
+        stamp = self._clock.time()
+
+        async def once(attempt: int) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for command_id, status, error in checked:
+                args = _update_args(status, error, stamp, attempt > 1)
+                await self._update_script(
+                    keys=[self.keys.command(command_id)], args=args, client=pipe
+                )
+            return await pipe.execute()
+
+        replies = await self._call("update_commands", once)
+        return [int(r) == 1 for r in replies]
+
+    async def read_journal(
+        self, after_id: str, count: int = 500, block_ms: int = 0
+    ) -> list[tuple[str, str, str]]:
+        """Journal entries after ``after_id`` ("0" = from the start), oldest first.
+
+        With ``block_ms`` > 0, waits up to that long for an entry when there is
+        none yet (in slices shorter than the socket timeout).
+        """
+        _stream_id(after_id)
+        _check_read(count, block_ms)
+        client = self._client()
+        slice_ms = max(1, int(self._socket_timeout * 500))
+        deadline = self._clock.monotonic() + block_ms / 1000
+        while True:
+            remaining_ms = int((deadline - self._clock.monotonic()) * 1000)
+            block = min(slice_ms, remaining_ms) if remaining_ms > 0 else None
+
+            async def once(_: int, block: int | None = block) -> Any:
+                return await client.xread({self.keys.journal: after_id}, count=count, block=block)
+
+            reply = await self._call("read_journal", once)
+            entries = _journal_entries(reply)
+            if entries or block is None:
+                return entries
+
+    async def get_cursor(self, name: str) -> str:
+        key = self.keys.cursor(_check_id("cursor name", name))
+        client = self._client()
+
+        async def once(_: int) -> Any:
+            return await client.get(key)
+
+        value = await self._call("get_cursor", once)
+        return "0" if value is None else _text(value)
+
+    async def set_cursor(self, name: str, stream_id: str) -> None:
+        key = self.keys.cursor(_check_id("cursor name", name))
+        _stream_id(stream_id)
+        client = self._client()
+
+        async def once(_: int) -> None:
+            await client.set(key, stream_id)
+
+        await self._call("set_cursor", once)
+
+    async def put_blob(self, name: str, data: bytes) -> None:
+        key = self.keys.blob(_check_id("blob name", name))
+        blob = _check_blob(name, data)
+        client = self._client()
+
+        async def once(_: int) -> None:
+            await client.set(key, blob)
+
+        await self._call("put_blob", once)
+
+    async def get_blob(self, name: str) -> bytes | None:
+        key = self.keys.blob(_check_id("blob name", name))
+        client = self._client()
+
+        async def once(_: int) -> Any:
+            return await client.get(key)
+
+        value = await self._call("get_blob", once)
+        return None if value is None else bytes(value)
+
+    async def hset_many(self, name: str, mapping: Mapping[str, str]) -> None:
+        key = self.keys.hash(_check_id("hash name", name))
+        fields = _check_hash(mapping)
+        if not fields:
+            return
+        client = self._client()
+
+        async def once(_: int) -> None:
+            await client.hset(key, mapping=fields)  # type: ignore[arg-type]
+
+        await self._call("hset_many", once)
+
+    async def hgetall(self, name: str) -> dict[str, str]:
+        key = self.keys.hash(_check_id("hash name", name))
+        client = self._client()
+
+        async def once(_: int) -> Any:
+            return await client.hgetall(key)
+
+        raw = await self._call("hgetall", once)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _check_hash(mapping: Mapping[str, str]) -> dict[str, str]:
+    for k, v in mapping.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise RejectedError("hash fields and values must be strings", code="bad_request")
+    return dict(mapping)
+
+
+def _filter_events(rows: Sequence[Any], count: int, entity: str | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    wanted = None if entity is None else entity.encode()
+    for raw_id, fields in rows:
+        if wanted is not None and fields.get(b"entity") != wanted:
+            continue
+        out.append(_decode_event(_text(raw_id), fields))
+        if len(out) >= count:
+            break
+    return out
+
+
+def _journal_entries(reply: Any) -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    for _stream, rows in reply or ():
+        for raw_id, fields in rows:
+            out.append(
+                (
+                    _text(raw_id),
+                    _text(fields.get(b"command_id", b"")),
+                    _text(fields.get(b"target", b"")),
+                )
+            )
+    return out
+
+
+# -- Redis, sync (the Flask admin) --------------------------------------------------------------
+class SyncStore:
+    """The subset of the store the threaded admin needs, over a blocking ``redis.Redis``.
+
+    Same keys, scripts, retry policy and error mapping as :class:`RedisStore`;
+    safe to share between threads (redis-py's pool is thread-safe).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "cp",
+        retry: RetryPolicy = RetryPolicy(),
+        clock: Clock | None = None,
+        *,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+        health_check_interval: int = 2,
+        journal_maxlen: int = JOURNAL_MAXLEN,
+    ) -> None:
+        _check_url(url)
+        self.url = url
+        self.keys = StoreKeys(namespace)
+        self._clock: Clock = clock or SystemClock()
+        self._guard = _Guard(_redact(url), retry)
+        self._journal_maxlen = journal_maxlen
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=health_check_interval,
+            decode_responses=False,
+            retry=SyncRetry(NoBackoff(), 0),
+        )
+        self._submit_script = self._redis.register_script(SUBMIT_COMMAND_LUA)
+
+    @property
+    def healthy(self) -> bool:
+        return self._guard.healthy
+
+    @property
+    def last_error(self) -> str:
+        return self._guard.last_error
+
+    def _call(self, op: str, fn: Callable[[int], T]) -> T:
+        # Real time here: the admin's threads cannot await an injected clock.
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = fn(attempt)
+            except (rex.RedisError, OSError) as exc:
+                delay = self._guard.backoff(exc, op, attempt, time.monotonic() - started)
+                time.sleep(delay)
+                continue
+            self._guard.succeeded()
+            return result
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        with contextlib.suppress(rex.RedisError, OSError):
+            self._redis.close()
+
+    def ping(self) -> float:
+        """Seconds of one round trip."""
+
+        def once(_: int) -> float:
+            start = time.perf_counter()
+            self._redis.ping()
+            return time.perf_counter() - start
+
+        return self._call("ping", once)
+
+    def submit_command(self, cmd: Command) -> tuple[Command, bool]:
+        """As :meth:`RedisStore.submit_command`."""
+        cmd = _stamp(cmd, self._clock)
+        keys, args = _submit_call(self.keys, cmd, self._journal_maxlen)
+        tries = 0
+
+        def once(attempt: int) -> Any:
+            nonlocal tries
+            tries = attempt
+            return self._submit_script(keys=keys, args=args)
+
+        reply = self._call("submit_command", once)
+        return _submit_result(cmd, reply, tries > 1)
+
+    def get_command(self, command_id: str) -> Command:
+        """The stored command; raises :class:`KeyError` when there is none."""
+        key = self.keys.command(_check_id("command id", command_id))
+        raw = self._call("get_command", lambda _: self._redis.hgetall(key))
+        if not raw:
+            raise KeyError(command_id)
+        return Command.from_fields(raw)
+
+    def recent_events(self, count: int = 100, *, entity: str | None = None) -> list[dict[str, Any]]:
+        """As :meth:`RedisStore.recent_events`."""
+        _check_read(count, 0)
+        window = count if entity is None else max(count, EVENT_FILTER_WINDOW)
+        rows: Any = self._call(
+            "recent_events", lambda _: self._redis.xrevrange(self.keys.events, count=window)
+        )
+        return _filter_events(rows, count, entity)
+
+    def load_checkpoints(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """As :meth:`RedisStore.load_checkpoints`."""
+        wanted = [_check_id("entity id", i) for i in ids]
+        if not wanted:
+            return {}
+
+        def once(_: int) -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for chunk in _chunks(wanted, LOAD_CHUNK):
+                pipe.mget([self.keys.checkpoint(i) for i in chunk])
+            return pipe.execute()
+
+        values = [v for reply in self._call("load_checkpoints", once) for v in reply]
+        return {i: v for i, v in zip(wanted, values, strict=True) if v is not None}
+
+    def get_blob(self, name: str) -> bytes | None:
+        """A named blob, or None when it was never stored."""
+        key = self.keys.blob(_check_id("blob name", name))
+        value: Any = self._call("get_blob", lambda _: self._redis.get(key))
+        return None if value is None else bytes(value)
+
+    def hgetall(self, name: str) -> dict[str, str]:
+        """Every field of the named hash ({} when absent)."""
+        key = self.keys.hash(_check_id("hash name", name))
+        raw: Any = self._call("hgetall", lambda _: self._redis.hgetall(key))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+
+# -- in memory (unit tests) ---------------------------------------------------------------------
+class _StreamIds:
+    """Redis-style ``ms-seq`` ids, strictly increasing even when the clock stands still."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._last = (0, 0)
+
+    def next(self) -> tuple[int, int]:
+        ms = int(self._clock.time() * 1000)
+        last_ms, last_seq = self._last
+        self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        return self._last
+
+
+def _id_text(stream_id: tuple[int, int]) -> str:
+    return f"{stream_id[0]}-{stream_id[1]}"
+
+
+class MemoryStore:
+    """A dict-backed :class:`StateStore` with the Redis store's semantics, for unit tests.
+
+    Streams are trimmed exactly at their maximum length; idempotency keys and
+    finished commands expire on the injected clock. ``available = False``
+    makes every operation raise :class:`StoreUnavailableError`, and
+    :meth:`fail_next` makes only the next ``n`` operations fail.
+    """
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        namespace: str = "cp",
+        retry: RetryPolicy = RetryPolicy(),
+        clock: Clock | None = None,
+        *,
+        events_maxlen: int = EVENTS_MAXLEN,
+        journal_maxlen: int = JOURNAL_MAXLEN,
+    ) -> None:
+        self.url = url
+        self.keys = StoreKeys(namespace)
+        self.retry = retry
+        self.available = True
+        self._clock: Clock = clock or SystemClock()
+        self._guard = _Guard(url, retry)
+        self._failures = 0
+        self._ids = _StreamIds(self._clock)
+        self._checkpoints: dict[str, bytes] = {}
+        self._events: deque[tuple[tuple[int, int], dict[str, str]]] = deque(maxlen=events_maxlen)
+        self._journal: deque[tuple[tuple[int, int], str, str]] = deque(maxlen=journal_maxlen)
+        self._commands: dict[str, tuple[dict[str, str | bytes], float]] = {}  # fields, expiry
+        self._idempotency: dict[str, tuple[str, float]] = {}  # command id, expiry
+        self._cursors: dict[str, str] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._hashes: dict[str, dict[str, str]] = {}
+        self._journal_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def healthy(self) -> bool:
+        return self._guard.healthy
+
+    @property
+    def last_error(self) -> str:
+        return self._guard.last_error
+
+    def fail_next(self, n: int = 1) -> None:
+        """Make the next ``n`` operations raise :class:`StoreUnavailableError`."""
+        self._failures += n
+
+    def _enter(self, op: str) -> None:
+        if not self.available or self._failures > 0:
+            if self.available:
+                self._failures -= 1
+            error = StoreUnavailableError(f"memory store unavailable during {op}")
+            self._guard.failed(str(error))
+            raise error
+        self._guard.succeeded()
+
+    def _live_command(self, command_id: str) -> dict[str, str | bytes] | None:
+        entry = self._commands.get(command_id)
+        if entry is None:
+            return None
+        fields, expiry = entry
+        if expiry and expiry <= self._clock.time():
+            del self._commands[command_id]
+            return None
+        return fields
+
+    async def connect(self) -> None:
+        self._enter("connect")
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> float:
+        self._enter("ping")
+        return 0.0
+
+    async def save_checkpoints(self, blobs: Mapping[str, bytes]) -> None:
+        items = {_check_id("entity id", k): _check_blob(k, v) for k, v in blobs.items()}
+        self._enter("save_checkpoints")
+        self._checkpoints.update(items)
+
+    async def load_checkpoints(self, ids: Sequence[str]) -> dict[str, bytes]:
+        wanted = [_check_id("entity id", i) for i in ids]
+        self._enter("load_checkpoints")
+        return {i: self._checkpoints[i] for i in wanted if i in self._checkpoints}
+
+    async def delete_checkpoints(self, ids: Sequence[str]) -> None:
+        wanted = [_check_id("entity id", i) for i in ids]
+        self._enter("delete_checkpoints")
+        for i in wanted:
+            self._checkpoints.pop(i, None)
+
+    async def append_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        encoded = [_encode_event(e) for e in events]
+        self._enter("append_events")
+        for fields in encoded:
+            self._events.append((self._ids.next(), fields))
+
+    async def recent_events(
+        self, count: int = 100, *, entity: str | None = None
+    ) -> list[dict[str, Any]]:
+        _check_read(count, 0)
+        self._enter("recent_events")
+        window = count if entity is None else max(count, EVENT_FILTER_WINDOW)
+        out: list[dict[str, Any]] = []
+        for scanned, (stream_id, fields) in enumerate(reversed(self._events)):
+            if scanned >= window or len(out) >= count:
+                break
+            if entity is not None and fields.get("entity") != entity:
+                continue
+            out.append(_decode_event(_id_text(stream_id), fields))
+        return out
+
+    async def submit_command(self, cmd: Command) -> tuple[Command, bool]:
+        cmd = _stamp(cmd, self._clock)
+        self._enter("submit_command")
+        same = self._live_command(cmd.command_id)
+        if same is not None:
+            return Command.from_fields(same), False
+        idem = ""
+        if cmd.idempotency_key:
+            idem = self.keys.idempotency(cmd.caller, cmd.target, cmd.idempotency_key)
+            held = self._idempotency.get(idem)
+            if held is not None and held[1] > self._clock.time():
+                existing = self._live_command(held[0])
+                if existing is not None:
+                    return Command.from_fields(existing), False
+        self._commands[cmd.command_id] = (cmd.to_fields(), 0.0)
+        self._journal.append((self._ids.next(), cmd.command_id, cmd.target))
+        if idem:
+            self._idempotency[idem] = (cmd.command_id, self._clock.time() + IDEMPOTENCY_TTL_S)
+        for waiter in self._journal_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return cmd, True
+
+    async def get_command(self, command_id: str) -> Command:
+        found = await self.get_commands([command_id])
+        if command_id not in found:
+            raise KeyError(command_id)
+        return found[command_id]
+
+    async def get_commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        wanted = [_check_id("command id", i) for i in ids]
+        self._enter("get_commands")
+        out: dict[str, Command] = {}
+        for command_id in wanted:
+            fields = self._live_command(command_id)
+            if fields is not None:
+                out[command_id] = Command.from_fields(fields)
+        return out
+
+    def _move(self, command_id: str, status: CommandStatus, error: str, ts: float) -> int:
+        fields = self._live_command(command_id)
+        if fields is None:
+            return -1
+        old = CommandStatus(_text(fields["status"]))
+        if status not in TRANSITIONS[old]:
+            return 0
+        fields.update(status=status.value, updated_ts=repr(float(ts)), error=error)
+        if status in TERMINAL:
+            self._commands[command_id] = (fields, self._clock.time() + TERMINAL_TTL_S)
+        return 1
+
+    async def update_command(
+        self,
+        command_id: str,
+        status: CommandStatus,
+        *,
+        error: str = "",
+        ts: float | None = None,
+    ) -> bool:
+        command_id = _check_id("command id", command_id)
+        status = _status(status)
+        self._enter("update_command")
+        moved = self._move(command_id, status, error, self._clock.time() if ts is None else ts)
+        if moved < 0:
+            raise KeyError(command_id)
+        return moved == 1
+
+    async def update_commands(
+        self, updates: Sequence[tuple[str, CommandStatus, str]]
+    ) -> list[bool]:
+        checked = _check_updates(updates)
+        if not checked:
+            return []
+        self._enter("update_commands")
+        now = self._clock.time()
+        return [self._move(i, status, error, now) == 1 for i, status, error in checked]
+
+    async def read_journal(
+        self, after_id: str, count: int = 500, block_ms: int = 0
+    ) -> list[tuple[str, str, str]]:
+        after = _stream_id(after_id)
+        _check_read(count, block_ms)
+        self._enter("read_journal")
+        entries = self._journal_after(after, count)
+        if entries or block_ms == 0:
+            return entries
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._journal_waiters.append(waiter)
+        timer = asyncio.ensure_future(self._clock.sleep(block_ms / 1000))
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._journal_waiters.remove(waiter)
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        return self._journal_after(after, count)
+
+    def _journal_after(self, after: tuple[int, int], count: int) -> list[tuple[str, str, str]]:
+        out: list[tuple[str, str, str]] = []
+        for stream_id, command_id, target in self._journal:
+            if stream_id > after:
+                out.append((_id_text(stream_id), command_id, target))
+                if len(out) >= count:
+                    break
+        return out
+
+    async def get_cursor(self, name: str) -> str:
+        _check_id("cursor name", name)
+        self._enter("get_cursor")
+        return self._cursors.get(name, "0")
+
+    async def set_cursor(self, name: str, stream_id: str) -> None:
+        _check_id("cursor name", name)
+        _stream_id(stream_id)
+        self._enter("set_cursor")
+        self._cursors[name] = stream_id
+
+    async def put_blob(self, name: str, data: bytes) -> None:
+        _check_id("blob name", name)
+        blob = _check_blob(name, data)
+        self._enter("put_blob")
+        self._blobs[name] = blob
+
+    async def get_blob(self, name: str) -> bytes | None:
+        _check_id("blob name", name)
+        self._enter("get_blob")
+        return self._blobs.get(name)
+
+    async def hset_many(self, name: str, mapping: Mapping[str, str]) -> None:
+        _check_id("hash name", name)
+        fields = _check_hash(mapping)
+        self._enter("hset_many")
+        if fields:
+            self._hashes.setdefault(name, {}).update(fields)
+
+    async def hgetall(self, name: str) -> dict[str, str]:
+        _check_id("hash name", name)
+        self._enter("hgetall")
+        return dict(self._hashes.get(name, {}))

@@ -1,0 +1,229 @@
+"""The root of the supervision tree, as a detached, named Ray actor.
+
+The root owns one supervisor per domain, each owning that domain's hosts. It
+is created by the composition root (``commandpost run``/``demo``) with the
+placement plan; if it dies, its creator starts a new one under the same name,
+which re-adopts the hosts still alive (by the registry in Redis) instead of
+creating duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+import ray
+
+from runtime.envelope import pack, unpack
+from runtime.ray_host import NAMESPACE, options_from_wire
+from runtime.store import RedisStore
+from supervisors.core import Supervisor
+from supervisors.spec import ChildSpec, ExitReason, RestartType, SupervisorEvent
+from supervisors.tree import (
+    HostChild,
+    HostInfo,
+    Registry,
+    SparePool,
+    SupervisorChild,
+    TreeConfig,
+    TreeContext,
+    node,
+)
+
+log = logging.getLogger("commandpost.root")
+
+
+def tree_config_from_wire(d: dict[str, Any]) -> TreeConfig:
+    base = TreeConfig()
+    return TreeConfig(
+        root=options_from_wire(d["root"]) if "root" in d else base.root,
+        domain=options_from_wire(d["domain"]) if "domain" in d else base.domain,
+        heartbeat_s=float(d.get("heartbeat_s", base.heartbeat_s)),
+        heartbeat_timeout_s=float(d.get("heartbeat_timeout_s", base.heartbeat_timeout_s)),
+        heartbeat_misses=int(d.get("heartbeat_misses", base.heartbeat_misses)),
+        hung_lag_s=float(d.get("hung_lag_s", base.hung_lag_s)),
+        spares=int(d.get("spares", base.spares)),
+        warm_modules=tuple(d.get("warm_modules", ())),
+    )
+
+
+@ray.remote(num_cpus=0, max_restarts=0, concurrency_groups={"control": 16})
+class RootActor:
+    """Root supervisor process: domains → hosts."""
+
+    def __init__(self, blob: bytes) -> None:
+        logging.basicConfig(level=os.environ.get("COMMANDPOST_LOG", "INFO"))
+        self.cfg: dict[str, Any] = unpack(blob, max_size=256 << 20)
+        self.tree_config = tree_config_from_wire(self.cfg.get("tree") or {})
+        self.namespace: str = self.cfg.get("ray_namespace", NAMESPACE)
+        self.hosts: dict[str, dict[str, Any]] = {h["host_id"]: h for h in self.cfg["hosts"]}
+        self.root: Supervisor | None = None
+        self.domains: dict[str, SupervisorChild] = {}
+        self.ctx: TreeContext | None = None
+        self.store: RedisStore | None = None
+        self.events: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=200)
+        self.started = False
+        self.failed = False
+        self._flusher: asyncio.Task[None] | None = None
+        self.pid = os.getpid()
+
+    def _assignment(self, host_id: str, generation: int) -> bytes:
+        h = self.hosts[host_id]
+        return pack({
+            "host_id": host_id, "generation": generation, "equipment": h["equipment"],
+            "store_url": self.cfg["store_url"], "namespace": self.cfg["namespace"],
+            "ray_namespace": self.namespace, "factory": self.cfg["factory"],
+            "config": self.cfg.get("host_config") or {}, "directory": self.cfg["directory"],
+        })
+
+    def _on_event(self, ev: SupervisorEvent) -> None:
+        row = {"ts": ev.ts, "event": f"supervisor_{ev.action}", "supervisor": ev.supervisor,
+               "entity": ev.child, "reason": ev.reason, "restarts": ev.restarts}
+        self.events.append(row)
+        self.recent.append(row)
+        if self.ctx is not None and ev.child in self.ctx.infos and ev.action == "restart":
+            self.ctx.infos[ev.child].restarts = ev.restarts
+
+    def _on_root_escalate(self, who: str, reason: ExitReason) -> None:
+        self.failed = True
+        log.critical("supervision tree gave up (%s): %s", who, reason.detail)
+
+    async def _flush_events(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.events or self.store is None:
+                continue
+            batch = list(self.events)
+            try:
+                await self.store.append_events(batch)
+            except Exception as exc:  # the store reports and retries on its own
+                log.debug("supervisor events wait for the store: %s", exc)
+                continue
+            for _ in batch:
+                self.events.popleft()
+
+    async def start(self) -> dict[str, Any]:
+        """Start (or re-adopt) every host, domain by domain, in plan order."""
+        self.store = RedisStore(self.cfg["store_url"], namespace=self.cfg["namespace"])
+        await self.store.connect()
+        registry = Registry(self.store)
+        await registry.load()
+        spares = SparePool(self.tree_config.spares, self.namespace,
+                           self.tree_config.warm_modules)
+        spares.adopt_existing()
+        infos = {
+            hid: HostInfo(hid, h["domain"], h["mode"], entities=len(h["equipment"]),
+                          generation=int(registry.entries.get(hid, {}).get("generation", 0)))
+            for hid, h in self.hosts.items()
+        }
+        self.ctx = TreeContext(
+            config=self.tree_config, store=self.store, registry=registry, spares=spares,
+            namespace=self.namespace, assignment=self._assignment, infos=infos,
+            adoptable={h: str(e["actor"]) for h, e in registry.entries.items()
+                       if h in self.hosts},
+        )
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_events(),
+                                                               name="root.events")
+        by_domain: dict[str, list[str]] = {}
+        for hid, h in self.hosts.items():
+            by_domain.setdefault(h["domain"], []).append(hid)
+
+        ctx = self.ctx
+
+        def host_factory(spec: ChildSpec) -> HostChild:
+            return HostChild(spec.id, ctx)
+
+        def domain_factory(spec: ChildSpec) -> SupervisorChild:
+            domain = spec.id
+            children = [(ChildSpec(hid, RestartType.PERMANENT, shutdown_timeout_s=15.0),
+                         host_factory) for hid in by_domain[domain]]
+            child = SupervisorChild(lambda: Supervisor(
+                domain, self.tree_config.domain, children, on_event=self._on_event))
+            self.domains[domain] = child
+            return child
+
+        self.root = Supervisor(
+            "root", self.tree_config.root,
+            [(ChildSpec(d, RestartType.PERMANENT, shutdown_timeout_s=60.0), domain_factory)
+             for d in by_domain],
+            on_event=self._on_event, on_escalate=self._on_root_escalate,
+        )
+        # Spares start after the hosts: a cold start should not wait for them.
+        await self.root.start()
+        spares.refill()
+        self.started = True
+        return self.tree()
+
+    @ray.method(concurrency_group="control")
+    async def ping(self) -> dict[str, Any]:
+        return {"pid": self.pid, "started": self.started, "failed": self.failed}
+
+    def tree(self) -> dict[str, Any]:
+        """The tree as ``/api/v1/tree`` shows it."""
+        node_id = ray.get_runtime_context().get_node_id()
+        if self.root is None or self.ctx is None:
+            return node("root", "root supervisor", "starting", 0, [], pid=self.pid, node=node_id)
+        infos = self.ctx.infos
+        rs = self.root.status()
+        domains = []
+        for child in rs.children:
+            sup_child = self.domains.get(child.id)
+            hosts = []
+            if sup_child is not None and sup_child.supervisor is not None:
+                ds = sup_child.supervisor.status()
+                for hc in ds.children:
+                    i = infos[hc.id]
+                    hosts.append(node(
+                        hc.id, f"{i.mode} host", str(hc.status), hc.restarts, [],
+                        pid=i.pid or None, node=i.node or None, domain=i.domain,
+                        actor=i.actor, generation=i.generation, entities=i.entities,
+                        entity_restarts=i.entity_restarts, failed_entities=i.failed_entities,
+                    ))
+            domains.append(node(child.id, "domain supervisor", str(child.status),
+                                child.restarts, hosts, pid=self.pid, node=node_id))
+        status = "failed" if self.failed else str(rs.status)
+        if not self.started and status == "running":
+            status = "starting"
+        return node("root", "root supervisor", status, rs.restarts, domains,
+                    pid=self.pid, node=node_id)
+
+    async def get_tree(self) -> dict[str, Any]:
+        return self.tree()
+
+    async def host_actors(self) -> dict[str, str]:
+        """Host id → the name of the Ray actor serving it now."""
+        assert self.ctx is not None
+        return {h: i.actor for h, i in self.ctx.infos.items()}
+
+    async def recent_events(self) -> list[dict[str, Any]]:
+        return list(self.recent)
+
+    async def shutdown(self) -> bool:
+        """Reverse-order shutdown of the whole tree, spares included."""
+        if self.root is not None:
+            await self.root.shutdown()
+        if self.ctx is not None:
+            await self.ctx.spares.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        if self.store is not None:
+            if self.events:
+                try:
+                    await self.store.append_events(list(self.events))
+                except Exception as exc:
+                    log.warning("last supervisor events not recorded: %s", exc)
+            await self.store.close()
+        self.started = False
+        return True
+
+
+_ = time
