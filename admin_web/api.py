@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from admin_web.auth import Role
 from admin_web.backend import HEALTH_STATUSES
 from admin_web.context import services
-from admin_web.guards import require
+from admin_web.guards import current_user, ensure_scope, require
+from admin_web.http_errors import ApiError
 from admin_web.redact import redact_urls
+from runtime.errors import RejectedError, StoreUnavailableError, UnknownEntityError
 
 API_PREFIX: Final = "/api/v1"
+
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 200
+COMMAND_FIELDS: Final = frozenset({"action", "params", "idempotency_key"})
 
 api = Blueprint("api", __name__, url_prefix=API_PREFIX)
 
@@ -40,3 +45,90 @@ def tree() -> ResponseReturnValue:
 def system() -> ResponseReturnValue:
     """Versions and connections; every URL has its credentials redacted here."""
     return jsonify(redact_urls(services().backend.system()))
+
+
+def _store_unavailable(what: str) -> ApiError:
+    # Redis comes back within seconds in the usual failover, so ask for an early retry.
+    return ApiError(503, f"store unavailable, {what}", headers={"Retry-After": "1"})
+
+
+def _json_object_body() -> dict[str, Any]:
+    if not request.is_json:
+        raise ApiError(400, "the body must be JSON (Content-Type: application/json)")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _command_body() -> tuple[str, dict[str, Any], str | None]:
+    """``(action, params, idempotency_key)`` of a command request, or a 400/422."""
+    body = _json_object_body()
+    # A misspelt optional field ("param") would otherwise send the command without it.
+    unknown = sorted(body.keys() - COMMAND_FIELDS)
+    if unknown:
+        raise ApiError(422, f"unknown field {unknown[0]!r}", field=unknown[0])
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        raise ApiError(422, "action must be a non-empty string", field="action")
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        raise ApiError(422, "params must be a JSON object", field="params")
+    key = body.get("idempotency_key")
+    if key is not None or "idempotency_key" in body:
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ApiError(
+                422,
+                f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+                field="idempotency_key",
+            )
+    return action, params, key
+
+
+@api.post("/equipment/<entity_id>/commands")
+@require(Role.OPERATOR)
+def submit_command(entity_id: str) -> ResponseReturnValue:
+    """Queue a command for one equipment: 202 once it is journaled durably.
+
+    Body ``{"action": str, "params": {...}?, "idempotency_key": str?}``; a
+    repeat with the same key from the same user for the same equipment
+    answers the first command's id.
+    """
+    backend = services().backend
+    try:
+        municipality = backend.equipment_municipality(entity_id)
+    except KeyError:
+        raise ApiError(404, "unknown equipment") from None
+    except StoreUnavailableError:
+        raise _store_unavailable("command not accepted") from None
+    ensure_scope(Role.OPERATOR, municipality)
+    action, params, key = _command_body()
+    try:
+        result = backend.submit_command(
+            entity_id, action, params, caller=current_user().name, idempotency_key=key
+        )
+    except StoreUnavailableError:
+        raise _store_unavailable("command not accepted") from None
+    except UnknownEntityError:
+        # Removed from the inventory since the lookup above.
+        raise ApiError(404, "unknown equipment") from None
+    except RejectedError as exc:
+        raise ApiError(422, str(exc)) from None
+    command_id = result["command_id"]
+    response = jsonify({"command_id": command_id, "status": result["status"]})
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.command", command_id=command_id)
+    return response
+
+
+@api.get("/commands/<command_id>")
+@require(Role.VIEWER)
+def command(command_id: str) -> ResponseReturnValue:
+    """One command and where it stands: ``{"command_id", "status", …}``."""
+    try:
+        found = services().backend.command(command_id)
+    except KeyError:
+        raise ApiError(404, "unknown command") from None
+    except StoreUnavailableError:
+        raise _store_unavailable("try again") from None
+    return jsonify(found)

@@ -1,7 +1,8 @@
 """What the admin web asks of the runtime.
 
 The admin web never imports Ray or the supervisors: it receives an
-:class:`AdminBackend` and calls only these few read methods on it, so tests
+:class:`AdminBackend` and calls only these few methods on it (reads, plus
+command submission), so tests
 (and ``commandpost`` while the runtime is still starting) hand it a
 :class:`StaticBackend`::
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import uuid
+from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, Final, Protocol
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, RejectedError, UnknownEntityError
 
 HEALTH_STATUSES: Final = frozenset({"ok", "degraded", "starting"})
 
@@ -41,6 +44,36 @@ class AdminBackend(Protocol):
 
     def system(self) -> dict[str, Any]:
         """``{"version", "ray": {...}, "redis": {...}, "mqtt": {...}, "simulators": [...]}``."""
+        ...
+
+    def equipment_municipality(self, entity_id: str) -> str:
+        """The municipality slug of equipment ``entity_id``; raises ``KeyError`` when unknown."""
+        ...
+
+    def submit_command(
+        self,
+        entity_id: str,
+        action: str,
+        params: dict[str, Any],
+        *,
+        caller: str,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        """Journal a command for ``entity_id``: ``{"command_id", "status": "queued", "created"}``.
+
+        A repeat with the same ``(caller, entity_id, idempotency_key)`` returns
+        the first command's id with ``created`` False. Returning at all means
+        the command is journaled durably. Raises
+        :class:`~runtime.errors.StoreUnavailableError` when it could not be
+        journaled, :class:`~runtime.errors.UnknownEntityError` for an unknown
+        entity and :class:`~runtime.errors.RejectedError` for a command the
+        target refuses (unknown action, bad params, a key reused for another
+        command).
+        """
+        ...
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        """``{"command_id", "status", …}`` of one command; raises ``KeyError`` when unknown."""
         ...
 
 
@@ -83,6 +116,8 @@ class StaticBackend:
 
     Omitted parts default to a runtime that is starting: health ``starting``
     with no entity, a childless root supervisor, no Ray/Redis/broker yet.
+    ``equipment`` maps entity ids to their municipality slug; commands for
+    them are kept in memory and stay ``queued``, since nothing sends them.
     Each call returns a deep copy, so callers may not alter the stored data.
     """
 
@@ -91,6 +126,7 @@ class StaticBackend:
         health: dict[str, Any] | None = None,
         tree: dict[str, Any] | None = None,
         system: dict[str, Any] | None = None,
+        equipment: Mapping[str, str] | None = None,
     ) -> None:
         self._health = copy.deepcopy(health) if health is not None else _default_health()
         self._tree = copy.deepcopy(tree) if tree is not None else _default_tree()
@@ -98,6 +134,14 @@ class StaticBackend:
         status = self._health.get("status")
         if status not in HEALTH_STATUSES:
             raise ConfigError(f"health status must be one of {sorted(HEALTH_STATUSES)}: {status!r}")
+        self._equipment = dict(equipment) if equipment is not None else {}
+        for entity_id, municipality in self._equipment.items():
+            if not isinstance(entity_id, str) or not isinstance(municipality, str):
+                raise ConfigError(f"equipment maps entity ids to municipality slugs: {entity_id!r}")
+        # Request threads of the WSGI server submit concurrently.
+        self._lock = threading.Lock()
+        self._commands: dict[str, dict[str, Any]] = {}
+        self._idempotency: dict[tuple[str, str, str], str] = {}
 
     def health(self) -> dict[str, Any]:
         return copy.deepcopy(self._health)
@@ -107,6 +151,49 @@ class StaticBackend:
 
     def system(self) -> dict[str, Any]:
         return copy.deepcopy(self._system)
+
+    def equipment_municipality(self, entity_id: str) -> str:
+        return self._equipment[entity_id]
+
+    def submit_command(
+        self,
+        entity_id: str,
+        action: str,
+        params: dict[str, Any],
+        *,
+        caller: str,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        if entity_id not in self._equipment:
+            raise UnknownEntityError(entity_id)
+        params = copy.deepcopy(params)
+        with self._lock:
+            if idempotency_key is not None:
+                known = self._idempotency.get((caller, entity_id, idempotency_key))
+                if known is not None:
+                    first = self._commands[known]
+                    if first["action"] != action or first["params"] != params:
+                        raise RejectedError(
+                            "idempotency key already used for a different command",
+                            code="idempotency_conflict",
+                        )
+                    return {"command_id": known, "status": "queued", "created": False}
+            command_id = uuid.uuid4().hex
+            self._commands[command_id] = {
+                "command_id": command_id,
+                "status": "queued",
+                "entity_id": entity_id,
+                "action": action,
+                "params": params,
+                "caller": caller,
+            }
+            if idempotency_key is not None:
+                self._idempotency[(caller, entity_id, idempotency_key)] = command_id
+        return {"command_id": command_id, "status": "queued", "created": True}
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._commands[command_id])
 
 
 class SwappableBackend:
@@ -140,3 +227,22 @@ class SwappableBackend:
 
     def system(self) -> dict[str, Any]:
         return self.current.system()
+
+    def equipment_municipality(self, entity_id: str) -> str:
+        return self.current.equipment_municipality(entity_id)
+
+    def submit_command(
+        self,
+        entity_id: str,
+        action: str,
+        params: dict[str, Any],
+        *,
+        caller: str,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        return self.current.submit_command(
+            entity_id, action, params, caller=caller, idempotency_key=idempotency_key
+        )
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        return self.current.command(command_id)

@@ -158,17 +158,16 @@ class Entity:
                 code="unknown_message",
             )
         result: Any = await handler(msg)
-        self.version += 1
+        if msg.type not in READ_ONLY:
+            self.version += 1
         return result
 
     async def on_ping(self, msg: Envelope) -> dict[str, Any]:
         """Liveness through the mailbox: answers with the entity's version."""
-        self.version -= 1  # a ping observes, it does not change the entity
         return {"id": self.ctx.id, "version": self.version}
 
     async def on_get_state(self, msg: Envelope) -> dict[str, Any]:
         """The entity's checkpointable state and twin, for tests and the admin."""
-        self.version -= 1
         return self.checkpoint().to_dict()
 
     # -- commands --------------------------------------------------------
@@ -183,7 +182,6 @@ class Entity:
             raise MalformedMessageError("a command needs an action")
         command_id = str(payload.get("command_id") or msg.id)
         if self.already_applied(command_id):
-            self.version -= 1
             return {"command_id": command_id, "duplicate": True}
         params = payload.get("params") or {}
         if not isinstance(params, Mapping):
@@ -218,6 +216,7 @@ class Entity:
 
 
 _RESERVED = frozenset({"start", "stop", "priority"})
+READ_ONLY = frozenset({"ping", "get_state"})  # messages that observe without changing state
 
 
 def is_command(env: Envelope) -> bool:

@@ -429,7 +429,9 @@ class HostCore:
             latest: dict[tuple[str, str], str] = {}
             for _, cid, _ in mine:
                 cmd = commands.get(cid)
-                if cmd is not None and cmd.status not in TERMINAL:
+                # A command past its deadline is never sent, so it must not supersede one that is.
+                if (cmd is not None and cmd.status not in TERMINAL
+                        and not (cmd.deadline_ts and now > cmd.deadline_ts)):
                     latest[(cmd.target, cmd.action)] = cid
             updates: list[tuple[str, CommandStatus, str]] = []
             deliver: list[Envelope] = []

@@ -20,13 +20,14 @@ from urllib.parse import urlparse
 
 import ray
 
+from runtime.commands import Command, new_command_id
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.envelope import pack
 from runtime.errors import CommandpostError, ConfigError, RetryableError
 from runtime.inventory import Inventory
 from runtime.placement import PlacementPlan, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, options_to_wire
-from runtime.store import SyncStore
+from runtime.store import RetryPolicy, SyncStore
 from supervisors.root import RootActor
 from supervisors.spec import SupervisorOptions
 from supervisors.tree import ROOT_NAME
@@ -52,6 +53,8 @@ class ServiceOptions:
         default_factory=lambda: SupervisorOptions(max_restarts=5, max_seconds=10.0,
                                                   scope=_child_scope()))
     broker: str = "auto"
+    tree: dict[str, Any] = field(default_factory=dict)  # tree wire overrides (root, domains…)
+    factory: str = FACTORY
 
 
 def _child_scope() -> Any:
@@ -73,6 +76,7 @@ class Service:
         self.mqtt_url = self.options.mqtt_url or ""
         self.root: Any = None
         self.store: SyncStore | None = None
+        self._probe: SyncStore | None = None
         self._root_blob = b""
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -101,6 +105,9 @@ class Service:
             self.broker.start_watchdog()
             self.mqtt_url = self.broker.url
         self.store = SyncStore(self.redis_url, namespace=self.options.namespace)
+        # Health probes must see an outage at once, not ride it out with retries.
+        self._probe = SyncStore(self.redis_url, namespace=self.options.namespace,
+                                retry=RetryPolicy(deadline_s=0.2))
 
     def start_ray(self) -> None:
         if ray.is_initialized():
@@ -127,9 +134,10 @@ class Service:
         return pack({
             "hosts": hosts, "directory": dict(self.plan.owner), "store_url": self.redis_url,
             "namespace": self.options.namespace, "ray_namespace": self.options.ray_namespace,
-            "factory": FACTORY,
+            "factory": self.options.factory,
             "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
-            "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES)},
+            "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),
+                     **self.options.tree},
         })
 
     def start_tree(self) -> dict[str, Any]:
@@ -191,10 +199,10 @@ class Service:
         return ray.get_actor(names[host_id], namespace=self.options.ray_namespace)
 
     def redis_ok(self) -> bool:
-        if self.store is None:
+        if self._probe is None:
             return False
         try:
-            self.store.ping()
+            self._probe.ping()
         except CommandpostError:
             return False
         return True
@@ -225,8 +233,9 @@ class Service:
             self._watcher.join(timeout=15)
         if self._started_ray:
             ray.shutdown()
-        if self.store is not None:
-            self.store.close()
+        for store in (self.store, self._probe):
+            if store is not None:
+                store.close()
         if self.broker is not None:
             self.broker.stop()
         if self.redis is not None:
@@ -246,6 +255,28 @@ class RuntimeBackend:
 
     def tree(self) -> dict[str, Any]:
         return self.service.tree()
+
+    def equipment_municipality(self, entity_id: str) -> str:
+        return self.service.inventory.by_id(entity_id).municipality
+
+    def submit_command(self, entity_id: str, action: str, params: dict[str, Any], *,
+                       caller: str, idempotency_key: str | None) -> dict[str, Any]:
+        store = self.service.store
+        if store is None:
+            raise RetryableError("the store is not started")
+        self.service.inventory.by_id(entity_id)
+        cmd = Command(command_id=new_command_id(), target=entity_id, action=action,
+                      params=params, caller=caller, idempotency_key=idempotency_key or "",
+                      created_ts=time.time())
+        stored, created = store.submit_command(cmd)
+        return {"command_id": stored.command_id, "status": str(stored.status),
+                "created": created}
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        store = self.service.store
+        if store is None:
+            raise RetryableError("the store is not started")
+        return store.get_command(command_id).to_json()
 
     def health(self) -> dict[str, Any]:
         with self._lock:

@@ -379,7 +379,7 @@ class Supervisor:
             return
         self._restarts += 1
         if slot.running_since is not None and now - slot.running_since > opts.max_seconds:
-            slot.consecutive = 0  # it had been healthy for a whole window: start over
+            pass  # it had been healthy for a whole window: start over
         delay = opts.backoff.delay(slot.consecutive, self._rng) if backoff else 0.0
         slot.consecutive += 1
         group = self._group_for(slot)
@@ -417,7 +417,7 @@ class Supervisor:
         if strategy is Strategy.ONE_FOR_ONE:
             return [slot]
         order = list(self._slots.values())
-        candidates = order
+        candidates = order if strategy is Strategy.ONE_FOR_ALL else order[order.index(slot) :]
         return [s for s in candidates if s is slot or s.status in _LIVE]
 
     async def _restart_after(self, delay: float) -> None:

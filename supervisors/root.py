@@ -47,6 +47,7 @@ def tree_config_from_wire(d: dict[str, Any]) -> TreeConfig:
         heartbeat_misses=int(d.get("heartbeat_misses", base.heartbeat_misses)),
         hung_lag_s=float(d.get("hung_lag_s", base.hung_lag_s)),
         spares=int(d.get("spares", base.spares)),
+        domains={k: options_from_wire(v) for k, v in (d.get("domains") or {}).items()},
         warm_modules=tuple(d.get("warm_modules", ())),
     )
 
@@ -142,8 +143,9 @@ class RootActor:
             domain = spec.id
             children = [(ChildSpec(hid, RestartType.PERMANENT, shutdown_timeout_s=15.0),
                          host_factory) for hid in by_domain[domain]]
+            options = self.tree_config.domains.get(domain, self.tree_config.domain)
             child = SupervisorChild(lambda: Supervisor(
-                domain, self.tree_config.domain, children, on_event=self._on_event))
+                domain, options, children, on_event=self._on_event))
             self.domains[domain] = child
             return child
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +56,7 @@ class TreeConfig:
     start_timeout_s: float = 120.0
     spares: int = 1
     warm_modules: tuple[str, ...] = ()
+    domains: Mapping[str, SupervisorOptions] = field(default_factory=dict)  # per-domain overrides
 
 
 @dataclass
@@ -327,8 +327,7 @@ class SupervisorChild:
 
     async def wait(self) -> ExitReason:
         assert self.supervisor is not None
-        await self.supervisor.wait_gave_up()
-        return ExitReason(ExitKind.ERROR, f"{self.supervisor.id} gave up")
+        return await self.supervisor.wait()
 
     async def stop(self) -> None:
         if self.supervisor is not None:
@@ -349,4 +348,3 @@ __all__ = [
     "ROOT_NAME", "HostChild", "HostInfo", "Registry", "RestartType", "SparePool", "Strategy",
     "SupervisorChild", "SupervisorEvent", "TreeConfig", "TreeContext", "node",
 ]
-_ = (Mapping, os)

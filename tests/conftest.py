@@ -1,0 +1,151 @@
+"""Shared fixtures: one Ray instance, one Redis, one broker, one tree per session."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from runtime.demo_inventory import generate_demo
+from runtime.inventory import Inventory, PlacementPolicy, parse_inventory
+
+SCALE = 0.05
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+         what: str = "condition") -> Any:
+    """Call ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may not be ready yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+def cluster_inventory() -> Inventory:
+    inv = parse_inventory(generate_demo(scale=SCALE, seed=3), "<test>")
+    first_xr = next(eq for eq in inv.equipment if eq.kind == "crossroad")
+    equipment = tuple(dataclasses.replace(eq, placement="dedicated") if eq is first_xr else eq
+                      for eq in inv.equipment)
+    shards = dict(inv.placement.shards)
+    shards.update({"lighting": 3, "video": 2})
+    return dataclasses.replace(inv, equipment=equipment,
+                               placement=PlacementPolicy(default="sharded", shards=shards))
+
+
+class Http:
+    """A tiny JSON client for the admin web."""
+
+    def __init__(self, base: str, token: str | None = None) -> None:
+        self.base = base
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None,
+             token: str | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        tok = token if token is not None else self.token
+        if tok:
+            req.add_header("Authorization", f"Bearer {tok}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw or b"null")
+            except ValueError:
+                return exc.code, raw.decode(errors="replace")
+
+
+@dataclasses.dataclass
+class Cluster:
+    svc: Any
+    http: Http
+    creds: dict[str, dict[str, str]]
+    inventory: Inventory
+
+    def tree(self) -> dict[str, Any]:
+        status, body = self.http.call("GET", "/api/v1/tree", token=self.creds["viewer"]["token"])
+        assert status == 200, body
+        return dict(body)
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+
+        def walk(n: dict[str, Any]) -> None:
+            if "host" in n["kind"]:
+                out[n["id"]] = n
+            for c in n["children"]:
+                walk(c)
+
+        walk(self.tree())
+        return out
+
+    def all_running(self) -> bool:
+        t = self.tree()
+        hosts = self.hosts()
+        return t["status"] == "running" and all(h["status"] == "running" for h in hosts.values())
+
+    def health(self) -> str:
+        _, body = self.http.call("GET", "/api/v1/health")
+        return str(body["status"])
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    from admin_web import (
+        AdminServer,
+        SwappableBackend,
+        UserRegistry,
+        create_app,
+        create_demo_users,
+    )
+    from runtime.ray_host import options_to_wire
+    from runtime.service import RuntimeBackend, Service, ServiceOptions
+    from supervisors.spec import Backoff, IntensityScope, Strategy, SupervisorOptions
+
+    def wire(strategy: Strategy, n: int, t: float) -> dict[str, Any]:
+        return options_to_wire(SupervisorOptions(strategy=strategy, max_restarts=n,
+                                                 max_seconds=t, backoff=Backoff(initial_s=0.0)))
+
+    inv = cluster_inventory()
+    svc = Service(inv, ServiceOptions(
+        factory="actors.drill:factory_for",
+        host_supervision=SupervisorOptions(max_restarts=3, max_seconds=30.0,
+                                           scope=IntensityScope.CHILD,
+                                           backoff=Backoff(initial_s=0.0)),
+        tree={"domains": {
+            "lighting": wire(Strategy.REST_FOR_ONE, 10, 10.0),
+            "video": wire(Strategy.ONE_FOR_ALL, 10, 10.0),
+            "access": wire(Strategy.ONE_FOR_ONE, 1, 120.0),
+        }, "heartbeat_s": 0.5},
+    ))
+    users = UserRegistry()
+    creds = create_demo_users(users, [m.slug for m in inv.municipalities])
+    server = AdminServer(create_app(SwappableBackend(RuntimeBackend(svc)), users), "127.0.0.1", 0)
+    try:
+        svc.start_servers()
+        server.start()
+        svc.start_ray()
+        svc.start_tree()
+        c = Cluster(svc, Http(server.url), creds, inv)
+        poll(lambda: c.health() == "ok", 60, what="health ok after start")
+        yield c
+    finally:
+        svc.stop()
+        server.stop()
