@@ -7,26 +7,31 @@ crashes; production never loads this factory.
 
 from __future__ import annotations
 
-from functools import cache
-
+from actors.equipment import EquipmentEntity
+from actors.registry import BEHAVIOURS
 from runtime.cell import EntityFactory
 from runtime.envelope import Envelope
 from runtime.inventory import Equipment
-
-from actors.equipment import EquipmentEntity
-from actors.registry import BEHAVIOURS
 
 
 class DrillError(RuntimeError):
     """The crash a drill asked for."""
 
 
-@cache
+_CLASSES: dict[str, type[EquipmentEntity]] = {}
+
+
 def _drill_class(base: type[EquipmentEntity]) -> type[EquipmentEntity]:
+    known = _CLASSES.get(base.kind)
+    if known is not None:
+        return known
+
     async def on_drill_crash(self: EquipmentEntity, msg: Envelope) -> None:
         raise DrillError(f"drill crash of {self.ctx.id}")
 
-    return type(f"Drill{base.__name__}", (base,), {"on_drill_crash": on_drill_crash})
+    cls = type(f"Drill{base.__name__}", (base,), {"on_drill_crash": on_drill_crash})
+    _CLASSES[base.kind] = cls
+    return cls
 
 
 def factory_for(eq: Equipment) -> EntityFactory:

@@ -145,7 +145,8 @@ def recovery(*, scale: float = 1.0, kills: int = 5, say: Say = print,
         assert svc.store is not None
         target = max(svc.plan.hosts, key=lambda h: len(h.entity_ids))
         kinds = {eq.id: eq.kind for eq in inv.equipment}
-        field = {"lighting_circuit": ("dim", lambda: float(rng.randint(0, 100))),
+        field: dict[str, tuple[str, Callable[[], Any]]] = {
+                 "lighting_circuit": ("dim", lambda: float(rng.randint(0, 100))),
                  "crossroad": ("plan", lambda: rng.randint(1, 32)),
                  "camera": ("preset", lambda: rng.randint(0, 255)),
                  "vehicle": ("message", lambda: f"m{rng.randint(0, 10**6)}"),
@@ -209,7 +210,8 @@ def recovery(*, scale: float = 1.0, kills: int = 5, say: Say = print,
             recover.append(recovered)
             if detected is not None:
                 detect.append(detected)
-            say(f"kill {k}: pid {pid} detected {detected if detected is None else round(detected, 3)}s, "
+            shown = "?" if detected is None else f"{detected:.3f}"
+            say(f"kill {k}: pid {pid} detected {shown}s, "
                 f"recovered {recovered:.3f}s, state lost {lost}")
             if k < kills - 1:
                 time.sleep(spacing)

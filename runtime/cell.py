@@ -134,10 +134,13 @@ class _Context:
     ) -> None:
         self.cancel_timer(name)
         self._timers[name] = asyncio.get_running_loop().create_task(
-            self._timer(name, delay_s, type, payload, repeat), name=f"entity[{self.id}].timer[{name}]"
+            self._timer(name, delay_s, type, payload, repeat),
+            name=f"entity[{self.id}].timer[{name}]",
         )
 
-    async def _timer(self, name: str, delay_s: float, type: str, payload: Any, repeat: bool) -> None:
+    async def _timer(
+        self, name: str, delay_s: float, type: str, payload: Any, repeat: bool
+    ) -> None:
         while True:
             await self._host.clock.sleep(delay_s)
             env = Envelope(

@@ -440,12 +440,12 @@ class HostCore:
                 if cmd is None or cmd.status in TERMINAL:
                     self._done_commands.add(cid)
                     continue
-                if latest.get((cmd.target, cmd.action)) != cid:
-                    updates.append((cid, CommandStatus.SUPERSEDED, "a newer setpoint replaced it"))
-                    self._done_commands.add(cid)
-                    continue
                 if cmd.deadline_ts and now > cmd.deadline_ts:
                     updates.append((cid, CommandStatus.EXPIRED, "deadline passed before sending"))
+                    self._done_commands.add(cid)
+                    continue
+                if latest.get((cmd.target, cmd.action)) != cid:
+                    updates.append((cid, CommandStatus.SUPERSEDED, "a newer setpoint replaced it"))
                     self._done_commands.add(cid)
                     continue
                 if cmd.status is CommandStatus.QUEUED:

@@ -142,7 +142,7 @@ class _Lane:
         loop.call_soon_threadsafe(self._core.route, env)
 
 
-@ray.remote(
+@ray.remote(  # type: ignore[call-overload]
     num_cpus=0,
     max_restarts=0,
     max_task_retries=0,
@@ -215,7 +215,8 @@ class HostActor:
     @ray.method(concurrency_group="control")
     async def sentinel(self) -> str:
         """Never answers while the host lives: its failure is the death notice."""
-        while not self._stopped.is_set():
+        # A threading.Event: stop() runs on the default loop, this on the control loop.
+        while not self._stopped.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.5)
         return "stopped"
 

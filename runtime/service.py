@@ -316,7 +316,7 @@ class RuntimeBackend:
         except metadata.PackageNotFoundError:
             version = "0+unknown"
         try:
-            nodes = len([n for n in ray.nodes() if n.get("Alive")])
+            nodes = len([n for n in ray.nodes() if n.get("Alive")])  # type: ignore[no-untyped-call]
             address = ray.get_runtime_context().gcs_address
         except Exception:
             nodes, address = 0, ""

@@ -52,7 +52,8 @@ def tree_config_from_wire(d: dict[str, Any]) -> TreeConfig:
     )
 
 
-@ray.remote(num_cpus=0, max_restarts=0, concurrency_groups={"control": 16})
+@ray.remote(  # type: ignore[call-overload]
+    num_cpus=0, max_restarts=0, concurrency_groups={"control": 16})
 class RootActor:
     """Root supervisor process: domains → hosts."""
 

@@ -217,7 +217,7 @@ class HostChild:
             return False
         try:
             handle = ray.get_actor(name, namespace=self.ctx.namespace)
-            state = await asyncio.wait_for(handle.ping.remote(), 5.0)
+            state: dict[str, Any] = await asyncio.wait_for(handle.ping.remote(), 5.0)
         except (ValueError, RayActorError, TimeoutError):
             return False
         if state.get("host_id") != self.host_id or not state.get("ready"):

@@ -12,13 +12,13 @@ from runtime.inventory import Equipment
 
 async def poll(
     predicate: Callable[[], bool | Awaitable[bool]],
-    timeout: float = 5.0,
+    limit_s: float = 5.0,
     *,
     interval: float = 0.005,
     what: str = "condition",
 ) -> None:
     """Wait until ``predicate()`` is true (it may be a coroutine function); fail at the deadline."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while True:
         result = predicate()
         if not isinstance(result, bool):
@@ -26,7 +26,7 @@ async def poll(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
         await asyncio.sleep(interval)
 
 

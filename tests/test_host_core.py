@@ -298,7 +298,7 @@ def test_thousand_envelopes_in_one_turn_cross_in_few_calls() -> None:
 
             async def total() -> bool:
                 states = b.snapshot()
-                return sum(s["state"]["n"] for s in states.values() if s) == 1000
+                return bool(sum(s["state"]["n"] for s in states.values() if s) == 1000)
 
             await poll(total, what="all 1000 envelopes handled on B")
             assert 1 <= transport.calls["B"] <= 10
