@@ -21,7 +21,7 @@ from typing import Any
 
 from runtime.cell import EntityCell, EntityFactory, EntitySlot
 from runtime.clock import Clock, SystemClock
-from runtime.commands import TERMINAL, CommandStatus
+from runtime.commands import TERMINAL, Command, CommandStatus
 from runtime.entity import Checkpoint
 from runtime.envelope import Envelope, MessageKind, decode_batch, pack, unpack
 from runtime.errors import (
@@ -62,6 +62,11 @@ class HostConfig:
     max_event_backlog: int = 50_000
     supervision: SupervisorOptions = SupervisorOptions()
     restart_type: RestartType = RestartType.PERMANENT
+
+
+def _setpoint_key(cmd: Command) -> tuple[str, str, tuple[str, ...]]:
+    """Commands that set the same fields of the same target: the latest one wins."""
+    return cmd.target, cmd.action, tuple(sorted(cmd.params))
 
 
 class HostCore:
@@ -196,6 +201,10 @@ class HostCore:
         if ev.action in ("restart", "give_up", "escalate", "failed"):
             self.emit(ev.child or self.host_id, f"supervisor_{ev.action}",
                       {"supervisor": ev.supervisor, "reason": ev.reason, "restarts": ev.restarts})
+        if ev.action == "exit" and self.config.restart_type is RestartType.TEMPORARY:
+            slot = self.slots.get(ev.child)
+            if slot is not None and slot.entity is None:
+                slot.status = "stopped"
         if ev.action == "failed":
             slot = self.slots.get(ev.child)
             if slot is not None:
@@ -233,6 +242,13 @@ class HostCore:
         self.outbox.put(owner, env)
 
     def _offer(self, slot: EntitySlot, env: Envelope) -> None:
+        if slot.status in ("failed", "stopped") and env.kind is not MessageKind.REPLY:
+            # Nobody will read this mailbox until an operator restarts the entity.
+            exc = RejectedError(f"entity {slot.id} is {slot.status}", code=f"entity_{slot.status}")
+            self._error_reply(env, exc, exc.code)
+            if env.kind is MessageKind.COMMAND and env.sender == "journal":
+                self.message_done(slot, env, exc)
+            return
         try:
             if slot.mailbox.offer(env):
                 self.counters["delivered"] += 1
@@ -426,13 +442,13 @@ class HostCore:
         if mine:
             commands = await self.store.get_commands([cid for _, cid, _ in mine])
             now = time.time()
-            latest: dict[tuple[str, str], str] = {}
+            latest: dict[tuple[str, str, tuple[str, ...]], str] = {}
             for _, cid, _ in mine:
                 cmd = commands.get(cid)
                 # A command past its deadline is never sent, so it must not supersede one that is.
                 if (cmd is not None and cmd.status not in TERMINAL
                         and not (cmd.deadline_ts and now > cmd.deadline_ts)):
-                    latest[(cmd.target, cmd.action)] = cid
+                    latest[_setpoint_key(cmd)] = cid
             updates: list[tuple[str, CommandStatus, str]] = []
             deliver: list[Envelope] = []
             for _, cid, target in mine:
@@ -444,7 +460,7 @@ class HostCore:
                     updates.append((cid, CommandStatus.EXPIRED, "deadline passed before sending"))
                     self._done_commands.add(cid)
                     continue
-                if latest.get((cmd.target, cmd.action)) != cid:
+                if latest.get(_setpoint_key(cmd)) != cid:
                     updates.append((cid, CommandStatus.SUPERSEDED, "a newer setpoint replaced it"))
                     self._done_commands.add(cid)
                     continue
