@@ -379,7 +379,7 @@ class Supervisor:
             return
         self._restarts += 1
         if slot.running_since is not None and now - slot.running_since > opts.max_seconds:
-            pass  # it had been healthy for a whole window: start over
+            slot.consecutive = 0  # it had been healthy for a whole window: start over
         delay = opts.backoff.delay(slot.consecutive, self._rng) if backoff else 0.0
         slot.consecutive += 1
         group = self._group_for(slot)

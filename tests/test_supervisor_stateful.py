@@ -238,7 +238,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         """Let the supervisor work until it matches the model, or a short real-time deadline."""
 
         async def poll() -> None:
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 0.2
             while self._observed() != self._expected():
                 if time.monotonic() > deadline:
                     return  # the invariants will show the difference
