@@ -151,9 +151,13 @@ class AdminServer:
         thread, server, wake = self._thread, self._server, self._wake
         if thread is None:
             return
-        wake.pull_trigger(self._close_listeners)
-        server.task_dispatcher.shutdown(timeout=REQUEST_GRACE_S)
-        wake.pull_trigger(self._close_all)
+        try:
+            wake.pull_trigger(self._close_listeners)
+            server.task_dispatcher.shutdown(timeout=REQUEST_GRACE_S)
+            wake.pull_trigger(self._close_all)
+        except OSError:
+            # The loop already closed its trigger on the way out: nothing left to wake.
+            log.debug("admin web loop ended before stop() woke it")
         thread.join(JOIN_TIMEOUT_S)
         if thread.is_alive():
             log.error("admin web thread still running %.0f s after stop", JOIN_TIMEOUT_S)

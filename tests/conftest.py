@@ -106,7 +106,7 @@ class Cluster:
         return str(body["status"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     from admin_web import (
         AdminServer,
