@@ -220,7 +220,10 @@ class Supervisor:
         caller learns it from the exception).
         """
         if self._started or self._closing:
-            raise RejectedError(f"supervisor {self._id!r} was already started", code="started")
+            raise RejectedError(
+                f"supervisor {self._id!r} starts only once, and not after a shutdown",
+                code="started",
+            )
         self._started = True
         self._loop_task = asyncio.create_task(
             self._supervise(), name=f"supervisor[{self._id}].supervise"
@@ -299,9 +302,7 @@ class Supervisor:
             timer = self._timed.get(slot.id)
             if slot.status is ChildStatus.RESTARTING and timer is not None:
                 # Cut the whole group's backoff short, so that it still starts in order.
-                for i in [i for i, t in self._timed.items() if t is timer]:
-                    del self._timed[i]
-                await self._drop_timer(timer)
+                await self._release(timer)
             else:
                 if slot.status is ChildStatus.FAILED:
                     slot.window.clear()
@@ -390,8 +391,7 @@ class Supervisor:
         # one decision, one timer, one ordered start.
         ids = {s.id for s in group}
         for timer in {self._timed[i] for i in ids if i in self._timed}:
-            ids.update(i for i, t in self._timed.items() if t is timer)
-            await self._drop_timer(timer)
+            ids.update(await self._release(timer))
         members = tuple(s for s in self._slots.values() if s.id in ids)
         for s in members:
             s.status = ChildStatus.RESTARTING
@@ -608,6 +608,14 @@ class Supervisor:
     async def _drop_timer(self, timer: asyncio.Task[None]) -> None:
         self._timers.discard(timer)
         await _reap(timer)
+
+    async def _release(self, timer: asyncio.Task[None]) -> list[str]:
+        """Cancel a backoff timer; its children become due at once. Returns their ids."""
+        held = [i for i, t in self._timed.items() if t is timer]
+        for child_id in held:
+            del self._timed[child_id]
+        await self._drop_timer(timer)
+        return held
 
     async def _forget_timer(self, slot: _Slot) -> None:
         timer = self._timed.pop(slot.id, None)

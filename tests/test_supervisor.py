@@ -480,6 +480,25 @@ def test_restart_type_decides_whether_an_exit_restarts(
     run(body)
 
 
+def test_a_group_restart_leaves_children_that_ended_for_good_alone() -> None:
+    async def body() -> None:
+        w = World()
+        options = SupervisorOptions(strategy=Strategy.ONE_FOR_ALL)
+        children = [*w.children("t", restart=RestartType.TEMPORARY), *w.children("a", "b")]
+        sup = w.supervisor(options, children)
+        await sup.start()
+        w.crash("t")
+        await until(lambda: sup.status().child("t").status is ChildStatus.STOPPED, "t ends")
+        mark = len(w.log)
+        w.crash("b")
+        await until(restarted(sup, "b", 1), "restart of b")
+        assert w.log[mark:] == [("stop", "a"), ("start", "a"), ("start", "b")]
+        assert statuses(sup) == {"t": "stopped", "a": "running", "b": "running"}
+        await sup.shutdown()
+
+    run(body)
+
+
 # -- intensity ---------------------------------------------------------------------
 
 

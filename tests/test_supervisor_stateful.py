@@ -14,9 +14,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from runtime.clock import ManualClock
 from supervisors import (
@@ -28,11 +34,14 @@ from supervisors import (
     RestartType,
     Strategy,
     Supervisor,
+    SupervisorGaveUp,
     SupervisorOptions,
 )
 
 BOOM = ExitReason(ExitKind.ERROR, "boom")
 BYE = ExitReason(ExitKind.NORMAL, "done")
+# Mostly permanent children, so that most examples keep crashing and restarting.
+RESTART_TYPES = [RestartType.PERMANENT] * 3 + [RestartType.TRANSIENT, RestartType.TEMPORARY]
 
 
 class Incarnation:
@@ -116,6 +125,18 @@ class Model:
         self._decide(cid)
         self._converge()
 
+    def restart(self, cid: str) -> None:
+        """An operator's restart: expedites a pending backoff, else counts like a crash."""
+        child = self.children[cid]
+        held = [t for t in self.timers if cid in t.ids]
+        if child.status == "restarting" and held:
+            self.timers.remove(held[0])
+        else:
+            if child.status == "failed":
+                child.window.clear()
+            self._decide(cid, backoff=False)
+        self._converge()
+
     def fire_until(self, t: float) -> None:
         for timer in sorted(self.timers, key=lambda x: (x.due, x.seq)):
             if timer.due > t:
@@ -128,7 +149,7 @@ class Model:
     def next_due(self) -> float | None:
         return min((t.due for t in self.timers), default=None)
 
-    def _decide(self, cid: str) -> None:
+    def _decide(self, cid: str, *, backoff: bool = True) -> None:
         opts = self.options
         child = self.children[cid]
         window = self.window if opts.scope is IntensityScope.SUPERVISOR else child.window
@@ -149,7 +170,7 @@ class Model:
         if child.running_since is not None and self.now - child.running_since > opts.max_seconds:
             child.consecutive = 0
         b = opts.backoff
-        delay = 0.0 if b.initial_s == 0 else min(b.max_s, b.initial_s * b.factor**child.consecutive)
+        delay = min(b.max_s, b.initial_s * b.factor**child.consecutive) if backoff else 0.0
         child.consecutive += 1
         order = list(self.children)
         if opts.strategy is Strategy.ONE_FOR_ONE:
@@ -194,6 +215,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.live: dict[str, Incarnation] = {}
         self.sup: Supervisor | None = None
         self.model: Model | None = None
+        self.steps = 0
 
     def _run(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.loop.run_until_complete(make())
@@ -201,9 +223,9 @@ class SupervisorMachine(RuleBasedStateMachine):
     @initialize(
         strategy=st.sampled_from(Strategy),
         scope=st.sampled_from(IntensityScope),
-        max_restarts=st.integers(0, 4),
+        max_restarts=st.sampled_from([3, 1, 5, 0, 2, 8]),
         max_seconds=st.sampled_from([1.0, 2.0, 4.0]),
-        types=st.lists(st.sampled_from(RestartType), min_size=2, max_size=4),
+        types=st.lists(st.sampled_from(RESTART_TYPES), min_size=2, max_size=5),
         initial_s=st.sampled_from([0.0, 0.25, 0.5]),
         factor=st.sampled_from([1.0, 2.0]),
         max_s=st.sampled_from([0.5, 1.0, 2.0]),
@@ -233,15 +255,23 @@ class SupervisorMachine(RuleBasedStateMachine):
 
         self._run(start)
         self.model = Model(options, types, self.clock.monotonic())
+        event(f"{strategy}, {scope} scope")
 
     def _settle(self) -> None:
         """Let the supervisor work until it matches the model, or a short real-time deadline."""
 
         async def poll() -> None:
-            deadline = time.monotonic() + 0.2
-            while self._observed() != self._expected():
-                if time.monotonic() > deadline:
+            # A supervisor that disagrees with the model stops changing within a few loop
+            # iterations: give up on it then rather than at the deadline, so that a failing
+            # example shrinks in seconds.
+            deadline = time.monotonic() + 1.0
+            last: tuple[object, ...] = ()
+            unchanged = 0
+            while (seen := self._observed()) != self._expected():
+                unchanged = unchanged + 1 if seen == last else 0
+                if unchanged > 200 or time.monotonic() > deadline:
                     return  # the invariants will show the difference
+                last = seen
                 await asyncio.sleep(0)
 
         self._run(poll)
@@ -276,6 +306,23 @@ class SupervisorMachine(RuleBasedStateMachine):
     def exit_normally(self, pick: int) -> None:
         self._end(pick, BYE)
 
+    @precondition(lambda self: self.model is not None and not self.model.gave_up)
+    @rule(pick=st.integers(0, 64))
+    def operator_restart(self, pick: int) -> None:
+        assert self.model is not None and self.sup is not None
+        cid = list(self.model.children)[pick % len(self.model.children)]
+        sup = self.sup
+        self.model.restart(cid)
+
+        async def restart() -> None:
+            try:
+                await sup.restart_child(cid)
+            except SupervisorGaveUp:
+                assert self.model is not None and self.model.gave_up
+
+        self._run(restart)
+        self._settle()
+
     @rule(dt=st.sampled_from([0.25, 0.5, 1.0, 2.0, 4.5]))
     def advance(self, dt: float) -> None:
         assert self.model is not None
@@ -297,6 +344,7 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     @invariant()
     def statuses_and_restarts_match_the_model(self) -> None:
+        self.steps += 1
         if self.model is not None:
             assert self._observed() == self._expected()
 
@@ -315,6 +363,11 @@ class SupervisorMachine(RuleBasedStateMachine):
             assert self.clock.monotonic() == self.model.now
 
     def teardown(self) -> None:
+        if self.model is not None:
+            event(f"gave up: {self.model.gave_up}")
+            decisions = self.model.restarts
+            event(f"restart decisions: {'5+' if decisions >= 5 else decisions}")
+            event(f"steps: {self.steps // 10 * 10}+")
         try:
             if self.sup is not None:
                 sup = self.sup
@@ -337,4 +390,6 @@ TestSupervisorTree.settings = settings(
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
+    # The explain phase replays a failure for minutes; the shrunk steps are explanation enough.
+    phases=[phase for phase in Phase if phase is not Phase.explain],
 )
