@@ -15,7 +15,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from runtime.errors import AuthError
+from runtime.errors import AuthError, RetryableError
 
 log: Final = logging.getLogger("commandpost.admin_web")
 
@@ -103,6 +103,16 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
     return response
 
 
+def _handle_retryable(exc: RetryableError) -> Response | tuple[str, int]:
+    # The runtime is briefly unavailable (a supervisor restarting, Redis away): ask to retry.
+    log.warning("%s %s: %s", request.method, request.path, exc)
+    if not is_api_request():
+        return _page_error(503, "temporarily unavailable, try again")
+    response = _json_error(503, "temporarily unavailable, try again")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def _handle_unexpected(exc: Exception) -> Response | tuple[str, int]:
     log.exception("unhandled error in %s %s", request.method, request.path)
     if not is_api_request():
@@ -115,4 +125,5 @@ def install_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _handle_api_error)
     app.register_error_handler(AuthError, _handle_auth_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(RetryableError, _handle_retryable)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -295,12 +295,12 @@ class RuntimeBackend:
                               for h in _hosts(tree) if h["status"] == "running")
             except RetryableError:
                 statuses, running = {"failed"}, 0
-            if not (redis_ok and broker_ok) or "failed" in statuses:
-                status = "degraded"
-            elif statuses <= {"running"} and running == total:
+            if statuses <= {"running"} and running == total and redis_ok and broker_ok:
                 status = "ok"
             else:
-                status = "starting"
+                # After start-up, anything short of everything running is degraded:
+                # a host restarting or stopped, entities failed, Redis or the broker away.
+                status = "degraded"
             out = {"status": status, "entities": total, "online": 0,
                    "redis": "ok" if redis_ok else "unreachable",
                    "mqtt": "ok" if broker_ok else "unreachable"}

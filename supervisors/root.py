@@ -48,6 +48,7 @@ def tree_config_from_wire(d: dict[str, Any]) -> TreeConfig:
         hung_lag_s=float(d.get("hung_lag_s", base.hung_lag_s)),
         spares=int(d.get("spares", base.spares)),
         domains={k: options_from_wire(v) for k, v in (d.get("domains") or {}).items()},
+        restart_types={k: RestartType(v) for k, v in (d.get("restart_types") or {}).items()},
         warm_modules=tuple(d.get("warm_modules", ())),
     )
 
@@ -117,7 +118,7 @@ class RootActor:
         await registry.load()
         spares = SparePool(self.tree_config.spares, self.namespace,
                            self.tree_config.warm_modules)
-        spares.adopt_existing()
+        spares.adopt_existing({str(e["actor"]) for e in registry.entries.values()})
         infos = {
             hid: HostInfo(hid, h["domain"], h["mode"], entities=len(h["equipment"]),
                           generation=int(registry.entries.get(hid, {}).get("generation", 0)))
@@ -142,8 +143,9 @@ class RootActor:
 
         def domain_factory(spec: ChildSpec) -> SupervisorChild:
             domain = spec.id
-            children = [(ChildSpec(hid, RestartType.PERMANENT, shutdown_timeout_s=15.0),
-                         host_factory) for hid in by_domain[domain]]
+            children = [(ChildSpec(hid, self.tree_config.restart_type(hid, domain),
+                                   shutdown_timeout_s=15.0), host_factory)
+                        for hid in by_domain[domain]]
             options = self.tree_config.domains.get(domain, self.tree_config.domain)
             child = SupervisorChild(lambda: Supervisor(
                 domain, options, children, on_event=self._on_event))

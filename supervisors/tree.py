@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,12 @@ class TreeConfig:
     spares: int = 1
     warm_modules: tuple[str, ...] = ()
     domains: Mapping[str, SupervisorOptions] = field(default_factory=dict)  # per-domain overrides
+    # Restart type of hosts, by host id or by domain (a host id wins); default permanent.
+    restart_types: Mapping[str, RestartType] = field(default_factory=dict)
+
+    def restart_type(self, host_id: str, domain: str) -> RestartType:
+        return self.restart_types.get(host_id, self.restart_types.get(domain,
+                                                                      RestartType.PERMANENT))
 
 
 @dataclass
@@ -104,12 +110,12 @@ class SparePool:
         self._ready: list[tuple[str, Any]] = []
         self._filling: asyncio.Task[None] | None = None
 
-    def adopt_existing(self) -> None:
-        """Take over spares a previous root left running."""
+    def adopt_existing(self, assigned: Collection[str] = ()) -> None:
+        """Take over spares a previous root left running (not those serving a host now)."""
         for entry in ray.util.list_named_actors(all_namespaces=True):
             name = entry.get("name", "") if isinstance(entry, dict) else str(entry)
             ns = entry.get("namespace", "") if isinstance(entry, dict) else self.namespace
-            if ns == self.namespace and name.startswith(SPARE_PREFIX):
+            if ns == self.namespace and name.startswith(SPARE_PREFIX) and name not in assigned:
                 try:
                     self._ready.append((name, ray.get_actor(name, namespace=self.namespace)))
                 except ValueError:

@@ -106,8 +106,17 @@ class Cluster:
         return str(body["status"])
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def wire(strategy: Any, n: int, t: float) -> dict[str, Any]:
+    """Supervisor options on the wire, restarting at once (no backoff) for tests."""
+    from runtime.ray_host import options_to_wire
+    from supervisors.spec import Backoff, SupervisorOptions
+
+    return options_to_wire(SupervisorOptions(strategy=strategy, max_restarts=n, max_seconds=t,
+                                             backoff=Backoff(initial_s=0.0)))
+
+
+def start_cluster(inv: Inventory, tree: dict[str, Any]) -> Iterator[Cluster]:
+    """A whole runtime (Ray, Redis, broker, tree, admin web) for one test module."""
     from admin_web import (
         AdminServer,
         SwappableBackend,
@@ -115,25 +124,15 @@ def cluster() -> Iterator[Cluster]:
         create_app,
         create_demo_users,
     )
-    from runtime.ray_host import options_to_wire
     from runtime.service import RuntimeBackend, Service, ServiceOptions
-    from supervisors.spec import Backoff, IntensityScope, Strategy, SupervisorOptions
+    from supervisors.spec import Backoff, IntensityScope, SupervisorOptions
 
-    def wire(strategy: Strategy, n: int, t: float) -> dict[str, Any]:
-        return options_to_wire(SupervisorOptions(strategy=strategy, max_restarts=n,
-                                                 max_seconds=t, backoff=Backoff(initial_s=0.0)))
-
-    inv = cluster_inventory()
     svc = Service(inv, ServiceOptions(
         factory="actors.drill:factory_for",
         host_supervision=SupervisorOptions(max_restarts=3, max_seconds=30.0,
                                            scope=IntensityScope.CHILD,
                                            backoff=Backoff(initial_s=0.0)),
-        tree={"domains": {
-            "lighting": wire(Strategy.REST_FOR_ONE, 10, 10.0),
-            "video": wire(Strategy.ONE_FOR_ALL, 10, 10.0),
-            "access": wire(Strategy.ONE_FOR_ONE, 1, 120.0),
-        }, "heartbeat_s": 0.5},
+        tree={"heartbeat_s": 0.5, **tree},
     ))
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
@@ -149,3 +148,14 @@ def cluster() -> Iterator[Cluster]:
     finally:
         svc.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    from supervisors.spec import Strategy
+
+    yield from start_cluster(cluster_inventory(), {"domains": {
+        "lighting": wire(Strategy.REST_FOR_ONE, 10, 10.0),
+        "video": wire(Strategy.ONE_FOR_ALL, 10, 10.0),
+        "access": wire(Strategy.ONE_FOR_ONE, 1, 120.0),
+    }})
