@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from runtime.entity import Entity
-from runtime.errors import RejectedError
+from runtime.entity import Checkpoint, Entity
+from runtime.envelope import Envelope
+from runtime.errors import DeviceUnavailableError, MalformedMessageError, RejectedError
+from runtime.twin import Quality
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +55,95 @@ class Field:
 
 
 class EquipmentEntity(Entity):
-    """Common behaviour: ``set`` writes absolute setpoints of the kind's fields."""
+    """Common behaviour of equipment.
+
+    * ``set`` validates absolute setpoints against the kind's field table,
+      records them as desired state and writes them to the device;
+    * ``telemetry`` updates the reported twin, counting samples by the
+      device's sequence number (gaps are counted as lost samples);
+    * ``device_status`` flips the entity online/offline; on reconnect the
+      desired state is reconciled by each field's policy in the profile:
+      ``reapply`` writes it again, ``alarm`` raises an alarm for an operator.
+    """
 
     FIELDS: ClassVar[Mapping[str, Field]] = {}
 
+    async def on_start(self, saved: Checkpoint | None) -> None:
+        await super().on_start(saved)
+        self.state.setdefault("samples", 0)
+        self.state.setdefault("lost", 0)
+        self.state.setdefault("seq", -1)
+        port = self.ctx.device
+        self.state["online"] = bool(port is not None and port.online)
+
+    # -- from the device -------------------------------------------------
+    async def on_telemetry(self, msg: Envelope) -> None:
+        p = msg.payload
+        if not isinstance(p, Mapping) or not isinstance(p.get("values"), Mapping):
+            raise MalformedMessageError("telemetry needs a values map")
+        seq = p.get("seq")
+        now = self.ctx.clock.time()
+        quality = Quality(p.get("quality", "good"))
+        source_ts = float(p.get("ts") or 0.0)
+        for name, value in p["values"].items():
+            self.twin.report(str(name), value, quality=quality, source_ts=source_ts,
+                             received_ts=now, seq=int(seq) if isinstance(seq, int) else 0)
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            last = int(self.state.get("seq", -1))
+            if last >= 0 and seq > last + 1:
+                self.state["lost"] = int(self.state.get("lost", 0)) + seq - last - 1
+            if seq != last:
+                self.state["samples"] = int(self.state.get("samples", 0)) + 1
+            self.state["seq"] = seq
+        self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
+
+    async def on_device_status(self, msg: Envelope) -> None:
+        p = msg.payload if isinstance(msg.payload, Mapping) else {}
+        online = bool(p.get("online"))
+        was = bool(self.state.get("online"))
+        self.state["online"] = online
+        if online == was:
+            return
+        if not online:
+            self.twin.degrade(Quality.BAD)
+            self.ctx.emit("alarm", alarm="device_offline", severity="major",
+                          reason=str(p.get("reason", "")))
+            return
+        self.ctx.emit("alarm_cleared", alarm="device_offline")
+        await self.reconcile()
+
+    async def on_device_event(self, msg: Envelope) -> None:
+        p = msg.payload if isinstance(msg.payload, Mapping) else {}
+        event = str(p.get("event", ""))
+        if not event:
+            raise MalformedMessageError("device event without a name")
+        fields = p.get("fields") if isinstance(p.get("fields"), Mapping) else {}
+        self.ctx.emit("device_event", device_event=event,
+                      **{f"field.{k}": v for k, v in (fields or {}).items()})
+
+    async def reconcile(self) -> None:
+        """Bring the device back to the desired state, field by field, by policy."""
+        port = self.ctx.device
+        pending = self.twin.pending()
+        if port is None or not pending:
+            return
+        reapply = {k: v for k, v in pending.items() if port.policy(k) == "reapply"}
+        for name in sorted(set(pending) - set(reapply)):
+            self.ctx.emit("alarm", alarm="reconcile_required", severity="minor", field=name,
+                          desired=str(pending[name]))
+        if reapply:
+            try:
+                await port.write(self.device_fields(reapply),
+                                 command_id=f"reconcile-{self.ctx.id}-{self.version}")
+            except (RejectedError, DeviceUnavailableError) as exc:
+                self.ctx.emit("alarm", alarm="reconcile_failed", severity="minor",
+                              error=str(exc))
+
+    def device_fields(self, clean: Mapping[str, Any]) -> dict[str, Any]:
+        """The device registers or keys that carry these setpoints (identity by default)."""
+        return dict(clean)
+
+    # -- commands --------------------------------------------------------
     async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
         if action != "set":
             return await super().apply_command(action, params)
@@ -72,7 +159,19 @@ class EquipmentEntity(Entity):
             clean[name] = spec.check(name, value)
         self.twin.desired.update(clean)
         self.ctx.emit("setpoint", **{f"desired.{k}": v for k, v in clean.items()})
-        return {"desired": clean}
+        port = self.ctx.device
+        if port is None:
+            return {"desired": clean}
+        if not port.online:
+            raise RejectedError(f"{self.ctx.id} is offline: the setpoint is kept as desired "
+                                "and reconciled on reconnect", code="device_offline")
+        try:
+            confirmed = await port.write(self.device_fields(clean),
+                                         command_id=self.current_command)
+        except DeviceUnavailableError as exc:
+            raise RejectedError(f"{self.ctx.id} did not answer: {exc}",
+                                code="device_unavailable") from exc
+        return {"desired": clean, "device": dict(confirmed)}
 
 
 class Crossroad(EquipmentEntity):
@@ -106,3 +205,10 @@ class Vehicle(EquipmentEntity):
 class AccessTerminal(EquipmentEntity):
     kind = "access_terminal"
     FIELDS = {"bollard": Field(str, choices=("up", "down"))}
+
+    def device_fields(self, clean: Mapping[str, Any]) -> dict[str, Any]:
+        # The terminal takes a raise/lower request and reports the bollard's position.
+        out = {k: v for k, v in clean.items() if k != "bollard"}
+        if "bollard" in clean:
+            out["request"] = "raise" if clean["bollard"] == "up" else "lower"
+        return out

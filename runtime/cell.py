@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from runtime.clock import Clock
+from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint, Entity, EntityContext
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import (
@@ -50,6 +51,9 @@ class HostServices(Protocol):
 
     def message_done(self, slot: EntitySlot, env: Envelope, error: CommandpostError | None) -> None:
         """Called after each handled message (commands are acked from here)."""
+
+    def device_port(self, entity_id: str) -> DevicePort | None:
+        """The entity's device session, if the host runs one for it."""
 
 
 @dataclass(slots=True)
@@ -168,6 +172,10 @@ class _Context:
             except asyncio.CancelledError:
                 if not t.cancelled():
                     raise
+
+    @property
+    def device(self) -> DevicePort | None:
+        return self._host.device_port(self._slot.id)
 
     def publish_view(self, view: Mapping[str, Any]) -> None:
         # One reference swap: the priority thread reads either the old or the new view.

@@ -97,10 +97,11 @@ def _serve(
         parse_listen,
         write_credentials,
     )
-    from runtime.service import RuntimeBackend, Service, ServiceOptions
+    from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
     host, port = parse_listen(admin)
-    svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address))
+    svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
+                                      devices=DEVICES, simulate=demo))
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     if credentials_file is None:
@@ -114,6 +115,8 @@ def _serve(
         click.echo(f"admin web:   {server.url}/  (API under {server.url}/api/v1)")
         click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer)")
         click.echo(f"redis:       {svc.redis_url}   mqtt: {svc.mqtt_url}")
+        for sim in svc.simulators:
+            click.echo(f"simulator:   {sim['kind']}: {sim['devices']} devices on {sim['endpoint']}")
         t0 = time.monotonic()
         svc.start_ray()
         backend.swap(RuntimeBackend(svc))

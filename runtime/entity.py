@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from runtime.clock import Clock
+from runtime.device_port import DevicePort
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import MalformedMessageError, RejectedError
 from runtime.inventory import Equipment
@@ -75,6 +76,10 @@ class EntityContext(Protocol):
 
     def publish_view(self, view: Mapping[str, Any]) -> None:
         """Publish the immutable view that the priority lane reads."""
+
+    @property
+    def device(self) -> DevicePort | None:
+        """The entity's device session, or None when it runs without one."""
 
 
 class PriorityLane(Protocol):
@@ -127,6 +132,7 @@ class Entity:
         self.twin = Twin()
         self.applied: list[str] = []
         self.version = 0
+        self.current_command = ""  # the command id being applied, for device idempotency
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self, saved: Checkpoint | None) -> None:
@@ -186,7 +192,11 @@ class Entity:
         params = payload.get("params") or {}
         if not isinstance(params, Mapping):
             raise MalformedMessageError("command params must be a mapping")
-        result = await self.apply_command(payload["action"], dict(params))
+        self.current_command = command_id
+        try:
+            result = await self.apply_command(payload["action"], dict(params))
+        finally:
+            self.current_command = ""
         self.mark_applied(command_id)
         return {"command_id": command_id, "result": result}
 

@@ -22,6 +22,7 @@ from typing import Any
 from runtime.cell import EntityCell, EntityFactory, EntitySlot
 from runtime.clock import Clock, SystemClock
 from runtime.commands import TERMINAL, Command, CommandStatus
+from runtime.device_port import DeviceManager, DeviceManagerFactory, DevicePort
 from runtime.entity import Checkpoint
 from runtime.envelope import Envelope, MessageKind, decode_batch, pack, unpack
 from runtime.errors import (
@@ -84,6 +85,8 @@ class HostCore:
         clock: Clock | None = None,
         config: HostConfig = HostConfig(),
         generation: int = 0,
+        devices: DeviceManagerFactory | None = None,
+        device_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.host_id = host_id
         self.generation = generation
@@ -119,6 +122,9 @@ class HostCore:
         self.last_tick = time.monotonic()
         self.ready = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._device_factory = devices
+        self._device_options = dict(device_options or {})
+        self.devices: DeviceManager | None = None
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -154,6 +160,10 @@ class HostCore:
             on_escalate=self._on_escalate,
         )
         await self.supervisor.start()
+        if self._device_factory is not None:
+            self.devices = self._device_factory(
+                [s.equipment for s in self.slots.values()], self.route, self._device_options)
+            await self.devices.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._checkpoint_loop(), name=f"host[{self.host_id}].checkpoints"),
@@ -168,6 +178,8 @@ class HostCore:
     async def stop(self) -> None:
         """Stop entities in reverse order, flush their checkpoints, stop the loops."""
         self.ready = False
+        if self.devices is not None:
+            await self.devices.stop()
         if self.supervisor is not None:
             await self.supervisor.shutdown()
         await self.outbox.drain(timeout=2.0)
@@ -282,6 +294,12 @@ class HostCore:
     def mark_dirty(self, slot: EntitySlot) -> None:
         slot.dirty = True
         self._dirty.add(slot.id)
+
+    def device_port(self, entity_id: str) -> DevicePort | None:
+        return self.devices.port(entity_id) if self.devices is not None else None
+
+    def online_count(self) -> int:
+        return self.devices.online_count() if self.devices is not None else 0
 
     def message_done(self, slot: EntitySlot, env: Envelope, error: CommandpostError | None) -> None:
         if env.kind is not MessageKind.COMMAND or env.sender != "journal":
@@ -519,6 +537,8 @@ class HostCore:
                        "calls_to": dict(self.outbox.calls_to)},
             "counters": dict(self.counters),
             "dropped_events": self._dropped_events,
+            "online": self.online_count(),
+            "devices": self.devices.status() if self.devices is not None else {},
             "escalations": list(self._escalations[-20:]),
         }
 

@@ -27,6 +27,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from runtime.cell import EntityFactory
+from runtime.device_port import DeviceManagerFactory
 from runtime.envelope import Envelope, MessageKind, pack, unpack
 from runtime.errors import (
     CommandpostError,
@@ -57,6 +58,16 @@ def load_factory(path: str) -> Callable[[Equipment], EntityFactory]:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load entity factory {path!r}: {exc}") from exc
     return chooser
+
+
+def load_device_factory(path: str) -> DeviceManagerFactory:
+    """Resolve ``"package.module:function"`` to the device-manager factory."""
+    module_name, _, attr = path.partition(":")
+    try:
+        factory: DeviceManagerFactory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load device manager {path!r}: {exc}") from exc
+    return factory
 
 
 def options_from_wire(d: Mapping[str, Any]) -> SupervisorOptions:
@@ -188,6 +199,8 @@ class HostActor:
             transport=RayTransport(self.store, a.get("ray_namespace", NAMESPACE)),
             directory=Directory(a.get("directory") or {}), config=config,
             generation=int(a.get("generation", 0)),
+            devices=load_device_factory(a["devices"]) if a.get("devices") else None,
+            device_options=a.get("device_options") or {},
         )
         self.core = core
         self.lane = _Lane(core)
@@ -210,6 +223,7 @@ class HostActor:
             "entities": len(core.slots) if core else 0,
             "entity_restarts": sum(s.stats.crashes for s in core.slots.values()) if core else 0,
             "failed": sum(1 for s in core.slots.values() if s.status == "failed") if core else 0,
+            "online": core.online_count() if core else 0,
         }
 
     @ray.method(concurrency_group="control")

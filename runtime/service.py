@@ -7,9 +7,13 @@ behaviours, for ``commandpost demo``, ``run`` and the benchmarks.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +28,7 @@ from runtime.commands import Command, new_command_id
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.envelope import pack
 from runtime.errors import CommandpostError, ConfigError, RetryableError
-from runtime.inventory import Inventory
+from runtime.inventory import Inventory, dump_inventory
 from runtime.placement import PlacementPlan, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, options_to_wire
 from runtime.store import RetryPolicy, SyncStore
@@ -35,7 +39,8 @@ from supervisors.tree import ROOT_NAME
 log = logging.getLogger("commandpost.service")
 
 FACTORY = "actors.registry:factory_for"
-WARM_MODULES = ("actors.registry",)
+WARM_MODULES = ("actors.registry", "devices.manager")
+DEVICES = "devices.manager:create"
 
 
 @dataclass
@@ -55,6 +60,9 @@ class ServiceOptions:
     broker: str = "auto"
     tree: dict[str, Any] = field(default_factory=dict)  # tree wire overrides (root, domains…)
     factory: str = FACTORY
+    devices: str = ""  # device-manager factory ("devices.manager:create"); "" runs without devices
+    simulate: bool = False  # start the field simulators of the inventory (the demo)
+    sim_rate_hz: float | None = None  # telemetry rate override for the MQTT simulators
 
 
 def _child_scope() -> Any:
@@ -86,6 +94,8 @@ class Service:
         self.started = threading.Event()
         self.t0 = time.monotonic()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.sim_proc: subprocess.Popen[bytes] | None = None
+        self.simulators: list[dict[str, Any]] = []
 
     # -- servers ---------------------------------------------------------
     def start_servers(self) -> None:
@@ -105,9 +115,45 @@ class Service:
             self.broker.start_watchdog()
             self.mqtt_url = self.broker.url
         self.store = SyncStore(self.redis_url, namespace=self.options.namespace)
+        if self.options.simulate:
+            self.start_simulators(data)
         # Health probes must see an outage at once, not ride it out with retries.
         self._probe = SyncStore(self.redis_url, namespace=self.options.namespace,
                                 retry=RetryPolicy(deadline_s=0.2))
+
+    def start_simulators(self, data: Path, timeout: float = 90.0) -> None:
+        """The field simulators in a child process, on the real protocols."""
+        inv_file = data / "inventory.toml"
+        inv_file.write_text(dump_inventory(self.inventory), encoding="utf-8")
+        ready = data / "simulators.json"
+        ready.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "devices.sim.runner", "--inventory", str(inv_file),
+                "--mqtt", self.mqtt_url, "--ready-file", str(ready)]
+        if self.options.sim_rate_hz:
+            argv += ["--rate-hz", str(self.options.sim_rate_hz)]
+        with open(data / "simulators.log", "ab") as log_file:  # the child keeps its own copy
+            self.sim_proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.sim_proc.poll() is not None:
+                tail = (data / "simulators.log").read_text(errors="replace")[-2000:]
+                raise ConfigError(f"simulators exited with {self.sim_proc.returncode}: {tail}")
+            if time.monotonic() > deadline:
+                raise RetryableError(f"simulators not ready within {timeout:.0f}s")
+            time.sleep(0.1)
+        self.simulators = json.loads(ready.read_text(encoding="utf-8"))
+
+    def stop_simulators(self) -> None:
+        proc = self.sim_proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
     def start_ray(self) -> None:
         if ray.is_initialized():
@@ -135,6 +181,8 @@ class Service:
             "hosts": hosts, "directory": dict(self.plan.owner), "store_url": self.redis_url,
             "namespace": self.options.namespace, "ray_namespace": self.options.ray_namespace,
             "factory": self.options.factory,
+            "devices": self.options.devices,
+            "device_options": {"mqtt_url": self.mqtt_url},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),
                      **self.options.tree},
@@ -233,6 +281,7 @@ class Service:
             self._watcher.join(timeout=15)
         if self._started_ray:
             ray.shutdown()
+        self.stop_simulators()
         for store in (self.store, self._probe):
             if store is not None:
                 store.close()
@@ -293,15 +342,16 @@ class RuntimeBackend:
                 statuses = _statuses(tree)
                 running = sum(h.get("entities", 0) - h.get("failed_entities", 0)
                               for h in _hosts(tree) if h["status"] == "running")
+                online = sum(int(h.get("online", 0)) for h in _hosts(tree))
             except RetryableError:
-                statuses, running = {"failed"}, 0
+                statuses, running, online = {"failed"}, 0, 0
             if statuses <= {"running"} and running == total and redis_ok and broker_ok:
                 status = "ok"
             else:
                 # After start-up, anything short of everything running is degraded:
                 # a host restarting or stopped, entities failed, Redis or the broker away.
                 status = "degraded"
-            out = {"status": status, "entities": total, "online": 0,
+            out = {"status": status, "entities": total, "online": online,
                    "redis": "ok" if redis_ok else "unreachable",
                    "mqtt": "ok" if broker_ok else "unreachable"}
         with self._lock:
@@ -328,7 +378,7 @@ class RuntimeBackend:
                       "pid": s.redis.pid if s.redis else None},
             "mqtt": {"url": s.mqtt_url, "status": "ok" if s.broker_ok() else "unreachable",
                      "broker": s.broker.kind if s.broker else "external"},
-            "simulators": self.simulators,
+            "simulators": self.simulators or s.simulators,
         }
 
 

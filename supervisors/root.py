@@ -82,6 +82,8 @@ class RootActor:
             "store_url": self.cfg["store_url"], "namespace": self.cfg["namespace"],
             "ray_namespace": self.namespace, "factory": self.cfg["factory"],
             "config": self.cfg.get("host_config") or {}, "directory": self.cfg["directory"],
+            "devices": self.cfg.get("devices", ""),
+            "device_options": {**(self.cfg.get("device_options") or {}), "host_id": host_id},
         })
 
     def _on_event(self, ev: SupervisorEvent) -> None:
@@ -188,6 +190,7 @@ class RootActor:
                         pid=i.pid or None, node=i.node or None, domain=i.domain,
                         actor=i.actor, generation=i.generation, entities=i.entities,
                         entity_restarts=i.entity_restarts, failed_entities=i.failed_entities,
+                        online=i.online,
                     ))
             domains.append(node(child.id, "domain supervisor", str(child.status),
                                 child.restarts, hosts, pid=self.pid, node=node_id))

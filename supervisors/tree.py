@@ -78,6 +78,7 @@ class HostInfo:
     entities: int = 0
     entity_restarts: int = 0
     failed_entities: int = 0
+    online: int = 0
     generation: int = 0
     status: str = "starting"
     restarts: int = 0
@@ -240,6 +241,7 @@ class HostChild:
         i.pid, i.node = int(state["pid"]), str(state["node"])
         i.entities, i.entity_restarts = int(state["entities"]), int(state["entity_restarts"])
         i.failed_entities = int(state.get("failed", 0))
+        i.online = int(state.get("online", 0))
         i.last_seen = time.time()
         return state
 

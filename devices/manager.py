@@ -1,0 +1,432 @@
+"""The device sessions of one host: polls, subscriptions, liveness, writes.
+
+A host builds one :class:`HostDevices` for the entities it owns
+(``devices.manager:create`` is the factory the runtime is given). It reads the
+field through the protocol sessions of this package and hands the results to
+the entities as envelopes (see :mod:`runtime.device_port`):
+
+* Modbus devices are polled at their profile's rate, one read covering every
+  register; a device is offline after ``liveness_misses`` failed polls in a
+  row, and is then retried with jittered, capped backoff (a circuit breaker:
+  a dead controller costs one attempt per backoff step, not one per period);
+* OPC UA buildings are subscribed (data changes and events); a building whose
+  nodes turn Bad is offline;
+* MQTT devices are subscribed under their topics by one persistent session per
+  host; a device is offline when its retained status says so or when it has
+  been silent for ``liveness_misses`` telemetry periods.
+
+Health flips are logged once each way. A malformed payload, a Modbus
+exception or a bad OPC UA status is counted per entity and logged once per
+kind of failure; it never stops a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from devices import modbus, mqtt, opcua
+from devices.profile import Profile, builtin_profile
+from runtime.envelope import Envelope, MessageKind
+from runtime.errors import (
+    CommandpostError,
+    DeviceUnavailableError,
+    MalformedMessageError,
+    ProtocolError,
+    RejectedError,
+)
+from runtime.inventory import Equipment
+
+log = logging.getLogger("commandpost.devices")
+
+Deliver = Callable[[Envelope], None]
+
+
+@dataclass
+class DeviceState:
+    """What the manager knows of one device."""
+
+    equipment: Equipment
+    profile: Profile
+    online: bool = False
+    last_seen: float = 0.0
+    misses: int = 0
+    last_seq: int | None = None
+    bad: Counter[str] = field(default_factory=Counter)
+    logged: set[str] = field(default_factory=set)
+
+
+class _Port:
+    """An entity's device port (see :class:`runtime.device_port.DevicePort`)."""
+
+    def __init__(self, manager: HostDevices, state: DeviceState) -> None:
+        self._manager = manager
+        self._state = state
+
+    @property
+    def online(self) -> bool:
+        return self._state.online
+
+    def policy(self, field_name: str) -> str | None:
+        return _policy(self._state.profile, field_name)
+
+    async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
+        return await self._manager.write(self._state, fields, command_id)
+
+
+def _policy(profile: Profile, name: str) -> str | None:
+    for spec in (*profile.fields, *(f for b in profile.blocks for f in b.fields)):
+        if spec.name == name and spec.writable:
+            return spec.reconcile
+    return None
+
+
+class HostDevices:
+    """Every device session of one host."""
+
+    def __init__(self, equipment: Sequence[Equipment], deliver: Deliver,
+                 options: Mapping[str, Any]) -> None:
+        self._deliver = deliver
+        self._options = dict(options)
+        self._rng = random.Random(str(options.get("host_id", "")))
+        self.devices: dict[str, DeviceState] = {}
+        for eq in equipment:
+            try:
+                profile = builtin_profile(eq.profile)
+            except CommandpostError as exc:
+                log.error("%s: no device session (%s)", eq.id, exc)
+                continue
+            self.devices[eq.id] = DeviceState(eq, profile)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._modbus: dict[str, tuple[Any, int]] = {}  # entity id -> (session, unit)
+        # One TCP session per controller endpoint, shared by the unit ids behind it.
+        self._modbus_sessions = modbus.ModbusSessions()
+        self._opcua: dict[str, Any] = {}
+        self._mqtt: Any = None
+        self._acks: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
+        self._by_topic: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        by_protocol: dict[str, list[DeviceState]] = {}
+        for st in self.devices.values():
+            by_protocol.setdefault(st.profile.protocol, []).append(st)
+        for st in by_protocol.get("modbus", []):
+            self._tasks.append(loop.create_task(self._poll_modbus(st),
+                                                name=f"devices[{st.equipment.id}].poll"))
+        for st in by_protocol.get("opcua", []):
+            self._tasks.append(loop.create_task(self._watch_opcua(st),
+                                                name=f"devices[{st.equipment.id}].opcua"))
+        mqtt_devices = by_protocol.get("mqtt", [])
+        if mqtt_devices:
+            await self._start_mqtt(mqtt_devices)
+            self._tasks.append(loop.create_task(self._mqtt_liveness(mqtt_devices),
+                                                name="devices.mqtt.liveness"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        if self._mqtt is not None:
+            await self._mqtt.stop()
+        with contextlib.suppress(CommandpostError):
+            await self._modbus_sessions.close()
+        for session in self._opcua.values():
+            with contextlib.suppress(CommandpostError):
+                await session.close()
+
+    def port(self, entity_id: str) -> _Port | None:
+        st = self.devices.get(entity_id)
+        return _Port(self, st) if st is not None else None
+
+    def online_count(self) -> int:
+        return sum(1 for st in self.devices.values() if st.online)
+
+    def status(self) -> dict[str, Any]:
+        bad: Counter[str] = Counter()
+        for st in self.devices.values():
+            bad.update(st.bad)
+        return {"devices": len(self.devices), "online": self.online_count(),
+                "bad_input": dict(bad)}
+
+    # -- shared ----------------------------------------------------------
+    def _flip(self, st: DeviceState, online: bool, reason: str) -> None:
+        if st.online == online:
+            return
+        st.online = online
+        if online:
+            log.info("%s back online", st.equipment.id)
+        else:
+            log.warning("%s offline: %s", st.equipment.id, reason)
+        self._deliver(Envelope(target=st.equipment.id, type="device_status",
+                               payload={"online": online, "reason": reason},
+                               sender="devices", kind=MessageKind.EVENT))
+
+    def _bad(self, st: DeviceState, kind: str, exc: BaseException) -> None:
+        st.bad[kind] += 1
+        if kind not in st.logged:
+            st.logged.add(kind)
+            log.warning("%s: %s (%s); counted, further ones not logged", st.equipment.id,
+                        kind, exc)
+
+    def _telemetry(self, st: DeviceState, values: Mapping[str, Any], seq: Any, ts: float,
+                   quality: str = "good") -> None:
+        st.last_seen = time.monotonic()
+        self._deliver(Envelope(target=st.equipment.id, type="telemetry",
+                               payload={"values": dict(values), "seq": seq, "ts": ts,
+                                        "quality": quality},
+                               sender=st.equipment.id, kind=MessageKind.TELEMETRY))
+
+    def _backoff(self, attempt: int, base: float) -> float:
+        step = min(10.0, base * float(2 ** min(attempt, 6)))
+        return step * self._rng.uniform(0.8, 1.2)
+
+    async def write(self, st: DeviceState, fields: Mapping[str, Any],
+                    command_id: str) -> Mapping[str, Any]:
+        protocol = st.profile.protocol
+        if protocol == "modbus":
+            return await self._write_modbus(st, fields)
+        if protocol == "opcua":
+            return await self._write_opcua(st, fields)
+        return await self._write_mqtt(st, fields, command_id)
+
+    # -- Modbus ----------------------------------------------------------
+    def _modbus_session(self, st: DeviceState) -> tuple[Any, int]:
+        got = self._modbus.get(st.equipment.id)
+        if got is None:
+            host, port, unit = modbus.parse_endpoint(st.equipment.endpoint)
+            got = (self._modbus_sessions.acquire(host, port, timeout_s=st.profile.timeout_s),
+                   unit)
+            self._modbus[st.equipment.id] = got
+        return got
+
+    async def _poll_modbus(self, st: DeviceState) -> None:
+        period = st.profile.poll_interval_s
+        attrs = st.equipment.attrs
+        start, count = st.profile.register_span(attrs)
+        await asyncio.sleep(self._rng.uniform(0, period))  # spread the polls over a period
+        failures = 0
+        while True:
+            t0 = time.monotonic()
+            try:
+                session, unit = self._modbus_session(st)
+                regs = await session.read(unit, start, count)
+                values = st.profile.decode_registers(start, regs, attrs)
+            except DeviceUnavailableError as exc:
+                failures += 1
+                st.misses += 1
+                if st.misses >= st.profile.liveness_misses:
+                    self._flip(st, False, str(exc))
+                wait = self._backoff(failures, period) if not st.online else period
+                await asyncio.sleep(wait)
+                continue
+            except (ProtocolError, RejectedError) as exc:
+                kind = getattr(exc, "code", type(exc).__name__)
+                self._bad(st, f"modbus:{kind}", exc)
+                st.misses += 1
+                if st.misses >= st.profile.liveness_misses:
+                    self._flip(st, False, str(exc))
+                await asyncio.sleep(period)
+                continue
+            failures = 0
+            st.misses = 0
+            self._flip(st, True, "answering")
+            seq = values.get("seq")
+            if seq != st.last_seq:
+                st.last_seq = seq if isinstance(seq, int) else None
+                self._telemetry(st, values, seq, time.time())
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
+
+    async def _write_modbus(self, st: DeviceState, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        session, unit = self._modbus_session(st)
+        profile = st.profile
+        top = {f.name for f in profile.fields}
+        for name, value in fields.items():
+            if name in top:
+                address, regs = profile.encode_field(name, value)
+                await session.write(unit, address, regs)
+                continue
+            block = next((b for b in profile.blocks if any(f.name == name for f in b.fields)),
+                         None)
+            if block is None:
+                raise RejectedError(f"{profile.name} has no field {name!r}", code="unknown_field")
+            for i in range(profile.count(block.name, st.equipment.attrs)):
+                address, regs = profile.encode_block_field(block.name, i, name, value)
+                await session.write(unit, address, regs)
+        return dict(fields)
+
+    # -- OPC UA ----------------------------------------------------------
+    async def _watch_opcua(self, st: DeviceState) -> None:
+        eq, profile = st.equipment, st.profile
+        refs = opcua.profile_nodes(profile, eq.id, eq.attrs)
+        by_node = {r.node_id: r for r in refs}
+        values: dict[str, Any] = {}
+        attempt = 0
+
+        def on_value(node_id: str, value: Any, quality: str, ts: float) -> None:
+            ref = by_node.get(node_id)
+            if ref is None:
+                return
+            if quality == "bad":
+                self._flip(st, False, "nodes report Bad quality")
+                return
+            values[ref.key] = value
+            self._flip(st, True, "nodes Good")
+            # One change, one small sample: the entity updates just that field.
+            self._telemetry(st, {ref.key: value}, values.get("seq"), ts, quality)
+
+        def on_event(building: str, event: str, fields: Mapping[str, Any]) -> None:
+            if building != eq.id:
+                return
+            self._deliver(Envelope(target=eq.id, type="device_event",
+                                   payload={"event": event, "ts": time.time(),
+                                            "fields": dict(fields)},
+                                   sender=eq.id, kind=MessageKind.EVENT))
+
+        while True:
+            session = opcua.OpcUaSession(eq.endpoint, timeout_s=profile.timeout_s)
+            try:
+                await session.connect()
+                self._opcua[eq.id] = session
+                await session.subscribe([r.node_id for r in refs], on_value,
+                                        profile.poll_interval_s)
+                await session.subscribe_events(on_event)
+                attempt = 0
+                # Heartbeat: a read per period notices a dead server or connection.
+                heartbeat = [refs[0].node_id]
+                while True:
+                    await asyncio.sleep(profile.poll_interval_s)
+                    await session.read(heartbeat)
+            except DeviceUnavailableError as exc:
+                self._flip(st, False, str(exc))
+            except (ProtocolError, RejectedError) as exc:
+                self._bad(st, f"opcua:{getattr(exc, 'code', type(exc).__name__)}", exc)
+            finally:
+                self._opcua.pop(eq.id, None)
+                with contextlib.suppress(CommandpostError):
+                    await session.close()
+            attempt += 1
+            await asyncio.sleep(self._backoff(attempt, profile.poll_interval_s))
+
+    async def _write_opcua(self, st: DeviceState, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        session = self._opcua.get(st.equipment.id)
+        if session is None:
+            raise DeviceUnavailableError(f"{st.equipment.id}: no OPC UA session")
+        refs = {r.key: r for r in opcua.profile_nodes(st.profile, st.equipment.id,
+                                                      st.equipment.attrs)}
+        for name, value in fields.items():
+            targets = [refs[name]] if name in refs else [
+                r for r in refs.values() if r.block and r.spec.name == name]
+            if not targets or not all(r.spec.writable for r in targets):
+                raise RejectedError(f"{st.profile.name} has no writable {name!r}",
+                                    code="unknown_field")
+            for ref in targets:
+                raw = value
+                if ref.spec.choices and isinstance(value, str):
+                    raw = ref.spec.choices.index(value)
+                await session.write(ref.node_id, raw, ref.spec.type)
+        return dict(fields)
+
+    # -- MQTT ------------------------------------------------------------
+    async def _start_mqtt(self, states: list[DeviceState]) -> None:
+        url = str(self._options.get("mqtt_url") or "")
+        if not url:
+            log.error("no MQTT URL: %d MQTT devices have no session", len(states))
+            return
+        host_id = str(self._options.get("host_id", "host"))
+        session = mqtt.MqttSession(url, client_id=f"cp-{host_id}", clean_session=False)
+        session.on_message(self._on_mqtt)
+        self._mqtt = session
+        await session.start()
+        for st in states:
+            eq = st.equipment
+            base = mqtt.topic(eq.municipality, eq.kind, eq.id, "telemetry").rsplit("/", 1)[0]
+            self._by_topic[base] = eq.id
+            await session.subscribe(base + "/+", qos=1)
+
+    def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        base, _, leaf = topic.rpartition("/")
+        eid = self._by_topic.get(base)
+        st = self.devices.get(eid) if eid else None
+        if st is None:
+            return
+        try:
+            if leaf == "telemetry":
+                data = mqtt.decode_payload(st.profile, payload)
+                seq = data.get("seq")
+                self._flip(st, True, "publishing")
+                self._telemetry(st, data, seq, float(data.get("ts") or time.time()))
+            elif leaf == "status":
+                text = payload.decode("utf-8", "replace").strip()
+                if text in ("online", "offline"):
+                    st.last_seen = time.monotonic()
+                    self._flip(st, text == "online", f"status {text}")
+                else:
+                    raise MalformedMessageError(f"status payload {text[:20]!r}")
+            elif leaf == "event":
+                data = mqtt.decode_event(st.profile, payload)
+                self._deliver(Envelope(target=st.equipment.id, type="device_event",
+                                       payload={"event": data.get("event"),
+                                                "ts": data.get("ts"),
+                                                "fields": {k: v for k, v in data.items()
+                                                           if k not in ("event", "ts")}},
+                                       sender=st.equipment.id, kind=MessageKind.EVENT))
+            elif leaf == "ack":
+                ack = mqtt.decode_ack(payload)
+                fut = self._acks.pop(str(ack.get("command_id")), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(ack)
+        except (MalformedMessageError, ProtocolError) as exc:
+            self._bad(st, f"mqtt:{leaf}:{type(exc).__name__}", exc)
+
+    async def _mqtt_liveness(self, states: list[DeviceState]) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for st in states:
+                limit = st.profile.poll_interval_s * st.profile.liveness_misses
+                if st.online and now - st.last_seen > limit:
+                    self._flip(st, False, f"silent for {now - st.last_seen:.0f}s")
+
+    async def _write_mqtt(self, st: DeviceState, fields: Mapping[str, Any],
+                          command_id: str) -> Mapping[str, Any]:
+        if self._mqtt is None:
+            raise DeviceUnavailableError("no MQTT session")
+        eq = st.equipment
+        for name in fields:
+            if _policy(st.profile, name) is None:
+                raise RejectedError(f"{st.profile.name} has no writable {name!r}",
+                                    code="unknown_field")
+        fut: asyncio.Future[Mapping[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[command_id] = fut
+        try:
+            await self._mqtt.publish(
+                mqtt.topic(eq.municipality, eq.kind, eq.id, "cmd"),
+                mqtt.encode_payload({"command_id": command_id, "action": "set",
+                                     "params": dict(fields)}), qos=1)
+            ack = await asyncio.wait_for(fut, max(2.0, st.profile.timeout_s * 4))
+        except TimeoutError as exc:
+            raise DeviceUnavailableError(f"{eq.id} did not acknowledge {command_id}") from exc
+        finally:
+            self._acks.pop(command_id, None)
+        if not ack.get("ok"):
+            raise RejectedError(f"{eq.id} refused: {ack.get('error', 'refused')}",
+                                code="device_refused")
+        return dict(fields)
+
+
+def create(equipment: Sequence[Equipment], deliver: Deliver,
+           options: Mapping[str, Any]) -> HostDevices:
+    """The device-manager factory hosts are given (``devices.manager:create``)."""
+    return HostDevices(equipment, deliver, options)

@@ -1,0 +1,361 @@
+"""Simulated field devices, speaking the same protocols and profiles as the real ones.
+
+The Modbus simulators share :class:`ModbusSimulator`: built from the inventory's
+equipment of one kind and the kind's profile, it starts one
+:class:`~devices.modbus.ModbusServer` per port named by the endpoints (many unit
+ids per port), keeps one model per piece of equipment, and after every
+:meth:`~ModbusSimulator.tick` writes each model's values into the registers
+the profile names. A client's write is decoded with the same profile and handed
+to the model, which may refuse it with a Modbus exception code.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+from devices.modbus import ModbusServer, parse_endpoint
+from devices.profile import FieldSpec, Profile
+from runtime.clock import Clock, SystemClock
+from runtime.errors import ConfigError, ProtocolError, RejectedError
+from runtime.inventory import Equipment
+
+__all__ = [
+    "EXC_DEVICE_BUSY",
+    "EXC_DEVICE_FAILURE",
+    "EXC_ILLEGAL_ADDRESS",
+    "EXC_ILLEGAL_VALUE",
+    "DeviceModel",
+    "ModbusSimulator",
+    "SimCounters",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Modbus exception codes a model answers with when it refuses a write.
+EXC_ILLEGAL_ADDRESS: Final = 2
+EXC_ILLEGAL_VALUE: Final = 3
+EXC_DEVICE_FAILURE: Final = 4
+EXC_DEVICE_BUSY: Final = 6
+
+
+class DeviceModel(abc.ABC):
+    """The behaviour of one simulated device, in the profile's engineering units."""
+
+    @abc.abstractmethod
+    def values(self) -> dict[str, Any]:
+        """Every profile field but ``seq`` (blocks as lists of dicts), as the device shows them."""
+
+    @abc.abstractmethod
+    def apply(self, block: str | None, index: int, name: str, value: Any) -> int | None:
+        """A client wrote ``value`` to ``name`` (of repeat ``index`` of ``block``, if any).
+
+        Returns ``None`` when accepted, else the Modbus exception code answered.
+        """
+
+    @abc.abstractmethod
+    def advance(self, dt: float) -> None:
+        """Move the model ``dt`` seconds forward."""
+
+
+@dataclass(slots=True)
+class SimCounters:
+    """What a simulator has seen: clients' writes and injected faults."""
+
+    writes_seen: int = 0
+    writes_refused: int = 0
+    faults_injected: int = 0
+    ticks: int = 0
+
+
+M = TypeVar("M", bound=DeviceModel)
+
+
+@dataclass(slots=True)
+class _Device(Generic[M]):
+    equipment: Equipment
+    server: ModbusServer
+    unit: int
+    model: M
+    span: tuple[int, int]
+    seq: int = 0
+    last_values: dict[str, Any] | None = None
+    since_seq: float = 0.0
+
+
+class ModbusSimulator(abc.ABC, Generic[M]):
+    """Simulated Modbus devices of one kind behind their endpoints' ports.
+
+    ``tick_hz`` is the rate of the background ticker :meth:`start` runs on
+    ``clock`` (pass ``autotick=False`` to drive :meth:`tick` by hand). ``seq``
+    of a device goes up whenever its values change, and at least once per
+    nominal poll period of the profile.
+    """
+
+    kind: str = ""
+
+    def __init__(
+        self,
+        equipment: Sequence[Equipment],
+        profile: Profile,
+        *,
+        clock: Clock | None = None,
+        tick_hz: float = 10.0,
+        autotick: bool = True,
+    ) -> None:
+        if profile.protocol != "modbus":
+            raise ConfigError(f"profile {profile.name!r} is {profile.protocol}, not modbus")
+        if not tick_hz > 0:
+            raise ConfigError(f"tick_hz must be > 0, got {tick_hz!r}")
+        self.profile = profile
+        self.clock: Clock = clock or SystemClock()
+        self.tick_hz = float(tick_hz)
+        self.autotick = autotick
+        self.counters = SimCounters()
+        self.servers: dict[int, ModbusServer] = {}
+        self._devices: dict[str, _Device[M]] = {}
+        self._by_unit: dict[tuple[int, int], _Device[M]] = {}
+        self._task: asyncio.Task[None] | None = None
+        sizes: dict[tuple[int, int], int] = {}
+        for eq in equipment:
+            if self.kind and eq.kind != self.kind:
+                raise ConfigError(f"{type(self).__name__}: {eq.id} is a {eq.kind}, not {self.kind}")
+            host, port, unit = parse_endpoint(eq.endpoint)
+            if (port, unit) in sizes:
+                raise ConfigError(f"{eq.id}: unit {unit} on port {port} is used twice")
+            span = profile.register_span(eq.attrs)
+            sizes[(port, unit)] = span[0] + span[1]
+            server = self.servers.get(port)
+            if server is None:
+                server = ModbusServer(port, (), host=host, on_write=self._hook(port))
+                self.servers[port] = server
+            server.add_unit(unit, span[0] + span[1])
+            device = _Device(eq, server, unit, self.make_model(eq), span)
+            self._devices[eq.id] = device
+            self._by_unit[(port, unit)] = device
+        for device in self._devices.values():
+            self._publish(device)
+
+    @abc.abstractmethod
+    def make_model(self, equipment: Equipment) -> M:
+        """The model of one piece of equipment."""
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Listen on every port, then tick in the background (unless ``autotick`` is off)."""
+        try:
+            for server in self.servers.values():
+                await server.start()
+        except BaseException:
+            await self.stop()
+            raise
+        if self.autotick and self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"{type(self).__name__} ticker")
+
+    async def stop(self) -> None:
+        """Stop ticking and close every server."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # gather hands the ticker's CancelledError back as a value, yet still
+            # raises if stop() itself is cancelled.
+            await asyncio.gather(task, return_exceptions=True)
+        for server in self.servers.values():
+            await server.stop()
+
+    async def _run(self) -> None:
+        period = 1.0 / self.tick_hz
+        last = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(period)
+            now = self.clock.monotonic()
+            try:
+                await self.tick(now - last)
+            except Exception:
+                _log.exception("%s: tick failed", type(self).__name__)
+            last = now
+
+    async def tick(self, dt: float) -> None:
+        """Advance every model by ``dt`` seconds and publish its registers."""
+        if dt < 0:
+            raise ValueError(f"dt must be >= 0, got {dt!r}")
+        self.counters.ticks += 1
+        for device in self._devices.values():
+            device.model.advance(dt)
+            device.since_seq += dt
+            self._publish(device)
+
+    # -- access
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Equipment ids simulated, in inventory order."""
+        return tuple(self._devices)
+
+    def model(self, equipment_id: str) -> M:
+        """The model of ``equipment_id`` (:class:`KeyError` if not simulated here)."""
+        return self._devices[equipment_id].model
+
+    def location(self, equipment_id: str) -> tuple[ModbusServer, int]:
+        """The server and unit id answering for ``equipment_id``."""
+        device = self._devices[equipment_id]
+        return device.server, device.unit
+
+    def seq(self, equipment_id: str) -> int:
+        """The device's current sample sequence number."""
+        return self._devices[equipment_id].seq
+
+    def registers(self, equipment_id: str) -> list[int]:
+        """The device's registers over its profile span."""
+        device = self._devices[equipment_id]
+        return device.server.get(device.unit, *device.span)
+
+    # -- fault injection, by equipment id
+
+    def offline(self, equipment_id: str, on: bool = True, *, silent: bool = False) -> None:
+        """Take a device off the bus (exception 11, or no answer with ``silent``)."""
+        server, unit = self.location(equipment_id)
+        server.offline(unit, on, silent=silent)
+        self.counters.faults_injected += on
+
+    def exception(self, equipment_id: str, code: int | None) -> None:
+        """Answer every request to the device with Modbus exception ``code``."""
+        server, unit = self.location(equipment_id)
+        server.exception(unit, code)
+        self.counters.faults_injected += code is not None
+
+    def slow(self, equipment_id: str, seconds: float) -> None:
+        """Delay the device's answers."""
+        server, unit = self.location(equipment_id)
+        server.slow(unit, seconds)
+        self.counters.faults_injected += seconds > 0
+
+    def malformed(self, equipment_id: str, on: bool = True) -> None:
+        """Send the device's answers truncated."""
+        server, unit = self.location(equipment_id)
+        server.malformed(unit, on)
+        self.counters.faults_injected += on
+
+    def drop_connections(self) -> int:
+        """Cut every client connection of every port; returns how many."""
+        self.counters.faults_injected += 1
+        return sum(server.drop_connections() for server in self.servers.values())
+
+    # -- registers
+
+    def _publish(self, device: _Device[M]) -> None:
+        values = device.model.values()
+        period = self.profile.poll_interval_s
+        if values != device.last_values or device.since_seq >= period:
+            device.seq = (device.seq + 1) & 0xFFFF_FFFF
+            device.last_values = values
+            device.since_seq = 0.0
+        first, count = device.span
+        regs = device.server.get(device.unit, first, count)
+
+        def put(spec: FieldSpec, address: int, value: Any) -> None:
+            try:
+                raw = spec.encode(value)
+            except RejectedError as exc:
+                raise ConfigError(
+                    f"{device.equipment.id}: model value {value!r} for {spec.name}: {exc}"
+                ) from exc
+            regs[address - first : address - first + len(raw)] = raw
+
+        for spec in self.profile.fields:
+            assert spec.address is not None
+            value = device.seq if spec.name == "seq" else values[spec.name]
+            put(spec, spec.address, value)
+        for block in self.profile.blocks:
+            assert block.base is not None and block.stride is not None
+            items: Sequence[Mapping[str, Any]] = values.get(block.name, ())
+            for i, item in enumerate(
+                items[: self.profile.count(block.name, device.equipment.attrs)]
+            ):
+                for spec in block.fields:
+                    assert spec.address is not None
+                    put(spec, block.base + i * block.stride + spec.address, item[spec.name])
+        device.server.set(device.unit, first, regs)
+
+    def _hook(self, port: int) -> Any:
+        def on_write(unit: int, address: int, values: list[int]) -> int | None:
+            device = self._by_unit.get((port, unit))
+            if device is None:
+                return EXC_ILLEGAL_ADDRESS
+            self.counters.writes_seen += 1
+            refused = self._write(device, address, values)
+            if refused is not None:
+                self.counters.writes_refused += 1
+            return refused
+
+        return on_write
+
+    def _targets(
+        self, device: _Device[M], address: int, values: list[int]
+    ) -> list[tuple[str | None, int, FieldSpec, list[int]]] | int:
+        """The fields a write covers, or the exception code refusing it."""
+        end = address + len(values)
+        covered = 0
+        out: list[tuple[str | None, int, FieldSpec, list[int]]] = []
+
+        def visit(block: str | None, index: int, spec: FieldSpec, at: int) -> int | None:
+            nonlocal covered
+            low, high = max(at, address), min(at + spec.width, end)
+            if low >= high:
+                return None
+            if low != at or high != at + spec.width:
+                return EXC_ILLEGAL_VALUE  # half of a two-register value
+            if not spec.writable:
+                return EXC_ILLEGAL_ADDRESS
+            covered += spec.width
+            out.append((block, index, spec, values[at - address : at - address + spec.width]))
+            return None
+
+        for spec in self.profile.fields:
+            assert spec.address is not None
+            if (code := visit(None, 0, spec, spec.address)) is not None:
+                return code
+        for block in self.profile.blocks:
+            assert block.base is not None and block.stride is not None
+            for i in range(self.profile.count(block.name, device.equipment.attrs)):
+                at = block.base + i * block.stride
+                if at > end:
+                    break
+                for spec in block.fields:
+                    assert spec.address is not None
+                    if (code := visit(block.name, i, spec, at + spec.address)) is not None:
+                        return code
+        if covered != len(values):
+            return EXC_ILLEGAL_ADDRESS
+        return out
+
+    def _write(self, device: _Device[M], address: int, values: list[int]) -> int | None:
+        targets = self._targets(device, address, values)
+        if isinstance(targets, int):
+            return targets
+        decoded: list[tuple[str | None, int, str, Any]] = []
+        for block, index, spec, regs in targets:
+            if spec.type == "bool" and regs[0] not in (0, 1):
+                return EXC_ILLEGAL_VALUE
+            try:
+                value = spec.decode(regs)
+            except ProtocolError:
+                return EXC_ILLEGAL_VALUE
+            if not isinstance(value, str | bool) and (
+                (spec.min is not None and value < spec.min)
+                or (spec.max is not None and value > spec.max)
+            ):
+                return EXC_ILLEGAL_VALUE
+            decoded.append((block, index, spec.name, value))
+        for block, index, name, value in decoded:
+            refused = device.model.apply(block, index, name, value)
+            if refused is not None:
+                return refused
+        # Derived registers (a status the write changed) are visible to the next read.
+        self._publish(device)
+        return None

@@ -1,0 +1,173 @@
+"""Simulated street lighting cabinets (profile ``lighting_cabinet``).
+
+Each lamp draws ``nominal_w * dim / 100`` watts while on (and the mains is up),
+its energy counter integrates that power, and it fails at random at
+``failure_rate_per_h`` (probability per lamp and hour): a failed lamp sets
+fault bit :data:`LAMP_FAILED` and draws nothing. Dimming and switching come
+from clients' writes to ``on`` and ``dim``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from devices.profile import Profile, builtin_profile
+from devices.sim import EXC_ILLEGAL_VALUE, DeviceModel, ModbusSimulator
+from runtime.clock import Clock
+from runtime.inventory import Equipment
+
+__all__ = ["LAMP_FAILED", "Lamp", "LightingModel", "LightingSimulator"]
+
+#: Fault bit of a lamp that has failed.
+LAMP_FAILED: Final = 0x0001
+
+
+@dataclass(slots=True)
+class Lamp:
+    """One lighting point."""
+
+    on: bool = True
+    dim: int = 100
+    power_w: float = 0.0
+    energy_wh: float = 0.0
+    fault_bits: int = 0
+
+
+class LightingModel(DeviceModel):
+    """One cabinet and its lamps."""
+
+    def __init__(
+        self, lamps: int, *, nominal_w: float, failure_rate_per_h: float, rng: random.Random
+    ) -> None:
+        self.nominal_w = nominal_w
+        self.failure_rate_per_h = failure_rate_per_h
+        self.rng = rng
+        self.mains_ok = True
+        self.door_open = False
+        self.earth_fault = False
+        self.lamps = [Lamp() for _ in range(lamps)]
+        self.failures = 0
+        self._update_power()
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "mains_ok": self.mains_ok,
+            "door_open": self.door_open,
+            "earth_fault": self.earth_fault,
+            "lamp": [
+                {
+                    "on": lamp.on,
+                    "dim": lamp.dim,
+                    "power_w": round(lamp.power_w, 1),
+                    "energy_wh": int(lamp.energy_wh) & 0xFFFF_FFFF,
+                    "fault_bits": lamp.fault_bits,
+                }
+                for lamp in self.lamps
+            ],
+        }
+
+    def apply(self, block: str | None, index: int, name: str, value: Any) -> int | None:
+        if block != "lamp" or not 0 <= index < len(self.lamps):
+            return EXC_ILLEGAL_VALUE
+        lamp = self.lamps[index]
+        if name == "on":
+            lamp.on = bool(value)
+        elif name == "dim":
+            lamp.dim = int(value)
+        else:
+            return EXC_ILLEGAL_VALUE
+        self._update_power()
+        return None
+
+    def fail(self, index: int) -> None:
+        """Make lamp ``index`` fail now."""
+        lamp = self.lamps[index]
+        if not lamp.fault_bits & LAMP_FAILED:
+            self.failures += 1
+        lamp.fault_bits |= LAMP_FAILED
+        self._update_power()
+
+    def _update_power(self) -> None:
+        for lamp in self.lamps:
+            lit = lamp.on and self.mains_ok and not lamp.fault_bits & LAMP_FAILED
+            lamp.power_w = self.nominal_w * lamp.dim / 100.0 if lit else 0.0
+
+    def advance(self, dt: float) -> None:
+        if self.failure_rate_per_h > 0 and dt > 0:
+            p = 1.0 - math.exp(-self.failure_rate_per_h * dt / 3600.0)
+            for index, lamp in enumerate(self.lamps):
+                if not lamp.fault_bits & LAMP_FAILED and self.rng.random() < p:
+                    self.fail(index)
+        self._update_power()
+        for lamp in self.lamps:
+            lamp.energy_wh += lamp.power_w * dt / 3600.0
+
+
+class LightingSimulator(ModbusSimulator[LightingModel]):
+    """Lighting cabinets of the inventory's lighting circuits, ticking at 1 Hz by default.
+
+    ``seed`` makes lamp failures reproducible (each cabinet draws from its own
+    generator seeded by ``seed`` and its id).
+    """
+
+    kind = "lighting_circuit"
+
+    def __init__(
+        self,
+        equipment: Sequence[Equipment],
+        profile: Profile | None = None,
+        *,
+        clock: Clock | None = None,
+        tick_hz: float = 1.0,
+        autotick: bool = True,
+        nominal_w: float = 100.0,
+        failure_rate_per_h: float = 0.001,
+        seed: int = 0,
+    ) -> None:
+        self.nominal_w = nominal_w
+        self.failure_rate_per_h = failure_rate_per_h
+        self.seed = seed
+        super().__init__(
+            equipment,
+            profile or builtin_profile("lighting_cabinet"),
+            clock=clock,
+            tick_hz=tick_hz,
+            autotick=autotick,
+        )
+
+    def make_model(self, equipment: Equipment) -> LightingModel:
+        return LightingModel(
+            self.profile.count("lamp", equipment.attrs),
+            nominal_w=self.nominal_w,
+            failure_rate_per_h=self.failure_rate_per_h,
+            rng=random.Random(f"{self.seed}:{equipment.id}"),
+        )
+
+    def fail_lamp(self, equipment_id: str, index: int) -> None:
+        """Make one lamp of a cabinet fail now."""
+        self.model(equipment_id).fail(index)
+        self.counters.faults_injected += 1
+
+    def set_cabinet(
+        self,
+        equipment_id: str,
+        *,
+        mains_ok: bool | None = None,
+        door_open: bool | None = None,
+        earth_fault: bool | None = None,
+    ) -> None:
+        """Change the cabinet's own state (mains, door, earth fault)."""
+        model = self.model(equipment_id)
+        for name, value in (
+            ("mains_ok", mains_ok),
+            ("door_open", door_open),
+            ("earth_fault", earth_fault),
+        ):
+            if value is not None:
+                setattr(model, name, value)
+        model._update_power()
+        self.counters.faults_injected += 1

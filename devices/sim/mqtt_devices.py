@@ -1,0 +1,687 @@
+"""Simulated MQTT field devices: buses, service vehicles and cameras.
+
+One :class:`MqttDeviceSimulator` speaks for many devices over one MQTT
+session, publishing exactly what the real devices would, on the topics of
+CONTRACT.md and in the shape of their profiles::
+
+    sim = MqttDeviceSimulator(inventory.equipment, url=broker.url)
+    await sim.start()          # retained "online" for every device, then telemetry
+    await sim.stop_device("cam-dijon-0001")   # retained "offline", silence
+    await sim.malformed("bus-dijon-0001", "oversize")
+    await sim.stop()           # retained "offline" for every device
+
+* Buses drive a fixed line (a polyline of street-like segments through their
+  municipality's centre), back and forth, on a timetable with a stop every
+  400 m; their lateness ``delay_s`` drifts as a bounded random walk and their
+  position is the timetable's position ``delay_s`` seconds ago, so speed and
+  heading stay consistent with the track.
+* Service vehicles drive from one random waypoint to the next around their
+  base and work a while at each.
+* Cameras send a heartbeat every profile period and raise ``motion`` (mostly)
+  or ``tamper`` events at random (QoS 1).
+* Commands on ``city/+/+/+/cmd`` with action ``set`` change the profile's
+  writable fields (camera ``preset``/``recording``, vehicle ``message``); each
+  is acknowledged on the ``ack`` topic (QoS 1), with ``ok: false`` and an
+  ``error`` when a parameter is unknown, not writable, of the wrong type or
+  out of range, followed at once by a fresh telemetry sample.
+
+Each message carries one device's sample; ``rate_hz`` replaces every device's
+telemetry period by ``1 / rate_hz`` for benchmarks. Equipment whose profile is
+not an MQTT profile is ignored, so a whole inventory can be handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from devices.mqtt import (
+    MqttSession,
+    check_field,
+    decode_command,
+    encode_payload,
+    encode_status,
+    parse_topic,
+    topic,
+)
+from devices.profile import Profile, builtin_profile
+from runtime.clock import Clock, SystemClock
+from runtime.demo_inventory import municipalities
+from runtime.envelope import pack
+from runtime.errors import (
+    ConfigError,
+    DeviceUnavailableError,
+    MalformedMessageError,
+    ProtocolError,
+)
+from runtime.inventory import Equipment
+
+__all__ = ["MALFORMED_KINDS", "MqttDeviceSimulator", "line_route"]
+
+_log = logging.getLogger(__name__)
+
+CMD_FILTER: Final = "city/+/+/+/cmd"
+MALFORMED_KINDS: Final = (
+    "garbage",
+    "not_map",
+    "missing_key",
+    "wrong_type",
+    "out_of_range",
+    "oversize",
+)
+EVENT_INTERVAL_S: Final = 120.0  # mean time between a camera's events
+_M_PER_DEG: Final = 111_320.0
+_I32_MAX: Final = 2**31 - 1
+_COMMAND_QUEUE: Final = 10_000
+
+# Bus timetable: cruise between stops, dwell at each.
+BUS_CRUISE_MS: Final = 8.0
+BUS_STOP_SPACING_M: Final = 400.0
+BUS_DWELL_S: Final = 20.0
+_BUS_DELAY_RANGE: Final = (-120.0, 900.0)
+
+ROLE_SPEED_MS: Final = {
+    "gritter": 9.0,
+    "sweeper": 3.0,
+    "police": 12.0,
+    "waste": 5.0,
+    "maintenance": 10.0,
+}
+
+
+# --- geometry ---------------------------------------------------------------
+
+_Point = tuple[float, float]  # metres east, metres north of an origin
+
+
+def _bearing(dx: float, dy: float) -> float:
+    """Degrees clockwise from north of a displacement, in [0, 360)."""
+    return math.degrees(math.atan2(dx, dy)) % 360.0
+
+
+def _to_lat_lon(origin: _Point, x: float, y: float) -> tuple[float, float]:
+    lat0, lon0 = origin
+    return lat0 + y / _M_PER_DEG, lon0 + x / (_M_PER_DEG * math.cos(math.radians(lat0)))
+
+
+def line_route(municipality: str, line: str) -> tuple[_Point, ...]:
+    """Waypoints (metres from the municipality's centre) of bus line ``line``.
+
+    A deterministic street-like track: about 5 to 6 km across the centre along a
+    main axis of the line's own, in segments of ~450 m that turn by up to 35°.
+    """
+    rng = random.Random(f"{municipality}:{line}")
+    axis = rng.uniform(0.0, 180.0)
+    half = rng.uniform(2_300.0, 3_000.0)
+    ax, ay = math.sin(math.radians(axis)), math.cos(math.radians(axis))
+    offset = rng.uniform(-400.0, 400.0)
+    x, y = -ax * half + ay * offset, -ay * half - ax * offset
+    points: list[_Point] = [(x, y)]
+    steps = 12
+    step = 2 * half / steps
+    for _ in range(steps):
+        # Pull back toward the axis so the line crosses the centre.
+        lateral = (x * ay - y * ax) / max(step, 1.0)
+        turn = max(-35.0, min(35.0, rng.gauss(0.0, 18.0) + 10.0 * lateral))
+        heading = math.radians(axis + turn)
+        x += math.sin(heading) * step
+        y += math.cos(heading) * step
+        points.append((x, y))
+    return tuple(points)
+
+
+@dataclass(frozen=True, slots=True)
+class _Polyline:
+    points: tuple[_Point, ...]
+    cumulative: tuple[float, ...]
+
+    @classmethod
+    def of(cls, points: Iterable[_Point]) -> _Polyline:
+        pts = tuple(points)
+        if len(pts) < 2:
+            raise ConfigError("a route needs at least two waypoints")
+        total = [0.0]
+        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+            total.append(total[-1] + math.hypot(x1 - x0, y1 - y0))
+        return cls(pts, tuple(total))
+
+    @property
+    def length(self) -> float:
+        return self.cumulative[-1]
+
+    def at(self, s: float) -> tuple[float, float, float]:
+        """``(x, y, heading)`` at distance ``s`` from the first waypoint."""
+        s = max(0.0, min(self.length, s))
+        i = min(bisect.bisect_right(self.cumulative, s) - 1, len(self.points) - 2)
+        (x0, y0), (x1, y1) = self.points[i], self.points[i + 1]
+        seg = self.cumulative[i + 1] - self.cumulative[i]
+        f = (s - self.cumulative[i]) / seg if seg > 0 else 0.0
+        return x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, _bearing(x1 - x0, y1 - y0)
+
+
+# --- device models -------------------------------------------------------------
+
+
+class _Device:
+    """One simulated device: its sample and the writable values it holds."""
+
+    def __init__(self, equipment: Equipment, profile: Profile) -> None:
+        self.equipment = equipment
+        self.profile = profile
+        self.id = equipment.id
+        self.running = True
+        self.seq = 0
+        self.published = 0
+        self.events = 0
+        self.writes: dict[str, Any] = {}
+
+    def topic(self, leaf: str) -> str:
+        return topic(self.equipment.municipality, self.equipment.kind, self.id, leaf)
+
+    def next_seq(self) -> int:
+        self.seq = self.seq + 1 if self.seq < _I32_MAX else 0
+        return self.seq
+
+    def sample(self, now: float, rng: random.Random) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def event(self, now: float, rng: random.Random) -> dict[str, Any] | None:
+        """An event to raise now, or None for a device that raises none."""
+        return None
+
+    def apply(self, values: dict[str, Any]) -> None:
+        self.writes.update(values)
+
+
+class _Bus(_Device):
+    def __init__(
+        self, equipment: Equipment, profile: Profile, origin: _Point, rng: random.Random
+    ) -> None:
+        super().__init__(equipment, profile)
+        self.line = str(equipment.attrs.get("line", "L1"))
+        self.origin = origin
+        self.route = _Polyline.of(line_route(equipment.municipality, self.line))
+        legs = math.ceil(self.route.length / BUS_STOP_SPACING_M)
+        self.one_way_s = legs * (BUS_STOP_SPACING_M / BUS_CRUISE_MS + BUS_DWELL_S)
+        # Buses of one line are spread over the timetable by their id.
+        self.phase = random.Random(equipment.id).uniform(0.0, 2 * self.one_way_s)
+        self.delay = rng.uniform(-30.0, 120.0)
+        self.target_delay = self.delay
+        self.last_now: float | None = None
+        self.last_progress = 0.0
+
+    def _leg_distance(self, tau: float) -> float:
+        cycle = BUS_STOP_SPACING_M / BUS_CRUISE_MS + BUS_DWELL_S
+        k = math.floor(tau / cycle)
+        moving = min(BUS_STOP_SPACING_M, BUS_CRUISE_MS * (tau - k * cycle))
+        return min(self.route.length, k * BUS_STOP_SPACING_M + moving)
+
+    def _progress(self, tau: float) -> tuple[float, int, float]:
+        """(total distance driven, leg number, distance into the leg) at timetable time tau."""
+        leg, into = divmod(tau, self.one_way_s)
+        d = self._leg_distance(into)
+        return leg * self.route.length + d, int(leg), d
+
+    def sample(self, now: float, rng: random.Random) -> dict[str, Any]:
+        dt = 1.0 if self.last_now is None else max(1e-3, now - self.last_now)
+        # Lateness wanders toward a target lateness that changes every ten
+        # minutes or so (traffic builds up, clears). It never grows faster than
+        # time passes (the bus would drive backwards) and shrinks at most 30 %
+        # faster (a bus catches up by skipping dwell time, not by flying).
+        if rng.random() < dt / 600.0:
+            self.target_delay = rng.uniform(-30.0, 300.0)
+        drift = rng.gauss(0.0, 0.25 * math.sqrt(dt)) + 0.002 * (self.target_delay - self.delay) * dt
+        drift = max(-0.3 * dt, min(0.9 * dt, drift))
+        self.delay = max(_BUS_DELAY_RANGE[0], min(_BUS_DELAY_RANGE[1], self.delay + drift))
+        tau = now + self.phase - self.delay
+        progress, leg, d = self._progress(tau)
+        if self.last_now is None:
+            previous, _, _ = self._progress(tau - dt)
+        else:
+            previous = self.last_progress
+        self.last_now, self.last_progress = now, progress
+        speed = min(60.0, max(0.0, progress - previous) / dt)
+        if leg % 2 == 0:
+            x, y, heading = self.route.at(d)
+        else:
+            x, y, heading = self.route.at(self.route.length - d)
+            heading = (heading + 180.0) % 360.0
+        lat, lon = _to_lat_lon(self.origin, x, y)
+        return {
+            "ts": now,
+            "lat": round(lat, 7),
+            "lon": round(lon, 7),
+            "speed": round(speed, 2),
+            "heading": round(heading, 1) % 360.0,
+            "seq": self.next_seq(),
+            "line": self.line,
+            "delay_s": round(self.delay, 1),
+        }
+
+
+class _ServiceVehicle(_Device):
+    def __init__(self, equipment: Equipment, profile: Profile, rng: random.Random) -> None:
+        super().__init__(equipment, profile)
+        role = str(equipment.attrs.get("role", "maintenance"))
+        spec = profile.field("role")
+        self.role = role if role in spec.choices else spec.choices[-1]
+        self.origin: _Point = (equipment.lat, equipment.lon)
+        self.cruise = ROLE_SPEED_MS.get(self.role, 8.0)
+        self.x = self.y = 0.0
+        self.heading = rng.uniform(0.0, 360.0)
+        self.target: _Point | None = None
+        self.dwell_until = 0.0
+        self.last_now: float | None = None
+        self.writes["message"] = ""
+
+    def sample(self, now: float, rng: random.Random) -> dict[str, Any]:
+        dt = 0.0 if self.last_now is None else max(0.0, now - self.last_now)
+        self.last_now = now
+        speed = 0.0
+        if self.target is None and now >= self.dwell_until:
+            r = rng.uniform(300.0, 2_500.0)
+            a = rng.uniform(0.0, 2 * math.pi)
+            self.target = (r * math.sin(a), r * math.cos(a))
+        if self.target is not None:
+            tx, ty = self.target
+            dx, dy = tx - self.x, ty - self.y
+            remaining = math.hypot(dx, dy)
+            speed = self.cruise * rng.uniform(0.7, 1.1)
+            step = speed * dt
+            if remaining > 0:
+                self.heading = _bearing(dx, dy)
+            if step >= remaining:
+                self.x, self.y = tx, ty
+                self.target = None
+                self.dwell_until = now + rng.uniform(30.0, 300.0)
+            else:
+                self.x += dx / remaining * step
+                self.y += dy / remaining * step
+        status = "driving" if self.target is not None else "working"
+        lat, lon = _to_lat_lon(self.origin, self.x, self.y)
+        return {
+            "ts": now,
+            "lat": round(lat, 7),
+            "lon": round(lon, 7),
+            "speed": round(min(speed, 60.0), 2),
+            "heading": round(self.heading, 1) % 360.0,
+            "seq": self.next_seq(),
+            "role": self.role,
+            "status": status,
+            "message": self.writes["message"],
+        }
+
+
+class _Camera(_Device):
+    def __init__(self, equipment: Equipment, profile: Profile) -> None:
+        super().__init__(equipment, profile)
+        self.health = "ok"
+        self.writes.update(recording=True, preset=0)
+
+    def sample(self, now: float, rng: random.Random) -> dict[str, Any]:
+        if self.health == "ok" and rng.random() < 0.005:
+            self.health = "degraded"
+        elif self.health == "degraded" and rng.random() < 0.3:
+            self.health = "ok"
+        return {
+            "ts": now,
+            "seq": self.next_seq(),
+            "recording": self.writes["recording"],
+            "health": self.health,
+            "preset": self.writes["preset"],
+        }
+
+    def event(self, now: float, rng: random.Random) -> dict[str, Any] | None:
+        name = "tamper" if rng.random() < 0.1 else "motion"
+        if name not in self.profile.events:
+            return None
+        self.events += 1
+        return {"ts": now, "event": name, "preset": self.writes["preset"]}
+
+
+# --- the simulator -----------------------------------------------------------------
+
+
+class MqttDeviceSimulator:
+    """Many simulated MQTT devices behind one session (see the module docstring).
+
+    ``clock`` times telemetry and stamps ``ts`` (default: the system clock);
+    ``rng`` drives every random choice (seed it for reproducible runs);
+    ``rate_hz`` replaces each device's telemetry period by ``1 / rate_hz``;
+    ``event_interval_s`` is the mean time between a camera's events.
+    ``client_id`` names the persistent session: commands sent while the
+    simulator is away are delivered when it comes back with the same id.
+    """
+
+    def __init__(
+        self,
+        equipment: Iterable[Equipment],
+        *,
+        url: str,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        rate_hz: float | None = None,
+        event_interval_s: float = EVENT_INTERVAL_S,
+        client_id: str = "sim-mqtt",
+    ) -> None:
+        if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
+            raise ConfigError(f"rate_hz must be a positive number, not {rate_hz!r}")
+        if not event_interval_s > 0:
+            raise ConfigError("event_interval_s must be positive")
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._rate_hz = rate_hz
+        self._event_interval_s = event_interval_s
+        centres = {m.slug: (m.lat, m.lon) for m in municipalities()}
+        self._devices: dict[str, _Device] = {}
+        for eq in equipment:
+            profile = builtin_profile(eq.profile)
+            if profile.protocol != "mqtt":
+                continue
+            self._devices[eq.id] = self._model(eq, profile, centres)
+        self._session = MqttSession(url, client_id=client_id, clean_session=False)
+        self._session.on_message(self._on_message)
+        self._schedule: list[tuple[float, int, str, str]] = []
+        self._order = itertools.count()
+        self._wake = asyncio.Event()
+        self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(_COMMAND_QUEUE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.acks = 0
+        self.commands_refused = 0
+        self.bad_commands = 0
+        self.telemetry_dropped = 0
+        self.late = 0
+
+    def _model(
+        self, eq: Equipment, profile: Profile, centres: dict[str, tuple[float, float]]
+    ) -> _Device:
+        if profile.name == "bus":
+            return _Bus(eq, profile, centres.get(eq.municipality, (eq.lat, eq.lon)), self._rng)
+        if profile.name == "service_vehicle":
+            return _ServiceVehicle(eq, profile, self._rng)
+        if profile.name == "camera":
+            return _Camera(eq, profile)
+        raise ConfigError(
+            f"equipment {eq.id!r}: no MQTT simulator model for profile {profile.name!r}"
+        )
+
+    # -- observation --
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Ids of the simulated devices."""
+        return tuple(self._devices)
+
+    @property
+    def session(self) -> MqttSession:
+        """The simulator's MQTT session (for its counters)."""
+        return self._session
+
+    def published(self, device_id: str) -> int:
+        """Telemetry samples published for ``device_id``."""
+        return self._device(device_id).published
+
+    def last_seq(self, device_id: str) -> int:
+        """The ``seq`` of the last sample of ``device_id`` (0 before the first)."""
+        return self._device(device_id).seq
+
+    def values(self, device_id: str) -> dict[str, Any]:
+        """The writable values the device holds now (what commands changed)."""
+        return dict(self._device(device_id).writes)
+
+    def running(self, device_id: str) -> bool:
+        """False while the device is stopped by :meth:`stop_device`."""
+        return self._device(device_id).running
+
+    def _device(self, device_id: str) -> _Device:
+        try:
+            return self._devices[device_id]
+        except KeyError:
+            raise ConfigError(f"no simulated MQTT device {device_id!r}") from None
+
+    # -- life cycle --
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect, subscribe to commands, announce every device, start publishing.
+
+        Raises :class:`DeviceUnavailableError` when the broker does not answer
+        within ``timeout`` seconds.
+        """
+        if self._tasks:
+            raise ConfigError("the MQTT simulator is already started")
+        await self._session.start()
+        try:
+            await self._session.wait_connected(timeout)
+            await self._session.subscribe(CMD_FILTER, qos=1)
+            for device in self._devices.values():
+                if device.running:
+                    await self._announce(device, online=True)
+        except BaseException:
+            await self._session.stop()
+            raise
+        now = self._clock.monotonic()
+        for device in self._devices.values():
+            period = self._period(device)
+            # Spread first samples over one period so devices do not publish in lockstep.
+            self._push(now + self._rng.uniform(0.0, period), device.id, "telemetry")
+            if isinstance(device, _Camera):
+                self._push(now + self._next_event_gap(), device.id, "event")
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name="mqtt-sim.publish_loop"),
+            asyncio.create_task(self._command_loop(), name="mqtt-sim.command_loop"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop publishing, announce every running device offline, disconnect."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        failure: BaseException | None = None
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # re-raised below, after the cleanup
+                failure = exc
+        self._schedule.clear()
+        if self._session.connected:
+            for device in self._devices.values():
+                if device.running:
+                    with contextlib.suppress(DeviceUnavailableError):
+                        await self._announce(device, online=False)
+        await self._session.stop()
+        if failure is not None:
+            raise failure
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise asyncio.CancelledError
+
+    async def run(self) -> None:
+        """Start, publish until cancelled (or a loop fails), then stop."""
+        await self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.stop()
+
+    # -- fault injection --
+
+    async def stop_device(self, device_id: str) -> None:
+        """The device falls silent: retained ``offline``, no telemetry, no acks."""
+        device = self._device(device_id)
+        if not device.running:
+            return
+        device.running = False
+        await self._announce(device, online=False)
+
+    async def start_device(self, device_id: str) -> None:
+        """The device comes back: retained ``online``, telemetry at once."""
+        device = self._device(device_id)
+        if device.running:
+            return
+        device.running = True
+        await self._announce(device, online=True)
+        self._push(self._clock.monotonic(), device.id, "telemetry")
+
+    async def malformed(self, device_id: str, kind: str) -> None:
+        """Publish one bad telemetry payload for ``device_id`` (see ``MALFORMED_KINDS``).
+
+        ``garbage``: not msgpack; ``not_map``: a msgpack array; ``missing_key``:
+        a sample without ``seq``; ``wrong_type``: ``seq`` as a string;
+        ``out_of_range``: ``seq`` negative; ``oversize``: a valid sample padded
+        past the profile's ``max_payload_bytes``.
+        """
+        device = self._device(device_id)
+        if kind not in MALFORMED_KINDS:
+            raise ConfigError(f"malformed kind {kind!r} is not one of {', '.join(MALFORMED_KINDS)}")
+        sample = device.sample(self._clock.time(), self._rng)
+        payload: bytes
+        if kind == "garbage":
+            payload = b"\xc1\xff\x00not msgpack"
+        elif kind == "not_map":
+            payload = pack([sample["seq"], "not", "a", "map"])
+        elif kind == "missing_key":
+            del sample["seq"]
+            payload = encode_payload(sample)
+        elif kind == "wrong_type":
+            sample["seq"] = str(sample["seq"])
+            payload = encode_payload(sample)
+        elif kind == "out_of_range":
+            sample["seq"] = -1
+            payload = encode_payload(sample)
+        else:
+            sample["padding"] = "x" * device.profile.max_payload_bytes
+            payload = encode_payload(sample)
+        await self._session.publish(device.topic("telemetry"), payload, qos=0)
+
+    # -- internals --
+
+    def _period(self, device: _Device) -> float:
+        return 1.0 / self._rate_hz if self._rate_hz else device.profile.poll_interval_s
+
+    def _next_event_gap(self) -> float:
+        return self._rng.expovariate(1.0 / self._event_interval_s)
+
+    def _push(self, due: float, device_id: str, what: str) -> None:
+        heapq.heappush(self._schedule, (due, next(self._order), device_id, what))
+        self._wake.set()
+
+    async def _announce(self, device: _Device, *, online: bool) -> None:
+        await self._session.publish(
+            device.topic("status"), encode_status(online), qos=1, retain=True
+        )
+
+    async def _publish_loop(self) -> None:
+        while True:
+            now = self._clock.monotonic()
+            if not self._schedule or self._schedule[0][0] > now:
+                wait = self._schedule[0][0] - now if self._schedule else 3600.0
+                self._wake.clear()
+                sleeper = asyncio.ensure_future(self._clock.sleep(wait))
+                woken = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    woken.cancel()
+                continue
+            due, _, device_id, what = heapq.heappop(self._schedule)
+            device = self._devices[device_id]
+            if what == "telemetry":
+                period = self._period(device)
+                following = due + period
+                if following < now:
+                    self.late += 1  # fell behind: skip, never burst to catch up
+                    following = now + period
+                if device.running:
+                    await self._send_sample(device)
+                self._push(following, device_id, what)
+            else:
+                if device.running:
+                    event = device.event(self._clock.time(), self._rng)
+                    if event is not None:
+                        await self._session.publish(
+                            device.topic("event"), encode_payload(event), qos=1
+                        )
+                self._push(now + self._next_event_gap(), device_id, what)
+
+    async def _send_sample(self, device: _Device) -> None:
+        sample = device.sample(self._clock.time(), self._rng)
+        try:
+            # Telemetry is QoS 0: a real device offline drops it rather than queue stale positions.
+            await self._session.publish(
+                device.topic("telemetry"), encode_payload(sample), qos=0, queue=False
+            )
+        except DeviceUnavailableError:
+            self.telemetry_dropped += 1
+            return
+        device.published += 1
+
+    def _on_message(self, name: str, payload: bytes) -> None:
+        try:
+            _, _, device_id, leaf = parse_topic(name)
+        except ProtocolError:
+            return
+        if leaf != "cmd" or device_id not in self._devices:
+            return
+        try:
+            self._commands.put_nowait((device_id, payload))
+        except asyncio.QueueFull:
+            self.bad_commands += 1
+            _log.warning("mqtt simulator: command queue full; dropped a command for %s", device_id)
+
+    async def _command_loop(self) -> None:
+        while True:
+            device_id, payload = await self._commands.get()
+            device = self._devices[device_id]
+            if not device.running:
+                continue  # a silent device does not answer
+            try:
+                command = decode_command(payload)
+            except MalformedMessageError as exc:
+                self.bad_commands += 1
+                _log.warning("mqtt simulator: %s sent a bad command: %s", device_id, exc)
+                continue
+            error = self._apply(device, command)
+            ack: dict[str, Any] = {
+                "command_id": command["command_id"],
+                "ok": error is None,
+                "ts": self._clock.time(),
+            }
+            if error is not None:
+                ack["error"] = error
+                self.commands_refused += 1
+            await self._session.publish(device.topic("ack"), encode_payload(ack), qos=1)
+            self.acks += 1
+            if error is None:
+                await self._send_sample(device)
+
+    def _apply(self, device: _Device, command: dict[str, Any]) -> str | None:
+        """Apply a command all-or-nothing; the refusal's reason, or None when applied."""
+        if command["action"] != "set":
+            return f"unknown action {command['action']!r}"
+        params: dict[str, Any] = command["params"]
+        if not params:
+            return "set needs at least one parameter"
+        writable = device.profile.writable()
+        values: dict[str, Any] = {}
+        for name, value in params.items():
+            spec = writable.get(name)
+            if spec is None:
+                return f"{name!r} is not a writable field of {device.profile.name}"
+            try:
+                values[name] = check_field(spec, value)
+            except MalformedMessageError as exc:
+                return str(exc)
+        device.apply(values)
+        return None

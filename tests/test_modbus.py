@@ -1,0 +1,467 @@
+"""Modbus: sessions against the simulators, fault injection, moved registers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from devices.modbus import ModbusServer, ModbusSession, ModbusSessions, parse_endpoint
+from devices.profile import builtin_profile, load_profile
+from devices.sim.access import TRAVEL_S, AccessSimulator
+from devices.sim.lighting import LAMP_FAILED, LightingSimulator
+from devices.sim.traffic import TrafficSimulator
+from runtime.clock import ManualClock
+from runtime.embedded import free_port
+from runtime.errors import ConfigError, DeviceUnavailableError, ProtocolError, RejectedError
+from runtime.inventory import Equipment
+
+T = TypeVar("T")
+TIMEOUT_S = 0.3
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 20)
+
+    return asyncio.run(bounded())
+
+
+def equipment(n: int, kind: str, profile: str, port: int, **attrs: Any) -> list[Equipment]:
+    return [
+        Equipment(
+            id=f"{kind[:2]}-{i}",
+            kind=kind,
+            municipality="dijon",
+            lat=47.32,
+            lon=5.04,
+            endpoint=f"modbus://127.0.0.1:{port}/{i}",
+            profile=profile,
+            attrs=attrs,
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+async def with_traffic(
+    body: Callable[[TrafficSimulator, ModbusSession, int], Awaitable[None]], n: int = 2
+) -> None:
+    port = free_port()
+    sim = TrafficSimulator(equipment(n, "crossroad", "traffic_controller", port), autotick=False)
+    await sim.start()
+    session = ModbusSession("127.0.0.1", port, timeout_s=TIMEOUT_S)
+    try:
+        await body(sim, session, port)
+    finally:
+        await session.close()
+        await sim.stop()
+
+
+def test_parse_endpoint() -> None:
+    assert parse_endpoint("modbus://127.0.0.1:15020/7") == ("127.0.0.1", 15020, 7)
+    assert parse_endpoint("modbus://plc-3.local:502/0") == ("plc-3.local", 502, 0)
+    for bad in ("modbus://h/1", "opcua://h:1/1", "modbus://h:0/1", "modbus://h:502/256", ""):
+        with pytest.raises(ConfigError):
+            parse_endpoint(bad)
+
+
+def test_pymodbus_client_reads_what_the_profile_says() -> None:
+    profile = builtin_profile("traffic_controller")
+
+    async def body(sim: TrafficSimulator, _s: ModbusSession, port: int) -> None:
+        sim.model("cr-2").plan = 9
+        await sim.tick(0.1)
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1)
+        assert await client.connect()
+        try:
+            first, count = profile.register_span({})
+            for unit, plan in ((1, 1), (2, 9)):
+                rr = await client.read_holding_registers(first, count=count, device_id=unit)
+                assert not rr.isError()
+                values = profile.decode_registers(first, rr.registers, {})
+                assert values["plan"] == plan and values["mode"] == "auto"
+                assert values["phase"] == 1 and values["priority_status"] == "idle"
+                assert values["seq"] == sim.seq(f"cr-{unit}") >= 1
+        finally:
+            client.close()
+
+    run(with_traffic(body))
+
+
+def test_write_plan_changes_the_simulator_and_range_is_enforced() -> None:
+    profile = builtin_profile("traffic_controller")
+
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        address, regs = profile.encode_field("plan", 12)
+        await session.write(2, address, regs)
+        assert sim.model("cr-2").plan == 12 and sim.model("cr-1").plan == 1
+        first, count = profile.register_span({})
+        assert (
+            profile.decode_registers(first, await session.read(2, first, count), {})["plan"] == 12
+        )
+        # The device itself refuses what the profile would have refused.
+        with pytest.raises(RejectedError) as err:
+            await session.write(2, address, [40])
+        assert err.value.code == "modbus_exception_3"
+        assert sim.model("cr-2").plan == 12
+        assert sim.counters.writes_seen == 2 and sim.counters.writes_refused == 1
+        # Read-only registers cannot be written.
+        with pytest.raises(RejectedError) as err:
+            await session.write(1, profile.field("phase").address or 0, [3])
+        assert err.value.code == "modbus_exception_2"
+
+    run(with_traffic(body))
+
+
+def test_offline_unit_answers_exception_11_and_silent_one_times_out() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        sim.offline("cr-1")
+        with pytest.raises(RejectedError) as err:
+            await session.read(1, 0, 8)
+        assert err.value.code == "modbus_exception_11"
+        assert len(await session.read(2, 0, 8)) == 8  # the gateway's other units still answer
+        sim.offline("cr-1", silent=True)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceUnavailableError):
+            await session.read(1, 0, 8)
+        assert time.monotonic() - t0 < TIMEOUT_S * 3
+        sim.offline("cr-1", False)
+        assert len(await session.read(1, 0, 8)) == 8
+
+    run(with_traffic(body))
+
+
+def test_injected_exception() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        sim.exception("cr-2", 6)
+        for call in (session.read(2, 0, 1), session.write(2, 1, [3])):
+            with pytest.raises(RejectedError) as err:
+                await call
+            assert err.value.code == "modbus_exception_6"
+        sim.exception("cr-2", None)
+        assert await session.read(2, 1, 1) == [1]
+        assert sim.counters.faults_injected == 1
+
+    run(with_traffic(body))
+
+
+def test_slow_answer_is_a_timeout_then_recovers() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        sim.slow("cr-1", TIMEOUT_S * 2)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceUnavailableError, match="no answer"):
+            await session.read(1, 0, 8)
+        elapsed = time.monotonic() - t0
+        assert TIMEOUT_S * 0.9 <= elapsed < TIMEOUT_S * 3
+        sim.slow("cr-1", 0)
+        # The late answer to the timed-out request must not be taken for this one.
+        assert (await session.read(1, 1, 2)) == [1, 0]
+
+    run(with_traffic(body))
+
+
+def test_dropped_connections_reconnect_on_next_call() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        assert len(await session.read(1, 0, 8)) == 8
+        assert session.connects == 1
+        assert sim.drop_connections() == 1
+        assert len(await session.read(1, 0, 8)) == 8
+        assert session.connects == 2
+
+    run(with_traffic(body))
+
+
+def test_malformed_frame_is_a_protocol_error_and_session_recovers() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        sim.malformed("cr-1")
+        with pytest.raises(ProtocolError):
+            await session.read(1, 0, 8)
+        with pytest.raises(ProtocolError):
+            await session.write(1, 1, [4])
+        sim.malformed("cr-1", False)
+        assert len(await session.read(1, 0, 8)) == 8
+        assert len(await session.read(2, 0, 8)) == 8
+        server, _unit = sim.location("cr-1")
+        assert server.counters.malformed_sent == 2
+
+    run(with_traffic(body))
+
+
+def test_connection_refused_is_unavailable() -> None:
+    async def body() -> None:
+        session = ModbusSession("127.0.0.1", free_port(), timeout_s=TIMEOUT_S)
+        with pytest.raises(DeviceUnavailableError):
+            await session.read(1, 0, 1)
+        await session.close()
+
+    run(body())
+
+
+def test_sessions_share_one_connection_per_endpoint() -> None:
+    async def body() -> None:
+        port = free_port()
+        server = ModbusServer(port, [1, 2, 3], size=16)
+        await server.start()
+        sessions = ModbusSessions(timeout_s=TIMEOUT_S)
+        try:
+            a = sessions.acquire("127.0.0.1", port)
+            b = sessions.acquire("127.0.0.1", port)
+            assert a is b and len(sessions) == 1
+            server.set(3, 2, [5, 6])
+            assert await a.read(3, 2, 2) == [5, 6]
+            await a.write(1, 0, [9])
+            assert server.get(1, 0, 1) == [9]
+            await sessions.release(a)
+            assert a.connected
+            await sessions.release(b)
+            assert not a.connected and len(sessions) == 0
+            # A long read is split into several requests.
+            big = ModbusServer(free_port(), [1], size=400)
+            big.set(1, 0, list(range(400)))
+            await big.start()
+            s = ModbusSession("127.0.0.1", big.port, timeout_s=TIMEOUT_S)
+            assert await s.read(1, 0, 400) == list(range(400))
+            await s.close()
+            await big.stop()
+        finally:
+            await sessions.close()
+            await server.stop()
+
+    run(body())
+
+
+def _shifted_profile(tmp_path: Path, name: str, by: int) -> Path:
+    """A copy of a builtin profile with every address (and block base) moved by ``by``."""
+    source = Path(__file__).resolve().parents[1] / "devices" / "profiles" / f"{name}.toml"
+    lines = []
+    in_block_field = False
+    for line in source.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_block_field = stripped == "[[block.field]]"
+        key = stripped.split("=")[0].strip()
+        if (key == "address" and not in_block_field) or key == "base":
+            indent = line[: len(line) - len(line.lstrip())]
+            line = f"{indent}{key} = {int(stripped.split('=')[1]) + by}"
+        lines.append(line)
+    path = tmp_path / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_moved_registers_still_agree(tmp_path: Path) -> None:
+    moved = load_profile(_shifted_profile(tmp_path, "lighting_cabinet", 7))
+    original = builtin_profile("lighting_cabinet")
+    assert moved.field("seq").address == (original.field("seq").address or 0) + 7
+    assert moved.block("lamp").base == (original.block("lamp").base or 0) + 7
+    attrs = {"points": 3}
+
+    async def body() -> None:
+        port = free_port()
+        eqs = equipment(1, "lighting_circuit", "lighting_cabinet", port, points=3)
+        sim = LightingSimulator(eqs, moved, autotick=False, failure_rate_per_h=0.0)
+        await sim.start()
+        session = ModbusSession("127.0.0.1", port, timeout_s=TIMEOUT_S)
+        try:
+            await session.write(1, *moved.encode_block_field("lamp", 2, "dim", 30))
+            await session.write(1, *moved.encode_block_field("lamp", 0, "on", False))
+            await sim.tick(1.0)
+            first, count = moved.register_span(attrs)
+            assert first == 7
+            values = moved.decode_registers(first, await session.read(1, first, count), attrs)
+            assert values["mains_ok"] is True
+            assert [lamp["dim"] for lamp in values["lamp"]] == [100, 100, 30]
+            assert [lamp["on"] for lamp in values["lamp"]] == [False, True, True]
+            assert [lamp["power_w"] for lamp in values["lamp"]] == [0.0, 100.0, 30.0]
+            assert values["seq"] == sim.seq("li-1")
+            # The unmoved profile reads the same registers differently: the move is real.
+            wrong = original.decode_registers(0, await session.read(1, 0, first + count), attrs)
+            assert wrong["lamp"] != values["lamp"]
+        finally:
+            await session.close()
+            await sim.stop()
+
+    run(body())
+
+
+def test_traffic_cycle_and_priority() -> None:
+    profile = builtin_profile("traffic_controller")
+
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        async def read() -> dict[str, Any]:
+            first, count = profile.register_span({})
+            return profile.decode_registers(first, await session.read(1, first, count), {})
+
+        seen: list[int] = []
+        for _ in range(800):  # 80 s in 0.1 s steps: more than one full cycle (73 s)
+            await sim.tick(0.1)
+            phase = sim.model("cr-1").values()["phase"]
+            if not seen or seen[-1] != phase:
+                seen.append(phase)
+        assert seen[:10] == [1, 0, 2, 0, 3, 0, 4, 0, 5, 0]
+        # A priority request for approach 7 (phase 3) while another phase is green.
+        model = sim.model("cr-1")
+        while not (model.stage == "green" and model.phase == 1):
+            await sim.tick(0.1)
+        await session.write(1, *profile.encode_field("priority_request", 7))
+        assert (await read())["priority_status"] == "granted"
+        phases = []
+        for _ in range(300):
+            await sim.tick(0.1)
+            phases.append(model.values()["phase"])
+            if model.priority_status == "served":
+                break
+        values = await read()
+        assert values["priority_status"] == "served" and values["priority_request"] == 0
+        visited = [p for i, p in enumerate(phases) if p and (i == 0 or phases[i - 1] != p)]
+        assert visited[:2] == [1, 3]  # phase 2 was skipped for the priority approach
+        # Not in auto: refused, reported in the status register.
+        await session.write(1, *profile.encode_field("mode", "flashing"))
+        await session.write(1, *profile.encode_field("priority_request", 1))
+        values = await read()
+        assert values["priority_status"] == "refused" and values["phase"] == 0
+        # Unsafe: off straight to auto.
+        await session.write(1, *profile.encode_field("mode", "off"))
+        with pytest.raises(RejectedError) as err:
+            await session.write(1, *profile.encode_field("mode", "auto"))
+        assert err.value.code == "modbus_exception_3"
+        await session.write(1, *profile.encode_field("mode", "flashing"))
+        await session.write(1, *profile.encode_field("mode", "auto"))
+        assert (await read())["mode"] == "auto"
+
+    run(with_traffic(body, n=1))
+
+
+def test_seq_moves_at_least_once_per_poll_period() -> None:
+    async def body(sim: TrafficSimulator, _s: ModbusSession, _port: int) -> None:
+        await session_free_tick(sim)
+
+    async def session_free_tick(sim: TrafficSimulator) -> None:
+        sim.model("cr-1").mode = "manual"  # nothing changes in manual
+        before = sim.seq("cr-1")
+        for _ in range(10):
+            await sim.tick(0.1)
+        # 1 s with a 0.5 s poll period: two new samples at least.
+        assert sim.seq("cr-1") - before >= 2
+
+    run(with_traffic(body, n=1))
+
+
+def test_access_bollard_moves_and_request_resets() -> None:
+    profile = builtin_profile("access_terminal")
+
+    async def body() -> None:
+        port = free_port()
+        clock = ManualClock()
+        sim = AccessSimulator(
+            equipment(1, "access_terminal", "access_terminal", port), clock=clock, tick_hz=10
+        )
+        await sim.start()
+        session = ModbusSession("127.0.0.1", port, timeout_s=TIMEOUT_S)
+        first, count = profile.register_span({})
+
+        async def read() -> dict[str, Any]:
+            return profile.decode_registers(first, await session.read(1, first, count), {})
+
+        try:
+            assert (await read())["bollard"] == "down"
+            await session.write(1, *profile.encode_field("request", "raise"))
+            values = await read()
+            assert values["bollard"] == "moving" and values["request"] == "raise"
+            with pytest.raises(RejectedError) as err:
+                await session.write(1, *profile.encode_field("request", "lower"))
+            assert err.value.code == "modbus_exception_6"
+            await clock.advance(TRAVEL_S / 2)
+            assert (await read())["bollard"] == "moving"
+            await clock.advance(TRAVEL_S / 2 + 0.2)
+            values = await read()
+            assert values["bollard"] == "up" and values["request"] == "none"
+            sim.set_fault_bits("ac-1", 1)
+            with pytest.raises(RejectedError) as err:
+                await session.write(1, *profile.encode_field("request", "lower"))
+            assert err.value.code == "modbus_exception_4"
+        finally:
+            await session.close()
+            await sim.stop()
+
+    run(body())
+
+
+def test_lighting_energy_dimming_and_failures() -> None:
+    profile = builtin_profile("lighting_cabinet")
+    attrs = {"points": 4}
+
+    async def body() -> None:
+        port = free_port()
+        eqs = equipment(2, "lighting_circuit", "lighting_cabinet", port, points=4)
+        sim = LightingSimulator(eqs, autotick=False, nominal_w=50.0, failure_rate_per_h=0.0)
+        await sim.start()
+        session = ModbusSession("127.0.0.1", port, timeout_s=TIMEOUT_S)
+        first, count = profile.register_span(attrs)
+
+        async def read(unit: int) -> dict[str, Any]:
+            return profile.decode_registers(first, await session.read(unit, first, count), attrs)
+
+        try:
+            await session.write(1, *profile.encode_block_field("lamp", 1, "dim", 40))
+            sim.fail_lamp("li-1", 3)
+            await sim.tick(3600.0)
+            lamps = (await read(1))["lamp"]
+            assert [lamp["power_w"] for lamp in lamps] == [50.0, 20.0, 50.0, 0.0]
+            assert [lamp["energy_wh"] for lamp in lamps] == [50, 20, 50, 0]
+            assert lamps[3]["fault_bits"] & LAMP_FAILED
+            assert (await read(2))["lamp"][1]["dim"] == 100
+            with pytest.raises(RejectedError) as err:
+                await session.write(1, (profile.block("lamp").base or 0) + 1, [101])
+            assert err.value.code == "modbus_exception_3"
+            with pytest.raises(RejectedError) as err:
+                await session.write(1, profile.block("lamp").base or 0, [2])  # a bool is 0 or 1
+            assert err.value.code == "modbus_exception_3"
+        finally:
+            await session.close()
+            await sim.stop()
+
+    run(body())
+    # A failure rate makes lamps fail, reproducibly for a seed.
+    failures: list[Sequence[int]] = []
+    for _ in range(2):
+        eqs = equipment(1, "lighting_circuit", "lighting_cabinet", 1502, points=30)
+        sim = LightingSimulator(eqs, autotick=False, failure_rate_per_h=0.05, seed=3)
+        for _ in range(24):
+            asyncio.run(sim.tick(3600.0))
+        model = sim.model("li-1")
+        failures.append([i for i, lamp in enumerate(model.lamps) if lamp.fault_bits])
+    assert failures[0] and failures[0] == failures[1]
+
+
+def test_simulator_restart_keeps_state_and_session_reconnects() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        await session.write(1, 1, [5])
+        await sim.stop()
+        with pytest.raises(DeviceUnavailableError):
+            await session.read(1, 1, 1)
+        await sim.start()
+        assert await session.read(1, 1, 1) == [5]
+
+    run(with_traffic(body, n=1))
+
+
+def test_port_in_use_is_a_config_error() -> None:
+    async def body() -> None:
+        port = free_port()
+        first = ModbusServer(port, [1])
+        await first.start()
+        second = ModbusServer(port, [1])
+        try:
+            with pytest.raises(ConfigError, match="cannot listen"):
+                await second.start()
+            assert not second.running
+        finally:
+            await first.stop()
+
+    run(body())

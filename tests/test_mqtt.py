@@ -1,0 +1,422 @@
+"""MQTT transport and simulated MQTT devices, against a real broker.
+
+One embedded broker (mosquitto when installed) serves the whole module; the
+mosquitto command-line clients stand in for programs nobody here wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import shutil
+import subprocess
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from devices.mqtt import (
+    MqttSession,
+    decode_ack,
+    decode_event,
+    decode_payload,
+    decode_status,
+    encode_payload,
+    encode_status,
+    parse_topic,
+    parse_url,
+    topic,
+)
+from devices.profile import builtin_profile
+from devices.sim.mqtt_devices import MALFORMED_KINDS, MqttDeviceSimulator, _Bus
+from runtime.embedded import EmbeddedBroker, free_port
+from runtime.envelope import pack
+from runtime.errors import (
+    ConfigError,
+    DeviceUnavailableError,
+    MalformedMessageError,
+    ProtocolError,
+)
+from runtime.inventory import Equipment
+from tests.helpers import poll
+
+T = TypeVar("T")
+LIMIT_S = 20.0
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, LIMIT_S)
+
+    return asyncio.run(bounded())
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or f"/usr/bin/{name}"
+    assert Path(path).is_file(), f"{name} is required (apt install mosquitto-clients)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    server = EmbeddedBroker(tmp_path_factory.mktemp("mqtt"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def bus(eid: str, line: str = "L1") -> Equipment:
+    return Equipment(id=eid, kind="vehicle", municipality="dijon", lat=47.322, lon=5.041,
+                     endpoint="mqtt", profile="bus", attrs={"line": line})
+
+
+def service_vehicle(eid: str) -> Equipment:
+    return Equipment(id=eid, kind="vehicle", municipality="talant", lat=47.337, lon=5.005,
+                     endpoint="mqtt", profile="service_vehicle", attrs={"role": "sweeper"})
+
+
+def camera(eid: str) -> Equipment:
+    return Equipment(id=eid, kind="camera", municipality="dijon", lat=47.33, lon=5.03,
+                     endpoint="mqtt", profile="camera")
+
+
+class Inbox:
+    """Collects (topic, payload) pairs from a session callback."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+
+    def __call__(self, name: str, payload: bytes) -> None:
+        self.items.append((name, payload))
+
+    def on(self, leaf: str) -> list[tuple[str, bytes]]:
+        return [(t, p) for t, p in self.items if t.endswith("/" + leaf)]
+
+
+# --- pure functions ------------------------------------------------------------------------
+
+
+def test_topic_round_trip_and_rejects_malformed_topics() -> None:
+    name = topic("fontaine-les-dijon", "camera", "cam-1", "cmd")
+    assert name == "city/fontaine-les-dijon/camera/cam-1/cmd"
+    assert parse_topic(name) == ("fontaine-les-dijon", "camera", "cam-1", "cmd")
+    for bad in ("city/dijon/camera/cam-1", "town/dijon/camera/cam-1/cmd",
+                "city/dijon/camera/cam-1/reboot", "city//camera/cam-1/cmd",
+                "city/dijon/camera/cam-1/cmd/extra"):
+        with pytest.raises(ProtocolError):
+            parse_topic(bad)
+    with pytest.raises(ProtocolError):
+        topic("dijon", "camera", "cam/1", "cmd")
+    with pytest.raises(ProtocolError):
+        topic("dijon", "camera", "cam-1", "nope")
+
+
+def test_url_parsing_and_redaction() -> None:
+    url = parse_url("mqtt://ops:s%40cret@broker.example:1884")
+    assert (url.host, url.port, url.username, url.password) == (
+        "broker.example", 1884, "ops", "s@cret")
+    assert url.redacted == "mqtt://ops:***@broker.example:1884"
+    assert parse_url("mqtt://127.0.0.1").port == 1883
+    for bad in ("http://127.0.0.1:1883", "mqtt://127.0.0.1:99999", "mqtt://h:1883/path", "mqtt://"):
+        with pytest.raises(ConfigError):
+            parse_url(bad)
+    with pytest.raises(ConfigError):
+        MqttSession("tcp://127.0.0.1:1883", client_id="x")
+
+
+VALID_BUS = {"ts": 1_700_000_000.5, "lat": 47.32, "lon": 5.04, "speed": 7, "heading": 90.0,
+             "seq": 12, "line": "L1", "delay_s": 30.0}
+
+
+def test_decode_payload_accepts_a_valid_sample() -> None:
+    profile = builtin_profile("bus")
+    data = decode_payload(profile, encode_payload({**VALID_BUS, "extra": "kept"}))
+    assert data["speed"] == 7.0 and isinstance(data["speed"], float)
+    assert data["line"] == "L1" and data["extra"] == "kept"
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        pytest.param(b"\xc1\xc1\xc1", "not valid msgpack", id="not-msgpack"),
+        pytest.param(pack([1, 2, 3]), "not a map", id="not-a-map"),
+        pytest.param(encode_payload({k: v for k, v in VALID_BUS.items() if k != "lat"}),
+                     "missing required key 'lat'", id="missing-key"),
+        pytest.param(encode_payload({**VALID_BUS, "seq": "12"}), "seq: expected int",
+                     id="wrong-type-int"),
+        pytest.param(encode_payload({**VALID_BUS, "speed": True}), "speed: expected float",
+                     id="wrong-type-bool-for-float"),
+        pytest.param(encode_payload({**VALID_BUS, "line": 1}), "line: expected str",
+                     id="wrong-type-str"),
+        pytest.param(encode_payload({**VALID_BUS, "heading": 361.0}), "above the maximum",
+                     id="out-of-range-high"),
+        pytest.param(encode_payload({**VALID_BUS, "speed": -1.0}), "below the minimum",
+                     id="out-of-range-low"),
+        pytest.param(encode_payload({**VALID_BUS, "lat": math.nan}), "finite",
+                     id="nan"),
+        pytest.param(encode_payload({**VALID_BUS, "pad": "x" * 2048}), "exceeds 2048",
+                     id="over-size"),
+    ],
+)
+def test_decode_payload_rejects(payload: bytes, needle: str) -> None:
+    with pytest.raises(MalformedMessageError, match=needle):
+        decode_payload(builtin_profile("bus"), payload)
+
+
+def test_camera_choices_events_acks_and_status() -> None:
+    profile = builtin_profile("camera")
+    good = {"ts": 1.0, "seq": 1, "recording": True, "health": "ok", "preset": 3}
+    assert decode_payload(profile, encode_payload(good))["preset"] == 3
+    with pytest.raises(MalformedMessageError, match="not one of"):
+        decode_payload(profile, encode_payload({**good, "health": "on fire"}))
+    with pytest.raises(MalformedMessageError, match="recording: expected bool"):
+        decode_payload(profile, encode_payload({**good, "recording": 1}))
+    assert decode_event(profile, encode_payload({"ts": 2, "event": "tamper"}))["ts"] == 2.0
+    with pytest.raises(MalformedMessageError):
+        decode_event(profile, encode_payload({"ts": 2, "event": "explosion"}))
+    ack = decode_ack(encode_payload({"command_id": "c1", "ok": False, "ts": 3,
+                                     "error": "nope"}))
+    assert ack["ok"] is False and ack["error"] == "nope"
+    with pytest.raises(MalformedMessageError):
+        decode_ack(encode_payload({"command_id": "c1", "ok": "yes", "ts": 3}))
+    assert decode_status(encode_status(True)) is True
+    assert decode_status(b"offline") is False
+    with pytest.raises(MalformedMessageError):
+        decode_status(b"maybe")
+
+
+def test_bus_speed_and_heading_follow_its_track() -> None:
+    profile = builtin_profile("bus")
+    model = _Bus(bus("bus-dijon-0001", "L4"), profile, (47.322, 5.0415), random.Random(5))
+    rng = random.Random(6)
+    samples = [model.sample(1_700_000_000.0 + t, rng) for t in range(900)]
+    moving = 0
+    for before, after in itertools.pairwise(samples):
+        decode_payload(profile, encode_payload(after))
+        dy = (after["lat"] - before["lat"]) * 111_320.0
+        dx = (after["lon"] - before["lon"]) * 111_320.0 * math.cos(math.radians(47.322))
+        moved = math.hypot(dx, dy)
+        # Displacement matches the reported speed, except around a waypoint (cut corner).
+        assert moved <= after["speed"] + 0.5
+        if moved > 3.0:
+            moving += 1
+            bearing = math.degrees(math.atan2(dx, dy)) % 360.0
+            diff = abs((bearing - after["heading"] + 180.0) % 360.0 - 180.0)
+            assert diff < 40.0 or moved < after["speed"] * 0.9
+    assert moving > 300
+    assert {s["seq"] for s in samples} == set(range(1, 901))
+    assert any(s["speed"] == 0.0 for s in samples), "buses dwell at stops"
+
+
+# --- sessions against the broker -----------------------------------------------------------
+
+
+def test_publish_while_disconnected_raises_or_queues() -> None:
+    async def scenario() -> None:
+        session = MqttSession(f"mqtt://127.0.0.1:{free_port()}", client_id="nobody-home",
+                              max_queued=2)
+        await session.start()
+        try:
+            with pytest.raises(DeviceUnavailableError):
+                await session.wait_connected(0.3)
+            with pytest.raises(DeviceUnavailableError):
+                await session.publish("test/x", b"1", qos=1, queue=False)
+            for n in range(3):
+                await session.publish("test/x", str(n).encode(), qos=1)
+            assert session.queued == 2 and session.dropped == 1
+            await poll(lambda: session.reconnects >= 2, 5.0, what="reconnect attempts")
+        finally:
+            await session.stop()
+
+    run(scenario())
+
+
+def test_persistent_session_receives_what_was_queued_while_away(broker: EmbeddedBroker) -> None:
+    async def scenario() -> None:
+        first = MqttSession(broker.url, client_id="host-persist")
+        async with first:
+            await first.subscribe("test/persist/#", qos=1)
+        async with MqttSession(broker.url, client_id="persist-publisher") as publisher:
+            for n in range(5):
+                await publisher.publish(f"test/persist/{n}", str(n).encode(), qos=1)
+        # A replacement process with the same client id, subscribing to nothing itself.
+        inbox = Inbox()
+        replacement = MqttSession(broker.url, client_id="host-persist")
+        replacement.on_message(inbox)
+        async with replacement:
+            await poll(lambda: len(inbox.items) == 5, 5.0, what="queued messages")
+        assert sorted(p for _, p in inbox.items) == [b"0", b"1", b"2", b"3", b"4"]
+        assert replacement.received == 5
+
+    run(scenario())
+
+
+def test_session_reconnects_after_the_broker_is_killed(broker: EmbeddedBroker) -> None:
+    async def scenario() -> None:
+        inbox = Inbox()
+        receiver = MqttSession(broker.url, client_id="kill-receiver")
+        receiver.on_message(inbox)
+        sender = MqttSession(broker.url, client_id="kill-sender")
+        async with receiver, sender:
+            await receiver.subscribe("test/kill/#", qos=1)
+            await sender.publish("test/kill/a", b"before", qos=1)
+            await poll(lambda: len(inbox.items) == 1, 5.0, what="message before the crash")
+            await asyncio.to_thread(broker.kill)
+            await poll(lambda: not receiver.connected and not sender.connected, 5.0,
+                       what="both sessions notice the crash")
+            await asyncio.to_thread(broker.start)
+            await receiver.wait_connected(10.0)
+            await sender.wait_connected(10.0)
+            await sender.publish("test/kill/b", b"after", qos=1)
+            await poll(lambda: len(inbox.items) >= 2, 10.0, what="message after the restart")
+        assert inbox.items[-1] == ("test/kill/b", b"after")
+        assert receiver.reconnects >= 1 and sender.reconnects >= 1
+
+    run(scenario())
+
+
+# --- the simulator, seen by clients nobody here wrote --------------------------------------
+
+
+def test_simulator_telemetry_reaches_mosquitto_sub(broker: EmbeddedBroker) -> None:
+    equipment = [bus("bus-dijon-0001", "L1"), bus("bus-dijon-0002", "B12"),
+                 service_vehicle("veh-talant-0001"), camera("cam-dijon-0001")]
+
+    async def scenario() -> list[str]:
+        sim = MqttDeviceSimulator(equipment, url=broker.url, rng=random.Random(1), rate_hz=20.0,
+                                  client_id="sim-telemetry")
+        await sim.start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                _tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(broker.port),
+                "-C", "6", "-t", "city/+/vehicle/+/telemetry", "-F", "%t %x",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 10.0)
+            assert proc.returncode == 0, err.decode()
+            await poll(lambda: sim.published("cam-dijon-0001") >= 3, 5.0, what="camera telemetry")
+            assert sim.last_seq("bus-dijon-0001") >= 3
+            return out.decode().splitlines()
+        finally:
+            await sim.stop()
+
+    lines = run(scenario())
+    assert len(lines) == 6
+    for line in lines:
+        name, hexed = line.split(" ", 1)
+        _, _, device_id, leaf = parse_topic(name)
+        assert leaf == "telemetry"
+        profile = builtin_profile("bus" if device_id.startswith("bus") else "service_vehicle")
+        sample = decode_payload(profile, bytes.fromhex(hexed))
+        assert sample["seq"] >= 1
+        if profile.name == "bus":
+            assert sample["line"] in ("L1", "B12")
+            assert abs(sample["lat"] - 47.322) < 0.05 and abs(sample["lon"] - 5.0415) < 0.08
+
+
+def test_mosquitto_pub_command_is_acked_by_the_simulator(broker: EmbeddedBroker) -> None:
+    cam = camera("cam-dijon-0002")
+    cmd_topic = topic("dijon", "camera", cam.id, "cmd")
+
+    async def mosquitto_pub(payload: dict[str, Any]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            _tool("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+            "-t", cmd_topic, "-s", stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(encode_payload(payload)), 10.0)
+        assert proc.returncode == 0, err.decode()
+
+    async def scenario() -> None:
+        sim = MqttDeviceSimulator([cam, bus("bus-dijon-0003")], url=broker.url,
+                                  client_id="sim-commands")
+        inbox = Inbox()
+        observer = MqttSession(broker.url, client_id="ack-observer")
+        observer.on_message(inbox)
+        await sim.start()
+        try:
+            async with observer:
+                await observer.subscribe("city/+/+/+/ack", qos=1)
+                await mosquitto_pub({"command_id": "c-1", "action": "set",
+                                     "params": {"preset": 7, "recording": False}})
+                await poll(lambda: len(inbox.items) == 1, 5.0, what="ack of c-1")
+                await mosquitto_pub({"command_id": "c-2", "action": "set",
+                                     "params": {"preset": 300}})
+                await mosquitto_pub({"command_id": "c-3", "action": "set",
+                                     "params": {"zoom": 2}})
+                await poll(lambda: len(inbox.items) == 3, 5.0, what="acks of c-2 and c-3")
+        finally:
+            await sim.stop()
+        acks = {}
+        for name, payload in inbox.items:
+            assert parse_topic(name) == ("dijon", "camera", cam.id, "ack")
+            ack = decode_ack(payload)
+            acks[ack["command_id"]] = ack
+        assert acks["c-1"]["ok"] is True and "error" not in acks["c-1"]
+        assert acks["c-2"]["ok"] is False and "maximum 255" in acks["c-2"]["error"]
+        assert acks["c-3"]["ok"] is False and "not a writable field" in acks["c-3"]["error"]
+        # The refused commands changed nothing.
+        assert sim.values(cam.id) == {"preset": 7, "recording": False}
+
+    run(scenario())
+
+
+def test_stopped_device_is_offline_and_malformed_payloads_are_rejected(
+    broker: EmbeddedBroker,
+) -> None:
+    cam = camera("cam-dijon-0003")
+    telemetry = topic("dijon", "camera", cam.id, "telemetry")
+    status = topic("dijon", "camera", cam.id, "status")
+
+    async def retained_status() -> bool:
+        proc = await asyncio.create_subprocess_exec(
+            _tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(broker.port), "-C", "1",
+            "-t", status, "-F", "%r %x", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 10.0)
+        assert proc.returncode == 0, err.decode()
+        retained, hexed = out.decode().split()
+        assert retained == "1"
+        return decode_status(bytes.fromhex(hexed))
+
+    async def scenario() -> None:
+        sim = MqttDeviceSimulator([cam], url=broker.url, client_id="sim-faults",
+                                  event_interval_s=0.05)
+        inbox = Inbox()
+        watcher = MqttSession(broker.url, client_id="fault-watcher")
+        watcher.on_message(inbox)
+        await sim.start()
+        try:
+            assert await retained_status() is True
+            async with watcher:
+                await watcher.subscribe(f"city/dijon/camera/{cam.id}/+", qos=1)
+                await poll(lambda: len(inbox.on("event")) >= 2, 5.0, what="camera events")
+                await sim.stop_device(cam.id)
+                assert await retained_status() is False
+                inbox.items.clear()
+                for kind in MALFORMED_KINDS:
+                    await sim.malformed(cam.id, kind)
+                await poll(lambda: len(inbox.on("telemetry")) == len(MALFORMED_KINDS), 5.0,
+                           what="malformed payloads")
+                assert not inbox.on("event"), "a stopped camera raises no events"
+                await sim.start_device(cam.id)
+                assert await retained_status() is True
+                await poll(lambda: len(inbox.on("telemetry")) > len(MALFORMED_KINDS), 5.0,
+                           what="telemetry after restart")
+        finally:
+            await sim.stop()
+        assert await retained_status() is False
+        profile = builtin_profile("camera")
+        bad = inbox.on("telemetry")[: len(MALFORMED_KINDS)]
+        reasons = []
+        for name, payload in bad:
+            assert name == telemetry
+            with pytest.raises(MalformedMessageError) as caught:
+                decode_payload(profile, payload)
+            reasons.append(str(caught.value))
+        assert len(set(reasons)) == len(MALFORMED_KINDS), reasons
+        good = inbox.on("telemetry")[len(MALFORMED_KINDS)]
+        assert decode_payload(profile, good[1])["health"] in ("ok", "degraded")
+
+    run(scenario())
