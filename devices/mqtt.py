@@ -348,7 +348,14 @@ class MqttSession:
     * ``publish`` while disconnected either raises
       :class:`DeviceUnavailableError` (``queue=False``) or keeps the message in
       a bounded outbox (``max_queued``, oldest dropped first and counted in
-      ``dropped``) sent in order once the session is back.
+      ``dropped``) sent in order once the session is back. A QoS 1 publish
+      whose connection drops before the broker's PUBACK is treated the same
+      way (so it may arrive twice: at-least-once).
+    * The will (``(topic, payload)``) is published by the broker, retained at
+      QoS 1, when the connection dies without a clean disconnect.
+    * Needs a broker that keeps sessions of clients that connect without
+      credentials (mosquitto does; amqtt 0.12 drops queued messages for
+      anonymous clients).
     * Messages reach the callbacks registered with :meth:`on_message`, called
       in the receive loop; a callback that raises is logged and counted in
       ``callback_errors`` and does not stop the loop.
@@ -488,7 +495,11 @@ class MqttSession:
             # The connection broke under us: the reconnect re-sends it.
             _log.debug("mqtt[%s]: subscribe %s deferred: %s", self.client_id, topic_filter, exc)
             return
-        self._check_granted(topic_filter, granted)
+        try:
+            self._check_granted(topic_filter, granted)
+        except ProtocolError:
+            self._subscriptions.pop(topic_filter, None)
+            raise
 
     async def unsubscribe(self, topic_filter: str) -> None:
         """Forget a subscription (and unsubscribe now when connected)."""

@@ -181,20 +181,27 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
 @click.option("--json", "as_json", is_flag=True, help="print only the JSON line")
 @click.option("--scale", type=float, default=1.0, show_default=True)
 @click.option("--kills", type=int, default=5, show_default=True, help="recovery: kills to time")
-def bench(name: str, as_json: bool, scale: float, kills: int) -> None:
+@click.option("--broker", type=click.Choice(["auto", "mosquitto", "amqtt"]), default="auto",
+              show_default=True, help="embedded broker for the benches that use one")
+@click.option("--seconds", type=click.FloatRange(min=5.0), default=60.0, show_default=True,
+              help="measurement window of demo and ingest")
+def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
+          seconds: float) -> None:
     """Run benchmark NAME (startup, recovery); the last line is its JSON figures."""
     from runtime import bench as benches
 
     runners: dict[str, Callable[..., dict[str, Any]]] = {
         "startup": benches.startup,
         "recovery": benches.recovery,
+        "demo": benches.demo,
+        "ingest": benches.ingest,
     }
     runner = runners.get(name)
     if runner is None:
         _fail(f"unknown benchmark {name!r} (known: {', '.join(sorted(runners))})", 2)
         return
     say: Callable[[str], None] = (lambda s: None) if as_json else click.echo
-    result = runner(scale=scale, kills=kills, say=say)
+    result = runner(scale=scale, kills=kills, say=say, broker=broker, seconds=seconds)
     click.echo(json.dumps(result))
 
 

@@ -163,3 +163,101 @@ def test_device_outage_goes_offline_then_reconciles(field: Field) -> None:
         return {float(lamp.get("dim")) for lamp in lamps}
 
     poll(lambda: dims() == {25.0}, 60, what="desired dim re-applied on reconnect")
+
+
+def test_bad_payloads_are_counted_and_the_entity_keeps_serving(field: Field) -> None:
+    from devices.mqtt import MqttSession, encode_payload, topic
+
+    veh = next(eq for eq in field.inv.equipment if eq.kind == "vehicle")
+    host = field.svc.host_handle(field.svc.plan.owner[veh.id])
+    t = topic(veh.municipality, veh.kind, veh.id, "telemetry")
+    bad = [b"\xc1\xc1 not msgpack", encode_payload({"ts": "yesterday", "lat": "x"}),
+           encode_payload({"pad": "x" * 10_000})]
+
+    async def publish() -> None:
+        session = MqttSession(field.svc.mqtt_url, client_id="test-bad-input", clean_session=True)
+        await session.start()
+        try:
+            await session.wait_connected(10)
+            for payload in bad:
+                await session.publish(t, payload, qos=1)
+        finally:
+            await session.stop()
+
+    def bad_count() -> int:
+        st = ray.get(host.status.remote(), timeout=10)
+        return sum(v for k, v in st["devices"]["bad_input"].items() if k.startswith("mqtt:"))
+
+    before = bad_count()
+    asyncio.run(publish())
+    poll(lambda: bad_count() >= before + len(bad), 30, what="bad payloads counted")
+    seq0 = field.entity(veh.id)["checkpoint"]["state"]["seq"]
+    poll(lambda: field.entity(veh.id)["checkpoint"]["state"]["seq"] != seq0, 30,
+         what="the vehicle keeps reporting")
+    assert field.entity(veh.id)["status"] == "running"
+
+
+def test_building_outage_over_opcua_and_alarm_policy_on_reconnect(field: Field) -> None:
+    total = len(field.inv.equipment)
+    poll(lambda: online(field) == total, 90, interval=0.5, what="devices online")
+    bms = field.sims.sim("BmsSimulator")
+    bld = field.ids("building")[0]
+    field.sims.call(bms.set_offline(bld, True))
+    poll(lambda: online(field) == total - 1, 60, what="building offline (nodes Bad)")
+    refused = field.submit(bld, {"mode": "lockdown"})
+    poll(lambda: field.status(refused) == "failed", 30, what="command refused while offline")
+    field.sims.call(bms.set_offline(bld, False))
+    poll(lambda: online(field) == total, 60, what="building back online")
+    # mode's policy is "alarm": an operator decides, nothing is re-applied blindly.
+    poll(lambda: any(e.get("alarm") == "reconcile_required" and e.get("field") == "mode"
+                     for e in field.events(bld)), 30, what="reconcile alarm for mode")
+    assert field.sims.call(_value(bms, bld, "mode")) != 2  # lockdown was not applied
+
+
+async def _value(sim: Any, device: str, key: str) -> Any:
+    return sim.value(device, key)
+
+
+def test_camera_outage_over_mqtt_and_reapply_on_reconnect(field: Field) -> None:
+    total = len(field.inv.equipment)
+    poll(lambda: online(field) == total, 90, interval=0.5, what="devices online")
+    mq = field.sims.sim("MqttDeviceSimulator")
+    cam = field.ids("camera")[-1]
+    field.sims.call(mq.stop_device(cam))
+    poll(lambda: online(field) == total - 1, 60, what="camera offline (retained status)")
+    refused = field.submit(cam, {"preset": 42})
+    poll(lambda: field.status(refused) == "failed", 30, what="command refused while offline")
+    field.sims.call(mq.start_device(cam))
+    poll(lambda: online(field) == total, 60, what="camera back online")
+    poll(lambda: field.sims.call(_values(mq, cam)).get("preset") == 42, 30,
+         what="preset re-applied on reconnect")
+
+
+async def _values(sim: Any, device: str) -> dict[str, Any]:
+    return dict(sim.values(device))
+
+
+def test_modbus_exceptions_and_garbage_are_counted_and_survived(field: Field) -> None:
+    total = len(field.inv.equipment)
+    poll(lambda: online(field) == total, 90, interval=0.5, what="devices online")
+    traffic = field.sims.sim("TrafficSimulator")
+    xr = field.ids("crossroad")[0]
+    host = field.svc.host_handle(field.svc.plan.owner[xr])
+
+    def bad(prefix: str) -> int:
+        st = ray.get(host.status.remote(), timeout=10)
+        return sum(v for k, v in st["devices"]["bad_input"].items() if k.startswith(prefix))
+
+    before = bad("modbus:")
+    field.sims.loop.call_soon_threadsafe(traffic.exception, xr, 4)
+    poll(lambda: bad("modbus:") > before, 30, what="exception responses counted")
+    field.sims.loop.call_soon_threadsafe(traffic.exception, xr, None)
+    mid = bad("modbus:")
+    field.sims.loop.call_soon_threadsafe(traffic.malformed, xr, True)
+    poll(lambda: bad("modbus:") > mid, 30, what="malformed frames counted")
+    field.sims.loop.call_soon_threadsafe(traffic.malformed, xr, False)
+    seq0 = field.entity(xr)["checkpoint"]["state"]["seq"]
+    poll(lambda: field.entity(xr)["checkpoint"]["state"]["seq"] != seq0, 30,
+         what="the crossroad keeps reporting")
+    assert field.entity(xr)["status"] == "running"
+    poll(lambda: online(field) == total, 60, what="all online again")

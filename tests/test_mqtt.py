@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +47,7 @@ from tests.helpers import poll
 
 T = TypeVar("T")
 LIMIT_S = 20.0
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -58,6 +61,23 @@ def _tool(name: str) -> str:
     path = shutil.which(name) or f"/usr/bin/{name}"
     assert Path(path).is_file(), f"{name} is required (apt install mosquitto-clients)"
     return path
+
+
+async def cli(name: str, *args: str, stdin: bytes | None = None, limit_s: float = 10.0) -> bytes:
+    """Run a mosquitto command-line client; its stdout, or a failure naming what it said."""
+    proc = await asyncio.create_subprocess_exec(
+        _tool(name), *args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), limit_s)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(f"{name} {' '.join(args)} did not finish within {limit_s} s; "
+                             f"stdout: {out.decode(errors='replace')!r}; "
+                             f"stderr: {err.decode(errors='replace')!r}") from None
+    assert proc.returncode == 0, f"{name} failed: {err.decode(errors='replace')}"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +276,11 @@ def test_persistent_session_receives_what_was_queued_while_away(broker: Embedded
     run(scenario())
 
 
-def test_session_reconnects_after_the_broker_is_killed(broker: EmbeddedBroker) -> None:
+def test_session_reconnects_after_the_broker_is_killed(
+    broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="devices.mqtt")
+
     async def scenario() -> None:
         inbox = Inbox()
         receiver = MqttSession(broker.url, client_id="kill-receiver")
@@ -278,6 +302,51 @@ def test_session_reconnects_after_the_broker_is_killed(broker: EmbeddedBroker) -
         assert receiver.reconnects >= 1 and sender.reconnects >= 1
 
     run(scenario())
+    # However many attempts the outage took, it is logged once, and its end once.
+    mine = [r.getMessage() for r in caplog.records if "mqtt[kill-receiver]" in r.getMessage()]
+    assert sum("lost" in m for m in mine) == 1, mine
+    assert sum("again" in m for m in mine) == 1, mine
+
+
+WILL_CHILD = """
+import asyncio, sys
+from devices.mqtt import MqttSession, encode_status
+async def main():
+    session = MqttSession(sys.argv[1], client_id="will-child", keepalive=5,
+                          will=(sys.argv[2], encode_status(False)))
+    async with session:
+        await session.publish(sys.argv[2], encode_status(True), qos=1, retain=True)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def test_last_will_marks_a_killed_process_offline(broker: EmbeddedBroker) -> None:
+    status = topic("dijon", "camera", "cam-will", "status")
+
+    async def scenario() -> list[bool]:
+        seen: list[bool] = []
+        watcher = MqttSession(broker.url, client_id="will-watcher", clean_session=True)
+        watcher.on_message(lambda _t, payload: seen.append(decode_status(payload)))
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WILL_CHILD, broker.url, status,
+            stdout=subprocess.PIPE, cwd=PROJECT_ROOT)
+        try:
+            assert child.stdout is not None
+            assert (await asyncio.wait_for(child.stdout.readline(), 15.0)).strip() == b"ready"
+            async with watcher:
+                await watcher.subscribe(status, qos=1)
+                await poll(lambda: seen == [True], 5.0, what="retained online")
+                child.kill()
+                await poll(lambda: seen[-1:] == [False], 5.0, what="the will")
+        finally:
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
+        return seen
+
+    assert run(scenario()) == [True, False]
 
 
 # --- the simulator, seen by clients nobody here wrote --------------------------------------
@@ -292,14 +361,11 @@ def test_simulator_telemetry_reaches_mosquitto_sub(broker: EmbeddedBroker) -> No
                                   client_id="sim-telemetry")
         await sim.start()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                _tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(broker.port),
-                "-C", "6", "-t", "city/+/vehicle/+/telemetry", "-F", "%t %x",
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            out, err = await asyncio.wait_for(proc.communicate(), 10.0)
-            assert proc.returncode == 0, err.decode()
-            await poll(lambda: sim.published("cam-dijon-0001") >= 3, 5.0, what="camera telemetry")
-            assert sim.last_seq("bus-dijon-0001") >= 3
+            out = await cli("mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port),
+                            "-C", "6", "-t", "city/+/vehicle/+/telemetry", "-F", "%t %x")
+            await poll(lambda: all(sim.published(d) >= 3 for d in sim.devices), 5.0,
+                       what="three samples from every device")
+            assert sim.last_seq("bus-dijon-0001") >= sim.published("bus-dijon-0001")
             return out.decode().splitlines()
         finally:
             await sim.stop()
@@ -323,11 +389,8 @@ def test_mosquitto_pub_command_is_acked_by_the_simulator(broker: EmbeddedBroker)
     cmd_topic = topic("dijon", "camera", cam.id, "cmd")
 
     async def mosquitto_pub(payload: dict[str, Any]) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            _tool("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
-            "-t", cmd_topic, "-s", stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, err = await asyncio.wait_for(proc.communicate(encode_payload(payload)), 10.0)
-        assert proc.returncode == 0, err.decode()
+        await cli("mosquitto_pub", "-d", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                  "-t", cmd_topic, "-s", stdin=encode_payload(payload))
 
     async def scenario() -> None:
         sim = MqttDeviceSimulator([cam, bus("bus-dijon-0003")], url=broker.url,
@@ -371,11 +434,8 @@ def test_stopped_device_is_offline_and_malformed_payloads_are_rejected(
     status = topic("dijon", "camera", cam.id, "status")
 
     async def retained_status() -> bool:
-        proc = await asyncio.create_subprocess_exec(
-            _tool("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(broker.port), "-C", "1",
-            "-t", status, "-F", "%r %x", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 10.0)
-        assert proc.returncode == 0, err.decode()
+        out = await cli("mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-C", "1",
+                        "-t", status, "-F", "%r %x")
         retained, hexed = out.decode().split()
         assert retained == "1"
         return decode_status(bytes.fromhex(hexed))
