@@ -69,6 +69,8 @@ LEAVES: Final = ("telemetry", "event", "cmd", "ack", "status")
 DEFAULT_PORT: Final = 1883
 BACKOFF_INITIAL_S: Final = 0.1
 BACKOFF_MAX_S: Final = 5.0
+#: How long stop() waits for the broker to close the connection after DISCONNECT.
+DISCONNECT_TIMEOUT_S: Final = 2.0
 #: A connection that lasted this long resets the backoff to its first step.
 STABLE_AFTER_S: Final = 10.0
 #: Publishes kept while disconnected; beyond it the oldest is dropped (counted).
@@ -448,6 +450,13 @@ class MqttSession:
         if task is None:
             return
         task.cancel()
+        # A clean disconnect takes a round trip; if the broker does not close
+        # the connection soon, cancel the wait for it as well.
+        await asyncio.wait((task,), timeout=DISCONNECT_TIMEOUT_S)
+        if not task.done():
+            _log.warning("mqtt[%s]: no clean disconnect within %.1f s; abandoning it",
+                         self.client_id, DISCONNECT_TIMEOUT_S)
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         current = asyncio.current_task()
@@ -629,6 +638,11 @@ class MqttSession:
                     self._lost.set()
                     self._client = None
                     self._connected.clear()
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # aiomqtt's disconnect may have replaced our CancelledError
+                    # with a timeout error: stopping must still stop.
+                    raise asyncio.CancelledError
                 # Only a connection that stayed up resets the backoff: two
                 # processes fighting over one client id must not spin.
                 if connected_at is not None and (
