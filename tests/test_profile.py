@@ -30,7 +30,7 @@ def test_builtin_modbus_profiles_load() -> None:
         assert profile.field("seq").type == "u32"
         assert profile.liveness_misses == 3 and profile.timeout_s == 0.5
     assert builtin_profile("traffic_controller").poll_interval_s == 0.5
-    assert builtin_profile("lighting_cabinet").poll_interval_s == 1.0
+    assert builtin_profile("lighting_cabinet").poll_interval_s == 2.0
     assert builtin_profile("traffic_controller") is builtin_profile("traffic_controller")
 
 
