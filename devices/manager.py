@@ -111,6 +111,9 @@ class HostDevices:
         self._opcua: dict[str, Any] = {}
         self._mqtt: Any = None
         self._acks: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
+        # OPC UA message security from the service's options (None in the demo).
+        sec = options.get("opcua_security") or {}
+        self._opcua_security = opcua.SecurityConfig(**sec) if sec else None
         self._by_topic: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------
@@ -295,7 +298,8 @@ class HostDevices:
                                    sender=eq.id, kind=MessageKind.EVENT))
 
         while True:
-            session = opcua.OpcUaSession(eq.endpoint, timeout_s=profile.timeout_s)
+            session = opcua.OpcUaSession(eq.endpoint, timeout_s=profile.timeout_s,
+                                         security=self._opcua_security)
             try:
                 await session.connect()
                 self._opcua[eq.id] = session

@@ -86,6 +86,7 @@ def _wait_for_stop(duration: float | None) -> None:
 def _serve(
     inv: Any, *, admin: str, credentials_file: str | None, redis: str | None,
     mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
+    opcua_security: dict[str, str] | None = None,
 ) -> None:
     from admin_web import (
         AdminServer,
@@ -101,7 +102,8 @@ def _serve(
 
     host, port = parse_listen(admin)
     svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
-                                      devices=DEVICES, simulate=demo))
+                                      devices=DEVICES, simulate=demo,
+                                      opcua_security=dict(opcua_security or {})))
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     if credentials_file is None:
@@ -160,8 +162,14 @@ def demo(scale: float, duration: float | None, admin: str, credentials_file: str
 @click.option("--mqtt", default=None, help="mqtt://… (default: an embedded broker)")
 @click.option("--admin", default="127.0.0.1:8080", show_default=True, help="HOST:PORT")
 @click.option("--credentials-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--opcua-security", type=click.Choice(["None", "Sign", "SignAndEncrypt"]),
+              default="None", show_default=True, help="message security of BMS sessions")
+@click.option("--opcua-cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--opcua-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--opcua-server-cert", type=click.Path(exists=True, dir_okay=False), default=None)
 def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: str | None,
-        admin: str, credentials_file: str | None) -> None:
+        admin: str, credentials_file: str | None, opcua_security: str,
+        opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None) -> None:
     """The production service on a real inventory, until SIGTERM/SIGINT."""
     from runtime.inventory import load_inventory
 
@@ -171,8 +179,16 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
         for issue in exc.issues:
             click.echo(issue, err=True)
         sys.exit(1)
+    security: dict[str, str] = {}
+    if opcua_security != "None":
+        if not (opcua_cert and opcua_key):
+            _fail(f"--opcua-security {opcua_security} needs --opcua-cert and --opcua-key", 2)
+        security = {"mode": opcua_security, "certificate": str(opcua_cert),
+                    "private_key": str(opcua_key)}
+        if opcua_server_cert:
+            security["server_certificate"] = opcua_server_cert
     _serve(inv, admin=admin, credentials_file=credentials_file, redis=redis, mqtt=mqtt,
-           ray_address=ray_address, duration=None, demo=False)
+           ray_address=ray_address, duration=None, demo=False, opcua_security=security)
 
 
 # -- benchmarks --------------------------------------------------------------

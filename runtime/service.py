@@ -62,6 +62,9 @@ class ServiceOptions:
     factory: str = FACTORY
     devices: str = ""  # device-manager factory ("devices.manager:create"); "" runs without devices
     simulate: bool = False  # start the field simulators of the inventory (the demo)
+    # OPC UA message security for every building session: {"mode": "Sign" |
+    # "SignAndEncrypt", "policy", "certificate", "private_key", "server_certificate"}
+    opcua_security: dict[str, str] = field(default_factory=dict)
     sim_rate_hz: float | None = None  # telemetry rate override for the MQTT simulators
 
 
@@ -182,7 +185,8 @@ class Service:
             "namespace": self.options.namespace, "ray_namespace": self.options.ray_namespace,
             "factory": self.options.factory,
             "devices": self.options.devices,
-            "device_options": {"mqtt_url": self.mqtt_url},
+            "device_options": {"mqtt_url": self.mqtt_url,
+                               "opcua_security": dict(self.options.opcua_security)},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),
                      **self.options.tree},
