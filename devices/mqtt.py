@@ -451,12 +451,15 @@ class MqttSession:
             return
         task.cancel()
         # A clean disconnect takes a round trip; if the broker does not close
-        # the connection soon, cancel the wait for it as well.
+        # the connection soon, cancel the wait for it as well. Cancelling again
+        # also covers Python 3.11's asyncio.wait_for (used inside aiomqtt),
+        # which can drop a cancellation that races with its result.
         await asyncio.wait((task,), timeout=DISCONNECT_TIMEOUT_S)
-        if not task.done():
-            _log.warning("mqtt[%s]: no clean disconnect within %.1f s; abandoning it",
+        while not task.done():
+            _log.warning("mqtt[%s]: still running %.1f s after stop; cancelling again",
                          self.client_id, DISCONNECT_TIMEOUT_S)
             task.cancel()
+            await asyncio.wait((task,), timeout=DISCONNECT_TIMEOUT_S)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         current = asyncio.current_task()

@@ -348,6 +348,13 @@ class _Camera(_Device):
         return {"ts": now, "event": name, "preset": self.writes["preset"]}
 
 
+def _raise_if_cancelling() -> None:
+    """Honour a cancellation that an awaited library call swallowed."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        raise asyncio.CancelledError
+
+
 # --- the simulator -----------------------------------------------------------------
 
 
@@ -483,16 +490,15 @@ class MqttDeviceSimulator:
     async def stop(self) -> None:
         """Stop publishing, announce every running device offline, disconnect."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
         failure: BaseException | None = None
         for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as exc:  # re-raised below, after the cleanup
-                failure = exc
+            # Python 3.11's asyncio.wait_for (inside aiomqtt) can drop a
+            # cancellation that races with its result: cancel until it ends.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait((task,), timeout=1.0)
+            if not task.cancelled() and task.exception() is not None:
+                failure = task.exception()  # re-raised below, after the cleanup
         self._schedule.clear()
         if self._session.connected:
             for device in self._devices.values():
@@ -583,6 +589,7 @@ class MqttDeviceSimulator:
 
     async def _publish_loop(self) -> None:
         while True:
+            _raise_if_cancelling()
             now = self._clock.monotonic()
             if not self._schedule or self._schedule[0][0] > now:
                 wait = self._schedule[0][0] - now if self._schedule else 3600.0
@@ -642,6 +649,7 @@ class MqttDeviceSimulator:
 
     async def _command_loop(self) -> None:
         while True:
+            _raise_if_cancelling()
             device_id, payload = await self._commands.get()
             device = self._devices[device_id]
             if not device.running:
