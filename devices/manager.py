@@ -372,12 +372,9 @@ class HostDevices:
                 self._flip(st, True, "publishing")
                 self._telemetry(st, data, seq, float(data.get("ts") or time.time()))
             elif leaf == "status":
-                text = payload.decode("utf-8", "replace").strip()
-                if text in ("online", "offline"):
-                    st.last_seen = time.monotonic()
-                    self._flip(st, text == "online", f"status {text}")
-                else:
-                    raise MalformedMessageError(f"status payload {text[:20]!r}")
+                is_online = mqtt.decode_status(payload)
+                st.last_seen = time.monotonic()
+                self._flip(st, is_online, "status online" if is_online else "status offline")
             elif leaf == "event":
                 data = mqtt.decode_event(st.profile, payload)
                 self._deliver(Envelope(target=st.equipment.id, type="device_event",

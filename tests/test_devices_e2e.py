@@ -231,6 +231,9 @@ def test_camera_outage_over_mqtt_and_reapply_on_reconnect(field: Field) -> None:
     poll(lambda: online(field) == total, 60, what="camera back online")
     poll(lambda: field.sims.call(_values(mq, cam)).get("preset") == 42, 30,
          what="preset re-applied on reconnect")
+    # The retained status was understood, never counted as a bad payload.
+    st = ray.get(field.svc.host_handle(field.svc.plan.owner[cam]).status.remote(), timeout=10)
+    assert not [k for k in st["devices"]["bad_input"] if k.startswith("mqtt:status")]
 
 
 async def _values(sim: Any, device: str) -> dict[str, Any]:

@@ -84,7 +84,8 @@ def _paho(name: str, args: tuple[str, ...], stdin: bytes | None) -> bytes:
                        port=port)
         return b""
     count = int(opts.get("-C", "1"))
-    got = subscribe.simple(opts["-t"], msg_count=count, hostname=host, port=port)
+    got = subscribe.simple(  # type: ignore[no-untyped-call]
+        opts["-t"], msg_count=count, hostname=host, port=port)
     messages = got if isinstance(got, list) else [got]
     fmt = opts.get("-F", "%p")
     lines = []
