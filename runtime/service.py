@@ -401,4 +401,3 @@ def _hosts(tree: dict[str, Any]) -> list[dict[str, Any]]:
     return [n for n in _walk(tree) if "host" in str(n.get("kind", ""))]
 
 
-_ = ConfigError

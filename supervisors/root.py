@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import deque
 from typing import Any
 
@@ -234,4 +233,3 @@ class RootActor:
         return True
 
 
-_ = time
