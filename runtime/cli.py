@@ -192,32 +192,67 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
 
 
 # -- benchmarks --------------------------------------------------------------
-@cli.command()
+#: Every bench: its module under ``runtime.bench`` (a ``run`` function) and what it measures.
+BENCHES: dict[str, tuple[str, str]] = {
+    "startup": ("startup", "process start to every entity answering with its restored "
+                           "full twin, and to every device online"),
+    "recovery": ("recovery", "kill -9 of the largest host, >= 5 times, with devices and "
+                             "commands in flight: detection, answers, fresh readings"),
+    "demo": ("demo", "what `make demo` runs, in steady state: memory and CPU by role"),
+    "ingest": ("ingest", "telemetry counted at both ends (emitted by the simulators, applied "
+                         "by the entities); --capacity steps MQTT load up to the limit"),
+    "command": ("command", "operator command round trip through the HTTP API, split "
+                           "into stages"),
+}
+
+
+def _bench_help() -> str:
+    names = "\n".join(f"  {name:<10} {what}" for name, (_, what) in BENCHES.items())
+    return ("Run benchmark NAME; the last line printed is its JSON figures.\n\n"
+            f"\b\nBenchmarks:\n{names}")
+
+
+@cli.command(help=_bench_help())
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="print only the JSON line")
-@click.option("--scale", type=float, default=1.0, show_default=True)
-@click.option("--kills", type=int, default=5, show_default=True, help="recovery: kills to time")
+@click.option("--scale", type=click.FloatRange(min=0.0, min_open=True, max=9.0), default=1.0,
+              show_default=True)
+@click.option("--kills", type=click.IntRange(min=1), default=5, show_default=True,
+              help="recovery: kills to time")
 @click.option("--broker", type=click.Choice(["auto", "mosquitto", "amqtt"]), default="auto",
               show_default=True, help="embedded broker for the benches that use one")
-@click.option("--seconds", type=click.FloatRange(min=5.0), default=60.0, show_default=True,
-              help="measurement window of demo and ingest")
+@click.option("--seconds", type=click.FloatRange(min=5.0), default=None,
+              help="measurement window of demo and ingest (each bench has its default)")
+@click.option("--capacity", is_flag=True, help="ingest: step MQTT load up to the limit")
+@click.option("-n", "n", type=click.IntRange(min=1), default=None,
+              help="command: commands to time (default 200)")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="also write the JSON figures (with commit) to this file")
 def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
-          seconds: float) -> None:
-    """Run benchmark NAME (startup, recovery); the last line is its JSON figures."""
-    from runtime import bench as benches
+          seconds: float | None, capacity: bool, n: int | None, output: str | None) -> None:
+    import importlib
 
-    runners: dict[str, Callable[..., dict[str, Any]]] = {
-        "startup": benches.startup,
-        "recovery": benches.recovery,
-        "demo": benches.demo,
-        "ingest": benches.ingest,
-    }
-    runner = runners.get(name)
-    if runner is None:
-        _fail(f"unknown benchmark {name!r} (known: {', '.join(sorted(runners))})", 2)
+    entry = BENCHES.get(name)
+    if entry is None:
+        _fail(f"unknown benchmark {name!r} (known: {', '.join(BENCHES)})", 2)
         return
+    module = importlib.import_module(f"runtime.bench.{entry[0]}")
     say: Callable[[str], None] = (lambda s: None) if as_json else click.echo
-    result = runner(scale=scale, kills=kills, say=say, broker=broker, seconds=seconds)
+    kwargs: dict[str, Any] = {"scale": scale, "kills": kills, "say": say, "broker": broker,
+                              "capacity": capacity}
+    if seconds is not None:
+        kwargs["seconds"] = seconds
+    if n is not None:
+        kwargs["n"] = n
+    try:
+        result: dict[str, Any] = module.run(**kwargs)
+    except CommandpostError as exc:
+        _fail(f"bench {name} could not run: {exc}")
+        return
+    if output:
+        from runtime.bench.report import save_result
+
+        save_result(output, name, result, " ".join(sys.argv[1:]))
     click.echo(json.dumps(result))
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_SCALE",
     "SERVICE_ROLES",
     "DemoCounts",
+    "DemoPorts",
     "build_demo",
     "demo_counts",
     "generate_demo",
@@ -231,8 +232,55 @@ class _Family:
     count: int
 
 
-def build_demo(scale: float = 1.0, seed: int = 0) -> Inventory:
+@dataclass(frozen=True, slots=True)
+class DemoPorts:
+    """First loopback port of each simulator family (each uses a few consecutive ports).
+
+    The defaults are the demo's documented ports; :meth:`free` picks ports that
+    are free now, so that benches and tests can run side by side.
+    """
+
+    traffic: int = 15020
+    lighting: int = 15100
+    access: int = 15200
+    opcua: int = 4840
+
+    def __post_init__(self) -> None:
+        for name in ("traffic", "lighting", "access", "opcua"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535 - _PORT_SPAN:
+                raise ConfigError(f"demo {name} port {port} is out of range")
+
+    @classmethod
+    def free(cls) -> DemoPorts:
+        """Four blocks of consecutive loopback ports that are free at this moment."""
+        rng = random.Random()
+        bases: list[int] = []
+        while len(bases) < 4:
+            base = rng.randrange(20_000, 60_000, _PORT_SPAN)
+            if base not in bases and all(_port_free(base + k) for k in range(_PORT_SPAN)):
+                bases.append(base)
+        return cls(*bases)
+
+
+#: Consecutive ports one family may use (lighting at scale 9: 51 cabinets per 200 → 51 ports).
+_PORT_SPAN: Final = 64
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None) -> Inventory:
     """The demo metropolis as an :class:`Inventory`, deterministic for ``(scale, seed)``."""
+    ports = ports or DemoPorts()
     counts = demo_counts(scale)
     rng = random.Random(seed)
     munis = municipalities()
@@ -262,13 +310,13 @@ def build_demo(scale: float = 1.0, seed: int = 0) -> Inventory:
 
     def endpoint(prefix: str, i: int, ident: str) -> str:
         if prefix == "xr":
-            return f"modbus://127.0.0.1:{15020 + i // 200}/{i % 200 + 1}"
+            return f"modbus://127.0.0.1:{ports.traffic + i // 200}/{i % 200 + 1}"
         if prefix == "lc":
-            return f"modbus://127.0.0.1:{15100 + i // 200}/{i % 200 + 1}"
+            return f"modbus://127.0.0.1:{ports.lighting + i // 200}/{i % 200 + 1}"
         if prefix == "at":
-            return f"modbus://127.0.0.1:15200/{i + 1}"
+            return f"modbus://127.0.0.1:{ports.access}/{i + 1}"
         if prefix == "bld":
-            return f"opcua://127.0.0.1:{4840 + i // 60}/bld/{ident}"
+            return f"opcua://127.0.0.1:{ports.opcua + i // 60}/bld/{ident}"
         return "mqtt"
 
     def attrs(prefix: str, i: int) -> dict[str, Any]:
@@ -304,6 +352,6 @@ def build_demo(scale: float = 1.0, seed: int = 0) -> Inventory:
     )
 
 
-def generate_demo(scale: float = 1.0, seed: int = 0) -> str:
-    """The TOML text of the demo metropolis, identical for the same ``(scale, seed)``."""
-    return dump_inventory(build_demo(scale, seed), decimals=_DECIMALS)
+def generate_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None) -> str:
+    """The TOML text of the demo metropolis, identical for the same ``(scale, seed, ports)``."""
+    return dump_inventory(build_demo(scale, seed, ports), decimals=_DECIMALS)

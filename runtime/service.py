@@ -99,6 +99,7 @@ class Service:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.sim_proc: subprocess.Popen[bytes] | None = None
         self.simulators: list[dict[str, Any]] = []
+        self.sim_control_url = ""  # the simulators' control channel (devices.sim.control)
 
     # -- servers ---------------------------------------------------------
     def start_servers(self) -> None:
@@ -145,7 +146,9 @@ class Service:
             if time.monotonic() > deadline:
                 raise RetryableError(f"simulators not ready within {timeout:.0f}s")
             time.sleep(0.1)
-        self.simulators = json.loads(ready.read_text(encoding="utf-8"))
+        ready_doc = json.loads(ready.read_text(encoding="utf-8"))
+        self.simulators = list(ready_doc["simulators"])
+        self.sim_control_url = str(ready_doc["control"])
 
     def stop_simulators(self) -> None:
         proc = self.sim_proc

@@ -6,8 +6,10 @@
 Modbus controllers (traffic, lighting, access terminals) listen on the ports
 of their inventory endpoints, building management systems behind a few
 aggregating OPC UA servers, and vehicles and cameras publish through the MQTT
-broker. When every simulator is up, the ready file receives a JSON list of
-``{"kind", "endpoint", "devices"}``; SIGTERM or SIGINT stops them cleanly.
+broker. The control channel (:mod:`devices.sim.control`) listens on
+``--control`` (default: a free loopback port). When every simulator is up,
+the ready file receives ``{"control": URL, "simulators": [{"kind",
+"endpoint", "devices"}, …]}``; SIGTERM or SIGINT stops them cleanly.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def build(
     return sims, info
 
 
-def _write_ready(path: str, info: list[dict[str, Any]]) -> None:
+def _write_ready(path: str, info: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(info, f)
@@ -97,9 +99,17 @@ def _write_ready(path: str, info: list[dict[str, Any]]) -> None:
 
 
 async def run(
-    inventory: Inventory, mqtt_url: str, ready_file: str | None, rate_hz: float | None
+    inventory: Inventory,
+    mqtt_url: str,
+    ready_file: str | None,
+    rate_hz: float | None,
+    control: tuple[str, int] = ("127.0.0.1", 0),
 ) -> None:
+    from devices.sim.control import ControlServer, ControlTarget
+
     sims, info = build(inventory, mqtt_url, rate_hz=rate_hz)
+    targets: list[ControlTarget] = [s for s in sims if isinstance(s, ControlTarget)]
+    channel = ControlServer(targets, *control)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,11 +119,13 @@ async def run(
         for sim in sims:
             await sim.start()
             started.append(sim)
+        await channel.start()
         if ready_file:
-            _write_ready(ready_file, info)
+            _write_ready(ready_file, {"control": channel.url, "simulators": info})
         log.info("simulators ready: %s", info)
         await stop.wait()
     finally:
+        await channel.stop()
         for sim in reversed(started):
             with contextlib.suppress(CommandpostError):
                 await sim.stop()
@@ -125,14 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mqtt", required=True)
     parser.add_argument("--ready-file")
     parser.add_argument("--rate-hz", type=float, default=None)
+    parser.add_argument("--control", default="127.0.0.1:0",
+                        help="HOST:PORT of the control channel (port 0: a free one)")
     args = parser.parse_args(argv)
+    host, _, port = args.control.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--control {args.control!r} is not HOST:PORT")
     logging.basicConfig(
         level=os.environ.get("COMMANDPOST_LOG", "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         inv = load_inventory(args.inventory)
-        asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz))
+        asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz, (host, int(port))))
     except CommandpostError as exc:
         print(f"simulators: {exc}", file=sys.stderr)
         return 1
