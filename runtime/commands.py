@@ -10,6 +10,15 @@ its lifecycle and never back::
 before it was sent. This module does no I/O; :mod:`runtime.store` persists
 commands as Redis hashes through :meth:`Command.to_fields` and
 :meth:`Command.from_fields`.
+
+Along its path a command collects timestamps (wall-clock seconds since the
+epoch, 0 while not reached), so that a round trip can be split into stages::
+
+    created_ts            journaled (stamped by whoever submitted it)
+    sent_ts               its host picked it from the journal
+    device_write_ts       the device write began
+    device_confirmed_ts   the device confirmed the write
+    updated_ts            the status last moved; for a final status, when it was written
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from runtime.envelope import pack, unpack
 from runtime.errors import MalformedMessageError, RejectedError
 
 __all__ = [
+    "STAMPS",
     "TERMINAL",
     "TRANSITIONS",
     "Command",
@@ -79,7 +89,10 @@ def new_command_id() -> str:
 
 
 _REQUIRED = ("command_id", "target", "action", "caller")
-_FLOATS = ("created_ts", "deadline_ts", "updated_ts")
+#: Timestamps that a status update may record along with the move (see the module doc).
+STAMPS: frozenset[str] = frozenset({"sent_ts", "device_write_ts", "device_confirmed_ts"})
+_FLOATS = ("created_ts", "deadline_ts", "updated_ts", "sent_ts", "device_write_ts",
+           "device_confirmed_ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,7 @@ class Command:
     """One command to one target entity, as journaled.
 
     ``deadline_ts`` is wall-clock seconds since the epoch (0 means none);
+    the other ``*_ts`` fields are the path's timestamps (module doc);
     ``idempotency_key`` is scoped to ``(caller, target)``; ``params`` must be
     msgpack-encodable and is copied, so the caller's mapping may change later
     without touching the command.
@@ -103,6 +117,9 @@ class Command:
     updated_ts: float = 0.0
     error: str = ""
     idempotency_key: str = ""
+    sent_ts: float = 0.0
+    device_write_ts: float = 0.0
+    device_confirmed_ts: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _REQUIRED:
@@ -153,9 +170,7 @@ class Command:
             "params": pack(dict(self.params)),
             "caller": self.caller,
             "status": self.status.value,
-            "created_ts": repr(self.created_ts),
-            "deadline_ts": repr(self.deadline_ts),
-            "updated_ts": repr(self.updated_ts),
+            **{name: repr(getattr(self, name)) for name in _FLOATS},
             "error": self.error,
             "idempotency_key": self.idempotency_key,
         }
@@ -212,5 +227,8 @@ class Command:
             "created_ts": self.created_ts,
             "deadline_ts": self.deadline_ts,
             "updated_ts": self.updated_ts,
+            "sent_ts": self.sent_ts,
+            "device_write_ts": self.device_write_ts,
+            "device_confirmed_ts": self.device_confirmed_ts,
             "error": self.error,
         }

@@ -6,6 +6,15 @@ through the :class:`~runtime.router.Outbox`), checkpoints dirty entities to
 the store in pipelined batches, consumes the command journal for its entities,
 and records events. The Ray actor in :mod:`runtime.ray_host` wraps one of these;
 tests drive it directly with an in-memory store and transport.
+
+A journaled command is acknowledged in the store only after the checkpoint
+that holds its effect: the entity's checkpoint is written first, then the
+ack. Dirty entities are checkpointed every ``checkpoint_interval_s``, but a
+waiting ack wakes the flush at once (for its own entities only), so an
+operator sees ``acked`` milliseconds after the device confirmed, not a
+checkpoint period later. Along the way the host stamps the command's path
+(``sent_ts`` when it picked the command from the journal, ``device_write_ts``
+and ``device_confirmed_ts`` around the device write) for the benches.
 """
 
 from __future__ import annotations
@@ -70,6 +79,49 @@ def _setpoint_key(cmd: Command) -> tuple[str, str, tuple[str, ...]]:
     return cmd.target, cmd.action, tuple(sorted(cmd.params))
 
 
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    """A command's final status, waiting for the checkpoint of its entity."""
+
+    command_id: str
+    status: CommandStatus
+    error: str
+    entity_id: str
+    stamps: Mapping[str, float]
+
+
+class _TimedPort:
+    """An entity's device port that stamps the writes of journaled commands.
+
+    Entities pass the command id they are applying to :meth:`write`; when the
+    host is waiting for that command, the time the write began and the time
+    the device confirmed it are kept for the command's record.
+    """
+
+    __slots__ = ("_host", "_port")
+
+    def __init__(self, port: DevicePort, host: HostCore) -> None:
+        self._port = port
+        self._host = host
+
+    @property
+    def online(self) -> bool:
+        return self._port.online
+
+    def policy(self, field: str) -> str | None:
+        return self._port.policy(field)
+
+    async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
+        times = self._host._device_times.get(command_id)
+        if times is None:
+            return await self._port.write(fields, command_id=command_id)
+        # A command may write more than once: from the first write to the last confirmation.
+        times.setdefault("device_write_ts", self._host.clock.time())
+        confirmed = await self._port.write(fields, command_id=command_id)
+        times["device_confirmed_ts"] = self._host.clock.time()
+        return confirmed
+
+
 class HostCore:
     """Entities of one host, supervised, persisted and reachable."""
 
@@ -102,7 +154,12 @@ class HostCore:
         self.supervisor: Supervisor | None = None
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
         self._dirty: set[str] = set()
-        self._ack_waiting: list[tuple[str, CommandStatus, str]] = []
+        self._ack_waiting: list[_Ack] = []
+        # Set when an ack waits (flush its entities now) or the checkpoint period ended.
+        self._flush_wanted = asyncio.Event()
+        self._full_flush_due = False
+        # Journaled commands handed to a mailbox and not finished yet: their device times.
+        self._device_times: dict[str, dict[str, float]] = {}
         self._events: deque[dict[str, Any]] = deque()
         self._dropped_events = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -167,6 +224,8 @@ class HostCore:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._checkpoint_loop(), name=f"host[{self.host_id}].checkpoints"),
+            loop.create_task(self._checkpoint_ticker(),
+                             name=f"host[{self.host_id}].checkpoint_ticker"),
             loop.create_task(self._event_loop(), name=f"host[{self.host_id}].events"),
             loop.create_task(self._journal_loop(), name=f"host[{self.host_id}].journal"),
             loop.create_task(self._tick_loop(), name=f"host[{self.host_id}].tick"),
@@ -296,7 +355,8 @@ class HostCore:
         self._dirty.add(slot.id)
 
     def device_port(self, entity_id: str) -> DevicePort | None:
-        return self.devices.port(entity_id) if self.devices is not None else None
+        port = self.devices.port(entity_id) if self.devices is not None else None
+        return _TimedPort(port, self) if port is not None else None
 
     def online_count(self) -> int:
         return self.devices.online_count() if self.devices is not None else 0
@@ -310,9 +370,14 @@ class HostCore:
             status, text = CommandStatus.EXPIRED, str(error)
         else:
             status, text = CommandStatus.FAILED, str(error)
+        stamps = self._device_times.pop(env.id, None) or {}
         # The ack waits for the checkpoint that holds the command's effect.
         self.mark_dirty(slot)
-        self._ack_waiting.append((env.id, status, text))
+        self._queue_ack(_Ack(env.id, status, text, slot.id, stamps))
+
+    def _queue_ack(self, ack: _Ack) -> None:
+        self._ack_waiting.append(ack)
+        self._flush_wanted.set()
 
     # -- inbound ---------------------------------------------------------
     def deliver_batch(self, blob: bytes) -> dict[str, int]:
@@ -381,17 +446,36 @@ class HostCore:
             self.last_tick = time.monotonic()
             await asyncio.sleep(0.1)
 
-    async def _checkpoint_loop(self) -> None:
+    async def _checkpoint_ticker(self) -> None:
         while True:
             await self.clock.sleep(self.config.checkpoint_interval_s)
+            self._full_flush_due = True
+            self._flush_wanted.set()
+
+    async def _checkpoint_loop(self) -> None:
+        # One loop does every flush, so two checkpoints of an entity never race.
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            full, self._full_flush_due = self._full_flush_due, False
+            if not full and not self._ack_waiting:
+                continue
             try:
-                await self._flush_checkpoints()
+                await self._flush_checkpoints(acks_only=not full)
             except StoreUnavailableError as exc:
+                # The acks are queued again; the next ack or period retries them.
                 log.debug("checkpoints wait for the store: %s", exc)
 
-    async def _flush_checkpoints(self, *, all_slots: bool = False) -> None:
-        ids = list(self.slots) if all_slots else list(self._dirty)
+    async def _flush_checkpoints(self, *, all_slots: bool = False,
+                                 acks_only: bool = False) -> None:
+        """Checkpoint dirty entities (every one, or only those whose acks wait), then acks."""
         acks, self._ack_waiting = self._ack_waiting, []
+        if all_slots:
+            ids = list(self.slots)
+        elif acks_only:
+            ids = list(dict.fromkeys(a.entity_id for a in acks if a.entity_id in self.slots))
+        else:
+            ids = list(self._dirty)
         blobs: dict[str, bytes] = {}
         for eid in ids:
             cp = self.slots[eid].take_checkpoint()
@@ -402,9 +486,11 @@ class HostCore:
             if blobs:
                 await self.store.save_checkpoints(blobs)
             if acks:
-                await self.store.update_commands(acks)
-                for cid, _, _ in acks:
-                    self._done_commands.add(cid)
+                await self.store.update_commands(
+                    [(a.command_id, a.status, a.error) for a in acks],
+                    stamps={a.command_id: a.stamps for a in acks if a.stamps})
+                for a in acks:
+                    self._done_commands.add(a.command_id)
                 await self._advance_cursor()
         except StoreUnavailableError:
             self._dirty.update(blobs)
@@ -452,6 +538,7 @@ class HostCore:
         if not entries:
             await self._advance_cursor()
             return
+        picked = self.clock.time()
         for sid, _cid, _target in entries:
             self._inflight_commands[sid] = _cid
         mine = [(sid, cid, t) for sid, cid, t in entries if t in self.slots]
@@ -468,6 +555,7 @@ class HostCore:
                         and not (cmd.deadline_ts and now > cmd.deadline_ts)):
                     latest[_setpoint_key(cmd)] = cid
             updates: list[tuple[str, CommandStatus, str]] = []
+            stamps: dict[str, dict[str, float]] = {}
             deliver: list[Envelope] = []
             for _, cid, target in mine:
                 cmd = commands.get(cid)
@@ -484,19 +572,21 @@ class HostCore:
                     continue
                 if cmd.status is CommandStatus.QUEUED:
                     updates.append((cid, CommandStatus.SENT, ""))
+                    stamps[cid] = {"sent_ts": picked}
                 deliver.append(Envelope(
                     id=cid, target=target, type="command", sender="journal",
                     kind=MessageKind.COMMAND, deadline=cmd.deadline_ts,
                     payload={"command_id": cid, "action": cmd.action, "params": dict(cmd.params)},
                 ))
             if updates:
-                await self.store.update_commands(updates)
+                await self.store.update_commands(updates, stamps=stamps)
             for env in deliver:
                 slot = self.slots[env.target]
                 if slot.mailbox.seen(env.id):
                     # Applied before a restart (its id is in the checkpoint): ack again.
-                    self._ack_waiting.append((env.id, CommandStatus.ACKED, ""))
+                    self._queue_ack(_Ack(env.id, CommandStatus.ACKED, "", slot.id, {}))
                     continue
+                self._device_times.setdefault(env.id, {})
                 self._offer(slot, env)
         await self._advance_cursor()
 

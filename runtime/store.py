@@ -7,7 +7,8 @@ layout, under a namespace prefix ``ns`` (default ``cp``)::
     {ns}:ckpt:{entity_id}              string  an entity's msgpack checkpoint (opaque here)
     {ns}:events                        stream  operator-visible events, MAXLEN ~ 100000
     {ns}:journal                       stream  command submissions (command_id, target)
-    {ns}:cmd:{command_id}              hash    the command (Command.to_fields)
+    {ns}:cmd:{command_id}              hash    the command (Command.to_fields), its path's
+                                               timestamps set as it moves (sent_ts, device_*)
     {ns}:idem:{caller}:{target}:{key}  string  -> command_id, kept 48 h (parts %-escaped)
     {ns}:cursor:{name}                 string  last journal id a consumer has processed
     {ns}:kv:{name}                     string  small msgpack blobs (the host registry …)
@@ -40,6 +41,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -59,7 +61,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
 from runtime.clock import Clock, SystemClock
-from runtime.commands import TERMINAL, TRANSITIONS, Command, CommandStatus
+from runtime.commands import STAMPS, TERMINAL, TRANSITIONS, Command, CommandStatus
 from runtime.errors import (
     AuthError,
     CommandpostError,
@@ -203,7 +205,8 @@ def _lua_set(statuses: frozenset[CommandStatus]) -> str:
     return "{" + ", ".join(f'["{s.value}"] = true' for s in sorted(statuses)) + "}"
 
 
-# KEYS: cmd hash. ARGV: new status, ts, error, terminal ttl, "1" when this is a retry.
+# KEYS: cmd hash. ARGV: new status, ts, error, terminal ttl, "1" when this is a retry,
+# then timestamp field/value pairs (Command STAMPS) recorded with the move.
 # Reply: 1 moved, 0 not allowed, -1 no such command. On a retry, finding the
 # status already at the target counts as moved: the lost first attempt did it.
 UPDATE_COMMAND_LUA = (
@@ -227,6 +230,9 @@ if not allowed or not allowed[ARGV[1]] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_ts', ARGV[2], 'error', ARGV[3])
+if #ARGV > 5 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+end
 if terminal[ARGV[1]] then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
@@ -355,8 +361,33 @@ def _submit_result(cmd: Command, reply: Any, retried: bool) -> tuple[Command, bo
     return existing, (code == 2 and retried)
 
 
-def _update_args(status: CommandStatus, error: str, ts: float, retried: bool) -> list[Any]:
-    return [status.value, repr(float(ts)), error, TERMINAL_TTL_S, "1" if retried else "0"]
+def _update_args(status: CommandStatus, error: str, ts: float, retried: bool,
+                 stamps: Mapping[str, float] | None = None) -> list[Any]:
+    args: list[Any] = [status.value, repr(float(ts)), error, TERMINAL_TTL_S,
+                       "1" if retried else "0"]
+    for name, value in (stamps or {}).items():
+        args += [name, repr(float(value))]
+    return args
+
+
+def _check_stamps(stamps: Mapping[str, float] | None) -> dict[str, float]:
+    """Timestamps a status move may record: names from ``STAMPS``, finite and >= 0."""
+    out: dict[str, float] = {}
+    for name, value in (stamps or {}).items():
+        if name not in STAMPS:
+            raise RejectedError(f"{name!r} is not a command timestamp "
+                                f"({', '.join(sorted(STAMPS))})", code="bad_command")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0):
+            raise RejectedError(f"command {name} must be finite and >= 0", code="bad_command")
+        out[name] = float(value)
+    return out
+
+
+def _check_all_stamps(
+    stamps: Mapping[str, Mapping[str, float]] | None,
+) -> dict[str, dict[str, float]]:
+    return {_check_id("command id", cid): _check_stamps(s) for cid, s in (stamps or {}).items()}
 
 
 def _redact(url: str) -> str:
@@ -439,15 +470,20 @@ class _Guard:
             self.healthy = False
             self._known = True
 
-    def backoff(self, exc: Exception, op: str, attempt: int, elapsed: float) -> float:
-        """Seconds to wait before the next attempt, or raise the mapped error."""
+    def backoff(self, exc: Exception, op: str, attempt: int, elapsed: float,
+                deadline_s: float | None = None) -> float:
+        """Seconds to wait before the next attempt, or raise the mapped error.
+
+        ``deadline_s`` overrides the policy's deadline for this operation.
+        """
         error = _classify(exc, op)
         if error is not None:
             if isinstance(error, (StoreUnavailableError, AuthError)):
                 self.failed(str(error))
             raise error from exc
         self.failed(f"{op}: {type(exc).__name__}: {exc}")
-        remaining = self.policy.deadline_s - elapsed
+        limit = self.policy.deadline_s if deadline_s is None else deadline_s
+        remaining = limit - elapsed
         if remaining <= 0:
             raise StoreUnavailableError(
                 f"redis at {self.where} unreachable: {op} failed {attempt} time(s) "
@@ -504,14 +540,23 @@ class StateStore(Protocol):
         """The stored commands among ``ids``."""
 
     async def update_command(
-        self, command_id: str, status: CommandStatus, *, error: str = "", ts: float | None = None
+        self, command_id: str, status: CommandStatus, *, error: str = "", ts: float | None = None,
+        stamps: Mapping[str, float] | None = None,
     ) -> bool:
-        """Move a command forward; whether it moved."""
+        """Move a command forward; whether it moved.
+
+        ``stamps`` are path timestamps (``Command`` fields named in
+        :data:`~runtime.commands.STAMPS`) recorded only if it moved.
+        """
 
     async def update_commands(
-        self, updates: Sequence[tuple[str, CommandStatus, str]]
+        self, updates: Sequence[tuple[str, CommandStatus, str]], *,
+        stamps: Mapping[str, Mapping[str, float]] | None = None,
     ) -> list[bool]:
-        """Several ``(command_id, status, error)`` moves in one round trip."""
+        """Several ``(command_id, status, error)`` moves in one round trip.
+
+        ``stamps`` maps a command id to the timestamps its move records.
+        """
 
     async def read_journal(
         self, after_id: str, count: int = 500, block_ms: int = 0
@@ -797,19 +842,22 @@ class RedisStore:
         *,
         error: str = "",
         ts: float | None = None,
+        stamps: Mapping[str, float] | None = None,
     ) -> bool:
         """Move a command forward if its lifecycle allows; whether it moved.
 
-        Raises :class:`KeyError` for an unknown command.
+        ``stamps`` (path timestamps) are recorded with the move. Raises
+        :class:`KeyError` for an unknown command.
         """
         command_id = _check_id("command id", command_id)
         status = _status(status)
+        extra = _check_stamps(stamps)
         stamp = self._clock.time() if ts is None else ts
         key = self.keys.command(command_id)
         self._client()
 
         async def once(attempt: int) -> Any:
-            args = _update_args(status, error, stamp, attempt > 1)
+            args = _update_args(status, error, stamp, attempt > 1, extra)
             return await self._update_script(keys=[key], args=args)
 
         moved = int(await self._call("update_command", once))
@@ -818,10 +866,15 @@ class RedisStore:
         return moved == 1
 
     async def update_commands(
-        self, updates: Sequence[tuple[str, CommandStatus, str]]
+        self, updates: Sequence[tuple[str, CommandStatus, str]], *,
+        stamps: Mapping[str, Mapping[str, float]] | None = None,
     ) -> list[bool]:
-        """Several moves in one round trip; an unknown command id reports False."""
+        """Several moves in one round trip; an unknown command id reports False.
+
+        ``stamps`` maps a command id to path timestamps recorded with its move.
+        """
         checked = _check_updates(updates)
+        extra = _check_all_stamps(stamps)
         if not checked:
             return []
         client = self._client()
@@ -830,7 +883,7 @@ class RedisStore:
         async def once(attempt: int) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for command_id, status, error in checked:
-                args = _update_args(status, error, stamp, attempt > 1)
+                args = _update_args(status, error, stamp, attempt > 1, extra.get(command_id))
                 await self._update_script(
                     keys=[self.keys.command(command_id)], args=args, client=pipe
                 )
@@ -1004,7 +1057,7 @@ class SyncStore:
     def last_error(self) -> str:
         return self._guard.last_error
 
-    def _call(self, op: str, fn: Callable[[int], T]) -> T:
+    def _call(self, op: str, fn: Callable[[int], T], deadline_s: float | None = None) -> T:
         # Real time here: the admin's threads cannot await an injected clock.
         started = time.monotonic()
         attempt = 0
@@ -1013,7 +1066,8 @@ class SyncStore:
             try:
                 result = fn(attempt)
             except (rex.RedisError, OSError) as exc:
-                delay = self._guard.backoff(exc, op, attempt, time.monotonic() - started)
+                delay = self._guard.backoff(exc, op, attempt, time.monotonic() - started,
+                                            deadline_s)
                 time.sleep(delay)
                 continue
             self._guard.succeeded()
@@ -1034,8 +1088,13 @@ class SyncStore:
 
         return self._call("ping", once)
 
-    def submit_command(self, cmd: Command) -> tuple[Command, bool]:
-        """As :meth:`RedisStore.submit_command`."""
+    def submit_command(self, cmd: Command, *,
+                       deadline_s: float | None = None) -> tuple[Command, bool]:
+        """As :meth:`RedisStore.submit_command`.
+
+        ``deadline_s`` bounds the retries of this call (the policy's deadline
+        otherwise): an HTTP caller wants a prompt 503, not a 30 s wait.
+        """
         cmd = _stamp(cmd, self._clock)
         keys, args = _submit_call(self.keys, cmd, self._journal_maxlen)
         tries = 0
@@ -1045,7 +1104,7 @@ class SyncStore:
             tries = attempt
             return self._submit_script(keys=keys, args=args)
 
-        reply = self._call("submit_command", once)
+        reply = self._call("submit_command", once, deadline_s)
         return _submit_result(cmd, reply, tries > 1)
 
     def get_command(self, command_id: str) -> Command:
@@ -1266,7 +1325,8 @@ class MemoryStore:
                 out[command_id] = Command.from_fields(fields)
         return out
 
-    def _move(self, command_id: str, status: CommandStatus, error: str, ts: float) -> int:
+    def _move(self, command_id: str, status: CommandStatus, error: str, ts: float,
+              stamps: Mapping[str, float] | None = None) -> int:
         fields = self._live_command(command_id)
         if fields is None:
             return -1
@@ -1274,6 +1334,7 @@ class MemoryStore:
         if status not in TRANSITIONS[old]:
             return 0
         fields.update(status=status.value, updated_ts=repr(float(ts)), error=error)
+        fields.update({name: repr(value) for name, value in (stamps or {}).items()})
         if status in TERMINAL:
             self._commands[command_id] = (fields, self._clock.time() + TERMINAL_TTL_S)
         return 1
@@ -1285,24 +1346,30 @@ class MemoryStore:
         *,
         error: str = "",
         ts: float | None = None,
+        stamps: Mapping[str, float] | None = None,
     ) -> bool:
         command_id = _check_id("command id", command_id)
         status = _status(status)
+        extra = _check_stamps(stamps)
         self._enter("update_command")
-        moved = self._move(command_id, status, error, self._clock.time() if ts is None else ts)
+        moved = self._move(command_id, status, error, self._clock.time() if ts is None else ts,
+                           extra)
         if moved < 0:
             raise KeyError(command_id)
         return moved == 1
 
     async def update_commands(
-        self, updates: Sequence[tuple[str, CommandStatus, str]]
+        self, updates: Sequence[tuple[str, CommandStatus, str]], *,
+        stamps: Mapping[str, Mapping[str, float]] | None = None,
     ) -> list[bool]:
         checked = _check_updates(updates)
+        extra = _check_all_stamps(stamps)
         if not checked:
             return []
         self._enter("update_commands")
         now = self._clock.time()
-        return [self._move(i, status, error, now) == 1 for i, status, error in checked]
+        return [self._move(i, status, error, now, extra.get(i)) == 1
+                for i, status, error in checked]
 
     async def read_journal(
         self, after_id: str, count: int = 500, block_ms: int = 0

@@ -213,7 +213,8 @@ def test_command_validation() -> None:
 def test_command_fields_round_trip() -> None:
     params = {"level": 50, "raw": b"\x00\xff", "nested": {"a": [1, 2.5]}}
     original = Command("c-1", "lc-7", "dim", params, "op", status=S.SENT, created_ts=10.5,
-                       deadline_ts=20.0, updated_ts=11.0, error="x", idempotency_key="k")
+                       deadline_ts=20.0, updated_ts=11.0, error="x", idempotency_key="k",
+                       sent_ts=10.6, device_write_ts=10.7, device_confirmed_ts=10.8)
     params["level"] = 99  # the command kept its own copy
     fields = original.to_fields()
     assert isinstance(fields["params"], bytes)
@@ -223,6 +224,7 @@ def test_command_fields_round_trip() -> None:
     assert original.to_json()["status"] == "sent"
     assert set(original.to_json()) == {"command_id", "target", "action", "params", "caller",
                                        "status", "created_ts", "deadline_ts", "updated_ts",
+                                       "sent_ts", "device_write_ts", "device_confirmed_ts",
                                        "error"}
     minimal = Command.from_fields({"command_id": "c-2", "target": "t", "action": "a",
                                    "caller": "c"})
@@ -372,6 +374,29 @@ def test_status_moves_forward_only(make_store: StoreFactory) -> None:
         assert moved == [True, True, False, False]
         assert (await store.get_command(e.command_id)).error == "deadline passed"
         assert await store.update_commands([]) == []
+
+    with_store(make_store, body)
+
+
+def test_a_move_records_the_path_timestamps_it_carries(make_store: StoreFactory) -> None:
+    async def body(store: StateStore) -> None:
+        a, _ = await store.submit_command(cmd())
+        assert await store.update_command(a.command_id, S.SENT, stamps={"sent_ts": 100.5})
+        moved = await store.update_commands(
+            [(a.command_id, S.ACKED, "")],
+            stamps={a.command_id: {"device_write_ts": 100.6, "device_confirmed_ts": 100.7}})
+        assert moved == [True]
+        stored = await store.get_command(a.command_id)
+        assert (stored.sent_ts, stored.device_write_ts, stored.device_confirmed_ts) == (
+            100.5, 100.6, 100.7)
+        assert stored.to_json()["device_confirmed_ts"] == 100.7
+        # A move the lifecycle refuses records nothing.
+        assert not await store.update_command(a.command_id, S.FAILED,
+                                              stamps={"sent_ts": 999.0})
+        assert (await store.get_command(a.command_id)).sent_ts == 100.5
+        for bad in ({"status": 1.0}, {"sent_ts": float("nan")}, {"sent_ts": -1.0}):
+            with pytest.raises(RejectedError):
+                await store.update_command(a.command_id, S.FAILED, stamps=bad)
 
     with_store(make_store, body)
 
