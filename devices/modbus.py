@@ -374,6 +374,9 @@ class ModbusSessions:
 #: ``on_write(unit, address, values)`` -> ``None`` to accept (values are stored) or a
 #: Modbus exception code to refuse the write.
 WriteHook = Callable[[int, int, list[int]], int | None]
+#: ``on_read(unit, address, count)``: called before a read of ``unit`` is answered, so the
+#: owner can update what the answer carries (a sample counter, for instance).
+ReadHook = Callable[[int, int, int], None]
 
 
 @dataclass(slots=True)
@@ -436,10 +439,13 @@ class _Store(ModbusServerContext):
         unit = await self._unit(device_id)
         if isinstance(unit, ExcCodes):
             return unit
-        if func_code == _FC_READ:
-            self._server.counters.reads += 1
         if address < 0 or count < 1 or address + count > len(unit.regs):
             return ExcCodes.ILLEGAL_ADDRESS
+        if func_code == _FC_READ:
+            self._server.counters.reads += 1
+            hook = self._server.on_read
+            if hook is not None:
+                hook(device_id, address, count)
         return list(unit.regs[address : address + count])
 
     async def async_setValues(
@@ -484,6 +490,7 @@ class ModbusServer:
         size: int = 1024,
         host: str = "127.0.0.1",
         on_write: WriteHook | None = None,
+        on_read: ReadHook | None = None,
     ) -> None:
         if not 1 <= size <= 0x10000:
             raise ConfigError(f"register block size {size} outside [1, 65536]")
@@ -491,6 +498,7 @@ class ModbusServer:
         self.port = port
         self.size = size
         self.on_write = on_write
+        self.on_read = on_read
         self.counters = ServerCounters()
         self._units: dict[int, _Unit] = {}
         for unit in units:

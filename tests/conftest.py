@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runtime.demo_inventory import generate_demo
+from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import Inventory, PlacementPolicy, parse_inventory
 
 SCALE = 0.05
@@ -35,7 +35,7 @@ def poll(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 
 
 
 def cluster_inventory() -> Inventory:
-    inv = parse_inventory(generate_demo(scale=SCALE, seed=3), "<test>")
+    inv = parse_inventory(generate_demo(scale=SCALE, seed=3, ports=DemoPorts.free()), "<test>")
     first_xr = next(eq for eq in inv.equipment if eq.kind == "crossroad")
     equipment = tuple(dataclasses.replace(eq, placement="dedicated") if eq is first_xr else eq
                       for eq in inv.equipment)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from runtime.demo_inventory import generate_demo
+from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import parse_inventory
 from tests.conftest import Cluster, poll, start_cluster
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def life() -> Iterator[Cluster]:
-    inv = parse_inventory(generate_demo(scale=0.02, seed=4), "<lifecycle>")
+    inv = parse_inventory(generate_demo(scale=0.02, seed=4, ports=DemoPorts.free()), "<lifecycle>")
     yield from start_cluster(inv, {"restart_types": {"buildings": "transient",
                                                      "video": "temporary"}})
 

@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from runtime.commands import Command, new_command_id
-from runtime.demo_inventory import generate_demo
+from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import Inventory, parse_inventory
 from tests.conftest import Http, poll
 
@@ -79,7 +79,7 @@ def field() -> Iterator[Field]:
     from admin_web import AdminServer, SwappableBackend, UserRegistry, create_app
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
-    inv = parse_inventory(generate_demo(scale=0.02, seed=11), "<devices>")
+    inv = parse_inventory(generate_demo(scale=0.02, seed=11, ports=DemoPorts.free()), "<devices>")
     svc = Service(inv, ServiceOptions(devices=DEVICES, spares=0))
     svc.start_servers()
     sims = SimThread(inv, svc.mqtt_url)

@@ -337,17 +337,46 @@ def test_traffic_cycle_and_priority() -> None:
     run(with_traffic(body, n=1))
 
 
-def test_seq_moves_at_least_once_per_poll_period() -> None:
-    async def body(sim: TrafficSimulator, _s: ModbusSession, _port: int) -> None:
-        await session_free_tick(sim)
+def test_each_answered_read_is_a_numbered_sample_and_hold_repeats_it() -> None:
+    profile = builtin_profile("traffic_controller")
+    first, count = profile.register_span({})
+    seq_at = profile.field("seq").address or 0
 
-    async def session_free_tick(sim: TrafficSimulator) -> None:
-        sim.model("cr-1").mode = "manual"  # nothing changes in manual
-        before = sim.seq("cr-1")
-        for _ in range(10):
-            await sim.tick(0.1)
-        # 1 s with a 0.5 s poll period: two new samples at least.
-        assert sim.seq("cr-1") - before >= 2
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        seqs = []
+        for _ in range(3):
+            values = profile.decode_registers(first, await session.read(1, first, count), {})
+            seqs.append(values["seq"])
+        assert seqs == [1, 2, 3]
+        # A read that does not cover the seq register is not a sample.
+        if seq_at > first:
+            await session.read(1, first, 1)
+        c = sim.device_counters()["cr-1"]
+        assert (c.emitted, c.first_seq, c.last_seq) == (3, 1, 3)
+        assert c.points == 3 * (len(profile.fields) - 1)  # every field but seq, per sample
+        sim.hold(True)
+        again = profile.decode_registers(first, await session.read(1, first, count), {})
+        assert again["seq"] == 3 and sim.device_counters()["cr-1"].emitted == 3
+        sim.hold(False)
+        after = profile.decode_registers(first, await session.read(1, first, count), {})
+        assert after["seq"] == 4
+
+    run(with_traffic(body, n=1))
+
+
+def test_writes_are_counted_as_actuations_or_repeats() -> None:
+    profile = builtin_profile("traffic_controller")
+
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        await session.write(1, *profile.encode_field("plan", 7))
+        await session.write(1, *profile.encode_field("plan", 7))
+        await session.write(1, *profile.encode_field("plan", 8))
+        c = sim.device_counters()["cr-1"]
+        assert (c.writes, c.actuations, c.repeats) == (3, 2, 1)
+        await sim.fault("cr-1", "controller", True)
+        assert sim.model("cr-1").fault_bits == 1
+        with pytest.raises(RejectedError):
+            await sim.fault("cr-1", "fire", True)
 
     run(with_traffic(body, n=1))
 

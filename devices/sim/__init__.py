@@ -7,6 +7,13 @@ ids per port), keeps one model per piece of equipment, and after every
 :meth:`~ModbusSimulator.tick` writes each model's values into the registers
 the profile names. A client's write is decoded with the same profile and handed
 to the model, which may refuse it with a Modbus exception code.
+
+A device numbers its samples: every read that covers its ``seq`` register is
+answered as a new sample with the next ``seq`` (unless the simulator is held,
+when the same sample is answered again), so a poller can count what it missed.
+Each simulator is a :class:`~devices.sim.control.ControlTarget` of the control
+channel: per-device counters of samples emitted and writes received, holding,
+offline devices and named faults.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from devices.modbus import ModbusServer, parse_endpoint
 from devices.profile import FieldSpec, Profile
+from devices.sim.control import DeviceCounters
 from runtime.clock import Clock, SystemClock
 from runtime.errors import ConfigError, ProtocolError, RejectedError
 from runtime.inventory import Equipment
@@ -82,9 +90,9 @@ class _Device(Generic[M]):
     unit: int
     model: M
     span: tuple[int, int]
+    counters: DeviceCounters
+    points: int
     seq: int = 0
-    last_values: dict[str, Any] | None = None
-    since_seq: float = 0.0
 
 
 class ModbusSimulator(abc.ABC, Generic[M]):
@@ -92,8 +100,8 @@ class ModbusSimulator(abc.ABC, Generic[M]):
 
     ``tick_hz`` is the rate of the background ticker :meth:`start` runs on
     ``clock`` (pass ``autotick=False`` to drive :meth:`tick` by hand). ``seq``
-    of a device goes up whenever its values change, and at least once per
-    nominal poll period of the profile.
+    of a device numbers the samples it answered: each read covering the ``seq``
+    register is a new sample, unless :meth:`hold` is on.
     """
 
     kind: str = ""
@@ -120,6 +128,11 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         self._devices: dict[str, _Device[M]] = {}
         self._by_unit: dict[tuple[int, int], _Device[M]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._held = False
+        seq_spec = next((f for f in profile.fields if f.name == "seq"), None)
+        if seq_spec is None or seq_spec.address is None:
+            raise ConfigError(f"profile {profile.name!r} has no seq register")
+        self._seq_spec = seq_spec
         sizes: dict[tuple[int, int], int] = {}
         for eq in equipment:
             if self.kind and eq.kind != self.kind:
@@ -131,10 +144,14 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             sizes[(port, unit)] = span[0] + span[1]
             server = self.servers.get(port)
             if server is None:
-                server = ModbusServer(port, (), host=host, on_write=self._hook(port))
+                server = ModbusServer(port, (), host=host, on_write=self._hook(port),
+                                      on_read=self._read_hook(port))
                 self.servers[port] = server
             server.add_unit(unit, span[0] + span[1])
-            device = _Device(eq, server, unit, self.make_model(eq), span)
+            points = sum(1 for f in profile.fields if f.name != "seq") + sum(
+                len(b.fields) * profile.count(b.name, eq.attrs) for b in profile.blocks)
+            device = _Device(eq, server, unit, self.make_model(eq), span,
+                             DeviceCounters("modbus", profile.name), points)
             self._devices[eq.id] = device
             self._by_unit[(port, unit)] = device
         for device in self._devices.values():
@@ -187,7 +204,6 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         self.counters.ticks += 1
         for device in self._devices.values():
             device.model.advance(dt)
-            device.since_seq += dt
             self._publish(device)
 
     # -- access
@@ -241,6 +257,49 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         server.malformed(unit, on)
         self.counters.faults_injected += on
 
+    # -- the control channel (devices.sim.control.ControlTarget)
+
+    def device_counters(self) -> Mapping[str, DeviceCounters]:
+        """Per device: samples emitted, values carried, writes received."""
+        return {did: d.counters for did, d in self._devices.items()}
+
+    def hold(self, on: bool) -> None:
+        """While held, reads answer the last sample again instead of a new one."""
+        self._held = on
+
+    async def set_offline(self, device_id: str, on: bool) -> None:
+        """Take a device off the bus (answered with exception 11) or bring it back."""
+        self.offline(device_id, on)
+
+    async def fault(self, device_id: str, name: str, on: bool) -> None:
+        """Raise or clear a named fault (see :meth:`fault_names`)."""
+        self._device_checked(device_id)
+        if name not in self.fault_names():
+            raise RejectedError(
+                f"{self.profile.name} has no fault {name!r} "
+                f"(known: {', '.join(self.fault_names()) or 'none'})", code="unknown_fault")
+        self.apply_fault(device_id, name, on)
+        self.counters.faults_injected += on
+        self._publish(self._devices[device_id])
+
+    def fault_names(self) -> tuple[str, ...]:
+        """Faults :meth:`fault` knows for this kind (besides ``offline``)."""
+        return ()
+
+    def apply_fault(self, equipment_id: str, name: str, on: bool) -> None:
+        """Change the model for a fault named in :meth:`fault_names`."""
+        raise RejectedError(f"{self.profile.name} has no fault {name!r}", code="unknown_fault")
+
+    def held_values(self, device_id: str) -> dict[str, Any]:
+        """The values the device holds, as the profile names them."""
+        return self._device_checked(device_id).model.values()
+
+    def _device_checked(self, device_id: str) -> _Device[M]:
+        try:
+            return self._devices[device_id]
+        except KeyError:
+            raise KeyError(device_id) from None
+
     def drop_connections(self) -> int:
         """Cut every client connection of every port; returns how many."""
         self.counters.faults_injected += 1
@@ -250,11 +309,6 @@ class ModbusSimulator(abc.ABC, Generic[M]):
 
     def _publish(self, device: _Device[M]) -> None:
         values = device.model.values()
-        period = self.profile.poll_interval_s
-        if values != device.last_values or device.since_seq >= period:
-            device.seq = (device.seq + 1) & 0xFFFF_FFFF
-            device.last_values = values
-            device.since_seq = 0.0
         first, count = device.span
         regs = device.server.get(device.unit, first, count)
 
@@ -282,6 +336,24 @@ class ModbusSimulator(abc.ABC, Generic[M]):
                     put(spec, block.base + i * block.stride + spec.address, item[spec.name])
         device.server.set(device.unit, first, regs)
 
+    def _read_hook(self, port: int) -> Any:
+        seq_at = self._seq_spec.address
+        assert seq_at is not None
+        seq_end = seq_at + self._seq_spec.width
+
+        def on_read(unit: int, address: int, count: int) -> None:
+            device = self._by_unit.get((port, unit))
+            if device is None or self._held:
+                return
+            if address > seq_at or address + count < seq_end:
+                return  # a partial read that does not carry the sample number
+            device.seq = (device.seq + 1) & 0xFFFF_FFFF
+            raw = self._seq_spec.encode(device.seq)
+            device.server.set(unit, seq_at, raw)
+            device.counters.sample(device.seq, device.points)
+
+        return on_read
+
     def _hook(self, port: int) -> Any:
         def on_write(unit: int, address: int, values: list[int]) -> int | None:
             device = self._by_unit.get((port, unit))
@@ -294,6 +366,11 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             return refused
 
         return on_write
+
+    def _block_address(self, block: str, index: int, spec: FieldSpec) -> int:
+        b = next(b for b in self.profile.blocks if b.name == block)
+        assert b.base is not None and b.stride is not None and spec.address is not None
+        return b.base + index * b.stride + spec.address
 
     def _targets(
         self, device: _Device[M], address: int, values: list[int]
@@ -339,7 +416,11 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         if isinstance(targets, int):
             return targets
         decoded: list[tuple[str | None, int, str, Any]] = []
+        changed = False
         for block, index, spec, regs in targets:
+            assert spec.address is not None
+            at = spec.address if block is None else self._block_address(block, index, spec)
+            changed = changed or device.server.get(device.unit, at, spec.width) != regs
             if spec.type == "bool" and regs[0] not in (0, 1):
                 return EXC_ILLEGAL_VALUE
             try:
@@ -356,6 +437,7 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             refused = device.model.apply(block, index, name, value)
             if refused is not None:
                 return refused
+        device.counters.write(changed)
         # Derived registers (a status the write changed) are visible to the next read.
         self._publish(device)
         return None

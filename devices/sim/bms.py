@@ -22,8 +22,9 @@ from typing import Any
 
 from devices.opcua import NodeRef, OpcUaServer, parse_endpoint
 from devices.profile import Profile
+from devices.sim.control import DeviceCounters
 from runtime.clock import Clock, SystemClock
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, RejectedError
 from runtime.inventory import Equipment
 
 __all__ = ["BmsCommand", "BmsCounters", "BmsSimulator"]
@@ -75,6 +76,8 @@ class _Building:
     mode: int = 0
     offline: bool = False
     timers: dict[str, float] = field(default_factory=dict)  # key -> monotonic time to clear
+    values: dict[str, Any] = field(default_factory=dict)  # key -> value last set or written
+    counters: DeviceCounters = field(default_factory=lambda: DeviceCounters("opcua", "bms"))
 
 
 class BmsSimulator:
@@ -114,6 +117,7 @@ class BmsSimulator:
         self._by_node: dict[str, tuple[str, str]] = {}  # node id -> (building, key)
         self._equipment = [eq for eq in equipment if eq.profile == profile.name]
         self._task: asyncio.Task[None] | None = None
+        self._held = False
         for eq in self._equipment:
             host, port, building_id = parse_endpoint(eq.endpoint)
             if building_id != eq.id:
@@ -160,6 +164,7 @@ class BmsSimulator:
             for key, node_id in nodes.items():
                 self._by_node[node_id] = (building_id, key)
             await server.set(nodes["online"], True)
+            b.values = {key: server.get(node_id) for key, node_id in nodes.items()}
         if autorun and self._task is None:
             self._task = asyncio.create_task(self._run(), name="bms-simulator")
 
@@ -184,12 +189,13 @@ class BmsSimulator:
             last = now
 
     async def tick(self, dt: float = 1.0) -> None:
-        """Advance every online building by ``dt`` seconds."""
+        """Advance every online building by ``dt`` seconds: one sample each (none while held)."""
         self.counters.ticks += 1
         now = self.clock.monotonic()
         for b in self._buildings.values():
-            if b.offline or not b.server.running:
+            if b.offline or not b.server.running or self._held:
                 continue
+            points_before = b.counters.points
             for key, due in list(b.timers.items()):
                 if due <= now:
                     del b.timers[key]
@@ -199,6 +205,10 @@ class BmsSimulator:
             await self._set(b, "energy_wh", round(b.energy_wh, 3))
             await self._set(b, "seq", b.seq)
             self.counters.samples += 1
+            # The changes of this tick (counted as they were set) are this sample's points.
+            carried = b.counters.points - points_before
+            b.counters.points = points_before
+            b.counters.sample(b.seq, carried)
             for name, rate in self._rates.items():
                 if rate > 0 and self.rng.random() < rate * dt:
                     await self.raise_event(b.id, name)
@@ -236,12 +246,52 @@ class BmsSimulator:
         self.counters.offline_changes += 1
         await b.server.set_quality(building_id, offline)
 
+    # -- the control channel (devices.sim.control.ControlTarget)
+
+    def device_counters(self) -> Mapping[str, DeviceCounters]:
+        """Per building: samples (ticks) emitted, values changed, writes received."""
+        return {bid: b.counters for bid, b in self._buildings.items()}
+
+    def hold(self, on: bool) -> None:
+        """While held, buildings emit no new samples (their nodes keep their values)."""
+        self._held = on
+
+    async def fault(self, device_id: str, name: str, on: bool) -> None:
+        """``fire``, ``intrusion`` (zone 1) or ``door_forced`` (door 1): raised, or cleared."""
+        b = self._buildings.get(device_id)
+        if b is None:
+            raise KeyError(device_id)
+        keys = {"fire": "fire_zone.1.alarm", "intrusion": "intrusion_zone.1.alarm",
+                "door_forced": "door.1.open"}
+        if name not in keys:
+            raise RejectedError(f"bms has no fault {name!r} (known: {', '.join(keys)})",
+                                code="unknown_fault")
+        if on:
+            await self.raise_event(device_id, name, **({"door": 1} if name == "door_forced"
+                                                        else {"zone": 1}))
+        else:
+            b.timers.pop(keys[name], None)
+            await self._set(b, keys[name], False)
+
+    def held_values(self, device_id: str) -> dict[str, Any]:
+        """The building's node values by key (``mode`` by name)."""
+        b = self._buildings.get(device_id)
+        if b is None:
+            raise KeyError(device_id)
+        out = {key: b.server.get(node) for key, node in b.nodes.items()}
+        choices = self.profile.field("mode").choices
+        if isinstance(out.get("mode"), int) and 0 <= out["mode"] < len(choices):
+            out["mode"] = choices[out["mode"]]
+        return out
+
     async def _on_write(self, node_id: str, value: Any) -> None:
         where = self._by_node.get(node_id)
         if where is None:
             return
         building_id, key = where
         b = self._buildings[building_id]
+        b.counters.write(b.values.get(key) != value)
+        b.values[key] = value
         applied = True
         if key == "mode":
             choices = self.profile.field("mode").choices
@@ -270,6 +320,9 @@ class BmsSimulator:
         )
 
     async def _set(self, b: _Building, key: str, value: Any) -> None:
+        if key != "seq" and b.values.get(key) != value:
+            b.counters.points += 1
+        b.values[key] = value
         await b.server.set(b.nodes[key], value)
 
     def _building(self, building_id: str) -> _Building:

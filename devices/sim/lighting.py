@@ -147,6 +147,26 @@ class LightingSimulator(ModbusSimulator[LightingModel]):
             rng=random.Random(f"{self.seed}:{equipment.id}"),
         )
 
+    def fault_names(self) -> tuple[str, ...]:
+        return ("mains", "door", "earth_fault", "lamp")
+
+    def apply_fault(self, equipment_id: str, name: str, on: bool) -> None:
+        """``mains`` lost, cabinet ``door`` open, ``earth_fault``, or lamp 1 failed."""
+        model = self.model(equipment_id)
+        if name == "lamp":
+            if on:
+                model.fail(0)
+            else:
+                model.lamps[0].fault_bits &= ~LAMP_FAILED
+                model._update_power()
+            return
+        if name == "mains":
+            self.set_cabinet(equipment_id, mains_ok=not on)
+        elif name == "door":
+            self.set_cabinet(equipment_id, door_open=on)
+        else:
+            self.set_cabinet(equipment_id, earth_fault=on)
+
     def fail_lamp(self, equipment_id: str, index: int) -> None:
         """Make one lamp of a cabinet fail now."""
         self.model(equipment_id).fail(index)

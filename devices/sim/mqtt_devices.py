@@ -54,6 +54,7 @@ from devices.mqtt import (
     topic,
 )
 from devices.profile import Profile, builtin_profile
+from devices.sim.control import DeviceCounters
 from runtime.clock import Clock, SystemClock
 from runtime.demo_inventory import municipalities
 from runtime.envelope import pack
@@ -62,6 +63,7 @@ from runtime.errors import (
     DeviceUnavailableError,
     MalformedMessageError,
     ProtocolError,
+    RejectedError,
 )
 from runtime.inventory import Equipment
 
@@ -183,6 +185,7 @@ class _Device:
         self.published = 0
         self.events = 0
         self.writes: dict[str, Any] = {}
+        self.counters = DeviceCounters("mqtt", profile.name)
 
     def topic(self, leaf: str) -> str:
         return topic(self.equipment.municipality, self.equipment.kind, self.id, leaf)
@@ -407,6 +410,9 @@ class MqttDeviceSimulator:
         self.bad_commands = 0
         self.telemetry_dropped = 0
         self.late = 0
+        self._held = False
+        self._loss_rate = 0.0
+        self._loss_rng = random.Random(0)
 
     def _model(
         self, eq: Equipment, profile: Profile, centres: dict[str, tuple[float, float]]
@@ -520,6 +526,45 @@ class MqttDeviceSimulator:
         finally:
             await self.stop()
 
+    # -- the control channel (devices.sim.control.ControlTarget) --
+
+    def device_counters(self) -> dict[str, DeviceCounters]:
+        """Per device: samples emitted with their seq range, values carried, commands."""
+        return {did: d.counters for did, d in self._devices.items()}
+
+    def hold(self, on: bool) -> None:
+        """While held, devices send no telemetry (status, events and acks go on)."""
+        self._held = on
+
+    def set_loss_rate(self, rate: float) -> None:
+        """Drop this fraction of telemetry after counting it as emitted."""
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"loss rate {rate!r} outside [0, 1]")
+        self._loss_rate = rate
+
+    async def set_offline(self, device_id: str, on: bool) -> None:
+        """Silence a device (retained ``offline``) or bring it back."""
+        if on:
+            await self.stop_device(device_id)
+        else:
+            await self.start_device(device_id)
+
+    async def fault(self, device_id: str, name: str, on: bool) -> None:
+        """``tamper`` (camera): one tamper event now; clearing is a no-op."""
+        device = self._device(device_id)
+        if name != "tamper" or name not in device.profile.events:
+            raise RejectedError(f"{device.profile.name} has no fault {name!r}",
+                                code="unknown_fault")
+        if on and device.running:
+            event = {"ts": self._clock.time(), "event": "tamper",
+                     "preset": device.writes.get("preset", 0)}
+            device.events += 1
+            await self._session.publish(device.topic("event"), encode_payload(event), qos=1)
+
+    def held_values(self, device_id: str) -> dict[str, Any]:
+        """The writable values the device holds."""
+        return self.values(device_id)
+
     # -- fault injection --
 
     async def stop_device(self, device_id: str) -> None:
@@ -609,8 +654,9 @@ class MqttDeviceSimulator:
                 following = due + period
                 if following < now:
                     self.late += 1  # fell behind: skip, never burst to catch up
+                    device.counters.late += 1
                     following = now + period
-                if device.running:
+                if device.running and not self._held:
                     await self._send_sample(device)
                 self._push(following, device_id, what)
             else:
@@ -624,6 +670,10 @@ class MqttDeviceSimulator:
 
     async def _send_sample(self, device: _Device) -> None:
         sample = device.sample(self._clock.time(), self._rng)
+        device.counters.sample(int(sample["seq"]), len(sample) - 2)  # seq and ts carry no value
+        if self._loss_rate and self._loss_rng.random() < self._loss_rate:
+            device.counters.dropped += 1
+            return
         try:
             # Telemetry is QoS 0: a real device offline drops it rather than queue stale positions.
             await self._session.publish(
@@ -631,6 +681,7 @@ class MqttDeviceSimulator:
             )
         except DeviceUnavailableError:
             self.telemetry_dropped += 1
+            device.counters.dropped += 1
             return
         device.published += 1
 
@@ -660,7 +711,12 @@ class MqttDeviceSimulator:
                 self.bad_commands += 1
                 _log.warning("mqtt simulator: %s sent a bad command: %s", device_id, exc)
                 continue
+            before = dict(device.writes)
             error = self._apply(device, command)
+            if error is None:
+                device.counters.write(device.writes != before)
+            else:
+                device.counters.writes += 1
             ack: dict[str, Any] = {
                 "command_id": command["command_id"],
                 "ok": error is None,
@@ -671,7 +727,7 @@ class MqttDeviceSimulator:
                 self.commands_refused += 1
             await self._session.publish(device.topic("ack"), encode_payload(ack), qos=1)
             self.acks += 1
-            if error is None:
+            if error is None and not self._held:
                 await self._send_sample(device)
 
     def _apply(self, device: _Device, command: dict[str, Any]) -> str | None:

@@ -193,6 +193,13 @@ class TrafficSimulator(ModbusSimulator[TrafficModel]):
     def make_model(self, equipment: Equipment) -> TrafficModel:
         return TrafficModel()
 
+    def fault_names(self) -> tuple[str, ...]:
+        return ("controller",)
+
+    def apply_fault(self, equipment_id: str, name: str, on: bool) -> None:
+        """``controller``: fault bit 1 raised (or every bit cleared)."""
+        self.model(equipment_id).fault_bits = 1 if on else 0
+
     def set_fault_bits(self, equipment_id: str, bits: int) -> None:
         """Raise (or clear, with 0) fault bits of a controller."""
         self.model(equipment_id).fault_bits = bits
