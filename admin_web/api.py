@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from admin_web.auth import Role
-from admin_web.backend import HEALTH_STATUSES
+from admin_web.backend import HEALTH_STATUSES, InvalidCommandError
 from admin_web.context import services
 from admin_web.guards import current_user, ensure_scope, require
 from admin_web.http_errors import ApiError
@@ -112,6 +112,8 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
     except UnknownEntityError:
         # Removed from the inventory since the lookup above.
         raise ApiError(404, "unknown equipment") from None
+    except InvalidCommandError as exc:
+        raise ApiError(422, str(exc), field=exc.field) from None
     except RejectedError as exc:
         raise ApiError(422, str(exc)) from None
     command_id = result["command_id"]

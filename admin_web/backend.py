@@ -27,6 +27,18 @@ from runtime.errors import ConfigError, RejectedError, UnknownEntityError
 HEALTH_STATUSES: Final = frozenset({"ok", "degraded", "starting"})
 
 
+class InvalidCommandError(RejectedError):
+    """A command its target would refuse, found before it is journaled.
+
+    ``field`` names the offending request field as the API reports it
+    (``action``, ``params``, ``params.dim``, ``idempotency_key``).
+    """
+
+    def __init__(self, message: str, *, field: str, code: str = "bad_value") -> None:
+        super().__init__(message, code=code)
+        self.field = field
+
+
 class AdminBackend(Protocol):
     """The runtime's read model as the admin web sees it.
 
@@ -66,9 +78,10 @@ class AdminBackend(Protocol):
         the command is journaled durably. Raises
         :class:`~runtime.errors.StoreUnavailableError` when it could not be
         journaled, :class:`~runtime.errors.UnknownEntityError` for an unknown
-        entity and :class:`~runtime.errors.RejectedError` for a command the
-        target refuses (unknown action, bad params, a key reused for another
-        command).
+        entity and :class:`InvalidCommandError` (a
+        :class:`~runtime.errors.RejectedError`) for a command the target
+        refuses (unknown action or field, out of range, not finite, too long,
+        a key reused for another command); a refused command is not journaled.
         """
         ...
 
@@ -173,8 +186,9 @@ class StaticBackend:
                 if known is not None:
                     first = self._commands[known]
                     if first["action"] != action or first["params"] != params:
-                        raise RejectedError(
+                        raise InvalidCommandError(
                             "idempotency key already used for a different command",
+                            field="idempotency_key",
                             code="idempotency_conflict",
                         )
                     return {"command_id": known, "status": "queued", "created": False}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,21 @@ from urllib.parse import urlparse
 
 import ray
 
+from actors.equipment import EquipmentEntity
+from admin_web.backend import InvalidCommandError
 from runtime.commands import Command, new_command_id
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.envelope import pack
-from runtime.errors import CommandpostError, ConfigError, RetryableError
+from runtime.errors import (
+    CommandpostError,
+    ConfigError,
+    RejectedError,
+    RetryableError,
+    UnknownEntityError,
+)
 from runtime.inventory import Inventory, dump_inventory
 from runtime.placement import PlacementPlan, equipment_to_wire, plan
-from runtime.ray_host import NAMESPACE, options_to_wire
+from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.store import RetryPolicy, SyncStore
 from supervisors.root import RootActor
 from supervisors.spec import SupervisorOptions
@@ -41,6 +51,8 @@ log = logging.getLogger("commandpost.service")
 FACTORY = "actors.registry:factory_for"
 WARM_MODULES = ("actors.registry", "devices.manager")
 DEVICES = "devices.manager:create"
+# How long a command submission rides out a Redis outage before the API answers 503.
+SUBMIT_DEADLINE_S = 0.5
 
 
 @dataclass
@@ -317,18 +329,36 @@ class RuntimeBackend:
 
     def submit_command(self, entity_id: str, action: str, params: dict[str, Any], *,
                        caller: str, idempotency_key: str | None) -> dict[str, Any]:
+        """Check the command against its kind's field table, then journal it durably.
+
+        A command the kind would refuse raises :class:`InvalidCommandError`
+        and is not journaled; Redis out of reach for :data:`SUBMIT_DEADLINE_S`
+        raises :class:`~runtime.errors.StoreUnavailableError` (a 503).
+        """
         store = self.service.store
         if store is None:
             raise RetryableError("the store is not started")
-        self.service.inventory.by_id(entity_id)
-        cmd = Command(command_id=new_command_id(), target=entity_id, action=action,
-                      params=params, caller=caller, idempotency_key=idempotency_key or "",
-                      created_ts=time.time())
-        stored, created = store.submit_command(cmd)
+        try:
+            equipment = self.service.inventory.by_id(entity_id)
+        except KeyError:
+            raise UnknownEntityError(entity_id) from None
+        behaviour = load_factory(self.service.options.factory)(equipment)
+        clean = check_command(behaviour, action, params)
+        try:
+            cmd = Command(command_id=new_command_id(), target=entity_id, action=action,
+                          params=clean, caller=caller, idempotency_key=idempotency_key or "",
+                          created_ts=time.time())
+        except RejectedError as exc:
+            raise InvalidCommandError(str(exc), field="params", code=exc.code) from None
+        stored, created = store.submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
+        if not created and (stored.action, dict(stored.params)) != (action, clean):
+            raise InvalidCommandError("idempotency key already used for a different command",
+                                      field="idempotency_key", code="idempotency_conflict")
         return {"command_id": stored.command_id, "status": str(stored.status),
                 "created": created}
 
     def command(self, command_id: str) -> dict[str, Any]:
+        """The command as journaled, with its path's timestamps (``runtime.commands``)."""
         store = self.service.store
         if store is None:
             raise RetryableError("the store is not started")
@@ -387,6 +417,42 @@ class RuntimeBackend:
                      "broker": s.broker.kind if s.broker else "external"},
             "simulators": self.simulators or s.simulators,
         }
+
+
+def check_command(behaviour: Any, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` as the equipment kind ``behaviour`` would accept them, before journaling.
+
+    Reaches the kind's own field table (``FIELDS``, :meth:`Field.check`), so the
+    API refuses exactly what the entity would: an action other than ``set``,
+    an unknown field, a value out of range, not finite, or too long raises
+    :class:`InvalidCommandError` naming the request field. A behaviour that is
+    not equipment (no field table) validates its commands itself.
+    """
+    if not (isinstance(behaviour, type) and issubclass(behaviour, EquipmentEntity)):
+        return dict(params)
+    kind = behaviour.kind
+    if action != "set":
+        raise InvalidCommandError(f"{kind} accepts no {action!r} command (only 'set')",
+                                  field="action", code="unknown_action")
+    if not params:
+        raise InvalidCommandError("set needs at least one field", field="params")
+    clean: dict[str, Any] = {}
+    for name, value in params.items():
+        where = f"params.{name}"
+        spec = behaviour.FIELDS.get(name)
+        if spec is None:
+            raise InvalidCommandError(
+                f"{kind} has no writable field {name!r} "
+                f"(writable: {', '.join(sorted(behaviour.FIELDS))})",
+                field=where, code="unknown_field")
+        # JSON lets NaN and Infinity through, and a NaN compares false with any bound.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidCommandError(f"{name} must be a finite number", field=where)
+        try:
+            clean[name] = spec.check(name, value)
+        except RejectedError as exc:
+            raise InvalidCommandError(str(exc), field=where, code=exc.code) from None
+    return clean
 
 
 def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
