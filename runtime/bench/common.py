@@ -9,6 +9,15 @@ until every device is online::
         token = city.token("operator")
         ...  # city.svc, city.admin_url, city.control (the simulators' channel)
 
+A bench that times the runtime's own start-up starts the field first (the
+broker and the simulators, as they run in production before the runtime
+does), then the runtime::
+
+    city = City(scale=0.1, data_dir=tmp)
+    city.start_field()     # broker and simulators: already running
+    city.start_runtime()   # Redis, admin web, Ray, the tree: what is timed
+    city.wait_online()
+
 Every bench reports ``left_out``: the parts of ``make demo`` its run did not
 have (an empty list when nothing).
 """
@@ -31,14 +40,24 @@ from runtime.procmem import cpu_seconds, pss_mb, ray_pids, tree_pids
 Say = Callable[[str], None]
 
 __all__ = [
+    "ROLES",
     "City",
+    "CpuMeter",
     "Say",
     "cpu_seconds",
+    "find_node",
+    "hosts_of",
     "latency_summary",
     "machine",
     "percentile",
+    "pss_by_role",
     "pss_mb",
+    "pss_of",
+    "rounded_roles",
 ]
+
+#: The process groups a bench reports apart (see :meth:`City.process_groups`).
+ROLES = ("runtime", "broker", "simulator")
 
 
 def machine() -> str:
@@ -121,11 +140,15 @@ class City:
         self._online_timeout_s = online_timeout_s
         self._data_dir = data_dir
         self.svc: Any = None
+        self.field_broker: Any = None  # the broker started by start_field (else the service's)
+        self._tmp: Any = None
         self.server: Any = None
         self.admin_url = ""
         self.creds: dict[str, dict[str, str]] = {}
         self.control: Any = None
         self.left_out: list[str] = []
+        #: Seconds each step of :meth:`start_runtime` took (servers, admin, ray, tree).
+        self.timings: dict[str, float] = {}
         if spares < 1:
             self.left_out.append("warm spare")
         if not admin:
@@ -135,27 +158,84 @@ class City:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> Self:
-        from runtime.service import DEVICES, Service, ServiceOptions
+        """Start everything (as ``make demo`` does) and wait until every device is online."""
+        self.start_runtime()
+        if self._devices:
+            self.wait_online()
+        return self
 
-        self.svc = Service(self.inventory, ServiceOptions(
-            devices=DEVICES if self._devices else "", simulate=self._devices,
-            sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
-            data_dir=self._data_dir))
+    @property
+    def data_dir(self) -> Path:
+        """Where Redis, the broker and the simulators keep their files."""
+        if self._data_dir is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="cp-bench-")
+            self._data_dir = Path(self._tmp.name)
+        return self._data_dir
+
+    def start_field(self) -> Self:
+        """The broker and the field simulators alone, before the runtime (see the module doc).
+
+        The simulators need a broker to publish to, so the broker counts as
+        part of the field here; the runtime started next uses it by URL.
+        Without device sessions there is no field and this does nothing.
+        """
+        if self.svc is not None or not self._devices:
+            return self
+        from devices.sim.control import SimControl
+        from runtime.embedded import EmbeddedBroker
+
+        data = self.data_dir
+        self.field_broker = EmbeddedBroker(data / "mqtt", prefer=self._broker)
+        self.field_broker.start()
+        self.field_broker.start_watchdog()
+        self.svc = self._service(mqtt_url=self.field_broker.url)
+        self.svc.start_simulators(data)
+        self.control = SimControl(self.svc.sim_control_url)
+        return self
+
+    def start_runtime(self) -> Self:
+        """Redis, the admin web, Ray and the supervision tree (and the field if not started).
+
+        Returns once every host has started its entities; devices may still be
+        connecting (see :meth:`wait_online`).
+        """
+        if self.svc is None:
+            self.svc = self._service()
+        t = time.monotonic()
         self.svc.start_servers()
+        self.timings["servers"] = time.monotonic() - t
         if self._admin:
+            t = time.monotonic()
             self._start_admin()
+            self.timings["admin"] = time.monotonic() - t
+        t = time.monotonic()
         self.svc.start_ray()
+        self.timings["ray"] = time.monotonic() - t
         if self.server is not None:
             from runtime.service import RuntimeBackend
 
             self._backend.swap(RuntimeBackend(self.svc))
+        t = time.monotonic()
         self.svc.start_tree()
-        if self._devices:
+        self.timings["tree"] = time.monotonic() - t
+        if self._devices and self.control is None:
             from devices.sim.control import SimControl
 
             self.control = SimControl(self.svc.sim_control_url)
-            self.wait_online()
         return self
+
+    def _service(self, mqtt_url: str | None = None) -> Any:
+        from runtime.service import DEVICES, Service, ServiceOptions
+
+        # With the field started first, the service finds the simulators running
+        # (simulate=False) and the broker at its URL.
+        return Service(self.inventory, ServiceOptions(
+            devices=DEVICES if self._devices else "", mqtt_url=mqtt_url,
+            simulate=self._devices and mqtt_url is None,
+            sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
+            data_dir=self._data_dir))
 
     def _start_admin(self) -> None:
         from admin_web import (
@@ -180,8 +260,14 @@ class City:
             if self.svc is not None:
                 self.svc.stop()
         finally:
-            if self.server is not None:
-                self.server.stop()
+            try:
+                if self.server is not None:
+                    self.server.stop()
+            finally:
+                if self.field_broker is not None:
+                    self.field_broker.stop()
+                if self._tmp is not None:
+                    self._tmp.cleanup()
 
     def __enter__(self) -> Self:
         try:
@@ -197,8 +283,13 @@ class City:
     # -- queries -------------------------------------------------------------
     @property
     def broker_kind(self) -> str:
-        b = self.svc.broker if self.svc is not None else None
+        b = self._broker_server()
         return str(b.kind) if b is not None else "external"
+
+    def _broker_server(self) -> Any:
+        if self.field_broker is not None:
+            return self.field_broker
+        return self.svc.broker if self.svc is not None else None
 
     def token(self, user: str = "operator") -> str:
         return self.creds[user]["token"]
@@ -225,8 +316,9 @@ class City:
         broker: set[int] = set()
         if self.svc.sim_proc is not None:
             sim |= set(tree_pids(self.svc.sim_proc.pid))
-        if self.svc.broker is not None and self.svc.broker.pid:
-            broker |= set(tree_pids(self.svc.broker.pid))
+        b = self._broker_server()
+        if b is not None and b.pid:
+            broker |= set(tree_pids(b.pid))
         everything = set(tree_pids(os.getpid())) | set(ray_pids())
         return {"runtime": everything - sim - broker, "broker": broker, "simulator": sim}
 
@@ -281,3 +373,24 @@ def pss_of(groups: dict[str, set[int]]) -> float:
     for p in groups.values():
         pids |= p
     return pss_mb(pids)
+
+
+def pss_by_role(groups: dict[str, set[int]]) -> dict[str, float]:
+    """PSS in MB of each process group, and their sum under ``"total"``.
+
+    A pid in two groups is counted in the first only, so the parts add up
+    to the total.
+    """
+    out: dict[str, float] = {}
+    seen: set[int] = set()
+    for role, pids in groups.items():
+        mine = set(pids) - seen
+        seen |= mine
+        out[role] = pss_mb(mine)
+    out["total"] = sum(out.values())
+    return out
+
+
+def rounded_roles(values: dict[str, float], digits: int = 1) -> dict[str, float]:
+    """``values`` rounded for the JSON (figures by role: MB, cores)."""
+    return {k: round(v, digits) for k, v in values.items()}
