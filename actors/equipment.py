@@ -8,13 +8,19 @@ sessions that carry it to the field are owned by the host (``devices/``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope
-from runtime.errors import DeviceUnavailableError, MalformedMessageError, RejectedError
+from runtime.errors import (
+    DeviceUnavailableError,
+    MalformedMessageError,
+    ProtocolError,
+    RejectedError,
+)
 from runtime.twin import Quality
 
 
@@ -54,13 +60,26 @@ class Field:
         return value
 
 
+#: Keys of a sample that number or date it: not data points.
+_NOT_DATA = frozenset({"seq", "ts"})
+
+
+def _count_points(value: Any) -> int:
+    """Data points in one reported value: a block (list of dicts) counts each of its values."""
+    if isinstance(value, list):
+        return sum(len(v) if isinstance(v, Mapping) else 1 for v in value)
+    return 1
+
+
 class EquipmentEntity(Entity):
     """Common behaviour of equipment.
 
     * ``set`` validates absolute setpoints against the kind's field table,
       records them as desired state and writes them to the device;
     * ``telemetry`` updates the reported twin, counting samples by the
-      device's sequence number (gaps are counted as lost samples);
+      device's sequence number (gaps are counted as lost samples), the data
+      points they carried (``seq`` and ``ts`` are not data), and the lag from
+      the device's timestamp to the value applied (``telemetry_lag_s.{protocol}``);
     * ``device_status`` flips the entity online/offline; on reconnect the
       desired state is reconciled by each field's policy in the profile:
       ``reapply`` writes it again, ``alarm`` raises an alarm for an operator.
@@ -72,6 +91,8 @@ class EquipmentEntity(Entity):
         await super().on_start(saved)
         self.state.setdefault("samples", 0)
         self.state.setdefault("lost", 0)
+        self.state.setdefault("points", 0)
+        self._protocol = self.ctx.equipment.endpoint.split(":", 1)[0] or "none"
         self.state.setdefault("seq", -1)
         port = self.ctx.device
         self.state["online"] = bool(port is not None and port.online)
@@ -85,9 +106,15 @@ class EquipmentEntity(Entity):
         now = self.ctx.clock.time()
         quality = Quality(p.get("quality", "good"))
         source_ts = float(p.get("ts") or 0.0)
+        points = 0
         for name, value in p["values"].items():
             self.twin.report(str(name), value, quality=quality, source_ts=source_ts,
                              received_ts=now, seq=int(seq) if isinstance(seq, int) else 0)
+            if name not in _NOT_DATA:
+                points += _count_points(value)
+        self.state["points"] = int(self.state.get("points", 0)) + points
+        if source_ts > 0:
+            self.ctx.observe(f"telemetry_lag_s.{self._protocol}", now - source_ts)
         if isinstance(seq, int) and not isinstance(seq, bool):
             last = int(self.state.get("seq", -1))
             if last >= 0 and seq > last + 1:
@@ -122,9 +149,14 @@ class EquipmentEntity(Entity):
                       **{f"field.{k}": v for k, v in (fields or {}).items()})
 
     async def reconcile(self) -> None:
-        """Bring the device back to the desired state, field by field, by policy."""
+        """Bring the device back to the desired state, field by field, by policy.
+
+        Only setpoints the device does not hold are written
+        (:meth:`pending_setpoints`, then :meth:`device_writes`): a restart or a
+        reconnect never writes a value the device already has.
+        """
         port = self.ctx.device
-        pending = self.twin.pending()
+        pending = self.pending_setpoints()
         if port is None or not pending:
             return
         reapply = {k: v for k, v in pending.items() if port.policy(k) == "reapply"}
@@ -133,11 +165,24 @@ class EquipmentEntity(Entity):
                           desired=str(pending[name]))
         if reapply:
             try:
-                await port.write(self.device_fields(reapply),
-                                 command_id=f"reconcile-{self.ctx.id}-{self.version}")
-            except (RejectedError, DeviceUnavailableError) as exc:
+                writes = await self.device_writes(port, reapply)
+                if writes:
+                    await port.write(writes, command_id=f"reconcile-{self.ctx.id}-{self.version}")
+            except (RejectedError, ProtocolError, DeviceUnavailableError) as exc:
                 self.ctx.emit("alarm", alarm="reconcile_failed", severity="minor",
                               error=str(exc))
+
+    def pending_setpoints(self) -> dict[str, Any]:
+        """Desired fields the device does not report holding (by name, by default)."""
+        return self.twin.pending()
+
+    async def device_writes(self, port: DevicePort, setpoints: Mapping[str, Any]) -> dict[str, Any]:
+        """What to write so that the device holds ``setpoints`` (empty: it holds them).
+
+        By default every setpoint is written, under the names :meth:`device_fields`
+        gives; a kind whose device reports what it holds may write only the difference.
+        """
+        return self.device_fields(setpoints)
 
     def device_fields(self, clean: Mapping[str, Any]) -> dict[str, Any]:
         """The device registers or keys that carry these setpoints (identity by default)."""
@@ -162,12 +207,15 @@ class EquipmentEntity(Entity):
         port = self.ctx.device
         if port is None:
             return {"desired": clean}
-        if not port.online:
+        # Right after a host starts, a device is "not online" only because its session has
+        # not reached it yet: wait for that verdict rather than refuse a command it can take.
+        if not port.online and not await port.settled():
             raise RejectedError(f"{self.ctx.id} is offline: the setpoint is kept as desired "
                                 "and reconciled on reconnect", code="device_offline")
         try:
-            confirmed = await port.write(self.device_fields(clean),
-                                         command_id=self.current_command)
+            writes = await self.device_writes(port, clean)
+            confirmed = (await port.write(writes, command_id=self.current_command)
+                         if writes else {})
         except DeviceUnavailableError as exc:
             raise RejectedError(f"{self.ctx.id} did not answer: {exc}",
                                 code="device_unavailable") from exc
@@ -183,8 +231,54 @@ class Crossroad(EquipmentEntity):
 
 
 class LightingCircuit(EquipmentEntity):
+    """A lighting circuit: one cabinet, whose lamps are points of the circuit, not entities.
+
+    ``on`` and ``dim`` are set for the whole circuit and carried to every lamp.
+    The cabinet reports each lamp (its ``lamp`` block), never a circuit-wide
+    value, so a setpoint is compared with every lamp and written only to the
+    lamps that do not hold it (``lamp.3.dim``). Before writing, the circuit
+    reads the cabinet: its twin may predate a write that its previous
+    incarnation made (a host killed between the write and the checkpoint), and
+    a replayed command must not write a lamp a second time.
+    """
+
     kind = "lighting_circuit"
     FIELDS = {"on": Field(bool), "dim": Field(float, 0, 100)}
+
+    def pending_setpoints(self) -> dict[str, Any]:
+        desired = {k: v for k, v in self.twin.desired.items() if k in self.FIELDS}
+        reported = self.twin.reported.get("lamp")
+        lamps = reported.value if reported is not None else None
+        if not isinstance(lamps, list):
+            return desired  # no reading of the lamps yet: the cabinet is asked in device_writes
+        return {k: v for k, v in desired.items()
+                if not all(isinstance(lamp, Mapping) and lamp_holds(lamp, k, v)
+                           for lamp in lamps)}
+
+    async def device_writes(self, port: DevicePort, setpoints: Mapping[str, Any]) -> dict[str, Any]:
+        lamps = (await port.read()).get("lamp")
+        if not isinstance(lamps, list) or not all(isinstance(x, Mapping) for x in lamps):
+            raise ProtocolError(f"{self.ctx.id}: the cabinet's reading has no lamp block")
+        return lamp_writes(setpoints, lamps)
+
+
+def lamp_holds(lamp: Mapping[str, Any], name: str, want: Any) -> bool:
+    """Whether one reported lamp holds the circuit setpoint ``name = want``."""
+    got = lamp.get(name)
+    if name == "dim":
+        # The cabinet dims in whole percents (a u16 register): a write of 40.4 leaves 40.
+        return (isinstance(got, int | float) and not isinstance(got, bool)
+                and round(float(want)) == round(float(got)))
+    return bool(got == want)
+
+
+def lamp_writes(setpoints: Mapping[str, Any],
+                lamps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"lamp.3.dim": 40.0, …}``: each lamp (numbered from 1) and setpoint it does not hold."""
+    return {f"lamp.{n}.{name}": want
+            for n, lamp in enumerate(lamps, start=1)
+            for name, want in setpoints.items()
+            if not lamp_holds(lamp, name, want)}
 
 
 class Building(EquipmentEntity):

@@ -49,6 +49,8 @@ class HostServices(Protocol):
 
     def mark_dirty(self, slot: EntitySlot) -> None: ...
 
+    def observe(self, metric: str, value: float) -> None: ...
+
     def message_done(self, slot: EntitySlot, env: Envelope, error: CommandpostError | None) -> None:
         """Called after each handled message (commands are acked from here)."""
 
@@ -180,6 +182,9 @@ class _Context:
     def publish_view(self, view: Mapping[str, Any]) -> None:
         # One reference swap: the priority thread reads either the old or the new view.
         self._slot.view = MappingProxyType(dict(view))
+
+    def observe(self, metric: str, value: float) -> None:
+        self._host.observe(metric, value)
 
 
 class EntityCell:

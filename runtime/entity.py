@@ -77,6 +77,9 @@ class EntityContext(Protocol):
     def publish_view(self, view: Mapping[str, Any]) -> None:
         """Publish the immutable view that the priority lane reads."""
 
+    def observe(self, metric: str, value: float) -> None:
+        """Record one value of a host-wide histogram (``telemetry_lag_s``, …)."""
+
     @property
     def device(self) -> DevicePort | None:
         """The entity's device session, or None when it runs without one."""

@@ -45,6 +45,7 @@ from runtime.errors import (
 )
 from runtime.inventory import Equipment
 from runtime.mailbox import Mailbox
+from runtime.metrics import Histogram
 from runtime.router import Directory, Outbox, Transport
 from runtime.store import StateStore
 from supervisors import (
@@ -111,6 +112,12 @@ class _TimedPort:
     def policy(self, field: str) -> str | None:
         return self._port.policy(field)
 
+    async def settled(self) -> bool:
+        return await self._port.settled()
+
+    async def read(self) -> Mapping[str, Any]:
+        return await self._port.read()
+
     async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
         times = self._host._device_times.get(command_id)
         if times is None:
@@ -175,6 +182,7 @@ class HostCore:
             "refused_full": 0,
             "delivered": 0,
         }
+        self.metrics: dict[str, Histogram] = {}  # what entities observe (ctx.observe)
         self.started_at = 0.0
         self.last_tick = time.monotonic()
         self.ready = False
@@ -349,6 +357,12 @@ class HostCore:
         for k, v in fields.items():
             row[k] = v if isinstance(v, (str, int, float, bool)) else str(v)
         self._events.append(row)
+
+    def observe(self, metric: str, value: float) -> None:
+        h = self.metrics.get(metric)
+        if h is None:
+            h = self.metrics[metric] = Histogram()
+        h.observe(value)
 
     def mark_dirty(self, slot: EntitySlot) -> None:
         slot.dirty = True
@@ -630,7 +644,17 @@ class HostCore:
             "online": self.online_count(),
             "devices": self.devices.status() if self.devices is not None else {},
             "escalations": list(self._escalations[-20:]),
+            "metrics": {name: h.to_dict() for name, h in self.metrics.items()},
         }
+
+    def state_fields(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``keys`` of every live entity's state (cheap: no twin, no checkpoint encoding)."""
+        out: dict[str, dict[str, Any]] = {}
+        for eid, slot in self.slots.items():
+            state = slot.entity.state if slot.entity is not None else None
+            if state is not None:
+                out[eid] = {k: state.get(k) for k in keys}
+        return out
 
     def entity_info(self, entity_id: str) -> dict[str, Any]:
         slot = self.slots.get(entity_id)

@@ -271,6 +271,11 @@ class HostActor:
             raise RetryableError("host has no assignment yet")
         return self.core.snapshot(ids)
 
+    async def state_fields(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        if self.core is None:
+            raise RetryableError("host has no assignment yet")
+        return self.core.state_fields(keys)
+
     async def entity(self, entity_id: str) -> dict[str, Any]:
         if self.core is None:
             raise UnknownEntityError(entity_id)

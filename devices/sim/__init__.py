@@ -259,6 +259,10 @@ class ModbusSimulator(abc.ABC, Generic[M]):
 
     # -- the control channel (devices.sim.control.ControlTarget)
 
+    @property
+    def protocol(self) -> str:
+        return "modbus"
+
     def device_counters(self) -> Mapping[str, DeviceCounters]:
         """Per device: samples emitted, values carried, writes received."""
         return {did: d.counters for did, d in self._devices.items()}

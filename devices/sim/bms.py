@@ -248,6 +248,10 @@ class BmsSimulator:
 
     # -- the control channel (devices.sim.control.ControlTarget)
 
+    @property
+    def protocol(self) -> str:
+        return "opcua"
+
     def device_counters(self) -> Mapping[str, DeviceCounters]:
         """Per building: samples (ticks) emitted, values changed, writes received."""
         return {bid: b.counters for bid, b in self._buildings.items()}

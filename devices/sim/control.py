@@ -16,7 +16,7 @@ Requests and answers are JSON:
 
 ================================  =================================================
 ``GET  /counters[?ids=a,b]``      ``{"ts", "held", "loss_rate", "devices": {id: counters}}``
-``POST /hold``                    ``{"on": bool}``: no new samples while held
+``POST /hold``                    ``{"on": bool, "protocols"?: [...]}``: no new samples while held
 ``POST /offline``                 ``{"ids": [...], "on": bool}``
 ``POST /fault``                   ``{"id", "name", "on": bool}`` (names per kind below)
 ``POST /storm``                   ``{"ids": [...], "seconds": s}``: silent together, then back
@@ -113,6 +113,10 @@ class DeviceCounters:
 class ControlTarget(Protocol):
     """One simulator as the control channel sees it."""
 
+    @property
+    def protocol(self) -> str:
+        """``modbus``, ``opcua`` or ``mqtt``."""
+
     def device_counters(self) -> Mapping[str, DeviceCounters]:
         """Counters of every device this simulator runs."""
 
@@ -197,10 +201,15 @@ class ControlServer:
 
     async def _hold(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
         on = bool(body.get("on", True))
+        protocols = body.get("protocols")
+        if protocols is not None and (not isinstance(protocols, list) or not all(
+                p in ("modbus", "opcua", "mqtt") for p in protocols)):
+            raise ValueError("'protocols' must be a list of modbus, opcua, mqtt")
         for target in self._targets:
-            target.hold(on)
-        self._held = on
-        return {"held": on}
+            if protocols is None or target.protocol in protocols:
+                target.hold(on)
+        self._held = on if protocols is None else self._held
+        return {"held": on, "protocols": protocols}
 
     async def _offline(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
         ids = _ids(body)
@@ -355,8 +364,11 @@ class SimControl:
         out: dict[str, Any] = self._call("GET", path)
         return out
 
-    def hold(self, on: bool = True) -> None:
-        self._call("POST", "/hold", {"on": on})
+    def hold(self, on: bool = True, protocols: Sequence[str] | None = None) -> None:
+        body: dict[str, Any] = {"on": on}
+        if protocols is not None:
+            body["protocols"] = list(protocols)
+        self._call("POST", "/hold", body)
 
     def offline(self, ids: Sequence[str], on: bool = True) -> None:
         self._call("POST", "/offline", {"ids": list(ids), "on": on})

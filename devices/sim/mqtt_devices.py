@@ -451,6 +451,10 @@ class MqttDeviceSimulator:
         """The writable values the device holds now (what commands changed)."""
         return dict(self._device(device_id).writes)
 
+    def sample(self, device_id: str) -> dict[str, Any]:
+        """A fresh sample of ``device_id``, as it would publish it now (not published)."""
+        return self._device(device_id).sample(self._clock.time(), self._rng)
+
     def running(self, device_id: str) -> bool:
         """False while the device is stopped by :meth:`stop_device`."""
         return self._device(device_id).running
@@ -527,6 +531,10 @@ class MqttDeviceSimulator:
             await self.stop()
 
     # -- the control channel (devices.sim.control.ControlTarget) --
+
+    @property
+    def protocol(self) -> str:
+        return "mqtt"
 
     def device_counters(self) -> dict[str, DeviceCounters]:
         """Per device: samples emitted with their seq range, values carried, commands."""
