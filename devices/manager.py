@@ -8,12 +8,22 @@ the entities as envelopes (see :mod:`runtime.device_port`):
 * Modbus devices are polled at their profile's rate, one read covering every
   register; a device is offline after ``liveness_misses`` failed polls in a
   row, and is then retried with jittered, capped backoff (a circuit breaker:
-  a dead controller costs one attempt per backoff step, not one per period);
+  a dead controller costs one attempt per backoff step, not one per period).
+  At a cold start the first polls are spread over a period; a host that
+  replaces a dead one (``options["replacing"]``) polls every device at once,
+  since its entities' readings went stale with their previous host. A
+  reading is handed to the entity before the device is announced online, so
+  the entity reconciles against what the device holds now;
 * OPC UA buildings are subscribed (data changes and events); a building whose
   nodes turn Bad is offline;
 * MQTT devices are subscribed under their topics by one persistent session per
   host; a device is offline when its retained status says so or when it has
   been silent for ``liveness_misses`` telemetry periods.
+
+A port also answers :meth:`~_Port.settled` (wait for the session's first
+verdict on the device) and :meth:`~_Port.read` (a reading now, delivered to
+the entity like any sample), so that a command never compares against a
+twin older than the device.
 
 Health flips are logged once each way. A malformed payload, a Modbus
 exception or a bad OPC UA status is counted per entity and logged once per
@@ -61,6 +71,10 @@ class DeviceState:
     last_seq: int | None = None
     bad: Counter[str] = field(default_factory=Counter)
     logged: set[str] = field(default_factory=set)
+    # Set once the session knows whether the device answers (its first flip either way).
+    verdict: asyncio.Event = field(default_factory=asyncio.Event)
+    # One read of a device at a time, so its samples reach the entity in sequence order.
+    reading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class _Port:
@@ -77,8 +91,28 @@ class _Port:
     def policy(self, field_name: str) -> str | None:
         return _policy(self._state.profile, field_name)
 
+    async def settled(self) -> bool:
+        st = self._state
+        if not st.verdict.is_set():
+            # A device that never answers gets its verdict from liveness; this bounds the wait.
+            window = st.profile.poll_interval_s * st.profile.liveness_misses + st.profile.timeout_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(st.verdict.wait(), window)
+        return st.online
+
+    async def read(self) -> Mapping[str, Any]:
+        return await self._manager.read(self._state)
+
     async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
         return await self._manager.write(self._state, fields, command_id)
+
+
+def _block_item(name: str) -> tuple[str, int, str] | None:
+    """``("lamp", 3, "dim")`` for ``"lamp.3.dim"``; None for any other name."""
+    parts = name.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2]
 
 
 def _policy(profile: Profile, name: str) -> str | None:
@@ -96,6 +130,7 @@ class HostDevices:
         self._deliver = deliver
         self._options = dict(options)
         self._rng = random.Random(str(options.get("host_id", "")))
+        self._replacing = bool(options.get("replacing"))
         self.devices: dict[str, DeviceState] = {}
         for eq in equipment:
             try:
@@ -165,6 +200,7 @@ class HostDevices:
 
     # -- shared ----------------------------------------------------------
     def _flip(self, st: DeviceState, online: bool, reason: str) -> None:
+        st.verdict.set()
         if st.online == online:
             return
         st.online = online
@@ -195,6 +231,20 @@ class HostDevices:
         step = min(10.0, base * float(2 ** min(attempt, 6)))
         return step * self._rng.uniform(0.8, 1.2)
 
+    async def read(self, st: DeviceState) -> Mapping[str, Any]:
+        """Read the device now; the sample also reaches the entity as telemetry.
+
+        Only polled (Modbus) devices can be read on demand: the others raise
+        :class:`RejectedError` with ``code="not_readable"``.
+        """
+        if st.profile.protocol != "modbus":
+            raise RejectedError(f"{st.profile.name} devices publish; they cannot be read on "
+                                "demand", code="not_readable")
+        values = await self._read_modbus(st)
+        st.misses = 0
+        self._flip(st, True, "answering")
+        return values
+
     async def write(self, st: DeviceState, fields: Mapping[str, Any],
                     command_id: str) -> Mapping[str, Any]:
         protocol = st.profile.protocol
@@ -214,18 +264,31 @@ class HostDevices:
             self._modbus[st.equipment.id] = got
         return got
 
-    async def _poll_modbus(self, st: DeviceState) -> None:
-        period = st.profile.poll_interval_s
+    async def _read_modbus(self, st: DeviceState) -> dict[str, Any]:
+        """One sample of the device, handed to its entity (when its ``seq`` is new)."""
         attrs = st.equipment.attrs
         start, count = st.profile.register_span(attrs)
-        await asyncio.sleep(self._rng.uniform(0, period))  # spread the polls over a period
+        async with st.reading:
+            session, unit = self._modbus_session(st)
+            regs = await session.read(unit, start, count)
+            values = st.profile.decode_registers(start, regs, attrs)
+            seq = values.get("seq")
+            if seq != st.last_seq:
+                st.last_seq = seq if isinstance(seq, int) else None
+                self._telemetry(st, values, seq, time.time())
+        return values
+
+    async def _poll_modbus(self, st: DeviceState) -> None:
+        period = st.profile.poll_interval_s
+        if not self._replacing:
+            # A cold start of the whole city: spread the first polls over a period.
+            await asyncio.sleep(self._rng.uniform(0, period))
+        spread = self._replacing  # polled at once: take a random phase after the first poll
         failures = 0
         while True:
             t0 = time.monotonic()
             try:
-                session, unit = self._modbus_session(st)
-                regs = await session.read(unit, start, count)
-                values = st.profile.decode_registers(start, regs, attrs)
+                await self._read_modbus(st)
             except DeviceUnavailableError as exc:
                 failures += 1
                 st.misses += 1
@@ -245,10 +308,10 @@ class HostDevices:
             failures = 0
             st.misses = 0
             self._flip(st, True, "answering")
-            seq = values.get("seq")
-            if seq != st.last_seq:
-                st.last_seq = seq if isinstance(seq, int) else None
-                self._telemetry(st, values, seq, time.time())
+            if spread:
+                spread = False
+                await asyncio.sleep(self._rng.uniform(0, period))
+                continue
             await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
 
     async def _write_modbus(self, st: DeviceState, fields: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -258,6 +321,21 @@ class HostDevices:
         for name, value in fields.items():
             if name in top:
                 address, regs = profile.encode_field(name, value)
+                await session.write(unit, address, regs)
+                continue
+            item = _block_item(name)
+            if item is not None:
+                # One repeat of a block (``lamp.3.dim``, numbered from 1 as OPC UA names them).
+                block_name, n, field_name = item
+                if not 1 <= n <= profile.count(block_name, st.equipment.attrs):
+                    raise RejectedError(f"{profile.name} has no {block_name} {n}",
+                                        code="unknown_field")
+                try:
+                    address, regs = profile.encode_block_field(block_name, n - 1, field_name,
+                                                               value)
+                except KeyError as exc:  # an unknown block name
+                    raise RejectedError(f"{profile.name} has no field {name!r}",
+                                        code="unknown_field") from exc
                 await session.write(unit, address, regs)
                 continue
             block = next((b for b in profile.blocks if any(f.name == name for f in b.fields)),

@@ -33,6 +33,23 @@ class DevicePort(Protocol):
     def policy(self, field: str) -> str | None:
         """The profile's reconcile policy of a writable field: "reapply" or "alarm"."""
 
+    async def settled(self) -> bool:
+        """Wait until the session knows whether the device answers; returns :attr:`online`.
+
+        Right after a host starts, ``online`` is False only because the device
+        has not been reached yet; this waits for the first verdict (a reading,
+        or the liveness rule giving up), bounded by the profile's liveness window.
+        """
+
+    async def read(self) -> Mapping[str, Any]:
+        """The device's values now, by the profile's names (blocks as lists of dicts).
+
+        The reading also reaches the entity as a ``telemetry`` sample. Raises
+        :class:`~runtime.errors.RejectedError` with ``code="not_readable"`` for a
+        device that only publishes, and :class:`~runtime.errors.DeviceUnavailableError`
+        when it cannot be reached.
+        """
+
     async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
         """Write absolute setpoints; returns what the device confirmed.
 

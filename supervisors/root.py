@@ -74,7 +74,7 @@ class RootActor:
         self._flusher: asyncio.Task[None] | None = None
         self.pid = os.getpid()
 
-    def _assignment(self, host_id: str, generation: int) -> bytes:
+    def _assignment(self, host_id: str, generation: int, replacing: bool = False) -> bytes:
         h = self.hosts[host_id]
         return pack({
             "host_id": host_id, "generation": generation, "equipment": h["equipment"],
@@ -82,7 +82,8 @@ class RootActor:
             "ray_namespace": self.namespace, "factory": self.cfg["factory"],
             "config": self.cfg.get("host_config") or {}, "directory": self.cfg["directory"],
             "devices": self.cfg.get("devices", ""),
-            "device_options": {**(self.cfg.get("device_options") or {}), "host_id": host_id},
+            "device_options": {**(self.cfg.get("device_options") or {}), "host_id": host_id,
+                               "replacing": replacing},
         })
 
     def _on_event(self, ev: SupervisorEvent) -> None:

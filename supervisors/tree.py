@@ -83,6 +83,7 @@ class HostInfo:
     status: str = "starting"
     restarts: int = 0
     last_seen: float = 0.0
+    starts: int = 0  # incarnations this tree started or adopted
 
 
 class Registry:
@@ -169,7 +170,8 @@ class TreeContext:
     registry: Registry
     spares: SparePool
     namespace: str
-    assignment: Callable[[str, int], bytes]  # host id, generation -> assignment blob
+    # host id, generation, replacing (an incarnation of it ran before) -> assignment blob
+    assignment: Callable[[str, int, bool], bytes]
     infos: dict[str, HostInfo] = field(default_factory=dict)
     adoptable: dict[str, str] = field(default_factory=dict)  # host id -> actor name
 
@@ -200,9 +202,13 @@ class HostChild:
                 self.name = f"{HOST_PREFIX}{self.host_id}-{uuid.uuid4().hex[:6]}"
                 self.handle = HostActor.options(  # type: ignore[attr-defined]
                     **host_options(self.name, self.ctx.namespace)).remote()
+            # A host that ran before is replaced while the rest of the city runs: its
+            # devices were read moments ago, so the new incarnation reads them at once.
+            replacing = self.info.starts > 0
             try:
                 await asyncio.wait_for(
-                    self.handle.assign.remote(self.ctx.assignment(self.host_id, generation)),
+                    self.handle.assign.remote(
+                        self.ctx.assignment(self.host_id, generation, replacing)),
                     self.ctx.config.start_timeout_s,
                 )
             except (RayActorError, TimeoutError) as exc:
@@ -211,6 +217,7 @@ class HostChild:
             self.info.generation = generation
             await self.ctx.registry.set(self.host_id, self.name, generation)
         self.info.actor = self.name
+        self.info.starts += 1
         await self._observe()
         self.info.status = "running"
         self._watchers = [

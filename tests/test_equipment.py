@@ -1,0 +1,381 @@
+"""Equipment behaviour: reconciliation and commands write only what the device does not hold.
+
+The entity tests run on a fake device port that keeps a cabinet's lamps and
+counts writes the way the simulators do (a write of a value the lamp already
+holds is a repeat, i.e. a double actuation). The last tests run the real
+device manager against the real lighting simulator over Modbus TCP, without Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+import pytest
+
+from actors.equipment import Crossroad, LightingCircuit, lamp_holds, lamp_writes
+from runtime.clock import Clock, SystemClock
+from runtime.device_port import DevicePort
+from runtime.entity import Checkpoint
+from runtime.envelope import Envelope, MessageKind
+from runtime.errors import DeviceUnavailableError, RejectedError
+from runtime.inventory import Equipment
+from tests.helpers import make_equipment
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 30.0)
+
+    return asyncio.run(bounded())
+
+
+class FakeCabinet:
+    """A lighting cabinet's lamps behind a device port, counting writes like the simulator."""
+
+    def __init__(self, lamps: int = 4, dim: int = 100, *, verdict: bool = True) -> None:
+        self.lamps = [{"on": True, "dim": dim, "power_w": 10.0, "energy_wh": 0, "fault_bits": 0}
+                      for _ in range(lamps)]
+        # As right after a host starts: not read yet, so not online until the first verdict.
+        self._online = False
+        self.verdict = verdict  # what settled() finds out
+        self.reads = 0
+        self.writes: list[tuple[str, Any]] = []
+        self.repeats = 0
+        self.reachable = True
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    def policy(self, field: str) -> str | None:
+        return "reapply" if field in ("on", "dim") else None
+
+    async def settled(self) -> bool:
+        self._online = self.verdict
+        return self._online
+
+    async def read(self) -> Mapping[str, Any]:
+        if not self.reachable:
+            raise DeviceUnavailableError("cabinet unreachable")
+        self.reads += 1
+        return {"mains_ok": True, "seq": self.reads, "lamp": [dict(x) for x in self.lamps]}
+
+    async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
+        for key, value in fields.items():
+            block, n, name = key.split(".")
+            assert block == "lamp", f"a circuit writes lamps, not {key}"
+            lamp = self.lamps[int(n) - 1]
+            held = round(float(value)) if name == "dim" else value
+            if lamp[name] == held:
+                self.repeats += 1
+            lamp[name] = held
+            self.writes.append((key, value))
+        return dict(fields)
+
+    def reported(self) -> dict[str, Any]:
+        """The twin's ``lamp`` entry as a telemetry sample would leave it."""
+        return {"value": [dict(x) for x in self.lamps], "quality": "good", "source_ts": 1.0,
+                "received_ts": 1.0, "seq": 1}
+
+
+class FakeCtx:
+    """An EntityContext with a device port; records events."""
+
+    def __init__(self, equipment: Equipment, device: DevicePort | None) -> None:
+        self._equipment = equipment
+        self._device = device
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def id(self) -> str:
+        return self._equipment.id
+
+    @property
+    def equipment(self) -> Equipment:
+        return self._equipment
+
+    @property
+    def clock(self) -> Clock:
+        return SystemClock()
+
+    @property
+    def device(self) -> DevicePort | None:
+        return self._device
+
+    def send(self, env: Envelope) -> None:
+        pass
+
+    def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
+        pass
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    def start_timer(self, name: str, delay_s: float, type: str, payload: Any = None, *,
+                    repeat: bool = False) -> None:
+        pass
+
+    def cancel_timer(self, name: str) -> None:
+        pass
+
+    def publish_view(self, view: Mapping[str, Any]) -> None:
+        pass
+
+    def observe(self, metric: str, value: float) -> None:
+        pass
+
+
+def lighting_equipment() -> Equipment:
+    return make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
+                          endpoint="modbus://127.0.0.1:15030/1", attrs={"points": 4})
+
+
+def circuit(cabinet: FakeCabinet, saved: Checkpoint | None) -> tuple[LightingCircuit, FakeCtx]:
+    ctx = FakeCtx(lighting_equipment(), cabinet)
+    entity = LightingCircuit(ctx)
+    run(entity.on_start(saved))
+    return entity, ctx
+
+
+def checkpoint(desired: dict[str, Any], reported: dict[str, Any] | None = None,
+               applied: tuple[str, ...] = ()) -> Checkpoint:
+    return Checkpoint(state={"online": True, "seq": 1},
+                      twin={"reported": {"lamp": reported} if reported else {},
+                            "desired": desired},
+                      applied=applied, version=3)
+
+
+def online(entity: LightingCircuit, cabinet: FakeCabinet) -> None:
+    """The session reached the cabinet: the port flips, then the entity hears of it."""
+    run(cabinet.settled())
+    run(entity.handle(Envelope(target=entity.ctx.id, type="device_status",
+                               payload={"online": True}, kind=MessageKind.EVENT)))
+
+
+def command(entity: LightingCircuit, cid: str, **params: Any) -> Any:
+    return run(entity.handle(Envelope(
+        id=cid, target=entity.ctx.id, type="command", sender="journal", kind=MessageKind.COMMAND,
+        payload={"command_id": cid, "action": "set", "params": params})))
+
+
+# -- what a lamp holds -------------------------------------------------------------
+
+
+def test_lamp_holds_compares_as_the_cabinet_stores() -> None:
+    lamp = {"on": True, "dim": 40}
+    assert lamp_holds(lamp, "dim", 40.0) and lamp_holds(lamp, "dim", 40.4)
+    assert not lamp_holds(lamp, "dim", 41.0) and not lamp_holds({"on": True}, "dim", 40.0)
+    assert not lamp_holds({"dim": True}, "dim", 1.0)  # a bool is not a level
+    assert lamp_holds(lamp, "on", True) and not lamp_holds(lamp, "on", False)
+
+
+def test_lamp_writes_names_only_the_lamps_that_differ() -> None:
+    lamps = [{"on": True, "dim": 40}, {"on": False, "dim": 70}, {"on": True, "dim": 40}]
+    assert lamp_writes({"dim": 40.0}, lamps) == {"lamp.2.dim": 40.0}
+    assert lamp_writes({"dim": 40.0, "on": True}, lamps) == {"lamp.2.on": True,
+                                                             "lamp.2.dim": 40.0}
+    assert lamp_writes({"dim": 40.0}, lamps[:1]) == {}
+
+
+# -- reconcile -------------------------------------------------------------------
+
+
+def test_restart_of_a_commanded_circuit_writes_nothing_the_lamps_hold() -> None:
+    cabinet = FakeCabinet(dim=40)
+    entity, ctx = circuit(cabinet, checkpoint({"dim": 40.0, "on": True}, cabinet.reported()))
+    assert entity.pending_setpoints() == {}
+    online(entity, cabinet)
+    assert cabinet.writes == [] and cabinet.repeats == 0
+    assert cabinet.reads == 0  # nothing pending: the cabinet is not even asked
+    assert not [e for e in ctx.events if e[1].get("alarm") == "reconcile_failed"]
+
+
+def test_reconcile_rewrites_only_the_lamps_that_differ() -> None:
+    cabinet = FakeCabinet(dim=40)
+    cabinet.lamps[2]["dim"] = 70  # one lamp lost its level while the host was away
+    entity, _ = circuit(cabinet, checkpoint({"dim": 40.0}, cabinet.reported()))
+    assert entity.pending_setpoints() == {"dim": 40.0}
+    online(entity, cabinet)
+    assert cabinet.writes == [("lamp.3.dim", 40.0)]
+    assert cabinet.repeats == 0
+    assert {lamp["dim"] for lamp in cabinet.lamps} == {40}
+
+
+def test_reconcile_asks_the_cabinet_when_the_twin_is_older_than_the_lamps() -> None:
+    # The checkpoint's reading predates a write the previous incarnation made:
+    # the twin says 70, the lamps already hold 40. Nothing may be written again.
+    cabinet = FakeCabinet(dim=70)
+    stale = cabinet.reported()
+    for lamp in cabinet.lamps:
+        lamp["dim"] = 40
+    entity, _ = circuit(cabinet, checkpoint({"dim": 40.0}, stale))
+    assert entity.pending_setpoints() == {"dim": 40.0}
+    online(entity, cabinet)
+    assert cabinet.reads == 1
+    assert cabinet.writes == [] and cabinet.repeats == 0
+
+
+def test_reconcile_failure_is_an_alarm_not_a_crash() -> None:
+    cabinet = FakeCabinet(dim=100)
+    cabinet.reachable = False
+    entity, ctx = circuit(cabinet, checkpoint({"dim": 40.0}, cabinet.reported()))
+    online(entity, cabinet)
+    assert [f["alarm"] for e, f in ctx.events if e == "alarm"] == ["reconcile_failed"]
+    assert cabinet.writes == []
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def test_replayed_command_already_actuated_is_acked_without_writing() -> None:
+    # Host killed after the lamps took c2 and before its checkpoint and ack: the restored
+    # twin knows c1 only, the journal hands c2 over again.
+    cabinet = FakeCabinet(dim=70)
+    saved = checkpoint({"dim": 70.0}, cabinet.reported(), applied=("c1",))
+    for lamp in cabinet.lamps:
+        lamp["dim"] = 40
+    entity, _ = circuit(cabinet, saved)
+    result = command(entity, "c2", dim=40.0)
+    assert result["result"] == {"desired": {"dim": 40.0}, "device": {}}
+    assert cabinet.writes == [] and cabinet.repeats == 0
+    assert entity.twin.desired["dim"] == 40.0 and entity.already_applied("c2")
+
+
+def test_half_actuated_command_writes_the_remaining_lamps_once() -> None:
+    cabinet = FakeCabinet(dim=70)
+    saved = checkpoint({"dim": 70.0}, cabinet.reported())
+    cabinet.lamps[0]["dim"] = cabinet.lamps[1]["dim"] = 40  # killed after two lamps
+    entity, _ = circuit(cabinet, saved)
+    command(entity, "c2", dim=40.0)
+    assert cabinet.writes == [("lamp.3.dim", 40.0), ("lamp.4.dim", 40.0)]
+    assert cabinet.repeats == 0
+
+
+def test_command_writes_every_lamp_whatever_a_stale_twin_says() -> None:
+    # The twin claims the lamps hold 40, the cabinet says 70: the cabinet wins.
+    cabinet = FakeCabinet(dim=40)
+    saved = checkpoint({"dim": 40.0}, cabinet.reported())
+    for lamp in cabinet.lamps:
+        lamp["dim"] = 70
+    entity, _ = circuit(cabinet, saved)
+    command(entity, "c3", dim=40.0)
+    assert [k for k, _ in cabinet.writes] == [f"lamp.{n}.dim" for n in range(1, 5)]
+    assert cabinet.repeats == 0
+
+
+def test_command_waits_for_the_sessions_verdict_after_a_start() -> None:
+    # Just after a host starts, the device is not online yet only because it was not read yet.
+    cabinet = FakeCabinet(dim=70, verdict=True)
+    entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
+    command(entity, "c4", dim=25.0)
+    assert {lamp["dim"] for lamp in cabinet.lamps} == {25}
+
+
+def test_command_to_an_offline_cabinet_is_refused_and_kept_as_desired() -> None:
+    cabinet = FakeCabinet(dim=70, verdict=False)
+    entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
+    with pytest.raises(RejectedError) as info:
+        command(entity, "c5", dim=25.0)
+    assert info.value.code == "device_offline"
+    assert entity.twin.desired["dim"] == 25.0 and cabinet.writes == []
+
+
+def test_other_kinds_still_write_every_setpoint() -> None:
+    class Port:
+        online = True
+        written: list[Mapping[str, Any]] = []
+
+        def policy(self, field: str) -> str | None:
+            return "reapply"
+
+        async def settled(self) -> bool:
+            return True
+
+        async def read(self) -> Mapping[str, Any]:
+            raise AssertionError("a crossroad command does not read first")
+
+        async def write(self, fields: Mapping[str, Any], *,
+                        command_id: str) -> Mapping[str, Any]:
+            self.written.append(dict(fields))
+            return fields
+
+    port = Port()
+    entity = Crossroad(FakeCtx(make_equipment("xr-dijon-0001"), port))
+    run(entity.on_start(None))
+    run(entity.handle(Envelope(target="xr-dijon-0001", type="command", kind=MessageKind.COMMAND,
+                               payload={"command_id": "c6", "action": "set",
+                                        "params": {"plan": 3}})))
+    assert port.written == [{"plan": 3}]
+
+
+# -- the device manager against the real lighting simulator --------------------------
+
+
+def _first_spread_draw(host_id: str) -> float:
+    return random.Random(host_id).uniform(0, 2.0)
+
+
+def test_manager_reads_at_once_when_replacing_and_writes_single_lamps() -> None:
+    from devices.manager import HostDevices
+    from devices.sim.lighting import LightingSimulator
+    from runtime.embedded import free_port
+
+    port = free_port()
+    eq = make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
+                        endpoint=f"modbus://127.0.0.1:{port}/1", attrs={"points": 4})
+    # A host id whose cold-start spread waits well over a second before the first poll.
+    cold = next(h for h in (f"lighting-{i}" for i in range(100)) if _first_spread_draw(h) > 1.2)
+
+    async def first_reading(replacing: bool) -> tuple[float, list[Envelope], HostDevices]:
+        got: list[Envelope] = []
+        reading = asyncio.Event()
+
+        def deliver(env: Envelope) -> None:
+            got.append(env)
+            if env.type == "telemetry":
+                reading.set()
+
+        devices = HostDevices([eq], deliver, {"host_id": cold, "replacing": replacing})
+        t0 = time.monotonic()
+        await devices.start()
+        await asyncio.wait_for(reading.wait(), 10.0)
+        return time.monotonic() - t0, got, devices
+
+    async def body() -> None:
+        sim = LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+        await sim.start()
+        try:
+            waited, got, devices = await first_reading(replacing=True)
+            try:
+                assert waited < 0.5, f"a replacing host read after {waited:.2f}s"
+                # The reading reaches the entity before the device is announced online.
+                kinds = [e.type for e in got]
+                assert kinds[:2] == ["telemetry", "device_status"], kinds
+                lamp_port = devices.port(eq.id)
+                assert lamp_port is not None and await lamp_port.settled()
+                before = sim.device_counters()[eq.id].repeats
+                await lamp_port.write({"lamp.2.dim": 40.0}, command_id="c1")
+                assert [x["dim"] for x in sim.held_values(eq.id)["lamp"]] == [100, 40, 100, 100]
+                reading = await lamp_port.read()
+                assert [x["dim"] for x in reading["lamp"]] == [100, 40, 100, 100]
+                # The on-demand read reached the entity as a sample, in sequence order.
+                seqs = [e.payload["seq"] for e in got if e.type == "telemetry"]
+                assert seqs == sorted(seqs) and seqs[-1] == reading["seq"]
+                with pytest.raises(RejectedError):
+                    await lamp_port.write({"lamp.9.dim": 40.0}, command_id="c2")
+                assert sim.device_counters()[eq.id].repeats == before
+            finally:
+                await devices.stop()
+            waited, _, devices = await first_reading(replacing=False)
+            await devices.stop()
+            assert waited > 1.0, f"a cold start read after {waited:.2f}s: polls not spread"
+        finally:
+            await sim.stop()
+
+    run(body())
