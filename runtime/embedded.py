@@ -14,9 +14,9 @@ Redis is the ``redis-server`` on PATH, else the binary shipped in the
 so that an acknowledged write is on disk. The broker is ``mosquitto`` when it
 is installed, else ``amqtt`` in a child Python process.
 
-Children die with us: every child is forked from one long-lived spawner thread
-with ``PR_SET_PDEATHSIG`` set to ``SIGKILL`` (Linux), so a kill -9 of the
-runtime never leaves an orphan server holding the port. A watchdog thread
+Children die with us: every child is started by :func:`runtime.lifeline.spawn_tied`
+(``PR_SET_PDEATHSIG`` set to ``SIGKILL`` from one long-lived thread, on Linux),
+so a kill -9 of the runtime never leaves an orphan server holding the port. A watchdog thread
 restarts a server that died on the same port and data directory, so clients
 reconnect to the same URL and find the data that was durable before the crash.
 """
@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import logging
 import os
 import pwd
-import queue
 import shutil
 import signal
 import socket
@@ -38,8 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -47,6 +43,7 @@ from typing import Any, Self
 import psutil
 
 from runtime.errors import ConfigError, RetryableError
+from runtime.lifeline import spawn_tied
 
 __all__ = [
     "EmbeddedBroker",
@@ -69,7 +66,6 @@ _WATCH_INTERVAL_S = 0.05
 _LOG_TAIL_LINES = 20
 _APPENDFSYNC = ("always", "everysec", "no")
 _BROKER_KINDS = ("auto", "mosquitto", "amqtt")
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -113,81 +109,6 @@ def find_mosquitto() -> str:
 
 
 # --- process plumbing -------------------------------------------------------
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        _log.debug("prctl unavailable: embedded servers may outlive a killed runtime")
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    function: Callable[..., int] = prctl
-    return function
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child receive SIGKILL when its parent dies."""
-
-    def preexec() -> None:
-        if _PRCTL is None:
-            return
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody will signal us.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
-
-
-class _Spawner:
-    """Forks every child from one long-lived thread.
-
-    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits,
-    not the process: a server started from a short-lived worker thread would be
-    killed as soon as that thread ends. Forking from a thread that lives as long
-    as the process keeps the signal meaning "the runtime died".
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
-        ] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def spawn(self, launch: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-        with self._lock:
-            # After os.fork() the old thread is gone from the child: start a new one.
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="embedded.spawner", daemon=True
-                )
-                self._thread.start()
-        future: Future[subprocess.Popen[bytes]] = Future()
-        self._jobs.put((launch, future))
-        return future.result()
-
-    def _run(self) -> None:
-        while True:
-            launch, future = self._jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(launch())
-            except BaseException as exc:  # handed to the caller through the future
-                future.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
 
 
 def _tail(path: Path, offset: int) -> str:
@@ -377,24 +298,19 @@ class _ChildServer:
 
     def _launch(self) -> subprocess.Popen[bytes]:
         argv = self._argv()
-        env = self._env()
-        parent = os.getpid()
-
-        def launch() -> subprocess.Popen[bytes]:
+        try:
             with self.log_path.open("ab") as log:
-                return subprocess.Popen(
+                # Tied to our life: a kill -9 of the runtime never leaves a
+                # server holding the port (see runtime.lifeline).
+                return spawn_tied(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self._data_dir,
-                    env=env,
+                    env=self._env(),
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(parent),
                 )
-
-        try:
-            return _SPAWNER.spawn(launch)
         except OSError as exc:
             raise ConfigError(f"cannot run embedded {self._name} {argv[0]!r}: {exc}") from exc
 

@@ -39,6 +39,7 @@ from runtime.errors import (
     UnknownEntityError,
 )
 from runtime.inventory import Inventory, dump_inventory
+from runtime.lifeline import spawn_tied
 from runtime.placement import PlacementPlan, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.store import RetryPolicy, SyncStore
@@ -148,8 +149,11 @@ class Service:
         if self.options.sim_rate_hz:
             argv += ["--rate-hz", str(self.options.sim_rate_hz)]
         with open(data / "simulators.log", "ab") as log_file:  # the child keeps its own copy
-            self.sim_proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+            # Tied to our life: a kill -9 of the runtime must not leave the
+            # simulators holding the Modbus and OPC UA ports. A session of its
+            # own keeps Ctrl-C and group signals for us: we stop it in order.
+            self.sim_proc = spawn_tied(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.sim_proc.poll() is not None:
