@@ -34,44 +34,21 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Final
-from urllib.parse import urlparse
 
 from devices.mqtt import encode_payload, topic
 from devices.profile import builtin_profile
 from devices.sim.control import DeviceCounters
 from devices.sim.mqtt_devices import MqttDeviceSimulator
+from devices.sim.wire import connect_packet, parse_mqtt_url, publish_packet
 from runtime.errors import CommandpostError, ConfigError, DeviceUnavailableError
 from runtime.inventory import Equipment
 
-__all__ = ["SEQ_BASE", "LoadGenerator", "connect_packet", "publish_packet"]
+__all__ = ["SEQ_BASE", "LoadGenerator"]
 
 #: First ``seq`` of the generator's samples: far above what a simulated device reaches.
 SEQ_BASE: Final = 1_000_000_000
 _TICK_S: Final = 0.002
 _MAX_BEHIND_S: Final = 0.2
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(client_id: str) -> bytes:
-    """An MQTT 3.1.1 CONNECT with a clean session and no keep-alive."""
-    cid = client_id.encode("utf-8")
-    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
-    return b"\x10" + _remaining_length(len(body)) + body
-
-
-def publish_packet(topic_bytes: bytes, payload: bytes) -> bytes:
-    """An MQTT QoS 0 PUBLISH of ``payload`` on ``topic_bytes`` (not retained)."""
-    n = 2 + len(topic_bytes) + len(payload)
-    return (b"\x30" + _remaining_length(n) + len(topic_bytes).to_bytes(2, "big")
-            + topic_bytes + payload)
 
 
 class _Source:
@@ -105,10 +82,7 @@ class LoadGenerator:
                                                       "telemetry"), sim.sample(eq.id), eq.profile))
         if not self._sources:
             raise ConfigError("the load generator needs at least one MQTT device")
-        u = urlparse(url)
-        if u.scheme != "mqtt":
-            raise ConfigError(f"the load generator speaks mqtt://, not {url!r}")
-        self._address = (u.hostname or "127.0.0.1", u.port or 1883)
+        self._address = parse_mqtt_url(url)
         self._client_id = client_id
         self._sock: socket.socket | None = None
         self.rate = 0.0

@@ -55,6 +55,7 @@ from devices.mqtt import (
 )
 from devices.profile import Profile, builtin_profile
 from devices.sim.control import DeviceCounters
+from devices.sim.wire import TelemetryPublisher
 from runtime.clock import Clock, SystemClock
 from runtime.demo_inventory import municipalities
 from runtime.envelope import pack
@@ -189,6 +190,10 @@ class _Device:
 
     def topic(self, leaf: str) -> str:
         return topic(self.equipment.municipality, self.equipment.kind, self.id, leaf)
+
+    @property
+    def telemetry_topic(self) -> bytes:
+        return self.topic("telemetry").encode("utf-8")
 
     def next_seq(self) -> int:
         self.seq = self.seq + 1 if self.seq < _I32_MAX else 0
@@ -400,6 +405,9 @@ class MqttDeviceSimulator:
             self._devices[eq.id] = self._model(eq, profile, centres)
         self._session = MqttSession(url, client_id=client_id, clean_session=False)
         self._session.on_message(self._on_message)
+        # Telemetry (QoS 0) leaves on a lean connection of its own, written in batches.
+        self._telemetry = TelemetryPublisher(url, client_id=f"{client_id}-telemetry")
+        self._telemetry_retry = 0.0
         self._schedule: list[tuple[float, int, str, str]] = []
         self._order = itertools.count()
         self._wake = asyncio.Event()
@@ -482,7 +490,9 @@ class MqttDeviceSimulator:
             for device in self._devices.values():
                 if device.running:
                     await self._announce(device, online=True)
+            await self._telemetry.connect(timeout)
         except BaseException:
+            await self._telemetry.close()
             await self._session.stop()
             raise
         now = self._clock.monotonic()
@@ -510,6 +520,8 @@ class MqttDeviceSimulator:
             if not task.cancelled() and task.exception() is not None:
                 failure = task.exception()  # re-raised below, after the cleanup
         self._schedule.clear()
+        await self._telemetry.flush()
+        await self._telemetry.close()
         if self._session.connected:
             for device in self._devices.values():
                 if device.running:
@@ -641,10 +653,18 @@ class MqttDeviceSimulator:
         )
 
     async def _publish_loop(self) -> None:
+        burst = 0
         while True:
             _raise_if_cancelling()
             now = self._clock.monotonic()
+            burst += 1
+            if burst >= 64:
+                # Telemetry is written without awaiting: let the loop serve the rest.
+                burst = 0
+                await self._telemetry.flush()
+                await asyncio.sleep(0)
             if not self._schedule or self._schedule[0][0] > now:
+                burst = 0
                 wait = self._schedule[0][0] - now if self._schedule else 3600.0
                 self._wake.clear()
                 sleeper = asyncio.ensure_future(self._clock.sleep(wait))
@@ -682,11 +702,17 @@ class MqttDeviceSimulator:
         if self._loss_rate and self._loss_rng.random() < self._loss_rate:
             device.counters.dropped += 1
             return
+        if not self._telemetry.connected:
+            now = self._clock.monotonic()
+            if now >= self._telemetry_retry:
+                try:
+                    await self._telemetry.connect()
+                except DeviceUnavailableError as exc:
+                    self._telemetry_retry = now + 1.0
+                    _log.warning("mqtt simulator: %s", exc)
         try:
             # Telemetry is QoS 0: a real device offline drops it rather than queue stale positions.
-            await self._session.publish(
-                device.topic("telemetry"), encode_payload(sample), qos=0, queue=False
-            )
+            self._telemetry.publish(device.telemetry_topic, encode_payload(sample))
         except DeviceUnavailableError:
             self.telemetry_dropped += 1
             device.counters.dropped += 1

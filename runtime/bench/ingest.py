@@ -1,12 +1,396 @@
-"""``commandpost bench ingest``."""
+"""``commandpost bench ingest``: telemetry counted at both ends, and the MQTT capacity.
+
+Nominal load (the default): the city as ``make demo`` runs it, with every
+MQTT device at ``rate_hz`` (5 Hz: 3,270 messages/s at scale 1.0) and the
+Modbus and OPC UA devices at their profiles' rates. The window is framed by
+the simulators' control channel: the sources are held and drained for
+``drain_s`` before the first snapshot and after the last, so every sample
+numbered in the window has had the time to arrive. Per device, ``emitted``
+is what the simulator counted, ``applied`` what the entity applied, and
+``lost`` their difference (:mod:`runtime.bench.counting`). A data point is
+one value a message carried (``seq`` and ``ts`` are not values). Lag is the
+device's timestamp to the value applied in the entity (host histograms).
+
+``--capacity``: the city at its profiles' rates, plus MQTT load from a lean
+generator (:mod:`devices.sim.loadgen`, its own process) in steps of
+``step_s`` seconds after a warm-up, until a step fails. A step passes when
+``lost`` = 0, the generator offered ≥ 98 % of the step's rate and the MQTT lag
+p99 ≤ 1 s. The marginal CPU per MQTT message is (runtime CPU at the step -
+runtime CPU of the same city with no extra load) ÷ extra messages applied.
+The generator's and the broker's CPU are reported apart. When a step fails
+because the generator could not offer it, the generator is run alone against
+the broker (runtime stopped) at that rate: only if it cannot offer it there
+either is the answer ``generator``.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
-from runtime.bench import legacy
+import psutil
+import ray
+
+from runtime.bench.common import City, CpuMeter, Say, machine, pss_of
+from runtime.bench.counting import Tally, tally
+from runtime.metrics import Histogram
+
+DRAIN_S = 2.0
+PASS_LAG_P99_S = 1.0
+PASS_OFFERED = 0.98
+CAPACITY_STEPS = (2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 14_000, 16_000, 20_000, 24_000)
 
 
-def run(**kwargs: Any) -> dict[str, Any]:
-    """The figures of this bench (see the module docstring)."""
-    return legacy.ingest(**kwargs)
+# -- snapshots --------------------------------------------------------------
+def entity_counts(city: City) -> dict[str, dict[str, Any]]:
+    """``{"samples", "points"}`` of every entity, from every host."""
+    svc = city.svc
+    refs = [svc.host_handle(h.host_id).state_fields.remote(["samples", "points"])
+            for h in svc.plan.hosts]
+    out: dict[str, dict[str, Any]] = {}
+    for part in ray.get(refs, timeout=60):
+        out.update(part)
+    return out
+
+
+def lag_histograms(city: City) -> dict[str, Histogram]:
+    """Every host's lag histograms, merged per protocol."""
+    svc = city.svc
+    refs = [svc.host_handle(h.host_id).status.remote() for h in svc.plan.hosts]
+    merged: dict[str, Histogram] = {}
+    for status in ray.get(refs, timeout=60):
+        for name, d in (status.get("metrics") or {}).items():
+            if not name.startswith("telemetry_lag_s."):
+                continue
+            proto = name.split(".", 1)[1]
+            merged.setdefault(proto, Histogram()).merge(Histogram.from_dict(d))
+    return merged
+
+
+def lag_delta(before: dict[str, Histogram], after: dict[str, Histogram]) -> dict[str, Histogram]:
+    return {p: h.minus(before[p]) if p in before else h for p, h in after.items()}
+
+
+def lag_ms(h: Histogram | None) -> dict[str, float | None]:
+    if h is None or h.count == 0:
+        return {"p50": None, "p99": None, "max": None}
+    return {"p50": round(h.quantile(0.5) * 1000, 1), "p99": round(h.quantile(0.99) * 1000, 1),
+            "max": round(h.max * 1000, 1)}
+
+
+class _Snapshot:
+    def __init__(self, city: City, extra: dict[str, Any] | None = None) -> None:
+        self.source = city.control.counters()["devices"]
+        self.sink = entity_counts(city)
+        self.lag = lag_histograms(city)
+        self.extra = extra or {}
+
+
+def _held_snapshot(city: City, protocols: list[str] | None = None,
+                   generator: _Generator | None = None) -> _Snapshot:
+    """Hold the sources, let what they sent arrive, snapshot both ends."""
+    city.control.hold(True, protocols)
+    if generator is not None:
+        generator.rate(0)
+    time.sleep(DRAIN_S)
+    return _Snapshot(city, generator.report() if generator is not None else None)
+
+
+def _summary(t: Tally, window_s: float) -> dict[str, Any]:
+    by = {p: {"emitted": x.emitted, "applied": x.applied, "lost": x.lost,
+              "points": x.points, "points_emitted": x.points_emitted,
+              "duplicates": x.duplicates, "dropped": x.dropped, "skipped_late": x.late,
+              "numbering_errors": x.numbering_errors, "devices": x.devices,
+              "lossy_devices": sorted(x.lossy_devices)[:10]}
+          for p, x in sorted(t.by_protocol.items())}
+    return {"by_protocol": by, "emitted": t.total("emitted"), "applied": t.total("applied"),
+            "lost": t.total("lost"), "skipped_late": t.total("late"),
+            "points_per_s": round(t.total("points") / window_s) if window_s else 0}
+
+
+# -- nominal load -------------------------------------------------------------
+def nominal(*, scale: float = 1.0, say: Say = print, seconds: float = 60.0,
+            rate_hz: float = 5.0, broker: str = "auto", warmup_s: float = 10.0,
+            loss: float = 0.0, **_: Any) -> dict[str, Any]:
+    """Every protocol at nominal load, counted at both ends (see the module docstring)."""
+    with City(scale=scale, say=say, broker=broker, sim_rate_hz=rate_hz) as city:
+        n_mqtt = sum(1 for eq in city.inventory.equipment if eq.endpoint == "mqtt")
+        time.sleep(warmup_s)  # past the start-up burst
+        if loss:
+            city.control.loss(loss)
+        before = _held_snapshot(city)
+        meter = CpuMeter(city.process_groups())
+        city.control.hold(False)
+        meter.start()
+        time.sleep(seconds)
+        city.control.hold(True)
+        cores = meter.stop()
+        window = meter.window_s
+        after = _held_snapshot(city)
+        city.control.hold(False)
+        memory = pss_of(city.process_groups())
+        broker_kind = city.broker_kind
+        left_out = list(city.left_out)
+    t = tally(before.source, after.source, before.sink, after.sink)
+    lag = lag_delta(before.lag, after.lag)
+    all_lag = Histogram()
+    for h in lag.values():
+        all_lag.merge(h)
+    mqtt = t.by_protocol.get("mqtt")
+    offered = mqtt.emitted / window if mqtt else 0.0
+    applied_msgs = mqtt.applied / window if mqtt else 0.0
+    out: dict[str, Any] = {
+        "scale": scale, "window_s": round(window, 1),
+        "configured_msgs_per_s": round(n_mqtt * rate_hz, 1),
+        "offered_msgs_per_s": round(offered, 1),
+        "applied_msgs_per_s": round(applied_msgs, 1),
+        **_summary(t, window),
+        "lag_ms": lag_ms(all_lag),
+        "lag_ms_by_protocol": {p: lag_ms(h) for p, h in sorted(lag.items())},
+        "runtime_cpu": round(cores["runtime"], 2),
+        "runtime_cpu_us_per_msg": (round(cores["runtime"] * window / t.total("applied") * 1e6, 1)
+                                   if t.total("applied") else None),
+        "broker_cpu": round(cores["broker"], 2),
+        "simulator_cpu": round(cores["simulator"], 2),
+        "memory_mb": round(memory, 1),
+        "mqtt_rate_hz": rate_hz, "loss_injected": loss,
+        "broker": broker_kind, "machine": machine(), "left_out": left_out,
+    }
+    say(f"ingest: {json.dumps(out['by_protocol'])}")
+    return out
+
+
+# -- capacity -----------------------------------------------------------------
+class _Generator:
+    """The load generator process, driven over its standard input."""
+
+    def __init__(self, city: City, workdir: Path) -> None:
+        rows = [{"id": eq.id, "kind": eq.kind, "municipality": eq.municipality,
+                 "profile": eq.profile, "attrs": dict(eq.attrs), "lat": eq.lat, "lon": eq.lon}
+                for eq in city.inventory.equipment if eq.endpoint == "mqtt"]
+        path = workdir / "loadgen-devices.json"
+        path.write_text(json.dumps(rows), encoding="utf-8")
+        self.devices = len(rows)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devices.sim.loadgen", "--mqtt", city.svc.mqtt_url,
+             "--devices", str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self._read()
+        if not ready.get("ready"):
+            raise RuntimeError(f"load generator did not start: {ready}")
+        self.pid = self.proc.pid
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited with {self.proc.wait(5)}")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def _ask(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def rate(self, rate: float) -> None:
+        self._ask({"rate": rate})
+
+    def report(self) -> dict[str, Any]:
+        return self._ask({"report": True})
+
+    def stop(self) -> None:
+        try:
+            self._ask({"stop": True})
+        except (OSError, RuntimeError, ValueError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
+def capacity_steps(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
+             step_s: float = 20.0, warmup_s: float = 5.0, steps: tuple[int, ...] = CAPACITY_STEPS,
+             loss: float = 0.0, **_: Any) -> dict[str, Any]:
+    """Step extra MQTT load up until a step fails (see the module docstring)."""
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cp-capacity-") as tmp, \
+            City(scale=scale, say=say, broker=broker) as city:
+        gen = _Generator(city, Path(tmp))
+        try:
+            groups = city.process_groups()
+            groups["runtime"] -= {gen.pid}
+            time.sleep(10.0)  # past the start-up burst
+            if loss:
+                city.control.loss(loss)
+            # The same city with no extra load: the baseline of the marginal cost.
+            base = _step(city, gen, groups, 0, step_s, warmup_s)
+            say(f"baseline: runtime {base['runtime_cpu']:.2f} cores, "
+                f"{base['applied_msgs_per_s']:.0f} MQTT msgs/s applied")
+            for rate in steps:
+                r = _step(city, gen, groups, rate, step_s, warmup_s)
+                extra = r["applied_msgs_per_s"] - base["applied_msgs_per_s"]
+                r["marginal_us_per_msg"] = (
+                    round((r["runtime_cpu"] - base["runtime_cpu"]) / extra * 1e6, 1)
+                    if extra > 0 else None)
+                results.append(r)
+                say(f"step {rate}/s: offered {r['offered']:.0f}, applied {r['applied']}, "
+                    f"lost {r['lost']}, lag p99 {r['lag_p99_ms']} ms, runtime "
+                    f"{r['runtime_cpu']:.2f} cores, marginal {r['marginal_us_per_msg']} µs, "
+                    f"{'pass' if r['passed'] else 'FAIL'}")
+                if not r["passed"]:
+                    break
+            broker_kind = city.broker_kind
+            left_out = list(city.left_out)
+            mqtt_url = city.svc.mqtt_url
+        finally:
+            gen.stop()
+    passing = [r for r in results if r["passed"]]
+    failed = next((r for r in results if not r["passed"]), None)
+    limited_by = "none"
+    if failed is not None:
+        limited_by = _limit(failed, say, broker, Path(tempfile.gettempdir()), mqtt_url)
+    best = passing[-1] if passing else None
+    marginal = [r["marginal_us_per_msg"] for r in results
+                if r["marginal_us_per_msg"] is not None and r["passed"]]
+    return {
+        "scale": scale,
+        "capacity": {
+            "mqtt_msgs_per_s": round(best["applied_msgs_per_s"]) if best else 0,
+            "generator_msgs_per_s": best["rate"] if best else 0,
+            "points_per_s": best["points_per_s"] if best else 0,
+            "lag_p99_ms": best["lag_p99_ms"] if best else None,
+            "marginal_us_per_msg": best["marginal_us_per_msg"] if best else None,
+            "marginal_us_per_msg_median": (sorted(marginal)[len(marginal) // 2]
+                                           if marginal else None),
+            "limited_by": limited_by,
+            "baseline": base,
+            "steps": results,
+        },
+        "broker": broker_kind, "machine": machine(), "left_out": left_out,
+    }
+
+
+def _step(city: City, gen: _Generator, groups: dict[str, set[int]], rate: int,
+          step_s: float, warmup_s: float) -> dict[str, Any]:
+    before = _held_snapshot(city, None, gen)
+    city.control.hold(False)
+    gen.rate(rate)
+    time.sleep(warmup_s)
+    lag0 = lag_histograms(city)
+    meter = CpuMeter(groups)
+    g0 = _cpu_s(gen.pid)
+    meter.start()
+    r0 = gen.report()
+    time.sleep(step_s)
+    r1 = gen.report()
+    cores = meter.stop()
+    window = meter.window_s
+    gen_cpu = (_cpu_s(gen.pid) - g0) / window
+    after = _held_snapshot(city, None, gen)
+    city.control.hold(False)
+    t = tally(before.source, after.source, before.sink, after.sink,
+              extra_sources=[(before.extra.get("devices", {}), after.extra.get("devices", {}))])
+    lag = lag_delta(lag0, after.lag).get("mqtt")
+    gen_in_window = (sum(d["emitted"] for d in r1["devices"].values())
+                     - sum(d["emitted"] for d in r0["devices"].values()))
+    offered_gen = gen_in_window / window
+    mqtt = t.by_protocol.get("mqtt")
+    lag_p99 = lag.quantile(0.99) if lag is not None and lag.count else None
+    applied_msgs = (mqtt.applied if mqtt else 0)
+    # The whole step (warm-up and drain included) is what was emitted and applied.
+    span = window + warmup_s
+    passed = (t.total("lost") == 0 and (rate == 0 or offered_gen >= PASS_OFFERED * rate)
+              and lag_p99 is not None and lag_p99 <= PASS_LAG_P99_S)
+    return {
+        "rate": rate, "offered": round(offered_gen, 1),
+        "applied": applied_msgs, "applied_msgs_per_s": round(applied_msgs / span, 1),
+        "lost": t.total("lost"), "duplicates": t.total("duplicates"),
+        "generator_skipped": int(after.extra.get("skipped", 0)) - int(
+            before.extra.get("skipped", 0)),
+        "points_per_s": round(t.total("points") / span),
+        "lag_p99_ms": round(lag_p99 * 1000, 1) if lag_p99 is not None else None,
+        "runtime_cpu": round(cores["runtime"], 3), "broker_cpu": round(cores["broker"], 3),
+        "simulator_cpu": round(cores["simulator"], 3), "generator_cpu": round(gen_cpu, 3),
+        "passed": passed,
+    }
+
+
+def _limit(failed: dict[str, Any], say: Say, broker: str, tmp: Path, url: str) -> str:
+    """What stopped the failed step: the generator only if it cannot offer the rate alone."""
+    rate = failed["rate"]
+    if failed["offered"] >= PASS_OFFERED * rate:
+        return "broker" if failed["broker_cpu"] >= 0.9 else "runtime"
+    alone = generator_alone(rate, broker=broker)
+    say(f"generator alone at {rate}/s (runtime stopped): offered {alone:.0f}/s")
+    if alone >= PASS_OFFERED * rate:
+        return "runtime"  # it can offer it when the runtime is not competing for the cores
+    return "generator"
+
+
+def generator_alone(rate: int, *, broker: str = "auto", seconds: float = 10.0) -> float:
+    """Messages/s the generator offers at ``rate`` with no runtime, counted by the generator."""
+    from runtime.demo_inventory import build_demo
+    from runtime.embedded import EmbeddedBroker
+
+    inv = build_demo(1.0)
+    with tempfile.TemporaryDirectory(prefix="cp-genalone-") as tmp:
+        b = EmbeddedBroker(Path(tmp) / "mqtt", prefer=broker)
+        b.start()
+        try:
+            fake = _FakeCity(inv, b.url)
+            gen = _Generator(fake, Path(tmp))  # type: ignore[arg-type]
+            try:
+                gen.rate(rate)
+                time.sleep(2.0)
+                r0 = gen.report()
+                t0 = time.monotonic()
+                time.sleep(seconds)
+                r1 = gen.report()
+                dt = time.monotonic() - t0
+            finally:
+                gen.stop()
+        finally:
+            b.stop()
+    sent = (sum(int(d["emitted"]) for d in r1["devices"].values())
+            - sum(int(d["emitted"]) for d in r0["devices"].values()))
+    return sent / dt
+
+
+class _FakeCity:
+    """What :class:`_Generator` reads of a city: its inventory and broker URL."""
+
+    def __init__(self, inventory: Any, mqtt_url: str) -> None:
+        self.inventory = inventory
+
+        class _Svc:
+            pass
+
+        self.svc = _Svc()
+        self.svc.mqtt_url = mqtt_url  # type: ignore[attr-defined]
+
+
+def run(*, capacity: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Nominal load; with ``capacity`` the capacity steps too (see the module docstring)."""
+    out = nominal(**kwargs)
+    if capacity:
+        steps = capacity_steps(**kwargs)
+        out["capacity"] = steps["capacity"]
+        out["left_out"] = sorted(set(out["left_out"]) | set(steps["left_out"]))
+    return out
