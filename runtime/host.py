@@ -59,6 +59,8 @@ from supervisors import (
 
 log = logging.getLogger("commandpost.host")
 
+_JOURNAL_BATCH = 500  # journal entries read at a time
+
 HOST_PREFIX = "@"  # envelopes addressed to "@{host_id}" are replies to a host-level request
 
 
@@ -228,6 +230,16 @@ class HostCore:
         if self._device_factory is not None:
             self.devices = self._device_factory(
                 [s.equipment for s in self.slots.values()], self.route, self._device_options)
+        # Commands a previous incarnation left unacknowledged reach their entities before any
+        # device reports: an entity takes up a command cut short by its host's death before
+        # its reconnect compares desired state with the device (and reverts what it set).
+        try:
+            while await self._journal_pass(block_ms=0) >= _JOURNAL_BATCH:
+                pass
+        except StoreUnavailableError as exc:
+            log.warning("host %s: journal not caught up before its devices: %s",
+                        self.host_id, exc)
+        if self.devices is not None:
             await self.devices.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -542,16 +554,19 @@ class HostCore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _journal_pass(self) -> None:
+    async def _journal_pass(self, block_ms: int | None = None) -> int:
+        """Deliver this host's commands among the next journal entries; returns how many
+        entries were read (waiting up to ``block_ms``, by default the configured time)."""
         retry, self._retry_commands = self._retry_commands, []
         for env in retry:
             self._offer(self.slots[env.target], env)
         after = next(reversed(self._inflight_commands), None) or self._cursor
-        block = 50 if self._retry_commands else self.config.journal_block_ms
-        entries = await self.store.read_journal(after, count=500, block_ms=block)
+        if block_ms is None:
+            block_ms = 50 if self._retry_commands else self.config.journal_block_ms
+        entries = await self.store.read_journal(after, count=_JOURNAL_BATCH, block_ms=block_ms)
         if not entries:
             await self._advance_cursor()
-            return
+            return 0
         picked = self.clock.time()
         for sid, _cid, _target in entries:
             self._inflight_commands[sid] = _cid
@@ -603,6 +618,7 @@ class HostCore:
                 self._device_times.setdefault(env.id, {})
                 self._offer(slot, env)
         await self._advance_cursor()
+        return len(entries)
 
     async def _advance_cursor(self) -> None:
         moved = None

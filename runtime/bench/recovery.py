@@ -1,12 +1,411 @@
-"""``commandpost bench recovery``."""
+"""``commandpost bench recovery``: kill -9 the largest host with commands in flight.
+
+The city runs as ``make demo`` runs it (:class:`~runtime.bench.common.City`:
+simulators, device sessions, warm spare, admin web). The bench kills the
+process of the largest host (``lighting-2`` at scale 1.0) ``kills`` times with
+``SIGKILL``, spaced so that its domain supervisor's restart intensity is never
+exceeded, while lighting dims for that host's circuits are submitted to the
+command journal before and during each kill. Per kill it measures, from the
+signal:
+
+* ``detect_s``: to the supervisor's ``exit`` event for the host;
+* ``answer_s``: to every entity of the host answering a ping through the new
+  process with its restored state (versions at least those seen before the kill);
+* ``fresh_s``: to every entity of the host online with a device reading sampled
+  after the kill (a sample number above the one the simulator had reached).
+
+And it checks, at the simulators (:mod:`devices.sim.control`):
+
+* ``commands_lost``: accepted commands that did not end ``acked``, plus
+  circuits whose lamps do not hold the last value commanded;
+* ``actuated_twice``: writes of a value the lamp already held (``repeats``)
+  on the host's devices over the whole run. Every command asks for a level the
+  circuit does not hold, and at most one command per circuit is in flight, so
+  the bench itself causes none;
+* ``extra_actuations``: value-changing writes beyond one per lamp per command
+  (a reconcile that reverted a lamp the replayed command then set again);
+* ``replayed_after_actuation``: commands caught by a kill after their lamps
+  changed (all or some) and before their ack: the replays that must not write again;
+* ``state_lost``: entities whose restored desired level is older than the
+  last command acked before the kill.
+
+Milestones are polled every ``poll_s`` (0.025 s), which bounds their resolution.
+"""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.bench import legacy
+import ray
+
+from runtime.bench.common import City, Say, find_node, machine
+from runtime.commands import TERMINAL, Command, CommandStatus, new_command_id
+from runtime.errors import CommandpostError, ConfigError
+from supervisors.tree import TreeConfig
+
+__all__ = ["KillRound", "Recovery", "run"]
+
+_RAY_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ValueError, KeyError)
 
 
-def run(**kwargs: Any) -> dict[str, Any]:
+@dataclass
+class _Sent:
+    """One command the bench submitted."""
+
+    command_id: str
+    entity_id: str
+    dim: int
+    submitted: float
+    status: str = "queued"
+
+
+@dataclass
+class KillRound:
+    """The figures of one kill."""
+
+    pid: int
+    detect_s: float | None = None
+    answer_s: float | None = None
+    fresh_s: float | None = None
+    commands: int = 0
+    not_acked: int = 0
+    not_held: int = 0
+    repeats: int = 0
+    extra_actuations: int = 0
+    replayed_after_actuation: int = 0
+    state_lost: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 3)
+
+        return {"pid": self.pid, "detect_s": r(self.detect_s), "answer_s": r(self.answer_s),
+                "fresh_s": r(self.fresh_s), "commands": self.commands,
+                "not_acked": self.not_acked, "not_held": self.not_held,
+                "repeats": self.repeats, "extra_actuations": self.extra_actuations,
+                "replayed_after_actuation": self.replayed_after_actuation,
+                "state_lost": self.state_lost, "statuses": dict(self.statuses)}
+
+
+class Recovery:
+    """Kill rounds against one host of a running :class:`City` (the bench and its tests).
+
+    ``rate`` commands per second are submitted from ``lead_s`` before each kill
+    to ``tail_s`` after it, each to a circuit with no command in flight, for a
+    dim level that circuit does not hold.
+    """
+
+    def __init__(self, city: City, host_id: str, *, rate: float = 40.0, lead_s: float = 1.0,
+                 tail_s: float = 1.5, timeout_s: float = 60.0, poll_s: float = 0.025,
+                 seed: int = 1, say: Say = print) -> None:
+        self.city = city
+        self.svc = city.svc
+        self.host_id = host_id
+        kinds = {eq.id: eq for eq in city.inventory.equipment}
+        self.ids = list(self.svc.plan.host(host_id).entity_ids)
+        self.circuits = [e for e in self.ids if kinds[e].kind == "lighting_circuit"]
+        if not self.circuits:
+            raise ConfigError(f"host {host_id} runs no lighting circuit to command")
+        self.points = {e: int(kinds[e].attrs.get("points", 30)) for e in self.circuits}
+        self.rate = rate
+        self.lead_s = lead_s
+        self.tail_s = tail_s
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.say = say
+        self._rng = random.Random(seed)
+        # What each circuit's lamps hold once its last command is acked.
+        self.level = {e: self._held_level(e) for e in self.circuits}
+        self.rounds: list[KillRound] = []
+        self._last_kill = 0.0
+        counters = self._counters()
+        self.repeats_at_start = sum(int(c["repeats"]) for c in counters.values())
+        options = TreeConfig().domain
+        # At most max_restarts kills in any max_seconds window, with a margin.
+        self.spacing_s = options.max_seconds / max(1, options.max_restarts) + 0.5
+
+    # -- the field -------------------------------------------------------------
+    def _counters(self) -> dict[str, dict[str, Any]]:
+        devices: dict[str, dict[str, Any]] = self.city.control.counters(self.ids)["devices"]
+        return devices
+
+    def _lamp_levels(self, entity_id: str) -> list[int]:
+        held = self.city.control.values(entity_id)
+        return [int(lamp["dim"]) for lamp in held.get("lamp", [])]
+
+    def _held_level(self, entity_id: str) -> int | None:
+        levels = set(self._lamp_levels(entity_id))
+        return levels.pop() if len(levels) == 1 else None
+
+    # -- the host ----------------------------------------------------------------
+    def _node(self) -> dict[str, Any]:
+        return find_node(self.svc.tree(), self.host_id)
+
+    def _handle(self) -> Any:
+        return self.svc.host_handle(self.host_id)
+
+    def _wait_ready(self) -> None:
+        """Every entity of the host online and every command of the last round final."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            try:
+                node = self._node()
+                if node.get("status") == "running" and int(node.get("online", 0)) == len(self.ids):
+                    return
+            except (CommandpostError, *_RAY_ERRORS):
+                pass
+            time.sleep(0.2)
+        raise ConfigError(f"host {self.host_id} not running with every device online "
+                          f"within {self.timeout_s:.0f}s")
+
+    # -- commands ------------------------------------------------------------------
+    def _submit(self, free: list[str], sent: dict[str, _Sent]) -> None:
+        if not free:
+            return  # every circuit has a command in flight: this tick's command waits
+        eid = free.pop(self._rng.randrange(len(free)))
+        held = self.level[eid]
+        dim = self._rng.choice([d for d in range(0, 101, 5) if d != held])
+        cmd = Command(command_id=new_command_id(), target=eid, action="set",
+                      params={"dim": float(dim)}, caller="bench:recovery")
+        stored, _ = self.svc.store.submit_command(cmd)
+        sent[stored.command_id] = _Sent(stored.command_id, eid, dim, time.time())
+
+    def _refresh(self, sent: dict[str, _Sent], free: list[str]) -> None:
+        """Read the status of every command still in flight; finished ones free their circuit."""
+        for s in sent.values():
+            if s.status in TERMINAL:
+                continue
+            s.status = str(self.svc.store.get_command(s.command_id).status)
+            if CommandStatus(s.status) in TERMINAL:
+                if s.status == CommandStatus.ACKED:
+                    self.level[s.entity_id] = s.dim
+                free.append(s.entity_id)
+
+    # -- one kill ----------------------------------------------------------------------
+    def kill_round(self) -> KillRound:
+        """Commands before and during one kill -9 of the host; milestones and checks."""
+        self._wait_ready()
+        wait = self._last_kill + self.spacing_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        node = self._node()
+        pid = int(node["pid"])
+        before = self._counters()
+        handle = self._handle()
+        versions = ray.get(handle.ping_entities.remote(timeout=5.0), timeout=30)
+        min_version = int(versions["min_version"])
+        result = KillRound(pid=pid)
+        sent: dict[str, _Sent] = {}
+        free = list(self.circuits)
+        period = 1.0 / self.rate if self.rate > 0 else float("inf")
+        start = time.monotonic()
+        next_submit = start
+        next_refresh = start
+        t_kill = 0.0
+        killed_at = 0.0  # monotonic
+        acked_before_kill: dict[str, int | None] = {}
+        seq_at_kill: dict[str, int] = {}
+        new_handle: Any = None
+        while True:
+            now = time.monotonic()
+            submitting = not killed_at or now < killed_at + self.tail_s
+            while submitting and next_submit <= now:
+                self._submit(free, sent)
+                next_submit += period
+            if now >= next_refresh:
+                self._refresh(sent, free)
+                next_refresh = now + 0.1
+            if not killed_at and now >= start + self.lead_s:
+                self._refresh(sent, free)
+                acked_before_kill = dict(self.level)
+                os.kill(pid, signal.SIGKILL)
+                t_kill = time.time()
+                killed_at = time.monotonic()
+                self._last_kill = killed_at
+                seq_at_kill = {e: (c.get("last_seq") or -1) for e, c in self._counters().items()}
+                result.replayed_after_actuation = self._caught(sent.values())
+            if killed_at:
+                if result.detect_s is None:
+                    result.detect_s = self._detected(t_kill)
+                if new_handle is None:
+                    new_handle = self._new_handle(pid)
+                if new_handle is not None and result.answer_s is None:
+                    result.answer_s = self._answered(new_handle, min_version, t_kill)
+                if new_handle is not None and result.fresh_s is None:
+                    result.fresh_s = self._fresh(new_handle, seq_at_kill, t_kill)
+                done = None not in (result.detect_s, result.answer_s, result.fresh_s)
+                if (done and not submitting) or now > killed_at + self.timeout_s:
+                    break
+            time.sleep(self.poll_s)
+        if new_handle is not None:
+            result.state_lost = self._state_lost(new_handle, acked_before_kill, sent)
+        else:
+            result.state_lost = len(self.ids)
+        self._drain(sent, free)
+        self._check(result, sent, before)
+        self.rounds.append(result)
+        return result
+
+    def _caught(self, sent: Iterable[_Sent]) -> int:
+        """Commands not finished at the kill whose lamps had (partly) taken their level."""
+        caught = 0
+        for s in sent:
+            if CommandStatus(s.status) in TERMINAL:
+                continue
+            if s.dim in self._lamp_levels(s.entity_id):
+                caught += 1
+        return caught
+
+    def _detected(self, t_kill: float) -> float | None:
+        try:
+            events = ray.get(self.svc.root.recent_events.remote(), timeout=5)
+        except _RAY_ERRORS:
+            return None
+        for ev in events:
+            if (ev.get("entity") == self.host_id and ev.get("event") == "supervisor_exit"
+                    and float(ev.get("ts", 0.0)) >= t_kill):
+                return float(ev["ts"]) - t_kill
+        return None
+
+    def _new_handle(self, old_pid: int) -> Any:
+        try:
+            node = self._node()
+            if node.get("status") != "running" or int(node.get("pid") or 0) in (0, old_pid):
+                return None
+            return self._handle()
+        except (CommandpostError, *_RAY_ERRORS):
+            return None
+
+    def _answered(self, handle: Any, min_version: int, t_kill: float) -> float | None:
+        try:
+            r = ray.get(handle.ping_entities.remote(timeout=2.0), timeout=5)
+        except _RAY_ERRORS:
+            return None
+        if r["answered"] == len(self.ids) and int(r["min_version"]) >= min_version:
+            return time.time() - t_kill
+        return None
+
+    def _fresh(self, handle: Any, seq_at_kill: dict[str, int], t_kill: float) -> float | None:
+        try:
+            states = ray.get(handle.state_fields.remote(["online", "seq"]), timeout=5)
+        except _RAY_ERRORS:
+            return None
+        for eid in self.ids:
+            st = states.get(eid)
+            if not st or not st.get("online") or int(st.get("seq") or -1) <= seq_at_kill.get(
+                    eid, -1):
+                return None
+        return time.time() - t_kill
+
+    def _state_lost(self, handle: Any, acked: dict[str, int | None],
+                    sent: dict[str, _Sent]) -> int:
+        """Entities whose restored desired level is older than what was acked before the kill."""
+        try:
+            snap = ray.get(handle.snapshot.remote(self.circuits), timeout=30)
+        except _RAY_ERRORS:
+            return len(self.circuits)
+        later: dict[str, set[int]] = {}
+        for s in sent.values():
+            later.setdefault(s.entity_id, set()).add(s.dim)
+        lost = 0
+        for eid in self.circuits:
+            want = acked.get(eid)
+            desired = ((snap.get(eid) or {}).get("twin") or {}).get("desired") or {}
+            got = desired.get("dim")
+            if want is None and got is None:
+                continue
+            # In-flight commands may already have moved it on: any of their levels will do.
+            if got is None or (round(float(got)) != want
+                               and round(float(got)) not in later.get(eid, set())):
+                lost += 1
+        return lost
+
+    def _drain(self, sent: dict[str, _Sent], free: list[str]) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            self._refresh(sent, free)
+            if all(CommandStatus(s.status) in TERMINAL for s in sent.values()):
+                return
+            time.sleep(0.1)
+
+    def _check(self, result: KillRound, sent: dict[str, _Sent],
+               before: dict[str, dict[str, Any]]) -> None:
+        result.commands = len(sent)
+        for s in sent.values():
+            result.statuses[s.status] = result.statuses.get(s.status, 0) + 1
+        result.not_acked = sum(1 for s in sent.values() if s.status != CommandStatus.ACKED)
+        last: dict[str, _Sent] = {}
+        for s in sorted(sent.values(), key=lambda x: x.submitted):
+            last[s.entity_id] = s
+        for eid, s in last.items():
+            if set(self._lamp_levels(eid)) != {s.dim}:
+                result.not_held += 1
+        after = self._counters()
+        result.repeats = sum(int(after[e]["repeats"]) - int(before[e]["repeats"])
+                             for e in self.ids)
+        actuations = sum(int(after[e]["actuations"]) - int(before[e]["actuations"])
+                         for e in self.ids)
+        # Each command moves every lamp of its circuit to a new level: one write per lamp.
+        expected = sum(self.points[s.entity_id] for s in sent.values()
+                       if s.status == CommandStatus.ACKED)
+        result.extra_actuations = actuations - expected
+
+    def repeats_total(self) -> int:
+        """Repeats on the host's devices since this object was made."""
+        return sum(int(c["repeats"]) for c in self._counters().values()) - self.repeats_at_start
+
+
+def _p50(values: Sequence[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return round(statistics.median(got), 3) if got else None
+
+
+def run(*, scale: float = 1.0, kills: int = 5, say: Say = print, broker: str = "auto",
+        **_: Any) -> dict[str, Any]:
     """The figures of this bench (see the module docstring)."""
-    return legacy.recovery(**kwargs)
+    if kills < 1:
+        raise ConfigError("recovery needs at least one kill")
+    with City(scale=scale, say=say, broker=broker) as city:
+        target = max(city.svc.plan.hosts, key=lambda h: len(h.entity_ids))
+        bench = Recovery(city, target.host_id, say=say)
+        say(f"target {target.host_id}: {len(bench.ids)} entities; kills at least "
+            f"{bench.spacing_s:.1f}s apart; {machine()}")
+        for k in range(kills):
+            r = bench.kill_round()
+            say(f"kill {k + 1}: pid {r.pid} detect {r.detect_s} answer {r.answer_s} "
+                f"fresh {r.fresh_s}; {r.commands} commands {r.statuses}, not held "
+                f"{r.not_held}, repeats {r.repeats}, extra actuations {r.extra_actuations}, "
+                f"caught after actuation {r.replayed_after_actuation}, "
+                f"state lost {r.state_lost}")
+        actuated_twice = bench.repeats_total()
+        rounds = bench.rounds
+        fresh = [r.fresh_s for r in rounds]
+        return {
+            "kills": len(rounds),
+            "host": target.host_id,
+            "entities_per_kill": len(bench.ids),
+            "detect_p50_s": _p50([r.detect_s for r in rounds]),
+            "answer_p50_s": _p50([r.answer_s for r in rounds]),
+            "fresh_p50_s": _p50(fresh),
+            "fresh_max_s": (None if None in fresh or not fresh
+                            else round(max(v for v in fresh if v is not None), 3)),
+            "state_lost": sum(r.state_lost for r in rounds),
+            "commands": sum(r.commands for r in rounds),
+            "commands_lost": sum(r.not_acked + r.not_held for r in rounds),
+            "actuated_twice": actuated_twice,
+            "extra_actuations": sum(r.extra_actuations for r in rounds),
+            "replayed_after_actuation": sum(r.replayed_after_actuation for r in rounds),
+            "per_kill": [r.to_json() for r in rounds],
+            "scale": scale,
+            "machine": machine(),
+            "broker": city.broker_kind,
+            "left_out": list(city.left_out),
+        }
