@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import random
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,15 +18,13 @@ from typing import Any
 import psutil
 import ray
 
-from runtime.commands import Command, CommandStatus, new_command_id
 from runtime.demo_inventory import generate_demo
 from runtime.embedded import EmbeddedRedis
 from runtime.entity import Checkpoint
 from runtime.envelope import pack
 from runtime.inventory import parse_inventory
 from runtime.procmem import pss_mb, ray_pids, tree_pids
-from runtime.store import RedisStore, SyncStore
-from supervisors.tree import TreeConfig
+from runtime.store import RedisStore
 
 Say = Callable[[str], None]
 
@@ -107,136 +103,6 @@ def startup(*, scale: float = 1.0, say: Say = print, **_: Any) -> dict[str, Any]
         "hosts": len(svc.plan.hosts), "import_s": round(import_s, 2),
         "machine": machine(),
     }
-
-
-def _wait_acked(store: SyncStore, ids: list[str], timeout: float = 60.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    pending = set(ids)
-    statuses: dict[str, str] = {}
-    while pending and time.monotonic() < deadline:
-        for cid in list(pending):
-            st = store.get_command(cid).status
-            if st in (CommandStatus.ACKED, CommandStatus.FAILED, CommandStatus.EXPIRED,
-                      CommandStatus.SUPERSEDED):
-                statuses[cid] = str(st)
-                pending.discard(cid)
-        if pending:
-            time.sleep(0.05)
-    for cid in pending:
-        statuses[cid] = "timeout"
-    return statuses
-
-
-def recovery(*, scale: float = 1.0, kills: int = 5, say: Say = print,
-             **_: Any) -> dict[str, Any]:
-    """kill -9 the biggest host K times; time detection and full recovery; check state."""
-    from runtime.service import Service, ServiceOptions
-
-    inv = parse_inventory(generate_demo(scale=scale), "<demo>")
-    svc = Service(inv, ServiceOptions())
-    rng = random.Random(1)
-    detect: list[float] = []
-    recover: list[float] = []
-    state_lost = 0
-    try:
-        svc.start_servers()
-        svc.start_ray()
-        svc.start_tree()
-        assert svc.store is not None
-        target = max(svc.plan.hosts, key=lambda h: len(h.entity_ids))
-        kinds = {eq.id: eq.kind for eq in inv.equipment}
-        field: dict[str, tuple[str, Callable[[], Any]]] = {
-                 "lighting_circuit": ("dim", lambda: float(rng.randint(0, 100))),
-                 "crossroad": ("plan", lambda: rng.randint(1, 32)),
-                 "camera": ("preset", lambda: rng.randint(0, 255)),
-                 "vehicle": ("message", lambda: f"m{rng.randint(0, 10**6)}"),
-                 "building": ("mode", lambda: rng.choice(["occupied", "unoccupied"])),
-                 "access_terminal": ("bollard", lambda: rng.choice(["up", "down"]))}
-        spacing = TreeConfig().domain.max_seconds + 1.0
-        say(f"target {target.host_id} with {len(target.entity_ids)} entities; "
-            f"kills spaced {spacing:.0f}s; machine {machine()}")
-        for k in range(kills):
-            expected: dict[str, tuple[str, Any]] = {}
-            cids = []
-            for eid in target.entity_ids:
-                name, make = field[kinds[eid]]
-                value = make()
-                cmd = Command(command_id=new_command_id(), target=eid, action="set",
-                              params={name: value}, caller="bench")
-                svc.store.submit_command(cmd)
-                cids.append(cmd.command_id)
-                expected[eid] = (name, value)
-            statuses = _wait_acked(svc.store, cids)
-            not_acked = [c for c, s in statuses.items() if s != "acked"]
-            if not_acked:
-                say(f"kill {k}: {len(not_acked)} commands not acked: "
-                    f"{sorted(set(statuses.values()))}")
-            tree = svc.tree()
-            host = _find(tree, target.host_id)
-            pid = int(host["pid"])
-            t_kill = time.time()
-            os.kill(pid, 9)
-            detected = None
-            recovered = None
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if detected is None:
-                    for ev in ray.get(svc.root.recent_events.remote()):
-                        if (ev["entity"] == target.host_id and ev["event"] == "supervisor_exit"
-                                and ev["ts"] >= t_kill):
-                            detected = ev["ts"] - t_kill
-                try:
-                    handle = svc.host_handle(target.host_id)
-                    r = ray.get(handle.ping_entities.remote(timeout=2.0), timeout=5)
-                    if r["answered"] == len(target.entity_ids) and \
-                            _find(svc.tree(), target.host_id)["pid"] != pid:
-                        recovered = time.time() - t_kill
-                        break
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
-                        ValueError, KeyError):
-                    pass
-                time.sleep(0.01)
-            if recovered is None:
-                say(f"kill {k}: host did not recover within 60 s")
-                state_lost += len(target.entity_ids)
-                continue
-            snap = ray.get(svc.host_handle(target.host_id).snapshot.remote(), timeout=30)
-            lost = 0
-            for eid, (name, value) in expected.items():
-                cp = snap.get(eid) or {}
-                if (cp.get("twin") or {}).get("desired", {}).get(name) != value:
-                    lost += 1
-            state_lost += lost
-            recover.append(recovered)
-            if detected is not None:
-                detect.append(detected)
-            shown = "?" if detected is None else f"{detected:.3f}"
-            say(f"kill {k}: pid {pid} detected {shown}s, "
-                f"recovered {recovered:.3f}s, state lost {lost}")
-            if k < kills - 1:
-                time.sleep(spacing)
-    finally:
-        svc.stop()
-    return {
-        "kills": len(recover),
-        "detect_p50_s": round(statistics.median(detect), 3) if detect else None,
-        "recovery_p50_s": round(statistics.median(recover), 3) if recover else None,
-        "recovery_max_s": round(max(recover), 3) if recover else None,
-        "state_lost": state_lost,
-        "entities_per_kill": len(target.entity_ids),
-        "machine": machine(),
-    }
-
-
-def _find(tree: dict[str, Any], node_id: str) -> dict[str, Any]:
-    if tree.get("id") == node_id:
-        return tree
-    for c in tree.get("children", []):
-        try:
-            return _find(c, node_id)
-        except KeyError:
-            continue
-    raise KeyError(node_id)
 
 
 def _sum_states(svc: Any) -> dict[str, dict[str, Any]]:
