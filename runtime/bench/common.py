@@ -28,7 +28,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -105,8 +105,9 @@ def latency_summary(values_s: Iterable[float], *, digits: int = 2) -> dict[str, 
 class City:
     """The metropolis as ``make demo`` runs it, for the benches (see the module doc).
 
-    ``spares`` and ``admin`` can be turned off; what is turned off is listed
-    in :attr:`left_out`. ``sim_rate_hz`` overrides the MQTT devices' rate.
+    ``spares`` and ``admin`` can be turned off, and ``kinds`` keeps only the
+    equipment of those kinds; what is left out is listed in :attr:`left_out`.
+    ``sim_rate_hz`` overrides the MQTT devices' rate.
     """
 
     def __init__(
@@ -122,7 +123,10 @@ class City:
         online_timeout_s: float = 180.0,
         data_dir: Path | None = None,
         seed: int = 0,
+        kinds: Collection[str] | None = None,
     ) -> None:
+        import dataclasses
+
         from runtime.demo_inventory import DemoPorts, generate_demo
         from runtime.inventory import parse_inventory
 
@@ -132,6 +136,12 @@ class City:
         self.inventory = parse_inventory(
             generate_demo(scale=scale, seed=seed, ports=DemoPorts.free()),
             f"<demo scale {scale}>")
+        dropped: list[str] = []
+        if kinds is not None:
+            # A lighter city (tests): only the equipment of these kinds.
+            keep = tuple(eq for eq in self.inventory.equipment if eq.kind in kinds)
+            dropped = sorted({eq.kind for eq in self.inventory.equipment} - set(kinds))
+            self.inventory = dataclasses.replace(self.inventory, equipment=keep)
         self._broker = broker
         self._sim_rate_hz = sim_rate_hz
         self._spares = spares
@@ -146,7 +156,7 @@ class City:
         self.admin_url = ""
         self.creds: dict[str, dict[str, str]] = {}
         self.control: Any = None
-        self.left_out: list[str] = []
+        self.left_out: list[str] = [f"{kind} equipment" for kind in dropped]
         #: Seconds each step of :meth:`start_runtime` took (servers, admin, ray, tree).
         self.timings: dict[str, float] = {}
         if spares < 1:
