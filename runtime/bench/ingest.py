@@ -119,23 +119,27 @@ def nominal(*, scale: float = 1.0, say: Say = print, seconds: float = 60.0,
             loss: float = 0.0, **_: Any) -> dict[str, Any]:
     """Every protocol at nominal load, counted at both ends (see the module docstring)."""
     with City(scale=scale, say=say, broker=broker, sim_rate_hz=rate_hz) as city:
-        n_mqtt = sum(1 for eq in city.inventory.equipment if eq.endpoint == "mqtt")
         time.sleep(warmup_s)  # past the start-up burst
-        if loss:
-            city.control.loss(loss)
-        before = _held_snapshot(city)
-        meter = CpuMeter(city.process_groups())
-        city.control.hold(False)
-        meter.start()
-        time.sleep(seconds)
-        city.control.hold(True)
-        cores = meter.stop()
-        window = meter.window_s
-        after = _held_snapshot(city)
-        city.control.hold(False)
-        memory = pss_of(city.process_groups())
-        broker_kind = city.broker_kind
-        left_out = list(city.left_out)
+        return measure_nominal(city, seconds=seconds, rate_hz=rate_hz, loss=loss, say=say)
+
+
+def measure_nominal(city: City, *, seconds: float, rate_hz: float, loss: float = 0.0,
+                    say: Say = print) -> dict[str, Any]:
+    """One held-and-drained window of a running city (its MQTT devices at ``rate_hz``)."""
+    n_mqtt = sum(1 for eq in city.inventory.equipment if eq.endpoint == "mqtt")
+    city.control.loss(loss)
+    before = _held_snapshot(city)
+    meter = CpuMeter(city.process_groups())
+    city.control.hold(False)
+    meter.start()
+    time.sleep(seconds)
+    city.control.hold(True)
+    cores = meter.stop()
+    window = meter.window_s
+    after = _held_snapshot(city)
+    city.control.hold(False)
+    city.control.loss(0.0)
+    memory = pss_of(city.process_groups())
     t = tally(before.source, after.source, before.sink, after.sink)
     lag = lag_delta(before.lag, after.lag)
     all_lag = Histogram()
@@ -145,7 +149,7 @@ def nominal(*, scale: float = 1.0, say: Say = print, seconds: float = 60.0,
     offered = mqtt.emitted / window if mqtt else 0.0
     applied_msgs = mqtt.applied / window if mqtt else 0.0
     out: dict[str, Any] = {
-        "scale": scale, "window_s": round(window, 1),
+        "scale": city.scale, "window_s": round(window, 1),
         "configured_msgs_per_s": round(n_mqtt * rate_hz, 1),
         "offered_msgs_per_s": round(offered, 1),
         "applied_msgs_per_s": round(applied_msgs, 1),
@@ -159,7 +163,7 @@ def nominal(*, scale: float = 1.0, say: Say = print, seconds: float = 60.0,
         "simulator_cpu": round(cores["simulator"], 2),
         "memory_mb": round(memory, 1),
         "mqtt_rate_hz": rate_hz, "loss_injected": loss,
-        "broker": broker_kind, "machine": machine(), "left_out": left_out,
+        "broker": city.broker_kind, "machine": machine(), "left_out": list(city.left_out),
     }
     say(f"ingest: {json.dumps(out['by_protocol'])}")
     return out
@@ -226,19 +230,29 @@ def _cpu_s(pid: int) -> float:
 
 
 def capacity_steps(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
-             step_s: float = 20.0, warmup_s: float = 5.0, steps: tuple[int, ...] = CAPACITY_STEPS,
-             loss: float = 0.0, **_: Any) -> dict[str, Any]:
+                   step_s: float = 20.0, warmup_s: float = 5.0,
+                   steps: tuple[int, ...] = CAPACITY_STEPS, **_: Any) -> dict[str, Any]:
     """Step extra MQTT load up until a step fails (see the module docstring)."""
+    with City(scale=scale, say=say, broker=broker) as city:
+        time.sleep(10.0)  # past the start-up burst
+        out = measure_capacity(city, say=say, step_s=step_s, warmup_s=warmup_s, steps=steps)
+    failed = next((r for r in out["capacity"]["steps"] if not r["passed"]), None)
+    if failed is not None:
+        out["capacity"]["limited_by"] = _limit(failed, say, broker)
+    return out
+
+
+def measure_capacity(city: City, *, say: Say = print, step_s: float = 20.0,
+                     warmup_s: float = 5.0, steps: tuple[int, ...] = CAPACITY_STEPS,
+                     loss: float = 0.0) -> dict[str, Any]:
+    """The capacity steps on a running city; ``limited_by`` is left to the caller."""
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="cp-capacity-") as tmp, \
-            City(scale=scale, say=say, broker=broker) as city:
+    with tempfile.TemporaryDirectory(prefix="cp-capacity-") as tmp:
         gen = _Generator(city, Path(tmp))
         try:
             groups = city.process_groups()
             groups["runtime"] -= {gen.pid}
-            time.sleep(10.0)  # past the start-up burst
-            if loss:
-                city.control.loss(loss)
+            city.control.loss(loss)
             # The same city with no extra load: the baseline of the marginal cost.
             base = _step(city, gen, groups, 0, step_s, warmup_s)
             say(f"baseline: runtime {base['runtime_cpu']:.2f} cores, "
@@ -256,34 +270,24 @@ def capacity_steps(*, scale: float = 1.0, say: Say = print, broker: str = "auto"
                     f"{'pass' if r['passed'] else 'FAIL'}")
                 if not r["passed"]:
                     break
-            broker_kind = city.broker_kind
-            left_out = list(city.left_out)
-            mqtt_url = city.svc.mqtt_url
         finally:
             gen.stop()
+            city.control.loss(0.0)
     passing = [r for r in results if r["passed"]]
-    failed = next((r for r in results if not r["passed"]), None)
-    limited_by = "none"
-    if failed is not None:
-        limited_by = _limit(failed, say, broker, Path(tempfile.gettempdir()), mqtt_url)
     best = passing[-1] if passing else None
-    marginal = [r["marginal_us_per_msg"] for r in results
-                if r["marginal_us_per_msg"] is not None and r["passed"]]
     return {
-        "scale": scale,
+        "scale": city.scale,
         "capacity": {
             "mqtt_msgs_per_s": round(best["applied_msgs_per_s"]) if best else 0,
             "generator_msgs_per_s": best["rate"] if best else 0,
             "points_per_s": best["points_per_s"] if best else 0,
             "lag_p99_ms": best["lag_p99_ms"] if best else None,
             "marginal_us_per_msg": best["marginal_us_per_msg"] if best else None,
-            "marginal_us_per_msg_median": (sorted(marginal)[len(marginal) // 2]
-                                           if marginal else None),
-            "limited_by": limited_by,
+            "limited_by": "none",
             "baseline": base,
             "steps": results,
         },
-        "broker": broker_kind, "machine": machine(), "left_out": left_out,
+        "broker": city.broker_kind, "machine": machine(), "left_out": list(city.left_out),
     }
 
 
@@ -332,7 +336,7 @@ def _step(city: City, gen: _Generator, groups: dict[str, set[int]], rate: int,
     }
 
 
-def _limit(failed: dict[str, Any], say: Say, broker: str, tmp: Path, url: str) -> str:
+def _limit(failed: dict[str, Any], say: Say, broker: str) -> str:
     """What stopped the failed step: the generator only if it cannot offer the rate alone."""
     rate = failed["rate"]
     if failed["offered"] >= PASS_OFFERED * rate:
