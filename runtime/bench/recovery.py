@@ -39,7 +39,7 @@ import random
 import signal
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +50,14 @@ from runtime.commands import TERMINAL, Command, CommandStatus, new_command_id
 from runtime.errors import CommandpostError, ConfigError
 from supervisors.tree import TreeConfig
 
-__all__ = ["KillRound", "Recovery", "run"]
+__all__ = ["KillRound", "Recovery", "Sent", "run"]
 
 _RAY_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ValueError, KeyError)
 
 
 @dataclass
-class _Sent:
-    """One command the bench submitted."""
+class Sent:
+    """One command the bench submitted, and its last status read."""
 
     command_id: str
     entity_id: str
@@ -124,40 +124,45 @@ class Recovery:
         self._rng = random.Random(seed)
         # What each circuit's lamps hold once its last command is acked.
         self.level = {e: self._held_level(e) for e in self.circuits}
+        # The level of each circuit's last acked command (what its restored state must keep).
+        self.commanded: dict[str, int] = {}
         self.rounds: list[KillRound] = []
         self._last_kill = 0.0
-        counters = self._counters()
+        counters = self.counters()
         self.repeats_at_start = sum(int(c["repeats"]) for c in counters.values())
         options = TreeConfig().domain
         # At most max_restarts kills in any max_seconds window, with a margin.
         self.spacing_s = options.max_seconds / max(1, options.max_restarts) + 0.5
 
     # -- the field -------------------------------------------------------------
-    def _counters(self) -> dict[str, dict[str, Any]]:
+    def counters(self) -> dict[str, dict[str, Any]]:
+        """The simulator's counters of every device of the host."""
         devices: dict[str, dict[str, Any]] = self.city.control.counters(self.ids)["devices"]
         return devices
 
-    def _lamp_levels(self, entity_id: str) -> list[int]:
+    def lamp_levels(self, entity_id: str) -> list[int]:
+        """The dim level each lamp of a circuit holds, at the simulator."""
         held = self.city.control.values(entity_id)
         return [int(lamp["dim"]) for lamp in held.get("lamp", [])]
 
     def _held_level(self, entity_id: str) -> int | None:
-        levels = set(self._lamp_levels(entity_id))
+        levels = set(self.lamp_levels(entity_id))
         return levels.pop() if len(levels) == 1 else None
 
     # -- the host ----------------------------------------------------------------
-    def _node(self) -> dict[str, Any]:
+    def node(self) -> dict[str, Any]:
+        """The host's node of the supervision tree."""
         return find_node(self.svc.tree(), self.host_id)
 
     def _handle(self) -> Any:
         return self.svc.host_handle(self.host_id)
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         """Every entity of the host online and every command of the last round final."""
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             try:
-                node = self._node()
+                node = self.node()
                 if node.get("status") == "running" and int(node.get("online", 0)) == len(self.ids):
                     return
             except (CommandpostError, *_RAY_ERRORS):
@@ -167,18 +172,22 @@ class Recovery:
                           f"within {self.timeout_s:.0f}s")
 
     # -- commands ------------------------------------------------------------------
-    def _submit(self, free: list[str], sent: dict[str, _Sent]) -> None:
+    def _submit_any(self, free: list[str], sent: dict[str, Sent]) -> None:
         if not free:
             return  # every circuit has a command in flight: this tick's command waits
-        eid = free.pop(self._rng.randrange(len(free)))
+        self.submit(free.pop(self._rng.randrange(len(free))), sent)
+
+    def submit(self, eid: str, sent: dict[str, Sent]) -> Sent:
+        """Journal a dim of circuit ``eid`` to a level it does not hold; recorded in ``sent``."""
         held = self.level[eid]
         dim = self._rng.choice([d for d in range(0, 101, 5) if d != held])
         cmd = Command(command_id=new_command_id(), target=eid, action="set",
                       params={"dim": float(dim)}, caller="bench:recovery")
         stored, _ = self.svc.store.submit_command(cmd)
-        sent[stored.command_id] = _Sent(stored.command_id, eid, dim, time.time())
+        out = sent[stored.command_id] = Sent(stored.command_id, eid, dim, time.time())
+        return out
 
-    def _refresh(self, sent: dict[str, _Sent], free: list[str]) -> None:
+    def refresh(self, sent: dict[str, Sent], free: list[str] | None = None) -> None:
         """Read the status of every command still in flight; finished ones free their circuit."""
         for s in sent.values():
             if s.status in TERMINAL:
@@ -187,23 +196,25 @@ class Recovery:
             if CommandStatus(s.status) in TERMINAL:
                 if s.status == CommandStatus.ACKED:
                     self.level[s.entity_id] = s.dim
-                free.append(s.entity_id)
+                    self.commanded[s.entity_id] = s.dim
+                if free is not None:
+                    free.append(s.entity_id)
 
     # -- one kill ----------------------------------------------------------------------
     def kill_round(self) -> KillRound:
         """Commands before and during one kill -9 of the host; milestones and checks."""
-        self._wait_ready()
+        self.wait_ready()
         wait = self._last_kill + self.spacing_s - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        node = self._node()
+        node = self.node()
         pid = int(node["pid"])
-        before = self._counters()
+        before = self.counters()
         handle = self._handle()
         versions = ray.get(handle.ping_entities.remote(timeout=5.0), timeout=30)
         min_version = int(versions["min_version"])
         result = KillRound(pid=pid)
-        sent: dict[str, _Sent] = {}
+        sent: dict[str, Sent] = {}
         free = list(self.circuits)
         period = 1.0 / self.rate if self.rate > 0 else float("inf")
         start = time.monotonic()
@@ -211,27 +222,30 @@ class Recovery:
         next_refresh = start
         t_kill = 0.0
         killed_at = 0.0  # monotonic
-        acked_before_kill: dict[str, int | None] = {}
+        acked_before_kill: dict[str, int] = {}
         seq_at_kill: dict[str, int] = {}
         new_handle: Any = None
         while True:
             now = time.monotonic()
             submitting = not killed_at or now < killed_at + self.tail_s
             while submitting and next_submit <= now:
-                self._submit(free, sent)
+                self._submit_any(free, sent)
                 next_submit += period
             if now >= next_refresh:
-                self._refresh(sent, free)
+                self.refresh(sent, free)
                 next_refresh = now + 0.1
             if not killed_at and now >= start + self.lead_s:
-                self._refresh(sent, free)
-                acked_before_kill = dict(self.level)
                 os.kill(pid, signal.SIGKILL)
                 t_kill = time.time()
                 killed_at = time.monotonic()
                 self._last_kill = killed_at
-                seq_at_kill = {e: (c.get("last_seq") or -1) for e, c in self._counters().items()}
-                result.replayed_after_actuation = self._caught(sent.values())
+                # The field and the journal as the dead host left them (its successor
+                # takes a few hundred milliseconds to act on either).
+                at_kill = self.counters()
+                self.refresh(sent, free)
+                acked_before_kill = dict(self.commanded)
+                seq_at_kill = {e: (c.get("last_seq") or -1) for e, c in at_kill.items()}
+                result.replayed_after_actuation = self.caught(sent, before, at_kill)
             if killed_at:
                 if result.detect_s is None:
                     result.detect_s = self._detected(t_kill)
@@ -249,18 +263,30 @@ class Recovery:
             result.state_lost = self._state_lost(new_handle, acked_before_kill, sent)
         else:
             result.state_lost = len(self.ids)
-        self._drain(sent, free)
-        self._check(result, sent, before)
+        self.drain(sent)
+        self.check(result, sent, before)
         self.rounds.append(result)
         return result
 
-    def _caught(self, sent: Iterable[_Sent]) -> int:
-        """Commands not finished at the kill whose lamps had (partly) taken their level."""
+    def caught(self, sent: dict[str, Sent], before: dict[str, dict[str, Any]],
+               at_kill: dict[str, dict[str, Any]]) -> int:
+        """Commands unfinished at the kill whose circuit had taken some of their writes.
+
+        ``sent`` holds the statuses read after the kill; a circuit's value-changing
+        writes since ``before`` beyond one per lamp per command acked are those of
+        its unfinished command.
+        """
+        done: dict[str, int] = {}
+        for s in sent.values():
+            if s.status == CommandStatus.ACKED:
+                done[s.entity_id] = done.get(s.entity_id, 0) + self.points[s.entity_id]
         caught = 0
-        for s in sent:
+        for s in sent.values():
             if CommandStatus(s.status) in TERMINAL:
                 continue
-            if s.dim in self._lamp_levels(s.entity_id):
+            eid = s.entity_id
+            moved = int(at_kill[eid]["actuations"]) - int(before[eid]["actuations"])
+            if moved > done.get(eid, 0):
                 caught += 1
         return caught
 
@@ -277,7 +303,7 @@ class Recovery:
 
     def _new_handle(self, old_pid: int) -> Any:
         try:
-            node = self._node()
+            node = self.node()
             if node.get("status") != "running" or int(node.get("pid") or 0) in (0, old_pid):
                 return None
             return self._handle()
@@ -305,8 +331,7 @@ class Recovery:
                 return None
         return time.time() - t_kill
 
-    def _state_lost(self, handle: Any, acked: dict[str, int | None],
-                    sent: dict[str, _Sent]) -> int:
+    def _state_lost(self, handle: Any, acked: dict[str, int], sent: dict[str, Sent]) -> int:
         """Entities whose restored desired level is older than what was acked before the kill."""
         try:
             snap = ray.get(handle.snapshot.remote(self.circuits), timeout=30)
@@ -318,37 +343,39 @@ class Recovery:
         lost = 0
         for eid in self.circuits:
             want = acked.get(eid)
+            if want is None:
+                continue  # no command of this bench acked yet: nothing to keep
             desired = ((snap.get(eid) or {}).get("twin") or {}).get("desired") or {}
             got = desired.get("dim")
-            if want is None and got is None:
-                continue
             # In-flight commands may already have moved it on: any of their levels will do.
             if got is None or (round(float(got)) != want
                                and round(float(got)) not in later.get(eid, set())):
                 lost += 1
         return lost
 
-    def _drain(self, sent: dict[str, _Sent], free: list[str]) -> None:
+    def drain(self, sent: dict[str, Sent]) -> None:
+        """Wait until every command in ``sent`` is final (at most ``timeout_s``)."""
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
-            self._refresh(sent, free)
+            self.refresh(sent)
             if all(CommandStatus(s.status) in TERMINAL for s in sent.values()):
                 return
             time.sleep(0.1)
 
-    def _check(self, result: KillRound, sent: dict[str, _Sent],
-               before: dict[str, dict[str, Any]]) -> None:
+    def check(self, result: KillRound, sent: dict[str, Sent],
+              before: dict[str, dict[str, Any]]) -> None:
+        """Fill ``result``'s command and actuation figures, against counters ``before``."""
         result.commands = len(sent)
         for s in sent.values():
             result.statuses[s.status] = result.statuses.get(s.status, 0) + 1
         result.not_acked = sum(1 for s in sent.values() if s.status != CommandStatus.ACKED)
-        last: dict[str, _Sent] = {}
+        last: dict[str, Sent] = {}
         for s in sorted(sent.values(), key=lambda x: x.submitted):
             last[s.entity_id] = s
         for eid, s in last.items():
-            if set(self._lamp_levels(eid)) != {s.dim}:
+            if set(self.lamp_levels(eid)) != {s.dim}:
                 result.not_held += 1
-        after = self._counters()
+        after = self.counters()
         result.repeats = sum(int(after[e]["repeats"]) - int(before[e]["repeats"])
                              for e in self.ids)
         actuations = sum(int(after[e]["actuations"]) - int(before[e]["actuations"])
@@ -360,7 +387,7 @@ class Recovery:
 
     def repeats_total(self) -> int:
         """Repeats on the host's devices since this object was made."""
-        return sum(int(c["repeats"]) for c in self._counters().values()) - self.repeats_at_start
+        return sum(int(c["repeats"]) for c in self.counters().values()) - self.repeats_at_start
 
 
 def _p50(values: Sequence[float | None]) -> float | None:
