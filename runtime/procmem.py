@@ -17,7 +17,7 @@ import psutil
 
 from runtime.errors import ConfigError
 
-__all__ = ["cpu_seconds", "pss_mb", "ray_pids", "tree_pids"]
+__all__ = ["cpu_seconds", "pss_mb", "ray_pids", "session_pids", "tree_pids"]
 
 # Substrings of a command line that mark a process of a local Ray session:
 # workers and actors retitle themselves "ray::…"; the rest run from Ray's package.
@@ -99,6 +99,26 @@ def ray_pids() -> list[int]:
         if is_ray_cmdline(" ".join(cmdline)):
             found.append(proc.pid)
     return found
+
+
+def session_pids(session_dir: str) -> list[int]:
+    """Pids of one Ray session: processes whose command line names its session
+    directory (GCS, raylet, agents) and all their descendants (the workers).
+
+    Another Ray session on the same machine (a test, a second bench) is left out,
+    which :func:`ray_pids` cannot do.
+    """
+    if not session_dir:
+        return []
+    me = os.getpid()
+    found: set[int] = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline")
+        if proc.pid == me or not cmdline or session_dir not in " ".join(cmdline):
+            continue
+        found.update(tree_pids(proc.pid))
+    found.discard(me)
+    return sorted(found)
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

@@ -35,7 +35,7 @@ from typing import Any, Self
 
 import psutil
 
-from runtime.procmem import cpu_seconds, pss_mb, ray_pids, tree_pids
+from runtime.procmem import cpu_seconds, pss_mb, ray_pids, session_pids, tree_pids
 
 Say = Callable[[str], None]
 
@@ -329,8 +329,23 @@ class City:
         b = self._broker_server()
         if b is not None and b.pid:
             broker |= set(tree_pids(b.pid))
-        everything = set(tree_pids(os.getpid())) | set(ray_pids())
+        everything = set(tree_pids(os.getpid())) | set(ray_session_pids())
         return {"runtime": everything - sim - broker, "broker": broker, "simulator": sim}
+
+
+def ray_session_pids() -> list[int]:
+    """The processes of the Ray session this process is connected to (all local Ray
+    processes of this user when it is not connected)."""
+    import ray
+
+    if not ray.is_initialized():
+        return ray_pids()
+    try:
+        node = ray._private.worker._global_node
+        session_dir = str(node.get_session_dir_path()) if node is not None else ""
+    except AttributeError:
+        session_dir = ""
+    return session_pids(session_dir) if session_dir else ray_pids()
 
 
 def hosts_of(tree: dict[str, Any]) -> list[dict[str, Any]]:
