@@ -106,10 +106,11 @@ class EquipmentEntity(Entity):
         now = self.ctx.clock.time()
         quality = Quality(p.get("quality", "good"))
         source_ts = float(p.get("ts") or 0.0)
+        values = p["values"]
+        self.twin.report_many(values, quality=quality, source_ts=source_ts, received_ts=now,
+                              seq=int(seq) if isinstance(seq, int) else 0)
         points = 0
-        for name, value in p["values"].items():
-            self.twin.report(str(name), value, quality=quality, source_ts=source_ts,
-                             received_ts=now, seq=int(seq) if isinstance(seq, int) else 0)
+        for name, value in values.items():
             if name not in _NOT_DATA:
                 points += _count_points(value)
         self.state["points"] = int(self.state.get("points", 0)) + points
