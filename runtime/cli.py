@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -72,15 +73,64 @@ def inventory_demo(scale: float, seed: int) -> None:
 
 
 # -- running -----------------------------------------------------------------
-def _wait_for_stop(duration: float | None) -> None:
-    stop = threading.Event()
+#: How long a stopping service gives its tree to shut down in order before it
+#: kills the root; with the steps after it, SIGTERM or Ctrl-C ends a demo in ≤ 10 s.
+STOP_TREE_TIMEOUT_S = 5.0
 
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    stop.wait(duration)
+class _StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived while the service was still starting.
+
+    A BaseException, so that start-up code catching ``Exception`` lets it through.
+    """
+
+
+class _Stopper:
+    """SIGTERM and SIGINT stop the service in order, from installation on.
+
+    While the service starts, the signal abandons the start-up (raising
+    :class:`_StopRequested` in the main thread) and the service stops what it
+    had started; once it runs, the signal ends :meth:`wait`. A second signal
+    while stopping exits at once: the reaper kills what is left.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.starting = True
+        self.install()
+
+    def install(self) -> None:
+        """(Re)install the handlers of SIGINT and SIGTERM in this process.
+
+        ``ray.init`` puts Ray's failure-signal handler in front of ours for
+        SIGTERM: it prints a stack trace and arms a 3 s alarm that aborts the
+        process mid-shutdown. Installing ours again after it puts it back.
+        """
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested.is_set():
+            # Only async-signal-safe calls here: this may interrupt anything.
+            os.write(2, b"commandpost: stopping now, without waiting\n")
+            os._exit(1)
+        self.requested.set()
+        if self.starting:
+            raise _StopRequested(signum)
+
+    def wait(self, duration: float | None) -> None:
+        """Until a signal arrives, or ``duration`` seconds (None: forever)."""
+        self.starting = False
+        if self.requested.is_set():
+            return
+        self.requested.wait(duration)
+
+
+def _wait_for_stop(stopper: _Stopper, duration: float | None) -> None:
+    """Run until SIGTERM or SIGINT, or for ``duration`` seconds."""
+    if duration is None:
+        click.echo("running; Ctrl-C to stop")
+    stopper.wait(duration)
 
 
 def _serve(
@@ -88,6 +138,12 @@ def _serve(
     mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
     opcua_security: dict[str, str] | None = None,
 ) -> None:
+    """Start the service and the admin web, run until stopped, then stop in order.
+
+    Whatever this process starts (servers, simulators, a local Ray with its
+    hosts) carries the reaper's mark and dies with it, even on kill -9; the
+    hosts of a Ray cluster given by ``ray_address`` do not, and live on.
+    """
     from admin_web import (
         AdminServer,
         StaticBackend,
@@ -98,6 +154,7 @@ def _serve(
         parse_listen,
         write_credentials,
     )
+    from runtime.reaper import Reaper
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
     host, port = parse_listen(admin)
@@ -111,6 +168,9 @@ def _serve(
     write_credentials(credentials_file, creds)
     backend = SwappableBackend(StaticBackend())
     server = AdminServer(create_app(backend, users), host, port)
+    # Before any child: each one started from here on carries the reaper's mark.
+    reaper = Reaper.start()
+    stopper = _Stopper()
     try:
         svc.start_servers()
         server.start()
@@ -121,18 +181,29 @@ def _serve(
             click.echo(f"simulator:   {sim['kind']}: {sim['devices']} devices on {sim['endpoint']}")
         t0 = time.monotonic()
         svc.start_ray()
+        stopper.install()
+        # Ray's agents overwrite their environment with their title: adopt them by pid.
+        reaper.adopt_descendants()
         backend.swap(RuntimeBackend(svc))
         svc.start_tree()
+        reaper.adopt_descendants()
         click.echo(f"{len(inv.equipment)} entities on {len(svc.plan.hosts)} hosts started "
                    f"in {time.monotonic() - t0:.1f}s; health: {backend.health()['status']}")
-        if duration is None:
-            click.echo("running; Ctrl-C to stop")
-        _wait_for_stop(duration)
-        click.echo("stopping…")
+        _wait_for_stop(stopper, duration)
+    except _StopRequested:
+        click.echo("stop requested while starting")
     finally:
-        svc.stop()
-        server.stop()
-    click.echo("stopped")
+        # From here a signal only makes the stop quicker (see _Stopper): never
+        # let one land between the steps below.
+        stopper.starting = False
+        t_stop = time.monotonic()
+        click.echo("stopping…")
+        try:
+            svc.stop(tree_timeout=STOP_TREE_TIMEOUT_S)
+            server.stop()
+        finally:
+            reaper.close()
+    click.echo(f"stopped in {time.monotonic() - t_stop:.1f}s")
 
 
 @cli.command()
@@ -140,16 +211,27 @@ def _serve(
               show_default=True, help="fraction of the Dijon-scale metropolis")
 @click.option("--duration", type=click.FloatRange(min=0.0), default=None,
               help="stop cleanly after this many seconds")
-@click.option("--admin", default="127.0.0.1:8080", show_default=True, help="HOST:PORT")
+@click.option("--admin", default="127.0.0.1:8080", show_default=True,
+              help="HOST:PORT of the admin web (port 0: a free one)")
+@click.option("--ports", type=click.Choice(["documented", "free"]), default="documented",
+              show_default=True,
+              help="simulator ports: the documented ones (Modbus 15020, 15100, 15200; "
+                   "OPC UA 4840) or free ones, so that demos and tests run side by side")
 @click.option("--credentials-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(scale: float, duration: float | None, admin: str, credentials_file: str | None,
-         seed: int) -> None:
-    """The whole simulated metropolis with embedded Redis, broker and admin web."""
-    from runtime.demo_inventory import generate_demo
+def demo(scale: float, duration: float | None, admin: str, ports: str,
+         credentials_file: str | None, seed: int) -> None:
+    """The whole simulated metropolis with embedded Redis, broker and admin web.
+
+    SIGTERM or Ctrl-C stops it in order; whatever it started (simulators,
+    Redis, broker, its local Ray with the hosts) dies with it even on kill -9.
+    """
+    from runtime.demo_inventory import DemoPorts, generate_demo
     from runtime.inventory import parse_inventory
 
-    inv = parse_inventory(generate_demo(scale=scale, seed=seed), f"<demo scale {scale}>")
+    demo_ports = DemoPorts.free() if ports == "free" else DemoPorts()
+    inv = parse_inventory(generate_demo(scale=scale, seed=seed, ports=demo_ports),
+                          f"<demo scale {scale}>")
     _serve(inv, admin=admin, credentials_file=credentials_file, redis=None, mqtt=None,
            ray_address=None, duration=duration, demo=True)
 

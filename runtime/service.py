@@ -7,11 +7,11 @@ behaviours, for ``commandpost demo``, ``run`` and the benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import psutil
 import ray
 
 from actors.equipment import EquipmentEntity
@@ -105,6 +106,9 @@ class Service:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._started_ray = False
+        # Ray's head processes when this service started Ray (GCS, raylet and
+        # helpers), each with the name of its program.
+        self._ray_procs: list[tuple[str, psutil.Process]] = []
         self.root_restarts = 0
         self.start_error = ""
         self.started = threading.Event()
@@ -166,18 +170,22 @@ class Service:
         self.simulators = list(ready_doc["simulators"])
         self.sim_control_url = str(ready_doc["control"])
 
-    def stop_simulators(self) -> None:
+    def stop_simulators(self, timeout: float = 5.0) -> None:
+        """SIGTERM the simulators (a clean stop), SIGKILL after ``timeout`` seconds."""
         proc = self.sim_proc
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
+        proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            log.warning("simulators (pid %d) ignored SIGTERM for %.0f s; killing them",
+                        proc.pid, timeout)
             proc.kill()
-            proc.wait(timeout=5)
+            proc.wait()
 
     def start_ray(self) -> None:
+        """Connect to ``ray_address``, or start a local Ray that :meth:`stop` shuts down."""
         if ray.is_initialized():
             return
         kwargs: dict[str, Any] = {
@@ -188,8 +196,22 @@ class Service:
         }
         if self.options.ray_address:
             kwargs["address"] = self.options.ray_address
+        # At shutdown every Ray process flushes its task events to the GCS and
+        # waits up to 5 s by default: when the GCS is already gone (a signal
+        # to the whole process group reaches Ray's head too) the driver alone
+        # would spend 5 of the 10 s a stop may take. Those events only feed
+        # Ray's dashboard, which we do not run.
+        os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
+        before = {p.pid for p in psutil.Process().children()}
         ray.init(**kwargs)
         self._started_ray = True
+        if not self.options.ray_address:
+            self._ray_procs = _new_ray_children(before)
+
+    def _ray_head_gone(self) -> bool:
+        """Whether the GCS or the raylet this service started has exited."""
+        return any(name in ("gcs_server", "raylet") and not proc.is_running()
+                   for name, proc in self._ray_procs)
 
     # -- the tree --------------------------------------------------------
     def root_config(self) -> bytes:
@@ -287,24 +309,53 @@ class Service:
             return False
 
     # -- shutdown --------------------------------------------------------
-    def stop(self) -> None:
-        """Reverse order: tree (hosts in reverse), root, Ray, broker, Redis."""
+    def stop(self, tree_timeout: float = 120.0) -> None:
+        """Reverse order: tree (hosts in reverse), root, Ray, simulators, broker, Redis.
+
+        ``tree_timeout`` bounds the orderly shutdown of the tree (hosts
+        checkpoint and close their device sessions); past it the root is
+        killed and, when this service started Ray, Ray's shutdown takes the
+        hosts with it. The time of each step is logged at INFO.
+        """
+        steps: list[tuple[str, float]] = []
+        mark = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            steps.append((name, now - mark))
+            mark = now
+
         self._stop.set()
         if self.root is not None:
-            try:
-                ray.get(self.root.shutdown.remote(), timeout=120)
-            except Exception as exc:
-                log.warning("tree shutdown incomplete: %s", exc)
+            self._shutdown_tree(tree_timeout)
             try:
                 ray.kill(self.root, no_restart=True)
             except Exception as exc:
                 log.debug("root already gone: %s", exc)
             self.root = None
+            step("tree")
         if self._watcher is not None:
-            self._watcher.join(timeout=15)
+            # It pings the root with a 10 s deadline; once stopping, a failed
+            # or late ping ends it, and as a daemon thread it cannot hold us.
+            self._watcher.join(timeout=1.0)
+            step("root watch")
+        # The hosts have closed their device sessions: the field may go while
+        # Ray shuts down (the simulators take a second or two to stop).
+        if self.sim_proc is not None and self.sim_proc.poll() is None:
+            self.sim_proc.terminate()
         if self._started_ray:
+            if self._ray_head_gone():
+                # A signal to our process group reached Ray's head too: nothing
+                # is left to stop gracefully, and ray.shutdown() would give each
+                # of its processes a second to exit before killing it.
+                for _, proc in self._ray_procs:
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
             ray.shutdown()
+            step("ray")
         self.stop_simulators()
+        step("simulators")
         for store in (self.store, self._probe):
             if store is not None:
                 store.close()
@@ -312,8 +363,49 @@ class Service:
             self.broker.stop()
         if self.redis is not None:
             self.redis.stop()
+        step("servers")
         if self._tmp is not None:
             self._tmp.cleanup()
+        log.info("stopped in %.2f s (%s)", sum(d for _, d in steps),
+                 ", ".join(f"{name} {d:.2f} s" for name, d in steps))
+
+
+    def _shutdown_tree(self, timeout: float) -> None:
+        """The root's ordered shutdown, given up after ``timeout`` or when Ray's head dies."""
+        ref = self.root.shutdown.remote()
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _ = ray.wait([ref], timeout=0.2)
+            if ready:
+                try:
+                    ray.get(ref)
+                except Exception as exc:
+                    log.warning("tree shutdown incomplete: %s", exc)
+                return
+            if self._ray_head_gone():
+                log.warning("tree shutdown abandoned: Ray's GCS or raylet exited")
+                return
+            if time.monotonic() >= deadline:
+                log.warning("tree shutdown incomplete after %.0f s", timeout)
+                return
+
+
+def _new_ray_children(before: set[int]) -> list[tuple[str, psutil.Process]]:
+    """Our children not in ``before`` that run from Ray's package (its head), with names."""
+    ray_dirs = {str(Path(ray.__file__).parent), str(Path(ray.__file__).resolve().parent)}
+    found: list[tuple[str, psutil.Process]] = []
+    for child in psutil.Process().children():
+        if child.pid in before:
+            continue
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        # The binary (gcs_server, raylet) or the script (monitor.py, …) after the interpreter.
+        program = next((arg for arg in cmdline[:3] if arg.startswith(tuple(ray_dirs))), None)
+        if program is not None:
+            found.append((Path(program).name, child))
+    return found
 
 
 class RuntimeBackend:
