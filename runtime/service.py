@@ -194,8 +194,9 @@ class Service:
             "logging_level": logging.WARNING,
             "log_to_driver": os.environ.get("COMMANDPOST_RAY_LOGS", "") == "1",
         }
-        if self.options.ray_address:
-            kwargs["address"] = self.options.ray_address
+        # Without an address, a Ray of our own: a bare ray.init() would join any
+        # cluster that `ray start` left running on this machine.
+        kwargs["address"] = self.options.ray_address or "local"
         # At shutdown every Ray process flushes its task events to the GCS and
         # waits up to 5 s by default: when the GCS is already gone (a signal
         # to the whole process group reaches Ray's head too) the driver alone
