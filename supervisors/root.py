@@ -160,7 +160,9 @@ class RootActor:
              for d in by_domain],
             on_event=self._on_event, on_escalate=self._on_root_escalate,
         )
-        # Spares start after the hosts: a cold start should not wait for them.
+        # The processes of the hosts to create are spawned together, then assigned in
+        # order; spares start after the hosts: a cold start should not wait for them.
+        spares.prestart(sum(1 for hid in self.hosts if hid not in self.ctx.adoptable))
         await self.root.start()
         spares.refill()
         self.started = True

@@ -111,6 +111,9 @@ class SparePool:
         self.warm_modules = list(warm_modules)
         self._ready: list[tuple[str, Any]] = []
         self._filling: asyncio.Task[None] | None = None
+        # Closed until the tree has started: spares warmed during a cold start would
+        # take the cores from the hosts being started.
+        self._open = False
 
     def adopt_existing(self, assigned: Collection[str] = ()) -> None:
         """Take over spares a previous root left running (not those serving a host now)."""
@@ -129,7 +132,26 @@ class SparePool:
         await handle.warm.remote(self.warm_modules)
         return name, handle
 
+    def prestart(self, count: int) -> None:
+        """Have ``count`` blank host processes on the way at once, for a cold start.
+
+        Ray spawns them, and they import the entity and device code, while the
+        first hosts load their entities: an ordered start of N hosts then waits
+        for N assignments (a few ms each), not also for N process starts and
+        imports one after another. The warm-up is not awaited: should the
+        assignment run first, it imports the code itself and the warm-up finds
+        it imported. One left over (a host was adopted after all) serves as a
+        spare.
+        """
+        for _ in range(count - len(self._ready)):
+            name = SPARE_PREFIX + uuid.uuid4().hex[:10]
+            handle = HostActor.options(**host_options(name, self.namespace)).remote()  # type: ignore[attr-defined]
+            handle.warm.remote(self.warm_modules)
+            self._ready.append((name, handle))
+
     def refill(self) -> None:
+        """Open the pool (after the tree's start) and top it up in the background."""
+        self._open = True
         if self.size <= 0 or (self._filling is not None and not self._filling.done()):
             return
         self._filling = asyncio.get_running_loop().create_task(self._fill(), name="spares.fill")
@@ -143,9 +165,10 @@ class SparePool:
                 await asyncio.sleep(1.0)
 
     async def take(self) -> tuple[str, Any] | None:
-        """A warmed spare if one is ready (the pool refills in the background)."""
+        """A spare if one is ready (once open, the pool refills in the background)."""
         spare = self._ready.pop(0) if self._ready else None
-        self.refill()
+        if self._open:
+            self.refill()
         return spare
 
     async def close(self) -> None:
