@@ -26,3 +26,8 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The README's bench table, from the result files in runtime/bench/results.
+.PHONY: bench-table
+bench-table: $(STAMP)
+	$(BIN)/python -m runtime.bench.report --readme README.md

@@ -233,17 +233,21 @@ def seed_city(city: City, *, seed: int = 0) -> dict[str, Any]:
 
 
 # -- the bench ----------------------------------------------------------------------------
-def _answers(city: City, timeout: float) -> tuple[int, int]:
+def _answers(handles: list[Any], timeout: float) -> tuple[int, int]:
     """(entities that answered, lowest version among them), every host asked at once."""
-    svc = city.svc
-    refs = [svc.host_handle(h.host_id).ping_entities.remote(timeout=timeout)
-            for h in svc.plan.hosts]
     answered, low = 0, -1
-    for r in ray.get(refs, timeout=timeout + 30):
+    for r in ray.get([h.ping_entities.remote(timeout=timeout) for h in handles],
+                     timeout=timeout + 30):
         answered += int(r["answered"])
         if r["answered"]:
             low = int(r["min_version"]) if low < 0 else min(low, int(r["min_version"]))
     return answered, low
+
+
+def _online(handles: list[Any]) -> int:
+    """Devices online, asked of the hosts themselves (the tree learns it a heartbeat later)."""
+    return sum(int(r.get("online", 0))
+               for r in ray.get([h.ping.remote() for h in handles], timeout=30))
 
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
@@ -265,16 +269,18 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         t0 = time.monotonic()
         city.start_runtime()
         t_tree = time.monotonic()
-        answered, low = _answers(city, timeout=30.0)
+        svc = city.svc
+        handles = [svc.host_handle(h.host_id) for h in svc.plan.hosts]
+        answered, low = _answers(handles, timeout=30.0)
         t_answer = time.monotonic()
         deadline = t0 + online_timeout_s
-        online = city.online()
+        online = _online(handles)
         while online < total and time.monotonic() < deadline:
-            time.sleep(0.1)
-            online = city.online()
+            time.sleep(0.05)
+            online = _online(handles)
         t_online = time.monotonic()
         memory = pss_by_role(city.process_groups())
-        hosts = len(city.svc.plan.hosts)
+        hosts, spares = len(svc.plan.hosts), svc.options.spares
         broker_kind = city.broker_kind
         say(f"imports {imports_s:.2f}s, runtime start {t_tree - t0:.2f}s "
             f"({', '.join(f'{k} {v:.2f}s' for k, v in city.timings.items())}), "
@@ -305,7 +311,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                      "online": round(t_online - t_answer, 2)},
         "before_clock": ["broker", "simulators", "checkpoint seeding"],
         "hosts": hosts,
-        "spares": 1,
+        "spares": spares,
         "scale": scale,
         "broker": broker_kind,
         "machine": machine(),
