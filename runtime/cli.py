@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -158,9 +160,6 @@ def _serve(
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
     host, port = parse_listen(admin)
-    svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
-                                      devices=DEVICES, simulate=demo,
-                                      opcua_security=dict(opcua_security or {})))
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     if credentials_file is None:
@@ -171,6 +170,13 @@ def _serve(
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
     stopper = _Stopper()
+    # The embedded servers' data, in a directory of our own that the reaper
+    # removes after a kill -9 as a clean stop does.
+    data_dir = Path(tempfile.mkdtemp(prefix="commandpost-"))
+    reaper.remove_after(data_dir)
+    svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
+                                      devices=DEVICES, simulate=demo, data_dir=data_dir,
+                                      opcua_security=dict(opcua_security or {})))
     try:
         svc.start_servers()
         server.start()
@@ -203,6 +209,7 @@ def _serve(
             server.stop()
         finally:
             reaper.close()
+            shutil.rmtree(data_dir, ignore_errors=True)
     click.echo(f"stopped in {time.monotonic() - t_stop:.1f}s")
 
 

@@ -3,6 +3,7 @@
     reaper = Reaper.start()       # first, before the run starts any child
     ...                           # servers, Ray, simulators: all carry the mark
     reaper.adopt_descendants()    # once Ray is up: its agents, by pid
+    reaper.remove_after(data_dir) # a scratch directory of the run's own
     ...
     reaper.close()                # the end: whatever still carries the mark dies
 
@@ -17,7 +18,8 @@ the run's process group or terminal does not reach it). Its standard input is a
 pipe whose write end only the run holds; end of file there — the run exited or
 was killed — or its parent pid changing means: SIGKILL every process that
 carries the run's mark or that the run adopted, again until none is left (at
-most :data:`REAP_DEADLINE_S`), then exit. It never outlives the run by more.
+most :data:`REAP_DEADLINE_S`), remove the scratch directories the run named,
+then exit. It never outlives the run by more.
 
 The mark is ``COMMANDPOST_REAP=<random token>`` in the environment:
 :meth:`Reaper.start` sets it in the run's own environment, so every process
@@ -39,6 +41,7 @@ import logging
 import os
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,8 +153,8 @@ def reap(mark: str, adopted: dict[int, int], deadline_s: float = REAP_DEADLINE_S
     return len(hit)
 
 
-def _watch(parent: int, adopted: dict[int, int]) -> None:
-    """Read adoption lines from stdin until end of file or the parent is gone."""
+def _watch(parent: int, adopted: dict[int, int], scratch: list[str]) -> None:
+    """Read the run's lines from stdin until end of file or the parent is gone."""
     buffer = b""
     while True:
         ready, _, _ = select.select([0], [], [], _PARENT_CHECK_S)
@@ -167,10 +170,13 @@ def _watch(parent: int, adopted: dict[int, int]) -> None:
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
-            words = line.split()
-            if len(words) == 3 and words[0] == b"adopt":
+            verb, _, rest = line.partition(b" ")
+            if verb == b"adopt":
                 with contextlib.suppress(ValueError):
-                    adopted[int(words[1])] = int(words[2])
+                    pid, start = rest.split()
+                    adopted[int(pid)] = int(start)
+            elif verb == b"remove" and rest.startswith(b"/"):
+                scratch.append(os.fsdecode(rest))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,8 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     adopted: dict[int, int] = {}
-    _watch(args.parent, adopted)
+    scratch: list[str] = []
+    _watch(args.parent, adopted, scratch)
     reap(args.mark, adopted)
+    # Only now: nothing that could still write there is alive.
+    for path in scratch:
+        shutil.rmtree(path, ignore_errors=True)
     return 0
 
 
@@ -244,7 +254,20 @@ class Reaper:
 
     def adopt(self, procs: Iterable[tuple[int, int]]) -> None:
         """Have the watcher also kill these ``(pid, starttime)`` when the run is gone."""
-        lines = b"".join(f"adopt {pid} {start}\n".encode() for pid, start in procs)
+        self._tell(b"".join(f"adopt {pid} {start}\n".encode() for pid, start in procs))
+
+    def remove_after(self, path: Path) -> None:
+        """Have the watcher delete the directory ``path`` once it has killed the rest.
+
+        Only for a scratch directory that the run created for itself (the
+        embedded servers' data of a demo): after a kill -9 it would stay behind.
+        """
+        raw = os.fsencode(Path(path).resolve())
+        if b"\n" in raw:
+            raise ValueError(f"cannot hand {path!r} to the reaper: it holds a newline")
+        self._tell(b"remove " + raw + b"\n")
+
+    def _tell(self, lines: bytes) -> None:
         with self._lock:
             if self._fd is None or not lines:
                 return

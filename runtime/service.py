@@ -204,7 +204,10 @@ class Service:
         # Ray's dashboard, which we do not run.
         os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
         before = {p.pid for p in psutil.Process().children()}
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise RetryableError(f"cannot reach Ray at {self.options.ray_address}: {exc}") from exc
         self._started_ray = True
         if not self.options.ray_address:
             self._ray_procs = _new_ray_children(before)
