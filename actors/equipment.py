@@ -109,6 +109,12 @@ class EquipmentEntity(Entity):
         values = p["values"]
         self.twin.report_many(values, quality=quality, source_ts=source_ts, received_ts=now,
                               seq=int(seq) if isinstance(seq, int) else 0)
+        if p.get("initial"):
+            # A value as it stood when the session (re)subscribed: not a new sample.
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                self.state["seq"] = seq
+            self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
+            return
         points = 0
         for name, value in values.items():
             if name not in _NOT_DATA:

@@ -220,11 +220,13 @@ class HostDevices:
                         kind, exc)
 
     def _telemetry(self, st: DeviceState, values: Mapping[str, Any], seq: Any, ts: float,
-                   quality: str = "good") -> None:
+                   quality: str = "good", *, initial: bool = False) -> None:
         st.last_seen = time.monotonic()
-        self._deliver(Envelope(target=st.equipment.id, type="telemetry",
-                               payload={"values": dict(values), "seq": seq, "ts": ts,
-                                        "quality": quality},
+        payload: dict[str, Any] = {"values": dict(values), "seq": seq, "ts": ts,
+                                   "quality": quality}
+        if initial:
+            payload["initial"] = True
+        self._deliver(Envelope(target=st.equipment.id, type="telemetry", payload=payload,
                                sender=st.equipment.id, kind=MessageKind.TELEMETRY))
 
     def _backoff(self, attempt: int, base: float) -> float:
@@ -364,8 +366,13 @@ class HostDevices:
                 return
             values[ref.key] = value
             self._flip(st, True, "nodes Good")
+            # A subscription first delivers each node's current value, stamped when it
+            # last changed: the twin takes it, but it is no new sample of the device.
+            initial = node_id not in delivered
+            delivered.add(node_id)
             # One change, one small sample: the entity updates just that field.
-            self._telemetry(st, {ref.key: value}, values.get("seq"), ts, quality)
+            self._telemetry(st, {ref.key: value}, values.get("seq"), ts, quality,
+                            initial=initial)
 
         def on_event(building: str, event: str, fields: Mapping[str, Any]) -> None:
             if building != eq.id:
@@ -378,6 +385,7 @@ class HostDevices:
         while True:
             session = opcua.OpcUaSession(eq.endpoint, timeout_s=profile.timeout_s,
                                          security=self._opcua_security)
+            delivered: set[str] = set()
             try:
                 await session.connect()
                 self._opcua[eq.id] = session
