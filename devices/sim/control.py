@@ -48,6 +48,7 @@ fault bits), ``tamper`` (``camera``: one tamper event).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -65,6 +66,7 @@ __all__ = [
     "ControlServer",
     "ControlTarget",
     "DeviceCounters",
+    "RemoteTarget",
     "SimControl",
 ]
 
@@ -133,12 +135,136 @@ class ControlTarget(Protocol):
         """The values a device holds."""
 
 
-class ControlServer:
-    """Serves the control channel for a set of simulators on ``host:port``."""
+class _Target(abc.ABC):
+    """A simulator as the server drives it: in this process, or another runner's channel."""
 
-    def __init__(self, targets: Sequence[ControlTarget], host: str = "127.0.0.1",
-                 port: int = 0) -> None:
-        self._targets = list(targets)
+    protocol: str = ""
+    ids: frozenset[str] = frozenset()
+
+    async def open(self) -> None:
+        """Learn which devices this target runs (a local one knows from the start)."""
+        return None
+
+    @abc.abstractmethod
+    async def counters(self) -> dict[str, dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def hold(self, on: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def set_offline(self, ids: Sequence[str], on: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def fault(self, device_id: str, name: str, on: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def held_values(self, device_id: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def loss(self, rate: float) -> None: ...
+
+
+class _Local(_Target):
+    def __init__(self, sim: ControlTarget) -> None:
+        self.sim = sim
+        self.protocol = sim.protocol
+        self.ids = frozenset(sim.device_counters())
+
+    async def counters(self) -> dict[str, dict[str, Any]]:
+        return {did: c.to_json() for did, c in self.sim.device_counters().items()}
+
+    async def hold(self, on: bool) -> None:
+        self.sim.hold(on)
+
+    async def set_offline(self, ids: Sequence[str], on: bool) -> None:
+        for did in ids:
+            await self.sim.set_offline(did, on)
+
+    async def fault(self, device_id: str, name: str, on: bool) -> None:
+        await self.sim.fault(device_id, name, on)
+
+    async def held_values(self, device_id: str) -> dict[str, Any]:
+        return self.sim.held_values(device_id)
+
+    async def loss(self, rate: float) -> None:
+        setter = getattr(self.sim, "set_loss_rate", None)
+        if setter is not None:
+            setter(rate)
+
+
+class RemoteTarget(_Target):
+    """The simulators behind another runner's control channel (a child process)."""
+
+    def __init__(self, url: str, protocol: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ConfigError(f"a remote control channel is http://HOST:PORT, not {url!r}")
+        self._address = (parts.hostname, parts.port)
+        self.protocol = protocol
+
+    async def open(self) -> None:
+        self.ids = frozenset(await self.counters())
+
+    async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = json.dumps(dict(body)).encode("utf-8") if body is not None else b""
+        try:
+            reader, writer = await asyncio.open_connection(*self._address)
+        except OSError as exc:
+            raise DeviceUnavailableError(f"simulator control {self._address}: {exc}") from exc
+        try:
+            writer.write(f"{method} {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n"
+                         f"Content-Length: {len(data)}\r\n\r\n".encode("ascii") + data)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            answer = json.loads(await reader.readexactly(length)) if length else None
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            raise DeviceUnavailableError(f"simulator control {self._address}: {exc}") from exc
+        finally:
+            writer.close()
+        status = int(status_line.split()[1]) if status_line else 0
+        if status == 404:
+            raise KeyError((answer or {}).get("error", path))
+        if status != 200:
+            raise RejectedError(str((answer or {}).get("error", status)), code="sim_control")
+        return answer
+
+    async def counters(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = (await self._call("GET", "/counters"))["devices"]
+        return out
+
+    async def hold(self, on: bool) -> None:
+        await self._call("POST", "/hold", {"on": on})
+
+    async def set_offline(self, ids: Sequence[str], on: bool) -> None:
+        await self._call("POST", "/offline", {"ids": list(ids), "on": on})
+
+    async def fault(self, device_id: str, name: str, on: bool) -> None:
+        await self._call("POST", "/fault", {"id": device_id, "name": name, "on": on})
+
+    async def held_values(self, device_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._call("GET", f"/values/{device_id}")
+        return out
+
+    async def loss(self, rate: float) -> None:
+        await self._call("POST", "/loss", {"rate": rate})
+
+
+class ControlServer:
+    """Serves the control channel for a set of simulators on ``host:port``.
+
+    ``targets`` are simulators of this process (:class:`ControlTarget`) or
+    :class:`RemoteTarget` channels of runners started as children; a request
+    reaches whichever runs the device it names.
+    """
+
+    def __init__(self, targets: Sequence[ControlTarget | RemoteTarget],
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self._targets: list[_Target] = [
+            t if isinstance(t, RemoteTarget) else _Local(t) for t in targets]
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -163,6 +289,8 @@ class ControlServer:
         return f"http://{self._host}:{port}"
 
     async def start(self) -> None:
+        for target in self._targets:
+            await target.open()
         try:
             self._server = await asyncio.start_server(self._handle, self._host, self._port)
         except OSError as exc:
@@ -181,11 +309,18 @@ class ControlServer:
             await server.wait_closed()
 
     # -- routing ----------------------------------------------------------
-    def _owner(self, device_id: str) -> ControlTarget:
+    def _owner(self, device_id: str) -> _Target:
         for target in self._targets:
-            if device_id in target.device_counters():
+            if device_id in target.ids:
                 return target
         raise KeyError(device_id)
+
+    def _by_owner(self, ids: Sequence[str]) -> list[tuple[_Target, list[str]]]:
+        groups: dict[int, tuple[_Target, list[str]]] = {}
+        for did in ids:
+            owner = self._owner(did)
+            groups.setdefault(id(owner), (owner, []))[1].append(did)
+        return list(groups.values())
 
     async def _counters(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
         wanted: set[str] | None = None
@@ -193,9 +328,11 @@ class ControlServer:
             wanted = {i for chunk in query["ids"] for i in chunk.split(",") if i}
         devices: dict[str, Any] = {}
         for target in self._targets:
-            for did, c in target.device_counters().items():
+            if wanted is not None and not wanted & target.ids:
+                continue
+            for did, c in (await target.counters()).items():
                 if wanted is None or did in wanted:
-                    devices[did] = c.to_json()
+                    devices[did] = c
         return {"ts": asyncio.get_running_loop().time(), "held": self._held,
                 "loss_rate": self._loss_rate, "devices": devices}
 
@@ -207,15 +344,15 @@ class ControlServer:
             raise ValueError("'protocols' must be a list of modbus, opcua, mqtt")
         for target in self._targets:
             if protocols is None or target.protocol in protocols:
-                target.hold(on)
+                await target.hold(on)
         self._held = on if protocols is None else self._held
         return {"held": on, "protocols": protocols}
 
     async def _offline(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
         ids = _ids(body)
         on = bool(body.get("on", True))
-        for did in ids:
-            await self._owner(did).set_offline(did, on)
+        for owner, group in self._by_owner(ids):
+            await owner.set_offline(group, on)
         return {"offline": on, "devices": len(ids)}
 
     async def _fault(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
@@ -225,7 +362,7 @@ class ControlServer:
             raise ValueError("fault needs 'id' and 'name' strings")
         on = bool(body.get("on", True))
         if name == "offline":
-            await self._owner(did).set_offline(did, on)
+            await self._owner(did).set_offline([did], on)
         else:
             await self._owner(did).fault(did, name, on)
         return {"id": did, "fault": name, "on": on}
@@ -235,14 +372,14 @@ class ControlServer:
         seconds = body.get("seconds")
         if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
             raise ValueError("storm needs 'seconds' in (0, 3600]")
-        owners = [(did, self._owner(did)) for did in ids]
-        for did, owner in owners:
-            await owner.set_offline(did, True)
+        groups = self._by_owner(ids)
+        for owner, group in groups:
+            await owner.set_offline(group, True)
 
         async def end() -> None:
             await asyncio.sleep(float(seconds))
-            for did, owner in owners:
-                await owner.set_offline(did, False)
+            for owner, group in groups:
+                await owner.set_offline(group, False)
 
         task = asyncio.create_task(end(), name="sim-control.storm")
         self._storms.add(task)
@@ -254,9 +391,7 @@ class ControlServer:
         if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
             raise ValueError("loss needs 'rate' in [0, 1]")
         for target in self._targets:
-            setter = getattr(target, "set_loss_rate", None)
-            if setter is not None:
-                setter(float(rate))
+            await target.loss(float(rate))
         self._loss_rate = float(rate)
         return {"loss_rate": self._loss_rate}
 
@@ -291,7 +426,7 @@ class ControlServer:
                 raise ValueError("the body must be a JSON object")
             if method == "GET" and parts.path.startswith("/values/"):
                 did = parts.path[len("/values/"):]
-                return 200, self._owner(did).held_values(did)
+                return 200, await self._owner(did).held_values(did)
             route = self._routes.get((method, parts.path))
             if route is None:
                 return 404, {"error": f"no route {method} {parts.path}"}
@@ -300,6 +435,8 @@ class ControlServer:
             return 404, {"error": f"no simulated device {exc.args[0]!r}"}
         except (ValueError, RejectedError, ConfigError) as exc:
             return 422, {"error": str(exc)}
+        except DeviceUnavailableError as exc:
+            return 503, {"error": str(exc)}
 
 
 def _ids(body: Mapping[str, Any]) -> list[str]:

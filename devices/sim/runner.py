@@ -21,12 +21,14 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from devices.profile import builtin_profile
-from runtime.errors import CommandpostError
+from runtime.errors import CommandpostError, ConfigError
 from runtime.inventory import Equipment, Inventory, load_inventory
 
 log = logging.getLogger("commandpost.sim")
@@ -51,10 +53,19 @@ def _endpoints(equipment: Sequence[Equipment]) -> list[str]:
     return out
 
 
+#: Families of simulators a runner can run.
+KINDS = ("modbus", "opcua", "mqtt")
+
+
 def build(
-    inventory: Inventory, mqtt_url: str, *, rate_hz: float | None = None, seed: int = 0
+    inventory: Inventory,
+    mqtt_url: str,
+    *,
+    rate_hz: float | None = None,
+    seed: int = 0,
+    kinds: Sequence[str] = KINDS,
 ) -> tuple[list[Simulator], list[dict[str, Any]]]:
-    """The simulators of ``inventory`` (not started) and their description."""
+    """The simulators of ``inventory`` of the families ``kinds`` (not started), described."""
     import random
 
     from devices.sim.access import AccessSimulator
@@ -74,15 +85,16 @@ def build(
         "access_terminal": AccessSimulator,
     }
     for name, cls in modbus_kinds.items():
-        eqs = by_profile.get(name, [])
+        eqs = by_profile.get(name, []) if "modbus" in kinds else []
         if eqs:
             sims.append(cls(eqs, builtin_profile(name)))
             info.append({"kind": name, "endpoint": ", ".join(_endpoints(eqs)), "devices": len(eqs)})
-    bms = by_profile.get("bms", [])
+    bms = by_profile.get("bms", []) if "opcua" in kinds else []
     if bms:
         sims.append(BmsSimulator(bms, builtin_profile("bms"), rng=random.Random(seed)))
         info.append({"kind": "bms", "endpoint": ", ".join(_endpoints(bms)), "devices": len(bms)})
-    mqtt_eqs = [eq for p in ("bus", "service_vehicle", "camera") for eq in by_profile.get(p, [])]
+    mqtt_eqs = [eq for p in ("bus", "service_vehicle", "camera") for eq in by_profile.get(p, [])
+                if "mqtt" in kinds]
     if mqtt_eqs:
         sims.append(
             MqttDeviceSimulator(mqtt_eqs, url=mqtt_url, rng=random.Random(seed), rate_hz=rate_hz)
@@ -104,31 +116,88 @@ async def run(
     ready_file: str | None,
     rate_hz: float | None,
     control: tuple[str, int] = ("127.0.0.1", 0),
+    kinds: Sequence[str] = KINDS,
+    inventory_file: str = "",
 ) -> None:
-    from devices.sim.control import ControlServer, ControlTarget
+    from devices.sim.control import ControlServer, ControlTarget, RemoteTarget
 
-    sims, info = build(inventory, mqtt_url, rate_hz=rate_hz)
-    targets: list[ControlTarget] = [s for s in sims if isinstance(s, ControlTarget)]
-    channel = ControlServer(targets, *control)
+    # The MQTT devices publish thousands of samples a second: they get a process
+    # (and a core) of their own, so that a busy Modbus or OPC UA server never makes
+    # them late. The child's control channel is served through this one.
+    child: subprocess.Popen[bytes] | None = None
+    has_mqtt = any(eq.endpoint == "mqtt" for eq in inventory.equipment)
+    split = "mqtt" in kinds and len(kinds) > 1 and has_mqtt and bool(inventory_file)
+    local_kinds = [k for k in kinds if not (split and k == "mqtt")]
+    sims, info = build(inventory, mqtt_url, rate_hz=rate_hz, kinds=local_kinds)
+    targets: list[ControlTarget | RemoteTarget] = [
+        s for s in sims if isinstance(s, ControlTarget)]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     started: list[Simulator] = []
+    channel: ControlServer | None = None
     try:
+        if split:
+            child, child_doc = await asyncio.to_thread(
+                _start_child, inventory_file, mqtt_url, rate_hz, ready_file or "")
+            targets.append(RemoteTarget(child_doc["control"], "mqtt"))
+            info += child_doc["simulators"]
         for sim in sims:
             await sim.start()
             started.append(sim)
+        channel = ControlServer(targets, *control)
         await channel.start()
         if ready_file:
             _write_ready(ready_file, {"control": channel.url, "simulators": info})
         log.info("simulators ready: %s", info)
         await stop.wait()
     finally:
-        await channel.stop()
+        if channel is not None:
+            await channel.stop()
         for sim in reversed(started):
             with contextlib.suppress(CommandpostError):
                 await sim.stop()
+        if child is not None:
+            await asyncio.to_thread(_stop_child, child)
+
+
+def _start_child(inventory_file: str, mqtt_url: str, rate_hz: float | None,
+                 ready_file: str, timeout: float = 60.0
+                 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """A runner of the MQTT devices alone, tied to this process's life (blocking)."""
+    from runtime.lifeline import spawn_tied
+
+    ready = f"{ready_file or os.path.join(os.path.dirname(inventory_file), 'sim')}.mqtt"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(ready)
+    argv = [sys.executable, "-m", "devices.sim.runner", "--inventory", inventory_file,
+            "--mqtt", mqtt_url, "--ready-file", ready, "--kinds", "mqtt"]
+    if rate_hz:
+        argv += ["--rate-hz", str(rate_hz)]
+    child = spawn_tied(argv)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(ready):
+        if child.poll() is not None:
+            raise ConfigError(f"the MQTT device simulator exited with {child.returncode}")
+        if time.monotonic() > deadline:
+            _stop_child(child)
+            raise ConfigError(f"the MQTT device simulator did not start within {timeout:.0f}s")
+        time.sleep(0.05)
+    with open(ready, encoding="utf-8") as f:
+        doc: dict[str, Any] = json.load(f)
+    return child, doc
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (it announces its devices offline), then SIGKILL after 10 s (blocking)."""
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(10.0)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate-hz", type=float, default=None)
     parser.add_argument("--control", default="127.0.0.1:0",
                         help="HOST:PORT of the control channel (port 0: a free one)")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="simulator families to run (comma-separated: modbus,opcua,mqtt)")
     args = parser.parse_args(argv)
     host, _, port = args.control.rpartition(":")
     if not host or not port.isdigit():
@@ -149,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         inv = load_inventory(args.inventory)
-        asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz, (host, int(port))))
+        kinds = [k for k in args.kinds.split(",") if k]
+        if not kinds or any(k not in KINDS for k in kinds):
+            parser.error(f"--kinds {args.kinds!r}: choose among {', '.join(KINDS)}")
+        asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz, (host, int(port)),
+                        kinds, args.inventory))
     except CommandpostError as exc:
         print(f"simulators: {exc}", file=sys.stderr)
         return 1
