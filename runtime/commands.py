@@ -16,6 +16,7 @@ epoch, 0 while not reached), so that a round trip can be split into stages::
 
     created_ts            journaled (stamped by whoever submitted it)
     sent_ts               its host picked it from the journal
+    device_read_ts        the entity read its device while applying it (when it did)
     device_write_ts       the device write began
     device_confirmed_ts   the device confirmed the write
     updated_ts            the status last moved; for a final status, when it was written
@@ -90,9 +91,10 @@ def new_command_id() -> str:
 
 _REQUIRED = ("command_id", "target", "action", "caller")
 #: Timestamps that a status update may record along with the move (see the module doc).
-STAMPS: frozenset[str] = frozenset({"sent_ts", "device_write_ts", "device_confirmed_ts"})
-_FLOATS = ("created_ts", "deadline_ts", "updated_ts", "sent_ts", "device_write_ts",
-           "device_confirmed_ts")
+STAMPS: frozenset[str] = frozenset(
+    {"sent_ts", "device_read_ts", "device_write_ts", "device_confirmed_ts"})
+_FLOATS = ("created_ts", "deadline_ts", "updated_ts", "sent_ts", "device_read_ts",
+           "device_write_ts", "device_confirmed_ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class Command:
     error: str = ""
     idempotency_key: str = ""
     sent_ts: float = 0.0
+    device_read_ts: float = 0.0
     device_write_ts: float = 0.0
     device_confirmed_ts: float = 0.0
 
@@ -228,6 +231,7 @@ class Command:
             "deadline_ts": self.deadline_ts,
             "updated_ts": self.updated_ts,
             "sent_ts": self.sent_ts,
+            "device_read_ts": self.device_read_ts,
             "device_write_ts": self.device_write_ts,
             "device_confirmed_ts": self.device_confirmed_ts,
             "error": self.error,

@@ -13,8 +13,9 @@ ack. Dirty entities are checkpointed every ``checkpoint_interval_s``, but a
 waiting ack wakes the flush at once (for its own entities only), so an
 operator sees ``acked`` milliseconds after the device confirmed, not a
 checkpoint period later. Along the way the host stamps the command's path
-(``sent_ts`` when it picked the command from the journal, ``device_write_ts``
-and ``device_confirmed_ts`` around the device write) for the benches.
+(``sent_ts`` when it picked the command from the journal, ``device_read_ts``
+when the entity read its device while applying it, ``device_write_ts`` and
+``device_confirmed_ts`` around the device write) for the benches.
 """
 
 from __future__ import annotations
@@ -94,18 +95,20 @@ class _Ack:
 
 
 class _TimedPort:
-    """An entity's device port that stamps the writes of journaled commands.
+    """An entity's device port that stamps the device I/O of journaled commands.
 
     Entities pass the command id they are applying to :meth:`write`; when the
     host is waiting for that command, the time the write began and the time
-    the device confirmed it are kept for the command's record.
+    the device confirmed it are kept for the command's record, and so is the
+    time of a read made while applying it (a circuit reads its lamps first).
     """
 
-    __slots__ = ("_host", "_port")
+    __slots__ = ("_host", "_port", "_slot")
 
-    def __init__(self, port: DevicePort, host: HostCore) -> None:
+    def __init__(self, port: DevicePort, host: HostCore, slot: EntitySlot) -> None:
         self._port = port
         self._host = host
+        self._slot = slot
 
     @property
     def online(self) -> bool:
@@ -118,6 +121,10 @@ class _TimedPort:
         return await self._port.settled()
 
     async def read(self) -> Mapping[str, Any]:
+        entity = self._slot.entity
+        times = self._host._device_times.get(entity.current_command) if entity else None
+        if times is not None:
+            times.setdefault("device_read_ts", self._host.clock.time())
         return await self._port.read()
 
     async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
@@ -382,7 +389,8 @@ class HostCore:
 
     def device_port(self, entity_id: str) -> DevicePort | None:
         port = self.devices.port(entity_id) if self.devices is not None else None
-        return _TimedPort(port, self) if port is not None else None
+        slot = self.slots.get(entity_id)
+        return _TimedPort(port, self, slot) if port is not None and slot is not None else port
 
     def online_count(self) -> int:
         return self.devices.online_count() if self.devices is not None else 0

@@ -141,7 +141,8 @@ def test_ack_is_written_at_once_after_its_checkpoint_with_the_path_stamps() -> N
         finally:
             await core.stop()
         done = await store.get_command(cmd.command_id)
-        assert t0 <= done.sent_ts <= done.device_write_ts
+        # The circuit reads its lamps before it writes the ones that differ.
+        assert t0 <= done.sent_ts <= done.device_read_ts <= done.device_write_ts
         assert done.device_confirmed_ts - done.device_write_ts >= 0.009  # the 10 ms write
         assert done.device_confirmed_ts <= done.updated_ts
         checkpoint_at = next(i for i, (what, ids) in enumerate(store.writes)
@@ -331,8 +332,8 @@ def test_a_dim_through_the_api_is_acked_and_held_by_the_lamps(city: City, api: A
         assert rec["status"] == "acked", rec
         assert rec["target"] == circuit and rec["params"] == {"dim": 17.0 + n}
         # Every stage of the path is stamped, in order.
-        assert 0 < rec["created_ts"] <= rec["sent_ts"] <= rec["device_write_ts"] \
-            <= rec["device_confirmed_ts"] <= rec["updated_ts"]
+        assert 0 < rec["created_ts"] <= rec["sent_ts"] <= rec["device_read_ts"] \
+            <= rec["device_write_ts"] <= rec["device_confirmed_ts"] <= rec["updated_ts"]
         assert lamp_dims(city, circuit) == {17 + n}
         assert desired(city, circuit) == 17.0 + n
 

@@ -214,7 +214,8 @@ def test_command_fields_round_trip() -> None:
     params = {"level": 50, "raw": b"\x00\xff", "nested": {"a": [1, 2.5]}}
     original = Command("c-1", "lc-7", "dim", params, "op", status=S.SENT, created_ts=10.5,
                        deadline_ts=20.0, updated_ts=11.0, error="x", idempotency_key="k",
-                       sent_ts=10.6, device_write_ts=10.7, device_confirmed_ts=10.8)
+                       sent_ts=10.6, device_read_ts=10.65, device_write_ts=10.7,
+                       device_confirmed_ts=10.8)
     params["level"] = 99  # the command kept its own copy
     fields = original.to_fields()
     assert isinstance(fields["params"], bytes)
@@ -224,8 +225,8 @@ def test_command_fields_round_trip() -> None:
     assert original.to_json()["status"] == "sent"
     assert set(original.to_json()) == {"command_id", "target", "action", "params", "caller",
                                        "status", "created_ts", "deadline_ts", "updated_ts",
-                                       "sent_ts", "device_write_ts", "device_confirmed_ts",
-                                       "error"}
+                                       "sent_ts", "device_read_ts", "device_write_ts",
+                                       "device_confirmed_ts", "error"}
     minimal = Command.from_fields({"command_id": "c-2", "target": "t", "action": "a",
                                    "caller": "c"})
     assert minimal.status is S.QUEUED and minimal.params == {} and minimal.deadline_ts == 0.0

@@ -11,7 +11,8 @@ The round trip (POST sent → poll sees ``acked``) is split with the
 timestamps the command collects on its way (:mod:`runtime.commands`)::
 
     journal_to_host   created_ts → sent_ts              journaled, then picked by its host
-    host_to_device    sent_ts → device_write_ts         through the mailbox to the entity
+    host_to_device    sent_ts → the device's first I/O  through the mailbox to the entity
+    device_read       device_read_ts → device_write_ts  the circuit reads its lamps first
     device_write      device_write_ts → device_confirmed_ts
     device_to_ack     device_confirmed_ts → updated_ts  checkpoint, then the ack in Redis
     ack_to_api        updated_ts → the poll that saw it
@@ -35,7 +36,8 @@ from runtime.bench.common import City, Say, latency_summary, machine, percentile
 from runtime.errors import ProtocolError, RetryableError
 
 POLL_INTERVAL_S = 0.01
-STAGES = ("journal_to_host", "host_to_device", "device_write", "device_to_ack", "ack_to_api")
+STAGES = ("journal_to_host", "host_to_device", "device_read", "device_write", "device_to_ack",
+          "ack_to_api")
 FINAL = frozenset({"acked", "failed", "expired", "superseded"})
 
 
@@ -116,18 +118,22 @@ def _one(api: _Api, circuit: str, dim: int, timeout_s: float) -> dict[str, Any]:
             return {**record, "round_trip_s": time.perf_counter() - t0,
                     "seen_ts": time.time()}
         time.sleep(POLL_INTERVAL_S)
-    return {**record, "status": "timeout", "round_trip_s": None}
+    return {**record, "status": "timeout", "stuck_at": record.get("status"),
+            "round_trip_s": None}
 
 
 def _stages(rec: dict[str, Any]) -> dict[str, float]:
     """The stage durations (s) of one acked command; stages it did not stamp are left out."""
-    marks = [rec.get("created_ts"), rec.get("sent_ts"), rec.get("device_write_ts"),
-             rec.get("device_confirmed_ts"), rec.get("updated_ts"), rec.get("seen_ts")]
-    out: dict[str, float] = {}
-    for name, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True):
-        if a and b:
-            out[name] = max(0.0, float(b) - float(a))
-    return out
+    read, write = rec.get("device_read_ts"), rec.get("device_write_ts")
+    spans = {
+        "journal_to_host": (rec.get("created_ts"), rec.get("sent_ts")),
+        "host_to_device": (rec.get("sent_ts"), read or write),
+        "device_read": (read, write),
+        "device_write": (write, rec.get("device_confirmed_ts")),
+        "device_to_ack": (rec.get("device_confirmed_ts"), rec.get("updated_ts")),
+        "ack_to_api": (rec.get("updated_ts"), rec.get("seen_ts")),
+    }
+    return {name: max(0.0, float(b) - float(a)) for name, (a, b) in spans.items() if a and b}
 
 
 def _ms(values: Sequence[float]) -> dict[str, float | None]:
@@ -180,9 +186,15 @@ def run(*, scale: float = 1.0, say: Say = print, n: int = 200, broker: str = "au
                 stages[name].append(value)
         summary = latency_summary(r["round_trip_s"] for r in acked)
         failures: dict[str, int] = {}
+        errors: dict[str, int] = {}
         for r in results:
-            if r.get("status") != "acked":
-                failures[str(r.get("status"))] = failures.get(str(r.get("status")), 0) + 1
+            if r.get("status") == "acked":
+                continue
+            failures[str(r.get("status"))] = failures.get(str(r.get("status")), 0) + 1
+            # Circuit ids vary; the kind of error is what tells where the path broke.
+            why = str(r.get("error") or f"not final, still {r.get('stuck_at')}")
+            why = why.replace(str(r.get("target", "")), "ID")[:160]
+            errors[why] = errors.get(why, 0) + 1
         return {
             "n": n,
             "acked": len(acked),
@@ -191,6 +203,7 @@ def run(*, scale: float = 1.0, say: Say = print, n: int = 200, broker: str = "au
             "max_ms": summary["max"],
             "failed": n - len(acked),
             "failed_by_status": failures,
+            "errors": errors,
             "stages_ms": {name: _ms(values) for name, values in stages.items()},
             "poll_interval_ms": POLL_INTERVAL_S * 1000,
             "warmup": len(warm),
