@@ -320,33 +320,33 @@ class HostDevices:
         session, unit = self._modbus_session(st)
         profile = st.profile
         top = {f.name for f in profile.fields}
+        # Every value is encoded (and checked) before the first is sent; then they go in
+        # one turn on the session, not one turn per register range.
+        writes: list[tuple[int, list[int]]] = []
         for name, value in fields.items():
             if name in top:
-                address, regs = profile.encode_field(name, value)
-                await session.write(unit, address, regs)
+                writes.append(profile.encode_field(name, value))
                 continue
             item = _block_item(name)
             if item is not None:
                 # One repeat of a block (``lamp.3.dim``, numbered from 1 as OPC UA names them).
                 block_name, n, field_name = item
-                if not 1 <= n <= profile.count(block_name, st.equipment.attrs):
+                try:
+                    repeats = profile.count(block_name, st.equipment.attrs)
+                except KeyError:
+                    repeats = 0  # no such block
+                if not 1 <= n <= repeats:
                     raise RejectedError(f"{profile.name} has no {block_name} {n}",
                                         code="unknown_field")
-                try:
-                    address, regs = profile.encode_block_field(block_name, n - 1, field_name,
-                                                               value)
-                except KeyError as exc:  # an unknown block name
-                    raise RejectedError(f"{profile.name} has no field {name!r}",
-                                        code="unknown_field") from exc
-                await session.write(unit, address, regs)
+                writes.append(profile.encode_block_field(block_name, n - 1, field_name, value))
                 continue
             block = next((b for b in profile.blocks if any(f.name == name for f in b.fields)),
                          None)
             if block is None:
                 raise RejectedError(f"{profile.name} has no field {name!r}", code="unknown_field")
             for i in range(profile.count(block.name, st.equipment.attrs)):
-                address, regs = profile.encode_block_field(block.name, i, name, value)
-                await session.write(unit, address, regs)
+                writes.append(profile.encode_block_field(block.name, i, name, value))
+        await session.write_many(unit, writes)
         return dict(fields)
 
     # -- OPC UA ----------------------------------------------------------

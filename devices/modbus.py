@@ -120,8 +120,11 @@ def _frame_problem(data: bytes) -> str | None:
 class ModbusSession:
     """One Modbus TCP connection to a gateway ``host:port``, shared by every unit behind it.
 
-    Requests are serialised (one outstanding transaction at a time); a lost
-    connection is re-opened by the next call. Errors come from :mod:`runtime.errors`.
+    Requests are serialised (one outstanding transaction at a time); the
+    requests of one call (a read split in three, :meth:`write_many`) go back to
+    back, so a reading is never torn by another caller's write and a caller
+    waits its turn once per call, not once per request. A lost connection is
+    re-opened by the next call. Errors come from :mod:`runtime.errors`.
     """
 
     def __init__(self, host: str, port: int, *, timeout_s: float = 0.5) -> None:
@@ -195,20 +198,20 @@ class ModbusSession:
         *,
         idempotent: bool,
     ) -> ModbusPDU:
-        async with self._lock:
-            for attempt in (1, 2):
-                client = await self._ensure()
-                try:
-                    response = await self._exchange(what, unit, client, request)
-                except _ConnectionLost as exc:
-                    # A connection cut between two calls is only noticed by the next one:
-                    # a read is safe to send again once.
-                    if idempotent and attempt == 1:
-                        continue
-                    raise DeviceUnavailableError(
-                        f"{self!r} unit {unit}: {what}: connection lost"
-                    ) from exc
-                break
+        """One request, the session's lock held by the caller."""
+        for attempt in (1, 2):
+            client = await self._ensure()
+            try:
+                response = await self._exchange(what, unit, client, request)
+            except _ConnectionLost as exc:
+                # A connection cut between two calls is only noticed by the next one:
+                # a read is safe to send again once.
+                if idempotent and attempt == 1:
+                    continue
+                raise DeviceUnavailableError(
+                    f"{self!r} unit {unit}: {what}: connection lost"
+                ) from exc
+            break
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             raise RejectedError(
@@ -273,30 +276,45 @@ class ModbusSession:
             raise ValueError(f"bad register range {address}+{count}")
         out: list[int] = []
         pos = address
-        while pos < address + count:
-            n = min(MAX_READ, address + count - pos)
-            start = pos
+        async with self._lock:
+            while pos < address + count:
+                n = min(MAX_READ, address + count - pos)
+                start = pos
 
-            def request(
-                client: AsyncModbusTcpClient, start: int = start, n: int = n
-            ) -> Awaitable[ModbusPDU]:
-                return client.read_holding_registers(start, count=n, device_id=unit)
+                def request(
+                    client: AsyncModbusTcpClient, start: int = start, n: int = n
+                ) -> Awaitable[ModbusPDU]:
+                    return client.read_holding_registers(start, count=n, device_id=unit)
 
-            response = await self._call(f"read {start}+{n}", unit, request, idempotent=True)
-            regs = list(response.registers)
-            if len(regs) != n:
-                raise ProtocolError(
-                    f"{self!r} unit {unit}: read {start}+{n}: answer has {len(regs)} registers"
-                )
-            out.extend(regs)
-            pos += n
+                response = await self._call(f"read {start}+{n}", unit, request, idempotent=True)
+                regs = list(response.registers)
+                if len(regs) != n:
+                    raise ProtocolError(
+                        f"{self!r} unit {unit}: read {start}+{n}: answer has {len(regs)} "
+                        "registers"
+                    )
+                out.extend(regs)
+                pos += n
         return out
 
     async def write(self, unit: int, address: int, values: list[int]) -> None:
         """Write holding registers from ``address`` (function 0x10, split into requests of 123)."""
-        _check_registers(values)
-        if not values or address < 0 or address + len(values) > 0x10000:
-            raise ValueError(f"bad register range {address}+{len(values)}")
+        await self.write_many(unit, [(address, values)])
+
+    async def write_many(self, unit: int, writes: Sequence[tuple[int, list[int]]]) -> None:
+        """Write several ``(address, registers)`` ranges of ``unit`` back to back, in order.
+
+        A range the device refuses raises, and the ranges after it are not sent.
+        """
+        for address, values in writes:
+            _check_registers(values)
+            if not values or address < 0 or address + len(values) > 0x10000:
+                raise ValueError(f"bad register range {address}+{len(values)}")
+        async with self._lock:
+            for address, values in writes:
+                await self._write_range(unit, address, values)
+
+    async def _write_range(self, unit: int, address: int, values: list[int]) -> None:
         for pos in range(0, len(values), MAX_WRITE):
             chunk = values[pos : pos + MAX_WRITE]
             start = address + pos

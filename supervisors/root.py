@@ -46,6 +46,7 @@ def tree_config_from_wire(d: dict[str, Any]) -> TreeConfig:
         heartbeat_misses=int(d.get("heartbeat_misses", base.heartbeat_misses)),
         hung_lag_s=float(d.get("hung_lag_s", base.hung_lag_s)),
         spares=int(d.get("spares", base.spares)),
+        spare_refill_grace_s=float(d.get("spare_refill_grace_s", base.spare_refill_grace_s)),
         domains={k: options_from_wire(v) for k, v in (d.get("domains") or {}).items()},
         restart_types={k: RestartType(v) for k, v in (d.get("restart_types") or {}).items()},
         warm_modules=tuple(d.get("warm_modules", ())),
@@ -209,6 +210,10 @@ class RootActor:
         """Host id → the name of the Ray actor serving it now."""
         assert self.ctx is not None
         return {h: i.actor for h, i in self.ctx.infos.items()}
+
+    async def spares_ready(self) -> int:
+        """Warm spares waiting to replace a host."""
+        return self.ctx.spares.ready if self.ctx is not None else 0
 
     async def recent_events(self) -> list[dict[str, Any]]:
         return list(self.recent)

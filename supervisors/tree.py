@@ -55,6 +55,9 @@ class TreeConfig:
     hung_lag_s: float = 15.0
     start_timeout_s: float = 120.0
     spares: int = 1
+    # After a replacement the pool refills once the new host has every device online (or
+    # after this long): a spare warming up would take the cores from the recovery.
+    spare_refill_grace_s: float = 10.0
     warm_modules: tuple[str, ...] = ()
     domains: Mapping[str, SupervisorOptions] = field(default_factory=dict)  # per-domain overrides
     # Restart type of hosts, by host id or by domain (a host id wins); default permanent.
@@ -165,11 +168,18 @@ class SparePool:
                 await asyncio.sleep(1.0)
 
     async def take(self) -> tuple[str, Any] | None:
-        """A spare if one is ready (once open, the pool refills in the background)."""
-        spare = self._ready.pop(0) if self._ready else None
+        """A spare if one is ready; the taker calls :meth:`top_up` when it can spare the cores."""
+        return self._ready.pop(0) if self._ready else None
+
+    @property
+    def ready(self) -> int:
+        """Spares warmed and waiting."""
+        return len(self._ready)
+
+    def top_up(self) -> None:
+        """Refill in the background, unless the pool waits for the tree's start to end."""
         if self._open:
             self.refill()
-        return spare
 
     async def close(self) -> None:
         if self._filling is not None:
@@ -210,6 +220,7 @@ class HostChild:
         self.name = ""
         self._exit: asyncio.Future[ExitReason] | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        self._refill_at = 0.0  # monotonic deadline of a spare refill owed after a replacement
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,6 +250,8 @@ class HostChild:
                 raise RetryableError(f"host {self.host_id} failed to start: {exc}") from exc
             self.info.generation = generation
             await self.ctx.registry.set(self.host_id, self.name, generation)
+            # The pool gave (or lacked) a process: it refills once this host has recovered.
+            self._refill_at = time.monotonic() + self.ctx.config.spare_refill_grace_s
         self.info.actor = self.name
         self.info.starts += 1
         await self._observe()
@@ -302,6 +315,10 @@ class HostChild:
             except RayActorError:
                 return  # the sentinel reports the death
             misses = 0
+            if self._refill_at and (int(state.get("online", 0)) >= int(state.get("entities", 0))
+                                    or time.monotonic() >= self._refill_at):
+                self._refill_at = 0.0
+                self.ctx.spares.top_up()
             if state.get("lag_s", 0.0) > cfg.hung_lag_s:
                 self._finish(ExitReason(ExitKind.ERROR, f"main loop hung {state['lag_s']:.1f}s"))
                 return

@@ -367,8 +367,11 @@ def test_manager_reads_at_once_when_replacing_and_writes_single_lamps() -> None:
                 # The on-demand read reached the entity as a sample, in sequence order.
                 seqs = [e.payload["seq"] for e in got if e.type == "telemetry"]
                 assert seqs == sorted(seqs) and seqs[-1] == reading["seq"]
-                with pytest.raises(RejectedError):
-                    await lamp_port.write({"lamp.9.dim": 40.0}, command_id="c2")
+                for bad in ("lamp.9.dim", "lamp.2.power_w", "pole.1.dim"):
+                    with pytest.raises(RejectedError):
+                        await lamp_port.write({"lamp.1.dim": 10.0, bad: 40.0}, command_id="c2")
+                # Refused before anything was sent: lamp 1 was not written either.
+                assert sim.held_values(eq.id)["lamp"][0]["dim"] == 100
                 assert sim.device_counters()[eq.id].repeats == before
             finally:
                 await devices.stop()
@@ -376,6 +379,39 @@ def test_manager_reads_at_once_when_replacing_and_writes_single_lamps() -> None:
             await devices.stop()
             assert waited > 1.0, f"a cold start read after {waited:.2f}s: polls not spread"
         finally:
+            await sim.stop()
+
+    run(body())
+
+
+def test_a_reading_is_never_torn_by_a_circuits_writes() -> None:
+    from devices.modbus import ModbusSession
+    from devices.profile import builtin_profile
+    from devices.sim.lighting import LightingSimulator
+    from runtime.embedded import free_port
+
+    port = free_port()
+    eq = make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
+                        endpoint=f"modbus://127.0.0.1:{port}/1", attrs={"points": 30})
+    profile = builtin_profile("lighting_cabinet")
+    first, count = profile.register_span(eq.attrs)
+
+    async def body() -> None:
+        sim = LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+        await sim.start()
+        session = ModbusSession("127.0.0.1", port, timeout_s=2.0)
+        try:
+            for level in (40, 60, 20, 80, 50):
+                writes = [profile.encode_block_field("lamp", i, "dim", level) for i in range(30)]
+                # The read (three requests) and the 30 writes are issued together.
+                _, regs = await asyncio.gather(session.write_many(1, writes),
+                                               session.read(1, first, count))
+                levels = {lamp["dim"] for lamp in profile.decode_registers(first, regs,
+                                                                           eq.attrs)["lamp"]}
+                assert len(levels) == 1, f"a torn reading: {sorted(levels)}"
+                assert {x["dim"] for x in sim.held_values(eq.id)["lamp"]} == {level}
+        finally:
+            await session.close()
             await sim.stop()
 
     run(body())

@@ -64,6 +64,7 @@ class Sent:
     dim: int
     submitted: float
     status: str = "queued"
+    error: str = ""
 
 
 @dataclass
@@ -82,6 +83,7 @@ class KillRound:
     replayed_after_actuation: int = 0
     state_lost: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # why commands did not end acked
 
     def to_json(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
@@ -92,7 +94,8 @@ class KillRound:
                 "not_acked": self.not_acked, "not_held": self.not_held,
                 "repeats": self.repeats, "extra_actuations": self.extra_actuations,
                 "replayed_after_actuation": self.replayed_after_actuation,
-                "state_lost": self.state_lost, "statuses": dict(self.statuses)}
+                "state_lost": self.state_lost, "statuses": dict(self.statuses),
+                "errors": dict(self.errors)}
 
 
 class Recovery:
@@ -158,18 +161,22 @@ class Recovery:
         return self.svc.host_handle(self.host_id)
 
     def wait_ready(self) -> None:
-        """Every entity of the host online and every command of the last round final."""
+        """The host running with every device online, and the warm spare back (as the
+        demo runs: a kill right after another would find the pool still refilling)."""
+        spares = min(1, int(self.svc.options.spares))
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             try:
                 node = self.node()
-                if node.get("status") == "running" and int(node.get("online", 0)) == len(self.ids):
+                if (node.get("status") == "running"
+                        and int(node.get("online", 0)) == len(self.ids)
+                        and ray.get(self.svc.root.spares_ready.remote(), timeout=5) >= spares):
                     return
             except (CommandpostError, *_RAY_ERRORS):
                 pass
             time.sleep(0.2)
-        raise ConfigError(f"host {self.host_id} not running with every device online "
-                          f"within {self.timeout_s:.0f}s")
+        raise ConfigError(f"host {self.host_id} not running with every device online and "
+                          f"its spare ready within {self.timeout_s:.0f}s")
 
     # -- commands ------------------------------------------------------------------
     def _submit_any(self, free: list[str], sent: dict[str, Sent]) -> None:
@@ -192,7 +199,8 @@ class Recovery:
         for s in sent.values():
             if s.status in TERMINAL:
                 continue
-            s.status = str(self.svc.store.get_command(s.command_id).status)
+            cmd = self.svc.store.get_command(s.command_id)
+            s.status, s.error = str(cmd.status), cmd.error
             if CommandStatus(s.status) in TERMINAL:
                 if s.status == CommandStatus.ACKED:
                     self.level[s.entity_id] = s.dim
@@ -368,6 +376,9 @@ class Recovery:
         result.commands = len(sent)
         for s in sent.values():
             result.statuses[s.status] = result.statuses.get(s.status, 0) + 1
+            if s.status != CommandStatus.ACKED:
+                why = s.error or "(no error: still " + s.status + ")"
+                result.errors[why] = result.errors.get(why, 0) + 1
         result.not_acked = sum(1 for s in sent.values() if s.status != CommandStatus.ACKED)
         last: dict[str, Sent] = {}
         for s in sorted(sent.values(), key=lambda x: x.submitted):
