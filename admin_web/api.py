@@ -92,7 +92,8 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
 
     Body ``{"action": str, "params": {...}?, "idempotency_key": str?}``; a
     repeat with the same key from the same user for the same equipment
-    answers the first command's id.
+    answers the first command's id. A command the equipment's kind would
+    refuse is a 422 naming the field (``params.dim``) and is not journaled.
     """
     backend = services().backend
     try:
@@ -126,7 +127,12 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
 @api.get("/commands/<command_id>")
 @require(Role.VIEWER)
 def command(command_id: str) -> ResponseReturnValue:
-    """One command and where it stands: ``{"command_id", "status", …}``."""
+    """One command and where it stands: ``{"command_id", "status", …}``.
+
+    The record also carries its path's timestamps (``created_ts``, ``sent_ts``,
+    ``device_read_ts``, ``device_write_ts``, ``device_confirmed_ts``, ``updated_ts``;
+    0 for a stage not reached), which ``commandpost bench command`` splits into stages.
+    """
     try:
         found = services().backend.command(command_id)
     except KeyError:

@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from admin_web import Role, StaticBackend, SwappableBackend, UserRegistry, create_app
+from admin_web.backend import InvalidCommandError
 from runtime.errors import RejectedError, StoreUnavailableError
 
 TOKENS = {name: f"{name}-token-{name[0] * 20}" for name in ("admin", "operator", "op2", "viewer")}
@@ -199,6 +200,7 @@ def test_a_key_reused_for_another_command_is_422(users: UserRegistry) -> None:
     other = submit(client, {"action": "dim", "params": {"level": 80}, "idempotency_key": "k1"})
     assert other.status_code == 422
     assert "idempotency key" in other.get_json()["error"]
+    assert other.get_json()["field"] == "idempotency_key"
 
 
 def test_submission_is_audited(users: UserRegistry, caplog: pytest.LogCaptureFixture) -> None:
@@ -257,3 +259,11 @@ def test_rejected_command_is_422_with_its_message(users: UserRegistry) -> None:
     response = submit(make_client(users, backend), {"action": "fly"})
     assert response.status_code == 422
     assert response.get_json()["error"] == "lamps cannot fly"
+
+
+def test_a_command_the_kind_refuses_is_422_naming_the_field(users: UserRegistry) -> None:
+    backend = RefusingBackend(InvalidCommandError("dim=150 is outside 0..100", field="params.dim",
+                                                  code="out_of_range"))
+    response = submit(make_client(users, backend), {"action": "set", "params": {"dim": 150}})
+    assert response.status_code == 422
+    assert response.get_json() == {"error": "dim=150 is outside 0..100", "field": "params.dim"}
