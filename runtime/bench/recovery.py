@@ -72,6 +72,7 @@ class KillRound:
     """The figures of one kill."""
 
     pid: int
+    load1: float = 0.0  # the machine's 1-minute load average at the kill
     detect_s: float | None = None
     answer_s: float | None = None
     fresh_s: float | None = None
@@ -89,7 +90,8 @@ class KillRound:
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 3)
 
-        return {"pid": self.pid, "detect_s": r(self.detect_s), "answer_s": r(self.answer_s),
+        return {"pid": self.pid, "load1": round(self.load1, 2), "detect_s": r(self.detect_s),
+                "answer_s": r(self.answer_s),
                 "fresh_s": r(self.fresh_s), "commands": self.commands,
                 "not_acked": self.not_acked, "not_held": self.not_held,
                 "repeats": self.repeats, "extra_actuations": self.extra_actuations,
@@ -129,6 +131,9 @@ class Recovery:
         self.level = {e: self._held_level(e) for e in self.circuits}
         # The level of each circuit's last acked command (what its restored state must keep).
         self.commanded: dict[str, int] = {}
+        # Levels of commands that failed: their writes may still land late (an unanswered
+        # write is not an unapplied one), so the bench never asks for them again.
+        self.avoid: dict[str, set[int]] = {}
         self.rounds: list[KillRound] = []
         self._last_kill = 0.0
         counters = self.counters()
@@ -187,7 +192,9 @@ class Recovery:
     def submit(self, eid: str, sent: dict[str, Sent]) -> Sent:
         """Journal a dim of circuit ``eid`` to a level it does not hold; recorded in ``sent``."""
         held = self.level[eid]
-        dim = self._rng.choice([d for d in range(0, 101, 5) if d != held])
+        exclude = {held} if held is not None else set(self.lamp_levels(eid))
+        exclude |= self.avoid.get(eid, set())
+        dim = self._rng.choice([d for d in range(0, 101, 5) if d not in exclude])
         cmd = Command(command_id=new_command_id(), target=eid, action="set",
                       params={"dim": float(dim)}, caller="bench:recovery")
         stored, _ = self.svc.store.submit_command(cmd)
@@ -205,6 +212,9 @@ class Recovery:
                 if s.status == CommandStatus.ACKED:
                     self.level[s.entity_id] = s.dim
                     self.commanded[s.entity_id] = s.dim
+                else:
+                    self.level[s.entity_id] = None  # ask the lamps next time
+                    self.avoid.setdefault(s.entity_id, set()).add(s.dim)
                 if free is not None:
                     free.append(s.entity_id)
 
@@ -246,6 +256,7 @@ class Recovery:
                 os.kill(pid, signal.SIGKILL)
                 t_kill = time.time()
                 killed_at = time.monotonic()
+                result.load1 = os.getloadavg()[0]
                 self._last_kill = killed_at
                 # The field and the journal as the dead host left them (its successor
                 # takes a few hundred milliseconds to act on either).
@@ -384,7 +395,9 @@ class Recovery:
         for s in sorted(sent.values(), key=lambda x: x.submitted):
             last[s.entity_id] = s
         for eid, s in last.items():
-            if set(self.lamp_levels(eid)) != {s.dim}:
+            # A circuit whose last command failed holds no level the bench can expect
+            # (that command is already counted as not acked).
+            if s.status == CommandStatus.ACKED and set(self.lamp_levels(eid)) != {s.dim}:
                 result.not_held += 1
         after = self.counters()
         result.repeats = sum(int(after[e]["repeats"]) - int(before[e]["repeats"])
