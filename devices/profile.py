@@ -45,7 +45,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -401,26 +401,17 @@ class Profile:
         :class:`ProtocolError` if ``regs`` does not cover them all.
         """
         self._need_modbus()
-
-        def take(address: int, spec: FieldSpec) -> Any:
-            offset = address - start
-            if offset < 0 or offset + spec.width > len(regs):
-                raise ProtocolError(
-                    f"profile {self.name!r}: field {spec.name!r} at {address} is outside the "
-                    f"{len(regs)} registers read at {start}"
-                )
-            return spec.decode(regs[offset : offset + spec.width])
-
-        out: dict[str, Any] = {spec.name: take(_addr(spec), spec) for spec in self.fields}
-        for block in self.blocks:
-            assert block.base is not None and block.stride is not None
-            out[block.name] = [
-                {
-                    spec.name: take(block.base + i * block.stride + _addr(spec), spec)
-                    for spec in block.fields
-                }
-                for i in range(self.count(block.name, attrs))
-            ]
+        counts = tuple(self.count(b.name, attrs) for b in self.blocks)
+        fields, blocks, end = _decode_plan(self, start, counts)
+        if end > len(regs):
+            raise ProtocolError(
+                f"profile {self.name!r}: fields up to register {start + end - 1} are outside "
+                f"the {len(regs)} registers read at {start}"
+            )
+        out: dict[str, Any] = {name: decode(regs, offset) for name, offset, decode in fields}
+        for block_name, repeats in blocks:
+            out[block_name] = [{name: decode(regs, base + offset) for name, offset, decode in rep}
+                               for base, rep in repeats]
         return out
 
     def encode_field(self, name: str, value: Any) -> tuple[int, list[int]]:
@@ -460,6 +451,55 @@ class Profile:
         if index < 0 or address + item.width > _MAX_ADDRESS + 1:
             raise RejectedError(f"{self.name}.{block}: no repeat {index!r}", "out_of_range")
         return address, item.encode(value)
+
+
+_Decode = Callable[[Sequence[int], int], Any]
+_Plan = tuple[
+    tuple[tuple[str, int, _Decode], ...],
+    tuple[tuple[str, tuple[tuple[int, tuple[tuple[str, int, _Decode], ...]], ...]], ...],
+    int,
+]
+
+
+def _register_decoder(spec: FieldSpec) -> _Decode:
+    """``decode(regs, offset)``: :meth:`FieldSpec.decode` without slicing, for hot polls."""
+    if spec.width == 2 or spec.choices or spec.type == "i16":
+        width = spec.width
+        return lambda regs, offset: spec.decode(regs[offset : offset + width])
+    if spec.type == "bool":
+        return lambda regs, offset: (regs[offset] & 0xFFFF) != 0
+    scale = spec.scale
+    if scale == 1.0:
+        return lambda regs, offset: regs[offset] & 0xFFFF
+    return lambda regs, offset: (regs[offset] & 0xFFFF) * scale
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_plan(profile: Profile, start: int, counts: tuple[int, ...]) -> _Plan:
+    """Offsets and decoders of every field of a read at ``start`` (cached per layout)."""
+    end = 0
+    fields = []
+    for spec in profile.fields:
+        offset = _addr(spec) - start
+        if offset < 0:
+            raise ProtocolError(f"profile {profile.name!r}: field {spec.name!r} is before "
+                                f"the registers read at {start}")
+        fields.append((spec.name, offset, _register_decoder(spec)))
+        end = max(end, offset + spec.width)
+    blocks = []
+    for block, count in zip(profile.blocks, counts, strict=True):
+        assert block.base is not None and block.stride is not None
+        rep = tuple((spec.name, _addr(spec), _register_decoder(spec)) for spec in block.fields)
+        repeats = []
+        for i in range(count):
+            base = block.base + i * block.stride - start
+            if base < 0:
+                raise ProtocolError(f"profile {profile.name!r}: block {block.name!r} is "
+                                    f"before the registers read at {start}")
+            repeats.append((base, rep))
+            end = max(end, base + max((_addr(f) + f.width for f in block.fields), default=0))
+        blocks.append((block.name, tuple(repeats)))
+    return tuple(fields), tuple(blocks), end
 
 
 def _addr(spec: FieldSpec) -> int:
