@@ -80,10 +80,13 @@ def inventory_demo(scale: float, seed: int) -> None:
 STOP_TREE_TIMEOUT_S = 5.0
 
 
-class _StopRequested(BaseException):
+class _StopRequested(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived while the service was still starting.
 
-    A BaseException, so that start-up code catching ``Exception`` lets it through.
+    A KeyboardInterrupt, so that start-up code catching ``Exception`` lets it
+    through, and so that ``ray.get`` (which polls for signals while it waits)
+    gives up at once: it ends its wait on KeyboardInterrupt, while another
+    exception from a signal handler stays pending until the wait is over.
     """
 
 
@@ -104,16 +107,18 @@ class _Stopper:
     def install(self) -> None:
         """(Re)install the handlers of SIGINT and SIGTERM in this process.
 
-        ``ray.init`` puts Ray's failure-signal handler in front of ours for
-        SIGTERM: it prints a stack trace and arms a 3 s alarm that aborts the
-        process mid-shutdown. Installing ours again after it puts it back.
+        ``ray.init`` replaces ours for SIGTERM: first with a handler that calls
+        ``sys.exit``, then with Ray's failure-signal handler, which prints a
+        stack trace and arms a 3 s alarm that aborts the process in the middle
+        of its shutdown. Installing ours again after ``ray.init`` puts it back.
         """
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.requested.is_set():
-            # Only async-signal-safe calls here: this may interrupt anything.
+            # This may interrupt anything, the stop itself included: say so and
+            # leave without Python's exit machinery (the reaper does the rest).
             os.write(2, b"commandpost: stopping now, without waiting\n")
             os._exit(1)
         self.requested.set()
@@ -178,32 +183,54 @@ def _serve(
                                       devices=DEVICES, simulate=demo, data_dir=data_dir,
                                       opcua_security=dict(opcua_security or {})))
     try:
-        svc.start_servers()
-        server.start()
-        click.echo(f"admin web:   {server.url}/  (API under {server.url}/api/v1)")
-        click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer)")
-        click.echo(f"redis:       {svc.redis_url}   mqtt: {svc.mqtt_url}")
-        for sim in svc.simulators:
-            click.echo(f"simulator:   {sim['kind']}: {sim['devices']} devices on {sim['endpoint']}")
-        t0 = time.monotonic()
-        svc.start_ray()
-        stopper.install()
-        # Ray's agents overwrite their environment with their title: adopt them by pid.
-        reaper.adopt_descendants()
-        backend.swap(RuntimeBackend(svc))
-        svc.start_tree()
-        reaper.adopt_descendants()
-        click.echo(f"{len(inv.equipment)} entities on {len(svc.plan.hosts)} hosts started "
-                   f"in {time.monotonic() - t0:.1f}s; health: {backend.health()['status']}")
-        _wait_for_stop(stopper, duration)
-    except _StopRequested:
-        click.echo("stop requested while starting")
+        try:
+            svc.start_servers()
+            server.start()
+            click.echo(f"admin web:   {server.url}/  (API under {server.url}/api/v1)")
+            click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer)")
+            click.echo(f"redis:       {svc.redis_url}   mqtt: {svc.mqtt_url}")
+            for sim in svc.simulators:
+                click.echo(f"simulator:   {sim['kind']}: {sim['devices']} devices "
+                           f"on {sim['endpoint']}")
+            t0 = time.monotonic()
+            try:
+                svc.start_ray()
+            except SystemExit as exc:
+                # ray.init puts its own SIGTERM handler (sys.exit) in place of ours,
+                # behind Ray's failure-signal handler, which armed an alarm that
+                # would abort us in 3 s: cancel it, and stop in order.
+                if exc.code != signal.SIGTERM:
+                    raise
+                signal.alarm(0)
+                stopper.requested.set()
+            stopper.install()
+            if stopper.requested.is_set():
+                raise _StopRequested(signal.SIGTERM)
+            # Ray's agents overwrite their environment with their title: adopt them by pid.
+            reaper.adopt_descendants()
+            backend.swap(RuntimeBackend(svc))
+            svc.start_tree()
+            reaper.adopt_descendants()
+            click.echo(f"{len(inv.equipment)} entities on {len(svc.plan.hosts)} hosts started "
+                       f"in {time.monotonic() - t0:.1f}s; health: {backend.health()['status']}")
+        except BaseException:
+            # A signal during start-up surfaces as whatever it interrupted: our
+            # _StopRequested, or an error of the library code it landed in
+            # (Ray wraps an exception raised inside its callbacks).
+            if not stopper.requested.is_set():
+                raise
+            click.echo("stop requested while starting")
+        else:
+            _wait_for_stop(stopper, duration)
     finally:
         # From here a signal only makes the stop quicker (see _Stopper): never
         # let one land between the steps below.
         stopper.starting = False
         t_stop = time.monotonic()
         click.echo("stopping…")
+        # Whatever runs now is ours: should the stop not end it (a start cut
+        # short in ray.init leaves Ray's agents to nobody), the reaper will.
+        reaper.adopt_descendants()
         try:
             svc.stop(tree_timeout=STOP_TREE_TIMEOUT_S)
             server.stop()

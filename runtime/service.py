@@ -204,13 +204,15 @@ class Service:
         # Ray's dashboard, which we do not run.
         os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
         before = {p.pid for p in psutil.Process().children()}
+        # Before ray.init: a start interrupted half-way must still be shut down.
+        self._started_ray = True
         try:
             ray.init(**kwargs)
         except ConnectionError as exc:
             raise RetryableError(f"cannot reach Ray at {self.options.ray_address}: {exc}") from exc
-        self._started_ray = True
-        if not self.options.ray_address:
-            self._ray_procs = _new_ray_children(before)
+        finally:
+            if not self.options.ray_address:
+                self._ray_procs = _new_ray_children(before)
 
     def _ray_head_gone(self) -> bool:
         """Whether the GCS or the raylet this service started has exited."""
@@ -357,6 +359,11 @@ class Service:
                     with contextlib.suppress(psutil.Error):
                         proc.kill()
             ray.shutdown()
+            # A ray.init interrupted before it recorded its node leaves ray.shutdown
+            # nothing to stop: its processes are still ours to end.
+            for _, proc in self._ray_procs:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
             step("ray")
         self.stop_simulators()
         step("simulators")

@@ -169,6 +169,88 @@ def _poll_nothing_left(demo: Demo, deadline_s: float, allow_agents: bool) -> flo
         time.sleep(0.1)
 
 
+# -- the reaper on its own (no Ray: fast) ----------------------------------------
+
+_RUN = """
+import subprocess, sys, tempfile
+from pathlib import Path
+from runtime.reaper import Reaper
+reaper = Reaper.start()
+scratch = Path(tempfile.mkdtemp(prefix="commandpost-reaper-test-"))
+reaper.remove_after(scratch)
+sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+# A grandchild that escaped: its parent is gone and it has a session of its own.
+quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
+escaped = subprocess.run(
+    [sys.executable, "-c", "import subprocess; print(subprocess.Popen("
+     f"{sleeper!r}, {quiet}, start_new_session=True).pid)"],
+    capture_output=True, text=True, check=True).stdout.strip()
+# A child whose environment no longer shows the mark: known by pid once adopted.
+wiped = subprocess.Popen(sleeper, env={}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+reaper.adopt_descendants()
+print(reaper.pid, escaped, wiped.pid, scratch, flush=True)
+if sys.stdin.readline().strip() == "close":
+    reaper.close()
+    print("closed", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _start_run() -> tuple[subprocess.Popen[str], list[psutil.Process], Path]:
+    run = subprocess.Popen([sys.executable, "-c", _RUN], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True,
+                           env={k: v for k, v in os.environ.items() if k != MARK_ENV})
+    assert run.stdout is not None
+    *pids, scratch = run.stdout.readline().split()
+    return run, [psutil.Process(int(pid)) for pid in pids], Path(scratch)
+
+
+def _poll(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {deadline_s:.0f} s: {what}")
+        time.sleep(0.05)
+
+
+def test_reaper_kills_what_a_killed_run_left_and_removes_its_scratch_dir() -> None:
+    run, procs, scratch = _start_run()
+    try:
+        assert scratch.is_dir() and not any(_gone(p) for p in procs)
+        run.kill()
+        run.wait()
+        _poll(lambda: all(_gone(p) for p in procs) and not scratch.exists(), 5.0,
+              "the reaper, the escaped grandchild and the adopted child gone, scratch removed")
+    finally:
+        for proc in procs:
+            if not _gone(proc):
+                proc.kill()
+
+
+def test_reaper_close_spares_what_the_run_did_not_start() -> None:
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    run, procs, scratch = _start_run()
+    try:
+        assert run.stdin is not None and run.stdout is not None
+        run.stdin.write("close\n")
+        run.stdin.flush()
+        assert run.stdout.readline().strip() == "closed"
+        # close() returns once the watcher is done: nothing left to wait for.
+        assert all(_gone(p) for p in procs) and not scratch.exists()
+        assert bystander.poll() is None
+    finally:
+        run.kill()
+        run.wait()
+        bystander.kill()
+        bystander.wait()
+        for proc in procs:
+            if not _gone(proc):
+                proc.kill()
+
+
+# -- the demo ---------------------------------------------------------------------
+
+
 @pytest.fixture
 def start_demo(tmp_path: Path) -> Iterator[Callable[[float], Demo]]:
     """A factory of running demos; whatever a failed test left is killed afterwards."""
