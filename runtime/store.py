@@ -727,10 +727,8 @@ class RedisStore:
         for chunk in _chunks(items, SAVE_CHUNK):
 
             async def once(_: int, chunk: Sequence[tuple[str, bytes]] = chunk) -> None:
-                pipe = client.pipeline(transaction=False)
-                for entity_id, blob in chunk:
-                    pipe.set(self.keys.checkpoint(entity_id), blob)
-                await pipe.execute()
+                # One MSET per chunk: one command and one reply, not one per entity.
+                await client.mset({self.keys.checkpoint(eid): blob for eid, blob in chunk})
 
             await self._call("save_checkpoints", once)
 
