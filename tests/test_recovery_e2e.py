@@ -36,13 +36,14 @@ def largest(city: City) -> str:
 
 
 def test_kill_with_commands_in_flight_loses_none_and_actuates_none_twice(city: City) -> None:
-    rec = Recovery(city, largest(city), rate=25.0, lead_s=0.6, tail_s=0.6, timeout_s=60.0,
-                   say=lambda _: None)
+    rec = Recovery(city, largest(city), rate=10.0, burst=6, lead_s=0.6, tail_s=0.6,
+                   timeout_s=60.0, say=lambda _: None)
     r = rec.kill_round()
     figures = r.to_json()
     assert r.detect_s is not None and r.detect_s < 5.0, figures
     assert r.answer_s is not None and r.fresh_s is not None, figures
-    assert r.commands >= 15, figures
+    assert r.in_flight >= 1, figures
+    assert r.commands >= 10, figures
     assert r.statuses == {"acked": r.commands}, figures
     assert r.not_held == 0, figures
     assert r.repeats == 0, figures
@@ -52,6 +53,15 @@ def test_kill_with_commands_in_flight_loses_none_and_actuates_none_twice(city: C
 
 
 def test_journal_replay_after_actuation_writes_no_lamp_twice(city: City) -> None:
+    # A kill lands between a command's writes and its ack in most attempts, but the host
+    # may finish a command in the few milliseconds the kill takes: up to three attempts,
+    # each checked in full, and at least one must have caught such a command.
+    caught = [replay_round(city) for _ in range(3)]
+    assert max(caught) >= 1, "no unacknowledged command had written a lamp when the host died"
+
+
+def replay_round(city: City) -> int:
+    """Burst a command per circuit, kill the host at its first lamp write; check the replay."""
     rec = Recovery(city, largest(city), timeout_s=60.0, say=lambda _: None)
     rec.wait_ready()
     before = rec.counters()
@@ -64,15 +74,13 @@ def test_journal_replay_after_actuation_writes_no_lamp_twice(city: City) -> None
         now = rec.counters()
         return any(now[e]["actuations"] > before[e]["actuations"] for e in rec.circuits)
 
-    # Kill as soon as the lamps start moving: the host is then mid-way through the burst.
     poll(actuating, 30, interval=0.002, what="the first lamp written")
     os.kill(pid, signal.SIGKILL)
     at_kill = rec.counters()
     rec.refresh(sent)
     unfinished = [s for s in sent.values() if s.status != CommandStatus.ACKED]
-    caught = rec.caught(sent, before, at_kill)
     assert unfinished, "every command was acked before the kill: nothing left to replay"
-    assert caught >= 1, "no unacknowledged command had written a lamp when the host died"
+    caught = rec.caught(sent, before, at_kill)
 
     rec.drain(sent)
     result = KillRound(pid=pid)
@@ -84,3 +92,4 @@ def test_journal_replay_after_actuation_writes_no_lamp_twice(city: City) -> None
     assert result.repeats == 0, figures
     assert result.extra_actuations == 0, figures
     assert int(rec.node()["pid"]) != pid
+    return caught

@@ -5,8 +5,9 @@ simulators, device sessions, warm spare, admin web). The bench kills the
 process of the largest host (``lighting-2`` at scale 1.0) ``kills`` times with
 ``SIGKILL``, spaced so that its domain supervisor's restart intensity is never
 exceeded, while lighting dims for that host's circuits are submitted to the
-command journal before and during each kill. Per kill it measures, from the
-signal:
+command journal before and during each kill (``RATE`` a second, from a second
+before the kill, plus a burst of ``BURST`` whose lamps the host is writing when
+the signal lands). Per kill it measures, from the signal:
 
 * ``detect_s``: to the supervisor's ``exit`` event for the host;
 * ``answer_s``: to every entity of the host answering a ping through the new
@@ -24,8 +25,9 @@ And it checks, at the simulators (:mod:`devices.sim.control`):
   the bench itself causes none;
 * ``extra_actuations``: value-changing writes beyond one per lamp per command
   (a reconcile that reverted a lamp the replayed command then set again);
-* ``replayed_after_actuation``: commands caught by a kill after their lamps
-  changed (all or some) and before their ack: the replays that must not write again;
+* ``in_flight_at_kill``: commands journaled and not finished when the signal
+  landed; ``replayed_after_actuation``: those of them whose lamps had changed
+  (all or some) already: the replays that must not write again;
 * ``state_lost``: entities whose restored desired level is older than the
   last command acked before the kill.
 
@@ -51,6 +53,12 @@ from runtime.errors import CommandpostError, ConfigError
 from supervisors.tree import TreeConfig
 
 __all__ = ["KillRound", "Recovery", "Sent", "run"]
+
+#: Lighting dims submitted per second to the host's circuits, from ``lead_s`` before each
+#: kill to ``tail_s`` after it; and the burst submitted just before the kill, which lands
+#: while the host is writing the burst's lamps.
+RATE = 10.0
+BURST = 8
 
 _RAY_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ValueError, KeyError)
 
@@ -82,6 +90,7 @@ class KillRound:
     repeats: int = 0
     extra_actuations: int = 0
     replayed_after_actuation: int = 0
+    in_flight: int = 0  # commands journaled and not finished when the signal landed
     state_lost: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # why commands did not end acked
@@ -96,6 +105,7 @@ class KillRound:
                 "not_acked": self.not_acked, "not_held": self.not_held,
                 "repeats": self.repeats, "extra_actuations": self.extra_actuations,
                 "replayed_after_actuation": self.replayed_after_actuation,
+                "in_flight": self.in_flight,
                 "state_lost": self.state_lost, "statuses": dict(self.statuses),
                 "errors": dict(self.errors)}
 
@@ -104,13 +114,13 @@ class Recovery:
     """Kill rounds against one host of a running :class:`City` (the bench and its tests).
 
     ``rate`` commands per second are submitted from ``lead_s`` before each kill
-    to ``tail_s`` after it, each to a circuit with no command in flight, for a
-    dim level that circuit does not hold.
+    to ``tail_s`` after it, and ``burst`` more just before it, each to a circuit
+    with no command in flight, for a dim level that circuit does not hold.
     """
 
-    def __init__(self, city: City, host_id: str, *, rate: float = 40.0, lead_s: float = 1.0,
-                 tail_s: float = 1.5, timeout_s: float = 60.0, poll_s: float = 0.025,
-                 seed: int = 1, say: Say = print) -> None:
+    def __init__(self, city: City, host_id: str, *, rate: float = RATE, burst: int = BURST,
+                 lead_s: float = 1.0, tail_s: float = 1.5, timeout_s: float = 60.0,
+                 poll_s: float = 0.025, seed: int = 1, say: Say = print) -> None:
         self.city = city
         self.svc = city.svc
         self.host_id = host_id
@@ -121,6 +131,7 @@ class Recovery:
             raise ConfigError(f"host {host_id} runs no lighting circuit to command")
         self.points = {e: int(kinds[e].attrs.get("points", 30)) for e in self.circuits}
         self.rate = rate
+        self.burst = burst
         self.lead_s = lead_s
         self.tail_s = tail_s
         self.timeout_s = timeout_s
@@ -184,10 +195,10 @@ class Recovery:
                           f"its spare ready within {self.timeout_s:.0f}s")
 
     # -- commands ------------------------------------------------------------------
-    def _submit_any(self, free: list[str], sent: dict[str, Sent]) -> None:
+    def _submit_any(self, free: list[str], sent: dict[str, Sent]) -> Sent | None:
         if not free:
-            return  # every circuit has a command in flight: this tick's command waits
-        self.submit(free.pop(self._rng.randrange(len(free))), sent)
+            return None  # every circuit has a command in flight: this tick's command waits
+        return self.submit(free.pop(self._rng.randrange(len(free))), sent)
 
     def submit(self, eid: str, sent: dict[str, Sent]) -> Sent:
         """Journal a dim of circuit ``eid`` to a level it does not hold; recorded in ``sent``."""
@@ -253,6 +264,7 @@ class Recovery:
                 self.refresh(sent, free)
                 next_refresh = now + 0.1
             if not killed_at and now >= start + self.lead_s:
+                self._burst(free, sent)
                 os.kill(pid, signal.SIGKILL)
                 t_kill = time.time()
                 killed_at = time.monotonic()
@@ -265,6 +277,8 @@ class Recovery:
                 acked_before_kill = dict(self.commanded)
                 seq_at_kill = {e: (c.get("last_seq") or -1) for e, c in at_kill.items()}
                 result.replayed_after_actuation = self.caught(sent, before, at_kill)
+                result.in_flight = sum(1 for x in sent.values()
+                                       if CommandStatus(x.status) not in TERMINAL)
             if killed_at:
                 if result.detect_s is None:
                     result.detect_s = self._detected(t_kill)
@@ -286,6 +300,24 @@ class Recovery:
         self.check(result, sent, before)
         self.rounds.append(result)
         return result
+
+    def _burst(self, free: list[str], sent: dict[str, Sent]) -> None:
+        """Submit ``burst`` commands and return once the host is writing their lamps.
+
+        The kill then lands on commands in flight: journaled, partly actuated, not acked.
+        """
+        ids = [free[i] for i in self._rng.sample(range(len(free)), min(self.burst, len(free)))]
+        if not ids:
+            return
+        base = self.city.control.counters(ids)["devices"]
+        for eid in ids:
+            free.remove(eid)
+            self.submit(eid, sent)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            now = self.city.control.counters(ids)["devices"]
+            if any(int(now[e]["actuations"]) > int(base[e]["actuations"]) for e in ids):
+                return
 
     def caught(self, sent: dict[str, Sent], before: dict[str, dict[str, Any]],
                at_kill: dict[str, dict[str, Any]]) -> int:
@@ -434,7 +466,8 @@ def run(*, scale: float = 1.0, kills: int = 5, say: Say = print, broker: str = "
             say(f"kill {k + 1}: pid {r.pid} detect {r.detect_s} answer {r.answer_s} "
                 f"fresh {r.fresh_s}; {r.commands} commands {r.statuses}, not held "
                 f"{r.not_held}, repeats {r.repeats}, extra actuations {r.extra_actuations}, "
-                f"caught after actuation {r.replayed_after_actuation}, "
+                f"in flight at the kill {r.in_flight} (after actuation "
+                f"{r.replayed_after_actuation}), "
                 f"state lost {r.state_lost}")
         actuated_twice = bench.repeats_total()
         rounds = bench.rounds
@@ -454,6 +487,9 @@ def run(*, scale: float = 1.0, kills: int = 5, say: Say = print, broker: str = "
             "actuated_twice": actuated_twice,
             "extra_actuations": sum(r.extra_actuations for r in rounds),
             "replayed_after_actuation": sum(r.replayed_after_actuation for r in rounds),
+            "in_flight_at_kill": sum(r.in_flight for r in rounds),
+            "commands_per_s": bench.rate,
+            "burst": bench.burst,
             "per_kill": [r.to_json() for r in rounds],
             "scale": scale,
             "machine": machine(),
