@@ -82,6 +82,9 @@ class SimCounters:
 
 M = TypeVar("M", bound=DeviceModel)
 
+#: Devices a tick advances between two chances for the servers to answer.
+_TICK_SLICE: Final = 25
+
 
 @dataclass(slots=True)
 class _Device(Generic[M]):
@@ -93,6 +96,7 @@ class _Device(Generic[M]):
     counters: DeviceCounters
     points: int
     seq: int = 0
+    stale: bool = False  # the model moved since its registers were written
 
 
 class ModbusSimulator(abc.ABC, Generic[M]):
@@ -198,13 +202,21 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             last = now
 
     async def tick(self, dt: float) -> None:
-        """Advance every model by ``dt`` seconds and publish its registers."""
+        """Advance every model by ``dt`` seconds; registers follow at the next read.
+
+        A thousand cabinets take a good part of a second to advance: the tick
+        yields to the servers every :data:`_TICK_SLICE` devices so that no client
+        waits for it, and the registers of a device are written when it is read
+        (or written to), not for every tick in between.
+        """
         if dt < 0:
             raise ValueError(f"dt must be >= 0, got {dt!r}")
         self.counters.ticks += 1
-        for device in self._devices.values():
+        for n, device in enumerate(self._devices.values(), 1):
             device.model.advance(dt)
-            self._publish(device)
+            device.stale = True
+            if n % _TICK_SLICE == 0:
+                await asyncio.sleep(0)
 
     # -- access
 
@@ -229,6 +241,8 @@ class ModbusSimulator(abc.ABC, Generic[M]):
     def registers(self, equipment_id: str) -> list[int]:
         """The device's registers over its profile span."""
         device = self._devices[equipment_id]
+        if device.stale:
+            self._publish(device)
         return device.server.get(device.unit, *device.span)
 
     # -- fault injection, by equipment id
@@ -312,6 +326,7 @@ class ModbusSimulator(abc.ABC, Generic[M]):
     # -- registers
 
     def _publish(self, device: _Device[M]) -> None:
+        device.stale = False
         values = device.model.values()
         first, count = device.span
         regs = device.server.get(device.unit, first, count)
@@ -347,7 +362,11 @@ class ModbusSimulator(abc.ABC, Generic[M]):
 
         def on_read(unit: int, address: int, count: int) -> None:
             device = self._by_unit.get((port, unit))
-            if device is None or self._held:
+            if device is None:
+                return
+            if device.stale:
+                self._publish(device)
+            if self._held:
                 return
             if address > seq_at or address + count < seq_end:
                 return  # a partial read that does not carry the sample number
@@ -416,6 +435,8 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         return out
 
     def _write(self, device: _Device[M], address: int, values: list[int]) -> int | None:
+        if device.stale:
+            self._publish(device)  # compare the write with what the device holds now
         targets = self._targets(device, address, values)
         if isinstance(targets, int):
             return targets
