@@ -215,16 +215,15 @@ def _serve(
                        f"in {time.monotonic() - t0:.1f}s; health: {backend.health()['status']}")
         except BaseException:
             # A signal during start-up surfaces as whatever it interrupted: our
-            # _StopRequested, or an error of the library code it landed in
-            # (Ray wraps an exception raised inside its callbacks).
+            # _StopRequested, or an error of the library code it landed in (an
+            # exception raised inside a Ray callback comes out as SystemError).
             if not stopper.requested.is_set():
                 raise
             click.echo("stop requested while starting")
         else:
             _wait_for_stop(stopper, duration)
     finally:
-        # From here a signal only makes the stop quicker (see _Stopper): never
-        # let one land between the steps below.
+        # From here on a signal raises nothing: a second one exits at once (_Stopper).
         stopper.starting = False
         t_stop = time.monotonic()
         click.echo("stopping…")
