@@ -17,6 +17,7 @@ window, per role:
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -44,9 +45,11 @@ def run(*, scale: float = 1.0, say: Say = print, seconds: float = 60.0, broker: 
         time.sleep(settle_s)
         groups = city.process_groups()
         meter = CpuMeter(groups)
+        load_before = os.getloadavg()[0]
         meter.start()
         time.sleep(seconds)
         cores = meter.stop()
+        load_after = os.getloadavg()[0]
         # Taken again: a process started during the window (a respawned worker) counts too.
         memory = pss_by_role(city.process_groups())
         online = city.online()
@@ -63,6 +66,8 @@ def run(*, scale: float = 1.0, say: Say = print, seconds: float = 60.0, broker: 
             "online": online,
             "window_s": round(meter.window_s, 1),
             "settle_s": settle_s,
+            # The machine's 1-minute load around the window: other work skews the figures.
+            "load_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},
             "hosts": len(city.svc.plan.hosts),
             "spares": city.svc.options.spares,
             "scale": scale,
