@@ -38,6 +38,7 @@ from actors.registry import BEHAVIOURS
 from devices.profile import FieldSpec, Profile, builtin_profile
 from runtime.bench.common import (
     City,
+    CpuMeter,
     Say,
     machine,
     pss_by_role,
@@ -268,6 +269,10 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             f"each ({seeded['bytes'] / 2**20:.1f} MiB) in "
             f"{time.monotonic() - t_field - field_s:.1f}s; the clock starts")
         load_before = os.getloadavg()[0]
+        # The field's own CPU while the runtime starts: a saturated simulator delays online_s.
+        field_groups = city.process_groups()
+        field_cpu = CpuMeter({k: field_groups[k] for k in ("broker", "simulator")})
+        field_cpu.start()
         t0 = time.monotonic()
         city.start_runtime()
         t_tree = time.monotonic()
@@ -281,6 +286,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             time.sleep(0.05)
             online = _online(handles)
         t_online = time.monotonic()
+        field_cores = field_cpu.stop()
         load_after = os.getloadavg()[0]
         # The spare is started once the tree is up; its memory counts when it is warm.
         spare_deadline = time.monotonic() + 60.0
@@ -318,6 +324,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                      "answers": round(t_answer - t_tree, 2),
                      "online": round(t_online - t_answer, 2)},
         "before_clock": ["broker", "simulators", "checkpoint seeding"],
+        "field_cpu_during_start": rounded_roles(field_cores, 2),
         # The machine's 1-minute load when the clock started and when all were online.
         "load_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "hosts": hosts,
