@@ -84,6 +84,7 @@ class KillRound:
     detect_s: float | None = None
     answer_s: float | None = None
     fresh_s: float | None = None
+    fresh_entity_p50_s: float | None = None  # half the entities were fresh by then
     commands: int = 0
     not_acked: int = 0
     not_held: int = 0
@@ -101,7 +102,8 @@ class KillRound:
 
         return {"pid": self.pid, "load1": round(self.load1, 2), "detect_s": r(self.detect_s),
                 "answer_s": r(self.answer_s),
-                "fresh_s": r(self.fresh_s), "commands": self.commands,
+                "fresh_s": r(self.fresh_s), "fresh_entity_p50_s": r(self.fresh_entity_p50_s),
+                "commands": self.commands,
                 "not_acked": self.not_acked, "not_held": self.not_held,
                 "repeats": self.repeats, "extra_actuations": self.extra_actuations,
                 "replayed_after_actuation": self.replayed_after_actuation,
@@ -254,6 +256,8 @@ class Recovery:
         acked_before_kill: dict[str, int] = {}
         seq_at_kill: dict[str, int] = {}
         new_handle: Any = None
+        fresh_at: dict[str, float] = {}
+        ping: list[Any] = []  # the answer ping in flight
         while True:
             now = time.monotonic()
             submitting = not killed_at or now < killed_at + self.tail_s
@@ -285,9 +289,11 @@ class Recovery:
                 if new_handle is None:
                     new_handle = self._new_handle(pid)
                 if new_handle is not None and result.answer_s is None:
-                    result.answer_s = self._answered(new_handle, min_version, t_kill)
+                    result.answer_s = self._answered(new_handle, min_version, t_kill, ping)
                 if new_handle is not None and result.fresh_s is None:
-                    result.fresh_s = self._fresh(new_handle, seq_at_kill, t_kill)
+                    result.fresh_s = self._fresh(new_handle, seq_at_kill, t_kill, fresh_at)
+                    if result.fresh_s is not None:
+                        result.fresh_entity_p50_s = statistics.median(fresh_at.values())
                 done = None not in (result.detect_s, result.answer_s, result.fresh_s)
                 if (done and not submitting) or now > killed_at + self.timeout_s:
                     break
@@ -361,26 +367,41 @@ class Recovery:
         except (CommandpostError, *_RAY_ERRORS):
             return None
 
-    def _answered(self, handle: Any, min_version: int, t_kill: float) -> float | None:
+    def _answered(self, handle: Any, min_version: int, t_kill: float,
+                  pending: list[Any]) -> float | None:
+        """Seconds to every entity answering, or None while the ping is out.
+
+        The ping waits on the entities (one busy with a command answers after it), so it
+        is issued once and polled, never awaited: the freshness poll goes on meanwhile.
+        """
+        if not pending:
+            pending.append(handle.ping_entities.remote(timeout=2.0))
+        ready, _ = ray.wait(pending, timeout=0)
+        if not ready:
+            return None
+        ref = pending.pop()
         try:
-            r = ray.get(handle.ping_entities.remote(timeout=2.0), timeout=5)
+            r = ray.get(ref, timeout=5)
         except _RAY_ERRORS:
             return None
         if r["answered"] == len(self.ids) and int(r["min_version"]) >= min_version:
             return time.time() - t_kill
         return None
 
-    def _fresh(self, handle: Any, seq_at_kill: dict[str, int], t_kill: float) -> float | None:
+    def _fresh(self, handle: Any, seq_at_kill: dict[str, int], t_kill: float,
+               seen: dict[str, float]) -> float | None:
+        """Seconds to every entity fresh, or None; ``seen`` collects each entity's time."""
         try:
             states = ray.get(handle.state_fields.remote(["online", "seq"]), timeout=5)
         except _RAY_ERRORS:
             return None
+        now = time.time() - t_kill
         for eid in self.ids:
             st = states.get(eid)
-            if not st or not st.get("online") or int(st.get("seq") or -1) <= seq_at_kill.get(
-                    eid, -1):
-                return None
-        return time.time() - t_kill
+            if (eid not in seen and st and st.get("online")
+                    and int(st.get("seq") or -1) > seq_at_kill.get(eid, -1)):
+                seen[eid] = now
+        return now if len(seen) == len(self.ids) else None
 
     def _state_lost(self, handle: Any, acked: dict[str, int], sent: dict[str, Sent]) -> int:
         """Entities whose restored desired level is older than what was acked before the kill."""
