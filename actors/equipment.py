@@ -93,6 +93,8 @@ class EquipmentEntity(Entity):
         self.state.setdefault("lost", 0)
         self.state.setdefault("points", 0)
         self._protocol = self.ctx.equipment.endpoint.split(":", 1)[0] or "none"
+        # Only a kind with a priority lane reads the published view: others skip the copy.
+        self._has_lane = type(self).on_priority is not Entity.on_priority
         self.state.setdefault("seq", -1)
         port = self.ctx.device
         self.state["online"] = bool(port is not None and port.online)
@@ -113,7 +115,8 @@ class EquipmentEntity(Entity):
             # A value as it stood when the session (re)subscribed: not a new sample.
             if isinstance(seq, int) and not isinstance(seq, bool):
                 self.state["seq"] = seq
-            self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
+            if self._has_lane:
+                self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
             return
         points = 0
         for name, value in values.items():
@@ -129,7 +132,8 @@ class EquipmentEntity(Entity):
             if seq != last:
                 self.state["samples"] = int(self.state.get("samples", 0)) + 1
             self.state["seq"] = seq
-        self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
+        if self._has_lane:
+            self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
 
     async def on_device_status(self, msg: Envelope) -> None:
         p = msg.payload if isinstance(msg.payload, Mapping) else {}

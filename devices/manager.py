@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devices import modbus, mqtt, opcua
+from devices import modbus, mqtt, mqtt_wire, opcua
 from devices.profile import Profile, builtin_profile
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import (
@@ -145,6 +145,7 @@ class HostDevices:
         self._modbus_sessions = modbus.ModbusSessions()
         self._opcua: dict[str, Any] = {}
         self._mqtt: Any = None
+        self._mqtt_telemetry: mqtt_wire.TelemetrySubscriber | None = None
         self._acks: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
         # OPC UA message security from the service's options (None in the demo).
         sec = options.get("opcua_security") or {}
@@ -176,6 +177,8 @@ class HostDevices:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        if self._mqtt_telemetry is not None:
+            await self._mqtt_telemetry.stop()
         if self._mqtt is not None:
             await self._mqtt.stop()
         with contextlib.suppress(CommandpostError):
@@ -445,12 +448,33 @@ class HostDevices:
         session = mqtt.MqttSession(url, client_id=f"cp-{host_id}", clean_session=False)
         session.on_message(self._on_mqtt)
         self._mqtt = session
-        await session.start()
+        # Telemetry (QoS 0, thousands a second) comes on a lean connection of its own;
+        # status, events and acks on the persistent session.
+        telemetry = mqtt_wire.TelemetrySubscriber(url, f"cp-{host_id}-telemetry",
+                                                  self._on_telemetry)
+        self._mqtt_telemetry = telemetry
+        filters: list[str] = []
         for st in states:
             eq = st.equipment
             base = mqtt.topic(eq.municipality, eq.kind, eq.id, "telemetry").rsplit("/", 1)[0]
             self._by_topic[base] = eq.id
-            await session.subscribe(base + "/+", qos=1)
+            telemetry.add_filters([base + "/telemetry"])
+            filters += [f"{base}/{leaf}" for leaf in ("status", "event", "ack")]
+        await session.start()
+        await telemetry.start()
+        await asyncio.gather(*(session.subscribe(f, qos=1) for f in filters))
+
+    def _on_telemetry(self, topic: str, payload: bytes) -> None:
+        st = self.devices.get(self._by_topic.get(topic[:-10], ""))  # less "/telemetry"
+        if st is None:
+            return
+        try:
+            data = mqtt.decode_payload(st.profile, payload)
+        except (MalformedMessageError, ProtocolError) as exc:
+            self._bad(st, f"mqtt:telemetry:{type(exc).__name__}", exc)
+            return
+        self._flip(st, True, "publishing")
+        self._telemetry(st, data, data.get("seq"), float(data.get("ts") or time.time()))
 
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
         base, _, leaf = topic.rpartition("/")
@@ -460,11 +484,10 @@ class HostDevices:
             return
         try:
             if leaf == "telemetry":
-                data = mqtt.decode_payload(st.profile, payload)
-                seq = data.get("seq")
-                self._flip(st, True, "publishing")
-                self._telemetry(st, data, seq, float(data.get("ts") or time.time()))
-            elif leaf == "status":
+                # Telemetry has its own connection; a session subscribed to it before
+                # (persistent sessions remember) must not apply it twice.
+                return
+            if leaf == "status":
                 is_online = mqtt.decode_status(payload)
                 st.last_seen = time.monotonic()
                 self._flip(st, is_online, "status online" if is_online else "status offline")

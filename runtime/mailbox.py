@@ -72,14 +72,15 @@ class Mailbox:
         if len(self._queue) >= self.capacity:
             if env.kind is MessageKind.TELEMETRY:
                 self._conflate(env)
-                self.remember(env.id)
                 self._wake()
                 return True
             if env.kind in (MessageKind.COMMAND, MessageKind.EVENT):
                 self.stats.refused += 1
                 raise MailboxFullError(f"mailbox of {env.target} is full ({self.capacity})")
         self._queue.append(env)
-        self.remember(env.id)
+        if env.kind is not MessageKind.TELEMETRY:
+            # Telemetry is never redelivered (it is conflated, not retried): no dedupe.
+            self.remember(env.id)
         self.stats.accepted += 1
         self._wake()
         return True

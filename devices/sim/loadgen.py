@@ -35,11 +35,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from devices.mqtt import encode_payload, topic
+from devices.mqtt import encode_payload, parse_url, topic
+from devices.mqtt_wire import connect_packet, publish_packet
 from devices.profile import builtin_profile
 from devices.sim.control import DeviceCounters
 from devices.sim.mqtt_devices import MqttDeviceSimulator
-from devices.sim.wire import connect_packet, parse_mqtt_url, publish_packet
 from runtime.errors import CommandpostError, ConfigError, DeviceUnavailableError
 from runtime.inventory import Equipment
 
@@ -82,7 +82,8 @@ class LoadGenerator:
                                                       "telemetry"), sim.sample(eq.id), eq.profile))
         if not self._sources:
             raise ConfigError("the load generator needs at least one MQTT device")
-        self._address = parse_mqtt_url(url)
+        self._url = parse_url(url)
+        self._address = (self._url.host, self._url.port)
         self._client_id = client_id
         self._sock: socket.socket | None = None
         self.rate = 0.0
@@ -96,7 +97,8 @@ class LoadGenerator:
         """Open the connection; :class:`DeviceUnavailableError` if the broker refuses."""
         try:
             sock = socket.create_connection(self._address, timeout=timeout)
-            sock.sendall(connect_packet(self._client_id))
+            sock.sendall(connect_packet(self._client_id, username=self._url.username,
+                                        password=self._url.password))
             ack = sock.recv(4)
         except OSError as exc:
             raise DeviceUnavailableError(f"loadgen: broker {self._address}: {exc}") from exc

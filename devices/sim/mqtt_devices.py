@@ -53,9 +53,9 @@ from devices.mqtt import (
     parse_topic,
     topic,
 )
+from devices.mqtt_wire import TelemetryPublisher
 from devices.profile import Profile, builtin_profile
 from devices.sim.control import DeviceCounters
-from devices.sim.wire import TelemetryPublisher
 from runtime.clock import Clock, SystemClock
 from runtime.demo_inventory import municipalities
 from runtime.envelope import pack

@@ -1,0 +1,77 @@
+"""The lean QoS 0 telemetry path: packets, and a real broker round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from devices.mqtt_wire import (
+    TelemetryPublisher,
+    TelemetrySubscriber,
+    connect_packet,
+    publish_packet,
+    split_packets,
+    subscribe_packet,
+)
+from runtime.embedded import EmbeddedBroker
+from runtime.errors import ProtocolError
+
+BROKER = "auto"  # mosquitto when on PATH, else amqtt
+
+
+def test_packets_are_framed_as_mqtt_3_1_1() -> None:
+    assert connect_packet("c") == b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x00\x00\x01c"
+    auth = connect_packet("c", keepalive_s=30, username="u", password="p")
+    assert auth[9] == 0xC2 and auth[10:12] == b"\x00\x1e" and auth.endswith(b"\x00\x01u\x00\x01p")
+    assert publish_packet(b"a/b", b"xy") == b"\x30\x07\x00\x03a/bxy"
+    assert subscribe_packet(1, ["a/+"]) == b"\x82\x08\x00\x01\x00\x03a/+\x00"
+    big = publish_packet(b"t", b"x" * 300)
+    assert big[1:3] == bytes([0x80 | (303 % 128), 303 // 128])
+
+
+def test_split_packets_keeps_a_partial_packet_for_the_next_read() -> None:
+    a, b = publish_packet(b"t/1", b"one"), publish_packet(b"t/2", b"x" * 200)
+    buf = bytearray(a + b[:50])
+    packets = split_packets(buf)
+    assert [(first, body[5:]) for first, body in packets] == [(0x30, b"one")]
+    assert bytes(buf) == b[:50]
+    buf += b[50:]
+    [(_first, body)] = split_packets(buf)
+    assert body.endswith(b"x" * 200) and buf == bytearray()
+    with pytest.raises(ProtocolError):
+        split_packets(bytearray(b"\x30\xff\xff\xff\xff\x01"))
+
+
+def test_publisher_to_subscriber_through_a_real_broker() -> None:
+    async def scenario(url: str) -> None:
+        got: list[tuple[str, bytes]] = []
+        sub = TelemetrySubscriber(url, "t-sub", lambda t, p: got.append((t, p)))
+        sub.add_filters([f"city/dijon/camera/cam-{i}/telemetry" for i in range(300)])
+        await sub.start()
+        await sub.wait_connected(10)
+        pub = TelemetryPublisher(url, "t-pub")
+        await pub.connect()
+        for i in range(2000):
+            pub.publish(f"city/dijon/camera/cam-{i % 300}/telemetry".encode(), b"%d" % i)
+        pub.publish(b"city/dijon/camera/other/telemetry", b"not subscribed")
+        await pub.flush()
+        for _ in range(200):
+            if len(got) >= 2000:
+                break
+            await asyncio.sleep(0.02)
+        await pub.close()
+        await sub.stop()
+        assert len(got) == 2000 and sub.received == 2000
+        assert got[0] == ("city/dijon/camera/cam-0/telemetry", b"0")
+        assert [int(p) for _, p in got] == list(range(2000))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = EmbeddedBroker(Path(tmp) / "mqtt", prefer=BROKER)
+        broker.start()
+        try:
+            asyncio.run(asyncio.wait_for(scenario(broker.url), 60))
+        finally:
+            broker.stop()
