@@ -336,6 +336,7 @@ def _step(city: City, gen: _Generator, groups: dict[str, set[int]], rate: int,
         "rate": rate, "offered": round(offered_gen, 1),
         "applied": applied_msgs, "applied_msgs_per_s": round(applied_msgs / span, 1),
         "lost": t.total("lost"), "duplicates": t.total("duplicates"),
+        "lost_by_protocol": {p: x.lost for p, x in sorted(t.by_protocol.items())},
         "generator_skipped": int(after.extra.get("skipped", 0)) - int(
             before.extra.get("skipped", 0)),
         "points_per_s": round(t.total("points") / span),
