@@ -74,9 +74,9 @@ def _git(*args: str) -> str:
 def _commit() -> tuple[str, bool]:
     """The short commit of the code, and whether the code differs from it."""
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    # Only the code counts: a result file being written is not a change of the code.
-    changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                   ":(exclude)runtime/bench/results")
+    # The whole work tree counts, but not the result files: writing one changes no code.
+    changes = _git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                   ":(top,exclude)runtime/bench/results")
     return commit, bool(changes)
 
 
