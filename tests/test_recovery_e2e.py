@@ -37,7 +37,7 @@ def largest(city: City) -> str:
 
 def test_kill_with_commands_in_flight_loses_none_and_actuates_none_twice(city: City) -> None:
     rec = Recovery(city, largest(city), rate=10.0, burst=6, lead_s=0.6, tail_s=0.6,
-                   timeout_s=60.0, say=lambda _: None)
+                   timeout_s=60.0)
     r = rec.kill_round()
     figures = r.to_json()
     assert r.detect_s is not None and r.detect_s < 5.0, figures
@@ -62,7 +62,7 @@ def test_journal_replay_after_actuation_writes_no_lamp_twice(city: City) -> None
 
 def replay_round(city: City) -> int:
     """Burst a command per circuit, kill the host at its first lamp write; check the replay."""
-    rec = Recovery(city, largest(city), timeout_s=60.0, say=lambda _: None)
+    rec = Recovery(city, largest(city), timeout_s=60.0)
     rec.wait_ready()
     before = rec.counters()
     pid = int(rec.node()["pid"])

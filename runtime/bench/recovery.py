@@ -18,13 +18,15 @@ the signal lands). Per kill it measures, from the signal:
 And it checks, at the simulators (:mod:`devices.sim.control`):
 
 * ``commands_lost``: accepted commands that did not end ``acked``, plus
-  circuits whose lamps do not hold the last value commanded;
+  circuits whose lamps do not hold the level of their last command (when acked);
 * ``actuated_twice``: writes of a value the lamp already held (``repeats``)
   on the host's devices over the whole run. Every command asks for a level the
-  circuit does not hold, and at most one command per circuit is in flight, so
-  the bench itself causes none;
-* ``extra_actuations``: value-changing writes beyond one per lamp per command
-  (a reconcile that reverted a lamp the replayed command then set again);
+  circuit does not hold (nor the level of a command that failed, whose write
+  may land late), and at most one command per circuit is in flight, so the
+  bench itself causes none;
+* ``extra_actuations``: value-changing writes beyond one per lamp per acked
+  command (a reconcile that reverted a lamp the replayed command then set
+  again, or the late writes of a failed command);
 * ``in_flight_at_kill``: commands journaled and not finished when the signal
   landed; ``replayed_after_actuation``: those of them whose lamps had changed
   (all or some) already: the replays that must not write again;
@@ -122,7 +124,7 @@ class Recovery:
 
     def __init__(self, city: City, host_id: str, *, rate: float = RATE, burst: int = BURST,
                  lead_s: float = 1.0, tail_s: float = 1.5, timeout_s: float = 60.0,
-                 poll_s: float = 0.025, seed: int = 1, say: Say = print) -> None:
+                 poll_s: float = 0.025, seed: int = 1) -> None:
         self.city = city
         self.svc = city.svc
         self.host_id = host_id
@@ -138,7 +140,6 @@ class Recovery:
         self.tail_s = tail_s
         self.timeout_s = timeout_s
         self.poll_s = poll_s
-        self.say = say
         self._rng = random.Random(seed)
         # What each circuit's lamps hold once its last command is acked.
         self.level = {e: self._held_level(e) for e in self.circuits}
@@ -479,13 +480,15 @@ def run(*, scale: float = 1.0, kills: int = 5, say: Say = print, broker: str = "
         raise ConfigError("recovery needs at least one kill")
     with City(scale=scale, say=say, broker=broker) as city:
         target = max(city.svc.plan.hosts, key=lambda h: len(h.entity_ids))
-        bench = Recovery(city, target.host_id, say=say)
+        bench = Recovery(city, target.host_id)
         say(f"target {target.host_id}: {len(bench.ids)} entities; kills at least "
             f"{bench.spacing_s:.1f}s apart; {machine()}")
         for k in range(kills):
             r = bench.kill_round()
-            say(f"kill {k + 1}: pid {r.pid} detect {r.detect_s} answer {r.answer_s} "
-                f"fresh {r.fresh_s}; {r.commands} commands {r.statuses}, not held "
+            j = r.to_json()
+            say(f"kill {k + 1}: pid {r.pid} (load {j['load1']}) detect {j['detect_s']}s answer "
+                f"{j['answer_s']}s fresh {j['fresh_s']}s (half the entities "
+                f"{j['fresh_entity_p50_s']}s); {r.commands} commands {r.statuses}, not held "
                 f"{r.not_held}, repeats {r.repeats}, extra actuations {r.extra_actuations}, "
                 f"in flight at the kill {r.in_flight} (after actuation "
                 f"{r.replayed_after_actuation}), "
