@@ -299,14 +299,10 @@ class HostDevices:
                 st.misses += 1
                 if st.misses >= st.profile.liveness_misses:
                     self._flip(st, False, str(exc))
-                if not st.verdict.is_set():
-                    # Not reached yet since the host started: commands wait on the verdict,
-                    # so ask again soon rather than a period (or a backoff step) later.
-                    wait = st.profile.timeout_s
-                elif not st.online:
-                    wait = self._backoff(failures, period)
-                else:
-                    wait = period
+                # Backoff is for a device known to be offline; one not reached yet since the
+                # host started is asked again a period later (liveness counts periods).
+                wait = self._backoff(failures, period) if st.verdict.is_set() and not st.online \
+                    else period
                 await asyncio.sleep(wait)
                 continue
             except (ProtocolError, RejectedError) as exc:
