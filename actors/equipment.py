@@ -192,8 +192,18 @@ class EquipmentEntity(Entity):
 
         By default every setpoint is written, under the names :meth:`device_fields`
         gives; a kind whose device reports what it holds may write only the difference.
+        Raises :meth:`offline` when the device does not answer.
         """
+        # Right after a host starts, a device is "not online" only because its session has
+        # not reached it yet: wait for that verdict rather than refuse a command it can take.
+        if not port.online and not await port.settled():
+            raise self.offline()
         return self.device_fields(setpoints)
+
+    def offline(self) -> RejectedError:
+        """The refusal of a setpoint while the device is offline (it stays desired)."""
+        return RejectedError(f"{self.ctx.id} is offline: the setpoint is kept as desired and "
+                             "reconciled on reconnect", code="device_offline")
 
     def device_fields(self, clean: Mapping[str, Any]) -> dict[str, Any]:
         """The device registers or keys that carry these setpoints (identity by default)."""
@@ -218,11 +228,6 @@ class EquipmentEntity(Entity):
         port = self.ctx.device
         if port is None:
             return {"desired": clean}
-        # Right after a host starts, a device is "not online" only because its session has
-        # not reached it yet: wait for that verdict rather than refuse a command it can take.
-        if not port.online and not await port.settled():
-            raise RejectedError(f"{self.ctx.id} is offline: the setpoint is kept as desired "
-                                "and reconciled on reconnect", code="device_offline")
         try:
             writes = await self.device_writes(port, clean)
             confirmed = (await port.write(writes, command_id=self.current_command)
@@ -267,7 +272,15 @@ class LightingCircuit(EquipmentEntity):
                            for lamp in lamps)}
 
     async def device_writes(self, port: DevicePort, setpoints: Mapping[str, Any]) -> dict[str, Any]:
-        lamps = (await port.read()).get("lamp")
+        # The reading is also the verdict on a cabinet not reached yet since the host
+        # started: no need to wait for its first poll.
+        try:
+            reading = await port.read()
+        except DeviceUnavailableError as exc:
+            if port.online:
+                raise
+            raise self.offline() from exc
+        lamps = reading.get("lamp")
         if not isinstance(lamps, list) or not all(isinstance(x, Mapping) for x in lamps):
             raise ProtocolError(f"{self.ctx.id}: the cabinet's reading has no lamp block")
         return lamp_writes(setpoints, lamps)

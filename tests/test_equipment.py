@@ -38,16 +38,16 @@ def run(coro: Awaitable[T]) -> T:
 class FakeCabinet:
     """A lighting cabinet's lamps behind a device port, counting writes like the simulator."""
 
-    def __init__(self, lamps: int = 4, dim: int = 100, *, verdict: bool = True) -> None:
+    def __init__(self, lamps: int = 4, dim: int = 100, *, reachable: bool = True) -> None:
         self.lamps = [{"on": True, "dim": dim, "power_w": 10.0, "energy_wh": 0, "fault_bits": 0}
                       for _ in range(lamps)]
         # As right after a host starts: not read yet, so not online until the first verdict.
         self._online = False
-        self.verdict = verdict  # what settled() finds out
+        self.reachable = reachable
+        self.settles = 0
         self.reads = 0
         self.writes: list[tuple[str, Any]] = []
         self.repeats = 0
-        self.reachable = True
 
     @property
     def online(self) -> bool:
@@ -57,13 +57,15 @@ class FakeCabinet:
         return "reapply" if field in ("on", "dim") else None
 
     async def settled(self) -> bool:
-        self._online = self.verdict
+        self.settles += 1
+        self._online = self.reachable
         return self._online
 
     async def read(self) -> Mapping[str, Any]:
         if not self.reachable:
             raise DeviceUnavailableError("cabinet unreachable")
         self.reads += 1
+        self._online = True  # a reading is a verdict too
         return {"mains_ok": True, "seq": self.reads, "lamp": [dict(x) for x in self.lamps]}
 
     async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
@@ -223,9 +225,11 @@ def test_reconcile_asks_the_cabinet_when_the_twin_is_older_than_the_lamps() -> N
 
 def test_reconcile_failure_is_an_alarm_not_a_crash() -> None:
     cabinet = FakeCabinet(dim=100)
-    cabinet.reachable = False
     entity, ctx = circuit(cabinet, checkpoint({"dim": 40.0}, cabinet.reported()))
-    online(entity, cabinet)
+    run(cabinet.settled())
+    cabinet.reachable = False  # announced online, then cut before the reconcile reads it
+    run(entity.handle(Envelope(target=entity.ctx.id, type="device_status",
+                               payload={"online": True}, kind=MessageKind.EVENT)))
     assert [f["alarm"] for e, f in ctx.events if e == "alarm"] == ["reconcile_failed"]
     assert cabinet.writes == []
 
@@ -269,16 +273,18 @@ def test_command_writes_every_lamp_whatever_a_stale_twin_says() -> None:
     assert cabinet.repeats == 0
 
 
-def test_command_waits_for_the_sessions_verdict_after_a_start() -> None:
-    # Just after a host starts, the device is not online yet only because it was not read yet.
-    cabinet = FakeCabinet(dim=70, verdict=True)
+def test_command_reads_a_cabinet_not_reached_yet_instead_of_refusing() -> None:
+    # Just after a host starts, the device is not online yet only because it was not read
+    # yet: the circuit's own reading is the verdict (no wait for the first poll).
+    cabinet = FakeCabinet(dim=70)
     entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
     command(entity, "c4", dim=25.0)
     assert {lamp["dim"] for lamp in cabinet.lamps} == {25}
+    assert cabinet.settles == 0 and cabinet.reads == 1
 
 
 def test_command_to_an_offline_cabinet_is_refused_and_kept_as_desired() -> None:
-    cabinet = FakeCabinet(dim=70, verdict=False)
+    cabinet = FakeCabinet(dim=70, reachable=False)
     entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
     with pytest.raises(RejectedError) as info:
         command(entity, "c5", dim=25.0)
