@@ -9,6 +9,8 @@ the entities as envelopes (see :mod:`runtime.device_port`):
   register; a device is offline after ``liveness_misses`` failed polls in a
   row, and is then retried with jittered, capped backoff (a circuit breaker:
   a dead controller costs one attempt per backoff step, not one per period).
+  The units behind one gateway endpoint share a few TCP sessions
+  (:data:`MODBUS_LANES`), each unit always the same one.
   At a cold start the first polls are spread over a period; a host that
   replaces a dead one (``options["replacing"]``) polls every device at once,
   since its entities' readings went stale with their previous host. A
@@ -55,6 +57,9 @@ from runtime.errors import (
 from runtime.inventory import Equipment
 
 log = logging.getLogger("commandpost.devices")
+
+#: TCP sessions per Modbus endpoint (``options["modbus_lanes"]``).
+MODBUS_LANES = 4
 
 Deliver = Callable[[Envelope], None]
 
@@ -141,8 +146,12 @@ class HostDevices:
             self.devices[eq.id] = DeviceState(eq, profile)
         self._tasks: list[asyncio.Task[None]] = []
         self._modbus: dict[str, tuple[Any, int]] = {}  # entity id -> (session, unit)
-        # One TCP session per controller endpoint, shared by the unit ids behind it.
-        self._modbus_sessions = modbus.ModbusSessions()
+        # A few TCP sessions per controller endpoint, the unit ids behind it spread over
+        # them by number (a device always uses the same one, so its requests stay in
+        # order): a gateway of hundreds of cabinets on one session allows one request in
+        # flight for all of them, and a host replacing a dead one reads them all at once.
+        lanes = int(options.get("modbus_lanes", MODBUS_LANES))
+        self._modbus_lanes = [modbus.ModbusSessions() for _ in range(max(1, lanes))]
         self._opcua: dict[str, Any] = {}
         self._mqtt: Any = None
         self._mqtt_telemetry: mqtt_wire.TelemetrySubscriber | None = None
@@ -181,8 +190,9 @@ class HostDevices:
             await self._mqtt_telemetry.stop()
         if self._mqtt is not None:
             await self._mqtt.stop()
-        with contextlib.suppress(CommandpostError):
-            await self._modbus_sessions.close()
+        for sessions in self._modbus_lanes:
+            with contextlib.suppress(CommandpostError):
+                await sessions.close()
         for session in self._opcua.values():
             with contextlib.suppress(CommandpostError):
                 await session.close()
@@ -264,8 +274,8 @@ class HostDevices:
         got = self._modbus.get(st.equipment.id)
         if got is None:
             host, port, unit = modbus.parse_endpoint(st.equipment.endpoint)
-            got = (self._modbus_sessions.acquire(host, port, timeout_s=st.profile.timeout_s),
-                   unit)
+            lane = self._modbus_lanes[unit % len(self._modbus_lanes)]
+            got = (lane.acquire(host, port, timeout_s=st.profile.timeout_s), unit)
             self._modbus[st.equipment.id] = got
         return got
 
