@@ -192,7 +192,7 @@ class EquipmentEntity(Entity):
 
         By default every setpoint is written, under the names :meth:`device_fields`
         gives; a kind whose device reports what it holds may write only the difference.
-        Raises :meth:`offline` when the device does not answer.
+        Raises the :meth:`offline` refusal when the device does not answer.
         """
         # Right after a host starts, a device is "not online" only because its session has
         # not reached it yet: wait for that verdict rather than refuse a command it can take.
