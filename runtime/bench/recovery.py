@@ -50,7 +50,7 @@ from typing import Any
 
 import ray
 
-from runtime.bench.common import City, Say, find_node, machine
+from runtime.bench.common import City, Say, cpu_seconds, find_node, machine
 from runtime.commands import TERMINAL, Command, CommandStatus, new_command_id
 from runtime.errors import CommandpostError, ConfigError
 from supervisors.tree import TreeConfig
@@ -88,6 +88,9 @@ class KillRound:
     answer_s: float | None = None
     fresh_s: float | None = None
     fresh_entity_p50_s: float | None = None  # half the entities were fresh by then
+    # Cores the Modbus and OPC UA simulator process used from the kill to fresh: near 1,
+    # the one simulator process, not the runtime, set the pace.
+    field_sim_cpu: float | None = None
     commands: int = 0
     not_acked: int = 0
     not_held: int = 0
@@ -106,6 +109,7 @@ class KillRound:
         return {"pid": self.pid, "load1": round(self.load1, 2), "detect_s": r(self.detect_s),
                 "answer_s": r(self.answer_s),
                 "fresh_s": r(self.fresh_s), "fresh_entity_p50_s": r(self.fresh_entity_p50_s),
+                "field_sim_cpu": r(self.field_sim_cpu),
                 "commands": self.commands,
                 "not_acked": self.not_acked, "not_held": self.not_held,
                 "repeats": self.repeats, "extra_actuations": self.extra_actuations,
@@ -259,6 +263,9 @@ class Recovery:
         seq_at_kill: dict[str, int] = {}
         new_handle: Any = None
         fresh_at: dict[str, float] = {}
+        sim_proc = self.svc.sim_proc
+        sim_pids = {sim_proc.pid} if sim_proc is not None else set()
+        sim_cpu0 = 0.0
         ping: list[Any] = []  # the answer ping in flight
         while True:
             now = time.monotonic()
@@ -275,6 +282,7 @@ class Recovery:
                 t_kill = time.time()
                 killed_at = time.monotonic()
                 result.load1 = os.getloadavg()[0]
+                sim_cpu0 = cpu_seconds(sim_pids)
                 self._last_kill = killed_at
                 # The field and the journal as the dead host left them (its successor
                 # takes a few hundred milliseconds to act on either).
@@ -296,6 +304,8 @@ class Recovery:
                     result.fresh_s = self._fresh(new_handle, seq_at_kill, t_kill, fresh_at)
                     if result.fresh_s is not None:
                         result.fresh_entity_p50_s = statistics.median(fresh_at.values())
+                        result.field_sim_cpu = ((cpu_seconds(sim_pids) - sim_cpu0)
+                                                / max(1e-3, time.monotonic() - killed_at))
                 done = None not in (result.detect_s, result.answer_s, result.fresh_s)
                 if (done and not submitting) or now > killed_at + self.timeout_s:
                     break
