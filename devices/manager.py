@@ -255,7 +255,7 @@ class HostDevices:
         if st.profile.protocol != "modbus":
             raise RejectedError(f"{st.profile.name} devices publish; they cannot be read on "
                                 "demand", code="not_readable")
-        values = await self._read_modbus(st)
+        values = await self._read_modbus(st, urgent=True)
         st.misses = 0
         self._flip(st, True, "answering")
         return values
@@ -279,18 +279,29 @@ class HostDevices:
             self._modbus[st.equipment.id] = got
         return got
 
-    async def _read_modbus(self, st: DeviceState) -> dict[str, Any]:
-        """One sample of the device, handed to its entity (when its ``seq`` is new)."""
+    async def _read_modbus(self, st: DeviceState, *, urgent: bool = False) -> dict[str, Any]:
+        """One sample of the device, handed to its entity (when its ``seq`` is new).
+
+        Polls of one device never overlap. An ``urgent`` read (an entity's, for a command)
+        does not wait for a poll queued behind other devices' polls: it takes its turn on
+        the session ahead of them; the session serialises both, so samples still reach
+        the entity in the order the device gave them.
+        """
+        if urgent:
+            return await self._sample(st, urgent=True)
+        async with st.reading:
+            return await self._sample(st, urgent=False)
+
+    async def _sample(self, st: DeviceState, *, urgent: bool) -> dict[str, Any]:
         attrs = st.equipment.attrs
         start, count = st.profile.register_span(attrs)
-        async with st.reading:
-            session, unit = self._modbus_session(st)
-            regs = await session.read(unit, start, count)
-            values = st.profile.decode_registers(start, regs, attrs)
-            seq = values.get("seq")
-            if seq != st.last_seq:
-                st.last_seq = seq if isinstance(seq, int) else None
-                self._telemetry(st, values, seq, time.time())
+        session, unit = self._modbus_session(st)
+        regs = await session.read(unit, start, count, urgent=urgent)
+        values = st.profile.decode_registers(start, regs, attrs)
+        seq = values.get("seq")
+        if seq != st.last_seq:
+            st.last_seq = seq if isinstance(seq, int) else None
+            self._telemetry(st, values, seq, time.time())
         return values
 
     async def _poll_modbus(self, st: DeviceState) -> None:
@@ -362,7 +373,7 @@ class HostDevices:
                 raise RejectedError(f"{profile.name} has no field {name!r}", code="unknown_field")
             for i in range(profile.count(block.name, st.equipment.attrs)):
                 writes.append(profile.encode_block_field(block.name, i, name, value))
-        await session.write_many(unit, writes)
+        await session.write_many(unit, writes, urgent=True)
         return dict(fields)
 
     # -- OPC UA ----------------------------------------------------------

@@ -193,6 +193,8 @@ class HostCore:
         }
         self.metrics: dict[str, Histogram] = {}  # what entities observe (ctx.observe)
         self.started_at = 0.0
+        # Seconds from the start of :meth:`start` to each of its steps (``status()["start"]``).
+        self.start_steps: dict[str, float] = {}
         self.last_tick = time.monotonic()
         self.ready = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -205,8 +207,14 @@ class HostCore:
         """Load every checkpoint in bulk, start the entities in order, then the loops."""
         self.loop = asyncio.get_running_loop()
         self.started_at = time.time()
+        t0 = time.monotonic()
+
+        def step(name: str) -> None:
+            self.start_steps[name] = round(time.monotonic() - t0, 4)
+
         ids = list(self.slots)
         blobs = await self.store.load_checkpoints(ids)
+        step("checkpoints_loaded")
         for eid, blob in blobs.items():
             try:
                 self.slots[eid].saved = Checkpoint.from_dict(unpack(blob))
@@ -234,6 +242,7 @@ class HostCore:
             on_escalate=self._on_escalate,
         )
         await self.supervisor.start()
+        step("entities_started")
         if self._device_factory is not None:
             self.devices = self._device_factory(
                 [s.equipment for s in self.slots.values()], self.route, self._device_options)
@@ -246,8 +255,10 @@ class HostCore:
         except StoreUnavailableError as exc:
             log.warning("host %s: journal not caught up before its devices: %s",
                         self.host_id, exc)
+        step("journal_caught_up")
         if self.devices is not None:
             await self.devices.start()
+        step("devices_started")
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._checkpoint_loop(), name=f"host[{self.host_id}].checkpoints"),
@@ -655,6 +666,8 @@ class HostCore:
         return {
             "host_id": self.host_id,
             "generation": self.generation,
+            "started_at": self.started_at,
+            "start": dict(self.start_steps),
             "pid": os.getpid(),
             "entities": len(self.slots),
             "entity_status": statuses,

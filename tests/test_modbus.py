@@ -494,3 +494,56 @@ def test_port_in_use_is_a_config_error() -> None:
             await first.stop()
 
     run(body())
+
+
+def test_session_runs_on_uvloop_as_hosts_do() -> None:
+    import uvloop
+
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        await session.write(1, 1, [5])
+        assert (await session.read(1, 1, 1)) == [5]
+        assert session.connects == 1
+
+    async def bounded() -> None:
+        await asyncio.wait_for(with_traffic(body), 20)
+
+    uvloop.run(bounded())
+
+
+def test_urgent_call_goes_before_queued_polls() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        sim.slow("cr-1", 0.05)  # the first poll holds the session while the others queue
+        order: list[str] = []
+
+        async def poll(name: str) -> None:
+            await session.read(1, 0, 1)
+            order.append(name)
+
+        async def command() -> None:
+            await session.write(2, 1, [4], urgent=True)
+            order.append("command")
+
+        first = asyncio.ensure_future(poll("poll-0"))
+        await asyncio.sleep(0.01)  # poll-0 is on the wire
+        queued = [asyncio.ensure_future(poll(f"poll-{i}")) for i in range(1, 4)]
+        await asyncio.sleep(0)
+        urgent = asyncio.ensure_future(command())
+        await asyncio.gather(first, *queued, urgent)
+        assert order == ["poll-0", "command", "poll-1", "poll-2", "poll-3"]
+
+    run(with_traffic(body))
+
+
+def test_cancelled_caller_passes_its_turn_on() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        sim.slow("cr-1", 0.05)
+        first = asyncio.ensure_future(session.read(1, 0, 1))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(session.read(2, 0, 1))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await first
+        # The cancelled waiter neither kept the turn nor left the session locked.
+        assert len(await asyncio.wait_for(session.read(2, 0, 2), 2)) == 2
+
+    run(with_traffic(body))

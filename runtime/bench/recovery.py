@@ -91,6 +91,10 @@ class KillRound:
     # Cores the Modbus and OPC UA simulator process used from the kill to fresh: near 1,
     # the one simulator process, not the runtime, set the pace.
     field_sim_cpu: float | None = None
+    # When the successor began its start (loading checkpoints), from the signal, and the
+    # seconds of each step of that start (``HostCore.start_steps``).
+    start_s: float | None = None
+    start_steps: dict[str, float] = field(default_factory=dict)
     commands: int = 0
     not_acked: int = 0
     not_held: int = 0
@@ -110,6 +114,7 @@ class KillRound:
                 "answer_s": r(self.answer_s),
                 "fresh_s": r(self.fresh_s), "fresh_entity_p50_s": r(self.fresh_entity_p50_s),
                 "field_sim_cpu": r(self.field_sim_cpu),
+                "start_s": r(self.start_s), "start_steps": dict(self.start_steps),
                 "commands": self.commands,
                 "not_acked": self.not_acked, "not_held": self.not_held,
                 "repeats": self.repeats, "extra_actuations": self.extra_actuations,
@@ -312,6 +317,12 @@ class Recovery:
             time.sleep(self.poll_s)
         if new_handle is not None:
             result.state_lost = self._state_lost(new_handle, acked_before_kill, sent)
+            try:
+                st = ray.get(new_handle.status.remote(), timeout=10)
+                result.start_s = float(st["started_at"]) - t_kill
+                result.start_steps = dict(st.get("start") or {})
+            except (*_RAY_ERRORS, TypeError):
+                pass
         else:
             result.state_lost = len(self.ids)
         self.drain(sent)
@@ -385,9 +396,10 @@ class Recovery:
 
         The ping waits on the entities (one busy with a command answers after it), so it
         is issued once and polled, never awaited: the freshness poll goes on meanwhile.
+        Its own timeout is the round's, so it ends when the last entity answers.
         """
         if not pending:
-            pending.append(handle.ping_entities.remote(timeout=2.0))
+            pending.append(handle.ping_entities.remote(timeout=self.timeout_s))
         ready, _ = ray.wait(pending, timeout=0)
         if not ready:
             return None
