@@ -94,6 +94,8 @@ class KillRound:
     # When the successor began its start (loading checkpoints), from the signal, and the
     # seconds of each step of that start (``HostCore.start_steps``).
     start_s: float | None = None
+    # When the supervision tree showed the successor running (the bench's pings start then).
+    running_s: float | None = None
     start_steps: dict[str, float] = field(default_factory=dict)
     commands: int = 0
     not_acked: int = 0
@@ -114,7 +116,8 @@ class KillRound:
                 "answer_s": r(self.answer_s),
                 "fresh_s": r(self.fresh_s), "fresh_entity_p50_s": r(self.fresh_entity_p50_s),
                 "field_sim_cpu": r(self.field_sim_cpu),
-                "start_s": r(self.start_s), "start_steps": dict(self.start_steps),
+                "start_s": r(self.start_s), "running_s": r(self.running_s),
+                "start_steps": dict(self.start_steps),
                 "commands": self.commands,
                 "not_acked": self.not_acked, "not_held": self.not_held,
                 "repeats": self.repeats, "extra_actuations": self.extra_actuations,
@@ -303,6 +306,8 @@ class Recovery:
                     result.detect_s = self._detected(t_kill)
                 if new_handle is None:
                     new_handle = self._new_handle(pid)
+                    if new_handle is not None:
+                        result.running_s = time.time() - t_kill
                 if new_handle is not None and result.answer_s is None:
                     result.answer_s = self._answered(new_handle, min_version, t_kill, ping)
                 if new_handle is not None and result.fresh_s is None:
