@@ -61,7 +61,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -74,9 +74,12 @@ from redis.retry import Retry as SyncRetry
 from runtime.clock import Clock, SystemClock
 from runtime.demo_inventory import SERVICE_ROLES
 from runtime.errors import ConfigError, RejectedError
-from runtime.geo import Geography
 from runtime.inventory import _field_name, _Locator, _syntax_location, _type_name
 from runtime.store import RetryPolicy, StoreKeys, _check_url, _Guard, _redact, _text
+
+if TYPE_CHECKING:
+    # Only for annotations: a coordinator that just closes requests never loads shapely.
+    from runtime.geo import Geography
 
 __all__ = [
     "HTTP_RETRY",
