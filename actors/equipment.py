@@ -8,15 +8,18 @@ sessions that carry it to the field are owned by the host (``devices/``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from runtime.commands import check_command_shape, shown
 from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope
 from runtime.errors import (
     DeviceUnavailableError,
+    InvalidCommandError,
     MalformedMessageError,
     ProtocolError,
     RejectedError,
@@ -35,6 +38,12 @@ class Field:
     max_len: int = 200
 
     def check(self, name: str, value: Any) -> Any:
+        """``value`` as the field holds it (an int of a float field as a float).
+
+        Raises :class:`RejectedError` with ``code="bad_value"`` (wrong type, a
+        number that is not finite, a fraction for a whole number, a string too
+        long) or ``code="out_of_range"`` (outside ``low..high``, not a choice).
+        """
         if self.type is bool:
             if not isinstance(value, bool):
                 raise RejectedError(f"{name} must be true or false", code="bad_value")
@@ -42,21 +51,31 @@ class Field:
         if self.type in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RejectedError(f"{name} must be a number", code="bad_value")
-            if self.type is int and not float(value).is_integer():
+            # NaN compares false with any bound: it would pass the range test below.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RejectedError(f"{name} must be a finite number", code="bad_value")
+            if self.type is int and isinstance(value, float) and not value.is_integer():
                 raise RejectedError(f"{name} must be a whole number", code="bad_value")
+            # int and float compare exactly in Python: no float() of a huge int here.
             if (self.low is not None and value < self.low) or (
                 self.high is not None and value > self.high
             ):
-                raise RejectedError(f"{name}={value} is outside {self.low}..{self.high}",
+                raise RejectedError(f"{name}={shown(value)} is outside {self.low}..{self.high}",
                                     code="out_of_range")
-            return int(value) if self.type is int else float(value)
+            if self.type is int:
+                return int(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise RejectedError(f"{name} is too large", code="out_of_range") from None
         if not isinstance(value, str):
             raise RejectedError(f"{name} must be a string", code="bad_value")
+        if len(value) > self.max_len:
+            raise RejectedError(f"{name} is {len(value)} characters long, more than "
+                                f"{self.max_len}", code="bad_value")
         if self.choices and value not in self.choices:
             raise RejectedError(f"{name} must be one of {', '.join(self.choices)}",
                                 code="out_of_range")
-        if len(value) > self.max_len:
-            raise RejectedError(f"{name} is longer than {self.max_len}", code="bad_value")
         return value
 
 
@@ -210,19 +229,41 @@ class EquipmentEntity(Entity):
         return dict(clean)
 
     # -- commands --------------------------------------------------------
-    async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
+    @classmethod
+    def validate_command(cls, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` of ``set`` checked against the kind's :attr:`FIELDS`, as held.
+
+        The one definition of what a kind accepts: the entity applies it to
+        every command, and the admin backend to a submission before journaling
+        it. Beyond the limits of every command
+        (:func:`~runtime.commands.check_command_shape`), an action other than
+        ``set``, an empty ``set``, an unknown field and a value its
+        :class:`Field` refuses raise :class:`InvalidCommandError` naming the
+        request field (``action``, ``params``, ``params.dim``).
+        """
+        params = check_command_shape(action, params)
         if action != "set":
-            return await super().apply_command(action, params)
+            raise InvalidCommandError(f"{cls.kind} accepts no {shown(action)} command "
+                                      "(only 'set')", field="action", code="unknown_action")
         if not params:
-            raise RejectedError("set needs at least one field", code="bad_value")
+            raise InvalidCommandError("set needs at least one field", field="params")
         clean: dict[str, Any] = {}
         for name, value in params.items():
-            spec = self.FIELDS.get(name)
+            where = f"params.{name}"
+            spec = cls.FIELDS.get(name)
             if spec is None:
-                raise RejectedError(
-                    f"{self.kind} has no writable field {name!r} "
-                    f"(writable: {', '.join(sorted(self.FIELDS))})", code="unknown_field")
-            clean[name] = spec.check(name, value)
+                raise InvalidCommandError(
+                    f"{cls.kind} has no writable field {shown(name)} "
+                    f"(writable: {', '.join(sorted(cls.FIELDS))})",
+                    field=where, code="unknown_field")
+            try:
+                clean[name] = spec.check(name, value)
+            except RejectedError as exc:
+                raise InvalidCommandError(str(exc), field=where, code=exc.code) from None
+        return clean
+
+    async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
+        clean = self.validate_command(action, params)
         self.twin.desired.update(clean)
         self.ctx.emit("setpoint", **{f"desired.{k}": v for k, v in clean.items()})
         port = self.ctx.device

@@ -24,6 +24,7 @@ from admin_web.context import Services, install
 from admin_web.guards import CSRF_FIELD, csrf_token
 from admin_web.http_errors import install_error_handlers
 from admin_web.pages import pages
+from admin_web.strict_json import StrictJSONProvider
 
 audit: Final = logging.getLogger("commandpost.audit")
 
@@ -55,6 +56,7 @@ def create_app(
         SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
+    app.json = StrictJSONProvider(app)
     install(app, Services(backend=backend, users=users))
     install_error_handlers(app)
     app.register_blueprint(api)

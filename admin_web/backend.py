@@ -22,21 +22,12 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, Final, Protocol
 
-from runtime.errors import ConfigError, RejectedError, UnknownEntityError
+from runtime.errors import ConfigError, InvalidCommandError, UnknownEntityError
+
+__all__ = ["HEALTH_STATUSES", "AdminBackend", "InvalidCommandError", "StaticBackend",
+           "SwappableBackend", "package_version"]
 
 HEALTH_STATUSES: Final = frozenset({"ok", "degraded", "starting"})
-
-
-class InvalidCommandError(RejectedError):
-    """A command its target would refuse, found before it is journaled.
-
-    ``field`` names the offending request field as the API reports it
-    (``action``, ``params``, ``params.dim``, ``idempotency_key``).
-    """
-
-    def __init__(self, message: str, *, field: str, code: str = "bad_value") -> None:
-        super().__init__(message, code=code)
-        self.field = field
 
 
 class AdminBackend(Protocol):

@@ -33,17 +33,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.envelope import pack, unpack
-from runtime.errors import MalformedMessageError, RejectedError
+from runtime.errors import InvalidCommandError, MalformedMessageError, RejectedError
 
 __all__ = [
+    "MAX_ACTION_LENGTH",
+    "MAX_PARAMS",
+    "MAX_PARAMS_BYTES",
+    "MAX_PARAM_NAME_LENGTH",
     "STAMPS",
     "TERMINAL",
     "TRANSITIONS",
     "Command",
     "CommandStatus",
     "can_move",
+    "check_command_shape",
     "new_command_id",
+    "shown",
 ]
+
+#: Limits of every command, whatever its target, checked before it is journaled.
+MAX_ACTION_LENGTH = 64
+MAX_PARAM_NAME_LENGTH = 64
+MAX_PARAMS = 64
+MAX_PARAMS_BYTES = 4096  # params msgpack-encoded
 
 
 class CommandStatus(enum.StrEnum):
@@ -87,6 +99,120 @@ def can_move(old: CommandStatus, new: CommandStatus) -> bool:
 def new_command_id() -> str:
     """A fresh command id that sorts by creation time (millisecond hex + random suffix)."""
     return f"c-{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for messages echoing a request.
+
+    A refusal must not send back (or log) the 100 KB it refused, and an int of
+    thousands of digits is not even printable (``sys.set_int_max_str_digits``).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "<a number too large>"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"… ({len(value)} characters)"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return repr(value)
+    return f"<{type(value).__name__}>"
+
+
+def check_command_shape(action: object, params: object) -> dict[str, Any]:
+    """``params`` as a dict if the command keeps to the limits of every command.
+
+    The action is a string of 1 to :data:`MAX_ACTION_LENGTH` characters; params
+    a mapping of at most :data:`MAX_PARAMS` names, each of 1 to
+    :data:`MAX_PARAM_NAME_LENGTH` characters, and at most
+    :data:`MAX_PARAMS_BYTES` once msgpack-encoded. Each test costs at most what
+    the limits allow, so that a 60,000-key or 100 KB request is refused without
+    being walked or encoded. Raises :class:`InvalidCommandError` naming
+    ``action`` or ``params``.
+    """
+    if not isinstance(action, str) or not action:
+        raise InvalidCommandError("action must be a non-empty string", field="action")
+    if len(action) > MAX_ACTION_LENGTH:
+        raise InvalidCommandError(
+            f"action is {len(action)} characters long, more than {MAX_ACTION_LENGTH}",
+            field="action", code="too_long")
+    if not isinstance(params, Mapping):
+        raise InvalidCommandError("params must be a mapping (a JSON object)", field="params")
+    if len(params) > MAX_PARAMS:
+        raise InvalidCommandError(f"params has {len(params)} names, more than {MAX_PARAMS}",
+                                  field="params", code="too_many_params")
+    for name in params:
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_PARAM_NAME_LENGTH:
+            raise InvalidCommandError(
+                f"param name {shown(name)} is not a string of 1-{MAX_PARAM_NAME_LENGTH} "
+                "characters", field="params", code="bad_name")
+    if _size_at_least(params, MAX_PARAMS_BYTES) > MAX_PARAMS_BYTES:
+        raise InvalidCommandError(f"params are larger than {MAX_PARAMS_BYTES} bytes",
+                                  field="params", code="too_large")
+    try:
+        size = len(pack(dict(params)))
+    except (TypeError, ValueError, OverflowError) as exc:
+        where = next((f"params.{name}" for name, value in params.items()
+                      if not _packs(value)), "params")
+        raise InvalidCommandError(f"params are not encodable: {exc}", field=where) from None
+    if size > MAX_PARAMS_BYTES:
+        raise InvalidCommandError(
+            f"params are {size} bytes encoded, more than {MAX_PARAMS_BYTES}",
+            field="params", code="too_large")
+    for name, value in params.items():
+        # NaN compares false with any bound, and no device holds an infinity.
+        if not _all_finite(value):
+            raise InvalidCommandError(f"{name} holds a number that is not finite",
+                                      field=f"params.{name}")
+    return dict(params)
+
+
+def _packs(value: Any) -> bool:
+    """Whether msgpack encodes ``value`` (an int past 64 bits, an object it does not)."""
+    try:
+        pack(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether every float in ``value`` (nested lists and mappings too) is finite."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return True
+
+
+def _size_at_least(value: Any, budget: int) -> int:
+    """A lower bound of ``value``'s msgpack size, given up once it passes ``budget``.
+
+    Every value takes at least one byte and a string one per character, so the
+    walk stops after at most ``budget`` values and never reads a long string:
+    its cost is bounded by the limit, not by the size of what was sent. The
+    exact size is then measured on what is known to be small.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        total += 1
+        if isinstance(item, (str, bytes, bytearray)):
+            total += len(item)
+        elif isinstance(item, (Mapping, list, tuple)):
+            if len(item) > budget:
+                return total + len(item)
+            if isinstance(item, Mapping):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            else:
+                stack.extend(item)
+        if total + len(stack) > budget:
+            return total + len(stack)
+    return total
 
 
 _REQUIRED = ("command_id", "target", "action", "caller")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from runtime.clock import Clock
+from runtime.commands import check_command_shape, shown
 from runtime.device_port import DevicePort
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import MalformedMessageError, RejectedError
@@ -205,8 +206,22 @@ class Entity:
 
     async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
         """Carry out one command; subclasses validate and actuate."""
-        raise RejectedError(f"{self.kind or 'entity'} accepts no {action!r} command",
+        raise RejectedError(f"{self.kind or 'entity'} accepts no {shown(action)} command",
                             code="unknown_action")
+
+    @classmethod
+    def validate_command(cls, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` as this behaviour takes them for ``action``, checked before journaling.
+
+        The admin backend calls it on every submission, so that a command the
+        behaviour would refuse is answered at once and never journaled; it
+        raises :class:`~runtime.errors.InvalidCommandError` naming the request
+        field. This default checks only the limits of every command
+        (:func:`~runtime.commands.check_command_shape`); a behaviour with a
+        vocabulary of its own overrides it and applies it in
+        :meth:`apply_command` too, so that one definition serves both.
+        """
+        return check_command_shape(action, params)
 
     def already_applied(self, command_id: str) -> bool:
         return command_id in self.applied

@@ -61,6 +61,18 @@ class UnknownEntityError(RejectedError):
         self.entity_id = entity_id
 
 
+class InvalidCommandError(RejectedError):
+    """A command its target would refuse, found before it is journaled.
+
+    ``field`` names the offending request field as the HTTP API reports it
+    (``action``, ``params``, ``params.dim``, ``idempotency_key``).
+    """
+
+    def __init__(self, message: str, *, field: str, code: str = "bad_value") -> None:
+        super().__init__(message, code=code)
+        self.field = field
+
+
 class ExpiredError(RejectedError):
     """A message or command reached its deadline before it was served."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -27,14 +26,14 @@ from urllib.parse import urlparse
 import psutil
 import ray
 
-from actors.equipment import EquipmentEntity
-from admin_web.backend import InvalidCommandError
-from runtime.commands import Command, new_command_id
+from runtime.commands import Command, check_command_shape, new_command_id
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
+from runtime.entity import Entity
 from runtime.envelope import pack
 from runtime.errors import (
     CommandpostError,
     ConfigError,
+    InvalidCommandError,
     RejectedError,
     RetryableError,
     UnknownEntityError,
@@ -527,39 +526,18 @@ class RuntimeBackend:
 
 
 def check_command(behaviour: Any, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` as the equipment kind ``behaviour`` would accept them, before journaling.
+    """``params`` as the behaviour ``behaviour`` would take them, before journaling.
 
-    Reaches the kind's own field table (``FIELDS``, :meth:`Field.check`), so the
-    API refuses exactly what the entity would: an action other than ``set``,
-    an unknown field, a value out of range, not finite, or too long raises
-    :class:`InvalidCommandError` naming the request field. A behaviour that is
-    not equipment (no field table) validates its commands itself.
+    The composition root's link between the admin backend and the behaviours:
+    an entity class answers with its own
+    :meth:`~runtime.entity.Entity.validate_command` (equipment: the kind's
+    field table in ``actors/``), so the API refuses exactly what the entity
+    would; anything else is held to the limits of every command. A refusal
+    raises :class:`InvalidCommandError` naming the request field.
     """
-    if not (isinstance(behaviour, type) and issubclass(behaviour, EquipmentEntity)):
-        return dict(params)
-    kind = behaviour.kind
-    if action != "set":
-        raise InvalidCommandError(f"{kind} accepts no {action!r} command (only 'set')",
-                                  field="action", code="unknown_action")
-    if not params:
-        raise InvalidCommandError("set needs at least one field", field="params")
-    clean: dict[str, Any] = {}
-    for name, value in params.items():
-        where = f"params.{name}"
-        spec = behaviour.FIELDS.get(name)
-        if spec is None:
-            raise InvalidCommandError(
-                f"{kind} has no writable field {name!r} "
-                f"(writable: {', '.join(sorted(behaviour.FIELDS))})",
-                field=where, code="unknown_field")
-        # JSON lets NaN and Infinity through, and a NaN compares false with any bound.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidCommandError(f"{name} must be a finite number", field=where)
-        try:
-            clean[name] = spec.check(name, value)
-        except RejectedError as exc:
-            raise InvalidCommandError(str(exc), field=where, code=exc.code) from None
-    return clean
+    if isinstance(behaviour, type) and issubclass(behaviour, Entity):
+        return behaviour.validate_command(action, params)
+    return check_command_shape(action, params)
 
 
 def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:

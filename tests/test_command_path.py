@@ -352,27 +352,41 @@ def test_an_idempotent_repeat_answers_the_first_command(city: City, api: Api) ->
 
 
 @pytest.mark.parametrize(
-    ("kind", "raw", "field"),
+    ("kind", "raw", "status", "field"),
     [
-        ("lighting_circuit", b'{"action": "set", "params": {"brightness": 50}}',
+        ("lighting_circuit", b'{"action": "set", "params": {"brightness": 50}}', 422,
          "params.brightness"),
-        ("lighting_circuit", b'{"action": "set", "params": {"dim": 101}}', "params.dim"),
-        ("lighting_circuit", b'{"action": "set", "params": {"dim": NaN}}', "params.dim"),
-        ("lighting_circuit", b'{"action": "set", "params": {"dim": Infinity}}', "params.dim"),
-        ("lighting_circuit", b'{"action": "fly", "params": {"dim": 5}}', "action"),
+        ("lighting_circuit", b'{"action": "set", "params": {"dim": 101}}', 422, "params.dim"),
+        ("lighting_circuit", b'{"action": "set", "params": {"dim": 150}}', 422, "params.dim"),
+        # NaN and Infinity are not JSON: the body itself is refused.
+        ("lighting_circuit", b'{"action": "set", "params": {"dim": NaN}}', 400, None),
+        ("lighting_circuit", b'{"action": "set", "params": {"dim": Infinity}}', 400, None),
+        ("lighting_circuit", b'{"action": "set", "params": {"dim": -Infinity}}', 400, None),
+        ("lighting_circuit", b'{"action": "fly", "params": {"dim": 5}}', 422, "action"),
+        ("lighting_circuit", json.dumps({"action": "x" * 100_000, "params": {"dim": 5}}).encode(),
+         422, "action"),
+        ("lighting_circuit", json.dumps({"action": "set", "params": {
+            f"k{i}": i for i in range(60_000)}}).encode(), 422, "params"),
         ("vehicle", json.dumps({"action": "set", "params": {"message": "x" * 201}}).encode(),
-         "params.message"),
+         422, "params.message"),
+        ("crossroad", b'{"action": "set", "params": {"plan": 33}}', 422, "params.plan"),
+        ("access_terminal", b'{"action": "set", "params": {"bollard": "moving"}}', 422,
+         "params.bollard"),
     ],
 )
-def test_a_command_the_kind_refuses_is_422_and_not_journaled(
-    city: City, api: Api, kind: str, raw: bytes, field: str
+def test_a_command_the_kind_refuses_is_refused_not_journaled_and_never_sent(
+    city: City, api: Api, kind: str, raw: bytes, status: int, field: str | None
 ) -> None:
     target = next(eq.id for eq in city.inventory.equipment if eq.kind == kind)
     before = journal_size(city)
-    status, body, _ = api.call("POST", f"/api/v1/equipment/{target}/commands", raw=raw)
-    assert status == 422, body
-    assert body["field"] == field and body["error"]
+    writes = city.control.counters([target])["devices"][target]["writes"]
+    answer, body, _ = api.call("POST", f"/api/v1/equipment/{target}/commands", raw=raw)
+    assert answer == status, body
+    assert body.get("field") == field and body["error"]
     assert journal_size(city) == before
+    # Counted at the simulator, a period later: nothing reached the device.
+    time.sleep(0.3)
+    assert city.control.counters([target])["devices"][target]["writes"] == writes
 
 
 def test_redis_killed_503_then_202_and_every_202_acked(city: City, api: Api) -> None:

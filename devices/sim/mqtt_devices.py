@@ -20,7 +20,7 @@ CONTRACT.md and in the shape of their profiles::
 * Cameras send a heartbeat every profile period and raise ``motion`` (mostly)
   or ``tamper`` events at random (QoS 1).
 * Commands on ``city/+/+/+/cmd`` with action ``set`` change the profile's
-  writable fields (camera ``preset``/``recording``, vehicle ``message``); each
+  writable fields (camera ``preset``/``recording``, vehicle and bus ``message``); each
   is acknowledged on the ``ack`` topic (QoS 1), with ``ok: false`` and an
   ``error`` when a parameter is unknown, not writable, of the wrong type or
   out of range, followed at once by a fresh telemetry sample.
@@ -264,7 +264,7 @@ class _Bus(_Device):
             x, y, heading = self.route.at(self.route.length - d)
             heading = (heading + 180.0) % 360.0
         lat, lon = _to_lat_lon(self.origin, x, y)
-        return {
+        out: dict[str, Any] = {
             "ts": now,
             "lat": round(lat, 7),
             "lon": round(lon, 7),
@@ -274,6 +274,10 @@ class _Bus(_Device):
             "line": self.line,
             "delay_s": round(self.delay, 1),
         }
+        # Only once set: the position messages keep their size on the priority path.
+        if "message" in self.writes:
+            out["message"] = self.writes["message"]
+        return out
 
 
 class _ServiceVehicle(_Device):
