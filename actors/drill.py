@@ -7,9 +7,11 @@ crashes; production never loads this factory.
 
 from __future__ import annotations
 
-from actors.equipment import EquipmentEntity
-from actors.registry import BEHAVIOURS
+from typing import cast
+
+from actors.registry import factory_for as registry_factory
 from runtime.cell import EntityFactory
+from runtime.entity import Entity
 from runtime.envelope import Envelope
 from runtime.inventory import Equipment
 
@@ -18,22 +20,22 @@ class DrillError(RuntimeError):
     """The crash a drill asked for."""
 
 
-_CLASSES: dict[str, type[EquipmentEntity]] = {}
+_CLASSES: dict[type[Entity], type[Entity]] = {}
 
 
-def _drill_class(base: type[EquipmentEntity]) -> type[EquipmentEntity]:
-    known = _CLASSES.get(base.kind)
+def _drill_class(base: type[Entity]) -> type[Entity]:
+    known = _CLASSES.get(base)
     if known is not None:
         return known
 
-    async def on_drill_crash(self: EquipmentEntity, msg: Envelope) -> None:
+    async def on_drill_crash(self: Entity, msg: Envelope) -> None:
         raise DrillError(f"drill crash of {self.ctx.id}")
 
     cls = type(f"Drill{base.__name__}", (base,), {"on_drill_crash": on_drill_crash})
-    _CLASSES[base.kind] = cls
+    _CLASSES[base] = cls
     return cls
 
 
 def factory_for(eq: Equipment) -> EntityFactory:
-    """The kind's behaviour with a ``drill_crash`` message that raises."""
-    return _drill_class(BEHAVIOURS[eq.kind])
+    """The kind's behaviour with a ``drill_crash`` message that raises (coordinators too)."""
+    return _drill_class(cast(type[Entity], registry_factory(eq)))

@@ -9,7 +9,7 @@ sessions that carry it to the field are owned by the host (``devices/``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -90,6 +90,56 @@ def _count_points(value: Any) -> int:
     return 1
 
 
+#: Bit 0 of a lamp's ``fault_bits``: the lamp has failed (the cabinet reports it).
+LAMP_FAILED = 0x0001
+#: Device events that are alarms by themselves: they have no "cleared" state at the
+#: device, so the alarm returns to normal at once and waits for an acknowledgement.
+MOMENTARY_EVENTS: Mapping[str, str] = {"door_forced": "forced_door", "tamper": "camera_tamper"}
+
+
+def block_values(reported: Mapping[str, Any], block: str, field: str) -> list[Any]:
+    """Every repeat's ``field`` of a reported block, however the device reports it.
+
+    A Modbus cabinet reports a block as one list of records (``lamp``); an OPC UA
+    building as one value per node (``fire_zone.2.alarm``).
+    """
+    whole = reported.get(block)
+    if isinstance(whole, list):
+        return [r.get(field) for r in whole if isinstance(r, Mapping)]
+    prefix, suffix = f"{block}.", f".{field}"
+    return [v for k, v in reported.items() if k.startswith(prefix) and k.endswith(suffix)]
+
+
+def _lamp_failed(bits: Any) -> bool:
+    return isinstance(bits, int) and not isinstance(bits, bool) and bool(bits & LAMP_FAILED)
+
+
+#: Per kind, each alarm condition and when the reported values say it holds.
+CONDITIONS: Mapping[str, Mapping[str, Callable[[Mapping[str, Any]], bool]]] = {
+    "lighting_circuit": {
+        "cabinet_mains_fault": lambda r: r.get("mains_ok") is False,
+        "cabinet_door_open": lambda r: r.get("door_open") is True,
+        "earth_fault": lambda r: r.get("earth_fault") is True,
+        "lamp_fault": lambda r: any(_lamp_failed(b) for b in block_values(r, "lamp",
+                                                                             "fault_bits")),
+    },
+    "building": {
+        "fire": lambda r: any(v is True for v in block_values(r, "fire_zone", "alarm")),
+        "intrusion": lambda r: any(v is True for v in block_values(r, "intrusion_zone",
+                                                                   "alarm")),
+    },
+    "crossroad": {
+        "controller_fault": lambda r: bool(r.get("fault_bits")),
+    },
+    "access_terminal": {
+        "controller_fault": lambda r: bool(r.get("fault_bits")),
+    },
+    "camera": {
+        "camera_fault": lambda r: r.get("health") == "failed",
+    },
+}
+
+
 class EquipmentEntity(Entity):
     """Common behaviour of equipment.
 
@@ -115,6 +165,8 @@ class EquipmentEntity(Entity):
         # Only a kind with a priority lane reads the published view: others skip the copy.
         self._has_lane = type(self).on_priority is not Entity.on_priority
         self.state.setdefault("seq", -1)
+        self.state.setdefault("conditions", [])
+        self._conditions = CONDITIONS.get(self.kind, {})
         port = self.ctx.device
         self.state["online"] = bool(port is not None and port.online)
 
@@ -130,6 +182,8 @@ class EquipmentEntity(Entity):
         values = p["values"]
         self.twin.report_many(values, quality=quality, source_ts=source_ts, received_ts=now,
                               seq=int(seq) if isinstance(seq, int) else 0)
+        if self._conditions:
+            self.check_conditions()
         if p.get("initial"):
             # A value as it stood when the session (re)subscribed: not a new sample.
             if isinstance(seq, int) and not isinstance(seq, bool):
@@ -154,6 +208,32 @@ class EquipmentEntity(Entity):
         if self._has_lane:
             self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
 
+    def check_conditions(self) -> None:
+        """Raise or clear the kind's alarm conditions from what the device reports."""
+        reported = {k: v.value for k, v in self.twin.reported.items()}
+        held = set(self.state.get("conditions") or ())
+        now = {name for name, test in self._conditions.items() if test(reported)}
+        if now == held:
+            return
+        for name in sorted(now - held):
+            self.ctx.emit("alarm", alarm=name)
+        for name in sorted(held - now):
+            self.ctx.emit("alarm_cleared", alarm=name)
+        self.state["conditions"] = sorted(now)
+
+    def comm_path(self) -> str:
+        """The communication path the device is reached by (flood grouping of outages).
+
+        Modbus and OPC UA devices behind one network host share it; MQTT devices
+        share their broker.
+        """
+        endpoint = self.ctx.equipment.endpoint
+        scheme, _, rest = endpoint.partition("://")
+        if scheme in ("modbus", "opc.tcp", "opcua"):
+            host = rest.split("/", 1)[0].rsplit(":", 1)[0]
+            return f"net:{host}"
+        return f"broker:{scheme or endpoint}"
+
     async def on_device_status(self, msg: Envelope) -> None:
         p = msg.payload if isinstance(msg.payload, Mapping) else {}
         online = bool(p.get("online"))
@@ -164,7 +244,7 @@ class EquipmentEntity(Entity):
         if not online:
             self.twin.degrade(Quality.BAD)
             self.ctx.emit("alarm", alarm="device_offline", severity="major",
-                          reason=str(p.get("reason", "")))
+                          reason=str(p.get("reason", "")), path=self.comm_path())
             return
         self.ctx.emit("alarm_cleared", alarm="device_offline")
         await self.reconcile()
@@ -177,6 +257,9 @@ class EquipmentEntity(Entity):
         fields = p.get("fields") if isinstance(p.get("fields"), Mapping) else {}
         self.ctx.emit("device_event", device_event=event,
                       **{f"field.{k}": v for k, v in (fields or {}).items()})
+        condition = MOMENTARY_EVENTS.get(event)
+        if condition is not None:
+            self.ctx.emit("alarm", alarm=condition, momentary=True)
 
     async def reconcile(self) -> None:
         """Bring the device back to the desired state, field by field, by policy.

@@ -13,7 +13,7 @@ from actors.equipment import (
 )
 from runtime.cell import EntityFactory
 from runtime.errors import ConfigError
-from runtime.inventory import Equipment
+from runtime.inventory import COORDINATOR, Equipment
 
 BEHAVIOURS: dict[str, type[EquipmentEntity]] = {
     cls.kind: cls
@@ -22,7 +22,18 @@ BEHAVIOURS: dict[str, type[EquipmentEntity]] = {
 
 
 def factory_for(eq: Equipment) -> EntityFactory:
-    """The entity class of ``eq``'s kind (classes are factories of their instances)."""
+    """The entity class of ``eq``'s kind, or of the coordinator it is.
+
+    Classes are factories of their instances.
+    """
+    if eq.kind == COORDINATOR:
+        from actors.control import COORDINATORS
+
+        try:
+            return COORDINATORS[eq.id]
+        except KeyError as exc:
+            raise ConfigError(f"no coordinator {eq.id!r} (known: "
+                              f"{', '.join(sorted(COORDINATORS))})") from exc
     try:
         return BEHAVIOURS[eq.kind]
     except KeyError as exc:

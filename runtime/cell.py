@@ -57,6 +57,9 @@ class HostServices(Protocol):
     def device_port(self, entity_id: str) -> DevicePort | None:
         """The entity's device session, if the host runs one for it."""
 
+    def publish_read_model(self, name: str, data: bytes) -> None:
+        """Write read model ``name`` to the store soon (the latest one wins)."""
+
 
 @dataclass(slots=True)
 class Crash:
@@ -185,6 +188,9 @@ class _Context:
 
     def observe(self, metric: str, value: float) -> None:
         self._host.observe(metric, value)
+
+    def publish_read_model(self, name: str, data: bytes) -> None:
+        self._host.publish_read_model(name, data)
 
 
 class EntityCell:

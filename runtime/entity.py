@@ -78,6 +78,13 @@ class EntityContext(Protocol):
     def publish_view(self, view: Mapping[str, Any]) -> None:
         """Publish the immutable view that the priority lane reads."""
 
+    def publish_read_model(self, name: str, data: bytes) -> None:
+        """Publish a read model (``name``, encoded) for the web; the latest one wins.
+
+        The host writes it to the store shortly after (a few per second at most),
+        so a coordinator may publish on every change.
+        """
+
     def observe(self, metric: str, value: float) -> None:
         """Record one value of a host-wide histogram (``telemetry_lag_s``, …)."""
 

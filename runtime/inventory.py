@@ -54,6 +54,8 @@ from typing import Any, Final
 from runtime.errors import ConfigError, InventoryError
 
 __all__ = [
+    "CONTROL_DOMAIN",
+    "COORDINATOR",
     "DOMAINS",
     "DOMAIN_OF_KIND",
     "ID_PATTERN",
@@ -92,6 +94,11 @@ DOMAIN_OF_KIND: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 DOMAINS: Final = tuple(DOMAIN_OF_KIND[kind] for kind in KINDS)
+#: The kind of the control room's coordinator entities (alarms, crisis, dispatch): they
+#: run like equipment, in the ``control`` domain, but no inventory file declares them
+#: (:func:`coordinator`); equipment listings leave them out.
+COORDINATOR: Final = "coordinator"
+CONTROL_DOMAIN: Final = "control"
 PLACEMENTS: Final = ("sharded", "dedicated")
 
 #: Equipment ids appear in MQTT topics and Redis keys: no wildcards, no slashes.
@@ -197,7 +204,7 @@ class Equipment:
         if not isinstance(self.id, str) or not ID_PATTERN.match(self.id):
             raise ConfigError(f"equipment id {self.id!r} does not match {ID_PATTERN.pattern}")
         what = f"equipment {self.id!r}"
-        if self.kind not in KINDS:
+        if self.kind not in KINDS and self.kind != COORDINATOR:
             raise ConfigError(f"{what}: unknown kind {self.kind!r}")
         if not isinstance(self.municipality, str) or not SLUG_PATTERN.match(self.municipality):
             raise ConfigError(f"{what}: municipality {self.municipality!r} is not a slug")
@@ -218,8 +225,8 @@ class Equipment:
 
     @property
     def domain(self) -> str:
-        """The domain this kind belongs to (``traffic``, ``lighting``, …)."""
-        return DOMAIN_OF_KIND[self.kind]
+        """The domain this kind belongs to (``traffic``, ``lighting``, …, ``control``)."""
+        return DOMAIN_OF_KIND.get(self.kind, CONTROL_DOMAIN)
 
 
 @dataclass(frozen=True, slots=True)

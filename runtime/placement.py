@@ -11,13 +11,29 @@ whatever Ray actor currently serves them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.inventory import DOMAIN_OF_KIND, Equipment, Inventory
+from runtime.inventory import CONTROL_DOMAIN, COORDINATOR, DOMAIN_OF_KIND, Equipment, Inventory
 
-DOMAINS: tuple[str, ...] = tuple(dict.fromkeys(DOMAIN_OF_KIND.values()))
+DOMAINS: tuple[str, ...] = (*dict.fromkeys(DOMAIN_OF_KIND.values()), CONTROL_DOMAIN)
+#: The host of the coordinators, unless a coordinator is placed ``dedicated``.
+CONTROL_HOST = f"{CONTROL_DOMAIN}-0"
+
+
+def coordinator(entity_id: str, inventory: Inventory, *, placement: str | None = None
+                ) -> Equipment:
+    """The record of a coordinator entity (``alarms``, ``crisis``, ``dispatch``).
+
+    It spans the metropolis: it sits at the centroid of the municipalities, and
+    has no device (its endpoint names it as the control room's own).
+    """
+    munis = inventory.municipalities
+    return Equipment(
+        id=entity_id, kind=COORDINATOR, municipality="metropolis",
+        lat=sum(m.lat for m in munis) / len(munis), lon=sum(m.lon for m in munis) / len(munis),
+        endpoint=f"control:{entity_id}", profile=COORDINATOR, placement=placement)
 
 
 def stable_shard(municipality: str, entity_id: str, shards: int) -> int:
@@ -54,14 +70,21 @@ class PlacementPlan:
         return out
 
 
-def plan(inventory: Inventory) -> PlacementPlan:
-    """Assign every entity of ``inventory`` to a host."""
+def plan(inventory: Inventory, coordinators: Sequence[Equipment] = ()) -> PlacementPlan:
+    """Assign every entity of ``inventory``, and the ``coordinators``, to a host.
+
+    The coordinators share one host of the ``control`` domain (:data:`CONTROL_HOST`),
+    unless one is placed ``dedicated``.
+    """
     members: dict[str, list[str]] = {}
     domain_of: dict[str, tuple[str, str]] = {}
-    for eq in inventory.equipment:
-        mode = inventory.placement.mode_for(eq)
+    for eq in (*inventory.equipment, *coordinators):
+        mode = (eq.placement or "sharded") if eq.kind == COORDINATOR \
+            else inventory.placement.mode_for(eq)
         if mode == "dedicated":
             host_id = f"dedicated-{eq.id}"
+        elif eq.kind == COORDINATOR:
+            host_id = CONTROL_HOST
         else:
             shards = inventory.placement.shards_for(eq.domain)
             host_id = f"{eq.domain}-{stable_shard(eq.municipality, eq.id, shards)}"

@@ -271,6 +271,7 @@ class FakeHost:
         self.routed: list[Envelope] = []
         self.events: list[tuple[str, str]] = []
         self.dirty: list[str] = []
+        self.read_models: dict[str, bytes] = {}
         self.done: list[tuple[str, CommandpostError | None]] = []
 
     def route(self, env: Envelope) -> None:
@@ -281,6 +282,9 @@ class FakeHost:
 
     def mark_dirty(self, slot: EntitySlot) -> None:
         self.dirty.append(slot.id)
+
+    def publish_read_model(self, name: str, data: bytes) -> None:
+        self.read_models[name] = data
 
     def message_done(self, slot: EntitySlot, env: Envelope,
                      error: CommandpostError | None) -> None:
