@@ -61,6 +61,9 @@ from supervisors import (
 log = logging.getLogger("commandpost.host")
 
 _JOURNAL_BATCH = 500  # journal entries read at a time
+_FEED_BATCH = 500  # events handed to a coordinator at a time
+_FEED_BLOCK_MS = 1000  # how long a coordinator's feed waits on the stream per read
+_FEED_TIMEOUT_S = 30.0  # how long a batch may take its coordinator before it goes again
 
 HOST_PREFIX = "@"  # envelopes addressed to "@{host_id}" are replies to a host-level request
 
@@ -71,7 +74,8 @@ class HostConfig:
 
     mailbox_capacity: int = 256
     checkpoint_interval_s: float = 0.25
-    event_flush_interval_s: float = 0.5
+    event_flush_interval_s: float = 0.2
+    read_model_interval_s: float = 0.2
     journal_block_ms: int = 500
     max_event_backlog: int = 50_000
     supervision: SupervisorOptions = SupervisorOptions()
@@ -178,6 +182,11 @@ class HostCore:
         self._device_times: dict[str, dict[str, float]] = {}
         self._events: deque[dict[str, Any]] = deque()
         self._dropped_events = 0
+        # Read models the entities published and the store has not taken yet.
+        self._read_models: dict[str, bytes] = {}
+        self._read_models_wanted = asyncio.Event()
+        # Entities whose checkpoint must be durable before their caller goes on.
+        self._durable_waiting: list[tuple[str, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight_commands: OrderedDict[str, str] = OrderedDict()  # stream id -> command id
         self._done_commands: set[str] = set()
@@ -267,6 +276,11 @@ class HostCore:
             loop.create_task(self._event_loop(), name=f"host[{self.host_id}].events"),
             loop.create_task(self._journal_loop(), name=f"host[{self.host_id}].journal"),
             loop.create_task(self._tick_loop(), name=f"host[{self.host_id}].tick"),
+            loop.create_task(self._read_model_loop(), name=f"host[{self.host_id}].read_models"),
+        ]
+        self._tasks += [
+            loop.create_task(self._feed_loop(slot), name=f"host[{self.host_id}].feed[{eid}]")
+            for eid, slot in self.slots.items() if getattr(slot.factory, "EVENT_FEED", False)
         ]
         self.ready = True
         self.emit(self.host_id, "host_started", {"entities": len(self.slots),
@@ -384,6 +398,11 @@ class HostCore:
             self._dropped_events += 1
         row: dict[str, Any] = {"ts": time.time(), "entity": entity_id, "event": event,
                                "host": self.host_id}
+        slot = self.slots.get(entity_id)
+        if slot is not None:
+            # Every event carries where it happened: scoping and the coordinators need it.
+            row["municipality"] = slot.equipment.municipality
+            row["kind"] = slot.equipment.kind
         for k, v in fields.items():
             row[k] = v if isinstance(v, (str, int, float, bool)) else str(v)
         self._events.append(row)
@@ -503,7 +522,7 @@ class HostCore:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             full, self._full_flush_due = self._full_flush_due, False
-            if not full and not self._ack_waiting:
+            if not full and not self._ack_waiting and not self._durable_waiting:
                 continue
             try:
                 await self._flush_checkpoints(acks_only=not full)
@@ -515,12 +534,14 @@ class HostCore:
                                  acks_only: bool = False) -> None:
         """Checkpoint dirty entities (every one, or only those whose acks wait), then acks."""
         acks, self._ack_waiting = self._ack_waiting, []
+        durable, self._durable_waiting = self._durable_waiting, []
         if all_slots:
             ids = list(self.slots)
         elif acks_only:
             ids = list(dict.fromkeys(a.entity_id for a in acks if a.entity_id in self.slots))
         else:
             ids = list(self._dirty)
+        ids += [eid for eid, _ in durable if eid not in ids and eid in self.slots]
         blobs: dict[str, bytes] = {}
         for eid in ids:
             cp = self.slots[eid].take_checkpoint()
@@ -540,7 +561,69 @@ class HostCore:
         except StoreUnavailableError:
             self._dirty.update(blobs)
             self._ack_waiting = acks + self._ack_waiting
+            self._durable_waiting = durable + self._durable_waiting
             raise
+        for _, fut in durable:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def durable(self, entity_id: str) -> None:
+        """Return once ``entity_id``'s state as it stands now is checkpointed in the store."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._durable_waiting.append((entity_id, fut))
+        self._flush_wanted.set()
+        await fut
+
+    def publish_read_model(self, name: str, data: bytes) -> None:
+        self._read_models[name] = data
+        self._read_models_wanted.set()
+
+    async def _read_model_loop(self) -> None:
+        while True:
+            await self._read_models_wanted.wait()
+            self._read_models_wanted.clear()
+            models, self._read_models = self._read_models, {}
+            try:
+                for name, data in models.items():
+                    await self.store.put_blob(f"view:{name}", data)
+            except StoreUnavailableError as exc:
+                log.debug("read models wait for the store: %s", exc)
+                for name, data in models.items():
+                    self._read_models.setdefault(name, data)
+                await asyncio.sleep(0.5)
+                self._read_models_wanted.set()
+                continue
+            # At most a few writes a second, whatever the rate of changes.
+            await asyncio.sleep(self.config.read_model_interval_s)
+
+    async def _feed_loop(self, slot: EntitySlot) -> None:
+        """Hand the event stream to a coordinator, through its consumer group.
+
+        A batch is acknowledged to the group only once the coordinator has handled it
+        and its checkpoint is durable: a coordinator that dies in between sees the
+        batch again (its handling is idempotent), and no event is ever skipped.
+        """
+        eid = slot.equipment.id
+        rows: list[tuple[str, dict[str, Any]]] = []
+        while True:
+            try:
+                if not rows:
+                    rows = await self.store.read_event_group(
+                        eid, count=_FEED_BATCH, block_ms=_FEED_BLOCK_MS)
+                    if not rows:
+                        continue
+                await self.request(eid, "events", {"events": [e for _, e in rows]},
+                                   timeout=_FEED_TIMEOUT_S)
+                await self.durable(eid)
+                await self.store.ack_event_group(eid, [i for i, _ in rows])
+                rows = []
+            except StoreUnavailableError as exc:
+                log.debug("feed of %s waits for the store: %s", eid, exc)
+                await asyncio.sleep(0.5)
+            except (CommandpostError, TimeoutError) as exc:
+                # The coordinator refused or is restarting: the same batch goes again.
+                log.warning("feed of %s: %s; the batch goes again", eid, exc)
+                await asyncio.sleep(0.5)
 
     async def _event_loop(self) -> None:
         while True:
@@ -624,7 +707,8 @@ class HostCore:
                 deliver.append(Envelope(
                     id=cid, target=target, type="command", sender="journal",
                     kind=MessageKind.COMMAND, deadline=cmd.deadline_ts,
-                    payload={"command_id": cid, "action": cmd.action, "params": dict(cmd.params)},
+                    payload={"command_id": cid, "action": cmd.action, "params": dict(cmd.params),
+                             "caller": cmd.caller},
                 ))
             if updates:
                 await self.store.update_commands(updates, stamps=stamps)
