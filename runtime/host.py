@@ -21,6 +21,7 @@ when the entity read its device while applying it, ``device_write_ts`` and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -64,6 +65,10 @@ _JOURNAL_BATCH = 500  # journal entries read at a time
 _FEED_BATCH = 500  # events handed to a coordinator at a time
 _FEED_BLOCK_MS = 1000  # how long a coordinator's feed waits on the stream per read
 _FEED_TIMEOUT_S = 30.0  # how long a batch may take its coordinator before it goes again
+
+#: The hash where hosts keep one line per entity (``{"host", "status", "online",
+#: "conditions"}``, JSON) for the web's equipment lists; the twins are the checkpoints.
+EQUIPMENT_VIEW = "equipment"
 
 HOST_PREFIX = "@"  # envelopes addressed to "@{host_id}" are replies to a host-level request
 
@@ -185,6 +190,8 @@ class HostCore:
         # Read models the entities published and the store has not taken yet.
         self._read_models: dict[str, bytes] = {}
         self._read_models_wanted = asyncio.Event()
+        # Each entity's line of the equipment view as last written (only changes are).
+        self._summaries: dict[str, str] = {}
         # Entities whose checkpoint must be durable before their caller goes on.
         self._durable_waiting: list[tuple[str, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -543,14 +550,22 @@ class HostCore:
             ids = list(self._dirty)
         ids += [eid for eid, _ in durable if eid not in ids and eid in self.slots]
         blobs: dict[str, bytes] = {}
+        summaries: dict[str, str] = {}
         for eid in ids:
-            cp = self.slots[eid].take_checkpoint()
+            slot = self.slots[eid]
+            cp = slot.take_checkpoint()
             if cp is not None:
                 blobs[eid] = pack(cp.to_dict())
+            summary = self._summary(slot, cp)
+            if summary != self._summaries.get(eid):
+                summaries[eid] = summary
         self._dirty.difference_update(ids)
         try:
             if blobs:
                 await self.store.save_checkpoints(blobs)
+            if summaries:
+                await self.store.hset_many(EQUIPMENT_VIEW, summaries)
+                self._summaries.update(summaries)
             if acks:
                 await self.store.update_commands(
                     [(a.command_id, a.status, a.error) for a in acks],
@@ -566,6 +581,14 @@ class HostCore:
         for _, fut in durable:
             if not fut.done():
                 fut.set_result(None)
+
+    def _summary(self, slot: EntitySlot, cp: Checkpoint | None) -> str:
+        """The entity's line of the equipment view (:data:`EQUIPMENT_VIEW`), as JSON."""
+        state = cp.state if cp is not None else {}
+        return json.dumps({"host": self.host_id, "status": slot.status,
+                           "online": bool(state.get("online")),
+                           "conditions": list(state.get("conditions") or ())},
+                          separators=(",", ":"))
 
     async def durable(self, entity_id: str) -> None:
         """Return once ``entity_id``'s state as it stands now is checkpointed in the store."""

@@ -22,6 +22,9 @@ from runtime.inventory import Equipment
 
 __all__ = ["LAMP_FAILED", "Lamp", "LightingModel", "LightingSimulator"]
 
+#: A LED lamp's failure rate (per lamp and hour): half a percent a year, as a city's
+#: LED stock fails; tests raise failures through the control channel.
+LAMP_FAILURES_PER_H: Final = 0.005 / 8766.0
 #: Fault bit of a lamp that has failed.
 LAMP_FAILED: Final = 0x0001
 
@@ -125,7 +128,7 @@ class LightingSimulator(ModbusSimulator[LightingModel]):
         tick_hz: float = 1.0,
         autotick: bool = True,
         nominal_w: float = 100.0,
-        failure_rate_per_h: float = 0.001,
+        failure_rate_per_h: float = LAMP_FAILURES_PER_H,
         seed: int = 0,
     ) -> None:
         self.nominal_w = nominal_w

@@ -82,6 +82,8 @@ MALFORMED_KINDS: Final = (
     "oversize",
 )
 EVENT_INTERVAL_S: Final = 120.0  # mean time between a camera's events
+#: Tampers per camera per year (a real city's rate); every other event is motion.
+TAMPERS_PER_YEAR: Final = 2.0
 _M_PER_DEG: Final = 111_320.0
 _I32_MAX: Final = 2**31 - 1
 _COMMAND_QUEUE: Final = 10_000
@@ -353,7 +355,8 @@ class _Camera(_Device):
         }
 
     def event(self, now: float, rng: random.Random) -> dict[str, Any] | None:
-        name = "tamper" if rng.random() < 0.1 else "motion"
+        p_tamper = TAMPERS_PER_YEAR * EVENT_INTERVAL_S / (8766.0 * 3600.0)
+        name = "tamper" if rng.random() < p_tamper else "motion"
         if name not in self.profile.events:
             return None
         self.events += 1
