@@ -7,6 +7,7 @@ from typing import Any, Final
 from flask import Blueprint, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
+from admin_web.audit import audited
 from admin_web.auth import Role
 from admin_web.backend import HEALTH_STATUSES
 from admin_web.context import services
@@ -76,10 +77,11 @@ def _json_object_body() -> dict[str, Any]:
 
 
 def _command_body() -> tuple[str, dict[str, Any], str | None]:
-    """``(action, params, idempotency_key)`` of a command request, or a 400/422.
+    """``(action, params, idempotency_key)`` of a command request.
 
-    Only checks whose cost the limits bound run here: a 60,000-name body or a
-    100 KB action is refused without being walked.
+    Raises :class:`ApiError` (400, 422) or :class:`InvalidCommandError` (past
+    the limits of every command). Only checks whose cost the limits bound run
+    here: a 60,000-name body or a 100 KB action is refused without being walked.
     """
     body = _json_object_body()
     # A misspelt optional field ("param") would otherwise send the command without it.
@@ -87,11 +89,7 @@ def _command_body() -> tuple[str, dict[str, Any], str | None]:
     if unknown is not None:
         raise ApiError(422, f"unknown field {shown(unknown)}", field=unknown[:64])
     action = body.get("action")
-    params = body.get("params", {})
-    try:
-        params = check_command_shape(action, params)
-    except InvalidCommandError as exc:
-        raise ApiError(422, str(exc), field=exc.field) from None
+    params = check_command_shape(action, body.get("params", {}))
     assert isinstance(action, str)
     key = body.get("idempotency_key")
     if key is not None or "idempotency_key" in body:
@@ -113,30 +111,39 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
     repeat with the same key from the same user for the same equipment
     answers the first command's id. A command the equipment's kind would
     refuse is a 422 naming the field (``params.dim``) and is not journaled.
+    Accepted or refused, the submission is audited (``command.submit``).
     """
     backend = services().backend
-    try:
-        municipality = backend.equipment_municipality(entity_id)
-    except KeyError:
-        raise ApiError(404, "unknown equipment") from None
-    except StoreUnavailableError:
-        raise _store_unavailable("command not accepted") from None
-    ensure_scope(Role.OPERATOR, municipality)
-    action, params, key = _command_body()
-    try:
-        result = backend.submit_command(
-            entity_id, action, params, caller=current_user().name, idempotency_key=key
-        )
-    except StoreUnavailableError:
-        raise _store_unavailable("command not accepted") from None
-    except UnknownEntityError:
-        # Removed from the inventory since the lookup above.
-        raise ApiError(404, "unknown equipment") from None
-    except InvalidCommandError as exc:
-        raise ApiError(422, str(exc), field=exc.field) from None
-    except RejectedError as exc:
-        raise ApiError(422, str(exc)) from None
-    command_id = result["command_id"]
+    with audited("command.submit", entity_id) as note:
+        try:
+            municipality = backend.equipment_municipality(entity_id)
+        except KeyError:
+            raise ApiError(404, "unknown equipment") from None
+        except StoreUnavailableError:
+            raise _store_unavailable("command not accepted") from None
+        ensure_scope(Role.OPERATOR, municipality)
+        try:
+            action, params, key = _command_body()
+            # Within the limits of every command now: small enough to keep in the trail.
+            note.params = {"action": action, "params": params,
+                           **({"idempotency_key": key} if key is not None else {})}
+            result = backend.submit_command(
+                entity_id, action, params, caller=current_user().name, idempotency_key=key
+            )
+        except StoreUnavailableError:
+            raise _store_unavailable("command not accepted") from None
+        except UnknownEntityError:
+            # Removed from the inventory since the lookup above.
+            raise ApiError(404, "unknown equipment") from None
+        except InvalidCommandError as exc:
+            note.code = exc.code
+            raise ApiError(422, str(exc), field=exc.field) from None
+        except RejectedError as exc:
+            note.code = exc.code
+            raise ApiError(422, str(exc)) from None
+        command_id = result["command_id"]
+        note.after = {"command_id": command_id, "status": result["status"],
+                      "created": bool(result.get("created", True))}
     response = jsonify({"command_id": command_id, "status": result["status"]})
     response.status_code = 202
     response.headers["Location"] = url_for("api.command", command_id=command_id)

@@ -22,6 +22,7 @@ from admin_web.auth import User, UserRegistry
 from admin_web.backend import AdminBackend
 from admin_web.context import Services, install
 from admin_web.guards import CSRF_FIELD, csrf_token
+from admin_web.history import history
 from admin_web.http_errors import install_error_handlers
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
@@ -60,6 +61,7 @@ def create_app(
     install(app, Services(backend=backend, users=users))
     install_error_handlers(app)
     app.register_blueprint(api)
+    app.register_blueprint(history)
     app.register_blueprint(pages)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD)
     app.after_request(_secure_headers)
@@ -77,6 +79,7 @@ def _secure_headers(response: Response) -> Response:
 
 
 def _audit(response: Response) -> Response:
+    # One log line per change asked for; the record is the audit stream (admin_web.audit).
     if request.method in MUTATING_METHODS:
         user = g.get("user")
         if isinstance(user, User):

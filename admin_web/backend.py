@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, Final, Protocol
 
+from runtime.audit import AuditRecord, audit_entry
 from runtime.errors import ConfigError, InvalidCommandError, UnknownEntityError
 
 __all__ = ["HEALTH_STATUSES", "AdminBackend", "InvalidCommandError", "StaticBackend",
@@ -80,6 +81,50 @@ class AdminBackend(Protocol):
         """``{"command_id", "status", …}`` of one command; raises ``KeyError`` when unknown."""
         ...
 
+    def audit(self, record: AuditRecord) -> None:
+        """Append ``record`` to the audit trail.
+
+        Raises :class:`~runtime.errors.StoreUnavailableError` when it could not
+        be stored (the web then logs it instead).
+        """
+        ...
+
+    def audit_trail(
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Audit entries newest first (:func:`runtime.audit.audit_entry`), and a cursor.
+
+        ``user`` keeps one user's; ``since`` (epoch seconds) and ``before`` (a
+        cursor: the ``id`` of an entry, exclusive) bound the range. The cursor
+        is the next page's ``before``, None after the last page.
+        """
+        ...
+
+    def events(
+        self,
+        *,
+        entity: str | None = None,
+        kind: str | None = None,
+        event: str | None = None,
+        municipalities: frozenset[str] | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Events newest first (each with its ``event_id``), and a cursor as for the audit.
+
+        ``entity`` keeps one entity's, ``kind`` those of equipment of one kind,
+        ``event`` one event name; ``municipalities`` (None: no limit) keeps
+        events of equipment in those municipalities only. Equipment events gain
+        the equipment's ``kind`` and ``municipality``.
+        """
+        ...
+
 
 def package_version() -> str:
     """The installed commandpost version, or ``0+unknown`` outside an install."""
@@ -122,7 +167,9 @@ class StaticBackend:
     with no entity, a childless root supervisor, no Ray/Redis/broker yet.
     ``equipment`` maps entity ids to their municipality slug; commands for
     them are kept in memory and stay ``queued``, since nothing sends them.
-    Each call returns a deep copy, so callers may not alter the stored data.
+    The audit trail is kept in memory too (what happens while the runtime
+    starts); there are no events. Each call returns a deep copy, so callers
+    may not alter the stored data.
     """
 
     def __init__(
@@ -146,6 +193,8 @@ class StaticBackend:
         self._lock = threading.Lock()
         self._commands: dict[str, dict[str, Any]] = {}
         self._idempotency: dict[tuple[str, str, str], str] = {}
+        self._audit: list[dict[str, Any]] = []
+        self._audit_seq = 0
 
     def health(self) -> dict[str, Any]:
         return copy.deepcopy(self._health)
@@ -200,6 +249,44 @@ class StaticBackend:
         with self._lock:
             return copy.deepcopy(self._commands[command_id])
 
+    def audit(self, record: AuditRecord) -> None:
+        with self._lock:
+            self._audit_seq += 1
+            entry = {**record.to_fields(), "event_id": f"{int(record.ts * 1000)}-{self._audit_seq}"}
+            self._audit.append(audit_entry(entry))
+
+    def audit_trail(
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        with self._lock:
+            entries = [e for e in reversed(self._audit)
+                       if (user is None or e["user"] == user)
+                       and (since is None or e["ts"] >= since)]
+        if before is not None:
+            ids = [e["id"] for e in entries]
+            entries = entries[ids.index(before) + 1:] if before in ids else []
+        page = copy.deepcopy(entries[:limit])
+        return page, page[-1]["id"] if len(entries) > limit else None
+
+    def events(
+        self,
+        *,
+        entity: str | None = None,
+        kind: str | None = None,
+        event: str | None = None,
+        municipalities: frozenset[str] | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        # Nothing runs yet, so nothing has happened.
+        return [], None
+
 
 class SwappableBackend:
     """An :class:`AdminBackend` forwarding to another one that can be replaced.
@@ -251,3 +338,31 @@ class SwappableBackend:
 
     def command(self, command_id: str) -> dict[str, Any]:
         return self.current.command(command_id)
+
+    def audit(self, record: AuditRecord) -> None:
+        self.current.audit(record)
+
+    def audit_trail(
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return self.current.audit_trail(user=user, since=since, before=before, limit=limit)
+
+    def events(
+        self,
+        *,
+        entity: str | None = None,
+        kind: str | None = None,
+        event: str | None = None,
+        municipalities: frozenset[str] | None = None,
+        since: float | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return self.current.events(entity=entity, kind=kind, event=event,
+                                   municipalities=municipalities, since=since, before=before,
+                                   limit=limit)

@@ -26,6 +26,7 @@ from typing import Final, ParamSpec
 from flask import abort, g, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 
+from admin_web.audit import audit
 from admin_web.auth import Role, User
 from admin_web.context import services
 from admin_web.http_errors import ApiError
@@ -72,6 +73,8 @@ def authenticate_bearer() -> User:
     try:
         user = services().users.by_token(token)
     except AuthError:
+        # A failed login of an API client (a request without a token is not one).
+        audit("login.token", outcome="refused", code="invalid_token")
         raise ApiError(
             401, "invalid token", headers={"WWW-Authenticate": _INVALID_TOKEN_CHALLENGE}
         ) from None

@@ -8,6 +8,7 @@ from typing import Final
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
+from admin_web.audit import audit
 from admin_web.auth import Role
 from admin_web.context import services
 from admin_web.guards import (
@@ -20,7 +21,7 @@ from admin_web.guards import (
 )
 from runtime.errors import AuthError
 
-audit: Final = logging.getLogger("commandpost.audit")
+audit_log: Final = logging.getLogger("commandpost.audit")
 
 pages = Blueprint("pages", __name__)
 
@@ -55,30 +56,36 @@ def login() -> ResponseReturnValue:
 @pages.post("/login")
 def login_submit() -> ResponseReturnValue:
     """Check the form; on success start a fresh session and go on to ``next``."""
-    if not csrf_valid():
-        return _login_form("The form had expired; please try again.", 400)
     name = request.form.get("name", "")
+    if not csrf_valid():
+        audit("login", user=name[:64], outcome="refused", code="csrf",
+              detail="the form had expired")
+        return _login_form("The form had expired; please try again.", 400)
     password = request.form.get("password", "")
     try:
         if len(name) > _MAX_FIELD or len(password) > _MAX_FIELD:
             raise AuthError("field too long")
         user = services().users.check_password(name, password)
     except AuthError:
-        audit.warning("login refused name=%r from=%s", name[:64], request.remote_addr)
+        audit_log.warning("login refused name=%r from=%s", name[:64], request.remote_addr)
+        audit("login", user=name[:64], outcome="refused", code="bad_credentials")
         return _login_form("Wrong name or password.", 401)
     # A new session at login, so a session cookie planted before it is useless.
     session.clear()
     session[SESSION_USER] = user.name
     new_csrf_token()
     g.user = user
+    audit("login")
     return redirect(_safe_next(request.form.get("next")))
 
 
 @pages.post("/logout")
 def logout() -> ResponseReturnValue:
     """End the session."""
-    if session_user() is not None:
+    user = session_user()
+    if user is not None:
         check_csrf()
+        audit("logout")
     session.clear()
     return redirect(url_for("pages.login"))
 

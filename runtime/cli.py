@@ -143,7 +143,7 @@ def _wait_for_stop(stopper: _Stopper, duration: float | None) -> None:
 def _serve(
     inv: Any, *, admin: str, credentials_file: str | None, redis: str | None,
     mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
-    opcua_security: dict[str, str] | None = None,
+    opcua_security: dict[str, str] | None = None, retention_days: float = 30.0,
 ) -> None:
     """Start the service and the admin web, run until stopped, then stop in order.
 
@@ -181,7 +181,8 @@ def _serve(
     reaper.remove_after(data_dir)
     svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
                                       devices=DEVICES, simulate=demo, data_dir=data_dir,
-                                      opcua_security=dict(opcua_security or {})))
+                                      opcua_security=dict(opcua_security or {}),
+                                      retention_s=retention_days * 86_400))
     try:
         try:
             svc.start_servers()
@@ -282,9 +283,12 @@ def demo(scale: float, duration: float | None, admin: str, ports: str,
 @click.option("--opcua-cert", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--opcua-key", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--opcua-server-cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--retention-days", type=click.FloatRange(min=0.0, min_open=True), default=30.0,
+              show_default=True, help="how long the event and audit streams keep an entry")
 def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: str | None,
         admin: str, credentials_file: str | None, opcua_security: str,
-        opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None) -> None:
+        opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None,
+        retention_days: float) -> None:
     """The production service on a real inventory, until SIGTERM/SIGINT."""
     from runtime.inventory import load_inventory
 
@@ -303,7 +307,8 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
         if opcua_server_cert:
             security["server_certificate"] = opcua_server_cert
     _serve(inv, admin=admin, credentials_file=credentials_file, redis=redis, mqtt=mqtt,
-           ray_address=ray_address, duration=None, demo=False, opcua_security=security)
+           ray_address=ray_address, duration=None, demo=False, opcua_security=security,
+           retention_days=retention_days)
 
 
 # -- benchmarks --------------------------------------------------------------

@@ -40,7 +40,7 @@ from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment
 from runtime.placement import equipment_from_wire
 from runtime.router import Directory
-from runtime.store import RedisStore
+from runtime.store import STREAM_RETENTION_S, RedisStore
 from supervisors.spec import Backoff, IntensityScope, RestartType, Strategy, SupervisorOptions
 
 log = logging.getLogger("commandpost.ray_host")
@@ -183,7 +183,8 @@ class HostActor:
         if self.core is not None:
             raise RejectedError("host already has an assignment", code="assigned")
         a = unpack(blob, max_size=256 << 20)
-        self.store = RedisStore(a["store_url"], namespace=a["namespace"])
+        self.store = RedisStore(a["store_url"], namespace=a["namespace"],
+                                retention_s=a.get("retention_s", STREAM_RETENTION_S))
         await self.store.connect()
         chooser = load_factory(a["factory"])
         equipment = [equipment_from_wire(d) for d in a["equipment"]]

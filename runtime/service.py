@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import psutil
 import ray
 
+from runtime.audit import AuditRecord, audit_entry
 from runtime.commands import Command, check_command_shape, new_command_id
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.entity import Entity
@@ -42,7 +43,7 @@ from runtime.inventory import Inventory, dump_inventory
 from runtime.lifeline import spawn_tied
 from runtime.placement import PlacementPlan, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
-from runtime.store import RetryPolicy, SyncStore
+from runtime.store import STREAM_RETENTION_S, RetryPolicy, SyncStore
 from supervisors.root import RootActor
 from supervisors.spec import SupervisorOptions
 from supervisors.tree import ROOT_NAME
@@ -79,6 +80,8 @@ class ServiceOptions:
     # "SignAndEncrypt", "policy", "certificate", "private_key", "server_certificate"}
     opcua_security: dict[str, str] = field(default_factory=dict)
     sim_rate_hz: float | None = None  # telemetry rate override for the MQTT simulators
+    # How long the event and audit streams keep an entry: trimmed by age, never by count.
+    retention_s: float = STREAM_RETENTION_S
 
 
 def _child_scope() -> Any:
@@ -134,7 +137,8 @@ class Service:
             self.broker.start()
             self.broker.start_watchdog()
             self.mqtt_url = self.broker.url
-        self.store = SyncStore(self.redis_url, namespace=self.options.namespace)
+        self.store = SyncStore(self.redis_url, namespace=self.options.namespace,
+                               retention_s=self.options.retention_s)
         if self.options.simulate:
             self.start_simulators(data)
         # Health probes must see an outage at once, not ride it out with retries.
@@ -228,6 +232,7 @@ class Service:
         ]
         return pack({
             "hosts": hosts, "directory": dict(self.plan.owner), "store_url": self.redis_url,
+            "retention_s": self.options.retention_s,
             "namespace": self.options.namespace, "ray_namespace": self.options.ray_namespace,
             "factory": self.options.factory,
             "devices": self.options.devices,
@@ -469,6 +474,52 @@ class RuntimeBackend:
         if store is None:
             raise RetryableError("the store is not started")
         return store.get_command(command_id).to_json()
+
+    def _store(self) -> SyncStore:
+        store = self.service.store
+        if store is None:
+            raise RetryableError("the store is not started")
+        return store
+
+    def audit(self, record: AuditRecord) -> None:
+        """Append ``record`` to the audit stream (within :data:`SUBMIT_DEADLINE_S`)."""
+        self._store().append_audit(record.to_fields(), deadline_s=SUBMIT_DEADLINE_S)
+
+    def audit_trail(self, *, user: str | None = None, since: float | None = None,
+                    before: str | None = None, limit: int = 100,
+                    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the audit stream, newest first (``AdminBackend.audit_trail``)."""
+        rows, cursor = self._store().page("audit", limit=limit, before=before, since=since,
+                                          match=None if user is None else {"user": user})
+        return [audit_entry(row) for row in rows], cursor
+
+    def events(self, *, entity: str | None = None, kind: str | None = None,
+               event: str | None = None, municipalities: frozenset[str] | None = None,
+               since: float | None = None, before: str | None = None, limit: int = 100,
+               ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the event stream, newest first (``AdminBackend.events``).
+
+        An equipment's kind and municipality come from the inventory, whatever
+        the event says; other entities' (coordinators, hosts) from the event,
+        if it names them. Entity and event name are matched in Redis's reply
+        before decoding.
+        """
+        inventory = self.service.inventory
+        match = {k: v for k, v in (("entity", entity), ("event", event)) if v is not None}
+
+        def keep(row: dict[str, Any]) -> bool:
+            try:
+                eq = inventory.by_id(str(row.get("entity", "")))
+            except KeyError:
+                town, what = row.get("municipality"), row.get("kind")
+            else:
+                town, what = eq.municipality, eq.kind
+                row["municipality"], row["kind"] = town, what
+            return (kind is None or what == kind) and (
+                municipalities is None or town in municipalities)
+
+        return self._store().page("events", limit=limit, before=before, since=since,
+                                  match=match, keep=keep)
 
     def health(self) -> dict[str, Any]:
         with self._lock:

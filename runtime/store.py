@@ -5,7 +5,8 @@ every redis-py exception into the project's error tree at the edge. Key
 layout, under a namespace prefix ``ns`` (default ``cp``)::
 
     {ns}:ckpt:{entity_id}              string  an entity's msgpack checkpoint (opaque here)
-    {ns}:events                        stream  operator-visible events, MAXLEN ~ 100000
+    {ns}:events                        stream  operator-visible events
+    {ns}:audit                         stream  operator actions (runtime.audit.AuditRecord)
     {ns}:journal                       stream  command submissions (command_id, target)
     {ns}:cmd:{command_id}              hash    the command (Command.to_fields), its path's
                                                timestamps set as it moves (sent_ts, device_*)
@@ -13,6 +14,12 @@ layout, under a namespace prefix ``ns`` (default ``cp``)::
     {ns}:cursor:{name}                 string  last journal id a consumer has processed
     {ns}:kv:{name}                     string  small msgpack blobs (the host registry …)
     {ns}:hash:{name}                   hash    generic string hashes
+
+The events and audit streams are trimmed by age, never by count: each XADD
+drops whole stream nodes older than ``retention_s`` (``MINID ~``, default
+:data:`STREAM_RETENTION_S`), so an event that a consumer group has not read
+yet is never dropped for being one too many. Paging them newest first
+(:meth:`SyncStore.page`) uses exclusive ranges and ``MINID``: Redis 6.2 or later.
 
 Three implementations share those keys and the Lua scripts:
 
@@ -49,7 +56,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
@@ -73,9 +80,9 @@ from runtime.errors import (
 )
 
 __all__ = [
-    "EVENTS_MAXLEN",
     "IDEMPOTENCY_TTL_S",
     "JOURNAL_MAXLEN",
+    "STREAM_RETENTION_S",
     "TERMINAL_TTL_S",
     "MemoryStore",
     "RedisStore",
@@ -91,12 +98,14 @@ T = TypeVar("T")
 
 IDEMPOTENCY_TTL_S = 172_800  # 48 h: the contract promises at least 24 h
 TERMINAL_TTL_S = 7 * 86_400  # a finished command stays readable for a week
-EVENTS_MAXLEN = 100_000
+STREAM_RETENTION_S = 30 * 86_400  # events and audit: kept 30 days, however many
 JOURNAL_MAXLEN = 1_000_000
 SAVE_CHUNK = 500
 LOAD_CHUNK = 1_000
 EVENT_CHUNK = 1_000
 EVENT_FILTER_WINDOW = 5_000  # newest events scanned when filtering by entity
+PAGE_BATCH = 1_000  # entries read per round trip while paging a stream
+PAGE_SCAN = 10_000  # entries one page may scan for its filters before it hands a cursor back
 
 
 # -- retry policy -------------------------------------------------------------------------------
@@ -147,6 +156,10 @@ class StoreKeys:
     @property
     def events(self) -> str:
         return f"{self.namespace}:events"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.namespace}:audit"
 
     @property
     def journal(self) -> str:
@@ -254,6 +267,19 @@ def _stream_id(value: str) -> tuple[int, int]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _min_id(now: float, retention_s: float) -> str:
+    """The oldest stream id kept when trimming at ``now`` to ``retention_s`` seconds."""
+    return f"{max(0, int((now - retention_s) * 1000))}-0"
+
+
+def _check_retention(retention_s: float) -> float:
+    if (isinstance(retention_s, bool) or not isinstance(retention_s, (int, float))
+            or not math.isfinite(retention_s) or retention_s <= 0):
+        raise ConfigError(f"stream retention must be a positive number of seconds: "
+                          f"{retention_s!r}")
+    return float(retention_s)
 
 
 _EVENT_TYPES = "_types"  # a field naming the non-str values, so that events round-trip
@@ -623,12 +649,13 @@ class RedisStore:
         socket_timeout: float = 1.0,
         connect_timeout: float = 1.0,
         health_check_interval: int = 2,
-        events_maxlen: int = EVENTS_MAXLEN,
+        retention_s: float = STREAM_RETENTION_S,
         journal_maxlen: int = JOURNAL_MAXLEN,
     ) -> None:
         _check_url(url)
-        if socket_timeout <= 0 or connect_timeout <= 0 or events_maxlen <= 0 or journal_maxlen <= 0:
+        if socket_timeout <= 0 or connect_timeout <= 0 or journal_maxlen <= 0:
             raise ConfigError("store timeouts and stream lengths must be > 0")
+        self._retention_s = _check_retention(retention_s)
         self.url = url
         self.keys = StoreKeys(namespace)
         self._clock: Clock = clock or SystemClock()
@@ -636,7 +663,6 @@ class RedisStore:
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
         self._health_check_interval = health_check_interval
-        self._events_maxlen = events_maxlen
         self._journal_maxlen = journal_maxlen
         self._redis: aioredis.Redis | None = None
         self._submit_script: Any = None
@@ -763,16 +789,20 @@ class RedisStore:
         await self._call("delete_checkpoints", once)
 
     async def append_events(self, events: Sequence[Mapping[str, Any]]) -> None:
-        """Append events; after a connection-level retry some may be stored twice."""
+        """Append events, trimming those older than the retention.
+
+        After a connection-level retry some may be stored twice.
+        """
         encoded = [_encode_event(e) for e in events]
         client = self._client()
         for chunk in _chunks(encoded, EVENT_CHUNK):
 
             async def once(_: int, chunk: Sequence[dict[str, str]] = chunk) -> None:
+                oldest = _min_id(self._clock.time(), self._retention_s)
                 pipe = client.pipeline(transaction=False)
                 for fields in chunk:
                     pipe.xadd(self.keys.events, fields,  # type: ignore[arg-type]
-                              maxlen=self._events_maxlen, approximate=True)
+                              minid=oldest, approximate=True)
                 await pipe.execute()
 
             await self._call("append_events", once)
@@ -1029,6 +1059,7 @@ class SyncStore:
         socket_timeout: float = 1.0,
         connect_timeout: float = 1.0,
         health_check_interval: int = 2,
+        retention_s: float = STREAM_RETENTION_S,
         journal_maxlen: int = JOURNAL_MAXLEN,
     ) -> None:
         _check_url(url)
@@ -1036,6 +1067,7 @@ class SyncStore:
         self.keys = StoreKeys(namespace)
         self._clock: Clock = clock or SystemClock()
         self._guard = _Guard(_redact(url), retry)
+        self._retention_s = _check_retention(retention_s)
         self._journal_maxlen = journal_maxlen
         self._redis = redis.Redis.from_url(
             url,
@@ -1122,6 +1154,78 @@ class SyncStore:
         )
         return _filter_events(rows, count, entity)
 
+    def append_audit(self, entry: Mapping[str, Any], *, deadline_s: float | None = None) -> str:
+        """Append one flat entry (str, int, float or bool values) to the audit stream.
+
+        Entries older than the retention are trimmed on the way. Returns the
+        entry's stream id; ``deadline_s`` bounds the retries as in
+        :meth:`submit_command`.
+        """
+        fields = _encode_event(entry)
+
+        def once(_: int) -> Any:
+            oldest = _min_id(self._clock.time(), self._retention_s)
+            return self._redis.xadd(self.keys.audit, fields,  # type: ignore[arg-type]
+                                    minid=oldest, approximate=True)
+
+        return _text(self._call("append_audit", once, deadline_s))
+
+    def page(
+        self,
+        stream: Literal["events", "audit"],
+        *,
+        limit: int = 100,
+        before: str | None = None,
+        since: float | None = None,
+        match: Mapping[str, str] | None = None,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+        scan: int = PAGE_SCAN,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a stream, newest first: ``(entries, cursor)``.
+
+        Entries are those older than the stream id ``before`` (all when None)
+        and at or after ``since`` (epoch seconds, by stream id), whose fields
+        equal ``match`` (compared before decoding) and that ``keep`` accepts,
+        each decoded with its ``event_id``. At most ``scan`` entries are read:
+        a filter that matches little cannot make one request read the whole
+        stream. ``cursor`` is the ``before`` of the next page, None once the
+        range is exhausted; a page may come back short, or even empty, with a
+        cursor when the scan stopped first.
+        """
+        _check_read(limit, 0)
+        _check_read(scan, 0)
+        key = {"events": self.keys.events, "audit": self.keys.audit}[stream]
+        high = "+" if before is None else "(" + _id_text(_stream_id(before))
+        if since is not None and (not math.isfinite(since) or since < 0):
+            raise RejectedError("since must be a finite number of seconds >= 0",
+                                code="bad_request")
+        low = "-" if since is None else f"{int(since * 1000)}-0"
+        wanted = {k.encode(): v.encode() for k, v in (match or {}).items()}
+        out: list[dict[str, Any]] = []
+        scanned = 0
+        while scanned < scan:
+            count = min(PAGE_BATCH, scan - scanned)
+
+            def once(_: int, high: str = high, count: int = count) -> Any:
+                return self._redis.xrevrange(key, max=high, min=low, count=count)
+
+            rows: Any = self._call(f"page_{stream}", once)
+            for raw_id, fields in rows or ():
+                scanned += 1
+                stream_id = _text(raw_id)
+                high = "(" + stream_id
+                if any(fields.get(k) != v for k, v in wanted.items()):
+                    continue
+                entry = _decode_event(stream_id, fields)
+                if keep is not None and not keep(entry):
+                    continue
+                out.append(entry)
+                if len(out) >= limit:
+                    return out, stream_id
+            if len(rows or ()) < count:
+                return out, None
+        return out, high[1:]
+
     def load_checkpoints(self, ids: Sequence[str]) -> dict[str, bytes]:
         """As :meth:`RedisStore.load_checkpoints`."""
         wanted = [_check_id("entity id", i) for i in ids]
@@ -1172,8 +1276,9 @@ def _id_text(stream_id: tuple[int, int]) -> str:
 class MemoryStore:
     """A dict-backed :class:`StateStore` with the Redis store's semantics, for unit tests.
 
-    Streams are trimmed exactly at their maximum length; idempotency keys and
-    finished commands expire on the injected clock. ``available = False``
+    The event stream is trimmed exactly at its retention and the journal at its
+    maximum length; idempotency keys and finished commands expire on the
+    injected clock. ``available = False``
     makes every operation raise :class:`StoreUnavailableError`, and
     :meth:`fail_next` makes only the next ``n`` operations fail.
     """
@@ -1185,9 +1290,10 @@ class MemoryStore:
         retry: RetryPolicy = RetryPolicy(),
         clock: Clock | None = None,
         *,
-        events_maxlen: int = EVENTS_MAXLEN,
+        retention_s: float = STREAM_RETENTION_S,
         journal_maxlen: int = JOURNAL_MAXLEN,
     ) -> None:
+        self._retention_s = _check_retention(retention_s)
         self.url = url
         self.keys = StoreKeys(namespace)
         self.retry = retry
@@ -1197,7 +1303,7 @@ class MemoryStore:
         self._failures = 0
         self._ids = _StreamIds(self._clock)
         self._checkpoints: dict[str, bytes] = {}
-        self._events: deque[tuple[tuple[int, int], dict[str, str]]] = deque(maxlen=events_maxlen)
+        self._events: deque[tuple[tuple[int, int], dict[str, str]]] = deque()
         self._journal: deque[tuple[tuple[int, int], str, str]] = deque(maxlen=journal_maxlen)
         self._commands: dict[str, tuple[dict[str, str | bytes], float]] = {}  # fields, expiry
         self._idempotency: dict[str, tuple[str, float]] = {}  # command id, expiry
@@ -1268,6 +1374,9 @@ class MemoryStore:
         self._enter("append_events")
         for fields in encoded:
             self._events.append((self._ids.next(), fields))
+        oldest = _stream_id(_min_id(self._clock.time(), self._retention_s))
+        while self._events and self._events[0][0] < oldest:
+            self._events.popleft()
 
     async def recent_events(
         self, count: int = 100, *, entity: str | None = None

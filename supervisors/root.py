@@ -19,7 +19,7 @@ import ray
 
 from runtime.envelope import pack, unpack
 from runtime.ray_host import NAMESPACE, options_from_wire
-from runtime.store import RedisStore
+from runtime.store import STREAM_RETENTION_S, RedisStore
 from supervisors.core import Supervisor
 from supervisors.spec import ChildSpec, ExitReason, RestartType, SupervisorEvent
 from supervisors.tree import (
@@ -80,6 +80,7 @@ class RootActor:
         return pack({
             "host_id": host_id, "generation": generation, "equipment": h["equipment"],
             "store_url": self.cfg["store_url"], "namespace": self.cfg["namespace"],
+            "retention_s": self.cfg.get("retention_s", STREAM_RETENTION_S),
             "ray_namespace": self.namespace, "factory": self.cfg["factory"],
             "config": self.cfg.get("host_config") or {}, "directory": self.cfg["directory"],
             "devices": self.cfg.get("devices", ""),
@@ -115,7 +116,8 @@ class RootActor:
 
     async def start(self) -> dict[str, Any]:
         """Start (or re-adopt) every host, domain by domain, in plan order."""
-        self.store = RedisStore(self.cfg["store_url"], namespace=self.cfg["namespace"])
+        self.store = RedisStore(self.cfg["store_url"], namespace=self.cfg["namespace"],
+                                retention_s=self.cfg.get("retention_s", STREAM_RETENTION_S))
         await self.store.connect()
         registry = Registry(self.store)
         await registry.load()

@@ -33,7 +33,7 @@ from actors.equipment import (
     lamp_writes,
 )
 from actors.registry import BEHAVIOURS
-from admin_web import Role, UserRegistry, create_app
+from admin_web import Role, StaticBackend, UserRegistry, create_app
 from devices.mqtt import check_field
 from devices.profile import BlockSpec, FieldSpec, Profile, builtin_profile
 from runtime.commands import (
@@ -452,3 +452,14 @@ def test_every_kind_of_the_inventory_has_a_field_table(inventory: Inventory) -> 
     tables: Mapping[str, type[EquipmentEntity]] = BEHAVIOURS
     assert kinds <= set(tables)
     assert all(tables[k].FIELDS for k in kinds)
+
+
+def test_the_admin_web_reads_and_writes_only_json() -> None:
+    app = create_app(StaticBackend(), UserRegistry())
+    with app.app_context():
+        for text in ("NaN", "[Infinity]", '{"a": -Infinity}', "[" * 100_000):
+            with pytest.raises(ValueError):
+                app.json.loads(text)
+        assert app.json.loads('{"a": [1.5, null]}') == {"a": [1.5, None]}
+        written = app.json.dumps({"a": math.nan, "b": [1.0, math.inf], "c": "x"})
+        assert json.loads(written) == {"a": None, "b": [1.0, None], "c": "x"}
