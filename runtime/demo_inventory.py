@@ -328,6 +328,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
             return {"role": next(roles), "radio": i in radios}
         return {}
 
+    plan_attrs = _plan_attrs(seed, placed)
     equipment: list[Equipment] = []
     for family in families:
         for i, (ident, muni, lat, lon) in enumerate(placed[family.prefix]):
@@ -340,7 +341,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
                     lon=lon,
                     endpoint=endpoint(family.prefix, i, ident),
                     profile=family.profile,
-                    attrs=attrs(family.prefix, i),
+                    attrs={**attrs(family.prefix, i), **plan_attrs.get(ident, {})},
                 )
             )
     return Inventory(
@@ -350,6 +351,56 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
         placement=_PLACEMENT,
         source=f"<demo scale={scale:g} seed={seed}>",
     )
+
+
+#: The demo cameras' PTZ presets: every camera has ``home``; one watching a building has
+#: the views the crisis plans turn it to.
+CAMERA_PRESETS: Final = {"home": 1}
+WATCH_PRESETS: Final = {"flood": 12, "snow": 14}
+#: Share of each family given a tag (the first of each municipality always has it).
+_TAG_SHARES: Final = {
+    ("xr", "priority_route"): 0.5,
+    ("lc", "road_lighting"): 0.6,
+    ("at", "flood_prone"): 0.5,
+}
+
+
+def _plan_attrs(
+    seed: int, placed: dict[str, list[tuple[str, Municipality, float, float]]]
+) -> dict[str, dict[str, Any]]:
+    """Tags and camera views the crisis plans select by, from a random stream of their own.
+
+    A stream of its own, so that the positions and the other attributes stay
+    what they were before plans existed. Crossroads are on priority routes,
+    circuits light roads (some of them priority routes), access terminals close
+    flood-prone streets of pedestrian zones, and each camera watches the
+    nearest building of its municipality, if it has one, with ``flood`` and
+    ``snow`` presets.
+    """
+    rng = random.Random(f"plans:{seed}")
+    out: dict[str, dict[str, Any]] = {}
+    for (prefix, tag), share in _TAG_SHARES.items():
+        first: set[str] = set()
+        for ident, muni, _, _ in placed.get(prefix, []):
+            tags = out.setdefault(ident, {}).setdefault("tags", [])
+            if prefix == "at":
+                tags.append("pedestrian_zone")
+            if muni.slug not in first or rng.random() < share:
+                first.add(muni.slug)
+                tags.append(tag)
+                if prefix == "lc" and rng.random() < 0.4:
+                    tags.append("priority_route")
+    buildings: dict[str, list[tuple[str, float, float]]] = {}
+    for ident, muni, lat, lon in placed.get("bld", []):
+        buildings.setdefault(muni.slug, []).append((ident, lat, lon))
+    for ident, muni, lat, lon in placed.get("cam", []):
+        near = buildings.get(muni.slug)
+        if not near:
+            out[ident] = {"presets": dict(CAMERA_PRESETS)}
+            continue
+        watched = min(near, key=lambda b: (b[1] - lat) ** 2 + (b[2] - lon) ** 2)[0]
+        out[ident] = {"watches": watched, "presets": {**CAMERA_PRESETS, **WATCH_PRESETS}}
+    return {k: {a: v for a, v in attrs.items() if v} for k, attrs in out.items()}
 
 
 def generate_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None) -> str:

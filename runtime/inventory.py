@@ -26,6 +26,16 @@ An inventory is a TOML file (see ``commandpost inventory demo`` for a full one):
     endpoint = "modbus://127.0.0.1:15020/1"
     profile = "traffic_controller"
 
+Plans and the alarm topology read three ``attrs`` of their own, which the
+check validates: ``tags`` (any equipment; names from :data:`TAGS`, such as
+``flood_prone``), and for a camera ``watches`` (the id of a building of the
+inventory) and ``presets`` (PTZ preset numbers by name, ``{flood = 12}``)::
+
+    [equipment.attrs]
+    tags = ["priority_route"]
+    watches = "bld-dijon-0001"
+    presets = { home = 1, flood = 12 }
+
 >>> inv = load_inventory("metropolis.toml")          # doctest: +SKIP
 >>> inv.by_id("xr-dijon-0001").domain                # doctest: +SKIP
 'traffic'
@@ -61,9 +71,12 @@ __all__ = [
     "ID_PATTERN",
     "KINDS",
     "MAX_DISTANCE_KM",
+    "MAX_PRESET",
     "MAX_SHARDS",
+    "NAME_PATTERN",
     "PLACEMENTS",
     "SLUG_PATTERN",
+    "TAGS",
     "Equipment",
     "Inventory",
     "Municipality",
@@ -73,6 +86,7 @@ __all__ = [
     "load_inventory",
     "parse_inventory",
     "slugify",
+    "tags_of",
 ]
 
 KINDS: Final = (
@@ -105,6 +119,21 @@ PLACEMENTS: Final = ("sharded", "dedicated")
 ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Municipality slugs appear in topics and API filters, as :func:`slugify` makes them.
 SLUG_PATTERN: Final = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+#: Tag and preset names: lowercase words joined by underscores.
+NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: The tags equipment may carry (``attrs.tags``): what crisis plans select equipment by.
+TAGS: Final = (
+    "flood_prone",       # floods first: bollards close the street, cameras watch it
+    "priority_route",    # kept open in snow: gritted first, its crossroads on snow plans
+    "road_lighting",     # lights a road (not a park or a square): full power in snow
+    "pedestrian_zone",   # inside a pedestrian zone
+    "school_zone",       # near a school
+    "hospital_access",   # on the way to a hospital
+    "tunnel",
+    "bridge",
+)
+#: The highest PTZ preset number a camera takes (its ``preset`` field's range).
+MAX_PRESET: Final = 255
 #: Equipment farther than this from its municipality's centroid is a typo in a coordinate.
 MAX_DISTANCE_KM: Final = 50.0
 #: Host actors per domain; each is a Ray process (~70 MB), so the ceiling is a sanity bound.
@@ -126,6 +155,14 @@ def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dlam = math.radians(lon2 - lon1)
     h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlam / 2) ** 2
     return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def tags_of(eq: Equipment) -> frozenset[str]:
+    """The tags of ``eq`` (``attrs.tags``; none when it has no such array of strings)."""
+    tags = eq.attrs.get("tags")
+    if not isinstance(tags, tuple | list):
+        return frozenset()
+    return frozenset(t for t in tags if isinstance(t, str))
 
 
 def _is_number(value: object) -> bool:
@@ -850,6 +887,8 @@ class _Parser:
             attrs: Mapping[str, Any] | None = {}
             if "attrs" in table:
                 attrs = self._table(table["attrs"], (*path, "attrs"), "a table")
+                if attrs is not None:
+                    self._plan_attrs(attrs, (*path, "attrs"), kind)
             if len(self._issues) != before:
                 continue
             assert ident is not None and kind is not None and slug is not None
@@ -869,7 +908,61 @@ class _Parser:
                     line=self._where.line(path),
                 )
             )
+        self._watched(out, seen)
         return out
+
+    def _plan_attrs(self, attrs: Mapping[str, Any], path: _Path, kind: str | None) -> None:
+        """``tags`` of any equipment, ``watches`` and ``presets`` of a camera (module doc)."""
+        if "tags" in attrs:
+            tags = attrs["tags"]
+            where = (*path, "tags")
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                self._issue(where, f"expected an array of strings, got {_type_name(tags)} "
+                                   f"{_shown(tags)}")
+            else:
+                for tag in tags:
+                    if tag not in TAGS:
+                        guess = difflib.get_close_matches(tag, TAGS, n=1)
+                        hint = f"did you mean {guess[0]!r}? " if guess else ""
+                        self._issue(where, f"unknown tag {tag!r} ({hint}expected among "
+                                           f"{_choices(TAGS)})")
+                if len(set(tags)) != len(tags):
+                    self._issue(where, "a tag is listed twice")
+        for key in ("watches", "presets"):
+            if key in attrs and kind is not None and kind != "camera":
+                self._issue((*path, key), f"only a camera has {key} (this is a {kind})")
+        if "watches" in attrs:
+            watched = attrs["watches"]
+            if not isinstance(watched, str) or not ID_PATTERN.match(watched):
+                self._issue((*path, "watches"), f"expected a building id, got "
+                                                f"{_type_name(watched)} {_shown(watched)}")
+        if "presets" in attrs:
+            where = (*path, "presets")
+            presets = self._table(attrs["presets"], where, "a table of preset numbers by name")
+            for name, number in (presets or {}).items():
+                if not NAME_PATTERN.match(name):
+                    self._issue((*where, name), f"preset name {name!r} does not match "
+                                                f"{NAME_PATTERN.pattern}")
+                elif (not isinstance(number, int) or isinstance(number, bool)
+                      or not 0 <= number <= MAX_PRESET):
+                    self._issue((*where, name), f"expected a preset number in 0..{MAX_PRESET}, "
+                                                f"got {_shown(number)}")
+
+    def _watched(self, equipment: Sequence[Equipment], seen: Mapping[str, _Path]) -> None:
+        """Each camera's ``watches`` names a building of this inventory."""
+        kinds = {eq.id: eq.kind for eq in equipment}
+        for eq in equipment:
+            watched = eq.attrs.get("watches")
+            if not isinstance(watched, str):
+                continue
+            where = (*seen[eq.id], "attrs", "watches")
+            if watched not in seen:
+                guess = difflib.get_close_matches(watched, [i for i, k in kinds.items()
+                                                            if k == "building"], n=1)
+                hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+                self._issue(where, f"unknown building {watched!r}{hint}")
+            elif kinds.get(watched, "building") != "building":
+                self._issue(where, f"{watched!r} is a {kinds[watched]}, not a building")
 
 
 # --------------------------------------------------------------------------- writing

@@ -1033,3 +1033,93 @@ def test_demo_text_format() -> None:
     assert re.search(r"^lat = \d+\.\d{6}$", text, re.M)
     assert not re.search(r"^l(at|on) = (?!-?\d+\.\d{6}$)", text, re.M)
     assert "[placement.shards]\ntraffic = 1\nlighting = 3\n" in text
+
+
+# -- what crisis plans select by: tags, the building a camera watches, camera presets
+
+PLAN_ATTRS = BASE + """
+[[equipment]]
+id = "bld-dijon-0001"
+kind = "building"
+municipality = "dijon"
+lat = 47.3210
+lon = 5.0400
+endpoint = "opcua://127.0.0.1:4840/bld/bld-dijon-0001"
+profile = "bms"
+
+[[equipment]]
+id = "cam-dijon-0001"
+kind = "camera"
+municipality = "dijon"
+lat = 47.3211
+lon = 5.0401
+endpoint = "mqtt"
+profile = "camera"
+[equipment.attrs]
+tags = ["flood_prone", "bridge"]
+watches = "bld-dijon-0001"
+presets = { home = 1, flood = 12 }
+"""
+
+
+def test_tags_watches_and_presets_are_read() -> None:
+    cam = parse_inventory(PLAN_ATTRS, SRC).by_id("cam-dijon-0001")
+    assert cam.attrs["tags"] == ("flood_prone", "bridge")
+    assert cam.attrs["watches"] == "bld-dijon-0001"
+    assert dict(cam.attrs["presets"]) == {"home": 1, "flood": 12}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "message"),
+    [
+        ('tags = ["flood_prone", "bridge"]', 'tags = ["flood_prone", "brigde"]',
+         "equipment[3].attrs.tags", "unknown tag 'brigde' (did you mean 'bridge'?"),
+        ('tags = ["flood_prone", "bridge"]', 'tags = "flood_prone"',
+         "equipment[3].attrs.tags", "expected an array of strings"),
+        ('tags = ["flood_prone", "bridge"]', 'tags = ["bridge", "bridge"]',
+         "equipment[3].attrs.tags", "a tag is listed twice"),
+        ('watches = "bld-dijon-0001"', 'watches = "bld-dijon-0009"',
+         "equipment[3].attrs.watches", "unknown building 'bld-dijon-0009'"),
+        ('watches = "bld-dijon-0001"', 'watches = "xr-dijon-0001"',
+         "equipment[3].attrs.watches", "'xr-dijon-0001' is a crossroad, not a building"),
+        ("presets = { home = 1, flood = 12 }", "presets = { home = 1, flood = 256 }",
+         "equipment[3].attrs.presets.flood", "expected a preset number in 0..255"),
+        ("presets = { home = 1, flood = 12 }", 'presets = { Flood = 3 }',
+         "equipment[3].attrs.presets.Flood", "does not match"),
+        ("presets = { home = 1, flood = 12 }", "presets = 12",
+         "equipment[3].attrs.presets", "expected a table of preset numbers by name"),
+    ],
+)
+def test_plan_attrs_errors_name_file_line_and_field(old: str, new: str, field: str,
+                                                     message: str) -> None:
+    text = PLAN_ATTRS.replace(old, new)
+    issues = issues_of(text)
+    assert len(issues) == 1, issues
+    key = new.split("=", 1)[0].strip()
+    assert issues[0].startswith(f"{SRC}:{line_of(text, key + ' =')}: {field}: "), issues
+    assert message in issues[0]
+
+
+def test_only_cameras_watch_or_have_presets() -> None:
+    text = BASE.replace('label = "Rue des Échoppes"',
+                        'label = "Rue des Échoppes"\npresets = { home = 1 }')
+    (issue,) = issues_of(text)
+    assert issue.startswith(f"{SRC}:{line_of(text, 'presets =')}: equipment[1].attrs.presets: ")
+    assert "only a camera has presets (this is a lighting_circuit)" in issue
+
+
+def test_the_demo_tags_equipment_for_the_plans() -> None:
+    inv = build_demo(1.0)
+    tags = Counter((eq.kind, t) for eq in inv.equipment for t in eq.attrs.get("tags", ()))
+    assert tags[("access_terminal", "flood_prone")] > 0
+    assert tags[("lighting_circuit", "road_lighting")] > 0
+    assert tags[("lighting_circuit", "priority_route")] > 0
+    assert tags[("crossroad", "priority_route")] > 0
+    buildings = {eq.id: eq.municipality for eq in inv.equipment if eq.kind == "building"}
+    watching = [eq for eq in inv.equipment if eq.kind == "camera" and "watches" in eq.attrs]
+    assert watching and all(buildings[c.attrs["watches"]] == c.municipality for c in watching)
+    assert all(c.attrs["presets"]["flood"] == 12 for c in watching)
+    # The positions drawn before tags existed: the tags have a random stream of their own.
+    first = build_demo(0.3, seed=5).by_id("xr-dijon-0001")
+    assert (first.lat, first.lon) == (47.306529, 5.018067)
+    assert generate_demo(0.1, seed=3) == generate_demo(0.1, seed=3)
