@@ -210,6 +210,8 @@ DEVICE_ONLY_CHOICES = {("access_terminal", "request"): {"none"}}  # the terminal
 NOT_SETPOINTS = {
     ("traffic_controller", "priority_request"): "written by the bus-priority lane",
     ("bms", "door.locked"): "a door unlock is an action with a reason, not a plain setpoint",
+    **{("service_vehicle", f): "a job is written by the dispatch coordinator"
+       for f in ("job", "job_lat", "job_lon")},
 }
 _NUMBER_TYPES = {int: {"u16", "i16", "u32", "i32"}, float: {"float"}}
 
