@@ -95,6 +95,11 @@ LAMP_FAILED = 0x0001
 #: Device events that are alarms by themselves: they have no "cleared" state at the
 #: device, so the alarm returns to normal at once and waits for an acknowledgement.
 MOMENTARY_EVENTS: Mapping[str, str] = {"door_forced": "forced_door", "tamper": "camera_tamper"}
+#: Device events that announce a condition the device also reports as a value (a fire
+#: zone's alarm node): the event raises the alarm at once, and the condition is held
+#: until the reported value has caught up with it (or :data:`LATCH_S` has passed).
+LATCHING_EVENTS: Mapping[str, str] = {"fire": "fire", "intrusion": "intrusion"}
+LATCH_S = 10.0
 
 
 def block_values(reported: Mapping[str, Any], block: str, field: str) -> list[Any]:
@@ -213,6 +218,13 @@ class EquipmentEntity(Entity):
         reported = {k: v.value for k, v in self.twin.reported.items()}
         held = set(self.state.get("conditions") or ())
         now = {name for name, test in self._conditions.items() if test(reported)}
+        latched: dict[str, float] = dict(self.state.get("latched") or {})
+        for name, since in list(latched.items()):
+            if name in now or self.ctx.clock.time() - since > LATCH_S:
+                del latched[name]  # the value caught up, or never came
+            else:
+                now.add(name)
+        self.state["latched"] = latched
         if now == held:
             return
         for name in sorted(now - held):
@@ -260,6 +272,15 @@ class EquipmentEntity(Entity):
         condition = MOMENTARY_EVENTS.get(event)
         if condition is not None:
             self.ctx.emit("alarm", alarm=condition, momentary=True)
+        condition = LATCHING_EVENTS.get(event)
+        if condition is not None and condition in self._conditions:
+            latched = dict(self.state.get("latched") or {})
+            latched[condition] = self.ctx.clock.time()
+            self.state["latched"] = latched
+            held = set(self.state.get("conditions") or ())
+            if condition not in held:
+                self.ctx.emit("alarm", alarm=condition)
+                self.state["conditions"] = sorted(held | {condition})
 
     async def reconcile(self) -> None:
         """Bring the device back to the desired state, field by field, by policy.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -166,3 +167,159 @@ def command(command_id: str) -> ResponseReturnValue:
     except StoreUnavailableError:
         raise _store_unavailable("try again") from None
     return jsonify(found)
+
+
+# -- alarms (ISA-18.2, kept by the alarms coordinator) ---------------------------------
+
+ALARM_STATES: Final = frozenset({"unacknowledged", "acknowledged", "rtn_unacknowledged",
+                                 "shelved", "suppressed", "out_of_service", "normal"})
+ALARM_PRIORITIES: Final = frozenset({"critical", "high", "medium", "low"})
+#: What ``GET /alarms`` shows without a ``state`` filter: what needs an operator's eye.
+HIDDEN_ALARM_STATES: Final = frozenset({"shelved", "suppressed", "out_of_service", "normal"})
+MAX_SHELVE_MINUTES: Final = 7 * 24 * 60
+MAX_ALARM_TEXT: Final = 500
+
+
+def _visible_alarms() -> list[dict[str, Any]]:
+    """Every alarm of the municipalities the current user may read."""
+    try:
+        alarms = services().backend.alarms()
+    except StoreUnavailableError:
+        raise _store_unavailable("alarms not readable") from None
+    user = current_user()
+    return [a for a in alarms if user.can(Role.VIEWER, str(a.get("municipality") or ""))]
+
+
+@api.get("/alarms")
+@require(Role.VIEWER)
+def alarms() -> ResponseReturnValue:
+    """Alarms, filtered by ``state``, ``priority``, ``municipality``, ``source``, ``group``.
+
+    Without ``state``, the alarms an operator must see (active or unacknowledged,
+    not shelved, suppressed or out of service) and flood summaries, not their
+    children; ``group=ID`` lists a summary's children; ``state=all`` every alarm.
+    Ordered by priority, then newest first.
+    """
+    args = request.args
+    state = args.get("state")
+    priority = args.get("priority")
+    if state is not None and state != "all" and state not in ALARM_STATES:
+        raise ApiError(422, f"unknown state {state!r}", field="state")
+    if priority is not None and priority not in ALARM_PRIORITIES:
+        raise ApiError(422, f"unknown priority {priority!r}", field="priority")
+    group = args.get("group")
+    out = []
+    for a in _visible_alarms():
+        if group is not None:
+            if a.get("group") != group:
+                continue
+        elif state is None:
+            if a.get("state") in HIDDEN_ALARM_STATES or a.get("group"):
+                continue
+        elif state != "all" and a.get("state") != state:
+            continue
+        if priority is not None and a.get("priority") != priority:
+            continue
+        if args.get("municipality") not in (None, a.get("municipality")):
+            continue
+        if args.get("source") not in (None, a.get("source")):
+            continue
+        out.append(a)
+    rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+    out.sort(key=lambda a: (rank.get(str(a.get("priority")), 4),
+                            -float(a.get("raised_ts") or 0.0), str(a.get("id"))))
+    return jsonify(out)
+
+
+@api.get("/alarms/<alarm_id>")
+@require(Role.VIEWER)
+def alarm(alarm_id: str) -> ResponseReturnValue:
+    """One alarm, with its transitions' history; 404 if unknown or out of scope."""
+    return jsonify(_alarm_in_scope(alarm_id, Role.VIEWER))
+
+
+def _alarm_in_scope(alarm_id: str, role: Role) -> dict[str, Any]:
+    for a in _visible_alarms():
+        if a.get("id") == alarm_id:
+            if not current_user().can(role, str(a.get("municipality") or "")):
+                break
+            return a
+    raise ApiError(404, "unknown alarm")
+
+
+def _optional_text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ALARM_TEXT:
+        raise ApiError(422, f"{name} must be a non-empty string of at most "
+                            f"{MAX_ALARM_TEXT} characters", field=name)
+    return value
+
+
+def _alarm_action(alarm_id: str, action: str, role: Role, params: dict[str, Any]
+                  ) -> ResponseReturnValue:
+    _alarm_in_scope(alarm_id, role)
+    user = current_user()
+    try:
+        result = services().backend.alarm_action(
+            action, {"id": alarm_id, **params}, caller=f"user:{user.name}:{user.role.value}")
+    except StoreUnavailableError:
+        raise _store_unavailable("alarm action not accepted") from None
+    except RejectedError as exc:
+        raise ApiError(422, str(exc)) from None
+    response = jsonify({"command_id": result["command_id"], "status": result["status"]})
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.command", command_id=result["command_id"])
+    return response
+
+
+def _alarm_body() -> dict[str, Any]:
+    if not request.get_data():
+        return {}
+    return _json_object_body()
+
+
+@api.post("/alarms/<alarm_id>/ack")
+@require(Role.OPERATOR)
+def alarm_ack(alarm_id: str) -> ResponseReturnValue:
+    """Acknowledge (``{"comment"?}``): 202 with the command id of the journaled action."""
+    comment = _optional_text(_alarm_body(), "comment")
+    return _alarm_action(alarm_id, "ack", Role.OPERATOR,
+                         {"comment": comment} if comment else {})
+
+
+@api.post("/alarms/<alarm_id>/shelve")
+@require(Role.OPERATOR)
+def alarm_shelve(alarm_id: str) -> ResponseReturnValue:
+    """Shelve for ``minutes`` (at most 7 days) with a ``reason``; it shows again at expiry."""
+    body = _alarm_body()
+    minutes = body.get("minutes")
+    if (isinstance(minutes, bool) or not isinstance(minutes, int | float)
+            or not math.isfinite(minutes) or not 0 < minutes <= MAX_SHELVE_MINUTES):
+        raise ApiError(422, f"minutes must be a number in (0, {MAX_SHELVE_MINUTES}]",
+                       field="minutes")
+    reason = _optional_text(body, "reason", required=True)
+    return _alarm_action(alarm_id, "shelve", Role.OPERATOR,
+                         {"minutes": float(minutes), "reason": reason})
+
+
+@api.post("/alarms/<alarm_id>/unshelve")
+@require(Role.OPERATOR)
+def alarm_unshelve(alarm_id: str) -> ResponseReturnValue:
+    """Show a shelved alarm again now."""
+    return _alarm_action(alarm_id, "unshelve", Role.OPERATOR, {})
+
+
+@api.post("/alarms/<alarm_id>/out-of-service")
+@require(Role.ADMIN)
+def alarm_out_of_service(alarm_id: str) -> ResponseReturnValue:
+    """Take an alarm out of service (admin): tracked, never shown, until returned."""
+    return _alarm_action(alarm_id, "out_of_service", Role.ADMIN, {})
+
+
+@api.post("/alarms/<alarm_id>/return-to-service")
+@require(Role.ADMIN)
+def alarm_return_to_service(alarm_id: str) -> ResponseReturnValue:
+    """Return an alarm to service (admin): it shows as its condition stands."""
+    return _alarm_action(alarm_id, "return_to_service", Role.ADMIN, {})

@@ -125,6 +125,22 @@ class AdminBackend(Protocol):
         """
         ...
 
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every alarm as the alarms coordinator last published them (hidden ones too).
+
+        Each is a CONTRACT.md alarm record; the API filters and scopes them.
+        """
+        ...
+
+    def alarm_action(self, action: str, params: dict[str, Any], *, caller: str
+                     ) -> dict[str, Any]:
+        """Journal an operator's action on an alarm (``ack``, ``shelve``, ``unshelve``,
+        ``out_of_service``, ``return_to_service``) for the alarms coordinator.
+
+        ``caller`` is ``user:NAME:ROLE``. Answers ``{"command_id", "status"}``.
+        """
+        ...
+
 
 def package_version() -> str:
     """The installed commandpost version, or ``0+unknown`` outside an install."""
@@ -178,7 +194,9 @@ class StaticBackend:
         tree: dict[str, Any] | None = None,
         system: dict[str, Any] | None = None,
         equipment: Mapping[str, str] | None = None,
+        alarms: list[dict[str, Any]] | None = None,
     ) -> None:
+        self._alarms = copy.deepcopy(alarms) if alarms is not None else []
         self._health = copy.deepcopy(health) if health is not None else _default_health()
         self._tree = copy.deepcopy(tree) if tree is not None else _default_tree()
         self._system = copy.deepcopy(system) if system is not None else _default_system()
@@ -287,6 +305,19 @@ class StaticBackend:
         # Nothing runs yet, so nothing has happened.
         return [], None
 
+    def alarms(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._alarms)
+
+    def alarm_action(self, action: str, params: dict[str, Any], *, caller: str
+                     ) -> dict[str, Any]:
+        command_id = uuid.uuid4().hex
+        with self._lock:
+            self._commands[command_id] = {"command_id": command_id, "status": "queued",
+                                          "target": "alarms", "action": action,
+                                          "params": copy.deepcopy(params), "caller": caller}
+        return {"command_id": command_id, "status": "queued"}
+
 
 class SwappableBackend:
     """An :class:`AdminBackend` forwarding to another one that can be replaced.
@@ -366,3 +397,10 @@ class SwappableBackend:
         return self.current.events(entity=entity, kind=kind, event=event,
                                    municipalities=municipalities, since=since, before=before,
                                    limit=limit)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        return self.current.alarms()
+
+    def alarm_action(self, action: str, params: dict[str, Any], *, caller: str
+                     ) -> dict[str, Any]:
+        return self.current.alarm_action(action, params, caller=caller)

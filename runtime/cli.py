@@ -323,6 +323,8 @@ BENCHES: dict[str, tuple[str, str]] = {
                          "by the entities); --capacity steps MQTT load up to the limit"),
     "command": ("command", "operator command round trip through the HTTP API, split "
                            "into stages"),
+    "alarm": ("alarm", "a fire (building) or a tamper (camera) raised at the simulator to "
+                       "the alarm listed by the API"),
 }
 
 

@@ -30,7 +30,7 @@ from runtime.audit import AuditRecord, audit_entry
 from runtime.commands import Command, check_command_shape, new_command_id
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.entity import Entity
-from runtime.envelope import pack
+from runtime.envelope import pack, unpack
 from runtime.errors import (
     CommandpostError,
     ConfigError,
@@ -41,7 +41,7 @@ from runtime.errors import (
 )
 from runtime.inventory import Inventory, dump_inventory
 from runtime.lifeline import spawn_tied
-from runtime.placement import PlacementPlan, equipment_to_wire, plan
+from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.store import STREAM_RETENTION_S, RetryPolicy, SyncStore
 from supervisors.root import RootActor
@@ -55,6 +55,8 @@ WARM_MODULES = ("actors.registry", "devices.manager")
 DEVICES = "devices.manager:create"
 # How long a command submission rides out a Redis outage before the API answers 503.
 SUBMIT_DEADLINE_S = 0.5
+#: The read model the alarms coordinator publishes (``actors.control.alarms.READ_MODEL``).
+ALARMS_READ_MODEL = "alarms"
 
 
 @dataclass
@@ -82,6 +84,8 @@ class ServiceOptions:
     sim_rate_hz: float | None = None  # telemetry rate override for the MQTT simulators
     # How long the event and audit streams keep an entry: trimmed by age, never by count.
     retention_s: float = STREAM_RETENTION_S
+    # The control room's coordinator entities to run (``actors.control.COORDINATORS``).
+    coordinators: tuple[str, ...] = ("alarms",)
 
 
 def _child_scope() -> Any:
@@ -96,7 +100,8 @@ class Service:
     def __init__(self, inventory: Inventory, options: ServiceOptions | None = None) -> None:
         self.inventory = inventory
         self.options = options or ServiceOptions()
-        self.plan: PlacementPlan = plan(inventory)
+        self.coordinators = tuple(coordinator(c, inventory) for c in self.options.coordinators)
+        self.plan: PlacementPlan = plan(inventory, self.coordinators)
         self.redis: EmbeddedRedis | None = None
         self.broker: EmbeddedBroker | None = None
         self.redis_url = self.options.redis_url or ""
@@ -224,7 +229,7 @@ class Service:
 
     # -- the tree --------------------------------------------------------
     def root_config(self) -> bytes:
-        by_id = {eq.id: eq for eq in self.inventory.equipment}
+        by_id = {eq.id: eq for eq in (*self.inventory.equipment, *self.coordinators)}
         hosts = [
             {"host_id": h.host_id, "domain": h.domain, "mode": h.mode,
              "equipment": [equipment_to_wire(by_id[e]) for e in h.entity_ids]}
@@ -521,11 +526,36 @@ class RuntimeBackend:
         return self._store().page("events", limit=limit, before=before, since=since,
                                   match=match, keep=keep)
 
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every alarm, from the read model the alarms coordinator publishes."""
+        store = self.service.store
+        if store is None:
+            raise RetryableError("the store is not started")
+        blob = store.get_blob(f"view:{ALARMS_READ_MODEL}")
+        if blob is None:
+            return []
+        doc = unpack(blob, max_size=256 << 20)
+        alarms = doc.get("alarms") if isinstance(doc, dict) else None
+        return [a for a in alarms or () if isinstance(a, dict)]
+
+    def alarm_action(self, action: str, params: dict[str, Any], *, caller: str
+                     ) -> dict[str, Any]:
+        """Journal an operator's alarm action for the alarms coordinator."""
+        store = self.service.store
+        if store is None:
+            raise RetryableError("the store is not started")
+        if "alarms" not in self.service.plan.owner:
+            raise RejectedError("this runtime runs no alarms coordinator", code="no_alarms")
+        cmd = Command(command_id=new_command_id(), target="alarms", action=action,
+                      params=dict(params), caller=caller, created_ts=time.time())
+        stored, _ = store.submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
+        return {"command_id": stored.command_id, "status": str(stored.status)}
+
     def health(self) -> dict[str, Any]:
         with self._lock:
             if self._cache is not None and time.monotonic() - self._cache[0] < 0.2:
                 return dict(self._cache[1])
-        total = len(self.service.inventory.equipment)
+        total = len(self.service.plan.owner)  # equipment and coordinators
         if not self.service.started.is_set():
             out = {"status": "starting", "entities": total, "online": 0}
         else:

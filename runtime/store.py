@@ -607,6 +607,18 @@ class StateStore(Protocol):
     async def hgetall(self, name: str) -> dict[str, str]:
         """Every field of the named hash ({} when absent)."""
 
+    async def read_event_group(
+        self, group: str, count: int = 500, block_ms: int = 0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Events for consumer group ``group`` (created at the stream's start on first use).
+
+        Events delivered before and not acknowledged come first (a consumer that died
+        before acknowledging sees them again), then new ones; ``(stream_id, event)``.
+        """
+
+    async def ack_event_group(self, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge events of ``group``: they are not delivered to it again."""
+
 
 def _check_updates(
     updates: Sequence[tuple[str, CommandStatus, str]],
@@ -661,6 +673,8 @@ class RedisStore:
         self._clock: Clock = clock or SystemClock()
         self._guard = _Guard(_redact(url), retry)
         self._socket_timeout = socket_timeout
+        # Per consumer group: whether its own unacknowledged entries may remain to re-read.
+        self._group_pending: dict[str, bool] = {}
         self._connect_timeout = connect_timeout
         self._health_check_interval = health_check_interval
         self._journal_maxlen = journal_maxlen
@@ -1007,6 +1021,55 @@ class RedisStore:
         raw = await self._call("hgetall", once)
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    async def read_event_group(
+        self, group: str, count: int = 500, block_ms: int = 0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        _check_id("group name", group)
+        _check_read(count, block_ms)
+        client = self._client()
+        key = self.keys.events
+        pending = self._group_pending.setdefault(group, True)
+
+        async def once(_: int) -> Any:
+            try:
+                await client.xgroup_create(key, group, id="0", mkstream=True)
+            except aioredis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            # Our own unacknowledged entries first ("0"), then new ones (">").
+            start = "0" if pending else ">"
+            block = None if pending or block_ms <= 0 else min(
+                block_ms, max(1, int(self._socket_timeout * 500)))
+            return await client.xreadgroup(group, group, {key: start}, count=count, block=block)
+
+        reply = await self._call("read_event_group", once)
+        rows = [(_text(raw_id), fields) for _stream, got in reply or () for raw_id, fields in got]
+        if pending and not rows:
+            self._group_pending[group] = False
+        out: list[tuple[str, dict[str, Any]]] = []
+        for stream_id, fields in rows:
+            if not fields:
+                continue  # trimmed away while pending: nothing left to deliver
+            out.append((stream_id, _decode_event(stream_id, fields)))
+        if pending and rows and not out:
+            # Only trimmed entries were pending: acknowledge them and move on.
+            await self.ack_event_group(group, [r for r, _ in rows])
+        return out
+
+    async def ack_event_group(self, group: str, ids: Sequence[str]) -> None:
+        _check_id("group name", group)
+        if not ids:
+            return
+        for i in ids:
+            _stream_id(i)
+        wanted = list(ids)
+        client = self._client()
+
+        async def once(_: int) -> None:
+            await client.xack(self.keys.events, group, *wanted)
+
+        await self._call("ack_event_group", once)
+
 
 def _check_hash(mapping: Mapping[str, str]) -> dict[str, str]:
     for k, v in mapping.items():
@@ -1304,6 +1367,8 @@ class MemoryStore:
         self._ids = _StreamIds(self._clock)
         self._checkpoints: dict[str, bytes] = {}
         self._events: deque[tuple[tuple[int, int], dict[str, str]]] = deque()
+        self._group_acked: dict[str, set[tuple[int, int]]] = {}
+        self._group_last: dict[str, tuple[int, int]] = {}
         self._journal: deque[tuple[tuple[int, int], str, str]] = deque(maxlen=journal_maxlen)
         self._commands: dict[str, tuple[dict[str, str | bytes], float]] = {}  # fields, expiry
         self._idempotency: dict[str, tuple[str, float]] = {}  # command id, expiry
@@ -1541,3 +1606,28 @@ class MemoryStore:
         _check_id("hash name", name)
         self._enter("hgetall")
         return dict(self._hashes.get(name, {}))
+
+    async def read_event_group(
+        self, group: str, count: int = 500, block_ms: int = 0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        _check_id("group name", group)
+        _check_read(count, block_ms)
+        self._enter("read_event_group")
+        acked = self._group_acked.setdefault(group, set())
+        delivered = self._group_last.get(group, (0, 0))
+        out: list[tuple[str, dict[str, Any]]] = []
+        pending = [(i, f) for i, f in self._events if i <= delivered and i not in acked]
+        fresh = [(i, f) for i, f in self._events if i > delivered]
+        for ident, fields in (pending or fresh)[:count]:
+            sid = f"{ident[0]}-{ident[1]}"
+            out.append((sid, _decode_event(sid, fields)))
+            if ident > delivered:
+                self._group_last[group] = ident
+        return out
+
+    async def ack_event_group(self, group: str, ids: Sequence[str]) -> None:
+        _check_id("group name", group)
+        self._enter("ack_event_group")
+        acked = self._group_acked.setdefault(group, set())
+        for sid in ids:
+            acked.add(_stream_id(sid))

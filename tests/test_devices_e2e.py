@@ -54,6 +54,7 @@ class SimThread:
 class Field:
     def __init__(self, svc: Any, sims: SimThread, http: Http, inv: Inventory) -> None:
         self.svc, self.sims, self.http, self.inv = svc, sims, http, inv
+        self.operator = self.admin = http
 
     def ids(self, kind: str) -> list[str]:
         return [eq.id for eq in self.inv.equipment if eq.kind == kind]
@@ -77,13 +78,16 @@ class Field:
 @pytest.fixture(scope="module")
 def field() -> Iterator[Field]:
     from admin_web import AdminServer, SwappableBackend, UserRegistry, create_app
+    from admin_web.auth import create_demo_users
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
     inv = parse_inventory(generate_demo(scale=0.02, seed=11, ports=DemoPorts.free()), "<devices>")
     svc = Service(inv, ServiceOptions(devices=DEVICES, spares=0))
     svc.start_servers()
     sims = SimThread(inv, svc.mqtt_url)
-    server = AdminServer(create_app(SwappableBackend(RuntimeBackend(svc)), UserRegistry()),
+    users = UserRegistry()
+    creds = create_demo_users(users, [m.slug for m in inv.municipalities])
+    server = AdminServer(create_app(SwappableBackend(RuntimeBackend(svc)), users),
                          "127.0.0.1", 0)
     try:
         sims.start()
@@ -91,6 +95,8 @@ def field() -> Iterator[Field]:
         svc.start_ray()
         svc.start_tree()
         f = Field(svc, sims, Http(server.url), inv)
+        f.operator = Http(server.url, creds["operator"]["token"])
+        f.admin = Http(server.url, creds["admin"]["token"])
         yield f
     finally:
         svc.stop()
@@ -264,3 +270,48 @@ def test_modbus_exceptions_and_garbage_are_counted_and_survived(field: Field) ->
          what="the crossroad keeps reporting")
     assert field.entity(xr)["status"] == "running"
     poll(lambda: online(field) == total, 60, what="all online again")
+
+
+# -- alarms, end to end: device → entity → event stream → alarms coordinator → API --------
+
+def _alarm(f: Field, source: str, condition: str) -> dict[str, Any] | None:
+    code, body = f.operator.call("GET", f"/api/v1/alarms?state=all&source={source}")
+    assert code == 200, body
+    return next((a for a in body if a["condition"] == condition), None)
+
+
+def test_fire_alarm_lifecycle_through_the_api(field: Field) -> None:
+    bld = field.ids("building")[0]
+    bms = field.sims.sim("BmsSimulator")
+    poll(lambda: online(field) == len(field.inv.equipment), 90, interval=0.5,
+         what="devices online")
+    field.sims.call(bms.fault(bld, "fire", True))
+    raised = poll(lambda: (a := _alarm(field, bld, "fire")) and a["active"] and a, 30,
+                  what="fire alarm listed")
+    assert raised["priority"] == "critical" and raised["state"] == "unacknowledged"
+    code, listed = field.operator.call("GET", "/api/v1/alarms?priority=critical")
+    assert code == 200 and any(a["id"] == raised["id"] for a in listed)
+    code, body = field.operator.call("POST", f"/api/v1/alarms/{raised['id']}/ack",
+                                     {"comment": "crew sent"})
+    assert code == 202, body
+    acked = poll(lambda: (a := _alarm(field, bld, "fire")) and a["state"] == "acknowledged"
+                 and a, 30, what="fire alarm acknowledged")
+    assert acked["acked_by"] == "operator"
+    field.sims.call(bms.fault(bld, "fire", False))
+    try:
+        poll(lambda: (a := _alarm(field, bld, "fire")) and a["state"] == "normal", 30,
+             what="fire alarm back to normal once cleared at the source")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {_alarm(field, bld, 'fire')}; events "
+                             f"{[(e['event'], e.get('alarm')) for e in field.events(bld)]}; "
+                             f"reported {field.entity(bld)['checkpoint']['twin']['reported']}"
+                             ) from None
+
+
+def test_alarm_actions_are_checked_at_the_edge(field: Field) -> None:
+    code, _ = field.operator.call("POST", "/api/v1/alarms/no-such-alarm/ack", {})
+    assert code == 404
+    code, body = field.operator.call("GET", "/api/v1/alarms?state=bogus")
+    assert code == 422 and body["field"] == "state"
+    code, _ = field.http.call("GET", "/api/v1/alarms")
+    assert code == 401

@@ -24,58 +24,18 @@ are not counted. Commands that end ``failed``, ``expired`` or
 
 from __future__ import annotations
 
-import http.client
-import json
 import random
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from runtime.bench.common import City, Say, latency_summary, machine, percentile
-from runtime.errors import ProtocolError, RetryableError
+from runtime.bench.common import ApiClient, City, Say, latency_summary, machine, percentile
+from runtime.errors import RetryableError
 
 POLL_INTERVAL_S = 0.01
 STAGES = ("journal_to_host", "host_to_device", "device_read", "device_write", "device_to_ack",
           "ack_to_api")
 FINAL = frozenset({"acked", "failed", "expired", "superseded"})
-
-
-class _Api:
-    """A keep-alive JSON client for the admin API (one connection, reopened on error)."""
-
-    def __init__(self, base_url: str, token: str) -> None:
-        parts = urlsplit(base_url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 80
-        self._headers = {"Authorization": f"Bearer {token}",
-                         "Content-Type": "application/json"}
-        self._conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
-            try:
-                self._conn.request(method, path, body=data, headers=self._headers)
-                resp = self._conn.getresponse()
-                raw = resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                if attempt == 2:
-                    raise RetryableError(f"admin API {method} {path}: {exc}") from exc
-                continue
-            try:
-                return resp.status, json.loads(raw or b"null")
-            except ValueError as exc:
-                raise ProtocolError(f"admin API {method} {path} answered non-JSON") from exc
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 def _targets(city: City) -> list[str]:
@@ -102,7 +62,7 @@ def _held_dim(city: City, circuit: str) -> int | None:
     return dims.pop() if len(dims) == 1 else None
 
 
-def _one(api: _Api, circuit: str, dim: int, timeout_s: float) -> dict[str, Any]:
+def _one(api: ApiClient, circuit: str, dim: int, timeout_s: float) -> dict[str, Any]:
     """Send one dim and poll it to its end: the record and when the poll saw it."""
     t0 = time.perf_counter()
     status, body = api.call("POST", f"/api/v1/equipment/{circuit}/commands",
@@ -151,7 +111,7 @@ def run(*, scale: float = 1.0, say: Say = print, n: int = 200, broker: str = "au
         targets = _targets(city)
         if not targets:
             raise RetryableError("the inventory has no lighting circuit to dim")
-        api = _Api(city.admin_url, city.token("operator"))
+        api = ApiClient(city.admin_url, city.token("operator"))
         held: dict[str, int | None] = {}
 
         def next_dim(circuit: str) -> int:

@@ -24,6 +24,8 @@ have (an empty list when nothing).
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import os
 import platform
@@ -32,15 +34,18 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import psutil
 
+from runtime.errors import ProtocolError, RetryableError
 from runtime.procmem import cpu_seconds, pss_mb, ray_pids, session_pids, tree_pids
 
 Say = Callable[[str], None]
 
 __all__ = [
     "ROLES",
+    "ApiClient",
     "City",
     "CpuMeter",
     "Say",
@@ -419,3 +424,40 @@ def pss_by_role(groups: dict[str, set[int]]) -> dict[str, float]:
 def rounded_roles(values: dict[str, float], digits: int = 1) -> dict[str, float]:
     """``values`` rounded for the JSON (figures by role: MB, cores)."""
     return {k: round(v, digits) for k, v in values.items()}
+
+
+class ApiClient:
+    """A keep-alive JSON client for the admin API (one connection, reopened on error)."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        parts = urlsplit(base_url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        self._headers = {"Authorization": f"Bearer {token}",
+                         "Content-Type": "application/json"}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
+            try:
+                self._conn.request(method, path, body=data, headers=self._headers)
+                resp = self._conn.getresponse()
+                raw = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt == 2:
+                    raise RetryableError(f"admin API {method} {path}: {exc}") from exc
+                continue
+            try:
+                return resp.status, json.loads(raw or b"null")
+            except ValueError as exc:
+                raise ProtocolError(f"admin API {method} {path} answered non-JSON") from exc
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
