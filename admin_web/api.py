@@ -122,6 +122,9 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
             raise ApiError(404, "unknown equipment") from None
         except StoreUnavailableError:
             raise _store_unavailable("command not accepted") from None
+        if not current_user().can(Role.VIEWER, municipality):
+            # Another municipality's equipment does not exist for this user.
+            raise ApiError(404, "unknown equipment")
         ensure_scope(Role.OPERATOR, municipality)
         try:
             action, params, key = _command_body()
@@ -167,6 +170,73 @@ def command(command_id: str) -> ResponseReturnValue:
     except StoreUnavailableError:
         raise _store_unavailable("try again") from None
     return jsonify(found)
+
+
+# -- equipment views ---------------------------------------------------------------------
+
+MAX_EQUIPMENT_PAGE: Final = 1000
+DEFAULT_EQUIPMENT_PAGE: Final = 500
+
+
+def _flag(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if raw not in ("true", "false"):
+        raise ApiError(422, f"{name} must be true or false", field=name)
+    return raw == "true"
+
+
+def _scope() -> frozenset[str] | None:
+    """The municipalities the current user may read (None: every one)."""
+    user = current_user()
+    if user.can(Role.VIEWER) and (user.role is Role.ADMIN or not user.municipalities):
+        return None
+    return user.municipalities
+
+
+@api.get("/equipment")
+@require(Role.VIEWER)
+def equipment_list() -> ResponseReturnValue:
+    """Equipment ordered by id, ``limit`` at a time (default 500); filters ``kind``,
+    ``municipality``, ``status``, ``online``, ``in_alarm``. The next page's ``after``
+    is in the ``X-Next-After`` header (absent on the last page)."""
+    args = request.args
+    raw_limit = args.get("limit", str(DEFAULT_EQUIPMENT_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EQUIPMENT_PAGE:
+        raise ApiError(422, f"limit must be an integer in [1, {MAX_EQUIPMENT_PAGE}]",
+                       field="limit")
+    try:
+        items, next_after = services().backend.equipment(
+            kind=args.get("kind"), municipality=args.get("municipality"),
+            status=args.get("status"), online=_flag("online"), in_alarm=_flag("in_alarm"),
+            municipalities=_scope(), limit=int(raw_limit), after=args.get("after"))
+    except StoreUnavailableError:
+        raise _store_unavailable("equipment not readable") from None
+    response = jsonify(items)
+    if next_after is not None:
+        response.headers["X-Next-After"] = next_after
+    return response
+
+
+@api.get("/equipment/<entity_id>")
+@require(Role.VIEWER)
+def equipment_one(entity_id: str) -> ResponseReturnValue:
+    """One equipment with its recent events, commands and active alarms; 404 when unknown
+    or in a municipality the user may not read."""
+    backend = services().backend
+    try:
+        municipality = backend.equipment_municipality(entity_id)
+    except KeyError:
+        raise ApiError(404, "unknown equipment") from None
+    if not current_user().can(Role.VIEWER, municipality):
+        raise ApiError(404, "unknown equipment")
+    try:
+        return jsonify(backend.equipment_detail(entity_id))
+    except KeyError:
+        raise ApiError(404, "unknown equipment") from None
+    except StoreUnavailableError:
+        raise _store_unavailable("equipment not readable") from None
 
 
 # -- alarms (ISA-18.2, kept by the alarms coordinator) ---------------------------------

@@ -125,6 +125,22 @@ class AdminBackend(Protocol):
         """
         ...
 
+    def equipment(self, *, kind: str | None = None, municipality: str | None = None,
+                  status: str | None = None, online: bool | None = None,
+                  in_alarm: bool | None = None, municipalities: frozenset[str] | None = None,
+                  limit: int = 500, after: str | None = None,
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of equipment records ordered by id, and the next page's ``after``.
+
+        ``municipalities`` limits the page to those (None: every one).
+        """
+        ...
+
+    def equipment_detail(self, entity_id: str) -> dict[str, Any]:
+        """One equipment's record with recent events, commands and active alarms;
+        ``KeyError`` when unknown."""
+        ...
+
     def alarms(self) -> list[dict[str, Any]]:
         """Every alarm as the alarms coordinator last published them (hidden ones too).
 
@@ -305,6 +321,29 @@ class StaticBackend:
         # Nothing runs yet, so nothing has happened.
         return [], None
 
+    def equipment(self, *, kind: str | None = None, municipality: str | None = None,
+                  status: str | None = None, online: bool | None = None,
+                  in_alarm: bool | None = None, municipalities: frozenset[str] | None = None,
+                  limit: int = 500, after: str | None = None,
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+        ids = sorted(e for e, m in self._equipment.items()
+                     if (municipality is None or m == municipality)
+                     and (municipalities is None or m in municipalities)
+                     and (after is None or e > after))
+        page = ids[:limit]
+        items: list[dict[str, Any]] = [
+                 {"id": e, "kind": None, "municipality": self._equipment[e], "online": False,
+                  "status": "unknown", "host": None, "reported": {}, "desired": {}}
+                 for e in page]
+        return items, (page[-1] if len(ids) > limit and page else None)
+
+    def equipment_detail(self, entity_id: str) -> dict[str, Any]:
+        items, _ = self.equipment(after=None)
+        for item in items:
+            if item["id"] == entity_id:
+                return {**item, "events": [], "commands": [], "alarms": []}
+        raise KeyError(entity_id)
+
     def alarms(self) -> list[dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self._alarms)
@@ -397,6 +436,18 @@ class SwappableBackend:
         return self.current.events(entity=entity, kind=kind, event=event,
                                    municipalities=municipalities, since=since, before=before,
                                    limit=limit)
+
+    def equipment(self, *, kind: str | None = None, municipality: str | None = None,
+                  status: str | None = None, online: bool | None = None,
+                  in_alarm: bool | None = None, municipalities: frozenset[str] | None = None,
+                  limit: int = 500, after: str | None = None,
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+        return self.current.equipment(kind=kind, municipality=municipality, status=status,
+                                      online=online, in_alarm=in_alarm,
+                                      municipalities=municipalities, limit=limit, after=after)
+
+    def equipment_detail(self, entity_id: str) -> dict[str, Any]:
+        return self.current.equipment_detail(entity_id)
 
     def alarms(self) -> list[dict[str, Any]]:
         return self.current.alarms()

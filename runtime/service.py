@@ -35,11 +35,13 @@ from runtime.errors import (
     CommandpostError,
     ConfigError,
     InvalidCommandError,
+    MalformedMessageError,
     RejectedError,
     RetryableError,
     UnknownEntityError,
 )
-from runtime.inventory import Inventory, dump_inventory
+from runtime.host import EQUIPMENT_VIEW
+from runtime.inventory import Equipment, Inventory, dump_inventory
 from runtime.lifeline import spawn_tied
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
@@ -526,6 +528,70 @@ class RuntimeBackend:
         return self._store().page("events", limit=limit, before=before, since=since,
                                   match=match, keep=keep)
 
+    def equipment(self, *, kind: str | None = None, municipality: str | None = None,
+                  status: str | None = None, online: bool | None = None,
+                  in_alarm: bool | None = None, municipalities: frozenset[str] | None = None,
+                  limit: int = 500, after: str | None = None,
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of equipment, ordered by id, and the id to continue ``after`` (or None).
+
+        The inventory says what exists (kind, municipality); the hosts' equipment view
+        (:data:`runtime.host.EQUIPMENT_VIEW`) says where each runs and how it stands;
+        the page's twins are their checkpoints; ``in_alarm`` comes from the alarms'
+        read model. Two reads of small records, and one of the page's twins.
+        """
+        store = self._store()
+        inventory = self.service.inventory
+        candidates = sorted(
+            (eq for eq in inventory.equipment
+             if (kind is None or eq.kind == kind)
+             and (municipality is None or eq.municipality == municipality)
+             and (municipalities is None or eq.municipality in municipalities)
+             and (after is None or eq.id > after)),
+            key=lambda eq: eq.id)
+        summaries = store.hgetall(EQUIPMENT_VIEW) if candidates else {}
+        alarmed = self._alarmed() if in_alarm is not None else set()
+        page: list[tuple[Equipment, dict[str, Any]]] = []
+        more = False
+        for eq in candidates:
+            line = _summary_line(summaries.get(eq.id))
+            if status is not None and line["status"] != status:
+                continue
+            if online is not None and bool(line["online"]) != online:
+                continue
+            if in_alarm is not None and (eq.id in alarmed) != in_alarm:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append((eq, line))
+        twins = store.load_checkpoints([eq.id for eq, _ in page])
+        out = [_equipment_record(eq, line, twins.get(eq.id), eq.id in alarmed)
+               for eq, line in page]
+        return out, (page[-1][0].id if more and page else None)
+
+    def equipment_detail(self, entity_id: str) -> dict[str, Any]:
+        """One equipment's record with its recent events, commands and active alarms."""
+        store = self._store()
+        eq = self.service.inventory.by_id(entity_id)
+        line = _summary_line(store.hgetall(EQUIPMENT_VIEW).get(entity_id))
+        alarms = [a for a in self.alarms() if a.get("source") == entity_id
+                  and a.get("state") not in ("normal", "out_of_service")]
+        record = _equipment_record(eq, line, store.load_checkpoints([entity_id]).get(entity_id),
+                                   any(a.get("active") for a in alarms))
+        record["events"] = store.recent_events(20, entity=entity_id)
+        record["commands"] = [
+            {k: v for k, v in c.to_json().items() if k in (
+                "command_id", "status", "action", "params", "caller", "created_ts",
+                "updated_ts", "error")}
+            for c in store.recent_commands(entity_id, 10)]
+        record["alarms"] = alarms
+        return record
+
+    def _alarmed(self) -> set[str]:
+        return {str(a.get("source")) for a in self.alarms()
+                if a.get("active") and a.get("state") not in ("out_of_service", "suppressed")}
+
     def alarms(self) -> list[dict[str, Any]]:
         """Every alarm, from the read model the alarms coordinator publishes."""
         store = self.service.store
@@ -636,3 +702,35 @@ def _hosts(tree: dict[str, Any]) -> list[dict[str, Any]]:
     return [n for n in _walk(tree) if "host" in str(n.get("kind", ""))]
 
 
+def _summary_line(raw: str | None) -> dict[str, Any]:
+    """A host's line of the equipment view (an entity no host has reported yet: unknown)."""
+    if raw:
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            line = None
+        if isinstance(line, dict):
+            return line
+    return {"host": None, "status": "unknown", "online": False, "conditions": []}
+
+
+def _equipment_record(eq: Equipment, line: Mapping[str, Any], checkpoint: bytes | None,
+                      in_alarm: bool) -> dict[str, Any]:
+    """The API's view of one equipment (CONTRACT.md ``GET /api/v1/equipment``)."""
+    twin: Mapping[str, Any] = {}
+    if checkpoint is not None:
+        try:
+            cp = unpack(checkpoint, max_size=64 << 20)
+            twin = cp.get("twin") or {} if isinstance(cp, dict) else {}
+        except MalformedMessageError:
+            twin = {}
+    reported = {
+        name: {k: r.get(k) for k in ("value", "quality", "source_ts", "received_ts")}
+        for name, r in (twin.get("reported") or {}).items() if isinstance(r, Mapping)
+    }
+    return {"id": eq.id, "kind": eq.kind, "municipality": eq.municipality,
+            "lat": eq.lat, "lon": eq.lon,
+            "online": bool(line.get("online")), "status": line.get("status"),
+            "host": line.get("host"), "in_alarm": in_alarm,
+            "conditions": list(line.get("conditions") or ()),
+            "reported": reported, "desired": dict(twin.get("desired") or {})}

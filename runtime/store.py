@@ -1316,6 +1316,31 @@ class SyncStore:
         raw: Any = self._call("hgetall", lambda _: self._redis.hgetall(key))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    def recent_commands(self, target: str, count: int = 10, *,
+                        scan: int = 2000) -> list[Command]:
+        """The last ``count`` commands journaled for ``target``, newest first.
+
+        Looks at the last ``scan`` journal entries only (one round trip for the
+        entries, one for the commands): an equipment page's recent history.
+        """
+        _check_read(count, 0)
+        _check_read(scan, 0)
+        rows: Any = self._call(
+            "recent_commands", lambda _: self._redis.xrevrange(self.keys.journal, count=scan))
+        wanted = target.encode()
+        ids = [_text(f[b"command_id"]) for _, f in rows or ()
+               if f.get(b"target") == wanted and b"command_id" in f][:count]
+        if not ids:
+            return []
+
+        def once(_: int) -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for command_id in ids:
+                pipe.hgetall(self.keys.command(command_id))
+            return pipe.execute()
+
+        return [Command.from_fields(raw) for raw in self._call("recent_commands", once) if raw]
+
 
 # -- in memory (unit tests) ---------------------------------------------------------------------
 class _StreamIds:

@@ -59,11 +59,12 @@ def test_viewer_may_not_submit(users: UserRegistry) -> None:
     assert "operator" in response.get_json()["error"]
 
 
-def test_operator_outside_his_municipalities_is_403(users: UserRegistry) -> None:
+def test_operator_outside_his_municipalities_is_404(users: UserRegistry) -> None:
     client = make_client(users)
     refused = submit(client, DIM, who="op2", entity="lamp-dijon-1")
-    assert refused.status_code == 403
-    assert refused.get_json()["field"] == "municipality"
+    # Another municipality's equipment is answered as if it did not exist.
+    assert refused.status_code == 404
+    assert refused.get_json() == {"error": "unknown equipment"}
     assert submit(client, DIM, who="op2", entity="lamp-talant-1").status_code == 202
 
 

@@ -147,7 +147,7 @@ def test_command_submissions_are_audited_accepted_and_refused(
     assert submit(mine, {"action": "set", "params": {"dim": 30}, "idempotency_key": "a1"}) == 202
     assert submit(mine, {"action": "set", "params": {"dim": 150}}) == 422
     assert submit(mine, {"action": "x" * 100_000}) == 422
-    assert submit(other, {"action": "set", "params": {"dim": 30}}) == 403
+    assert submit(other, {"action": "set", "params": {"dim": 30}}) == 404
     scope, huge, out_of_range, accepted = trail(client, "operator")[:4]
     assert all(e["action"] == "command.submit" and e["role"] == "operator"
                for e in (scope, huge, out_of_range, accepted))
@@ -162,7 +162,7 @@ def test_command_submissions_are_audited_accepted_and_refused(
     # What broke the limits is not kept: the trail says why, in a line.
     assert (huge["code"], huge["params"]) == ("too_long", None)
     assert len(json.dumps(huge)) < 1000
-    assert (scope["outcome"], scope["code"], scope["target"]) == ("refused", "403", other)
+    assert (scope["outcome"], scope["code"], scope["target"]) == ("refused", "404", other)
 
 
 def test_the_audit_trail_is_for_admins_only(client: FlaskClient) -> None:
