@@ -4,6 +4,10 @@ Every command is an absolute setpoint (``dim = 40``, never ``+10``), so replayin
 the journal after a restart can never act twice. A setpoint is validated
 against the kind's field table, then recorded as desired state; the device
 sessions that carry it to the field are owned by the host (``devices/``).
+
+Two kinds also feed the dispatch coordinator (:mod:`actors.control.dispatch`):
+a lighting circuit emits ``lamps_failed`` when lamps fail that had not, and a
+service vehicle sends it its position and crew status (``vehicle_state``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, ClassVar
 from runtime.commands import check_command_shape, shown
 from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint, Entity
-from runtime.envelope import Envelope
+from runtime.envelope import Envelope, MessageKind
 from runtime.errors import (
     DeviceUnavailableError,
     InvalidCommandError,
@@ -406,6 +410,30 @@ class LightingCircuit(EquipmentEntity):
     kind = "lighting_circuit"
     FIELDS = {"on": Field(bool), "dim": Field(float, 0, 100)}
 
+    def check_conditions(self) -> None:
+        """The kind's alarm conditions, then ``lamps_failed`` when lamps fail that had not.
+
+        The ``lamp_fault`` condition holds while any lamp has failed, so its
+        alarm says nothing of a second lamp failing; dispatch needs each new
+        failure (it joins the circuit's open intervention), and nothing when
+        the set only shrinks (a lamp replaced). The event carries every failed
+        lamp (``lamps``, numbered from 1), the new ones (``new``) and where the
+        cabinet stands (``lat``, ``lon``).
+        """
+        super().check_conditions()
+        reported = {k: v.value for k, v in self.twin.reported.items()}
+        failed = failed_lamps(reported)
+        before = set(self.state.get("failed_lamps") or ())
+        if failed == before:
+            return
+        self.state["failed_lamps"] = sorted(failed)
+        new = failed - before
+        if new:
+            eq = self.ctx.equipment
+            self.ctx.emit("lamps_failed", lamps=",".join(map(str, sorted(failed))),
+                          new=",".join(map(str, sorted(new))), count=len(failed),
+                          lat=eq.lat, lon=eq.lon)
+
     def pending_setpoints(self) -> dict[str, Any]:
         desired = {k: v for k, v in self.twin.desired.items() if k in self.FIELDS}
         reported = self.twin.reported.get("lamp")
@@ -429,6 +457,25 @@ class LightingCircuit(EquipmentEntity):
         if not isinstance(lamps, list) or not all(isinstance(x, Mapping) for x in lamps):
             raise ProtocolError(f"{self.ctx.id}: the cabinet's reading has no lamp block")
         return lamp_writes(setpoints, lamps)
+
+
+def failed_lamps(reported: Mapping[str, Any]) -> set[int]:
+    """Numbers (from 1) of the lamps whose ``fault_bits`` say they failed.
+
+    As :func:`block_values`, whether the cabinet reports its lamps as one list
+    or one value per node (``lamp.3.fault_bits``).
+    """
+    whole = reported.get("lamp")
+    if isinstance(whole, list):
+        return {n for n, lamp in enumerate(whole, start=1)
+                if isinstance(lamp, Mapping) and _lamp_failed(lamp.get("fault_bits"))}
+    out: set[int] = set()
+    for key, value in reported.items():
+        parts = key.split(".")
+        if (len(parts) == 3 and parts[0] == "lamp" and parts[2] == "fault_bits"
+                and parts[1].isdigit() and _lamp_failed(value)):
+            out.add(int(parts[1]))
+    return out
 
 
 def lamp_holds(lamp: Mapping[str, Any], name: str, want: Any) -> bool:
@@ -460,9 +507,131 @@ class Camera(EquipmentEntity):
     FIELDS = {"preset": Field(int, 0, 255), "recording": Field(bool)}
 
 
+#: The entity id of the dispatch coordinator, to which service vehicles report.
+DISPATCH = "dispatch"
+#: A service vehicle reports to dispatch at once when its status, job or session
+#: changes, otherwise at most this often while it moves, ...
+VEHICLE_REPORT_S = 5.0
+#: ... and at least this often when nothing changes (a restarted dispatch relearns it).
+VEHICLE_KEEPALIVE_S = 60.0
+#: Moves shorter than this (GNSS jitter of a parked vehicle) are not worth a report.
+_VEHICLE_MOVED_M = 10.0
+_M_PER_DEG = 111_320.0
+#: What dispatch may set on a service vehicle's telematics unit (action ``job``).
+JOB_FIELDS: Mapping[str, Field] = {
+    "job": Field(str, max_len=64),
+    "job_lat": Field(float, -90, 90),
+    "job_lon": Field(float, -180, 180),
+}
+
+
 class Vehicle(EquipmentEntity):
+    """A bus or a geo-tracked service vehicle; operators set its crew ``message``.
+
+    A service vehicle (one with a ``role``) is part of the dispatch fleet:
+
+    * it sends entity ``dispatch`` a ``vehicle_state`` message (telemetry kind:
+      a full mailbox keeps the latest) with its position, ``status``
+      (``available``, ``busy``, ``out_of_service``), crew progress on its
+      ``job`` (``job_state``: ``en_route``, ``on_site``, ``done``), whether
+      its device is online, its ``role`` and ``radio``: at once when any of
+      these but the position changes, at most every :data:`VEHICLE_REPORT_S`
+      while it moves, at least every :data:`VEHICLE_KEEPALIVE_S`;
+    * it takes action ``job`` ``{"job", "job_lat", "job_lon"}`` from dispatch
+      alone (never from the journal: operators go through the dispatch
+      coordinator), written to its telematics unit as desired state, so that
+      a vehicle that reconnects gets its job again.
+    """
+
     kind = "vehicle"
     FIELDS = {"message": Field(str, max_len=200)}
+
+    async def on_start(self, saved: Checkpoint | None) -> None:
+        await super().on_start(saved)
+        attrs = self.ctx.equipment.attrs
+        self._fleet = isinstance(attrs.get("role"), str) and not attrs.get("line")
+        self._sender = ""
+        self._reported: tuple[Any, ...] = ()
+        self._reported_at = -math.inf
+        self._reported_pos: tuple[float, float] | None = None
+
+    async def on_command(self, msg: Envelope) -> dict[str, Any]:
+        self._sender = msg.sender
+        try:
+            return await super().on_command(msg)
+        finally:
+            self._sender = ""
+
+    async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
+        if action != "job":
+            return await super().apply_command(action, params)
+        if self._sender != DISPATCH or not self._fleet:
+            raise RejectedError(f"{self.ctx.id} takes jobs from dispatch only",
+                                code="unknown_action")
+        clean: dict[str, Any] = {}
+        for name, spec in JOB_FIELDS.items():
+            if name not in params:
+                raise RejectedError(f"a job needs {name}", code="bad_value")
+            clean[name] = spec.check(name, params[name])
+        self.twin.desired.update(clean)
+        port = self.ctx.device
+        if port is None:
+            return {"desired": clean}
+        try:
+            writes = await self.device_writes(port, clean)
+            confirmed = await port.write(writes, command_id=self.current_command)
+        except DeviceUnavailableError as exc:
+            raise RejectedError(f"{self.ctx.id} did not answer: {exc}",
+                                code="device_unavailable") from exc
+        return {"desired": clean, "device": dict(confirmed)}
+
+    async def on_telemetry(self, msg: Envelope) -> None:
+        await super().on_telemetry(msg)
+        if self._fleet:
+            self._report_to_dispatch()
+
+    async def on_device_status(self, msg: Envelope) -> None:
+        await super().on_device_status(msg)
+        if self._fleet:
+            self._report_to_dispatch()
+
+    def _report_to_dispatch(self) -> None:
+        reported = {k: v.value for k, v in self.twin.reported.items()}
+        lat, lon = reported.get("lat"), reported.get("lon")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lat, lon)):
+            return  # no position yet: nothing dispatch could use
+        assert isinstance(lat, int | float) and isinstance(lon, int | float)
+        status = reported.get("status")
+        online = bool(self.state.get("online"))
+        key = (status, reported.get("job"), reported.get("job_state"), online)
+        now = self.ctx.clock.time()
+        since = now - self._reported_at
+        if key == self._reported:
+            if since < VEHICLE_REPORT_S:
+                return
+            last = self._reported_pos
+            moved = last is None or _moved_m(last, (float(lat), float(lon))) >= _VEHICLE_MOVED_M
+            if not moved and since < VEHICLE_KEEPALIVE_S:
+                return
+        self._reported, self._reported_at = key, now
+        self._reported_pos = (float(lat), float(lon))
+        attrs = self.ctx.equipment.attrs
+        self.ctx.send(Envelope(
+            target=DISPATCH, type="vehicle_state", sender=self.ctx.id,
+            kind=MessageKind.TELEMETRY,
+            payload={"ts": now, "municipality": self.ctx.equipment.municipality,
+                     "role": str(attrs.get("role")), "radio": attrs.get("radio") is True,
+                     "lat": float(lat), "lon": float(lon),
+                     "status": status if isinstance(status, str) else "",
+                     "job": str(reported.get("job") or ""),
+                     "job_state": str(reported.get("job_state") or ""), "online": online}))
+
+
+def _moved_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """A short distance in metres (flat-earth: only compared with a few metres)."""
+    dy = (b[0] - a[0]) * _M_PER_DEG
+    dx = (b[1] - a[1]) * _M_PER_DEG * math.cos(math.radians(a[0]))
+    return math.hypot(dx, dy)
 
 
 class AccessTerminal(EquipmentEntity):

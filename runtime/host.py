@@ -45,7 +45,7 @@ from runtime.errors import (
     StoreUnavailableError,
     UnknownEntityError,
 )
-from runtime.inventory import Equipment
+from runtime.inventory import COORDINATOR, Equipment
 from runtime.mailbox import Mailbox
 from runtime.metrics import Histogram
 from runtime.router import Directory, Outbox, Transport
@@ -87,8 +87,14 @@ class HostConfig:
     restart_type: RestartType = RestartType.PERMANENT
 
 
-def _setpoint_key(cmd: Command) -> tuple[str, str, tuple[str, ...]]:
-    """Commands that set the same fields of the same target: the latest one wins."""
+def _setpoint_key(cmd: Command, target: Equipment) -> tuple[str, str, tuple[str, ...]]:
+    """Commands that set the same fields of the same target: the latest one wins.
+
+    A command to a coordinator is an action, not a setpoint (two requests opened,
+    two alarms acknowledged): its key is its own id, so none supersedes another.
+    """
+    if target.kind == COORDINATOR:
+        return cmd.target, cmd.command_id, ()
     return cmd.target, cmd.action, tuple(sorted(cmd.params))
 
 
@@ -702,12 +708,12 @@ class HostCore:
             commands = await self.store.get_commands([cid for _, cid, _ in mine])
             now = time.time()
             latest: dict[tuple[str, str, tuple[str, ...]], str] = {}
-            for _, cid, _ in mine:
+            for _, cid, target in mine:
                 cmd = commands.get(cid)
                 # A command past its deadline is never sent, so it must not supersede one that is.
                 if (cmd is not None and cmd.status not in TERMINAL
                         and not (cmd.deadline_ts and now > cmd.deadline_ts)):
-                    latest[_setpoint_key(cmd)] = cid
+                    latest[_setpoint_key(cmd, self.slots[target].equipment)] = cid
             updates: list[tuple[str, CommandStatus, str]] = []
             stamps: dict[str, dict[str, float]] = {}
             deliver: list[Envelope] = []
@@ -720,7 +726,7 @@ class HostCore:
                     updates.append((cid, CommandStatus.EXPIRED, "deadline passed before sending"))
                     self._done_commands.add(cid)
                     continue
-                if latest.get(_setpoint_key(cmd)) != cid:
+                if latest.get(_setpoint_key(cmd, self.slots[target].equipment)) != cid:
                     updates.append((cid, CommandStatus.SUPERSEDED, "a newer setpoint replaced it"))
                     self._done_commands.add(cid)
                     continue

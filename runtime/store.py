@@ -1638,6 +1638,17 @@ class MemoryStore:
         _check_id("group name", group)
         _check_read(count, block_ms)
         self._enter("read_event_group")
+        # As XREADGROUP BLOCK: wait for an event (checked every 10 ms) up to block_ms.
+        # Without a wait, a consumer looping on an empty stream would never yield.
+        waited = 0.0
+        while True:
+            out = self._group_rows(group, count)
+            if out or waited * 1000 >= block_ms:
+                return out
+            await self._clock.sleep(0.01)
+            waited += 0.01
+
+    def _group_rows(self, group: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         acked = self._group_acked.setdefault(group, set())
         delivered = self._group_last.get(group, (0, 0))
         out: list[tuple[str, dict[str, Any]]] = []

@@ -1,4 +1,4 @@
-"""The control room's coordinator entities: alarms (and, as they come, crisis and dispatch).
+"""The control room's coordinator entities: alarms, dispatch (and, as it comes, crisis).
 
 They run like equipment entities, in the ``control`` domain on a host of their own
 (:data:`runtime.placement.CONTROL_HOST`), restarted from their checkpoints; the
@@ -7,8 +7,11 @@ them through the command journal.
 """
 
 from actors.control.alarms import AlarmsCoordinator
+from actors.control.dispatch import DispatchCoordinator
+from runtime.entity import Entity
 
 #: Coordinator entities by id (the service places those it is asked to run).
-COORDINATORS = {"alarms": AlarmsCoordinator}
+COORDINATORS: dict[str, type[Entity]] = {"alarms": AlarmsCoordinator,
+                                         "dispatch": DispatchCoordinator}
 
-__all__ = ["COORDINATORS", "AlarmsCoordinator"]
+__all__ = ["COORDINATORS", "AlarmsCoordinator", "DispatchCoordinator"]
