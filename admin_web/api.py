@@ -257,7 +257,15 @@ def _visible_alarms() -> list[dict[str, Any]]:
     except StoreUnavailableError:
         raise _store_unavailable("alarms not readable") from None
     user = current_user()
-    return [a for a in alarms if user.can(Role.VIEWER, str(a.get("municipality") or ""))]
+    return [a for a in alarms if any(user.can(Role.VIEWER, m) for m in _alarm_places(a))]
+
+
+def _alarm_places(alarm: dict[str, Any]) -> list[str]:
+    """The municipalities an alarm concerns (a flood summary: those of its children)."""
+    places = alarm.get("municipalities")
+    if isinstance(places, list) and places:
+        return [str(m) for m in places]
+    return [str(alarm.get("municipality") or "")]
 
 
 @api.get("/alarms")
@@ -290,7 +298,7 @@ def alarms() -> ResponseReturnValue:
             continue
         if priority is not None and a.get("priority") != priority:
             continue
-        if args.get("municipality") not in (None, a.get("municipality")):
+        if args.get("municipality") not in (None, *_alarm_places(a)):
             continue
         if args.get("source") not in (None, a.get("source")):
             continue
@@ -311,8 +319,12 @@ def alarm(alarm_id: str) -> ResponseReturnValue:
 def _alarm_in_scope(alarm_id: str, role: Role) -> dict[str, Any]:
     for a in _visible_alarms():
         if a.get("id") == alarm_id:
-            if not current_user().can(role, str(a.get("municipality") or "")):
-                break
+            # Acting on a summary acts on every child: the user must hold the role in all
+            # of their municipalities.
+            if role is not Role.VIEWER and not all(current_user().can(role, m)
+                                                   for m in _alarm_places(a)):
+                raise ApiError(403, f"not allowed to act on alarm {alarm_id} in all of "
+                                    f"{', '.join(_alarm_places(a))}", field="municipality")
             return a
     raise ApiError(404, "unknown alarm")
 
