@@ -204,7 +204,7 @@ def test_the_nearest_available_vehicle_of_a_suitable_role_is_sent() -> None:
             assert len(await rig.interventions()) == 1
 
             async def busy_in_fleet() -> bool:  # the fleet is published once a second
-                return (await rig.fleet())["maint-mid"]["assigned"] == iid
+                return bool((await rig.fleet())["maint-mid"]["assigned"] == iid)
 
             await poll(busy_in_fleet, 5, what="the vehicle held in the fleet")
 
@@ -267,7 +267,7 @@ def test_a_report_that_skips_a_step_moves_on_and_never_back() -> None:
             await poll(lambda: True, 1)
 
             async def moved() -> bool:
-                return (await rig.fleet())["m1"]["lat"] == 47.0
+                return bool((await rig.fleet())["m1"]["lat"] == 47.0)
 
             await poll(moved, 5, what="the new position indexed")
             assert (await rig.interventions())[iid]["state"] == "on_site"

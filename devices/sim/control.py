@@ -11,6 +11,7 @@ URL); benches and tests use :class:`SimControl`::
     control.loss(0.01)                                # drop 1 % of MQTT telemetry
     control.hold()                                    # stop emitting samples
     control.hold(False)
+    control.pace(288)                                 # crews drive and work 288x faster
 
 Requests and answers are JSON:
 
@@ -21,6 +22,7 @@ Requests and answers are JSON:
 ``POST /fault``                   ``{"id", "name", "on": bool}`` (names per kind below)
 ``POST /storm``                   ``{"ids": [...], "seconds": s}``: silent together, then back
 ``POST /loss``                    ``{"rate": 0..1}``: MQTT telemetry dropped after it was counted
+``POST /pace``                    ``{"speedup": >= 1}``: service-vehicle crews drive and work faster
 ``GET  /values/{id}``             the values the device holds (what writes changed)
 ================================  =================================================
 
@@ -43,7 +45,8 @@ Per device, ``counters`` are:
 Fault names: ``offline`` (any device), ``fire`` and ``intrusion`` (``bms``,
 zone 1), ``door_forced`` (``bms``), ``mains`` and ``door`` (``lighting_cabinet``),
 ``lamp`` (``lighting_cabinet``: lamp 1 failed), ``controller`` (``traffic_controller``
-fault bits), ``tamper`` (``camera``: one tamper event).
+fault bits), ``tamper`` (``camera``: one tamper event), ``out_of_service``
+(``service_vehicle``: the crew reports itself out of service while on).
 """
 
 from __future__ import annotations
@@ -163,6 +166,9 @@ class _Target(abc.ABC):
     @abc.abstractmethod
     async def loss(self, rate: float) -> None: ...
 
+    @abc.abstractmethod
+    async def pace(self, speedup: float) -> None: ...
+
 
 class _Local(_Target):
     def __init__(self, sim: ControlTarget) -> None:
@@ -190,6 +196,11 @@ class _Local(_Target):
         setter = getattr(self.sim, "set_loss_rate", None)
         if setter is not None:
             setter(rate)
+
+    async def pace(self, speedup: float) -> None:
+        setter = getattr(self.sim, "set_pace", None)
+        if setter is not None:
+            setter(speedup)
 
 
 class RemoteTarget(_Target):
@@ -252,6 +263,9 @@ class RemoteTarget(_Target):
     async def loss(self, rate: float) -> None:
         await self._call("POST", "/loss", {"rate": rate})
 
+    async def pace(self, speedup: float) -> None:
+        await self._call("POST", "/pace", {"speedup": speedup})
+
 
 class ControlServer:
     """Serves the control channel for a set of simulators on ``host:port``.
@@ -279,6 +293,7 @@ class ControlServer:
             ("POST", "/fault"): self._fault,
             ("POST", "/storm"): self._storm,
             ("POST", "/loss"): self._loss,
+            ("POST", "/pace"): self._pace,
         }
 
     @property
@@ -394,6 +409,15 @@ class ControlServer:
             await target.loss(float(rate))
         self._loss_rate = float(rate)
         return {"loss_rate": self._loss_rate}
+
+    async def _pace(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        speedup = body.get("speedup")
+        if (isinstance(speedup, bool) or not isinstance(speedup, int | float)
+                or not 1.0 <= speedup <= 100_000.0):
+            raise ValueError("pace needs 'speedup' in [1, 100000]")
+        for target in self._targets:
+            await target.pace(float(speedup))
+        return {"speedup": float(speedup)}
 
     # -- HTTP ---------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -518,6 +542,9 @@ class SimControl:
 
     def loss(self, rate: float) -> None:
         self._call("POST", "/loss", {"rate": rate})
+
+    def pace(self, speedup: float) -> None:
+        self._call("POST", "/pace", {"speedup": speedup})
 
     def values(self, device_id: str) -> dict[str, Any]:
         out: dict[str, Any] = self._call("GET", f"/values/{device_id}")

@@ -15,8 +15,14 @@ CONTRACT.md and in the shape of their profiles::
   400 m; their lateness ``delay_s`` drifts as a bounded random walk and their
   position is the timetable's position ``delay_s`` seconds ago, so speed and
   heading stay consistent with the track.
-* Service vehicles drive from one random waypoint to the next around their
-  base and work a while at each.
+* Service vehicles wait parked (at their base, then where their last job
+  was) and report ``available``; given a job (``job``, ``job_lat``,
+  ``job_lon``, written by dispatch) the crew reports ``busy``, drives there at
+  town speed (``job_state`` ``en_route``), works a few minutes (``on_site``),
+  then reports ``done`` and ``available`` again; a sample goes out at once at
+  each step. :meth:`MqttDeviceSimulator.set_pace` makes crews drive and work
+  faster (a bench's accelerated day); fault ``out_of_service`` takes a vehicle
+  out of service (it reports ``out_of_service`` until the fault is cleared).
 * Cameras send a heartbeat every profile period and raise ``motion`` (mostly)
   or ``tamper`` events at random (QoS 1).
 * Commands on ``city/+/+/+/cmd`` with action ``set`` change the profile's
@@ -94,12 +100,14 @@ BUS_STOP_SPACING_M: Final = 400.0
 BUS_DWELL_S: Final = 20.0
 _BUS_DELAY_RANGE: Final = (-120.0, 900.0)
 
+JOB_WORK_S: Final = (180.0, 600.0)  # how long a crew works on site: a few minutes
+#: A crew's road speed driving to a job through town (m/s), by role.
 ROLE_SPEED_MS: Final = {
     "gritter": 9.0,
-    "sweeper": 3.0,
+    "sweeper": 7.0,
     "police": 12.0,
-    "waste": 5.0,
-    "maintenance": 10.0,
+    "waste": 7.0,
+    "maintenance": 9.0,
 }
 
 
@@ -283,6 +291,13 @@ class _Bus(_Device):
 
 
 class _ServiceVehicle(_Device):
+    """A crew that waits parked, and drives to and works on the jobs dispatch gives it.
+
+    Times are wall-clock seconds (the ``now`` of :meth:`sample`); ``pace`` > 1
+    shortens the drive and the work by that factor (the reported ``speed``
+    stays the crew's road speed, as a compressed day would show it).
+    """
+
     def __init__(self, equipment: Equipment, profile: Profile, rng: random.Random) -> None:
         super().__init__(equipment, profile)
         role = str(equipment.attrs.get("role", "maintenance"))
@@ -292,35 +307,70 @@ class _ServiceVehicle(_Device):
         self.cruise = ROLE_SPEED_MS.get(self.role, 8.0)
         self.x = self.y = 0.0
         self.heading = rng.uniform(0.0, 360.0)
-        self.target: _Point | None = None
-        self.dwell_until = 0.0
-        self.last_now: float | None = None
+        self.out_of_service = False
+        self.job = ""
+        self.job_state = "idle"
+        self.start: _Point = (0.0, 0.0)
+        self.target: _Point = (0.0, 0.0)
+        self.depart_at = self.arrive_at = self.done_at = 0.0
         self.writes["message"] = ""
+        self.writes["job"] = ""
+
+    def _local(self, lat: float, lon: float) -> _Point:
+        lat0, lon0 = self.origin
+        return ((lon - lon0) * _M_PER_DEG * math.cos(math.radians(lat0)),
+                (lat - lat0) * _M_PER_DEG)
+
+    def _advance(self, now: float) -> float:
+        """Move the crew to where it is at ``now``; its speed (m/s)."""
+        if not self.job or self.job_state in ("idle", "done"):
+            return 0.0
+        if now < self.arrive_at:
+            span = max(self.arrive_at - self.depart_at, 1e-9)
+            f = max(0.0, (now - self.depart_at) / span)
+            (x0, y0), (x1, y1) = self.start, self.target
+            self.x, self.y = x0 + (x1 - x0) * f, y0 + (y1 - y0) * f
+            self.job_state = "en_route"
+            return self.cruise
+        self.x, self.y = self.target
+        self.job_state = "on_site" if now < self.done_at else "done"
+        return 0.0
+
+    def take_job(self, now: float, rng: random.Random, pace: float) -> list[float]:
+        """Start the job now written in ``writes`` (or drop it for ``""``).
+
+        Returns the wall-clock times of the crew's next steps (arrival, done),
+        at which the simulator sends a sample at once.
+        """
+        job = str(self.writes.get("job") or "")
+        if job == self.job:
+            return []  # the same job again (a reconnect re-applies it): carry on
+        self._advance(now)
+        self.job = job
+        if not job:
+            self.job_state = "idle"
+            return []
+        self.start = (self.x, self.y)
+        self.target = self._local(float(self.writes.get("job_lat", self.origin[0])),
+                                  float(self.writes.get("job_lon", self.origin[1])))
+        dx, dy = self.target[0] - self.x, self.target[1] - self.y
+        if dx or dy:
+            self.heading = _bearing(dx, dy)
+        self.depart_at = now
+        self.arrive_at = now + math.hypot(dx, dy) / self.cruise / pace
+        self.done_at = self.arrive_at + rng.uniform(*JOB_WORK_S) / pace
+        self.job_state = "en_route"
+        return [self.arrive_at, self.done_at]
 
     def sample(self, now: float, rng: random.Random) -> dict[str, Any]:
-        dt = 0.0 if self.last_now is None else max(0.0, now - self.last_now)
-        self.last_now = now
-        speed = 0.0
-        if self.target is None and now >= self.dwell_until:
-            r = rng.uniform(300.0, 2_500.0)
-            a = rng.uniform(0.0, 2 * math.pi)
-            self.target = (r * math.sin(a), r * math.cos(a))
-        if self.target is not None:
-            tx, ty = self.target
-            dx, dy = tx - self.x, ty - self.y
-            remaining = math.hypot(dx, dy)
-            speed = self.cruise * rng.uniform(0.7, 1.1)
-            step = speed * dt
-            if remaining > 0:
-                self.heading = _bearing(dx, dy)
-            if step >= remaining:
-                self.x, self.y = tx, ty
-                self.target = None
-                self.dwell_until = now + rng.uniform(30.0, 300.0)
-            else:
-                self.x += dx / remaining * step
-                self.y += dy / remaining * step
-        status = "driving" if self.target is not None else "working"
+        speed = self._advance(now) * (rng.uniform(0.8, 1.1) if self.job_state == "en_route"
+                                      else 0.0)
+        if self.out_of_service:
+            status = "out_of_service"
+        elif self.job_state in ("en_route", "on_site"):
+            status = "busy"
+        else:
+            status = "available"
         lat, lon = _to_lat_lon(self.origin, self.x, self.y)
         return {
             "ts": now,
@@ -331,6 +381,8 @@ class _ServiceVehicle(_Device):
             "seq": self.next_seq(),
             "role": self.role,
             "status": status,
+            "job": self.job,
+            "job_state": self.job_state,
             "message": self.writes["message"],
         }
 
@@ -428,6 +480,7 @@ class MqttDeviceSimulator:
         self._held = False
         self._loss_rate = 0.0
         self._loss_rng = random.Random(0)
+        self._pace = 1.0
 
     def _model(
         self, eq: Equipment, profile: Profile, centres: dict[str, tuple[float, float]]
@@ -569,6 +622,12 @@ class MqttDeviceSimulator:
             raise ConfigError(f"loss rate {rate!r} outside [0, 1]")
         self._loss_rate = rate
 
+    def set_pace(self, speedup: float) -> None:
+        """Crews drive to their next jobs and work on them ``speedup`` times faster."""
+        if not (speedup >= 1.0 and math.isfinite(speedup)):
+            raise ConfigError(f"pace {speedup!r} must be a number >= 1")
+        self._pace = float(speedup)
+
     async def set_offline(self, device_id: str, on: bool) -> None:
         """Silence a device (retained ``offline``) or bring it back."""
         if on:
@@ -577,8 +636,14 @@ class MqttDeviceSimulator:
             await self.start_device(device_id)
 
     async def fault(self, device_id: str, name: str, on: bool) -> None:
-        """``tamper`` (camera): one tamper event now; clearing is a no-op."""
+        """``tamper`` (camera): one tamper event now, clearing is a no-op;
+        ``out_of_service`` (service vehicle): reported as its status while on."""
         device = self._device(device_id)
+        if name == "out_of_service" and isinstance(device, _ServiceVehicle):
+            device.out_of_service = on
+            if device.running and not self._held:
+                await self._send_sample(device)
+            return
         if name != "tamper" or name not in device.profile.events:
             raise RejectedError(f"{device.profile.name} has no fault {name!r}",
                                 code="unknown_fault")
@@ -694,6 +759,10 @@ class MqttDeviceSimulator:
                 if device.running and not self._held:
                     await self._send_sample(device)
                 self._push(following, device_id, what)
+            elif what == "job":
+                # A crew reached its site or finished: it reports at once.
+                if device.running and not self._held:
+                    await self._send_sample(device)
             else:
                 if device.running:
                     event = device.event(self._clock.time(), self._rng)
@@ -789,4 +858,8 @@ class MqttDeviceSimulator:
             except MalformedMessageError as exc:
                 return str(exc)
         device.apply(values)
+        if isinstance(device, _ServiceVehicle) and "job" in values:
+            now = self._clock.time()
+            for when in device.take_job(now, self._rng, self._pace):
+                self._push(self._clock.monotonic() + max(0.0, when - now), device.id, "job")
         return None
