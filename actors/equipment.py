@@ -13,6 +13,7 @@ service vehicle sends it its position and crew status (``vehicle_state``).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -338,6 +339,31 @@ class EquipmentEntity(Entity):
 
     # -- commands --------------------------------------------------------
     @classmethod
+    def effective(cls, twin: Mapping[str, Any]) -> dict[str, Any]:
+        """Each writable field's effective value in a twin as :meth:`Twin.to_dict` gives it.
+
+        The desired value where one is set, else what the device reports (a
+        field known neither way is left out): what a crisis plan records
+        before it sets the field, and puts back when it ends.
+        """
+        desired = twin.get("desired") or {}
+        out = {k: desired[k] for k in cls.FIELDS if k in desired}
+        reported = {k: v.get("value") for k, v in (twin.get("reported") or {}).items()
+                    if isinstance(v, Mapping)}
+        for name, value in cls.reported_fields(reported).items():
+            if name in cls.FIELDS and name not in out:
+                try:
+                    out[name] = cls.FIELDS[name].check(name, value)
+                except RejectedError:
+                    continue  # a reading the field could not be set to: no baseline
+        return out
+
+    @classmethod
+    def reported_fields(cls, reported: Mapping[str, Any]) -> dict[str, Any]:
+        """The writable fields' values as the device reports them (by name, by default)."""
+        return {k: reported[k] for k in cls.FIELDS if k in reported}
+
+    @classmethod
     def validate_command(cls, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` of ``set`` checked against the kind's :attr:`FIELDS`, as held.
 
@@ -373,6 +399,9 @@ class EquipmentEntity(Entity):
     async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
         clean = self.validate_command(action, params)
         self.twin.desired.update(clean)
+        # Which command last set each field: a crisis plan restores only what it set itself.
+        self.state["set_by"] = {**(self.state.get("set_by") or {}),
+                                **dict.fromkeys(clean, self.current_command)}
         self.ctx.emit("setpoint", **{f"desired.{k}": v for k, v in clean.items()})
         port = self.ctx.device
         if port is None:
@@ -433,6 +462,16 @@ class LightingCircuit(EquipmentEntity):
             self.ctx.emit("lamps_failed", lamps=",".join(map(str, sorted(failed))),
                           new=",".join(map(str, sorted(new))), count=len(failed),
                           lat=eq.lat, lon=eq.lon)
+
+    @classmethod
+    def reported_fields(cls, reported: Mapping[str, Any]) -> dict[str, Any]:
+        """``on`` and ``dim`` as most of the circuit's lamps hold them."""
+        out: dict[str, Any] = {}
+        for name in cls.FIELDS:
+            values = [v for v in block_values(reported, "lamp", name) if v is not None]
+            if values:
+                out[name] = Counter(values).most_common(1)[0][0]
+        return out
 
     def pending_setpoints(self) -> dict[str, Any]:
         desired = {k: v for k, v in self.twin.desired.items() if k in self.FIELDS}
@@ -637,6 +676,12 @@ def _moved_m(a: tuple[float, float], b: tuple[float, float]) -> float:
 class AccessTerminal(EquipmentEntity):
     kind = "access_terminal"
     FIELDS = {"bollard": Field(str, choices=("up", "down"))}
+
+    @classmethod
+    def reported_fields(cls, reported: Mapping[str, Any]) -> dict[str, Any]:
+        # A moving bollard is neither up nor down: no value until it stops.
+        bollard = reported.get("bollard")
+        return {"bollard": bollard} if bollard in ("up", "down") else {}
 
     def device_fields(self, clean: Mapping[str, Any]) -> dict[str, Any]:
         # The terminal takes a raise/lower request and reports the bollard's position.

@@ -13,12 +13,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from runtime.clock import Clock
+from runtime.commands import Command
 from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint, Entity, EntityContext
 from runtime.envelope import Envelope, MessageKind
@@ -59,6 +60,15 @@ class HostServices(Protocol):
 
     def publish_read_model(self, name: str, data: bytes) -> None:
         """Write read model ``name`` to the store soon (the latest one wins)."""
+
+    async def submit_commands(self, entity_id: str, commands: Sequence[Command]
+                              ) -> list[Command]:
+        """Journal commands on behalf of ``entity_id``, once its state is durable."""
+        ...
+
+    async def get_commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        """Journaled commands by id."""
+        ...
 
 
 @dataclass(slots=True)
@@ -191,6 +201,12 @@ class _Context:
 
     def publish_read_model(self, name: str, data: bytes) -> None:
         self._host.publish_read_model(name, data)
+
+    async def submit(self, commands: Sequence[Command]) -> list[Command]:
+        return await self._host.submit_commands(self._slot.id, commands)
+
+    async def commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        return await self._host.get_commands(ids)
 
 
 class EntityCell:

@@ -30,16 +30,16 @@ publishes, and hands work back to the entity with :meth:`PriorityLane.post`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from runtime.clock import Clock
-from runtime.commands import check_command_shape, shown
+from runtime.commands import Command, check_command_shape, shown
 from runtime.device_port import DevicePort
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import MalformedMessageError, RejectedError
-from runtime.inventory import Equipment
+from runtime.inventory import Equipment, Inventory
 from runtime.twin import Twin
 
 log = logging.getLogger("commandpost.entity")
@@ -87,6 +87,21 @@ class EntityContext(Protocol):
 
     def observe(self, metric: str, value: float) -> None:
         """Record one value of a host-wide histogram (``telemetry_lag_s``, …)."""
+
+    async def submit(self, commands: Sequence[Command]) -> list[Command]:
+        """Journal ``commands`` for their targets, the way an operator's are journaled.
+
+        The entity's state as it stands is made durable first, so that a
+        restart finds what the entity had decided before anything acted on it.
+        A command whose id is journaled already is not journaled again (the
+        stored one is returned): ids derived from a decision make a replay
+        harmless. Raises :class:`~runtime.errors.StoreUnavailableError`.
+        """
+        ...
+
+    async def commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        """The journaled commands of these ids as they stand (those the store still holds)."""
+        ...
 
     @property
     def device(self) -> DevicePort | None:
@@ -229,6 +244,18 @@ class Entity:
         :meth:`apply_command` too, so that one definition serves both.
         """
         return check_command_shape(action, params)
+
+    @classmethod
+    def coordinator_attrs(cls, inventory: Inventory) -> dict[str, Any]:
+        """What a coordinator needs of the inventory, for its record's ``attrs``.
+
+        The service calls it when it builds a coordinator's record
+        (:func:`runtime.placement.coordinator`), so the coordinator gets what
+        it needs with its assignment, wherever its host runs. Nothing by
+        default; raises :class:`~runtime.errors.ConfigError` when the
+        inventory does not suit the coordinator.
+        """
+        return {}
 
     def already_applied(self, command_id: str) -> bool:
         return command_id in self.applied

@@ -92,6 +92,15 @@ class InventoryError(ConfigError):
         self.issues = issues
 
 
+class PlanError(ConfigError):
+    """A plan file failed validation; ``issues`` holds one ``file:line: field: message``
+    line per error."""
+
+    def __init__(self, issues: list[str]) -> None:
+        super().__init__("\n".join(issues))
+        self.issues = issues
+
+
 class AuthError(CommandpostError):
     """Authentication or authorisation failed: a person has to act."""
 

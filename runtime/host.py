@@ -65,6 +65,7 @@ _JOURNAL_BATCH = 500  # journal entries read at a time
 _FEED_BATCH = 500  # events handed to a coordinator at a time
 _FEED_BLOCK_MS = 1000  # how long a coordinator's feed waits on the stream per read
 _FEED_TIMEOUT_S = 30.0  # how long a batch may take its coordinator before it goes again
+_SUBMIT_CHUNK = 200  # commands an entity journals concurrently
 
 #: The hash where hosts keep one line per entity (``{"host", "status", "online",
 #: "conditions"}``, JSON) for the web's equipment lists; the twins are the checkpoints.
@@ -606,6 +607,27 @@ class HostCore:
     def publish_read_model(self, name: str, data: bytes) -> None:
         self._read_models[name] = data
         self._read_models_wanted.set()
+
+    async def submit_commands(self, entity_id: str, commands: Sequence[Command]
+                              ) -> list[Command]:
+        """Journal ``commands`` for an entity (a coordinator), once its state is durable.
+
+        Write-ahead: the checkpoint that records the decision is in the store
+        before any command of it is, so a restarted entity knows what it may
+        have sent. Commands go out a chunk at a time, concurrently; an id
+        journaled already is returned as stored, not journaled twice.
+        """
+        await self.durable(entity_id)
+        out: list[Command] = []
+        for start in range(0, len(commands), _SUBMIT_CHUNK):
+            chunk = commands[start:start + _SUBMIT_CHUNK]
+            stored = await asyncio.gather(*(self.store.submit_command(c) for c in chunk))
+            out += [cmd for cmd, _ in stored]
+        return out
+
+    async def get_commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        """Journaled commands by id (those the store still holds)."""
+        return await self.store.get_commands(list(ids))
 
     async def _read_model_loop(self) -> None:
         while True:

@@ -22,18 +22,21 @@ DOMAINS: tuple[str, ...] = (*dict.fromkeys(DOMAIN_OF_KIND.values()), CONTROL_DOM
 CONTROL_HOST = f"{CONTROL_DOMAIN}-0"
 
 
-def coordinator(entity_id: str, inventory: Inventory, *, placement: str | None = None
-                ) -> Equipment:
+def coordinator(entity_id: str, inventory: Inventory, *, placement: str | None = None,
+                attrs: Mapping[str, Any] | None = None) -> Equipment:
     """The record of a coordinator entity (``alarms``, ``crisis``, ``dispatch``).
 
     It spans the metropolis: it sits at the centroid of the municipalities, and
-    has no device (its endpoint names it as the control room's own).
+    has no device (its endpoint names it as the control room's own). ``attrs``
+    carry what it needs of the inventory
+    (:meth:`runtime.entity.Entity.coordinator_attrs`).
     """
     munis = inventory.municipalities
     return Equipment(
         id=entity_id, kind=COORDINATOR, municipality="metropolis",
         lat=sum(m.lat for m in munis) / len(munis), lon=sum(m.lon for m in munis) / len(munis),
-        endpoint=f"control:{entity_id}", profile=COORDINATOR, placement=placement)
+        endpoint=f"control:{entity_id}", profile=COORDINATOR, placement=placement,
+        attrs=attrs or {})
 
 
 def stable_shard(municipality: str, entity_id: str, shards: int) -> int:

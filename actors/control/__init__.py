@@ -1,4 +1,4 @@
-"""The control room's coordinator entities: alarms, dispatch (and, as it comes, crisis).
+"""The control room's coordinator entities: alarms, crisis, dispatch.
 
 They run like equipment entities, in the ``control`` domain on a host of their own
 (:data:`runtime.placement.CONTROL_HOST`), restarted from their checkpoints; the
@@ -7,11 +7,13 @@ them through the command journal.
 """
 
 from actors.control.alarms import AlarmsCoordinator
+from actors.control.crisis import CrisisCoordinator
 from actors.control.dispatch import DispatchCoordinator
 from runtime.entity import Entity
 
 #: Coordinator entities by id (the service places those it is asked to run).
 COORDINATORS: dict[str, type[Entity]] = {"alarms": AlarmsCoordinator,
+                                         "crisis": CrisisCoordinator,
                                          "dispatch": DispatchCoordinator}
 
-__all__ = ["COORDINATORS", "AlarmsCoordinator", "DispatchCoordinator"]
+__all__ = ["COORDINATORS", "AlarmsCoordinator", "CrisisCoordinator", "DispatchCoordinator"]
