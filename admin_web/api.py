@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Final
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -339,17 +340,24 @@ def _optional_text(body: dict[str, Any], name: str, *, required: bool = False) -
     return value
 
 
-def _alarm_action(alarm_id: str, action: str, role: Role, params: dict[str, Any]
-                  ) -> ResponseReturnValue:
-    _alarm_in_scope(alarm_id, role)
-    user = current_user()
-    try:
-        result = services().backend.alarm_action(
-            action, {"id": alarm_id, **params}, caller=f"user:{user.name}:{user.role.value}")
-    except StoreUnavailableError:
-        raise _store_unavailable("alarm action not accepted") from None
-    except RejectedError as exc:
-        raise ApiError(422, str(exc)) from None
+def _alarm_action(alarm_id: str, action: str, role: Role,
+                  parse: Callable[[], dict[str, Any]] = dict) -> ResponseReturnValue:
+    """Check, journal and audit (``alarm.{action}``) an operator's action on an alarm."""
+    with audited(f"alarm.{action}", alarm_id) as note:
+        alarm = _alarm_in_scope(alarm_id, role)
+        note.before = {"state": alarm.get("state"), "priority": alarm.get("priority")}
+        params = parse()
+        note.params = params
+        user = current_user()
+        try:
+            result = services().backend.alarm_action(
+                action, {"id": alarm_id, **params},
+                caller=f"user:{user.name}:{user.role.value}")
+        except StoreUnavailableError:
+            raise _store_unavailable("alarm action not accepted") from None
+        except RejectedError as exc:
+            raise ApiError(422, str(exc)) from None
+        note.after = {"command_id": result["command_id"], "status": result["status"]}
     response = jsonify({"command_id": result["command_id"], "status": result["status"]})
     response.status_code = 202
     response.headers["Location"] = url_for("api.command", command_id=result["command_id"])
@@ -362,19 +370,12 @@ def _alarm_body() -> dict[str, Any]:
     return _json_object_body()
 
 
-@api.post("/alarms/<alarm_id>/ack")
-@require(Role.OPERATOR)
-def alarm_ack(alarm_id: str) -> ResponseReturnValue:
-    """Acknowledge (``{"comment"?}``): 202 with the command id of the journaled action."""
+def _ack_params() -> dict[str, Any]:
     comment = _optional_text(_alarm_body(), "comment")
-    return _alarm_action(alarm_id, "ack", Role.OPERATOR,
-                         {"comment": comment} if comment else {})
+    return {"comment": comment} if comment else {}
 
 
-@api.post("/alarms/<alarm_id>/shelve")
-@require(Role.OPERATOR)
-def alarm_shelve(alarm_id: str) -> ResponseReturnValue:
-    """Shelve for ``minutes`` (at most 7 days) with a ``reason``; it shows again at expiry."""
+def _shelve_params() -> dict[str, Any]:
     body = _alarm_body()
     minutes = body.get("minutes")
     if (isinstance(minutes, bool) or not isinstance(minutes, int | float)
@@ -382,26 +383,39 @@ def alarm_shelve(alarm_id: str) -> ResponseReturnValue:
         raise ApiError(422, f"minutes must be a number in (0, {MAX_SHELVE_MINUTES}]",
                        field="minutes")
     reason = _optional_text(body, "reason", required=True)
-    return _alarm_action(alarm_id, "shelve", Role.OPERATOR,
-                         {"minutes": float(minutes), "reason": reason})
+    return {"minutes": float(minutes), "reason": reason}
+
+
+@api.post("/alarms/<alarm_id>/ack")
+@require(Role.OPERATOR)
+def alarm_ack(alarm_id: str) -> ResponseReturnValue:
+    """Acknowledge (``{"comment"?}``): 202 with the command id of the journaled action."""
+    return _alarm_action(alarm_id, "ack", Role.OPERATOR, _ack_params)
+
+
+@api.post("/alarms/<alarm_id>/shelve")
+@require(Role.OPERATOR)
+def alarm_shelve(alarm_id: str) -> ResponseReturnValue:
+    """Shelve for ``minutes`` (at most 7 days) with a ``reason``; it shows again at expiry."""
+    return _alarm_action(alarm_id, "shelve", Role.OPERATOR, _shelve_params)
 
 
 @api.post("/alarms/<alarm_id>/unshelve")
 @require(Role.OPERATOR)
 def alarm_unshelve(alarm_id: str) -> ResponseReturnValue:
     """Show a shelved alarm again now."""
-    return _alarm_action(alarm_id, "unshelve", Role.OPERATOR, {})
+    return _alarm_action(alarm_id, "unshelve", Role.OPERATOR)
 
 
 @api.post("/alarms/<alarm_id>/out-of-service")
 @require(Role.ADMIN)
 def alarm_out_of_service(alarm_id: str) -> ResponseReturnValue:
     """Take an alarm out of service (admin): tracked, never shown, until returned."""
-    return _alarm_action(alarm_id, "out_of_service", Role.ADMIN, {})
+    return _alarm_action(alarm_id, "out_of_service", Role.ADMIN)
 
 
 @api.post("/alarms/<alarm_id>/return-to-service")
 @require(Role.ADMIN)
 def alarm_return_to_service(alarm_id: str) -> ResponseReturnValue:
     """Return an alarm to service (admin): it shows as its condition stands."""
-    return _alarm_action(alarm_id, "return_to_service", Role.ADMIN, {})
+    return _alarm_action(alarm_id, "return_to_service", Role.ADMIN)

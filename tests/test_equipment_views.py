@@ -168,3 +168,20 @@ def test_alarms_listed_scoped_and_acted_on(client: FlaskClient, inventory: Inven
     viewer = client.post(f"/api/v1/alarms/{first.id}.fire/ack", json={},
                          headers={"Authorization": f"Bearer {TOKENS['viewer']}"})
     assert viewer.status_code == 403
+
+
+def test_alarm_actions_are_audited(client: FlaskClient, inventory: Inventory) -> None:
+    first = inventory.equipment[1]
+    headers = {"Authorization": f"Bearer {TOKENS['operator']}"}
+    assert client.post(f"/api/v1/alarms/{first.id}.fire/shelve",
+                       json={"minutes": 30, "reason": "crew on site"},
+                       headers=headers).status_code == 202
+    assert client.post(f"/api/v1/alarms/{first.id}.fire/shelve", json={"minutes": -1},
+                       headers=headers).status_code == 422
+    trail = get(client, "/api/v1/audit?user=operator", who="admin").get_json()
+    refused, accepted = trail[0], trail[1]
+    assert (accepted["action"], accepted["outcome"]) == ("alarm.shelve", "ok")
+    assert accepted["params"] == {"minutes": 30.0, "reason": "crew on site"}
+    assert accepted["before"]["state"] == "unacknowledged"
+    assert (refused["action"], refused["outcome"], refused["code"]) == (
+        "alarm.shelve", "refused", "422")
