@@ -441,8 +441,10 @@ def load_plans(path: str | os.PathLike[str]) -> PlanBook:
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError([f"{source}:0: file: cannot read: {exc}"]) from exc
+    except OSError as exc:
+        raise PlanError([f"{source}:0: file: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise PlanError([f"{source}:0: file: not valid UTF-8 (byte {exc.start})"]) from exc
     return parse_plans(text, source)
 
 

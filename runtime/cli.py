@@ -74,6 +74,37 @@ def inventory_demo(scale: float, seed: int) -> None:
     sys.stdout.write(generate_demo(scale=scale, seed=seed))
 
 
+# -- plans -------------------------------------------------------------------
+@cli.group()
+def plan() -> None:
+    """Validate crisis plan files."""
+
+
+@plan.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--inventory", "inventory_file", type=click.Path(dir_okay=False), default=None,
+              help="check the equipment, roles and presets it names against this inventory "
+                   "(default: the demo metropolis at scale 1.0)")
+def plan_check(file: str, inventory_file: str | None) -> None:
+    """Validate plan FILE: exit 0, or exit 1 with one line per error."""
+    from actors.plan import load_plans
+    from runtime.demo_inventory import build_demo
+    from runtime.errors import PlanError
+    from runtime.inventory import load_inventory
+
+    inv = load_inventory(inventory_file) if inventory_file else build_demo(1.0)
+    try:
+        book = load_plans(file)
+        book.check(inv)
+    except PlanError as exc:
+        for issue in exc.issues:
+            click.echo(issue, err=True)
+        sys.exit(1)
+    steps = sum(len(p.steps) for p in book.plans.values())
+    click.echo(f"{file}: ok — plans {', '.join(book.plans)} ({steps} steps), checked against "
+               f"{inventory_file or 'the demo metropolis'}")
+
+
 # -- running -----------------------------------------------------------------
 #: How long a stopping service gives its tree to shut down in order before it
 #: kills the root; with the steps after it, SIGTERM or Ctrl-C ends a demo in ≤ 10 s.

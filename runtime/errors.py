@@ -61,6 +61,15 @@ class UnknownEntityError(RejectedError):
         self.entity_id = entity_id
 
 
+class ConflictError(RejectedError):
+    """A request that clashes with what holds now; ``names`` lists what it clashes with
+    (the municipalities that have a crisis plan already)."""
+
+    def __init__(self, message: str, *, names: list[str], code: str = "conflict") -> None:
+        super().__init__(message, code=code)
+        self.names = names
+
+
 class InvalidCommandError(RejectedError):
     """A command its target would refuse, found before it is journaled.
 

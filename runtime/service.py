@@ -27,13 +27,14 @@ import psutil
 import ray
 
 from runtime.audit import AuditRecord, audit_entry
-from runtime.commands import Command, check_command_shape, new_command_id
+from runtime.commands import Command, check_command_shape, new_command_id, shown
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.entity import Entity
 from runtime.envelope import pack, unpack
 from runtime.errors import (
     CommandpostError,
     ConfigError,
+    ConflictError,
     InvalidCommandError,
     MalformedMessageError,
     RejectedError,
@@ -59,6 +60,11 @@ DEVICES = "devices.manager:create"
 SUBMIT_DEADLINE_S = 0.5
 #: The read model the alarms coordinator publishes (``actors.control.alarms.READ_MODEL``).
 ALARMS_READ_MODEL = "alarms"
+#: The read model and the id of the crisis coordinator (``actors.control.crisis``).
+CRISIS_READ_MODEL = "crisis"
+CRISIS = "crisis"
+#: The mode of a municipality without a crisis plan; asking for it ends the plan.
+NORMAL_MODE = "normal"
 
 
 @dataclass
@@ -87,7 +93,7 @@ class ServiceOptions:
     # How long the event and audit streams keep an entry: trimmed by age, never by count.
     retention_s: float = STREAM_RETENTION_S
     # The control room's coordinator entities to run (``actors.control.COORDINATORS``).
-    coordinators: tuple[str, ...] = ("alarms",)
+    coordinators: tuple[str, ...] = ("alarms", "crisis")
 
 
 def _child_scope() -> Any:
@@ -102,7 +108,7 @@ class Service:
     def __init__(self, inventory: Inventory, options: ServiceOptions | None = None) -> None:
         self.inventory = inventory
         self.options = options or ServiceOptions()
-        self.coordinators = tuple(coordinator(c, inventory) for c in self.options.coordinators)
+        self.coordinators = tuple(self._coordinator(c) for c in self.options.coordinators)
         self.plan: PlacementPlan = plan(inventory, self.coordinators)
         self.redis: EmbeddedRedis | None = None
         self.broker: EmbeddedBroker | None = None
@@ -128,6 +134,19 @@ class Service:
         self.sim_control_url = ""  # the simulators' control channel (devices.sim.control)
 
     # -- servers ---------------------------------------------------------
+    def _coordinator(self, entity_id: str) -> Equipment:
+        """A coordinator's record, with what it needs of the inventory in its ``attrs``.
+
+        Raises :class:`ConfigError` when the inventory does not suit it (crisis
+        plans naming equipment, roles or presets it lacks, with file and line).
+        """
+        bare = coordinator(entity_id, self.inventory)
+        behaviour = load_factory(self.options.factory)(bare)
+        if not (isinstance(behaviour, type) and issubclass(behaviour, Entity)):
+            return bare
+        return coordinator(entity_id, self.inventory,
+                           attrs=behaviour.coordinator_attrs(self.inventory))
+
     def start_servers(self) -> None:
         """Embedded Redis and broker unless URLs were given."""
         data = self.options.data_dir
@@ -617,6 +636,63 @@ class RuntimeBackend:
         stored, _ = store.submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
         return {"command_id": stored.command_id, "status": str(stored.status)}
 
+    def crisis(self) -> dict[str, dict[str, Any]]:
+        """Every municipality's crisis row (``AdminBackend.crisis``), from the read model the
+        crisis coordinator publishes; a municipality it never listed is ``normal``."""
+        store = self._store()
+        blob = store.get_blob(f"view:{CRISIS_READ_MODEL}")
+        doc = unpack(blob, max_size=64 << 20) if blob is not None else {}
+        rows = doc.get("municipalities") if isinstance(doc, dict) else None
+        rows = rows if isinstance(rows, dict) else {}
+        out: dict[str, dict[str, Any]] = {}
+        for muni in self.service.inventory.municipalities:
+            row = rows.get(muni.slug)
+            out[muni.slug] = dict(row) if isinstance(row, dict) else _normal_row()
+        return out
+
+    def crisis_request(self, mode: str, municipalities: list[str], *, replace: bool,
+                       caller: str) -> dict[str, Any]:
+        """Journal a crisis decision for the crisis coordinator (``AdminBackend.crisis_request``).
+
+        The conflict is decided here from the read model, and again by the
+        coordinator when the decision reaches it (it is the authority: two
+        requests may pass here at once).
+        """
+        record = next((c for c in self.service.coordinators if c.id == CRISIS), None)
+        if record is None:
+            raise RejectedError("this runtime runs no crisis coordinator", code="no_crisis")
+        modes = [NORMAL_MODE, *record.attrs.get("modes", ())]
+        if mode not in modes:
+            raise InvalidCommandError(f"unknown mode {shown(mode)} (modes: {', '.join(modes)})",
+                                      field="mode", code="unknown_mode")
+        munis = list(dict.fromkeys(municipalities))
+        known = {m.slug for m in self.service.inventory.municipalities}
+        unknown = [m for m in munis if m not in known]
+        if unknown or not munis:
+            raise InvalidCommandError(
+                f"unknown municipality {', '.join(map(shown, unknown))}" if unknown
+                else "name at least one municipality", field="municipalities",
+                code="unknown_municipality")
+        params: dict[str, Any] = {"municipalities": munis}
+        if mode == NORMAL_MODE:
+            action = "deactivate"
+        else:
+            if not replace:
+                rows = self.crisis()
+                busy = [m for m in munis if rows[m].get("mode", NORMAL_MODE) != NORMAL_MODE]
+                if busy:
+                    raise ConflictError(f"{', '.join(busy)} already "
+                                        f"{'has' if len(busy) == 1 else 'have'} a crisis plan "
+                                        "(replace it, or switch to normal first)",
+                                        names=busy, code="crisis_conflict")
+            action = "activate"
+            params.update(mode=mode, replace=bool(replace))
+        clean = check_command(load_factory(self.service.options.factory)(record), action, params)
+        cmd = Command(command_id=new_command_id(), target=CRISIS, action=action, params=clean,
+                      caller=caller, created_ts=time.time())
+        stored, _ = self._store().submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
+        return {"activation_id": stored.command_id, "status": str(stored.status)}
+
     def health(self) -> dict[str, Any]:
         with self._lock:
             if self._cache is not None and time.monotonic() - self._cache[0] < 0.2:
@@ -670,6 +746,12 @@ class RuntimeBackend:
                      "broker": s.broker.kind if s.broker else "external"},
             "simulators": self.simulators or s.simulators,
         }
+
+
+def _normal_row() -> dict[str, Any]:
+    """The crisis row of a municipality that never had a plan."""
+    return {"mode": NORMAL_MODE, "since": None, "by": None, "activation_id": None,
+            "entities": {"done": 0, "pending": 0, "failed": 0}, "kept": []}
 
 
 def check_command(behaviour: Any, action: str, params: Mapping[str, Any]) -> dict[str, Any]:

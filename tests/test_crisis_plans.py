@@ -212,3 +212,44 @@ def test_load_plans_names_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(PlanError) as info:
         load_plans(tmp_path / "missing.toml")
     assert info.value.issues[0].startswith(f"{tmp_path / 'missing.toml'}:0: file: cannot read")
+
+
+def test_plan_check_on_the_command_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def cp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runtime.cli", "plan", "check", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    inv = tmp_path / "city.toml"
+    inv.write_text(
+        '[metropolis]\nname = "x"\n[[municipality]]\nslug = "dijon"\nname = "Dijon"\n'
+        'lat = 47.32\nlon = 5.04\npopulation = 1\n'
+        '[[equipment]]\nid = "lc-dijon-0001"\nkind = "lighting_circuit"\nmunicipality = "dijon"\n'
+        'lat = 47.32\nlon = 5.04\nendpoint = "e"\nprofile = "p"\n'
+        '[[equipment]]\nid = "veh-dijon-0001"\nkind = "vehicle"\nmunicipality = "dijon"\n'
+        'lat = 47.32\nlon = 5.04\nendpoint = "e"\nprofile = "p"\n'
+        '[equipment.attrs]\nrole = "gritter"\n', encoding="utf-8")
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD.replace('preset = "flood"', 'set = { recording = true }'),
+                    encoding="utf-8")
+    ok = cp(str(good), "--inventory", str(inv))
+    assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("lc-dijon-0001", "lc-dijon-0002").replace("dim = 100", "dim = 150"),
+                   encoding="utf-8")
+    out = cp(str(bad), "--inventory", str(inv))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        f"{bad}:{_line(GOOD, 'dim = 100')}: plan.snow.step[1].set.dim: "
+        "dim=150 is outside 0..100"]
+    unknown = cp(str(bad.with_name("bad.toml").with_suffix(".x")))
+    assert unknown.returncode == 1 and unknown.stderr.endswith(
+        "cannot read: No such file or directory\n")
+    # Against the demo metropolis when no inventory is given: the equipment is unknown there.
+    named = tmp_path / "named.toml"
+    named.write_text(GOOD.replace("lc-dijon-0001", "lc-dijon-9999"), encoding="utf-8")
+    out = cp(str(named))
+    assert out.returncode == 1
+    assert "plan.snow.step[1].ids: unknown equipment 'lc-dijon-9999'" in out.stderr

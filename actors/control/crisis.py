@@ -15,10 +15,11 @@ API posts them; the command's id is the decision's id, its *activation id*):
 
 What the coordinator knows of the inventory comes with its record
 (:meth:`CrisisCoordinator.coordinator_attrs`, when the service builds it):
-the plan file's text, the municipalities, and one compact row per piece of
-equipment some plan step selects (:class:`~actors.plan.Candidate`). The
-plans are checked against the inventory there, so a service whose plans name
-unknown equipment, roles or presets does not start.
+the plan file's text and its modes, the municipalities, and one compact row
+per piece of equipment some plan step selects
+(:class:`~actors.plan.Candidate`). The plans are checked against the
+inventory there, so a service whose plans name unknown equipment, roles or
+presets does not start.
 
 The pre-crisis state is asked of each entity, through its mailbox
 (``get_state`` request and reply), just before its crisis setpoint: the
@@ -108,6 +109,7 @@ class CrisisCoordinator(Entity):
         book = builtin_plans()
         book.check(inventory)
         return {"plans": {"source": book.source, "text": builtin_text()},
+                "modes": sorted(book.plans),
                 "municipalities": [m.slug for m in inventory.municipalities],
                 "equipment": [c.to_row() for c in book.candidates(inventory.equipment)]}
 
