@@ -18,6 +18,7 @@ from admin_web.http_errors import ApiError
 from admin_web.redact import redact_urls
 from runtime.commands import check_command_shape, shown
 from runtime.errors import (
+    ConflictError,
     InvalidCommandError,
     RejectedError,
     StoreUnavailableError,
@@ -419,3 +420,95 @@ def alarm_out_of_service(alarm_id: str) -> ResponseReturnValue:
 def alarm_return_to_service(alarm_id: str) -> ResponseReturnValue:
     """Return an alarm to service (admin): it shows as its condition stands."""
     return _alarm_action(alarm_id, "return_to_service", Role.ADMIN)
+
+
+# -- crisis plans (run by the crisis coordinator) ----------------------------------------
+
+CRISIS_FIELDS: Final = ("mode", "municipalities", "replace")
+MAX_CRISIS_MUNICIPALITIES: Final = 100
+
+
+@api.get("/crisis")
+@require(Role.VIEWER)
+def crisis() -> ResponseReturnValue:
+    """The crisis mode of each municipality the user may read, by slug.
+
+    ``{"mode", "since", "by", "activation_id", "entities": {"done", "pending",
+    "failed"}, "kept": [...]}``; after a deactivation, ``kept`` lists the fields
+    an operator set during the crisis, which the restore left as they were.
+    """
+    try:
+        rows = services().backend.crisis()
+    except StoreUnavailableError:
+        raise _store_unavailable("crisis modes not readable") from None
+    user = current_user()
+    return jsonify({m: row for m, row in sorted(rows.items()) if user.can(Role.VIEWER, m)})
+
+
+def _crisis_body() -> tuple[str, list[str], bool]:
+    body = _json_object_body()
+    unknown = next((name for name in body if name not in CRISIS_FIELDS), None)
+    if unknown is not None:
+        raise ApiError(422, f"unknown field {shown(unknown)}", field=unknown[:64])
+    mode = body.get("mode")
+    if not isinstance(mode, str) or not mode:
+        raise ApiError(422, "mode must be normal, snow or flood", field="mode")
+    munis = body.get("municipalities")
+    if (not isinstance(munis, list) or not 1 <= len(munis) <= MAX_CRISIS_MUNICIPALITIES
+            or not all(isinstance(m, str) and 0 < len(m) <= 64 for m in munis)):
+        raise ApiError(422, f"municipalities must be a list of 1-{MAX_CRISIS_MUNICIPALITIES} "
+                            "municipality slugs", field="municipalities")
+    replace = body.get("replace", False)
+    if not isinstance(replace, bool):
+        raise ApiError(422, "replace must be true or false", field="replace")
+    return mode, list(dict.fromkeys(munis)), replace
+
+
+@api.post("/crisis")
+@require(Role.OPERATOR)
+def crisis_switch() -> ResponseReturnValue:
+    """Switch municipalities to a crisis mode, or back to ``normal``: 202 ``{"activation_id"}``.
+
+    Body ``{"mode": "normal" | "snow" | "flood", "municipalities": [...],
+    "replace"?: bool}``, every municipality within the operator's. A request
+    naming a municipality that has a plan already is refused whole (409,
+    naming them) unless ``replace``; an unknown mode or municipality is a 422.
+    The decision is journaled for the crisis coordinator (which checks the
+    conflict again) and audited (``crisis.activate``, ``crisis.deactivate``).
+    """
+    backend = services().backend
+    mode, munis, replace = _crisis_body()
+    action = "crisis.deactivate" if mode == "normal" else "crisis.activate"
+    with audited(action, ",".join(munis)[:200],
+                 params={"mode": mode, "municipalities": munis, "replace": replace}) as note:
+        try:
+            rows = backend.crisis()
+        except StoreUnavailableError:
+            raise _store_unavailable("crisis mode not switched") from None
+        unknown = [m for m in munis if m not in rows]
+        if unknown:
+            raise ApiError(422, f"unknown municipality {', '.join(map(shown, unknown))}",
+                           field="municipalities")
+        for m in munis:
+            ensure_scope(Role.OPERATOR, m)
+        note.before = {m: rows[m].get("mode") for m in munis}
+        user = current_user()
+        try:
+            result = backend.crisis_request(mode, munis, replace=replace,
+                                            caller=f"user:{user.name}:{user.role.value}")
+        except StoreUnavailableError:
+            raise _store_unavailable("crisis mode not switched") from None
+        except ConflictError as exc:
+            note.code = exc.code
+            raise ApiError(409, str(exc), field="municipalities") from None
+        except InvalidCommandError as exc:
+            note.code = exc.code
+            raise ApiError(422, str(exc), field=exc.field) from None
+        except RejectedError as exc:
+            note.code = exc.code
+            raise ApiError(422, str(exc)) from None
+        note.after = {"activation_id": result["activation_id"]}
+    response = jsonify({"activation_id": result["activation_id"], "status": result["status"]})
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.command", command_id=result["activation_id"])
+    return response

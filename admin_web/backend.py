@@ -23,10 +23,10 @@ from importlib import metadata
 from typing import Any, Final, Protocol
 
 from runtime.audit import AuditRecord, audit_entry
-from runtime.errors import ConfigError, InvalidCommandError, UnknownEntityError
+from runtime.errors import ConfigError, ConflictError, InvalidCommandError, UnknownEntityError
 
-__all__ = ["HEALTH_STATUSES", "AdminBackend", "InvalidCommandError", "StaticBackend",
-           "SwappableBackend", "package_version"]
+__all__ = ["CRISIS_MODES", "HEALTH_STATUSES", "AdminBackend", "InvalidCommandError",
+           "StaticBackend", "SwappableBackend", "normal_crisis_row", "package_version"]
 
 HEALTH_STATUSES: Final = frozenset({"ok", "degraded", "starting"})
 
@@ -79,6 +79,29 @@ class AdminBackend(Protocol):
 
     def command(self, command_id: str) -> dict[str, Any]:
         """``{"command_id", "status", …}`` of one command; raises ``KeyError`` when unknown."""
+        ...
+
+    def crisis(self) -> dict[str, dict[str, Any]]:
+        """Each municipality's crisis row, by slug, as the crisis coordinator last published it.
+
+        ``{"mode", "since", "by", "activation_id", "entities": {"done", "pending",
+        "failed"}, "kept": [...], …}``; a municipality never in a crisis is
+        ``normal`` with no activation. The API scopes them.
+        """
+        ...
+
+    def crisis_request(self, mode: str, municipalities: list[str], *, replace: bool,
+                       caller: str) -> dict[str, Any]:
+        """Journal a crisis decision: ``mode`` ``normal`` ends the municipalities' plans,
+        another mode activates its plan in them.
+
+        ``caller`` is ``user:NAME:ROLE``. Answers ``{"activation_id", "status"}``
+        (the activation id is the journaled command's). Raises
+        :class:`InvalidCommandError` (``field`` ``mode`` or ``municipalities``)
+        for an unknown mode or municipality, and
+        :class:`~runtime.errors.ConflictError` naming the municipalities that
+        have a plan already, unless ``replace``.
+        """
         ...
 
     def audit(self, record: AuditRecord) -> None:
@@ -158,6 +181,16 @@ class AdminBackend(Protocol):
         ...
 
 
+#: The crisis modes of the contract (``normal`` ends a plan).
+CRISIS_MODES: Final = ("normal", "snow", "flood")
+
+
+def normal_crisis_row() -> dict[str, Any]:
+    """The crisis row of a municipality that has had no plan."""
+    return {"mode": "normal", "since": None, "by": None, "activation_id": None,
+            "entities": {"done": 0, "pending": 0, "failed": 0}, "kept": []}
+
+
 def package_version() -> str:
     """The installed commandpost version, or ``0+unknown`` outside an install."""
     try:
@@ -211,6 +244,7 @@ class StaticBackend:
         system: dict[str, Any] | None = None,
         equipment: Mapping[str, str] | None = None,
         alarms: list[dict[str, Any]] | None = None,
+        crisis: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self._alarms = copy.deepcopy(alarms) if alarms is not None else []
         self._health = copy.deepcopy(health) if health is not None else _default_health()
@@ -229,6 +263,7 @@ class StaticBackend:
         self._idempotency: dict[tuple[str, str, str], str] = {}
         self._audit: list[dict[str, Any]] = []
         self._audit_seq = 0
+        self._crisis = {m: copy.deepcopy(dict(row)) for m, row in (crisis or {}).items()}
 
     def health(self) -> dict[str, Any]:
         return copy.deepcopy(self._health)
@@ -282,6 +317,33 @@ class StaticBackend:
     def command(self, command_id: str) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self._commands[command_id])
+
+    def crisis(self) -> dict[str, dict[str, Any]]:
+        munis = sorted({*self._equipment.values(), *self._crisis})
+        return {m: copy.deepcopy(self._crisis.get(m) or normal_crisis_row()) for m in munis}
+
+    def crisis_request(self, mode: str, municipalities: list[str], *, replace: bool,
+                       caller: str) -> dict[str, Any]:
+        if mode not in CRISIS_MODES:
+            raise InvalidCommandError(f"unknown mode {mode!r}", field="mode",
+                                      code="unknown_mode")
+        rows = self.crisis()
+        unknown = [m for m in municipalities if m not in rows]
+        if unknown or not municipalities:
+            raise InvalidCommandError(f"unknown municipality {', '.join(unknown)}",
+                                      field="municipalities", code="unknown_municipality")
+        busy = [m for m in municipalities if rows[m]["mode"] != "normal"]
+        if mode != "normal" and busy and not replace:
+            raise ConflictError(f"{', '.join(busy)} already have a crisis plan", names=busy,
+                                code="crisis_conflict")
+        command_id = uuid.uuid4().hex
+        with self._lock:
+            self._commands[command_id] = {
+                "command_id": command_id, "status": "queued", "target": "crisis",
+                "action": "deactivate" if mode == "normal" else "activate",
+                "params": {"mode": mode, "municipalities": list(municipalities),
+                           "replace": replace}, "caller": caller}
+        return {"activation_id": command_id, "status": "queued"}
 
     def audit(self, record: AuditRecord) -> None:
         with self._lock:
@@ -408,6 +470,14 @@ class SwappableBackend:
 
     def command(self, command_id: str) -> dict[str, Any]:
         return self.current.command(command_id)
+
+    def crisis(self) -> dict[str, dict[str, Any]]:
+        return self.current.crisis()
+
+    def crisis_request(self, mode: str, municipalities: list[str], *, replace: bool,
+                       caller: str) -> dict[str, Any]:
+        return self.current.crisis_request(mode, municipalities, replace=replace,
+                                           caller=caller)
 
     def audit(self, record: AuditRecord) -> None:
         self.current.audit(record)
