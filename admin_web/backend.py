@@ -23,7 +23,13 @@ from importlib import metadata
 from typing import Any, Final, Protocol
 
 from runtime.audit import AuditRecord, audit_entry
-from runtime.errors import ConfigError, ConflictError, InvalidCommandError, UnknownEntityError
+from runtime.errors import (
+    ConfigError,
+    ConflictError,
+    InvalidCommandError,
+    RetryableError,
+    UnknownEntityError,
+)
 
 __all__ = ["CRISIS_MODES", "HEALTH_STATUSES", "AdminBackend", "InvalidCommandError",
            "StaticBackend", "SwappableBackend", "normal_crisis_row", "package_version"]
@@ -180,6 +186,40 @@ class AdminBackend(Protocol):
         """
         ...
 
+    def interventions(self) -> list[dict[str, Any]]:
+        """Every intervention as the dispatch coordinator last published them.
+
+        Each is a CONTRACT.md intervention record (with ``notes``, ``source``,
+        ``lamps`` and ``assigned_ts`` besides); the API filters and scopes them.
+        """
+        ...
+
+    def fleet(self) -> list[dict[str, Any]]:
+        """The service vehicles as dispatch last indexed them.
+
+        ``{"id", "municipality", "role", "radio", "lat", "lon", "status",
+        "online", "job", "job_state", "ts", "assigned", "excluded_until"}``:
+        ``assigned`` is the intervention dispatch gave the vehicle, if any.
+        """
+        ...
+
+    def request_municipality(self, lat: float, lon: float) -> str | None:
+        """The municipality whose area holds ``(lat, lon)``; None outside the metropolis."""
+        ...
+
+    def open_request(self, *, category: str, description: str, lat: float, lon: float,
+                     caller: str) -> dict[str, Any]:
+        """Take a citizen's request (an operator on the phone) and hand it to dispatch.
+
+        It is stored as the Open311 requests of citizens' apps are (same ids;
+        its status follows its intervention), then journaled for the dispatch
+        coordinator. Answers ``{"request_id", "intervention_id", "municipality"}``.
+        Raises :class:`InvalidCommandError` naming the body field (an unknown
+        ``category``, a point outside the metropolis) and
+        :class:`~runtime.errors.StoreUnavailableError`.
+        """
+        ...
+
 
 #: The crisis modes of the contract (``normal`` ends a plan).
 CRISIS_MODES: Final = ("normal", "snow", "flood")
@@ -244,9 +284,13 @@ class StaticBackend:
         system: dict[str, Any] | None = None,
         equipment: Mapping[str, str] | None = None,
         alarms: list[dict[str, Any]] | None = None,
+        interventions: list[dict[str, Any]] | None = None,
+        fleet: list[dict[str, Any]] | None = None,
         crisis: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self._alarms = copy.deepcopy(alarms) if alarms is not None else []
+        self._interventions = copy.deepcopy(interventions) if interventions is not None else []
+        self._fleet = copy.deepcopy(fleet) if fleet is not None else []
         self._health = copy.deepcopy(health) if health is not None else _default_health()
         self._tree = copy.deepcopy(tree) if tree is not None else _default_tree()
         self._system = copy.deepcopy(system) if system is not None else _default_system()
@@ -419,6 +463,22 @@ class StaticBackend:
                                           "params": copy.deepcopy(params), "caller": caller}
         return {"command_id": command_id, "status": "queued"}
 
+    def interventions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._interventions)
+
+    def fleet(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._fleet)
+
+    def request_municipality(self, lat: float, lon: float) -> str | None:
+        # No geography and no dispatch before the runtime: a request waits for them.
+        raise RetryableError("the runtime is starting: requests are taken once it runs")
+
+    def open_request(self, *, category: str, description: str, lat: float, lon: float,
+                     caller: str) -> dict[str, Any]:
+        raise RetryableError("the runtime is starting: requests are taken once it runs")
+
 
 class SwappableBackend:
     """An :class:`AdminBackend` forwarding to another one that can be replaced.
@@ -525,3 +585,17 @@ class SwappableBackend:
     def alarm_action(self, action: str, params: dict[str, Any], *, caller: str
                      ) -> dict[str, Any]:
         return self.current.alarm_action(action, params, caller=caller)
+
+    def interventions(self) -> list[dict[str, Any]]:
+        return self.current.interventions()
+
+    def fleet(self) -> list[dict[str, Any]]:
+        return self.current.fleet()
+
+    def request_municipality(self, lat: float, lon: float) -> str | None:
+        return self.current.request_municipality(lat, lon)
+
+    def open_request(self, *, category: str, description: str, lat: float, lon: float,
+                     caller: str) -> dict[str, Any]:
+        return self.current.open_request(category=category, description=description, lat=lat,
+                                         lon=lon, caller=caller)

@@ -1,7 +1,10 @@
-"""Error responses: JSON under ``/api``, HTML pages elsewhere, never a traceback.
+"""Error responses: JSON under ``/api`` and ``/open311``, HTML pages elsewhere, never a traceback.
 
 API routes signal a refusal by raising :class:`ApiError`; anything else that
 escapes a view is logged with its traceback and answered with a bare 500.
+Under ``/open311/`` an error the Open311 blueprint did not answer itself (no
+route matched, a method not allowed) takes the GeoReport v2 shape,
+``[{"code", "description"}]``, as the blueprint's own refusals do.
 """
 
 from __future__ import annotations
@@ -48,12 +51,21 @@ class ApiError(Exception):
 
 
 def is_api_request() -> bool:
-    """Whether the current request is for the JSON API (so errors are JSON)."""
+    """Whether the current request is for the JSON API or Open311 (so errors are JSON)."""
     path = request.path
-    return path == "/api" or path.startswith("/api/")
+    return path == "/api" or path.startswith("/api/") or is_open311_request()
+
+
+def is_open311_request() -> bool:
+    """Whether the current request is for Open311 (errors in the specification's shape)."""
+    return request.path.startswith("/open311/")
 
 
 def _json_error(status: int, error: str, field: str | None = None) -> Response:
+    if is_open311_request():
+        response = jsonify([{"code": status, "description": error}])
+        response.status_code = status
+        return response
     body: dict[str, str] = {"error": error}
     if field is not None:
         body["field"] = field
@@ -98,7 +110,9 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
         return _page_error(exc.code, _describe(exc))
     # Keep the exception's own headers (Allow on a 405), with a JSON body.
     response = exc.get_response()
-    response.set_data(json.dumps({"error": _describe(exc)}))
+    body: object = ([{"code": exc.code, "description": _describe(exc)}] if is_open311_request()
+                    else {"error": _describe(exc)})
+    response.set_data(json.dumps(body))
     response.content_type = "application/json"
     return response
 

@@ -178,6 +178,8 @@ def _serve(
 ) -> None:
     """Start the service and the admin web, run until stopped, then stop in order.
 
+    The admin web serves Open311 too (its store is the service's Redis); the
+    demo issues one Open311 API key and adds it to the credentials file.
     Whatever this process starts (servers, simulators, a local Ray with its
     hosts) carries the reaper's mark and dies with it, even on kill -9; the
     hosts of a Ray cluster given by ``ray_address`` do not, and live on.
@@ -192,6 +194,7 @@ def _serve(
         parse_listen,
         write_credentials,
     )
+    from admin_web.open311 import open311_blueprint
     from runtime.reaper import Reaper
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
@@ -202,7 +205,8 @@ def _serve(
         credentials_file = str(Path.cwd() / "commandpost-credentials.json")
     write_credentials(credentials_file, creds)
     backend = SwappableBackend(StaticBackend())
-    server = AdminServer(create_app(backend, users), host, port)
+    app = create_app(backend, users)
+    server = AdminServer(app, host, port)
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
     stopper = _Stopper()
@@ -217,9 +221,16 @@ def _serve(
     try:
         try:
             svc.start_servers()
+            runtime_backend = RuntimeBackend(svc)
+            app.register_blueprint(open311_blueprint(runtime_backend.open311_backend()))
+            if demo:
+                key = runtime_backend.open311_store().issue_key("demo")
+                write_credentials(credentials_file, {**creds, "open311": {"api_key": key}})
             server.start()
-            click.echo(f"admin web:   {server.url}/  (API under {server.url}/api/v1)")
-            click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer)")
+            click.echo(f"admin web:   {server.url}/  (API under {server.url}/api/v1, "
+                       f"Open311 under {server.url}/open311/v2)")
+            click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer"
+                       f"{'; an Open311 API key' if demo else ''})")
             click.echo(f"redis:       {svc.redis_url}   mqtt: {svc.mqtt_url}")
             for sim in svc.simulators:
                 click.echo(f"simulator:   {sim['kind']}: {sim['devices']} devices "
@@ -240,7 +251,7 @@ def _serve(
                 raise _StopRequested(signal.SIGTERM)
             # Ray's agents overwrite their environment with their title: adopt them by pid.
             reaper.adopt_descendants()
-            backend.swap(RuntimeBackend(svc))
+            backend.swap(runtime_backend)
             svc.start_tree()
             reaper.adopt_descendants()
             click.echo(f"{len(inv.equipment)} entities on {len(svc.plan.hosts)} hosts started "

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import psutil
@@ -46,10 +46,17 @@ from runtime.inventory import Equipment, Inventory, dump_inventory
 from runtime.lifeline import spawn_tied
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
+from runtime.request_sync import RequestStatusSync
 from runtime.store import STREAM_RETENTION_S, RetryPolicy, SyncStore
 from supervisors.root import RootActor
 from supervisors.spec import SupervisorOptions
 from supervisors.tree import ROOT_NAME
+
+if TYPE_CHECKING:
+    # Loaded when first used: shapely and pyproj are ~45 MB a process does not always need.
+    from admin_web.open311 import Open311Backend
+    from runtime.geo import Geography
+    from runtime.open311 import ServiceRequest, SyncOpen311Store
 
 log = logging.getLogger("commandpost.service")
 
@@ -60,6 +67,12 @@ DEVICES = "devices.manager:create"
 SUBMIT_DEADLINE_S = 0.5
 #: The read model the alarms coordinator publishes (``actors.control.alarms.READ_MODEL``).
 ALARMS_READ_MODEL = "alarms"
+#: The dispatch coordinator's id and read models (``actors.control.dispatch``).
+DISPATCH = "dispatch"
+INTERVENTIONS_READ_MODEL = "interventions"
+FLEET_READ_MODEL = "fleet"
+#: The Open311 application name of requests taken by operators on the phone.
+PHONE_APP = "phone"
 #: The read model and the id of the crisis coordinator (``actors.control.crisis``).
 CRISIS_READ_MODEL = "crisis"
 CRISIS = "crisis"
@@ -93,7 +106,7 @@ class ServiceOptions:
     # How long the event and audit streams keep an entry: trimmed by age, never by count.
     retention_s: float = STREAM_RETENTION_S
     # The control room's coordinator entities to run (``actors.control.COORDINATORS``).
-    coordinators: tuple[str, ...] = ("alarms", "crisis")
+    coordinators: tuple[str, ...] = ("alarms", "crisis", "dispatch")
 
 
 def _child_scope() -> Any:
@@ -132,6 +145,8 @@ class Service:
         self.sim_proc: subprocess.Popen[bytes] | None = None
         self.simulators: list[dict[str, Any]] = []
         self.sim_control_url = ""  # the simulators' control channel (devices.sim.control)
+        # Copies interventions' states into their Open311 requests (started with the tree).
+        self.request_sync: RequestStatusSync | None = None
 
     # -- servers ---------------------------------------------------------
     def _coordinator(self, entity_id: str) -> Equipment:
@@ -279,6 +294,7 @@ class Service:
             self.start_error = str(exc)
             raise
         self.started.set()
+        self.start_request_sync()
         self._watcher = threading.Thread(target=self._watch_root, name="root-watch", daemon=True)
         self._watcher.start()
         return tree
@@ -312,6 +328,22 @@ class Service:
             except ray.exceptions.GetTimeoutError:
                 log.warning("root supervisor did not answer a ping within 10 s")
             self._stop.wait(1.0)
+
+    def start_request_sync(self) -> None:
+        """Have citizens' Open311 requests follow their interventions (:mod:`runtime.request_sync`).
+
+        Runs in this process, beside the admin web; a runtime without the
+        dispatch coordinator has nothing to follow.
+        """
+        store = self.store
+        if store is None or DISPATCH not in self.plan.owner or self.request_sync is not None:
+            return
+        from runtime.open311 import SyncOpen311Store
+
+        self.request_sync = RequestStatusSync(
+            lambda: store.get_blob(f"view:{INTERVENTIONS_READ_MODEL}"),
+            SyncOpen311Store(self.redis_url, namespace=self.options.namespace))
+        self.request_sync.start()
 
     # -- queries ---------------------------------------------------------
     def tree(self, timeout: float = 5.0) -> dict[str, Any]:
@@ -363,6 +395,9 @@ class Service:
             mark = now
 
         self._stop.set()
+        if self.request_sync is not None:
+            self.request_sync.stop()
+            self.request_sync = None
         if self.root is not None:
             self._shutdown_tree(tree_timeout)
             try:
@@ -457,6 +492,8 @@ class RuntimeBackend:
         self.simulators = simulators or []
         self._cache: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
+        self._geography: Geography | None = None
+        self._open311: SyncOpen311Store | None = None
 
     def tree(self) -> dict[str, Any]:
         return self.service.tree()
@@ -692,6 +729,107 @@ class RuntimeBackend:
                       caller=caller, created_ts=time.time())
         stored, _ = self._store().submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
         return {"activation_id": stored.command_id, "status": str(stored.status)}
+
+    # -- citizen requests and interventions (the dispatch coordinator) ----------
+    def _read_model_list(self, name: str, key: str) -> list[dict[str, Any]]:
+        blob = self._store().get_blob(f"view:{name}")
+        if blob is None:
+            return []
+        doc = unpack(blob, max_size=256 << 20)
+        items = doc.get(key) if isinstance(doc, dict) else None
+        return [x for x in items or () if isinstance(x, dict)]
+
+    def interventions(self) -> list[dict[str, Any]]:
+        """Every intervention, from the read model the dispatch coordinator publishes."""
+        return self._read_model_list(INTERVENTIONS_READ_MODEL, "interventions")
+
+    def fleet(self) -> list[dict[str, Any]]:
+        """The service vehicles as the dispatch coordinator indexes them."""
+        return self._read_model_list(FLEET_READ_MODEL, "vehicles")
+
+    def geography(self) -> Geography:
+        """The inventory's municipalities as areas (built once: shapely, ~0.1 s)."""
+        with self._lock:
+            if self._geography is None:
+                from runtime.geo import Geography
+
+                self._geography = Geography(self.service.inventory.municipalities)
+            return self._geography
+
+    def open311_store(self) -> SyncOpen311Store:
+        """The Open311 request store, on the service's Redis and namespace."""
+        with self._lock:
+            if self._open311 is None:
+                from runtime.open311 import SyncOpen311Store
+
+                if not self.service.redis_url:
+                    raise RetryableError("the store is not started")
+                self._open311 = SyncOpen311Store(self.service.redis_url,
+                                                 namespace=self.service.options.namespace)
+            return self._open311
+
+    def open311_backend(self) -> Open311Backend:
+        """What the Open311 routes run on: this store and geography, requests handed to
+        dispatch (:meth:`hand_to_dispatch`)."""
+        from admin_web.open311 import Open311Backend
+
+        def hand_off(record: ServiceRequest) -> None:
+            self.hand_to_dispatch(record)
+
+        return Open311Backend(store=self.open311_store(), geography=self.geography(),
+                              on_request=hand_off)
+
+    def request_municipality(self, lat: float, lon: float) -> str | None:
+        """The municipality holding ``(lat, lon)`` (None outside, or not a position)."""
+        try:
+            return self.geography().municipality_at(lat, lon)
+        except RejectedError:
+            return None
+
+    def open_request(self, *, category: str, description: str, lat: float, lon: float,
+                     caller: str) -> dict[str, Any]:
+        """Store a request taken on the phone as an Open311 request, then hand it to dispatch."""
+        from runtime.open311 import Open311Error, default_catalogue, validate_request
+
+        form = {"service_code": category, "lat": repr(lat), "long": repr(lon),
+                "description": description}
+        try:
+            new = validate_request(form, default_catalogue(), self.geography())
+        except Open311Error as exc:
+            where = "category" if "service_code" in exc.description else "lat"
+            raise InvalidCommandError(exc.description.replace("service_code", "category"),
+                                      field=where) from None
+        record = self.open311_store().create(new, app=PHONE_APP)
+        self.hand_to_dispatch(record, caller=caller)
+        return {"request_id": record.service_request_id,
+                "intervention_id": f"int-{record.service_request_id}",
+                "municipality": record.municipality}
+
+    def hand_to_dispatch(self, record: ServiceRequest, *, caller: str | None = None
+                         ) -> dict[str, Any]:
+        """Journal ``open`` for the dispatch coordinator: the request becomes an intervention.
+
+        The command's idempotency key is the request's id, so a hand-off
+        retried (or repeated) journals one command; the coordinator derives the
+        intervention's id from the request's, so a replayed journal makes one
+        intervention. Raises :class:`~runtime.errors.RetryableError` when this
+        runtime runs no dispatch coordinator or its store is not started.
+        """
+        store = self._store()
+        if DISPATCH not in self.service.plan.owner:
+            raise RetryableError("this runtime runs no dispatch coordinator")
+        dispatch = next(c for c in self.service.coordinators if c.id == DISPATCH)
+        behaviour = load_factory(self.service.options.factory)(dispatch)
+        params = check_command(behaviour, "open", {
+            "request_id": record.service_request_id, "category": record.service_code,
+            "description": (record.description or "")[:500], "lat": record.lat,
+            "lon": record.long, "municipality": record.municipality})
+        cmd = Command(command_id=new_command_id(), target=DISPATCH, action="open",
+                      params=params, caller=caller or f"open311:{record.app or 'unknown'}",
+                      idempotency_key=f"request-{record.service_request_id}",
+                      created_ts=time.time())
+        stored, _ = store.submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
+        return {"command_id": stored.command_id, "status": str(stored.status)}
 
     def health(self) -> dict[str, Any]:
         with self._lock:

@@ -107,7 +107,9 @@ def test_events_are_acknowledged_only_once_handled() -> None:
             await poll(all_five, 5, what="five alarms")
         finally:
             await core.stop()
-        # Nothing left for the group: a restart replays nothing.
-        assert await store.read_event_group("alarms") == []
+        # No alarm left for the group: a restart replays none. (The host's own events of
+        # its stop reach the stream after its feed stopped: they wait for the next start.)
+        left = await store.read_event_group("alarms")
+        assert [e for _, e in left if e["event"] == "alarm"] == []
 
     asyncio.run(body())
