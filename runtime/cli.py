@@ -367,6 +367,8 @@ BENCHES: dict[str, tuple[str, str]] = {
                            "into stages"),
     "alarm": ("alarm", "a fire (building) or a tamper (camera) raised at the simulator to "
                        "the alarm listed by the API"),
+    "crisis": ("crisis", "snow for the whole metropolis through the API: to the last setpoint "
+                         "acked by its device, then deactivation back to the baseline"),
 }
 
 
