@@ -165,6 +165,9 @@ class EquipmentEntity(Entity):
     """
 
     FIELDS: ClassVar[Mapping[str, Field]] = {}
+    #: Whether :meth:`device_writes` reads the device and returns only what it lacks: a
+    #: write that got no answer is then checked and completed once, not failed.
+    READS_BACK: ClassVar[bool] = False
 
     async def on_start(self, saved: Checkpoint | None) -> None:
         await super().on_start(saved)
@@ -408,8 +411,17 @@ class EquipmentEntity(Entity):
             return {"desired": clean}
         try:
             writes = await self.device_writes(port, clean)
-            confirmed = (await port.write(writes, command_id=self.current_command)
-                         if writes else {})
+            try:
+                confirmed = (await port.write(writes, command_id=self.current_command)
+                             if writes else {})
+            except DeviceUnavailableError:
+                if not self.READS_BACK:
+                    raise
+                # An unanswered write may have landed: ask the device what it holds now
+                # and write, once more, only what it still lacks (never a value twice).
+                writes = await self.device_writes(port, clean)
+                confirmed = (await port.write(writes, command_id=self.current_command)
+                             if writes else {})
         except DeviceUnavailableError as exc:
             raise RejectedError(f"{self.ctx.id} did not answer: {exc}",
                                 code="device_unavailable") from exc
@@ -438,6 +450,7 @@ class LightingCircuit(EquipmentEntity):
 
     kind = "lighting_circuit"
     FIELDS = {"on": Field(bool), "dim": Field(float, 0, 100)}
+    READS_BACK = True
 
     def check_conditions(self) -> None:
         """The kind's alarm conditions, then ``lamps_failed`` when lamps fail that had not.

@@ -261,6 +261,34 @@ def test_half_actuated_command_writes_the_remaining_lamps_once() -> None:
     assert cabinet.repeats == 0
 
 
+class LateCabinet(FakeCabinet):
+    """A cabinet whose answer to the first write is lost: the write ``lands`` or not."""
+
+    def __init__(self, *, lands: bool) -> None:
+        super().__init__(dim=70)
+        self.lands = lands
+        self.timeouts = 0
+
+    async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
+        if self.timeouts == 0:
+            self.timeouts += 1
+            if self.lands:
+                await super().write(fields, command_id=command_id)
+            raise DeviceUnavailableError("write 17+1: no answer within 0.5 s")
+        return await super().write(fields, command_id=command_id)
+
+
+@pytest.mark.parametrize("lands", [True, False])
+def test_unanswered_write_is_checked_then_completed_once(lands: bool) -> None:
+    cabinet = LateCabinet(lands=lands)
+    entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
+    result = command(entity, "c3", dim=40.0)
+    assert {lamp["dim"] for lamp in cabinet.lamps} == {40}
+    assert cabinet.repeats == 0, "no lamp is written twice with the same level"
+    assert len(cabinet.writes) == 4  # each lamp once, whether or not the first try landed
+    assert result is not None
+
+
 def test_command_writes_every_lamp_whatever_a_stale_twin_says() -> None:
     # The twin claims the lamps hold 40, the cabinet says 70: the cabinet wins.
     cabinet = FakeCabinet(dim=40)

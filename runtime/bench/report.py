@@ -52,10 +52,11 @@ FIGURES: Mapping[str, tuple[str, ...]] = {
                "capacity.mqtt_msgs_per_s", "capacity.marginal_us_per_msg",
                "capacity.limited_by"),
     "command": ("n", "p50_ms", "p99_ms", "max_ms"),
+    "alarm": ("n", "p50_ms", "p99_ms", "max_ms", "missed"),
 }
 
 #: Rows come in this order; benches not listed follow by name.
-ORDER = ("startup", "recovery", "demo", "ingest", "command")
+ORDER = ("startup", "recovery", "demo", "ingest", "command", "alarm")
 
 #: Keys that describe a run rather than measure it: never shown as figures.
 _CONTEXT = frozenset({"machine", "broker", "left_out", "scale", "command", "commit"})
