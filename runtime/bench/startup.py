@@ -49,7 +49,7 @@ from runtime.embedded import EmbeddedRedis
 from runtime.entity import APPLIED_WINDOW, Checkpoint
 from runtime.envelope import pack
 from runtime.errors import CommandpostError, RetryableError
-from runtime.inventory import Equipment
+from runtime.inventory import CONTROL_DOMAIN, Equipment
 from runtime.store import RedisStore
 
 #: The version every seeded checkpoint carries: far above what a fresh entity
@@ -277,9 +277,15 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         city.start_runtime()
         t_tree = time.monotonic()
         svc = city.svc
-        handles = [svc.host_handle(h.host_id) for h in svc.plan.hosts]
+        # Equipment carries the seeded state; the control room's coordinators start from
+        # their own checkpoints and are asked to answer, apart.
+        handles = [svc.host_handle(h.host_id) for h in svc.plan.hosts
+                   if h.domain != CONTROL_DOMAIN]
+        control = [svc.host_handle(h.host_id) for h in svc.plan.hosts
+                   if h.domain == CONTROL_DOMAIN]
         answered, low = _answers(handles, timeout=30.0)
         t_answer = time.monotonic()
+        coordinators_up = _answers(control, timeout=30.0)[0] if control else 0
         deadline = t0 + online_timeout_s
         online = _online(handles)
         while online < total and time.monotonic() < deadline:
@@ -313,6 +319,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                            "admin web), the broker and the simulators",
         "entities": total,
         "answered": answered,
+        "coordinators_answered": coordinators_up,
         "online": online,
         "state_loaded": answered == total and low >= SEED_VERSION,
         "twin_fields": round(seeded["values_mean"], 1),
