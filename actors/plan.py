@@ -213,6 +213,10 @@ class PlanBook:
     def check(self, inventory: Inventory) -> None:
         """Refuse plans naming equipment, roles or presets that ``inventory`` lacks.
 
+        A role or a preset is unknown when the inventory has equipment of the
+        step's kind and none of it has that role or preset (an inventory with
+        no equipment of the kind leaves the step nothing to do).
+
         Raises :class:`PlanError` with the line of each step at fault; every
         setpoint the plans would send (``{municipality}`` filled in) is checked
         again by its kind's field table.
@@ -233,10 +237,13 @@ class PlanBook:
                         issues.append((step.line, f"{where}.ids: {ident!r} is a "
                                                    f"{kinds[ident]}, not a {step.kind}"))
                 same_kind = [c for c in cands if c.kind == step.kind]
-                if step.role and not any(c.role == step.role for c in same_kind):
+                # With no equipment of its kind at all, a step has nothing to act on; with
+                # some, a role or a preset none of them has is a mistake in the plan.
+                if step.role and same_kind and not any(c.role == step.role for c in same_kind):
                     issues.append((step.line, f"{where}.role: no {step.kind} of the inventory "
                                                f"has role {step.role!r}"))
-                if step.preset and not any(step.preset in c.presets for c in same_kind):
+                if (step.preset and same_kind
+                        and not any(step.preset in c.presets for c in same_kind)):
                     issues.append((step.line, f"{where}.preset: no {step.kind} of the "
                                                f"inventory has a preset {step.preset!r}"))
                 fields = BEHAVIOURS[step.kind].FIELDS

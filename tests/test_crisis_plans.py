@@ -191,6 +191,12 @@ def test_a_plan_naming_equipment_roles_or_presets_the_inventory_lacks_is_refused
         with pytest.raises(PlanError) as info:
             parse_plans(text, SRC).check(_inventory())
         assert info.value.issues == [f"{SRC}:{step_line}: {message}"]
+    # An inventory without vehicles (or cameras) leaves those steps nothing to do.
+    cars = _inventory()
+    no_fleet = Inventory(cars.name, cars.municipalities,
+                         tuple(eq for eq in cars.equipment if eq.kind not in ("vehicle", "camera")))
+    parse_plans(GOOD.replace('role = "gritter"', 'role = "sweeper"')
+                .replace('preset = "flood"', 'preset = "snow"'), SRC).check(no_fleet)
     # A message that a municipality's name makes too long for the crew display.
     long = GOOD.replace("grit {municipality}", "x" * 185 + " {municipality}")
     parse_plans(long, SRC).check(_inventory())
