@@ -367,6 +367,9 @@ BENCHES: dict[str, tuple[str, str]] = {
                            "into stages"),
     "alarm": ("alarm", "a fire (building) or a tamper (camera) raised at the simulator to "
                        "the alarm listed by the API"),
+    "dispatch": ("dispatch", "a day of citizen requests posted through Open311 at a daily "
+                             "profile, compressed to minutes: every one an intervention, "
+                             "assignments against a brute-force nearest search"),
     "crisis": ("crisis", "snow for the whole metropolis through the API: to the last setpoint "
                          "acked by its device, then deactivation back to the baseline"),
 }

@@ -13,6 +13,8 @@ layout, under a namespace prefix ``ns`` (default ``cp``)::
     {ns}:idem:{caller}:{target}:{key}  string  -> command_id, kept 48 h (parts %-escaped)
     {ns}:cursor:{name}                 string  last journal id a consumer has processed
     {ns}:kv:{name}                     string  small msgpack blobs (the host registry …)
+    {ns}:kv:view:{model}               string  read models the coordinators publish (alarms,
+                                               interventions, fleet), latest only
     {ns}:hash:{name}                   hash    generic string hashes
 
 The events and audit streams are trimmed by age, never by count: each XADD

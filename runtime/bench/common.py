@@ -261,12 +261,19 @@ class City:
             create_app,
             create_demo_users,
         )
+        from admin_web.open311 import open311_blueprint
         from runtime.embedded import free_port
+        from runtime.service import RuntimeBackend
 
         users = UserRegistry()
         self.creds = create_demo_users(users, [m.slug for m in self.inventory.municipalities])
         self._backend = SwappableBackend(StaticBackend())
-        self.server = AdminServer(create_app(self._backend, users), "127.0.0.1", free_port())
+        app = create_app(self._backend, users)
+        # Open311 as the demo mounts it, with an API key of the bench's own.
+        runtime_backend = RuntimeBackend(self.svc)
+        app.register_blueprint(open311_blueprint(runtime_backend.open311_backend()))
+        self.creds["open311"] = {"api_key": runtime_backend.open311_store().issue_key("bench")}
+        self.server = AdminServer(app, "127.0.0.1", free_port())
         self.server.start()
         self.admin_url = self.server.url
 
