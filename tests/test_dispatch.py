@@ -235,8 +235,9 @@ def test_waiting_requests_go_to_the_first_vehicle_freed() -> None:
             rig.report("m1", *SITE)
             await fleet_ready(rig, ["m1"])
             first, second = await rig.open("1"), await rig.open("2")
-            got = await rig.until("first assigned",
-                                  lambda x: x.get(first, {}).get("state") == "assigned")
+            got = await rig.until("first assigned, second listed",
+                                  lambda x: x.get(first, {}).get("state") == "assigned"
+                                  and second in x)
             assert got[second]["state"] == "new" and got[second]["vehicle"] is None
             rig.report("m1", *SITE, status="busy", job=first, job_state="en_route")
             await rig.until("en route", lambda x: x[first]["state"] == "en_route")
