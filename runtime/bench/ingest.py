@@ -43,6 +43,7 @@ import ray
 from runtime.bench.common import City, CpuMeter, Say, hosts_of, machine, pss_of
 from runtime.bench.counting import Tally, tally
 from runtime.metrics import Histogram
+from runtime.placement import equipment_to_wire
 
 DRAIN_S = 2.0
 PASS_LAG_P99_S = 1.0
@@ -180,9 +181,8 @@ class _Generator:
     """The load generator process, driven over its standard input."""
 
     def __init__(self, city: City, workdir: Path) -> None:
-        rows = [{"id": eq.id, "kind": eq.kind, "municipality": eq.municipality,
-                 "profile": eq.profile, "attrs": dict(eq.attrs), "lat": eq.lat, "lon": eq.lon}
-                for eq in city.inventory.equipment if eq.endpoint == "mqtt"]
+        rows = [equipment_to_wire(eq) for eq in city.inventory.equipment
+                if eq.endpoint == "mqtt"]
         path = workdir / "loadgen-devices.json"
         path.write_text(json.dumps(rows), encoding="utf-8")
         self.devices = len(rows)
