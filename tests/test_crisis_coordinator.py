@@ -28,7 +28,7 @@ def _eq(eid: str, kind: str, muni: str = "dijon", **attrs: Any) -> Equipment:
     profiles = {"crossroad": "traffic_controller", "lighting_circuit": "lighting_cabinet",
                 "camera": "camera", "vehicle": "service_vehicle",
                 "access_terminal": "access_terminal", "building": "bms"}
-    lat, lon = (47.32, 5.04) if muni == "dijon" else (47.34, 5.00)
+    lat, lon = {"dijon": (47.32, 5.04), "talant": (47.34, 5.00)}.get(muni, (47.37, 5.02))
     return Equipment(id=eid, kind=kind, municipality=muni, lat=lat, lon=lon, endpoint="mqtt",
                      profile=profiles[kind], attrs=attrs)
 
@@ -46,6 +46,7 @@ INVENTORY = Inventory("test", (
     _eq("lc-dijon-0001", "lighting_circuit", tags=["road_lighting"], points=3),
     _eq("veh-dijon-0001", "vehicle", role="gritter"),
     _eq("xr-talant-0001", "crossroad", "talant", tags=["priority_route"]),
+    _eq("xr-ahuy-0001", "crossroad", "ahuy", tags=["priority_route"]),  # never reports
 ))
 FIELD = [eq.id for eq in INVENTORY.equipment]
 CONFIG = HostConfig(checkpoint_interval_s=0.01, event_flush_interval_s=0.01,
@@ -172,8 +173,8 @@ def test_flood_raises_bollards_and_deactivation_restores_all_but_the_operators_f
             assert (await c.final(end)).status is CommandStatus.ACKED
             row = await c.settled("dijon", "normal", end, 3)
             assert row["ended"] == act
-            assert [(k["entity"], k["field"], k["value"]) for k in row["kept"]] == [
-                ("cam-dijon-0001", "preset", 5)]
+            assert [(k["entity"], k["field"], k["value"], k["reason"]) for k in row["kept"]] == [
+                ("cam-dijon-0001", "preset", 5, "operator")]
             assert c.desired("at-dijon-0001") == {"bollard": "down"}  # as it reported
             assert c.desired("xr-dijon-0001") == {"plan": 3}  # as the operator had set it
             assert c.desired("cam-dijon-0001") == {"preset": 5}
@@ -228,6 +229,22 @@ def test_a_municipality_with_a_plan_is_refused_whole_unless_replace_keeps_the_ba
             assert c.desired("at-dijon-0001") == {"bollard": "down"}
             assert c.desired("cam-dijon-0001") == {"preset": 1}
             assert "ahuy" not in await c.view()
+
+    asyncio.run(body())
+
+
+def test_a_field_without_a_baseline_is_kept_and_listed() -> None:
+    async def body() -> None:
+        async with city() as c:
+            act = await c.decide("activate", mode="snow", municipalities=["ahuy"])
+            await c.settled("ahuy", "snow", act, 1)
+            assert c.desired("xr-ahuy-0001") == {"plan": 7}
+            end = await c.decide("deactivate", municipalities=["ahuy"])
+            row = await c.settled("ahuy", "normal", end, 1)
+            assert row["kept"] == [{"entity": "xr-ahuy-0001", "field": "plan", "value": 7,
+                                    "command_id": "", "reason": "no_baseline"}]
+            assert c.desired("xr-ahuy-0001") == {"plan": 7}
+            assert not await c.store.get_commands([command_id(end, "xr-ahuy-0001")])
 
     asyncio.run(body())
 

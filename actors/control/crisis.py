@@ -43,9 +43,12 @@ step: the raised bollards' reconnect decisions) are masked through
 
 Read model ``crisis`` (msgpack): ``{"ts", "municipalities": {slug: {"mode",
 "since", "by", "activation_id", "description", "entities": {"done",
-"pending", "failed"}, "kept": [{"entity", "field", "value", "command_id"}],
-"failures": [{"entity", "error"}]}}}``; only municipalities that ever had a
-decision are listed (the others are ``normal``).
+"pending", "failed"}, "kept": [{"entity", "field", "value", "command_id",
+"reason"}], "failures": [{"entity", "error"}]}}}``; only municipalities that
+ever had a decision are listed (the others are ``normal``). A kept field was
+set by an operator during the crisis (``reason`` ``operator``, with the
+command that set it), or had no known value before it (``no_baseline``: the
+entity did not answer in time, or neither desired nor reported it).
 """
 
 from __future__ import annotations
@@ -351,33 +354,44 @@ class CrisisCoordinator(Entity):
             return bool(by) and by not in ours and by != base_by.get(name)
 
         want = r["want"]
+        # Fields whose value before the crisis nobody knew (the entity had not told it).
+        nobase = set(r.get("nobase", ()))
         for name in want:
             # A field the crisis holds, or nobody touched since, keeps its baseline.
-            if name in base and not operator_set(name):
+            if (name in base or name in nobase) and not operator_set(name):
                 continue
             if name in effective:
                 base[name], base_by[name] = effective[name], str(set_by.get(name) or "")
+                nobase.discard(name)
             else:
                 base.pop(name, None)
                 base_by.pop(name, None)
+                nobase.add(name)
         restore: dict[str, Any] = {}
         unsure = answer is None or bool(r.pop("unsure", False))
         for name in [n for n in base if n not in want]:
             if operator_set(name):
-                self._keep(r, eid, name, effective.get(name), str(set_by.get(name)))
+                self._keep(r, eid, name, effective.get(name), str(set_by.get(name)),
+                           "operator")
             elif unsure or effective.get(name) != base[name]:
                 restore[name] = base[name]
             del base[name]
             base_by.pop(name, None)
+        for name in sorted(nobase - set(want)):
+            self._keep(r, eid, name, effective.get(name), "", "no_baseline")
+            nobase.discard(name)
+        r["nobase"] = sorted(nobase)
         r["params"] = {**restore, **want}
         r["next"] = APPLY if r["phase"] == ASK else RESTORE
         r["phase"] = SEND
 
-    def _keep(self, r: Mapping[str, Any], eid: str, name: str, value: Any, by: str) -> None:
+    def _keep(self, r: Mapping[str, Any], eid: str, name: str, value: Any, by: str,
+              reason: str) -> None:
+        """List a field the restore leaves as it is, and why (``operator``, ``no_baseline``)."""
         muni = self._munis.get(r["municipality"])
         if muni is not None:
             muni["kept"].append({"entity": eid, "field": name, "value": value,
-                                 "command_id": by})
+                                 "command_id": by, "reason": reason})
 
     # -- journaling and following -----------------------------------------------------
     def _command(self, eid: str, r: Mapping[str, Any]) -> Command:
