@@ -62,7 +62,7 @@ from actors.registry import BEHAVIOURS
 from runtime.commands import TERMINAL, Command, CommandStatus, check_command_shape, shown
 from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope, MessageKind, pack
-from runtime.errors import InvalidCommandError, MalformedMessageError, RejectedError
+from runtime.errors import InvalidCommandError, RejectedError
 from runtime.inventory import Inventory
 
 __all__ = ["ASK_TIMEOUT_S", "CALLER", "FOLLOW_S", "READ_MODEL", "CrisisCoordinator",
@@ -306,9 +306,8 @@ class CrisisCoordinator(Entity):
         eid = self.state["asks"].pop(msg.correlation_id, None)
         if eid is None:
             return  # asked by an earlier incarnation, or answered already
-        if not isinstance(msg.payload, Mapping):
-            raise MalformedMessageError("get_state answered without a state")
-        self._answered(eid, msg.payload)
+        # An answer without a state tells nothing: the entity goes on as one that did not answer.
+        self._answered(eid, msg.payload if isinstance(msg.payload, Mapping) else None)
         if not self.state["asks"]:
             await self._all_answered()
 
