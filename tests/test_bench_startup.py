@@ -88,9 +88,11 @@ def test_desired_comes_from_what_the_device_holds() -> None:
 
 
 def test_desired_skips_what_the_profile_does_not_carry_or_the_kind_refuses() -> None:
-    fields = BEHAVIOURS["vehicle"].FIELDS
-    # A bus's profile has no crew message: a seeded one would only raise alarms.
-    assert seeded_desired(fields, builtin_profile("bus"), {"message": "hello"}) == {}
+    # A field the device's profile does not carry would only raise alarms once seeded.
+    fields = {**BEHAVIOURS["vehicle"].FIELDS, **BEHAVIOURS["camera"].FIELDS}
+    assert seeded_desired(fields, builtin_profile("bus"), {"preset": 3}) == {}
+    assert seeded_desired(fields, builtin_profile("bus"), {"message": "hello"}) == {
+        "message": "hello"}
     crossroad = BEHAVIOURS["crossroad"].FIELDS
     profile = builtin_profile("traffic_controller")
     assert seeded_desired(crossroad, profile, {"plan": 99, "mode": "auto"}) == {"mode": "auto"}
