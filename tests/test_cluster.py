@@ -58,12 +58,14 @@ def test_tree_and_health(c: Cluster) -> None:
     assert tree["id"] == "root" and tree["status"] == "running"
     hosts = c.hosts()
     assert set(hosts) == {h.host_id for h in c.svc.plan.hosts}
-    assert sum(h["entities"] for h in hosts.values()) == len(c.inventory.equipment)
+    # Every equipment, and the control room's coordinators on their own host.
+    assert sum(h["entities"] for h in hosts.values()) == (
+        len(c.inventory.equipment) + len(c.svc.coordinators))
     assert all(isinstance(h["pid"], int) and h["pid"] > 0 for h in hosts.values())
     kinds = {h["kind"] for h in hosts.values()}
     assert {"sharded host", "dedicated host"} <= kinds
     _, health = c.http.call("GET", "/api/v1/health")
-    assert health == {**health, "status": "ok", "entities": len(c.inventory.equipment)}
+    assert health == {**health, "status": "ok", "entities": len(c.svc.plan.owner)}
     status, _ = c.http.call("GET", "/api/v1/tree", token="")
     assert status == 401
 

@@ -28,7 +28,9 @@ def test_builtin_modbus_profiles_load() -> None:
         profile = builtin_profile(name)
         assert profile.name == name and profile.protocol == "modbus"
         assert profile.field("seq").type == "u32"
-        assert profile.liveness_misses == 3 and profile.timeout_s == 0.5
+        assert profile.liveness_misses == 3
+        # A cabinet behind a field gateway gets 1 s to answer; a controller on the LAN 0.5 s.
+        assert profile.timeout_s == (1.0 if name == "lighting_cabinet" else 0.5)
     assert builtin_profile("traffic_controller").poll_interval_s == 0.5
     assert builtin_profile("lighting_cabinet").poll_interval_s == 2.0
     assert builtin_profile("traffic_controller") is builtin_profile("traffic_controller")

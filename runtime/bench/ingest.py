@@ -259,8 +259,8 @@ def measure_capacity(city: City, *, say: Say = print, step_s: float = 20.0,
             groups = city.process_groups()
             groups["runtime"] -= {gen.pid}
             # The hosts that own the MQTT devices: their share of the cost, apart.
-            owners = {h.host_id for h in city.svc.plan.hosts
-                      if any(city.inventory.by_id(e).endpoint == "mqtt" for e in h.entity_ids)}
+            mqtt = {eq.id for eq in city.inventory.equipment if eq.endpoint == "mqtt"}
+            owners = {h.host_id for h in city.svc.plan.hosts if mqtt.intersection(h.entity_ids)}
             groups["mqtt_hosts"] = {int(n["pid"]) for n in hosts_of(city.svc.tree())
                                     if n.get("id") in owners and n.get("pid")}
             city.control.loss(loss)
