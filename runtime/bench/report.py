@@ -53,10 +53,13 @@ FIGURES: Mapping[str, tuple[str, ...]] = {
                "capacity.limited_by"),
     "command": ("n", "p50_ms", "p99_ms", "max_ms"),
     "alarm": ("n", "p50_ms", "p99_ms", "max_ms", "missed"),
+    "crisis": ("entities", "activate_p100_s", "restore_p100_s", "restored_exact", "acked",
+               "failed"),
+    "dispatch": ("requests", "interventions", "nearest_mismatches", "assign_p99_s", "done"),
 }
 
 #: Rows come in this order; benches not listed follow by name.
-ORDER = ("startup", "recovery", "demo", "ingest", "command", "alarm")
+ORDER = ("startup", "recovery", "demo", "ingest", "command", "alarm", "crisis", "dispatch")
 
 #: Keys that describe a run rather than measure it: never shown as figures.
 _CONTEXT = frozenset({"machine", "broker", "left_out", "scale", "command", "commit"})
