@@ -159,6 +159,7 @@ class Entity:
         self.applied: list[str] = []
         self.version = 0
         self.current_command = ""  # the command id being applied, for device idempotency
+        self.current_caller = ""  # who journaled it (``user:NAME:ROLE`` from the web)
 
     # -- lifecycle -------------------------------------------------------
     async def on_start(self, saved: Checkpoint | None) -> None:
@@ -204,7 +205,7 @@ class Entity:
 
     # -- commands --------------------------------------------------------
     async def on_command(self, msg: Envelope) -> dict[str, Any]:
-        """A journaled command: ``{"command_id", "action", "params"}``.
+        """A journaled command: ``{"command_id", "action", "params", "caller"?}``.
 
         A command id already applied (a replay of the journal after a restart)
         is acknowledged again without acting twice.
@@ -219,10 +220,11 @@ class Entity:
         if not isinstance(params, Mapping):
             raise MalformedMessageError("command params must be a mapping")
         self.current_command = command_id
+        self.current_caller = str(payload.get("caller") or msg.sender or "")
         try:
             result = await self.apply_command(payload["action"], dict(params))
         finally:
-            self.current_command = ""
+            self.current_command = self.current_caller = ""
         self.mark_applied(command_id)
         return {"command_id": command_id, "result": result}
 

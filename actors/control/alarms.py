@@ -54,7 +54,6 @@ class AlarmsCoordinator(Entity):
     kind: ClassVar[str] = "coordinator"
     #: The host hands this entity the event stream through its consumer group.
     EVENT_FEED: ClassVar[bool] = True
-    _caller = ""
 
     async def on_start(self, saved: Checkpoint | None) -> None:
         await super().on_start(saved)
@@ -140,7 +139,7 @@ class AlarmsCoordinator(Entity):
         alarm_id = params.get("id")
         if not isinstance(alarm_id, str) or not alarm_id:
             raise RejectedError("an alarm command needs the alarm's id", code="bad_value")
-        user, role = caller_identity(self._caller)
+        user, role = caller_identity(self.current_caller)
         if action == "ack":
             comment = params.get("comment")
             events = self.book.ack(alarm_id, user, str(comment) if comment else None)
@@ -159,10 +158,6 @@ class AlarmsCoordinator(Entity):
         self._publish()
         return self.book.get(alarm_id)
 
-    async def on_command(self, msg: Envelope) -> dict[str, Any]:
-        p = msg.payload if isinstance(msg.payload, Mapping) else {}
-        self._caller = str(p.get("caller") or msg.sender or "")
-        return await super().on_command(msg)
 
     # -- read model -------------------------------------------------------------------
     def _publish(self) -> None:

@@ -103,7 +103,6 @@ class CrisisCoordinator(Entity):
     """Runs crisis plans per municipality; commanded through the journal."""
 
     kind: ClassVar[str] = "coordinator"
-    _caller = ""
 
     # -- what it needs of the inventory ---------------------------------------------
     @classmethod
@@ -184,10 +183,6 @@ class CrisisCoordinator(Entity):
                                           field="params.replace")
         return clean
 
-    async def on_command(self, msg: Envelope) -> dict[str, Any]:
-        p = msg.payload if isinstance(msg.payload, Mapping) else {}
-        self._caller = str(p.get("caller") or msg.sender or "")
-        return await super().on_command(msg)
 
     async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
         try:
@@ -199,7 +194,7 @@ class CrisisCoordinator(Entity):
         if unknown:
             raise RejectedError(f"unknown municipality {', '.join(unknown)}",
                                 code="unknown_municipality")
-        user, _ = caller_identity(self._caller)
+        user, _ = caller_identity(self.current_caller)
         if action == "activate":
             out = self._activate(decision, clean["mode"], clean["municipalities"],
                                  replace=clean["replace"], user=user)

@@ -143,7 +143,6 @@ class DispatchCoordinator(Entity):
     kind: ClassVar[str] = "coordinator"
     #: The host hands this entity the event stream through its consumer group.
     EVENT_FEED: ClassVar[bool] = True
-    _caller = ""
 
     async def on_start(self, saved: Checkpoint | None) -> None:
         await super().on_start(saved)
@@ -206,10 +205,6 @@ class DispatchCoordinator(Entity):
                 "lat": _number(lat), "lon": _number(lon),
                 "municipality": _text(params, "municipality", 64)}
 
-    async def on_command(self, msg: Envelope) -> dict[str, Any]:
-        p = msg.payload if isinstance(msg.payload, Mapping) else {}
-        self._caller = str(p.get("caller") or msg.sender or "")
-        return await super().on_command(msg)
 
     async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
         try:
@@ -238,7 +233,7 @@ class DispatchCoordinator(Entity):
             "assigned_ts": None, "assignment": 0, "job_acked": False, "sent_ts": 0.0,
             "notes": ("Received; waiting for a crew." if p["lat"] is not None
                       else "Received without a position: an operator must place it."),
-            "opened_by": caller_identity(self._caller)[0],
+            "opened_by": caller_identity(self.current_caller)[0],
         }
         self.interventions[iid] = rec
         self._changed(rec, "new")
@@ -256,7 +251,7 @@ class DispatchCoordinator(Entity):
             self._send(rec, str(vehicle), "clear", "job",
                        {"job": "", "job_lat": float(rec["lat"] or 0.0),
                         "job_lon": float(rec["lon"] or 0.0)})
-        user = caller_identity(self._caller)[0]
+        user = caller_identity(self.current_caller)[0]
         rec["notes"] = f"Cancelled by {user}" + (f": {reason}" if reason else ".")
         self._move(rec, "cancelled")
         return rec
