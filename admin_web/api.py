@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Final
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from admin_web.audit import audited
@@ -14,7 +14,7 @@ from admin_web.auth import Role
 from admin_web.backend import HEALTH_STATUSES
 from admin_web.context import services
 from admin_web.guards import current_user, ensure_scope, require
-from admin_web.http_errors import ApiError
+from admin_web.http_errors import ApiError, json_object_body, store_unavailable
 from admin_web.redact import redact_urls
 from runtime.commands import check_command_shape, shown
 from runtime.errors import (
@@ -57,28 +57,6 @@ def system() -> ResponseReturnValue:
     return jsonify(redact_urls(services().backend.system()))
 
 
-def _store_unavailable(what: str) -> ApiError:
-    # Redis comes back within seconds in the usual failover, so ask for an early retry.
-    return ApiError(503, f"store unavailable, {what}", headers={"Retry-After": "1"})
-
-
-def _json_object_body() -> dict[str, Any]:
-    """The request's JSON object, or a 400 saying what is wrong with it.
-
-    The app's JSON parser (:mod:`admin_web.strict_json`) refuses ``NaN`` and
-    ``Infinity``, which are not JSON, and nesting too deep to parse.
-    """
-    if not request.is_json:
-        raise ApiError(400, "the body must be JSON (Content-Type: application/json)")
-    try:
-        body = current_app.json.loads(request.get_data(cache=True))
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
 def _command_body() -> tuple[str, dict[str, Any], str | None]:
     """``(action, params, idempotency_key)`` of a command request.
 
@@ -86,7 +64,7 @@ def _command_body() -> tuple[str, dict[str, Any], str | None]:
     the limits of every command). Only checks whose cost the limits bound run
     here: a 60,000-name body or a 100 KB action is refused without being walked.
     """
-    body = _json_object_body()
+    body = json_object_body()
     # A misspelt optional field ("param") would otherwise send the command without it.
     unknown = next((name for name in body if name not in COMMAND_FIELDS), None)
     if unknown is not None:
@@ -123,7 +101,7 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
         except KeyError:
             raise ApiError(404, "unknown equipment") from None
         except StoreUnavailableError:
-            raise _store_unavailable("command not accepted") from None
+            raise store_unavailable("command not accepted") from None
         if not current_user().can(Role.VIEWER, municipality):
             # Another municipality's equipment does not exist for this user.
             raise ApiError(404, "unknown equipment")
@@ -137,7 +115,7 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
                 entity_id, action, params, caller=current_user().name, idempotency_key=key
             )
         except StoreUnavailableError:
-            raise _store_unavailable("command not accepted") from None
+            raise store_unavailable("command not accepted") from None
         except UnknownEntityError:
             # Removed from the inventory since the lookup above.
             raise ApiError(404, "unknown equipment") from None
@@ -170,7 +148,7 @@ def command(command_id: str) -> ResponseReturnValue:
     except KeyError:
         raise ApiError(404, "unknown command") from None
     except StoreUnavailableError:
-        raise _store_unavailable("try again") from None
+        raise store_unavailable("try again") from None
     return jsonify(found)
 
 
@@ -214,7 +192,7 @@ def equipment_list() -> ResponseReturnValue:
             status=args.get("status"), online=_flag("online"), in_alarm=_flag("in_alarm"),
             municipalities=_scope(), limit=int(raw_limit), after=args.get("after"))
     except StoreUnavailableError:
-        raise _store_unavailable("equipment not readable") from None
+        raise store_unavailable("equipment not readable") from None
     response = jsonify(items)
     if next_after is not None:
         response.headers["X-Next-After"] = next_after
@@ -238,7 +216,7 @@ def equipment_one(entity_id: str) -> ResponseReturnValue:
     except KeyError:
         raise ApiError(404, "unknown equipment") from None
     except StoreUnavailableError:
-        raise _store_unavailable("equipment not readable") from None
+        raise store_unavailable("equipment not readable") from None
 
 
 # -- alarms (ISA-18.2, kept by the alarms coordinator) ---------------------------------
@@ -257,7 +235,7 @@ def _visible_alarms() -> list[dict[str, Any]]:
     try:
         alarms = services().backend.alarms()
     except StoreUnavailableError:
-        raise _store_unavailable("alarms not readable") from None
+        raise store_unavailable("alarms not readable") from None
     user = current_user()
     return [a for a in alarms if any(user.can(Role.VIEWER, m) for m in _alarm_places(a))]
 
@@ -355,7 +333,7 @@ def _alarm_action(alarm_id: str, action: str, role: Role,
                 action, {"id": alarm_id, **params},
                 caller=f"user:{user.name}:{user.role.value}")
         except StoreUnavailableError:
-            raise _store_unavailable("alarm action not accepted") from None
+            raise store_unavailable("alarm action not accepted") from None
         except RejectedError as exc:
             raise ApiError(422, str(exc)) from None
         note.after = {"command_id": result["command_id"], "status": result["status"]}
@@ -368,7 +346,7 @@ def _alarm_action(alarm_id: str, action: str, role: Role,
 def _alarm_body() -> dict[str, Any]:
     if not request.get_data():
         return {}
-    return _json_object_body()
+    return json_object_body()
 
 
 def _ack_params() -> dict[str, Any]:
@@ -440,13 +418,13 @@ def crisis() -> ResponseReturnValue:
     try:
         rows = services().backend.crisis()
     except StoreUnavailableError:
-        raise _store_unavailable("crisis modes not readable") from None
+        raise store_unavailable("crisis modes not readable") from None
     user = current_user()
     return jsonify({m: row for m, row in sorted(rows.items()) if user.can(Role.VIEWER, m)})
 
 
 def _crisis_body() -> tuple[str, list[str], bool]:
-    body = _json_object_body()
+    body = json_object_body()
     unknown = next((name for name in body if name not in CRISIS_FIELDS), None)
     if unknown is not None:
         raise ApiError(422, f"unknown field {shown(unknown)}", field=unknown[:64])
@@ -484,7 +462,7 @@ def crisis_switch() -> ResponseReturnValue:
         try:
             rows = backend.crisis()
         except StoreUnavailableError:
-            raise _store_unavailable("crisis mode not switched") from None
+            raise store_unavailable("crisis mode not switched") from None
         unknown = [m for m in munis if m not in rows]
         if unknown:
             raise ApiError(422, f"unknown municipality {', '.join(map(shown, unknown))}",
@@ -497,7 +475,7 @@ def crisis_switch() -> ResponseReturnValue:
             result = backend.crisis_request(mode, munis, replace=replace,
                                             caller=f"user:{user.name}:{user.role.value}")
         except StoreUnavailableError:
-            raise _store_unavailable("crisis mode not switched") from None
+            raise store_unavailable("crisis mode not switched") from None
         except ConflictError as exc:
             note.code = exc.code
             raise ApiError(409, str(exc), field="municipalities") from None

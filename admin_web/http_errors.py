@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, current_app, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
@@ -141,3 +141,26 @@ def install_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(RetryableError, _handle_retryable)
     app.register_error_handler(Exception, _handle_unexpected)
+
+
+def store_unavailable(what: str) -> ApiError:
+    """503 for a store out of reach, with ``Retry-After``."""
+    # Redis comes back within seconds in the usual failover, so ask for an early retry.
+    return ApiError(503, f"store unavailable, {what}", headers={"Retry-After": "1"})
+
+
+def json_object_body() -> dict[str, Any]:
+    """The request's JSON object, or a 400 saying what is wrong with it.
+
+    The app's JSON parser (:mod:`admin_web.strict_json`) refuses ``NaN`` and
+    ``Infinity``, which are not JSON, and nesting too deep to parse.
+    """
+    if not request.is_json:
+        raise ApiError(400, "the body must be JSON (Content-Type: application/json)")
+    try:
+        body = current_app.json.loads(request.get_data(cache=True))
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body

@@ -22,14 +22,14 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from admin_web.audit import audited
 from admin_web.auth import Role
 from admin_web.context import services
 from admin_web.guards import current_user, ensure_scope, require
-from admin_web.http_errors import ApiError
+from admin_web.http_errors import ApiError, json_object_body, store_unavailable
 from runtime.errors import InvalidCommandError, StoreUnavailableError
 
 __all__ = ["INTERVENTION_STATES", "interventions"]
@@ -41,24 +41,6 @@ MAX_DESCRIPTION: Final = 4000
 MAX_CATEGORY: Final = 64
 
 interventions = Blueprint("interventions", __name__, url_prefix="/api/v1")
-
-
-def _unavailable(what: str) -> ApiError:
-    # Redis comes back within seconds in the usual failover, so ask for an early retry.
-    return ApiError(503, f"store unavailable, {what}", headers={"Retry-After": "1"})
-
-
-def _body() -> dict[str, Any]:
-    if not request.is_json:
-        raise ApiError(400, "the body must be JSON (Content-Type: application/json)")
-    try:
-        # The app's strict parser: NaN and Infinity are not JSON.
-        body = current_app.json.loads(request.get_data(cache=True))
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], name: str, limit: int) -> str:
@@ -90,7 +72,7 @@ def open_request() -> ResponseReturnValue:
     accepted or refused, it is audited (``request.create``).
     """
     with audited("request.create") as note:
-        body = _body()
+        body = json_object_body()
         note.params = {k: body.get(k) for k in sorted(REQUEST_FIELDS) if k in body}
         unknown = next((name for name in body if name not in REQUEST_FIELDS), None)
         if unknown is not None:
@@ -116,7 +98,7 @@ def open_request() -> ResponseReturnValue:
         except InvalidCommandError as exc:
             raise ApiError(422, str(exc), field=exc.field) from None
         except StoreUnavailableError:
-            raise _unavailable("request not taken") from None
+            raise store_unavailable("request not taken") from None
         note.after = {"request_id": opened["request_id"],
                       "intervention_id": opened["intervention_id"],
                       "municipality": municipality}
@@ -137,7 +119,7 @@ def _interventions() -> list[dict[str, Any]]:
     try:
         return _visible(services().backend.interventions())
     except StoreUnavailableError:
-        raise _unavailable("interventions not readable") from None
+        raise store_unavailable("interventions not readable") from None
 
 
 @interventions.get("/interventions")
@@ -176,7 +158,7 @@ def fleet() -> ResponseReturnValue:
     try:
         vehicles = _visible(services().backend.fleet())
     except StoreUnavailableError:
-        raise _unavailable("fleet not readable") from None
+        raise store_unavailable("fleet not readable") from None
     out = [v for v in vehicles
            if args.get("municipality") in (None, v.get("municipality"))
            and args.get("role") in (None, v.get("role"))
