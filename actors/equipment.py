@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from runtime.commands import check_command_shape, shown
 from runtime.device_port import DevicePort
@@ -180,6 +180,9 @@ class EquipmentEntity(Entity):
         self.state.setdefault("seq", -1)
         self.state.setdefault("conditions", [])
         self._conditions = CONDITIONS.get(self.kind, {})
+        # Readings older than this incarnation may predate a write of the previous one.
+        self.wrote_ts = self.ctx.clock.time()
+        self.write_unsure = False
         port = self.ctx.device
         self.state["online"] = bool(port is not None and port.online)
 
@@ -308,11 +311,28 @@ class EquipmentEntity(Entity):
         if reapply:
             try:
                 writes = await self.device_writes(port, reapply)
-                if writes:
-                    await port.write(writes, command_id=f"reconcile-{self.ctx.id}-{self.version}")
+                await self.write_device(port, writes, f"reconcile-{self.ctx.id}-{self.version}")
             except (RejectedError, ProtocolError, DeviceUnavailableError) as exc:
                 self.ctx.emit("alarm", alarm="reconcile_failed", severity="minor",
                               error=str(exc))
+
+    async def write_device(self, port: DevicePort, writes: Mapping[str, Any],
+                           command_id: str) -> Mapping[str, Any]:
+        """Write ``writes`` (nothing when empty); returns what the device confirmed.
+
+        Marks when the entity's last write ended (:attr:`wrote_ts`, on its clock),
+        and whether it went unanswered (:attr:`write_unsure`: it may land later).
+        """
+        if not writes:
+            return {}
+        try:
+            confirmed = await port.write(writes, command_id=command_id)
+        except BaseException:
+            self.write_unsure = True
+            raise
+        finally:
+            self.wrote_ts = self.ctx.clock.time()
+        return confirmed
 
     def pending_setpoints(self) -> dict[str, Any]:
         """Desired fields the device does not report holding (by name, by default)."""
@@ -412,16 +432,14 @@ class EquipmentEntity(Entity):
         try:
             writes = await self.device_writes(port, clean)
             try:
-                confirmed = (await port.write(writes, command_id=self.current_command)
-                             if writes else {})
+                confirmed = await self.write_device(port, writes, self.current_command)
             except DeviceUnavailableError:
                 if not self.READS_BACK:
                     raise
                 # An unanswered write may have landed: ask the device what it holds now
                 # and write, once more, only what it still lacks (never a value twice).
                 writes = await self.device_writes(port, clean)
-                confirmed = (await port.write(writes, command_id=self.current_command)
-                             if writes else {})
+                confirmed = await self.write_device(port, writes, self.current_command)
         except DeviceUnavailableError as exc:
             raise RejectedError(f"{self.ctx.id} did not answer: {exc}",
                                 code="device_unavailable") from exc
@@ -442,10 +460,17 @@ class LightingCircuit(EquipmentEntity):
     ``on`` and ``dim`` are set for the whole circuit and carried to every lamp.
     The cabinet reports each lamp (its ``lamp`` block), never a circuit-wide
     value, so a setpoint is compared with every lamp and written only to the
-    lamps that do not hold it (``lamp.3.dim``). Before writing, the circuit
-    reads the cabinet: its twin may predate a write that its previous
-    incarnation made (a host killed between the write and the checkpoint), and
-    a replayed command must not write a lamp a second time.
+    lamps that do not hold it (``lamp.3.dim``); when none of them holds it and
+    the cabinet has a broadcast register (``broadcast_dim``), one broadcast
+    write sets them all, as a DALI broadcast does.
+
+    What the lamps hold is the twin's reading when the cabinet took it after
+    this incarnation started and after the circuit's last write ended, none
+    of its writes having gone unanswered since (the session serialises polls
+    and writes, so such a reading shows every write made so far). Otherwise
+    the circuit reads the cabinet first: its twin may predate a write that its
+    previous incarnation made (a host killed between the write and the
+    checkpoint), and a replayed command must not write a lamp a second time.
     """
 
     kind = "lighting_circuit"
@@ -496,19 +521,34 @@ class LightingCircuit(EquipmentEntity):
                 if not all(isinstance(lamp, Mapping) and lamp_holds(lamp, k, v)
                            for lamp in lamps)}
 
+    def current_lamps(self) -> list[Mapping[str, Any]] | None:
+        """The lamps as the twin's reading shows them, when it shows every write made so far."""
+        got = self.twin.reported.get("lamp")
+        if (got is None or self.write_unsure or not got.source_ts > self.wrote_ts
+                or got.quality is not Quality.GOOD or not isinstance(got.value, list)
+                or not all(isinstance(x, Mapping) for x in got.value)):
+            return None
+        return got.value
+
     async def device_writes(self, port: DevicePort, setpoints: Mapping[str, Any]) -> dict[str, Any]:
-        # The reading is also the verdict on a cabinet not reached yet since the host
-        # started: no need to wait for its first poll.
-        try:
-            reading = await port.read()
-        except DeviceUnavailableError as exc:
-            if port.online:
-                raise
-            raise self.offline() from exc
-        lamps = reading.get("lamp")
-        if not isinstance(lamps, list) or not all(isinstance(x, Mapping) for x in lamps):
-            raise ProtocolError(f"{self.ctx.id}: the cabinet's reading has no lamp block")
-        return lamp_writes(setpoints, lamps)
+        lamps = self.current_lamps() if port.online else None
+        if lamps is None:
+            # The reading is also the verdict on a cabinet not reached yet since the host
+            # started: no need to wait for its first poll.
+            try:
+                reading = await port.read()
+            except DeviceUnavailableError as exc:
+                if port.online:
+                    raise
+                raise self.offline() from exc
+            got = reading.get("lamp")
+            if not isinstance(got, list) or not all(isinstance(x, Mapping) for x in got):
+                raise ProtocolError(f"{self.ctx.id}: the cabinet's reading has no lamp block")
+            lamps = got
+            self.write_unsure = False
+        broadcast = frozenset(name for name in setpoints
+                              if port.policy(f"{BROADCAST}{name}") is not None)
+        return lamp_writes(setpoints, lamps, broadcast=broadcast)
 
 
 def failed_lamps(reported: Mapping[str, Any]) -> set[int]:
@@ -540,13 +580,26 @@ def lamp_holds(lamp: Mapping[str, Any], name: str, want: Any) -> bool:
     return bool(got == want)
 
 
-def lamp_writes(setpoints: Mapping[str, Any],
-                lamps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """``{"lamp.3.dim": 40.0, …}``: each lamp (numbered from 1) and setpoint it does not hold."""
-    return {f"lamp.{n}.{name}": want
-            for n, lamp in enumerate(lamps, start=1)
-            for name, want in setpoints.items()
-            if not lamp_holds(lamp, name, want)}
+#: Prefix of a cabinet's registers that set one field of every lamp at once.
+BROADCAST: Final = "broadcast_"
+
+
+def lamp_writes(setpoints: Mapping[str, Any], lamps: Sequence[Mapping[str, Any]], *,
+                broadcast: Collection[str] = ()) -> dict[str, Any]:
+    """``{"lamp.3.dim": 40.0, …}``: each lamp (numbered from 1) and setpoint it does not hold.
+
+    A setpoint named in ``broadcast`` that no lamp holds (of two lamps or more)
+    is one write to the cabinet's broadcast register instead
+    (``{"broadcast_dim": 40.0}``): it sets exactly the lamps that need it.
+    """
+    out: dict[str, Any] = {}
+    for name, want in setpoints.items():
+        lacking = [n for n, lamp in enumerate(lamps, start=1) if not lamp_holds(lamp, name, want)]
+        if name in broadcast and len(lamps) > 1 and len(lacking) == len(lamps):
+            out[f"{BROADCAST}{name}"] = want
+        else:
+            out.update((f"lamp.{n}.{name}", want) for n in lacking)
+    return out
 
 
 class Building(EquipmentEntity):

@@ -222,9 +222,15 @@ def kinds_and_profiles() -> list[tuple[str, str]]:
 
 
 def device_writes(behaviour: type[EquipmentEntity], name: str, value: Any) -> dict[str, Any]:
-    """What the kind writes to its device for ``name = value`` (one lamp for a circuit)."""
+    """What the kind writes to its device for ``name = value``.
+
+    A circuit writes one lamp of two (the other holds the value) and then, when
+    neither holds it, its cabinet's broadcast register.
+    """
     if issubclass(behaviour, LightingCircuit):
-        return lamp_writes({name: value}, [{}])
+        holds = {name: value}
+        return {**lamp_writes({name: value}, [{}, holds], broadcast={name}),
+                **lamp_writes({name: value}, [{}, {}], broadcast={name})}
     # device_fields maps names only; it reads nothing of the entity.
     return behaviour.device_fields(object.__new__(behaviour), {name: value})
 

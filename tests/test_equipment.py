@@ -38,7 +38,9 @@ def run(coro: Awaitable[T]) -> T:
 class FakeCabinet:
     """A lighting cabinet's lamps behind a device port, counting writes like the simulator."""
 
-    def __init__(self, lamps: int = 4, dim: int = 100, *, reachable: bool = True) -> None:
+    def __init__(self, lamps: int = 4, dim: int = 100, *, reachable: bool = True,
+                 broadcast: bool = False) -> None:
+        self.broadcast = broadcast
         self.lamps = [{"on": True, "dim": dim, "power_w": 10.0, "energy_wh": 0, "fault_bits": 0}
                       for _ in range(lamps)]
         # As right after a host starts: not read yet, so not online until the first verdict.
@@ -54,7 +56,8 @@ class FakeCabinet:
         return self._online
 
     def policy(self, field: str) -> str | None:
-        return "reapply" if field in ("on", "dim") else None
+        names = ("on", "dim", "broadcast_on", "broadcast_dim") if self.broadcast else ("on", "dim")
+        return "reapply" if field in names else None
 
     async def settled(self) -> bool:
         self.settles += 1
@@ -70,6 +73,14 @@ class FakeCabinet:
 
     async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
         for key, value in fields.items():
+            if self.broadcast and key.startswith("broadcast_"):
+                name = key.removeprefix("broadcast_")
+                held = round(float(value)) if name == "dim" else value
+                for lamp in self.lamps:
+                    self.repeats += lamp[name] == held
+                    lamp[name] = held
+                self.writes.append((key, value))
+                continue
             block, n, name = key.split(".")
             assert block == "lamp", f"a circuit writes lamps, not {key}"
             lamp = self.lamps[int(n) - 1]
@@ -185,6 +196,17 @@ def test_lamp_writes_names_only_the_lamps_that_differ() -> None:
     assert lamp_writes({"dim": 40.0}, lamps[:1]) == {}
 
 
+def test_lamp_writes_broadcast_only_what_no_lamp_holds() -> None:
+    lamps = [{"on": True, "dim": 40}, {"on": True, "dim": 70}]
+    # No lamp holds 100: one broadcast; lamp 1 holds 40: lamp 2 alone.
+    assert lamp_writes({"dim": 100.0}, lamps, broadcast={"dim", "on"}) == {"broadcast_dim": 100.0}
+    assert lamp_writes({"dim": 40.0, "on": False}, lamps, broadcast={"dim", "on"}) == {
+        "lamp.2.dim": 40.0, "broadcast_on": False}
+    # A cabinet without the broadcast register, or of one lamp: lamp by lamp.
+    assert lamp_writes({"dim": 100.0}, lamps) == {"lamp.1.dim": 100.0, "lamp.2.dim": 100.0}
+    assert lamp_writes({"dim": 100.0}, lamps[:1], broadcast={"dim"}) == {"lamp.1.dim": 100.0}
+
+
 # -- reconcile -------------------------------------------------------------------
 
 
@@ -261,11 +283,58 @@ def test_half_actuated_command_writes_the_remaining_lamps_once() -> None:
     assert cabinet.repeats == 0
 
 
+def test_a_command_no_lamp_holds_is_one_broadcast_and_a_half_done_one_is_not() -> None:
+    cabinet = FakeCabinet(dim=70, broadcast=True)
+    entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
+    command(entity, "c1", dim=40.0)
+    assert cabinet.writes == [("broadcast_dim", 40.0)] and cabinet.repeats == 0
+    assert {lamp["dim"] for lamp in cabinet.lamps} == {40}
+    cabinet.writes.clear()
+    cabinet.lamps[0]["dim"] = 100  # killed after one lamp of the next command
+    command(entity, "c2", dim=100.0)
+    assert cabinet.writes == [(f"lamp.{n}.dim", 100.0) for n in (2, 3, 4)]
+    assert cabinet.repeats == 0
+
+
+def poll(entity: LightingCircuit, cabinet: FakeCabinet, seq: int) -> None:
+    """A poll of the cabinet taken now reaches the entity as telemetry."""
+    run(entity.handle(Envelope(
+        target=entity.ctx.id, type="telemetry", kind=MessageKind.TELEMETRY,
+        payload={"values": {"lamp": [dict(x) for x in cabinet.lamps]}, "seq": seq,
+                 "ts": time.time()})))
+
+
+def test_a_reading_taken_after_the_last_write_spares_the_read() -> None:
+    cabinet = FakeCabinet(dim=70, broadcast=True)
+    entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
+    online(entity, cabinet)
+    # The checkpoint's reading predates this incarnation: the first command reads.
+    command(entity, "c1", dim=40.0)
+    assert cabinet.reads == 1 and cabinet.writes == [("broadcast_dim", 40.0)]
+    # A poll after that write shows it: the next command decides from the twin.
+    poll(entity, cabinet, seq=2)
+    command(entity, "c2", dim=60.0)
+    assert cabinet.reads == 1 and cabinet.writes[-1] == ("broadcast_dim", 60.0)
+    # No poll since the last write: the twin may not show it, so the cabinet is read.
+    command(entity, "c3", dim=50.0)
+    assert cabinet.reads == 2 and cabinet.repeats == 0
+
+
+def test_a_reading_before_an_unanswered_write_is_not_trusted() -> None:
+    cabinet = LateCabinet(lands=True, broadcast=True)
+    entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
+    online(entity, cabinet)
+    poll(entity, cabinet, seq=2)
+    command(entity, "c1", dim=40.0)  # unanswered, landed: read back, nothing more written
+    assert cabinet.writes == [("broadcast_dim", 40.0)] and cabinet.reads == 1
+    assert cabinet.repeats == 0
+
+
 class LateCabinet(FakeCabinet):
     """A cabinet whose answer to the first write is lost: the write ``lands`` or not."""
 
-    def __init__(self, *, lands: bool) -> None:
-        super().__init__(dim=70)
+    def __init__(self, *, lands: bool, broadcast: bool = False) -> None:
+        super().__init__(dim=70, broadcast=broadcast)
         self.lands = lands
         self.timeouts = 0
 
@@ -278,14 +347,16 @@ class LateCabinet(FakeCabinet):
         return await super().write(fields, command_id=command_id)
 
 
+@pytest.mark.parametrize("broadcast", [False, True])
 @pytest.mark.parametrize("lands", [True, False])
-def test_unanswered_write_is_checked_then_completed_once(lands: bool) -> None:
-    cabinet = LateCabinet(lands=lands)
+def test_unanswered_write_is_checked_then_completed_once(lands: bool, broadcast: bool) -> None:
+    cabinet = LateCabinet(lands=lands, broadcast=broadcast)
     entity, _ = circuit(cabinet, checkpoint({"dim": 70.0}, cabinet.reported()))
     result = command(entity, "c3", dim=40.0)
     assert {lamp["dim"] for lamp in cabinet.lamps} == {40}
     assert cabinet.repeats == 0, "no lamp is written twice with the same level"
-    assert len(cabinet.writes) == 4  # each lamp once, whether or not the first try landed
+    # Each lamp once (or one broadcast), whether or not the first try landed.
+    assert len(cabinet.writes) == (1 if broadcast else 4)
     assert result is not None
 
 
@@ -407,6 +478,13 @@ def test_manager_reads_at_once_when_replacing_and_writes_single_lamps() -> None:
                 # Refused before anything was sent: lamp 1 was not written either.
                 assert sim.held_values(eq.id)["lamp"][0]["dim"] == 100
                 assert sim.device_counters()[eq.id].repeats == before
+                # A broadcast sets every lamp; the simulator counts each lamp it moved.
+                counted = sim.device_counters()[eq.id]
+                moved, repeats = counted.actuations, counted.repeats
+                await lamp_port.write({"broadcast_dim": 40.0}, command_id="c3")
+                assert [x["dim"] for x in sim.held_values(eq.id)["lamp"]] == [40] * 4
+                counted = sim.device_counters()[eq.id]
+                assert (counted.actuations - moved, counted.repeats - repeats) == (3, 1)
             finally:
                 await devices.stop()
             waited, _, devices = await first_reading(replacing=False)

@@ -65,6 +65,16 @@ class DeviceModel(abc.ABC):
         Returns ``None`` when accepted, else the Modbus exception code answered.
         """
 
+    def fanout(self, block: str | None, index: int, name: str,
+               value: Any) -> tuple[int, int] | None:
+        """``(changed, unchanged)`` points a write of ``value`` to ``name`` would set, when it
+        sets more than its own register (a broadcast to every lamp); ``None`` otherwise.
+
+        Asked before :meth:`apply`, so that the counters count each point a
+        broadcast actuates (or writes again), as if each had been written alone.
+        """
+        return None
+
     @abc.abstractmethod
     def advance(self, dt: float) -> None:
         """Move the model ``dt`` seconds forward."""
@@ -442,6 +452,7 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             return targets
         decoded: list[tuple[str | None, int, str, Any]] = []
         changed = False
+        fanned = (0, 0)
         for block, index, spec, regs in targets:
             assert spec.address is not None
             at = spec.address if block is None else self._block_address(block, index, spec)
@@ -458,11 +469,18 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             ):
                 return EXC_ILLEGAL_VALUE
             decoded.append((block, index, spec.name, value))
+            fan = device.model.fanout(block, index, spec.name, value)
+            if fan is not None:
+                fanned = (fanned[0] + fan[0], fanned[1] + fan[1])
         for block, index, name, value in decoded:
             refused = device.model.apply(block, index, name, value)
             if refused is not None:
                 return refused
-        device.counters.write(changed)
+        if fanned == (0, 0):
+            device.counters.write(changed)
+        for n, points_changed in ((fanned[0], True), (fanned[1], False)):
+            for _ in range(n):
+                device.counters.write(points_changed)
         # Derived registers (a status the write changed) are visible to the next read.
         self._publish(device)
         return None

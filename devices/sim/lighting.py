@@ -4,7 +4,8 @@ Each lamp draws ``nominal_w * dim / 100`` watts while on (and the mains is up),
 its energy counter integrates that power, and it fails at random at
 ``failure_rate_per_h`` (probability per lamp and hour): a failed lamp sets
 fault bit :data:`LAMP_FAILED` and draws nothing. Dimming and switching come
-from clients' writes to ``on`` and ``dim``.
+from clients' writes to a lamp's ``on`` and ``dim``, or to ``broadcast_on`` and
+``broadcast_dim``, which set every lamp of the cabinet at once.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class LightingModel(DeviceModel):
         self.door_open = False
         self.earth_fault = False
         self.lamps = [Lamp() for _ in range(lamps)]
+        self.broadcast_on = True
+        self.broadcast_dim = 100
         self.failures = 0
         self._update_power()
 
@@ -61,6 +64,8 @@ class LightingModel(DeviceModel):
             "mains_ok": self.mains_ok,
             "door_open": self.door_open,
             "earth_fault": self.earth_fault,
+            "broadcast_on": self.broadcast_on,
+            "broadcast_dim": self.broadcast_dim,
             "lamp": [
                 {
                     "on": lamp.on,
@@ -73,7 +78,30 @@ class LightingModel(DeviceModel):
             ],
         }
 
+    def fanout(self, block: str | None, index: int, name: str,
+               value: Any) -> tuple[int, int] | None:
+        if block is not None or name not in ("broadcast_on", "broadcast_dim"):
+            return None
+        field = name.removeprefix("broadcast_")
+        want = bool(value) if field == "on" else int(value)
+        changed = sum(1 for lamp in self.lamps if getattr(lamp, field) != want)
+        return changed, len(self.lamps) - changed
+
     def apply(self, block: str | None, index: int, name: str, value: Any) -> int | None:
+        if block is None and name == "broadcast_on":
+            self.broadcast_on = bool(value)
+            for lamp in self.lamps:
+                lamp.on = self.broadcast_on
+        elif block is None and name == "broadcast_dim":
+            self.broadcast_dim = int(value)
+            for lamp in self.lamps:
+                lamp.dim = self.broadcast_dim
+        else:
+            return self._apply_lamp(block, index, name, value)
+        self._update_power()
+        return None
+
+    def _apply_lamp(self, block: str | None, index: int, name: str, value: Any) -> int | None:
         if block != "lamp" or not 0 <= index < len(self.lamps):
             return EXC_ILLEGAL_VALUE
         lamp = self.lamps[index]

@@ -115,6 +115,22 @@ def _stamp(cmd: Command) -> float:
     return cmd.device_confirmed_ts or cmd.updated_ts
 
 
+#: The command path's stamps, in path order (:mod:`runtime.commands`), as the bench names them.
+_STAGES: Final = (("journaled", "created_ts"), ("sent", "sent_ts"), ("read", "device_read_ts"),
+                  ("write", "device_write_ts"), ("confirmed", "device_confirmed_ts"))
+
+
+def _stages(commands: Sequence[Command], t0: float) -> dict[str, list[float]]:
+    """``{stage: [p50, p100]}``: seconds from ``t0`` at which the commands reached each stage
+    (those that went through it: a circuit whose lamps held the level writes nothing)."""
+    out: dict[str, list[float]] = {}
+    for name, attr in _STAGES:
+        at = sorted(getattr(c, attr) - t0 for c in commands if getattr(c, attr))
+        if at:
+            out[name] = [round(at[len(at) // 2], 3), round(at[-1], 3)]
+    return out
+
+
 def _journal_all(store: Any, commands: Sequence[Command], timeout_s: float) -> int:
     for cmd in commands:
         store.submit_command(cmd)
@@ -160,6 +176,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         failed = [c for c in applied.values() if c.terminal and c.status is not
                   CommandStatus.ACKED]
         activate_s = max((_stamp(c) - t0 for c in acked), default=None)
+        activate_stages = _stages(acked, t0)
         say(f"snow: {len(acked)} acked, {len(failed)} failed, "
             f"{len(targets) - len(acked) - len(failed)} pending; last acked at "
             f"{activate_s if activate_s is None else round(activate_s, 3)} s")
@@ -182,6 +199,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         restores = _final(store, [command_id(end, e) for e in targets], 1.0)
         restored_acked = [c for c in restores.values() if c.status is CommandStatus.ACKED]
         restore_s = max((_stamp(c) - t1 for c in restored_acked), default=None)
+        restore_stages = _stages(restored_acked, t1)
         kept = [k for m in munis for k in rows.get(m, {}).get("kept", ())]
         say(f"normal: {len(restored_acked)} restores acked of {len(restores)}; last at "
             f"{restore_s if restore_s is None else round(restore_s, 3)} s; kept {len(kept)}")
@@ -208,6 +226,8 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             "pending": len(targets) - len(acked) - len(failed),
             "restores": len(restores),
             "restores_acked": len(restored_acked),
+            "activate_stages_s": activate_stages,
+            "restore_stages_s": restore_stages,
             "kept": kept,
             "operator_changed": changed,
             "mismatches": mismatches[:20],
