@@ -46,6 +46,7 @@ from typing import Any
 
 from devices import modbus, mqtt, mqtt_wire, opcua
 from devices.profile import Profile, builtin_profile
+from runtime.clock import clock_from_wire
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import (
     CommandpostError,
@@ -136,6 +137,8 @@ class HostDevices:
         self._options = dict(options)
         self._rng = random.Random(str(options.get("host_id", "")))
         self._replacing = bool(options.get("replacing"))
+        # Samples and events are stamped on the city's clock; polls keep the machine's pace.
+        self._clock = clock_from_wire(options.get("clock"))
         self.devices: dict[str, DeviceState] = {}
         for eq in equipment:
             try:
@@ -301,7 +304,7 @@ class HostDevices:
         seq = values.get("seq")
         if seq != st.last_seq:
             st.last_seq = seq if isinstance(seq, int) else None
-            self._telemetry(st, values, seq, time.time())
+            self._telemetry(st, values, seq, self._clock.time())
         return values
 
     async def _poll_modbus(self, st: DeviceState) -> None:
@@ -405,7 +408,7 @@ class HostDevices:
             if building != eq.id:
                 return
             self._deliver(Envelope(target=eq.id, type="device_event",
-                                   payload={"event": event, "ts": time.time(),
+                                   payload={"event": event, "ts": self._clock.time(),
                                             "fields": dict(fields)},
                                    sender=eq.id, kind=MessageKind.EVENT))
 
@@ -491,7 +494,7 @@ class HostDevices:
             self._bad(st, f"mqtt:telemetry:{type(exc).__name__}", exc)
             return
         self._flip(st, True, "publishing")
-        self._telemetry(st, data, data.get("seq"), float(data.get("ts") or time.time()))
+        self._telemetry(st, data, data.get("seq"), float(data.get("ts") or self._clock.time()))
 
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
         base, _, leaf = topic.rpartition("/")

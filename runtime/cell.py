@@ -42,7 +42,8 @@ EntityFactory = Callable[[EntityContext], Entity]
 class HostServices(Protocol):
     """What a host provides to the entities it runs."""
 
-    clock: Clock
+    clock: Clock  # the host's machinery: message deadlines
+    city_clock: Clock  # the entities' time: their timers, timestamps and events
 
     def route(self, env: Envelope) -> None: ...
 
@@ -136,7 +137,7 @@ class _Context:
 
     @property
     def clock(self) -> Clock:
-        return self._host.clock
+        return self._host.city_clock
 
     def send(self, env: Envelope) -> None:
         self._host.route(env)
@@ -161,7 +162,7 @@ class _Context:
         self, name: str, delay_s: float, type: str, payload: Any, repeat: bool
     ) -> None:
         while True:
-            await self._host.clock.sleep(delay_s)
+            await self._host.city_clock.sleep(delay_s)
             env = Envelope(
                 target=self._slot.id, type=type, payload=payload, sender=self._slot.id,
                 kind=MessageKind.CONTROL,

@@ -6,6 +6,7 @@ printed to stderr as one readable line.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import click
 
+from runtime.clock import CITY_TZ, MAX_SPEED
 from runtime.errors import CommandpostError, InventoryError
 
 log = logging.getLogger("commandpost")
@@ -175,6 +177,7 @@ def _serve(
     inv: Any, *, admin: str, credentials_file: str | None, redis: str | None,
     mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
     opcua_security: dict[str, str] | None = None, retention_days: float = 30.0,
+    clock_speed: float = 1.0, clock_start: float | None = None,
 ) -> None:
     """Start the service and the admin web, run until stopped, then stop in order.
 
@@ -217,7 +220,8 @@ def _serve(
     svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
                                       devices=DEVICES, simulate=demo, data_dir=data_dir,
                                       opcua_security=dict(opcua_security or {}),
-                                      retention_s=retention_days * 86_400))
+                                      retention_s=retention_days * 86_400,
+                                      clock_speed=clock_speed, clock_start=clock_start))
     try:
         try:
             svc.start_servers()
@@ -295,8 +299,15 @@ def _serve(
                    "OPC UA 4840) or free ones, so that demos and tests run side by side")
 @click.option("--credentials-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--clock-speed", type=click.FloatRange(min=0.0, min_open=True, max=MAX_SPEED),
+              default=1.0, show_default=True,
+              help="run the city's time this many times faster (288: a day in 5 minutes)")
+@click.option("--clock-start", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]),
+              default=None, help="the city's time at start, local to Europe/Paris "
+                                 "(default: now)")
 def demo(scale: float, duration: float | None, admin: str, ports: str,
-         credentials_file: str | None, seed: int) -> None:
+         credentials_file: str | None, seed: int, clock_speed: float,
+         clock_start: datetime.datetime | None) -> None:
     """The whole simulated metropolis with embedded Redis, broker and admin web.
 
     SIGTERM or Ctrl-C stops it in order; whatever it started (simulators,
@@ -308,8 +319,10 @@ def demo(scale: float, duration: float | None, admin: str, ports: str,
     demo_ports = DemoPorts.free() if ports == "free" else DemoPorts()
     inv = parse_inventory(generate_demo(scale=scale, seed=seed, ports=demo_ports),
                           f"<demo scale {scale}>")
+    start = None if clock_start is None else clock_start.replace(tzinfo=CITY_TZ).timestamp()
     _serve(inv, admin=admin, credentials_file=credentials_file, redis=None, mqtt=None,
-           ray_address=None, duration=duration, demo=True)
+           ray_address=None, duration=duration, demo=True, clock_speed=clock_speed,
+           clock_start=start)
 
 
 @cli.command()
@@ -397,8 +410,12 @@ def _bench_help() -> str:
               help="command: commands to time (default 200)")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="also write the JSON figures (with commit) to this file")
+@click.option("--clock-speed", type=click.FloatRange(min=0.0, min_open=True, max=MAX_SPEED),
+              default=None, help="the city's clock speed of the benches that run one "
+                                 "(each has its default)")
 def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
-          seconds: float | None, capacity: bool, n: int | None, output: str | None) -> None:
+          seconds: float | None, capacity: bool, n: int | None, output: str | None,
+          clock_speed: float | None) -> None:
     import importlib
 
     entry = BENCHES.get(name)
@@ -413,6 +430,8 @@ def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
         kwargs["seconds"] = seconds
     if n is not None:
         kwargs["n"] = n
+    if clock_speed is not None:
+        kwargs["clock_speed"] = clock_speed
     try:
         result: dict[str, Any] = module.run(**kwargs)
     except CommandpostError as exc:

@@ -167,6 +167,7 @@ class HostCore:
         transport: Transport,
         directory: Directory,
         clock: Clock | None = None,
+        city_clock: Clock | None = None,
         config: HostConfig = HostConfig(),
         generation: int = 0,
         devices: DeviceManagerFactory | None = None,
@@ -174,7 +175,10 @@ class HostCore:
     ) -> None:
         self.host_id = host_id
         self.generation = generation
+        # The host's machinery (checkpoints, the command path's stamps, supervision) runs on
+        # ``clock``; its entities (timers, timestamps, events) on the city's, by default the same.
         self.clock: Clock = clock or SystemClock()
+        self.city_clock: Clock = city_clock or self.clock
         self.config = config
         self.store = store
         self.directory = directory
@@ -410,7 +414,7 @@ class HostCore:
         if len(self._events) >= self.config.max_event_backlog:
             self._events.popleft()
             self._dropped_events += 1
-        row: dict[str, Any] = {"ts": time.time(), "entity": entity_id, "event": event,
+        row: dict[str, Any] = {"ts": self.city_clock.time(), "entity": entity_id, "event": event,
                                "host": self.host_id}
         slot = self.slots.get(entity_id)
         if slot is not None:

@@ -1164,10 +1164,13 @@ class SyncOpen311Store:
     """
 
     def __init__(self, url: str, namespace: str = "cp", retry: RetryPolicy = HTTP_RETRY, *,
-                 socket_timeout: float = 1.0, connect_timeout: float = 1.0) -> None:
+                 socket_timeout: float = 1.0, connect_timeout: float = 1.0,
+                 city_clock: Clock | None = None) -> None:
         _check_url(url)
         self.url = url
         self.keys = Open311Keys(namespace)
+        # Requests are stamped on the city's clock (retries keep the machine's).
+        self._city_clock: Clock = city_clock or SystemClock()
         self._guard = _Guard(_redact(url), retry)
         self._redis = redis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
@@ -1229,7 +1232,7 @@ class SyncOpen311Store:
     def create(self, new: NewRequest, *, app: str | None = None,
                ts: float | None = None) -> ServiceRequest:
         """As :meth:`Open311Store.create`."""
-        when = time.time() if ts is None else ts
+        when = self._city_clock.time() if ts is None else ts
         return self._run("create", _steps_create(self.keys, new, when, app))
 
     def get(self, request_id: str) -> ServiceRequest:
@@ -1243,7 +1246,7 @@ class SyncOpen311Store:
     def update_status(self, request_id: str, status: str, notes: str | None = None, *,
                       ts: float | None = None) -> ServiceRequest:
         """As :meth:`Open311Store.update_status`."""
-        when = time.time() if ts is None else ts
+        when = self._city_clock.time() if ts is None else ts
         return self._run(
             "update_status", _steps_update_status(self.keys, request_id, status, notes, when)
         )

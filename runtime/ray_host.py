@@ -27,6 +27,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from runtime.cell import EntityFactory
+from runtime.clock import clock_from_wire
 from runtime.device_port import DeviceManagerFactory
 from runtime.envelope import Envelope, MessageKind, pack, unpack
 from runtime.errors import (
@@ -202,6 +203,7 @@ class HostActor:
             generation=int(a.get("generation", 0)),
             devices=load_device_factory(a["devices"]) if a.get("devices") else None,
             device_options=a.get("device_options") or {},
+            city_clock=clock_from_wire(a.get("clock")),
         )
         self.core = core
         self.lane = _Lane(core)

@@ -27,6 +27,7 @@ import psutil
 import ray
 
 from runtime.audit import AuditRecord, audit_entry
+from runtime.clock import ClockSpec
 from runtime.commands import Command, check_command_shape, new_command_id, shown
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.entity import Entity
@@ -107,6 +108,10 @@ class ServiceOptions:
     retention_s: float = STREAM_RETENTION_S
     # The control room's coordinator entities to run (``actors.control.COORDINATORS``).
     coordinators: tuple[str, ...] = ("alarms", "crisis", "dispatch")
+    # The city's clock: ``clock_speed`` times the machine's, from ``clock_start`` (epoch
+    # seconds; default now). Every process of the service runs on it (runtime.clock).
+    clock_speed: float = 1.0
+    clock_start: float | None = None
 
 
 def _child_scope() -> Any:
@@ -121,6 +126,9 @@ class Service:
     def __init__(self, inventory: Inventory, options: ServiceOptions | None = None) -> None:
         self.inventory = inventory
         self.options = options or ServiceOptions()
+        self.clock_spec = ClockSpec.starting_now(self.options.clock_speed,
+                                                 self.options.clock_start)
+        self.city_clock = self.clock_spec.clock()
         self.coordinators = tuple(self._coordinator(c) for c in self.options.coordinators)
         self.plan: PlacementPlan = plan(inventory, self.coordinators)
         self.redis: EmbeddedRedis | None = None
@@ -196,6 +204,8 @@ class Service:
                 "--mqtt", self.mqtt_url, "--ready-file", str(ready)]
         if self.options.sim_rate_hz:
             argv += ["--rate-hz", str(self.options.sim_rate_hz)]
+        if not self.clock_spec.real:
+            argv += ["--clock", json.dumps(self.clock_spec.to_wire())]
         with open(data / "simulators.log", "ab") as log_file:  # the child keeps its own copy
             # Tied to our life: a kill -9 of the runtime must not leave the
             # simulators holding the Modbus and OPC UA ports. A session of its
@@ -277,6 +287,7 @@ class Service:
             "namespace": self.options.namespace, "ray_namespace": self.options.ray_namespace,
             "factory": self.options.factory,
             "devices": self.options.devices,
+            "clock": self.clock_spec.to_wire(),
             "device_options": {"mqtt_url": self.mqtt_url,
                                "opcua_security": dict(self.options.opcua_security)},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
@@ -342,7 +353,8 @@ class Service:
 
         self.request_sync = RequestStatusSync(
             lambda: store.get_blob(f"view:{INTERVENTIONS_READ_MODEL}"),
-            SyncOpen311Store(self.redis_url, namespace=self.options.namespace))
+            SyncOpen311Store(self.redis_url, namespace=self.options.namespace,
+                             city_clock=self.city_clock))
         self.request_sync.start()
 
     # -- queries ---------------------------------------------------------
@@ -765,7 +777,8 @@ class RuntimeBackend:
                 if not self.service.redis_url:
                     raise RetryableError("the store is not started")
                 self._open311 = SyncOpen311Store(self.service.redis_url,
-                                                 namespace=self.service.options.namespace)
+                                                 namespace=self.service.options.namespace,
+                                                 city_clock=self.service.city_clock)
             return self._open311
 
     def open311_backend(self) -> Open311Backend:

@@ -84,8 +84,9 @@ class RootActor:
             "ray_namespace": self.namespace, "factory": self.cfg["factory"],
             "config": self.cfg.get("host_config") or {}, "directory": self.cfg["directory"],
             "devices": self.cfg.get("devices", ""),
+            "clock": self.cfg.get("clock"),
             "device_options": {**(self.cfg.get("device_options") or {}), "host_id": host_id,
-                               "replacing": replacing},
+                               "replacing": replacing, "clock": self.cfg.get("clock")},
         })
 
     def _on_event(self, ev: SupervisorEvent) -> None:

@@ -203,7 +203,9 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         period = 1.0 / self.tick_hz
         last = self.clock.monotonic()
         while True:
-            await self.clock.sleep(period)
+            # One tick per period of the machine's time, advancing the models by the
+            # city's time elapsed (``speed`` times more on an accelerated clock).
+            await self.clock.sleep(period * self.clock.speed)
             now = self.clock.monotonic()
             try:
                 await self.tick(now - last)

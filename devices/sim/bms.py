@@ -187,7 +187,7 @@ class BmsSimulator:
     async def _run(self) -> None:
         last = self.clock.monotonic()
         while True:
-            await self.clock.sleep(1.0)
+            await self.clock.sleep(self.clock.speed)  # a sample a second of the machine's time
             now = self.clock.monotonic()
             await self.tick(now - last)
             last = now

@@ -710,7 +710,9 @@ class MqttDeviceSimulator:
     # -- internals --
 
     def _period(self, device: _Device) -> float:
-        return 1.0 / self._rate_hz if self._rate_hz else device.profile.poll_interval_s
+        # Publications keep the machine's cadence on an accelerated clock (they are transport).
+        base = 1.0 / self._rate_hz if self._rate_hz else device.profile.poll_interval_s
+        return base * self._clock.speed
 
     def _next_event_gap(self) -> float:
         return self._rng.expovariate(1.0 / self._event_interval_s)

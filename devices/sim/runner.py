@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from devices.profile import builtin_profile
+from runtime.clock import Clock, ClockSpec
 from runtime.errors import CommandpostError, ConfigError
 from runtime.inventory import Equipment, Inventory, load_inventory
 
@@ -64,6 +65,7 @@ def build(
     rate_hz: float | None = None,
     seed: int = 0,
     kinds: Sequence[str] = KINDS,
+    clock: Clock | None = None,
 ) -> tuple[list[Simulator], list[dict[str, Any]]]:
     """The simulators of ``inventory`` of the families ``kinds`` (not started), described."""
     import random
@@ -87,17 +89,19 @@ def build(
     for name, cls in modbus_kinds.items():
         eqs = by_profile.get(name, []) if "modbus" in kinds else []
         if eqs:
-            sims.append(cls(eqs, builtin_profile(name)))
+            sims.append(cls(eqs, builtin_profile(name), clock=clock))
             info.append({"kind": name, "endpoint": ", ".join(_endpoints(eqs)), "devices": len(eqs)})
     bms = by_profile.get("bms", []) if "opcua" in kinds else []
     if bms:
-        sims.append(BmsSimulator(bms, builtin_profile("bms"), rng=random.Random(seed)))
+        sims.append(BmsSimulator(bms, builtin_profile("bms"), rng=random.Random(seed),
+                                 clock=clock))
         info.append({"kind": "bms", "endpoint": ", ".join(_endpoints(bms)), "devices": len(bms)})
     mqtt_eqs = [eq for p in ("bus", "service_vehicle", "camera") for eq in by_profile.get(p, [])
                 if "mqtt" in kinds]
     if mqtt_eqs:
         sims.append(
-            MqttDeviceSimulator(mqtt_eqs, url=mqtt_url, rng=random.Random(seed), rate_hz=rate_hz)
+            MqttDeviceSimulator(mqtt_eqs, url=mqtt_url, rng=random.Random(seed), rate_hz=rate_hz,
+                                clock=clock)
         )
         info.append({"kind": "mqtt_devices", "endpoint": mqtt_url, "devices": len(mqtt_eqs)})
     return sims, info
@@ -118,8 +122,11 @@ async def run(
     control: tuple[str, int] = ("127.0.0.1", 0),
     kinds: Sequence[str] = KINDS,
     inventory_file: str = "",
+    clock: ClockSpec | None = None,
 ) -> None:
     from devices.sim.control import ControlServer, ControlTarget, RemoteTarget
+
+    clock = clock or ClockSpec()
 
     # The MQTT devices publish thousands of samples a second: they get a process
     # (and a core) of their own, so that a busy Modbus or OPC UA server never makes
@@ -128,7 +135,8 @@ async def run(
     has_mqtt = any(eq.endpoint == "mqtt" for eq in inventory.equipment)
     split = "mqtt" in kinds and len(kinds) > 1 and has_mqtt and bool(inventory_file)
     local_kinds = [k for k in kinds if not (split and k == "mqtt")]
-    sims, info = build(inventory, mqtt_url, rate_hz=rate_hz, kinds=local_kinds)
+    sims, info = build(inventory, mqtt_url, rate_hz=rate_hz, kinds=local_kinds,
+                       clock=clock.clock())
     targets: list[ControlTarget | RemoteTarget] = [
         s for s in sims if isinstance(s, ControlTarget)]
     stop = asyncio.Event()
@@ -140,7 +148,7 @@ async def run(
     try:
         if split:
             child, child_doc = await asyncio.to_thread(
-                _start_child, inventory_file, mqtt_url, rate_hz, ready_file or "")
+                _start_child, inventory_file, mqtt_url, rate_hz, ready_file or "", clock)
             targets.append(RemoteTarget(child_doc["control"], "mqtt"))
             info += child_doc["simulators"]
         for sim in sims:
@@ -163,7 +171,7 @@ async def run(
 
 
 def _start_child(inventory_file: str, mqtt_url: str, rate_hz: float | None,
-                 ready_file: str, timeout: float = 60.0
+                 ready_file: str, clock: ClockSpec, timeout: float = 60.0
                  ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """A runner of the MQTT devices alone, tied to this process's life (blocking)."""
     from runtime.lifeline import spawn_tied
@@ -175,6 +183,8 @@ def _start_child(inventory_file: str, mqtt_url: str, rate_hz: float | None,
             "--mqtt", mqtt_url, "--ready-file", ready, "--kinds", "mqtt"]
     if rate_hz:
         argv += ["--rate-hz", str(rate_hz)]
+    if not clock.real:
+        argv += ["--clock", json.dumps(clock.to_wire())]
     child = spawn_tied(argv)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):
@@ -208,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate-hz", type=float, default=None)
     parser.add_argument("--control", default="127.0.0.1:0",
                         help="HOST:PORT of the control channel (port 0: a free one)")
+    parser.add_argument("--clock", default="",
+                        help="the city's clock as JSON {speed, origin, start} (default: real)")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="simulator families to run (comma-separated: modbus,opcua,mqtt)")
     args = parser.parse_args(argv)
@@ -223,8 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds = [k for k in args.kinds.split(",") if k]
         if not kinds or any(k not in KINDS for k in kinds):
             parser.error(f"--kinds {args.kinds!r}: choose among {', '.join(KINDS)}")
+        try:
+            spec = ClockSpec.from_wire(json.loads(args.clock) if args.clock else None)
+        except ValueError as exc:
+            parser.error(f"--clock {args.clock!r}: {exc}")
         asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz, (host, int(port)),
-                        kinds, args.inventory))
+                        kinds, args.inventory, spec))
     except CommandpostError as exc:
         print(f"simulators: {exc}", file=sys.stderr)
         return 1

@@ -38,7 +38,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from runtime.errors import ProtocolError, RetryableError
+from runtime.clock import Clock
+from runtime.errors import ConfigError, ProtocolError, RetryableError
 from runtime.procmem import cpu_seconds, pss_mb, ray_pids, session_pids, tree_pids
 
 Say = Callable[[str], None]
@@ -112,7 +113,9 @@ class City:
 
     ``spares`` and ``admin`` can be turned off, and ``kinds`` keeps only the
     equipment of those kinds; what is left out is listed in :attr:`left_out`.
-    ``sim_rate_hz`` overrides the MQTT devices' rate.
+    ``sim_rate_hz`` overrides the MQTT devices' rate; ``clock_speed`` and
+    ``clock_start`` set the city's clock (:class:`~runtime.clock.ClockSpec`),
+    which :attr:`city_clock` reads once the service exists.
     """
 
     def __init__(
@@ -129,6 +132,8 @@ class City:
         data_dir: Path | None = None,
         seed: int = 0,
         kinds: Collection[str] | None = None,
+        clock_speed: float = 1.0,
+        clock_start: float | None = None,
     ) -> None:
         import dataclasses
 
@@ -154,6 +159,7 @@ class City:
         self._devices = devices
         self._online_timeout_s = online_timeout_s
         self._data_dir = data_dir
+        self._clock = (clock_speed, clock_start)
         self.svc: Any = None
         self.field_broker: Any = None  # the broker started by start_field (else the service's)
         self._tmp: Any = None
@@ -170,6 +176,14 @@ class City:
             self.left_out.append("admin web")
         if not devices:
             self.left_out += ["device sessions", "simulators"]
+
+    @property
+    def city_clock(self) -> Clock:
+        """The city's clock, as every process of the service reads it."""
+        if self.svc is None:
+            raise ConfigError("the city is not started")
+        clock: Clock = self.svc.city_clock
+        return clock
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> Self:
@@ -250,7 +264,7 @@ class City:
             devices=DEVICES if self._devices else "", mqtt_url=mqtt_url,
             simulate=self._devices and mqtt_url is None,
             sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
-            data_dir=self._data_dir))
+            data_dir=self._data_dir, clock_speed=self._clock[0], clock_start=self._clock[1]))
 
     def _start_admin(self) -> None:
         from admin_web import (
