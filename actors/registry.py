@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from actors.equipment import (
-    AccessTerminal,
-    Building,
-    Camera,
-    Crossroad,
-    EquipmentEntity,
-    LightingCircuit,
-    Vehicle,
-)
+from actors.access import AccessTerminal
+from actors.building import Building
+from actors.camera import Camera
+from actors.crossroad import Crossroad
+from actors.equipment import EquipmentEntity
+from actors.lighting import LightingCircuit
+from actors.vehicle import Vehicle
 from runtime.cell import EntityFactory
 from runtime.errors import ConfigError
 from runtime.inventory import COORDINATOR, Equipment

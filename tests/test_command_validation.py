@@ -21,18 +21,14 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from actors.equipment import (
-    AccessTerminal,
-    Building,
-    Camera,
-    Crossroad,
-    EquipmentEntity,
-    Field,
-    LightingCircuit,
-    Vehicle,
-    lamp_writes,
-)
+from actors.access import AccessTerminal
+from actors.building import Building
+from actors.camera import Camera
+from actors.crossroad import Crossroad
+from actors.equipment import EquipmentEntity, Field
+from actors.lighting import LightingCircuit, lamp_writes
 from actors.registry import BEHAVIOURS
+from actors.vehicle import Vehicle
 from admin_web import Role, StaticBackend, UserRegistry, create_app
 from devices.mqtt import check_field
 from devices.profile import BlockSpec, FieldSpec, Profile, builtin_profile

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from actors.equipment import Crossroad, LightingCircuit, lamp_holds, lamp_writes
+from actors.crossroad import Crossroad
+from actors.lighting import LightingCircuit, lamp_holds, lamp_writes
 from runtime.clock import Clock, SystemClock
 from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors.equipment import LightingCircuit
+from actors.lighting import LightingCircuit
 from actors.registry import factory_for
 from runtime.cell import EntityFactory
 from runtime.clock import Clock, ManualClock

@@ -10,7 +10,7 @@ An intervention moves ``new → assigned → en_route → on_site → done``, or
 * an **index of the fleet**: each service vehicle's position, reported
   ``status`` (``available``, ``busy``, ``out_of_service``), role, radio, whether
   its device is online, and the job it reports. Vehicles send it themselves
-  (``vehicle_state`` messages, :class:`actors.equipment.Vehicle`): at once on a
+  (``vehicle_state`` messages, :class:`actors.vehicle.Vehicle`): at once on a
   change of status, job or session, at most every 5 s while moving, at least
   every 60 s. Those are messages between entities, batched between hosts and
   conflated in a full mailbox; they are not events, which would put ~40 rows a
@@ -34,7 +34,7 @@ vehicle out for a minute; a vehicle that goes out of service gives its job up.
 Messages:
 
 * ``events`` (the host's event feed): ``lamps_failed`` of lighting circuits
-  (:class:`actors.equipment.LightingCircuit`) open or join fault interventions;
+  (:class:`actors.lighting.LightingCircuit`) open or join fault interventions;
 * ``vehicle_state``: a vehicle's report (above);
 * ``reply`` / ``error``: the vehicles' answers to the commands sent them;
 * ``tick`` (every second): waiting interventions tried again, unanswered jobs
@@ -59,7 +59,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 from actors.control.alarms import caller_identity
-from actors.equipment import DISPATCH
+from actors.vehicle import DISPATCH
 from runtime.commands import check_command_shape, shown
 from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope, MessageKind, pack
@@ -307,7 +307,7 @@ class DispatchCoordinator(Entity):
 
     # -- the fleet ----------------------------------------------------------------------
     async def on_vehicle_state(self, msg: Envelope) -> None:
-        """A vehicle's report (see :class:`actors.equipment.Vehicle`)."""
+        """A vehicle's report (see :class:`actors.vehicle.Vehicle`)."""
         p = msg.payload
         vid = msg.sender
         if not isinstance(p, Mapping) or not vid:
