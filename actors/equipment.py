@@ -386,6 +386,23 @@ class EquipmentEntity(Entity):
         return {k: reported[k] for k in cls.FIELDS if k in reported}
 
     @classmethod
+    def check_schedule_step(cls, setpoints: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The problems of a schedule step's ``set`` for this kind, as ``(field, message)``:
+        by default, each field by the kind's field table (:mod:`actors.schedule`)."""
+        out: list[tuple[str, str]] = []
+        for name, value in setpoints.items():
+            spec = cls.FIELDS.get(name)
+            if spec is None:
+                out.append((name, f"{cls.kind} has no field {name!r} (fields: "
+                                  f"{', '.join(sorted(cls.FIELDS)) or 'none'})"))
+                continue
+            try:
+                spec.check(name, value)
+            except RejectedError as exc:
+                out.append((name, str(exc)))
+        return out
+
+    @classmethod
     def validate_command(cls, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` of ``set`` checked against the kind's :attr:`FIELDS`, as held.
 

@@ -110,6 +110,15 @@ class PlanError(ConfigError):
         self.issues = issues
 
 
+class ScheduleError(ConfigError):
+    """A schedule file failed validation; ``issues`` holds one ``file:line: field: message``
+    line per error."""
+
+    def __init__(self, issues: list[str]) -> None:
+        super().__init__("\n".join(issues))
+        self.issues = issues
+
+
 class AuthError(CommandpostError):
     """Authentication or authorisation failed: a person has to act."""
 
