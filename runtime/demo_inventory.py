@@ -68,7 +68,7 @@ BASE_COUNTS: Final = {
 MAX_SCALE: Final = 9.0
 
 BUS_LINES: Final = ("L1", "L2", "L3", "L4", "L5", "L6", "B10", "B11", "B12", "B13", "B14", "B15")
-SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance")
+SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance", "fire_safety")
 POINTS_PER_CIRCUIT: Final = (25, 35)
 
 _PLACEMENT: Final = PlacementPolicy(
@@ -356,7 +356,9 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
 #: The demo cameras' PTZ presets: every camera has ``home``; one watching a building has
 #: the views the crisis plans turn it to.
 CAMERA_PRESETS: Final = {"home": 1}
-WATCH_PRESETS: Final = {"flood": 12, "snow": 14}
+WATCH_PRESETS: Final = {"flood": 12, "snow": 14, "fire": 16}
+#: The demo buildings' doors by tag: the fire plan unlocks the evacuation doors.
+BUILDING_DOORS: Final = {"evacuation": [1, 2]}
 #: Share of each family given a tag (the first of each municipality always has it).
 _TAG_SHARES: Final = {
     ("xr", "priority_route"): 0.5,
@@ -393,6 +395,7 @@ def _plan_attrs(
     buildings: dict[str, list[tuple[str, float, float]]] = {}
     for ident, muni, lat, lon in placed.get("bld", []):
         buildings.setdefault(muni.slug, []).append((ident, lat, lon))
+        out[ident] = {"doors": {tag: list(doors) for tag, doors in BUILDING_DOORS.items()}}
     for ident, muni, lat, lon in placed.get("cam", []):
         near = buildings.get(muni.slug)
         if not near:

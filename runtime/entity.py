@@ -248,6 +248,27 @@ class Entity:
         return check_command_shape(action, params)
 
     @classmethod
+    def validate_for(cls, equipment: Equipment, action: str,
+                     params: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`validate_command` for one piece of equipment (its own attributes).
+
+        The admin backend calls this one when it knows the target: a behaviour
+        whose vocabulary depends on the equipment (a camera's preset names)
+        overrides it. By default, :meth:`validate_command`.
+        """
+        return cls.validate_command(action, params)
+
+    @classmethod
+    def inventory_attrs(cls, equipment: Equipment, inventory: Inventory) -> dict[str, Any]:
+        """What an entity needs of the rest of the inventory, merged into its ``attrs``.
+
+        The service calls it when it ships an assignment to a host, so that an
+        entity knows its neighbours (a building, the cameras that watch it)
+        wherever it runs. Nothing by default.
+        """
+        return {}
+
+    @classmethod
     def coordinator_attrs(cls, inventory: Inventory) -> dict[str, Any]:
         """What a coordinator needs of the inventory, for its record's ``attrs``.
 

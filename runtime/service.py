@@ -8,6 +8,7 @@ behaviours, for ``commandpost demo``, ``run`` and the benchmarks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from runtime.errors import (
     UnknownEntityError,
 )
 from runtime.host import EQUIPMENT_VIEW
-from runtime.inventory import Equipment, Inventory, dump_inventory
+from runtime.inventory import COORDINATOR, Equipment, Inventory, dump_inventory
 from runtime.lifeline import spawn_tied
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
@@ -170,6 +171,17 @@ class Service:
         return coordinator(entity_id, self.inventory,
                            attrs=behaviour.coordinator_attrs(self.inventory))
 
+    def _with_neighbours(self, eq: Equipment) -> Equipment:
+        """``eq`` with what its behaviour needs of the rest of the inventory in its ``attrs``
+        (:meth:`~runtime.entity.Entity.inventory_attrs`)."""
+        if eq.kind == COORDINATOR:
+            return eq
+        behaviour = load_factory(self.options.factory)(eq)
+        if not (isinstance(behaviour, type) and issubclass(behaviour, Entity)):
+            return eq
+        extra = behaviour.inventory_attrs(eq, self.inventory)
+        return dataclasses.replace(eq, attrs={**eq.attrs, **extra}) if extra else eq
+
     def start_servers(self) -> None:
         """Embedded Redis and broker unless URLs were given."""
         data = self.options.data_dir
@@ -275,7 +287,8 @@ class Service:
 
     # -- the tree --------------------------------------------------------
     def root_config(self) -> bytes:
-        by_id = {eq.id: eq for eq in (*self.inventory.equipment, *self.coordinators)}
+        by_id = {eq.id: self._with_neighbours(eq)
+                 for eq in (*self.inventory.equipment, *self.coordinators)}
         hosts = [
             {"host_id": h.host_id, "domain": h.domain, "mode": h.mode,
              "equipment": [equipment_to_wire(by_id[e]) for e in h.entity_ids]}
@@ -529,7 +542,7 @@ class RuntimeBackend:
         except KeyError:
             raise UnknownEntityError(entity_id) from None
         behaviour = load_factory(self.service.options.factory)(equipment)
-        clean = check_command(behaviour, action, params)
+        clean = check_command(behaviour, action, params, equipment=equipment)
         try:
             cmd = Command(command_id=new_command_id(), target=entity_id, action=action,
                           params=clean, caller=caller, idempotency_key=idempotency_key or "",
@@ -905,17 +918,22 @@ def _normal_row() -> dict[str, Any]:
             "entities": {"done": 0, "pending": 0, "failed": 0}, "kept": []}
 
 
-def check_command(behaviour: Any, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def check_command(behaviour: Any, action: str, params: Mapping[str, Any], *,
+                  equipment: Equipment | None = None) -> dict[str, Any]:
     """``params`` as the behaviour ``behaviour`` would take them, before journaling.
 
     The composition root's link between the admin backend and the behaviours:
     an entity class answers with its own
     :meth:`~runtime.entity.Entity.validate_command` (equipment: the kind's
     field table in ``actors/``), so the API refuses exactly what the entity
-    would; anything else is held to the limits of every command. A refusal
+    would (given ``equipment``, :meth:`~runtime.entity.Entity.validate_for`:
+    what depends on its attributes, such as a camera's preset names); anything
+    else is held to the limits of every command. A refusal
     raises :class:`InvalidCommandError` naming the request field.
     """
     if isinstance(behaviour, type) and issubclass(behaviour, Entity):
+        if equipment is not None:
+            return behaviour.validate_for(equipment, action, params)
         return behaviour.validate_command(action, params)
     return check_command_shape(action, params)
 
