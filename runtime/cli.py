@@ -385,6 +385,9 @@ BENCHES: dict[str, tuple[str, str]] = {
                              "assignments against a brute-force nearest search"),
     "crisis": ("crisis", "snow for the whole metropolis through the API: to the last setpoint "
                          "acked by its device, then deactivation back to the baseline"),
+    "fire": ("fire", "a fire raised at the BMS simulator to its plan carried out: evacuation "
+                     "doors unlocked (read back over OPC UA), cameras at their preset, a crew "
+                     "assigned"),
 }
 
 
