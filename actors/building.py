@@ -113,8 +113,13 @@ class Building(EquipmentEntity):
             if fire.get("phase") == CONFIRMING:
                 left = float(fire.get("confirm_until") or 0.0) - self.ctx.clock.time()
                 self.ctx.start_timer("fire_confirm", max(0.0, left), "fire_confirm_due")
-            else:
+            elif fire.get("phase") == ACTING:
                 self.ctx.start_timer("fire_retry", 0.0, "fire_retry")
+            status = fire.get("camera_status") or {}
+            if fire.get("cameras") and "-" not in fire["cameras"] and (
+                    len(status) < len(fire["cameras"])
+                    or not all(v in _TERMINAL for v in status.values())):
+                self.ctx.start_timer("fire_follow", FOLLOW_S, "fire_follow", repeat=True)
 
     @classmethod
     def inventory_attrs(cls, equipment: Equipment, inventory: Inventory) -> dict[str, Any]:

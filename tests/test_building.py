@@ -293,3 +293,28 @@ def test_inventory_attrs_lists_the_cameras_that_watch_the_building() -> None:
                                   if c.kind == "camera" and c.attrs.get("watches") == eq.id)
     assert any(Building.inventory_attrs(eq, inv)["watched_by"]
                for eq in inv.equipment if eq.kind == "building")
+
+
+def test_a_restart_mid_plan_finishes_it_without_doing_anything_twice() -> None:
+    async def main() -> None:
+        entity, ctx, port = await started()
+        port.down = True
+        await fire(entity, ctx)
+        saved = entity.checkpoint()
+        # The host is replaced: a new incarnation starts from the checkpoint.
+        port.down = False
+        ctx2 = FakeCtx(ctx.equipment, port, ctx._clock)
+        ctx2.journal = dict(ctx.journal)
+        again = Building(ctx2)
+        await again.on_start(saved)
+        again.fire_plan = PLAN
+        assert {"fire_retry", "fire_follow"} <= set(ctx2.timers)
+        await ctx2.run_timers(again)
+        assert port.writes == [{"door.1.locked": False, "door.2.locked": False}]
+        assert ctx2.named("fire_dispatch") == [] and len(ctx2.journal) == 2
+        assert again.state["fire"]["phase"] == "held"
+        for cid in ctx2.journal:
+            ctx2.settle(cid, CommandStatus.ACKED)
+        await ctx2.advance(again, 0.2)
+        assert steps(ctx2)[-1] == ("cameras", "done")
+    run(main())
