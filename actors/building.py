@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from actors.equipment import EquipmentEntity, Field
 from actors.fire_plan import FirePlan, builtin_fire_plan
@@ -101,12 +101,11 @@ class Building(EquipmentEntity):
 
     kind = "building"
     FIELDS = {"mode": Field(str, choices=("occupied", "unoccupied", "lockdown"))}
-    #: The plan a building runs on fire (tests give one of their own).
-    plan: ClassVar[FirePlan | None] = None
 
     async def on_start(self, saved: Checkpoint | None) -> None:
         await super().on_start(saved)
-        self.fire_plan = type(self).plan or builtin_fire_plan()
+        #: The plan this building runs on fire.
+        self.fire_plan: FirePlan = builtin_fire_plan()
         fire = self.state.get("fire")
         if isinstance(fire, Mapping) and fire.get("phase") in _LIVE:
             # What the previous incarnation had not finished: carried on from where it stood.
