@@ -131,3 +131,21 @@ def test_a_fire_dispatch_opens_one_intervention_for_the_plans_role() -> None:
         assert steps == [("bld-dijon-0001", "intervention", "new"),
                          ("bld-dijon-0001", "intervention", "assigned")]
     asyncio.run(main())
+
+
+def test_plan_check_validates_a_fire_plan_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def check(path: Path | str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runtime.cli", "plan", "check", str(path)],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    ok = check("actors/plans/fire.toml")
+    assert ok.returncode == 0 and "fire plan (3 steps" in ok.stdout, ok.stderr
+    bad = tmp_path / "fire.toml"
+    bad.write_text(GOOD.replace('preset = "fire"', 'preset = "smoke"'))
+    out = check(bad)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"{bad}:9: fire.step[1].preset: no camera watching a "
+                                  "building has a preset 'smoke'")
