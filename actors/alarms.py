@@ -1510,6 +1510,14 @@ class AlarmBook:
             a.escalated = False
         kind = EventKind.TRANSITION if changed else EventKind.UPDATED
         self._record(a, kind, now, action, user, before[0], events, note=note)
+        if state is AlarmState.NORMAL and a.children and not a.is_summary:
+            # The incident is over: what joined it is released (a later one starts afresh).
+            for child_id in a.children:
+                child = self._alarms[child_id]
+                child.group = None
+                self._record(child, EventKind.UNGROUPED, now, "incident", None, child.state,
+                             events, note=a.id)
+            a.children = []
 
     def _record(
         self,

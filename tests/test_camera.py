@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from actors.alarms import AlarmBook, alarm_id
+from actors.alarms import AlarmBook, AlarmStateError, alarm_id
 from actors.camera import Camera
 from actors.control.alarms import AlarmsCoordinator
 from runtime.clock import ManualClock
@@ -202,3 +202,19 @@ def test_fire_plan_steps_are_shown_on_the_fire_alarm() -> None:
         restored = AlarmBook.from_dict(coord.book.to_dict(), ManualClock())
         assert restored.get(a["id"])["steps"] == a["steps"]
     run(main())
+
+
+def test_an_incident_over_releases_what_joined_it() -> None:
+    book = AlarmBook(ManualClock())
+    parent = alarm_id("bld-dijon-0001", "intrusion")
+    child = alarm_id("cam-dijon-0001", "intrusion_motion")
+    book.raise_("bld-dijon-0001", "intrusion", municipality="dijon", kind="building")
+    book.join_incident(parent, "cam-dijon-0001", "intrusion_motion", municipality="dijon",
+                       kind="camera")
+    book.clear("bld-dijon-0001", "intrusion")
+    book.ack(parent, "alice")  # acknowledges the motion too; the incident is normal
+    assert book.get(parent)["state"] == "normal" and book.get(parent)["count"] == 1
+    assert book.get(child)["group"] is None and book.get(child)["state"] == "normal"
+    with pytest.raises(AlarmStateError, match="not active"):
+        book.join_incident(parent, "cam-dijon-0001", "intrusion_motion",
+                           municipality="dijon", kind="camera")
