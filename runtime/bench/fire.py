@@ -26,6 +26,7 @@ Figures: ``n`` rounds, ``p50_s``, ``p99_s`` (and ``max_s``, ``missed``, per step
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -81,25 +82,36 @@ class FireRound:
         nodes = {r.key: r.node_id for r in profile_nodes(profile, building.id, building.attrs)}
         self.nodes = [nodes[f"door.{d}.locked"] for d in self.doors]
         self.seen: dict[str, float] = {}
+        #: Why the round missed (empty when it did not).
+        self.problem = ""
 
-    def _command(self, action: str, params: dict[str, Any]) -> None:
+    def _command(self, action: str, params: dict[str, Any]) -> str:
         code, body = self.api.call("POST", f"/api/v1/equipment/{self.building.id}/commands",
                                    {"action": action, "params": params})
         if code != 202:
             raise ConfigError(f"{action} on {self.building.id} answered {code}: {body}")
+        return str(body["command_id"])
+
+    def _statuses(self, ids: list[str]) -> str:
+        out = []
+        for cid in ids:
+            _, body = self.api.call("GET", f"/api/v1/commands/{cid}")
+            out.append(f"{body.get('status')} {body.get('error') or ''}".strip())
+        return "; ".join(out)
 
     async def _doors(self, session: OpcUaSession) -> list[Any]:
         got = await session.read(self.nodes)
         return [got[n][0] for n in self.nodes]
 
-    async def _wait_doors(self, session: OpcUaSession, locked: bool) -> None:
+    async def _wait_doors(self, session: OpcUaSession, locked: bool, ids: list[str]) -> bool:
         deadline = time.monotonic() + self.timeout_s
-        while await self._doors(session) != [locked] * len(self.nodes):
+        while (held := await self._doors(session)) != [locked] * len(self.nodes):
             if time.monotonic() > deadline:
-                state = "locked" if locked else "unlocked"
-                raise ConfigError(f"{self.building.id}: doors not {state} within "
-                                  f"{self.timeout_s:.0f}s")
+                self.problem = (f"{self.building.id}: doors {held} not locked within "
+                                f"{self.timeout_s:.0f}s (commands: {self._statuses(ids)})")
+                return False
             await asyncio.sleep(self.poll_s)
+        return True
 
     def _cameras_acked(self) -> bool:
         prefix = f"fire-{self.building.id}-"
@@ -126,9 +138,11 @@ class FireRound:
         session = OpcUaSession(self.building.endpoint, timeout_s=2.0)
         await session.connect()
         try:
-            for d in self.doors:
-                self._command("lock", {"door": d, "reason": "bench fire: ready for the next fire"})
-            await self._wait_doors(session, True)
+            ids = [self._command("lock", {"door": d, "reason": "bench fire: ready for the next "
+                                                               "fire"})
+                   for d in self.doors]
+            if not await self._wait_doors(session, True, ids):
+                return None
             self.seen = {}
             done: dict[str, float] = {}
             checks: dict[str, Callable[[], Any]] = {
@@ -149,7 +163,11 @@ class FireRound:
                     if ok:
                         done[name] = time.perf_counter() - t0
                 await asyncio.sleep(self.poll_s)
-            return done if len(done) == len(checks) else None
+            if len(done) < len(checks):
+                self.problem = (f"{self.building.id}: only {sorted(done)} within "
+                                f"{self.timeout_s:.0f}s")
+                return None
+            return done
         finally:
             await session.close()
 
@@ -161,16 +179,25 @@ class FireRound:
         self._command("fire_reset", {"reason": _REASON})
 
 
-def fire_round(city: City, api: ApiClient, building: Equipment, **kw: Any
-               ) -> dict[str, float] | None:
-    """One round at ``building`` (see :class:`FireRound`); its plan is reset after it."""
+def fire_round(city: City, api: ApiClient, building: Equipment, *, say: Say | None = None,
+               **kw: Any) -> dict[str, float] | None:
+    """One round at ``building`` (see :class:`FireRound`); its plan is reset after it.
+
+    None when the round missed (``say`` is told why)."""
     r = FireRound(city, api, building, **kw)
     try:
-        return asyncio.run(r.run())
+        got = asyncio.run(r.run())
+        if got is None and say is not None:
+            say(r.problem)
+        return got
     except DeviceUnavailableError as exc:
         raise ConfigError(f"{building.id}: the BMS cannot be read: {exc}") from exc
     finally:
         r.clean_up()
+
+
+def _missed(say: Say, round_no: int, text: str) -> None:
+    say(f"round {round_no} missed: {text}")
 
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto", n: int = 50,
@@ -191,11 +218,10 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto", n: int = 
         missed = 0
         for i in range(n):
             building = pool[i % len(pool)]
-            got = fire_round(city, api, building, poll_s=poll_s, timeout_s=timeout_s)
+            got = fire_round(city, api, building, poll_s=poll_s, timeout_s=timeout_s,
+                             say=functools.partial(_missed, say, i))
             if got is None:
                 missed += 1
-                say(f"round {i}: the fire plan of {building.id} did not finish within "
-                    f"{timeout_s:.0f}s")
                 continue
             totals.append(max(got.values()))
             for step, s in got.items():
