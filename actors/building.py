@@ -160,6 +160,16 @@ class Building(EquipmentEntity):
         return clean
 
     @classmethod
+    def setpoint_key(cls, action: str, params: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+        """A door command sets its door (a lock and an unlock of one door: the latest wins;
+        two doors: both stand); a plan action is superseded only by its own repeat."""
+        if action in _DOOR_ACTIONS:
+            return "door", (str(params.get("door")),)
+        if action in _PLAN_ACTIONS:
+            return action, (str(params.get("reason")),)
+        return super().setpoint_key(action, params)
+
+    @classmethod
     def validate_for(cls, equipment: Equipment, action: str,
                      params: Mapping[str, Any]) -> dict[str, Any]:
         """As :meth:`validate_command`, with the door held to the building's profile."""

@@ -259,6 +259,12 @@ class Entity:
         return cls.validate_command(action, params)
 
     @classmethod
+    def setpoint_key(cls, action: str, params: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+        """What a command sets, for "latest setpoint wins": two queued commands with the same
+        key, the older one is superseded. By default the action and its fields' names."""
+        return action, tuple(sorted(params))
+
+    @classmethod
     def inventory_attrs(cls, equipment: Equipment, inventory: Inventory) -> dict[str, Any]:
         """What an entity needs of the rest of the inventory, merged into its ``attrs``.
 

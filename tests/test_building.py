@@ -318,3 +318,20 @@ def test_a_restart_mid_plan_finishes_it_without_doing_anything_twice() -> None:
         await ctx2.advance(again, 0.2)
         assert steps(ctx2)[-1] == ("cameras", "done")
     run(main())
+
+
+def test_door_commands_supersede_only_commands_for_the_same_door() -> None:
+    from runtime.commands import Command
+    from runtime.host import _setpoint_key
+
+    eq = building_equipment()
+
+    def key(action: str, **params: Any) -> tuple[str, str, tuple[str, ...]]:
+        cmd = Command(command_id=f"c-{action}-{params}", target=eq.id, action=action,
+                      params=params, caller="user:alice:operator")
+        return _setpoint_key(cmd, eq, Building)
+
+    assert key("lock", door=1, reason="a") != key("lock", door=2, reason="a")
+    assert key("lock", door=1, reason="a") == key("unlock", door=1, reason="b")
+    assert key("set", mode="lockdown") == key("set", mode="occupied")
+    assert key("fire_reset", reason="a") != key("fire_confirm", reason="a")
