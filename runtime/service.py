@@ -530,6 +530,10 @@ class RuntimeBackend:
             raise UnknownEntityError(entity_id) from None
         behaviour = load_factory(self.service.options.factory)(equipment)
         clean = check_command(behaviour, action, params)
+        # A kind whose commands depend on the equipment (a circuit's lamp numbers) says so.
+        held_to = getattr(behaviour, "validate_for_equipment", None)
+        if held_to is not None:
+            clean = held_to(equipment, clean)
         try:
             cmd = Command(command_id=new_command_id(), target=entity_id, action=action,
                           params=clean, caller=caller, idempotency_key=idempotency_key or "",
@@ -951,10 +955,12 @@ def _equipment_record(eq: Equipment, line: Mapping[str, Any], checkpoint: bytes 
                       in_alarm: bool) -> dict[str, Any]:
     """The API's view of one equipment (CONTRACT.md ``GET /api/v1/equipment``)."""
     twin: Mapping[str, Any] = {}
+    state: Mapping[str, Any] = {}
     if checkpoint is not None:
         try:
             cp = unpack(checkpoint, max_size=64 << 20)
             twin = cp.get("twin") or {} if isinstance(cp, dict) else {}
+            state = cp.get("state") or {} if isinstance(cp, dict) else {}
         except MalformedMessageError:
             twin = {}
     reported = {
@@ -966,4 +972,7 @@ def _equipment_record(eq: Equipment, line: Mapping[str, Any], checkpoint: bytes 
             "online": bool(line.get("online")), "status": line.get("status"),
             "host": line.get("host"), "in_alarm": in_alarm,
             "conditions": list(line.get("conditions") or ()),
-            "reported": reported, "desired": dict(twin.get("desired") or {})}
+            "reported": reported, "desired": dict(twin.get("desired") or {}),
+            # A scheduled entity keeps its schedule as the view shows it (actors.schedule).
+            **({"schedule": dict(sched)} if isinstance(sched := state.get("schedule"), Mapping)
+               and "name" in sched else {})}

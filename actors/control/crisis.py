@@ -65,13 +65,15 @@ from runtime.envelope import Envelope, MessageKind, pack
 from runtime.errors import InvalidCommandError, RejectedError
 from runtime.inventory import Inventory
 
-__all__ = ["ASK_TIMEOUT_S", "CALLER", "FOLLOW_S", "READ_MODEL", "CrisisCoordinator",
-           "command_id"]
+__all__ = ["ASK_TIMEOUT_S", "CALLER", "FOLLOW_S", "READ_MODEL", "RESTORE_CALLER",
+           "CrisisCoordinator", "command_id"]
 
 #: The read model's name (``view:crisis`` in the store).
 READ_MODEL: Final = "crisis"
-#: The caller of every command the coordinator journals.
+#: The caller of every command the coordinator journals; its restores at deactivation say
+#: so (an entity that layers its setpoints ends the plan's layer on one).
 CALLER: Final = "crisis"
+RESTORE_CALLER: Final = "crisis:restore"
 #: How long an entity may take to tell its state; past it, the plan goes on without it.
 ASK_TIMEOUT_S: Final = 5.0
 #: How often the statuses of pending setpoints are read from the store.
@@ -390,7 +392,8 @@ class CrisisCoordinator(Entity):
     # -- journaling and following -----------------------------------------------------
     def _command(self, eid: str, r: Mapping[str, Any]) -> Command:
         return Command(command_id=r["command"], target=eid, action="set",
-                       params=dict(r["params"]), caller=CALLER,
+                       params=dict(r["params"]),
+                       caller=RESTORE_CALLER if r["phase"] == RESTORE else CALLER,
                        created_ts=self.ctx.clock.time(),
                        deadline_ts=self.ctx.clock.time() + COMMAND_DEADLINE_S)
 
