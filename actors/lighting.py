@@ -6,8 +6,8 @@ overrides that expire by themselves, and meters the energy its lamps burn from
 the cabinet's counters.
 
 **Schedule.** A circuit follows the builtin schedule its inventory names
-(``attrs.schedule``; a circuit tagged ``road_lighting`` follows
-``road_lighting`` when it names none), at its own coordinates. Its dusk and
+(``attrs.schedule``; the demo's road-lighting circuits follow
+``road_lighting``), at its own coordinates. Its dusk and
 dawn offsets (``attrs.on_offset_min`` and ``attrs.off_offset_min``, default
 10) move the schedule's sunset step that switches the lamps on and its sunrise
 step that switches them off. At start and at each transition the circuit
@@ -65,7 +65,7 @@ from runtime.errors import (
     ProtocolError,
     RejectedError,
 )
-from runtime.inventory import Equipment, tags_of
+from runtime.inventory import Equipment
 from runtime.twin import Quality
 
 __all__ = ["CRISIS_CALLER", "CRISIS_RESTORE_CALLER", "DEFAULT_LAMP_W", "ENERGY_KEEP_H",
@@ -90,8 +90,6 @@ COUNTER_RANGE: Final = 1 << 32
 IMPLAUSIBLE_WH: Final = 100_000
 #: The longest operator override (``params.for_s``): a week.
 MAX_OVERRIDE_S: Final = 7 * 86_400.0
-#: The schedule a circuit tagged ``road_lighting`` follows when its inventory names none.
-ROAD_LIGHTING: Final = "road_lighting"
 
 
 def counter_delta(old: int, new: int) -> tuple[int, str]:
@@ -130,8 +128,6 @@ def circuit_schedule(eq: Equipment) -> Schedule | None:
     Raises :class:`ConfigError` for an unknown schedule or a bad offset.
     """
     name = eq.attrs.get("schedule")
-    if name is None and ROAD_LIGHTING in tags_of(eq):
-        name = ROAD_LIGHTING
     if not name:
         return None
     try:
