@@ -38,7 +38,7 @@ keeps ``state["energy"]["hours"]`` (``{hour_epoch: [wh, lit_s, resets,
 wraps]}``, the last :data:`ENERGY_KEEP_H` hours; ``lit_s`` is the part of the
 hour between the circuit's dusk and dawn, the baselines' burning time) and
 publishes them as one read model per local date, ``energy.{id}.{YYYY-MM-DD}``
-(:func:`energy_model_name`), with the circuit's lamps and wattages.
+(:mod:`runtime.energy`, which sums them), with the circuit's lamps and wattages.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from devices.profile import builtin_profile
 from runtime.clock import CITY_TZ
 from runtime.commands import shown
 from runtime.device_port import DevicePort
+from runtime.energy import model_name as energy_model_name
 from runtime.entity import Checkpoint
 from runtime.envelope import Envelope, pack
 from runtime.errors import (
@@ -177,11 +178,6 @@ def lit_seconds(eq: Equipment, start: float, end: float) -> float:
             total += max(0.0, min(end, off.timestamp()) - max(start, on.timestamp()))
         day += datetime.timedelta(days=1)
     return total
-
-
-def energy_model_name(circuit: str, date: datetime.date | str) -> str:
-    """The read model holding circuit ``circuit``'s metered hours of local date ``date``."""
-    return f"energy.{circuit}.{date if isinstance(date, str) else date.isoformat()}"
 
 
 def _local_date(ts: float) -> str:

@@ -451,3 +451,31 @@ def test_lit_seconds_cover_dusk_to_dawn() -> None:
     times = night_of(eq)
     assert lit_seconds(eq, NOON, NOON + 86_400) == pytest.approx(times["dawn"] - times["dusk"])
     assert lit_seconds(eq, NOON, times["dusk"]) == 0.0
+
+
+# -- the simulator's side ---------------------------------------------------------------
+
+def test_the_simulator_integrates_power_and_resets_or_wraps_counters_on_demand() -> None:
+    from devices.sim.lighting import WRAP_HEADROOM_WH, LightingSimulator
+
+    async def body() -> None:
+        eq = make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
+                            endpoint="modbus://127.0.0.1:15030/1",
+                            attrs={"points": 2, "lamp_w": 70})
+        sim = LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+        await sim.tick(3600.0)
+        values = sim.held_values(eq.id)
+        assert [lamp["energy_wh"] for lamp in values["lamp"]] == [70, 70]
+        assert values["sim"]["burnt_wh"] == pytest.approx(140.0)
+        await sim.fault(eq.id, "counter_wrap", True)
+        await sim.tick(3600.0)
+        # 20 Wh short of the top, then 70 Wh more: past 2^32, the counter starts again.
+        assert [lamp["energy_wh"] for lamp in sim.held_values(eq.id)["lamp"]] == [
+            70 - WRAP_HEADROOM_WH] * 2
+        await sim.fault(eq.id, "counter_reset", True)
+        values = sim.held_values(eq.id)
+        assert [lamp["energy_wh"] for lamp in values["lamp"]] == [0, 0]
+        assert values["sim"]["burnt_wh"] == pytest.approx(280.0)
+        assert (values["sim"]["counter_resets"], values["sim"]["counter_wraps"]) == (1, 1)
+
+    run(body)
