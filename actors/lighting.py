@@ -454,7 +454,7 @@ class LightingCircuit(EquipmentEntity):
             step, what = counter_delta(int(old), int(new))
             wh += step
             if what:
-                events[what] += 1
+                events[what] = 1  # one reset (or wrap) of the cabinet, however many lamps
         if events:
             self.ctx.emit("energy_counters", resets=events["reset"], wraps=events["wrap"],
                           jumps=events["jump"])

@@ -468,14 +468,15 @@ def test_the_simulator_integrates_power_and_resets_or_wraps_counters_on_demand()
         assert [lamp["energy_wh"] for lamp in values["lamp"]] == [70, 70]
         assert values["sim"]["burnt_wh"] == pytest.approx(140.0)
         await sim.fault(eq.id, "counter_wrap", True)
-        await sim.tick(3600.0)
-        # 20 Wh short of the top, then 70 Wh more: past 2^32, the counter starts again.
+        hours = WRAP_HEADROOM_WH // 70 + 1
+        await sim.tick(3600.0 * hours)
+        # Short of the top, then more than that: past 2^32, the counter starts again.
         assert [lamp["energy_wh"] for lamp in sim.held_values(eq.id)["lamp"]] == [
-            70 - WRAP_HEADROOM_WH] * 2
+            70 * hours - WRAP_HEADROOM_WH] * 2
         await sim.fault(eq.id, "counter_reset", True)
         values = sim.held_values(eq.id)
         assert [lamp["energy_wh"] for lamp in values["lamp"]] == [0, 0]
-        assert values["sim"]["burnt_wh"] == pytest.approx(280.0)
+        assert values["sim"]["burnt_wh"] == pytest.approx(140.0 * (hours + 1))
         assert (values["sim"]["counter_resets"], values["sim"]["counter_wraps"]) == (1, 1)
 
     run(body)

@@ -37,8 +37,9 @@ __all__ = ["LAMP_FAILED", "WRAP_HEADROOM_WH", "Lamp", "LightingModel", "Lighting
 LAMP_FAILURES_PER_H: Final = 0.005 / 8766.0
 #: Fault bit of a lamp that has failed.
 LAMP_FAILED: Final = 0x0001
-#: How far below 2^32 the ``counter_wrap`` fault sets each lamp's energy counter (Wh).
-WRAP_HEADROOM_WH: Final = 20
+#: How far below 2^32 the ``counter_wrap`` fault sets each lamp's energy counter (Wh): a
+#: few hours of a lamp, so that a poll sees the counter high before it wraps.
+WRAP_HEADROOM_WH: Final = 200
 #: Write times a cabinet remembers for the control channel.
 _WRITE_STAMPS: Final = 256
 
