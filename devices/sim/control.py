@@ -47,8 +47,9 @@ Fault names: ``offline`` (any device), ``fire`` and ``intrusion`` (``bms``,
 zone 1), ``door_forced`` (``bms``), ``mains`` and ``door`` (``lighting_cabinet``),
 ``lamp`` (``lighting_cabinet``: lamp 1 failed), ``counter_reset`` and
 ``counter_wrap`` (``lighting_cabinet``: energy counters to 0, or just short of 2^32),
-``controller`` (``traffic_controller`` fault bits), ``tamper`` (``camera``: one tamper event), ``out_of_service``
-(``service_vehicle``: the crew reports itself out of service while on).
+``controller`` (``traffic_controller`` fault bits), ``tamper`` (``camera``: one tamper
+event), ``out_of_service`` (``service_vehicle``: the crew reports itself out of service
+while on).
 """
 
 from __future__ import annotations
