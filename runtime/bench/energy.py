@@ -87,7 +87,7 @@ def _plans(city: City, start: float, end: float) -> list[Plan]:
         if schedule is None:
             continue
         table = Timetable(schedule, eq.lat, eq.lon)
-        steps = []
+        steps: list[tuple[float, str, bool, float]] = []
         t = start
         while (nxt := table.next_after(t)) is not None and nxt.at < end:
             steps.append((nxt.at, nxt.step.name, bool(nxt.step.set.get("on", True)),
@@ -182,7 +182,8 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
     for p in plans:
         stamps = burnt1[p.id]["write_ts"]
         bounds = [s[0] for s in p.steps] + [math.inf]
-        for (at, _, _, _), upto in zip(p.steps, bounds[1:], strict=True):
+        for step, upto in zip(p.steps, bounds[1:], strict=True):
+            at = step[0]
             if not start <= at < end:
                 continue
             after = [w for w in stamps if at - 0.5 <= w < upto]
