@@ -770,7 +770,7 @@ class RuntimeBackend:
         now = self.service.city_clock.time()
         end = now if end is None else end
         start = end - 86_400.0 if start is None else start
-        names = [energy.model_name(eq.id, date) for eq in circuits
+        names = [f"view:{energy.model_name(eq.id, date)}" for eq in circuits
                  for date in energy.dates_between(start, end)]
         blobs = self._store().get_blobs(names)
         models = []

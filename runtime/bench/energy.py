@@ -132,9 +132,8 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
     start = math.floor(dusk / 3600.0) * 3600.0
     end = math.ceil((dawn + TAIL_S) / 3600.0) * 3600.0
     ids = [p.id for p in plans]
+    t0 = time.monotonic()
     with city:
-        t0 = time.monotonic()
-        city.start()
         clock = city.city_clock
         say(f"{len(ids)} circuits online in {time.monotonic() - t0:.0f} s; the city at "
             f"{datetime.datetime.fromtimestamp(clock.time(), CITY_TZ):%H:%M}, "
