@@ -480,3 +480,24 @@ def test_the_simulator_integrates_power_and_resets_or_wraps_counters_on_demand()
         assert (values["sim"]["counter_resets"], values["sim"]["counter_wraps"]) == (1, 1)
 
     run(body)
+
+
+def test_the_equipment_view_shows_the_schedule_the_circuit_recorded() -> None:
+    from runtime.envelope import pack
+    from runtime.service import _equipment_record
+
+    async def body() -> dict[str, Any]:
+        night = Night()
+        times = night_of(night.eq)
+        entity = await night.start()
+        await night.until(times["night"] + 5)
+        cp = night.stop()
+        assert entity.state["schedule"]["step"] == "night"
+        return _equipment_record(night.eq, {"status": "running", "online": True},
+                                 pack(cp.to_dict()), False)
+
+    record = run(body)
+    schedule = record["schedule"]
+    assert (schedule["name"], schedule["step"]) == ("road_lighting", "night")
+    assert schedule["next"]["step"] == "before_dawn" and schedule["next"]["at"] > schedule["since"]
+    assert "schedule" not in _equipment_record(road_circuit(), {}, None, False)

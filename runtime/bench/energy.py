@@ -48,6 +48,8 @@ SPEED: Final = 160.0
 MORNING: Final = datetime.time(9, 0)
 #: How long after the latest dawn the measurement ends (s, city time).
 TAIL_S: Final = 1800.0
+#: How long before the earliest dusk's hour the simulator's integral is read (s, city time).
+LEAD_S: Final = 3600.0
 #: How long the API is given to show the last hours (s, machine time).
 SETTLE_S: Final = 60.0
 
@@ -138,11 +140,12 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         say(f"{len(ids)} circuits online in {time.monotonic() - t0:.0f} s; the city at "
             f"{datetime.datetime.fromtimestamp(clock.time(), CITY_TZ):%H:%M}, "
             f"{speed:g}x")
-        if clock.time() > start - 600.0:
+        # The simulator's integral is read while every lamp is off, well before dusk.
+        if clock.time() > start - LEAD_S:
             raise RetryableError(f"the city took too long to start: past "
                                  f"{datetime.datetime.fromtimestamp(start, CITY_TZ):%H:%M} "
                                  f"already at {speed:g}x (lower --clock-speed)")
-        _wait_city(clock, start, say, "the earliest dusk's hour")
+        _wait_city(clock, start - LEAD_S, say, "the lamps off before dusk")
         burnt0 = _burnt(city, ids)
         counters0 = city.control.counters(ids)["devices"]
         wrap_id, reset_id = ids[0], ids[min(1, len(ids) - 1)]
