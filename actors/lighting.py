@@ -51,7 +51,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 from actors.equipment import EquipmentEntity, Field, _lamp_failed, block_values
-from actors.schedule import At, Layers, Schedule, Timetable, builtin_schedules
+from actors.schedule import At, Layers, Occurrence, Schedule, Timetable, builtin_schedules
 from devices.profile import builtin_profile
 from runtime.clock import CITY_TZ
 from runtime.commands import shown
@@ -180,6 +180,25 @@ def lit_seconds(eq: Equipment, start: float, end: float) -> float:
     return total
 
 
+class _DayCache(Timetable):
+    """A timetable that works out each date's steps once (astral's sun times cost about a
+    millisecond a date, and every transition asks for a week of dates)."""
+
+    _KEEP: Final = 16
+
+    def __init__(self, schedule: Schedule, lat: float, lon: float) -> None:
+        super().__init__(schedule, lat, lon)
+        self._days: dict[datetime.date, list[Occurrence]] = {}
+
+    def day(self, date: datetime.date) -> list[Occurrence]:
+        got = self._days.get(date)
+        if got is None:
+            if len(self._days) >= self._KEEP:
+                self._days.clear()
+            got = self._days[date] = super().day(date)
+        return list(got)
+
+
 def _local_date(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, CITY_TZ).date().isoformat()
 
@@ -222,7 +241,8 @@ class LightingCircuit(EquipmentEntity):
         except ConfigError as exc:
             self.ctx.emit("alarm", alarm="schedule_invalid", severity="minor", error=str(exc))
             schedule = None
-        self.timetable = Timetable(schedule, eq.lat, eq.lon) if schedule is not None else None
+        self.timetable: Timetable | None = (_DayCache(schedule, eq.lat, eq.lon)
+                                            if schedule is not None else None)
         self.layers = Layers(self.state.setdefault("layers", {}))
         energy = self.state.setdefault("energy", {})
         energy.setdefault("hours", {})
