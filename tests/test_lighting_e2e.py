@@ -25,5 +25,8 @@ def test_a_night_of_street_lighting_through_the_simulator() -> None:
     assert out["repeats"] == 0 and 1.0 <= out["writes_per_lamp_step"] <= 1.05, json.dumps(out)
     # Within half a second of the machine's time of each step (the clock runs 600x).
     assert out["transition_late_s"] <= 0.5 * SPEED, json.dumps(out)
+    # The API shows the circuit's schedule, and refuses a lamp it lacks before the cabinet.
+    assert out["schedule_shown"] is True, json.dumps(out)
+    assert (out["bad_lamp_status"], out["bad_lamp_writes"]) == (422, 0), json.dumps(out)
     # Dimming saves against full power all night; LEDs save more against sodium lamps.
     assert 10.0 < out["dimming_saving_pct"] < out["legacy_saving_pct"] < 90.0, json.dumps(out)

@@ -114,6 +114,25 @@ def _burnt(city: City, ids: list[str]) -> dict[str, dict[str, Any]]:
     return {i: city.control.values(i)["sim"] for i in ids}
 
 
+def _edge_checks(city: City, circuit: str) -> dict[str, Any]:
+    """What the API shows of a circuit's schedule, and a lamp it lacks refused at the edge
+    (``schedule_shown``, ``bad_lamp_status``, ``bad_lamp_writes``: writes it reached the
+    cabinet with, 0 when refused before journaling)."""
+    api = ApiClient(city.admin_url, city.token("admin"))
+    try:
+        status, body = api.call("GET", f"/api/v1/equipment/{circuit}")
+        view = body.get("schedule") if status == 200 and isinstance(body, dict) else None
+        before = city.control.counters([circuit])["devices"][circuit]["writes"]
+        status_bad, _ = api.call("POST", f"/api/v1/equipment/{circuit}/commands",
+                                 {"action": "set", "params": {"lamps": [999], "dim": 10}})
+        after = city.control.counters([circuit])["devices"][circuit]["writes"]
+    finally:
+        api.close()
+    return {"schedule_shown": isinstance(view, dict) and view.get("name") == "road_lighting"
+            and isinstance(view.get("next"), dict),
+            "bad_lamp_status": status_bad, "bad_lamp_writes": after - before}
+
+
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         clock_speed: float | None = None, **_: Any) -> dict[str, Any]:
     """Meter one night of the scheduled street lighting and compare (module doc)."""
@@ -174,6 +193,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                 time.sleep(max(1.0, 600.0 / speed))
         finally:
             api.close()
+        checks = _edge_checks(city, ids[0])
         burnt1 = _burnt(city, ids)
         counters1 = city.control.counters(ids)["devices"]
         broker_kind = city.broker_kind
@@ -219,5 +239,6 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         "writes": writes, "writes_per_lamp_step": (round(writes / (lamps * 5), 3)
                                                    if lamps else None),
         "repeats": repeats,
+        **checks,
         "broker": broker_kind, "left_out": city.left_out,
     }
