@@ -818,6 +818,15 @@ class RuntimeBackend:
                 "intervention_id": f"int-{record.service_request_id}",
                 "municipality": record.municipality}
 
+    def open311_apps(self) -> list[str]:
+        return self.open311_store().apps()
+
+    def issue_open311_key(self, application: str) -> str:
+        return self.open311_store().issue_key(application)
+
+    def revoke_open311_key(self, application: str) -> bool:
+        return self.open311_store().revoke(application)
+
     def hand_to_dispatch(self, record: ServiceRequest, *, caller: str | None = None
                          ) -> dict[str, Any]:
         """Journal ``open`` for the dispatch coordinator: the request becomes an intervention.
