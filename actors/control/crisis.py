@@ -294,7 +294,7 @@ class CrisisCoordinator(Entity):
             self.ctx.send(env)
             sent = True
         if sent:
-            self.ctx.start_timer("asks", ASK_TIMEOUT_S, "asks_due")
+            self.ctx.start_timer("asks", ASK_TIMEOUT_S * self.ctx.clock.speed, "asks_due")
 
     async def on_reply(self, msg: Envelope) -> None:
         """An entity's state (``get_state``), for its baseline or its restore."""
@@ -417,7 +417,7 @@ class CrisisCoordinator(Entity):
     async def _journal(self, commands: Sequence[Command]) -> None:
         stored = await self.ctx.submit(commands)
         self._settle({c.command_id: c for c in stored})
-        self.ctx.start_timer("follow", FOLLOW_S, "follow", repeat=True)
+        self.ctx.start_timer("follow", FOLLOW_S * self.ctx.clock.speed, "follow", repeat=True)
 
     async def on_follow(self, msg: Envelope) -> None:
         """Read the statuses of the pending setpoints; stop following once none is."""

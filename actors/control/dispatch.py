@@ -158,7 +158,8 @@ class DispatchCoordinator(Entity):
         # Commands sent and not answered yet: envelope id -> (intervention, command id).
         self._pending: dict[str, tuple[str, str]] = {}
         self._fleet_dirty = True
-        self.ctx.start_timer("tick", _TICK_S, "tick", repeat=True)
+        # Housekeeping (resends, the read model) keeps the machine's pace on a fast clock.
+        self.ctx.start_timer("tick", _TICK_S * self.ctx.clock.speed, "tick", repeat=True)
         self._assign_waiting()
         self._publish()
         self._publish_fleet()
@@ -468,7 +469,8 @@ class DispatchCoordinator(Entity):
             del self.excluded[vid]
         for rec in self.interventions.values():
             if (rec["state"] == "assigned" and not rec.get("job_acked")
-                    and now - float(rec.get("sent_ts") or 0.0) >= _RESEND_S):
+                    and now - float(rec.get("sent_ts") or 0.0)
+                    >= _RESEND_S * self.ctx.clock.speed):
                 self._send_job(rec)
         gone = [iid for iid, r in self.interventions.items()
                 if r["state"] in CLOSED and now - float(r["updated_ts"]) > RETAIN_CLOSED_S]
