@@ -40,8 +40,8 @@ def test_a_lighting_circuit_reports_every_lamp_as_one_block_entry() -> None:
     lamps = reported["lamp"]["value"]
     assert len(lamps) == 30
     assert all(set(lamp) == {"on", "dim", "power_w", "energy_wh", "fault_bits"} for lamp in lamps)
-    # Four cabinet fields and five per lamp.
-    assert twin_values(reported) == 4 + 30 * 5
+    # Six cabinet fields (the two broadcast registers among them) and five per lamp.
+    assert twin_values(reported) == 6 + 30 * 5
     for entry in reported.values():
         assert set(entry) == {"value", "quality", "source_ts", "received_ts", "seq"}
         assert entry["quality"] == "good"
