@@ -12,8 +12,8 @@ may set the bollard::
 
 **During pedestrian hours the bollard stays up.** Lowering it needs an
 exceptional passage granted by an operator: action ``grant_passage``
-``{"reason", "for_s", "vehicle"?, "service"?}`` (a ``user:NAME:operator`` or
-``admin`` caller; the submission is audited by the API) lowers the bollard for
+``{"reason", "for_s", "vehicle"?, "service"?}`` (an operator's or admin's
+command, :func:`granting_user`; the submission is audited by the API) lowers the bollard for
 ``for_s`` seconds, then raises it again. A ``set`` ``{"bollard": "down"}``
 during those hours is refused (``pedestrian_hours``): at the API before it is
 journaled (:meth:`AccessTerminal.validate_command_for`, from the zone's
@@ -71,6 +71,8 @@ PRECEDENCE: Final = ("fire_passage", "crisis", "passage", "operator", "schedule"
 PASSAGES: Final = frozenset({"fire_passage", "passage"})
 #: The vehicle service whose passage no crisis plan can hold back.
 FIRE_SAFETY: Final = "fire_safety"
+#: The control room's coordinators, whose commands are never an operator's.
+CONTROL_CALLERS: Final = frozenset({"alarms", "crisis", "dispatch"})
 #: Roles of the callers who may grant a passage.
 GRANTING_ROLES: Final = frozenset({"operator", "admin"})
 #: The parameters of ``grant_passage``; ``reason`` and ``for_s`` are required.
@@ -118,6 +120,22 @@ def pedestrian_at(equipment: Equipment, t: float) -> bool:
     if not zone:
         return False
     return True if timetable is None else _pedestrian(timetable.in_force(t))
+
+
+def granting_user(caller: str) -> str | None:
+    """The operator a command's caller names, or None when it is not one.
+
+    ``user:NAME:ROLE`` with an operator's or admin's role; or a bare user name, as
+    the API journals an equipment command (its route takes operators and admins
+    only), unless it is one of the control room's own callers (the coordinators,
+    ``open311:APP``, ``crisis:restore``).
+    """
+    parts = caller.split(":")
+    if parts[0] == "user":
+        return parts[1] if len(parts) >= 3 and parts[2] in GRANTING_ROLES else None
+    if not caller or len(parts) > 1 or caller in CONTROL_CALLERS:
+        return None
+    return caller
 
 
 def _hours_refusal(eid: str, zone: str) -> str:
@@ -273,9 +291,8 @@ class AccessTerminal(EquipmentEntity):
         self._arm_passage_end()
 
     async def _grant(self, clean: Mapping[str, Any], now: float) -> dict[str, Any]:
-        parts = self.current_caller.split(":")
-        user, role = (parts[1], parts[2]) if len(parts) >= 3 and parts[0] == "user" else ("", "")
-        if role not in GRANTING_ROLES:
+        user = granting_user(self.current_caller)
+        if user is None:
             raise RejectedError(f"an exceptional passage at {self.ctx.id} is granted by an "
                                 f"operator, not by {self.current_caller or 'an unknown caller'}",
                                 code="forbidden")

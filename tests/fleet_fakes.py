@@ -132,3 +132,17 @@ def command(eid: str, cid: str, action: str, params: Mapping[str, Any], caller: 
     return Envelope(target=eid, type="command", sender=caller.split(":", 1)[0],
                     payload={"command_id": cid, "action": action, "params": dict(params),
                              "caller": caller})
+
+
+def recent_local(hour: int, *, profile: str = "weekday") -> float:
+    """Epoch seconds of ``hour``:00 local on the latest past date of day ``profile``.
+
+    End-to-end tests start the city's clock there, so that what a schedule keeps
+    in force (a pedestrian zone's hours) does not depend on when they run.
+    """
+    from actors.schedule import day_profile
+
+    date = datetime.datetime.now(CITY_TZ).date() - datetime.timedelta(days=1)
+    while day_profile(date) != profile:
+        date -= datetime.timedelta(days=1)
+    return local(date.year, date.month, date.day, hour)

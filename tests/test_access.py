@@ -216,7 +216,7 @@ def test_only_an_operator_grants_a_passage() -> None:
     async def body() -> None:
         rig = Rig(local(*WEDNESDAY, 12))
         await rig.start()
-        for caller in ("crisis", "dispatch", "user:vic:viewer"):
+        for caller in ("crisis", "dispatch", "user:vic:viewer", "open311:app", ""):
             with pytest.raises(RejectedError) as info:
                 await rig.command(f"c-{caller}", "grant_passage", caller=caller,
                                   reason="x", for_s=60)
@@ -225,6 +225,9 @@ def test_only_an_operator_grants_a_passage() -> None:
         await rig.command("c-admin", "grant_passage", caller="user:root:admin", reason="x",
                           for_s=60)
         assert rig.requests() == ["raise", "lower"]
+        # The API journals an equipment command under the operator's bare name.
+        reply = await rig.command("c-api", "grant_passage", caller="ana", reason="x", for_s=60)
+        assert reply["result"]["passage"]["by"] == "ana"
 
     run(body())
 

@@ -240,3 +240,20 @@ def test_a_malformed_sample_is_refused_without_touching_the_position() -> None:
         assert rig.entity.state["position"]["lat"] == DIJON[0]
 
     run(body())
+
+
+def test_the_simulated_unit_of_a_vehicle_without_radio_refuses_a_message_too() -> None:
+    from devices.sim.mqtt_devices import MqttDeviceSimulator
+
+    silent = service_vehicle(False)
+    radio = Equipment(id="veh-dijon-0002", kind="vehicle", municipality="dijon",
+                      lat=DIJON[0], lon=DIJON[1], endpoint="mqtt", profile="service_vehicle",
+                      attrs={"role": "fire_safety", "radio": True})
+    sim = MqttDeviceSimulator([silent, radio], url="mqtt://127.0.0.1:1")
+    cmd = {"command_id": "c-1", "action": "set", "params": {"message": "go"}}
+    error = sim._apply(sim._device(silent.id), cmd)
+    assert error is not None and "no radio" in error
+    assert sim.radio_refused == 1 and sim.values(silent.id)["message"] == ""
+    assert sim._apply(sim._device(radio.id), cmd) is None
+    assert sim.values(radio.id)["message"] == "go" and sim.radio_refused == 1
+    assert sim.sample(radio.id)["role"] == "fire_safety"
