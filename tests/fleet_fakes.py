@@ -134,15 +134,17 @@ def command(eid: str, cid: str, action: str, params: Mapping[str, Any], caller: 
                              "caller": caller})
 
 
-def recent_local(hour: int, *, profile: str = "weekday") -> float:
-    """Epoch seconds of ``hour``:00 local on the latest past date of day ``profile``.
+def next_local(hour: int, *, profile: str = "weekday") -> float:
+    """Epoch seconds of ``hour``:00 local on the next date (after today) of day ``profile``.
 
-    End-to-end tests start the city's clock there, so that what a schedule keeps
-    in force (a pedestrian zone's hours) does not depend on when they run.
+    End-to-end tests start the city's clock there, so that what a schedule keeps in
+    force (a pedestrian zone's hours) does not depend on when they run. Ahead of the
+    machine's time, not behind it: a command's deadline is set on the city's clock and
+    the journal compares it with the machine's.
     """
     from actors.schedule import day_profile
 
-    date = datetime.datetime.now(CITY_TZ).date() - datetime.timedelta(days=1)
+    date = datetime.datetime.now(CITY_TZ).date() + datetime.timedelta(days=1)
     while day_profile(date) != profile:
-        date -= datetime.timedelta(days=1)
+        date += datetime.timedelta(days=1)
     return local(date.year, date.month, date.day, hour)

@@ -15,7 +15,7 @@ from runtime.bench.common import ApiClient, City
 from runtime.envelope import unpack
 from runtime.inventory import Equipment
 from tests.conftest import poll
-from tests.fleet_fakes import recent_local
+from tests.fleet_fakes import next_local
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def city() -> Iterator[City]:
     with City(scale=0.05, kinds={"vehicle", "access_terminal"}, say=lambda _: None,
-              clock_start=recent_local(12)) as c:
+              clock_start=next_local(12)) as c:
         yield c
 
 
