@@ -385,3 +385,28 @@ kind = "access_terminal"
         "bollard (during pedestrian hours it stays up)",
         "zones.toml:13: schedule[0].step[1].set.pedestrian: a pedestrian zone's step needs "
         "pedestrian = true or false"]
+
+
+def test_the_simulated_terminal_reports_a_forced_passage_and_still_takes_requests() -> None:
+    from devices.sim import EXC_DEVICE_FAILURE
+    from devices.sim.access import AccessSimulator
+
+    async def body() -> None:
+        sim = AccessSimulator([terminal_record()], autotick=False, travel_s=1.0)
+        eid = terminal_record().id
+        model = sim.model(eid)
+        assert model.apply(None, 0, "request", "raise") is None
+        await sim.tick(1.0)
+        assert model.values()["bollard"] == "up"
+        await sim.fault(eid, "forced", True)
+        assert model.values() == {"bollard": "down", "request": "none", "fault_bits": 2}
+        assert model.apply(None, 0, "request", "raise") is None  # a forced passage: no fault
+        await sim.tick(1.0)
+        await sim.fault(eid, "controller", True)
+        assert model.fault_bits == 3
+        assert model.apply(None, 0, "request", "lower") == EXC_DEVICE_FAILURE
+        await sim.fault(eid, "forced", False)
+        await sim.fault(eid, "controller", False)
+        assert model.fault_bits == 0 and model.values()["bollard"] == "up"
+
+    run(body())
