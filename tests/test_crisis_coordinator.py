@@ -44,7 +44,7 @@ INVENTORY = Inventory("test", (
     _eq("cam-dijon-0001", "camera", watches="bld-dijon-0001", presets={"home": 1, "flood": 12}),
     _eq("xr-dijon-0001", "crossroad", tags=["priority_route"]),
     _eq("lc-dijon-0001", "lighting_circuit", tags=["road_lighting"], points=3),
-    _eq("veh-dijon-0001", "vehicle", role="gritter"),
+    _eq("veh-dijon-0001", "vehicle", role="gritter", radio=True),
     _eq("xr-talant-0001", "crossroad", "talant", tags=["priority_route"]),
     _eq("xr-ahuy-0001", "crossroad", "ahuy", tags=["priority_route"]),  # never reports
 ))

@@ -9,7 +9,8 @@ An intervention moves ``new → assigned → en_route → on_site → done``, or
   intervention; a new one opens only once that one is closed);
 * an **index of the fleet**: each service vehicle's position, reported
   ``status`` (``available``, ``busy``, ``out_of_service``), role, radio, whether
-  its device is online, and the job it reports. Vehicles send it themselves
+  its device is online, whether its position is stale (too old to assign on),
+  and the job it reports. Vehicles send it themselves
   (``vehicle_state`` messages, :class:`actors.vehicle.Vehicle`): at once on a
   change of status, job or session, at most every 5 s while moving, at least
   every 60 s. Those are messages between entities, batched between hosts and
@@ -322,7 +323,7 @@ class DispatchCoordinator(Entity):
             "role": str(p.get("role") or ""), "radio": p.get("radio") is True,
             "lat": lat, "lon": lon, "status": str(p.get("status") or ""),
             "online": p.get("online") is True, "job": str(p.get("job") or ""),
-            "job_state": str(p.get("job_state") or ""),
+            "job_state": str(p.get("job_state") or ""), "stale": p.get("stale") is True,
             "ts": _number(p.get("ts")) or self.ctx.clock.time(),
             "assigned": old.get("assigned"),
         }
@@ -506,9 +507,9 @@ class DispatchCoordinator(Entity):
 
 
 def _usable(v: Mapping[str, Any]) -> bool:
-    """Whether a vehicle may take a job now (excluded ones aside)."""
+    """Whether a vehicle may take a job now (excluded ones aside): never on a stale position."""
     return bool(v) and v.get("online") is True and v.get("status") == "available" \
-        and not v.get("assigned")
+        and not v.get("assigned") and not v.get("stale")
 
 
 def _job_command(rec: Mapping[str, Any]) -> str:

@@ -45,7 +45,8 @@ Per device, ``counters`` are:
 Fault names: ``offline`` (any device), ``fire`` and ``intrusion`` (``bms``,
 zone 1), ``door_forced`` (``bms``), ``mains`` and ``door`` (``lighting_cabinet``),
 ``lamp`` (``lighting_cabinet``: lamp 1 failed), ``controller`` (``traffic_controller``
-fault bits), ``tamper`` (``camera``: one tamper event), ``out_of_service``
+fault bits), ``controller`` and ``forced`` (``access_terminal``: a controller fault,
+a forced passage), ``tamper`` (``camera``: one tamper event), ``out_of_service``
 (``service_vehicle``: the crew reports itself out of service while on).
 """
 
