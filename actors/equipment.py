@@ -97,6 +97,12 @@ def _count_points(value: Any) -> int:
 
 #: Bit 0 of a lamp's ``fault_bits``: the lamp has failed (the cabinet reports it).
 LAMP_FAILED = 0x0001
+#: A traffic controller's ``fault_bits`` (``devices/profiles/traffic_controller.toml``): a
+#: signal lamp out and the conflict monitor force it to flashing; any other bit but the
+#: detector's is a controller fault.
+SIGNAL_LAMP_FAULT = 0x0002
+SIGNAL_CONFLICT = 0x0004
+DETECTOR_FAULT = 0x0008
 #: Device events that are alarms by themselves: they have no "cleared" state at the
 #: device, so the alarm returns to normal at once and waits for an acknowledgement.
 MOMENTARY_EVENTS: Mapping[str, str] = {"door_forced": "forced_door", "tamper": "camera_tamper"}
@@ -125,6 +131,7 @@ FORCED_PASSAGE = 0x0002
 
 
 def _bits(reported: Mapping[str, Any]) -> int:
+    """A device's ``fault_bits`` as reported (0 when it reports none, or not a number)."""
     bits = reported.get("fault_bits")
     return bits if isinstance(bits, int) and not isinstance(bits, bool) else 0
 
@@ -148,7 +155,11 @@ CONDITIONS: Mapping[str, Mapping[str, Callable[[Mapping[str, Any]], bool]]] = {
                                                                    "alarm")),
     },
     "crossroad": {
-        "controller_fault": lambda r: bool(r.get("fault_bits")),
+        "controller_fault": lambda r: bool(
+            _bits(r) & ~(SIGNAL_LAMP_FAULT | SIGNAL_CONFLICT | DETECTOR_FAULT)),
+        "signal_lamp_fault": lambda r: bool(_bits(r) & SIGNAL_LAMP_FAULT),
+        "signal_conflict": lambda r: bool(_bits(r) & SIGNAL_CONFLICT),
+        "detector_fault": lambda r: bool(_bits(r) & DETECTOR_FAULT),
     },
     "access_terminal": {
         "terminal_fault": lambda r: _bits(r) & ~FORCED_PASSAGE != 0,
@@ -445,6 +456,13 @@ class EquipmentEntity(Entity):
             except RejectedError as exc:
                 out.append((name, str(exc)))
         return out
+
+    @classmethod
+    def check_setpoints(cls, setpoints: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """What the kind refuses of valid field values beyond its field table, wherever they
+        come from (a crisis plan's step, a schedule's), as ``(field, message)``: nothing by
+        default (a crossroad: a plan number no signal plan has)."""
+        return []
 
     @classmethod
     def validate_command(cls, action: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -393,6 +393,9 @@ class _Parser:
             if "preset" not in behaviour.FIELDS:
                 self._issue((*path, "preset"), f"a {kind} has no presets")
         setpoints = self._setpoints(table, path, behaviour.FIELDS)
+        # What the kind adds to its field table (a crossroad: a signal plan that exists).
+        for name, message in behaviour.check_setpoints(setpoints):
+            self._issue((*path, "set", name), message)
         if preset and "preset" in setpoints:
             self._issue((*path, "set", "preset"), "set either preset = NAME or set.preset")
         if not setpoints and not preset and len(self._issues) == before:

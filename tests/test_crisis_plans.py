@@ -128,6 +128,10 @@ def test_a_string_setpoint_names_the_entitys_municipality() -> None:
          "plan.flood.descripton", "unknown key 'descripton' (did you mean 'description'?"),
         ("[plan.snow]", "[plan.normal]", "[plan.normal]",
          "plan.normal", "'normal' is the mode without a plan"),
+        # A crossroad's plan number must name a signal plan (actors/signal_plans.toml).
+        ('kind = "vehicle"\nrole = "gritter"\nset = { message = "grit {municipality}" }',
+         'kind = "crossroad"\nset = { plan = 8 }', "plan = 8",
+         "plan.snow.step[0].set.plan", "no signal plan 8"),
     ],
 )
 def test_each_error_names_file_line_and_field(old: str, new: str, needle: str, field: str,

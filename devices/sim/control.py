@@ -94,6 +94,7 @@ class DeviceCounters:
     writes: int = 0
     actuations: int = 0
     repeats: int = 0
+    refused: int = 0  # write requests the device answered with an exception
 
     def sample(self, seq: int, points: int) -> None:
         """Count one emitted sample numbered ``seq`` carrying ``points`` values."""
