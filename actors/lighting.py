@@ -12,9 +12,9 @@ dawn offsets (``attrs.on_offset_min`` and ``attrs.off_offset_min``, default
 10) move the schedule's sunset step that switches the lamps on and its sunrise
 step that switches them off. At start and at each transition the circuit
 applies the step in force once: what it applied is recorded in
-``state["schedule"]`` (``{"name", "step", "since", "next": {"step", "at"}}``,
-the equipment view's), so a restart across a transition applies the new step
-once, and one that did not cross it applies nothing.
+``state["schedule"]`` (``{"step", "since"}``; the equipment view adds the
+schedule's name and next step), so a restart across a transition applies the
+new step once, and one that did not cross it applies nothing.
 
 **Layers.** What sets ``on`` and ``dim`` (:class:`actors.schedule.Layers`, in
 ``state["layers"]``): a crisis plan (commands journaled by the crisis
@@ -50,7 +50,14 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
-from actors.equipment import EquipmentEntity, Field, _lamp_failed, block_values
+from actors.equipment import (
+    CRISIS_CALLER,
+    CRISIS_RESTORE_CALLER,
+    EquipmentEntity,
+    Field,
+    _lamp_failed,
+    block_values,
+)
 from actors.schedule import At, Layers, Occurrence, Schedule, Timetable, builtin_schedules
 from devices.profile import builtin_profile
 from runtime.clock import CITY_TZ
@@ -69,13 +76,10 @@ from runtime.errors import (
 from runtime.inventory import Equipment
 from runtime.twin import Quality
 
-__all__ = ["CRISIS_CALLER", "CRISIS_RESTORE_CALLER", "DEFAULT_LAMP_W", "ENERGY_KEEP_H",
+__all__ = ["DEFAULT_LAMP_W", "ENERGY_KEEP_H",
            "LightingCircuit", "circuit_lamps", "circuit_schedule", "counter_delta",
            "energy_model_name", "failed_lamps", "lamp_holds", "lamp_writes", "lit_seconds"]
 
-#: The caller of the crisis coordinator's commands, and of its restores at deactivation.
-CRISIS_CALLER: Final = "crisis"
-CRISIS_RESTORE_CALLER: Final = "crisis:restore"
 #: A lamp's power at 100 % when the inventory does not say (``attrs.lamp_w``).
 DEFAULT_LAMP_W: Final = 100.0
 #: Default minutes after sunset the lamps go on, and before sunrise they go off.
@@ -225,6 +229,7 @@ class LightingCircuit(EquipmentEntity):
     kind = "lighting_circuit"
     FIELDS = {"on": Field(bool), "dim": Field(float, 0, 100)}
     READS_BACK = True
+    CRISIS_LAYER = True
     #: Command params beside the fields: lamp numbers (``lamps``), an override's length.
     LAMPS_PARAM: Final = "lamps"
     FOR_PARAM: Final = "for_s"
@@ -294,14 +299,21 @@ class LightingCircuit(EquipmentEntity):
             nxt = self.timetable.next_after(now)
             if nxt is not None:
                 self.ctx.start_timer("schedule", max(0.0, nxt.at - now), "schedule_due")
-            recorded = self.state.get("schedule") or {}
-            self.state["schedule"] = self.timetable.view(
-                now, {k: recorded[k] for k in ("step", "since") if k in recorded} or None)
         expiry = self.layers.next_expiry()
         if expiry is None:
             self.ctx.cancel_timer("override")
         else:
             self.ctx.start_timer("override", max(0.0, expiry - now), "schedule_due")
+
+    def schedule_view(self) -> dict[str, Any] | None:
+        """The schedule as the equipment view shows it: the step applied (recorded in
+        ``state["schedule"]``) and the next."""
+        timetable: Timetable | None = getattr(self, "timetable", None)  # None before start
+        if timetable is None:
+            return None
+        recorded = self.state.get("schedule") or {}
+        return timetable.view(self.ctx.clock.time(), {
+            k: recorded[k] for k in ("step", "since") if k in recorded} or None)
 
     async def actuate(self, setpoints: Mapping[str, Any], command_id: str) -> dict[str, Any]:
         """Record ``setpoints`` as desired and write to each lamp what it lacks."""
@@ -368,10 +380,16 @@ class LightingCircuit(EquipmentEntity):
         return float(value)
 
     @classmethod
+    def validate_command_for(cls, equipment: Equipment, action: str, params: Mapping[str, Any],
+                             *, now: float) -> dict[str, Any]:
+        """:meth:`validate_command`, and the lamps it names held to circuit ``equipment``'s
+        (the edge's check before journaling; the entity applies it too)."""
+        return cls.validate_for_equipment(equipment, cls.validate_command(action, params))
+
+    @classmethod
     def validate_for_equipment(cls, equipment: Equipment,
                                clean: Mapping[str, Any]) -> dict[str, Any]:
-        """A checked ``set`` held to circuit ``equipment``: its lamps exist (the edge's check
-        before journaling; the entity applies it too)."""
+        """A checked ``set`` held to circuit ``equipment``: its lamps exist."""
         lamps = clean.get(cls.LAMPS_PARAM)
         if lamps:
             count = circuit_lamps(equipment)

@@ -217,6 +217,20 @@ class AdminBackend(Protocol):
         """The municipality whose area holds ``(lat, lon)``; None outside the metropolis."""
         ...
 
+    def open311_apps(self) -> list[str]:
+        """The client applications that hold an Open311 API key, sorted."""
+        ...
+
+    def issue_open311_key(self, application: str) -> str:
+        """A new Open311 API key for ``application`` (its previous one stops working); the
+        plaintext is returned once and stored only as a digest. :class:`RejectedError`
+        for a bad name."""
+        ...
+
+    def revoke_open311_key(self, application: str) -> bool:
+        """Revoke ``application``'s key at once; whether it had one."""
+        ...
+
     def open_request(self, *, category: str, description: str, lat: float, lon: float,
                      caller: str) -> dict[str, Any]:
         """Take a citizen's request (an operator on the phone) and hand it to dispatch.
@@ -494,6 +508,15 @@ class StaticBackend:
                      caller: str) -> dict[str, Any]:
         raise RetryableError("the runtime is starting: requests are taken once it runs")
 
+    def open311_apps(self) -> list[str]:
+        return []
+
+    def issue_open311_key(self, application: str) -> str:
+        raise RetryableError("the runtime is starting: keys are issued once it runs")
+
+    def revoke_open311_key(self, application: str) -> bool:
+        raise RetryableError("the runtime is starting: keys are revoked once it runs")
+
 
 class SwappableBackend:
     """An :class:`AdminBackend` forwarding to another one that can be replaced.
@@ -620,3 +643,12 @@ class SwappableBackend:
                      caller: str) -> dict[str, Any]:
         return self.current.open_request(category=category, description=description, lat=lat,
                                          lon=lon, caller=caller)
+
+    def open311_apps(self) -> list[str]:
+        return self.current.open311_apps()
+
+    def issue_open311_key(self, application: str) -> str:
+        return self.current.issue_open311_key(application)
+
+    def revoke_open311_key(self, application: str) -> bool:
+        return self.current.revoke_open311_key(application)

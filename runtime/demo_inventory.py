@@ -68,8 +68,12 @@ BASE_COUNTS: Final = {
 MAX_SCALE: Final = 9.0
 
 BUS_LINES: Final = ("L1", "L2", "L3", "L4", "L5", "L6", "B10", "B11", "B12", "B13", "B14", "B15")
-SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance")
+SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance", "green_areas",
+                        "fire_safety")
 POINTS_PER_CIRCUIT: Final = (25, 35)
+#: The pedestrian zone (its hours: actors/schedules/pedestrian_zones.toml) of every demo
+#: access terminal.
+PEDESTRIAN_ZONE: Final = "pedestrian_centre"
 
 _PLACEMENT: Final = PlacementPolicy(
     default="sharded",
@@ -326,6 +330,8 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
             return {"line": next(lines)}
         if prefix == "veh":
             return {"role": next(roles), "radio": i in radios}
+        if prefix == "at":
+            return {"zone": PEDESTRIAN_ZONE}
         return {}
 
     plan_attrs = _plan_attrs(seed, placed)

@@ -220,7 +220,8 @@ def test_a_night_of_road_lighting_writes_each_step_once_at_its_time() -> None:
             assert len(night.cabinet.writes) == before + 4, step
             late = [s - times[step] for s in night.cabinet.stamps[before:]]
             assert all(0 <= d < 1.0 for d in late), (step, late)
-            view = entity.state["schedule"]
+            view = entity.schedule_view()
+            assert view is not None
             assert (view["name"], view["step"], view["since"]) == (
                 "road_lighting", step, round(times[step], 3))
             assert view["next"]["at"] > times[step]
@@ -250,6 +251,7 @@ def test_a_circuit_without_schedule_is_not_driven() -> None:
         entity = await night.start()
         await night.until(NOON + 86_400)
         assert night.cabinet.writes == [] and "schedule" not in entity.state
+        assert entity.schedule_view() is None
         night.stop()
 
     run(body)

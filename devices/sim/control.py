@@ -47,9 +47,10 @@ Fault names: ``offline`` (any device), ``fire`` and ``intrusion`` (``bms``,
 zone 1), ``door_forced`` (``bms``), ``mains`` and ``door`` (``lighting_cabinet``),
 ``lamp`` (``lighting_cabinet``: lamp 1 failed), ``counter_reset`` and
 ``counter_wrap`` (``lighting_cabinet``: energy counters to 0, or just short of 2^32),
-``controller`` (``traffic_controller`` fault bits), ``tamper`` (``camera``: one tamper
-event), ``out_of_service`` (``service_vehicle``: the crew reports itself out of service
-while on).
+``controller`` (``traffic_controller`` fault bits), ``controller`` and ``forced``
+(``access_terminal``: a controller fault, a forced passage), ``tamper`` (``camera``: one
+tamper event), ``out_of_service`` (``service_vehicle``: the crew reports itself out of
+service while on).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class DeviceCounters:
     writes: int = 0
     actuations: int = 0
     repeats: int = 0
+    refused: int = 0  # write requests the device answered with an exception
 
     def sample(self, seq: int, points: int) -> None:
         """Count one emitted sample numbered ``seq`` carrying ``points`` values."""
