@@ -203,6 +203,16 @@ class AdminBackend(Protocol):
         """
         ...
 
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        """Street lighting's metered energy and baselines (:func:`runtime.energy.report`) of
+        one circuit, one municipality or the metropolis, within ``municipalities`` (None:
+        all); ``start``/``end`` default to the last day of the city's clock. Raises
+        ``KeyError`` for a circuit or municipality unknown or out of scope.
+        """
+        ...
+
     def request_municipality(self, lat: float, lon: float) -> str | None:
         """The municipality whose area holds ``(lat, lon)``; None outside the metropolis."""
         ...
@@ -485,6 +495,11 @@ class StaticBackend:
         with self._lock:
             return copy.deepcopy(self._fleet)
 
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        raise RetryableError("the runtime is starting: energy is reported once it runs")
+
     def request_municipality(self, lat: float, lon: float) -> str | None:
         # No geography and no dispatch before the runtime: a request waits for them.
         raise RetryableError("the runtime is starting: requests are taken once it runs")
@@ -614,6 +629,12 @@ class SwappableBackend:
 
     def fleet(self) -> list[dict[str, Any]]:
         return self.current.fleet()
+
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        return self.current.energy(scope=scope, ident=ident, start=start, end=end, step=step,
+                                   municipalities=municipalities)
 
     def request_municipality(self, lat: float, lon: float) -> str | None:
         return self.current.request_municipality(lat, lon)

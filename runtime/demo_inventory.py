@@ -325,7 +325,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
 
     def attrs(prefix: str, i: int) -> dict[str, Any]:
         if prefix == "lc":
-            return {"points": next(points)}
+            return {"points": next(points), **LAMP_ATTRS}
         if prefix == "bus":
             return {"line": next(lines)}
         if prefix == "veh":
@@ -347,7 +347,8 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
                     lon=lon,
                     endpoint=endpoint(family.prefix, i, ident),
                     profile=family.profile,
-                    attrs={**attrs(family.prefix, i), **plan_attrs.get(ident, {})},
+                    attrs={**attrs(family.prefix, i), **plan_attrs.get(ident, {}),
+                           **_schedule_attrs(plan_attrs.get(ident, {}))},
                 )
             )
     return Inventory(
@@ -357,6 +358,15 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
         placement=_PLACEMENT,
         source=f"<demo scale={scale:g} seed={seed}>",
     )
+
+
+#: The demo's lamps: LEDs of ``lamp_w`` at full power that replaced ``legacy_w`` sodium lamps.
+LAMP_ATTRS: Final = {"lamp_w": 70, "legacy_w": 150}
+
+
+def _schedule_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The road-lighting circuits follow the ``road_lighting`` schedule."""
+    return {"schedule": "road_lighting"} if "road_lighting" in attrs.get("tags", ()) else {}
 
 
 #: The demo cameras' PTZ presets: every camera has ``home``; one watching a building has

@@ -743,6 +743,44 @@ class RuntimeBackend:
         stored, _ = self._store().submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
         return {"activation_id": stored.command_id, "status": str(stored.status)}
 
+    # -- street-lighting energy (the circuits' read models) -----------------------
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        """``AdminBackend.energy``: the circuits in scope, their read models of the dates
+        the range covers in one pipelined read, summed (:func:`runtime.energy.report`)."""
+        from runtime import energy
+
+        inventory = self.service.inventory
+        circuits = [eq for eq in inventory.equipment if eq.kind == "lighting_circuit"
+                    and (municipalities is None or eq.municipality in municipalities)]
+        if scope == "circuit":
+            circuits = [eq for eq in circuits if eq.id == ident]
+            if not circuits:
+                raise KeyError(ident)
+        elif scope == "municipality":
+            known = {m.slug for m in inventory.municipalities}
+            if ident not in known or (municipalities is not None
+                                      and ident not in municipalities):
+                raise KeyError(ident)
+            circuits = [eq for eq in circuits if eq.municipality == ident]
+        now = self.service.city_clock.time()
+        end = now if end is None else end
+        start = end - 86_400.0 if start is None else start
+        names = [f"view:{energy.model_name(eq.id, date)}" for eq in circuits
+                 for date in energy.dates_between(start, end)]
+        blobs = self._store().get_blobs(names)
+        models = []
+        for blob in blobs.values():
+            try:
+                doc = unpack(blob, max_size=16 << 20)
+            except MalformedMessageError:
+                continue
+            if isinstance(doc, dict):
+                models.append(doc)
+        out = energy.report(models, start, end, step)
+        return {"scope": scope, "id": ident, **out}
+
     # -- citizen requests and interventions (the dispatch coordinator) ----------
     def _read_model_list(self, name: str, key: str) -> list[dict[str, Any]]:
         blob = self._store().get_blob(f"view:{name}")
