@@ -365,8 +365,10 @@ LAMP_ATTRS: Final = {"lamp_w": 70, "legacy_w": 150}
 
 
 def _schedule_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The road-lighting circuits follow the ``road_lighting`` schedule."""
-    return {"schedule": "road_lighting"} if "road_lighting" in attrs.get("tags", ()) else {}
+    """Every demo circuit follows the ``road_lighting`` schedule (dusk to dawn, dimmed at
+    night); the ``road_lighting`` tag marks those of the main roads, which the snow plan
+    brings to full power."""
+    return {"schedule": "road_lighting"}
 
 
 #: The demo cameras' PTZ presets: every camera has ``home``; one watching a building has
