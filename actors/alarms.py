@@ -624,6 +624,10 @@ def builtin_conditions() -> ConditionTable:
 # -- ids and events ----------------------------------------------------------------
 
 
+#: How long an alarm back to normal (inactive, acknowledged, not hidden) stays in the book.
+NORMAL_KEPT_S: Final = 86_400.0
+
+
 def alarm_id(source: str, condition: str) -> str:
     """The stable id of the alarm of ``condition`` on ``source``."""
     return f"{source}.{condition}"
@@ -1184,7 +1188,37 @@ class AlarmBook:
         for a in list(self._alarms.values()):
             if a.unack_since is not None:
                 self._escalate(a, at, events)
+        self._prune(at)
         return events
+
+    def _prune(self, at: float) -> None:
+        """Forget alarms back to normal for :data:`NORMAL_KEPT_S`: a book that runs for
+        months keeps what an operator may still act on, and the event stream keeps the
+        rest. A flood summary goes with its children, once all of them may go."""
+
+        def spent(a: _Alarm) -> bool:
+            last = max(a.cleared_ts or 0.0, a.acked_ts or 0.0, a.raised_ts or 0.0)
+            return (a.state is AlarmState.NORMAL and not a.active and not a.hidden
+                    and a.unack_since is None and at - last >= NORMAL_KEPT_S)
+
+        gone: list[_Alarm] = []
+        for a in self._alarms.values():
+            if a.is_summary:
+                kids = [self._alarms.get(c) for c in a.children]
+                if spent(a) and all(k is None or spent(k) for k in kids):
+                    gone += [a, *(k for k in kids if k is not None)]
+            elif a.group is None and spent(a):
+                gone.append(a)
+        for path in [p for p, b in self._bursts.items() if at - b.last_ts >= NORMAL_KEPT_S]:
+            del self._bursts[path]
+        for a in gone:
+            if self._alarms.pop(a.id, None) is None:
+                continue
+            same = self._by_source.get(a.source)
+            if same is not None and same.get(a.condition) is a:
+                del same[a.condition]
+                if not same:
+                    del self._by_source[a.source]
 
     # -- queries -----------------------------------------------------------------------
 

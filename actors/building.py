@@ -5,7 +5,7 @@ latching ``fire`` and ``intrusion`` events, momentary ``door_forced``); a
 ``badge`` is an event, and an alarm (``badge_refused``, momentary) only when
 the BMS says it refused the badge (``granted = false``).
 
-Commands (journaled, checked at the edge by :meth:`Building.validate_for`):
+Commands (journaled, checked at the edge by :meth:`Building.validate_command_for`):
 
 * ``set`` ``{"mode"}``: ``occupied``, ``unoccupied`` or ``lockdown``;
 * ``lock`` / ``unlock`` ``{"door", "reason"}``: one door by its number (from
@@ -133,7 +133,7 @@ class Building(EquipmentEntity):
         """``set`` by the field table; door and plan actions need a ``reason``.
 
         ``lock``/``unlock`` take ``door``, a whole number from 1 (at most
-        :data:`MAX_DOORS`; :meth:`validate_for` holds it to the profile's).
+        :data:`MAX_DOORS`; :meth:`validate_command_for` holds it to the profile's).
         """
         if action not in (*_DOOR_ACTIONS, *_PLAN_ACTIONS):
             try:
@@ -170,8 +170,8 @@ class Building(EquipmentEntity):
         return super().setpoint_key(action, params)
 
     @classmethod
-    def validate_for(cls, equipment: Equipment, action: str,
-                     params: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_command_for(cls, equipment: Equipment, action: str,
+                             params: Mapping[str, Any], *, now: float) -> dict[str, Any]:
         """As :meth:`validate_command`, with the door held to the building's profile."""
         clean = cls.validate_command(action, params)
         count = _door_count(equipment.profile)
@@ -189,7 +189,8 @@ class Building(EquipmentEntity):
                 await self._unlock_held()
             return result
         try:
-            clean = self.validate_for(self.ctx.equipment, action, params)
+            clean = self.validate_command_for(self.ctx.equipment, action, params,
+                                              now=self.ctx.clock.time())
         except InvalidCommandError as exc:
             raise RejectedError(str(exc), code=exc.code) from None
         if action in _DOOR_ACTIONS:

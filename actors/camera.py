@@ -10,7 +10,7 @@ Health → alarms (:data:`actors.equipment.CONDITIONS` and this module):
 * ``camera_fault`` while it reports its health ``failed``.
 
 PTZ presets by name: ``set {"preset": "fire"}`` is the camera's own number for
-that name (``attrs.presets``), resolved at the edge (:meth:`Camera.validate_for`,
+that name (``attrs.presets``), resolved at the edge (:meth:`Camera.validate_command_for`,
 422 for a name it does not have) and again when the command is applied (a
 plan journals the name: each camera has its own number).
 
@@ -79,8 +79,8 @@ class Camera(EquipmentEntity):
         return {**clean, "preset": name}
 
     @classmethod
-    def validate_for(cls, equipment: Equipment, action: str,
-                     params: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_command_for(cls, equipment: Equipment, action: str,
+                             params: Mapping[str, Any], *, now: float) -> dict[str, Any]:
         """As :meth:`validate_command`, with a preset's name as this camera's number."""
         clean = cls.validate_command(action, params)
         if isinstance(clean.get("preset"), str):
@@ -89,7 +89,8 @@ class Camera(EquipmentEntity):
 
     async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
         try:
-            clean = self.validate_for(self.ctx.equipment, action, params)
+            clean = self.validate_command_for(self.ctx.equipment, action, params,
+                                              now=self.ctx.clock.time())
         except InvalidCommandError as exc:
             raise RejectedError(str(exc), code=exc.code) from None
         return await super().apply_command(action, clean)

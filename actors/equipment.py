@@ -12,6 +12,7 @@ service vehicle sends it its position and crew status (``vehicle_state``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -96,6 +97,12 @@ def _count_points(value: Any) -> int:
 
 #: Bit 0 of a lamp's ``fault_bits``: the lamp has failed (the cabinet reports it).
 LAMP_FAILED = 0x0001
+#: A traffic controller's ``fault_bits`` (``devices/profiles/traffic_controller.toml``): a
+#: signal lamp out and the conflict monitor force it to flashing; any other bit but the
+#: detector's is a controller fault.
+SIGNAL_LAMP_FAULT = 0x0002
+SIGNAL_CONFLICT = 0x0004
+DETECTOR_FAULT = 0x0008
 #: Device events that are alarms by themselves: they have no "cleared" state at the
 #: device, so the alarm returns to normal at once and waits for an acknowledgement.
 MOMENTARY_EVENTS: Mapping[str, str] = {"door_forced": "forced_door", "tamper": "camera_tamper"}
@@ -121,6 +128,16 @@ def block_values(reported: Mapping[str, Any], block: str, field: str) -> list[An
     return [v for k, v in reported.items() if k.startswith(prefix) and k.endswith(suffix)]
 
 
+#: Bit 1 of an access terminal's ``fault_bits``: a forced passage (its other bits: faults).
+FORCED_PASSAGE = 0x0002
+
+
+def _bits(reported: Mapping[str, Any]) -> int:
+    """A device's ``fault_bits`` as reported (0 when it reports none, or not a number)."""
+    bits = reported.get("fault_bits")
+    return bits if isinstance(bits, int) and not isinstance(bits, bool) else 0
+
+
 def _lamp_failed(bits: Any) -> bool:
     return isinstance(bits, int) and not isinstance(bits, bool) and bool(bits & LAMP_FAILED)
 
@@ -140,10 +157,15 @@ CONDITIONS: Mapping[str, Mapping[str, Callable[[Mapping[str, Any]], bool]]] = {
                                                                    "alarm")),
     },
     "crossroad": {
-        "controller_fault": lambda r: bool(r.get("fault_bits")),
+        "controller_fault": lambda r: bool(
+            _bits(r) & ~(SIGNAL_LAMP_FAULT | SIGNAL_CONFLICT | DETECTOR_FAULT)),
+        "signal_lamp_fault": lambda r: bool(_bits(r) & SIGNAL_LAMP_FAULT),
+        "signal_conflict": lambda r: bool(_bits(r) & SIGNAL_CONFLICT),
+        "detector_fault": lambda r: bool(_bits(r) & DETECTOR_FAULT),
     },
     "access_terminal": {
-        "controller_fault": lambda r: bool(r.get("fault_bits")),
+        "terminal_fault": lambda r: _bits(r) & ~FORCED_PASSAGE != 0,
+        "forced_passage": lambda r: _bits(r) & FORCED_PASSAGE != 0,
     },
     "camera": {
         "camera_fault": lambda r: r.get("health") == "failed",
@@ -151,6 +173,13 @@ CONDITIONS: Mapping[str, Mapping[str, Callable[[Mapping[str, Any]], bool]]] = {
                                           and r["storage_pct"] >= CAMERA_STORAGE_FULL_PCT),
     },
 }
+
+
+#: The caller of a crisis coordinator's setpoint (``crisis``), and of one that puts back what
+#: an ended plan had set (``crisis:restore``): a kind that keeps what a crisis sets as a
+#: layer of its own (:class:`actors.schedule.Layers`) releases the layer on the latter.
+CRISIS_CALLER = "crisis"
+CRISIS_RESTORE_CALLER = "crisis:restore"
 
 
 class EquipmentEntity(Entity):
@@ -168,6 +197,10 @@ class EquipmentEntity(Entity):
     """
 
     FIELDS: ClassVar[Mapping[str, Field]] = {}
+    #: Whether the kind holds a crisis plan's setpoints as a layer (released by a
+    #: ``crisis:restore`` command): the crisis coordinator then sends the restore even
+    #: when the value it puts back is already in force.
+    CRISIS_LAYER: ClassVar[bool] = False
     #: Whether :meth:`device_writes` reads the device and returns only what it lacks: a
     #: write that got no answer is then checked and completed once, not failed.
     READS_BACK: ClassVar[bool] = False
@@ -188,6 +221,28 @@ class EquipmentEntity(Entity):
         self.write_unsure = False
         port = self.ctx.device
         self.state["online"] = bool(port is not None and port.online)
+
+    # -- the equipment view ----------------------------------------------
+    def schedule_view(self) -> dict[str, Any] | None:
+        """``{"name", "step", "since", "next": {"step", "at"}}`` of the schedule the entity
+        follows (:meth:`actors.schedule.Timetable.view`); None when it follows none."""
+        return None
+
+    def view_extras(self) -> dict[str, Any]:
+        """What the kind adds to its equipment view (``GET /api/v1/equipment/ID``).
+
+        Kept in the checkpoint's state under ``view``, which the API reads:
+        ``schedule`` when :meth:`schedule_view` gives one; kinds add their own.
+        """
+        schedule = self.schedule_view()
+        return {} if schedule is None else {"schedule": schedule}
+
+    def checkpoint(self) -> Checkpoint:
+        cp = super().checkpoint()
+        extras = self.view_extras()
+        if not extras:
+            return cp
+        return dataclasses.replace(cp, state={**cp.state, "view": extras})
 
     # -- from the device -------------------------------------------------
     async def on_telemetry(self, msg: Envelope) -> None:
@@ -405,6 +460,13 @@ class EquipmentEntity(Entity):
             except RejectedError as exc:
                 out.append((name, str(exc)))
         return out
+
+    @classmethod
+    def check_setpoints(cls, setpoints: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """What the kind refuses of valid field values beyond its field table, wherever they
+        come from (a crisis plan's step, a schedule's), as ``(field, message)``: nothing by
+        default (a crossroad: a plan number no signal plan has)."""
+        return []
 
     @classmethod
     def validate_command(cls, action: str, params: Mapping[str, Any]) -> dict[str, Any]:

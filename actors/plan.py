@@ -19,9 +19,10 @@ for, and says what to set::
     preset = "flood"                # each camera's own number for this preset name
 
 A step may also narrow its selection by ``role`` (a vehicle's ``attrs.role``)
-or to explicit ``ids``. A string setpoint may say ``{municipality}`` (the
-slug of the entity's municipality). When two steps set the same field of one
-entity, the later one wins.
+or to explicit ``ids``. A vehicle step that sets a crew ``message`` selects only
+the vehicles that can receive one (:func:`actors.vehicle.has_radio`). A string
+setpoint may say ``{municipality}`` (the slug of the entity's municipality). When
+two steps set the same field of one entity, the later one wins.
 
 >>> book = builtin_plans()
 >>> sorted(book.plans)
@@ -49,6 +50,7 @@ from typing import Any, Final
 
 from actors.alarms import builtin_conditions
 from actors.registry import BEHAVIOURS
+from actors.vehicle import has_radio
 from runtime.errors import PlanError, RejectedError
 from runtime.inventory import (
     ID_PATTERN,
@@ -102,6 +104,7 @@ class Candidate:
     tags: frozenset[str] = frozenset()
     role: str = ""
     presets: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    radio: bool = False  # a vehicle that receives crew messages
 
     @classmethod
     def of(cls, eq: Equipment) -> Candidate:
@@ -110,18 +113,21 @@ class Candidate:
         return cls(eq.id, eq.kind, eq.municipality, tags_of(eq),
                    role if isinstance(role, str) else "",
                    MappingProxyType({str(k): int(v) for k, v in presets.items()})
-                   if isinstance(presets, Mapping) else MappingProxyType({}))
+                   if isinstance(presets, Mapping) else MappingProxyType({}),
+                   eq.kind == "vehicle" and has_radio(eq.attrs))
 
     def to_row(self) -> list[Any]:
-        """A compact msgpack-friendly row: ``[id, kind, municipality, tags, role, presets]``."""
+        """A compact msgpack-friendly row: ``[id, kind, municipality, tags, role, presets,
+        radio]``."""
         return [self.id, self.kind, self.municipality, sorted(self.tags), self.role,
-                dict(self.presets)]
+                dict(self.presets), self.radio]
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Candidate:
-        ident, kind, municipality, tags, role, presets = row
+        ident, kind, municipality, tags, role, presets, *rest = row
         return cls(str(ident), str(kind), str(municipality), frozenset(map(str, tags)),
-                   str(role), MappingProxyType({str(k): int(v) for k, v in presets.items()}))
+                   str(role), MappingProxyType({str(k): int(v) for k, v in presets.items()}),
+                   bool(rest and rest[0] is True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +156,8 @@ class Step:
         return (c.kind == self.kind and self.tags <= c.tags
                 and (not self.role or c.role == self.role)
                 and (not self.ids or c.id in self.ids)
-                and (not self.preset or self.preset in c.presets))
+                and (not self.preset or self.preset in c.presets)
+                and (self.kind != "vehicle" or "message" not in self.setpoints or c.radio))
 
     def setpoints_for(self, c: Candidate) -> dict[str, Any]:
         """The setpoints of this step for ``c``: its preset's number, its municipality."""
@@ -386,6 +393,9 @@ class _Parser:
             if "preset" not in behaviour.FIELDS:
                 self._issue((*path, "preset"), f"a {kind} has no presets")
         setpoints = self._setpoints(table, path, behaviour.FIELDS)
+        # What the kind adds to its field table (a crossroad: a signal plan that exists).
+        for name, message in behaviour.check_setpoints(setpoints):
+            self._issue((*path, "set", name), message)
         if preset and "preset" in setpoints:
             self._issue((*path, "set", "preset"), "set either preset = NAME or set.preset")
         if not setpoints and not preset and len(self._issues) == before:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Callable
 from typing import Any, Final
@@ -16,7 +17,10 @@ from admin_web.context import services
 from admin_web.guards import current_user, ensure_scope, require
 from admin_web.http_errors import ApiError, json_object_body, store_unavailable
 from admin_web.redact import redact_urls
+from runtime.clock import CITY_TZ
 from runtime.commands import check_command_shape, shown
+from runtime.energy import MAX_RANGE_S as MAX_ENERGY_RANGE_S
+from runtime.energy import STEPS as ENERGY_STEPS
 from runtime.errors import (
     ConflictError,
     InvalidCommandError,
@@ -493,3 +497,67 @@ def crisis_switch() -> ResponseReturnValue:
     response.status_code = 202
     response.headers["Location"] = url_for("api.command", command_id=result["activation_id"])
     return response
+
+
+# -- street-lighting energy --------------------------------------------------------------
+
+ENERGY_SCOPES: Final = ("metropolis", "municipality", "circuit")
+
+
+def _instant(name: str) -> float | None:
+    """Query argument ``name`` as epoch seconds: a number, or an ISO 8601 date or time
+    (local to the city when it names no offset)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = datetime.datetime.fromisoformat(raw)
+        except ValueError:
+            raise ApiError(422, f"{name} must be epoch seconds or an ISO 8601 date or time",
+                           field=name) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=CITY_TZ)
+        value = when.timestamp()
+    if not math.isfinite(value):
+        raise ApiError(422, f"{name} must be a finite number", field=name)
+    return value
+
+
+@api.get("/energy")
+@require(Role.VIEWER)
+def energy() -> ResponseReturnValue:
+    """Metered street-lighting energy in Wh per ``step`` (``hour`` or ``night``) of one
+    circuit, one municipality or the metropolis (``scope``, ``id``), from ``from`` to
+    ``to`` (default: the last day), with the dimming and legacy baselines and both
+    savings in percent (:mod:`runtime.energy`)."""
+    args = request.args
+    scope = args.get("scope", "metropolis")
+    if scope not in ENERGY_SCOPES:
+        raise ApiError(422, f"scope must be one of {', '.join(ENERGY_SCOPES)}", field="scope")
+    ident = args.get("id") or None
+    if scope != "metropolis" and ident is None:
+        raise ApiError(422, f"scope {scope} needs an id", field="id")
+    step = args.get("step", "hour")
+    if step not in ENERGY_STEPS:
+        raise ApiError(422, f"step must be one of {', '.join(ENERGY_STEPS)}", field="step")
+    start, end = _instant("from"), _instant("to")
+    if start is not None and end is not None:
+        if end <= start:
+            raise ApiError(422, "to must come after from", field="to")
+        if end - start > MAX_ENERGY_RANGE_S:
+            raise ApiError(422, f"at most {MAX_ENERGY_RANGE_S / 86_400:g} days at a time",
+                           field="to")
+    if (start is None) != (end is None):
+        raise ApiError(422, "give both from and to, or neither (the last day)",
+                       field="from" if start is None else "to")
+    try:
+        body = services().backend.energy(scope=scope, ident=ident, start=start, end=end,
+                                         step=step, municipalities=_scope())
+    except KeyError:
+        raise ApiError(404, f"unknown {scope}") from None
+    except StoreUnavailableError:
+        raise store_unavailable("energy not readable") from None
+    return jsonify(body)

@@ -25,6 +25,7 @@ from admin_web.guards import CSRF_FIELD, csrf_token
 from admin_web.history import history
 from admin_web.http_errors import install_error_handlers
 from admin_web.interventions import interventions
+from admin_web.keys import keys
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
 
@@ -63,6 +64,7 @@ def create_app(
     install_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(interventions)
+    app.register_blueprint(keys)
     app.register_blueprint(history)
     app.register_blueprint(pages)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD)

@@ -93,6 +93,7 @@ class AuditNote:
     after: Any = None
     code: str = ""
     detail: str = ""
+    target: str = ""  # when the block learns it (from the body), over audited()'s
 
 
 def _refusal(exc: Exception) -> tuple[str, str]:
@@ -119,8 +120,9 @@ def audited(action: str, target: str = "", *, params: Any = None) -> Iterator[Au
         yield note
     except Exception as exc:
         code, detail = _refusal(exc)
-        audit(action, target, params=note.params, before=note.before, after=note.after,
-              outcome="refused", code=note.code or code, detail=note.detail or detail)
+        audit(action, note.target or target, params=note.params, before=note.before,
+              after=note.after, outcome="refused", code=note.code or code,
+              detail=note.detail or detail)
         raise
-    audit(action, target, params=note.params, before=note.before, after=note.after,
-          code=note.code, detail=note.detail)
+    audit(action, note.target or target, params=note.params, before=note.before,
+          after=note.after, code=note.code, detail=note.detail)

@@ -48,6 +48,10 @@ MIN_TOKEN_LENGTH: Final = 20
 _MAX_SECRET_LENGTH: Final = 1024
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Names the runtime's own callers use (a command's ``caller``): no user may take one, so
+#: that an operator's command never passes for a crisis plan's or a schedule's.
+RESERVED_NAMES: Final = frozenset({"crisis", "schedule", "dispatch", "alarms", "journal",
+                                   "system", "open311", "phone"})
 _SLUG_RE: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -113,6 +117,9 @@ class User:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise ConfigError(f"user name must be 1-64 of A-Z a-z 0-9 _ . -: {self.name!r}")
+        if self.name.lower() in RESERVED_NAMES:
+            raise ConfigError(f"user name {self.name!r} is reserved for the runtime's own "
+                              "callers")
         if not isinstance(self.role, Role):
             raise ConfigError(f"user {self.name}: role must be a Role, not {self.role!r}")
         if not isinstance(self.municipalities, frozenset):

@@ -203,8 +203,32 @@ class AdminBackend(Protocol):
         """
         ...
 
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        """Street lighting's metered energy and baselines (:func:`runtime.energy.report`) of
+        one circuit, one municipality or the metropolis, within ``municipalities`` (None:
+        all); ``start``/``end`` default to the last day of the city's clock. Raises
+        ``KeyError`` for a circuit or municipality unknown or out of scope.
+        """
+        ...
+
     def request_municipality(self, lat: float, lon: float) -> str | None:
         """The municipality whose area holds ``(lat, lon)``; None outside the metropolis."""
+        ...
+
+    def open311_apps(self) -> list[str]:
+        """The client applications that hold an Open311 API key, sorted."""
+        ...
+
+    def issue_open311_key(self, application: str) -> str:
+        """A new Open311 API key for ``application`` (its previous one stops working); the
+        plaintext is returned once and stored only as a digest. :class:`RejectedError`
+        for a bad name."""
+        ...
+
+    def revoke_open311_key(self, application: str) -> bool:
+        """Revoke ``application``'s key at once; whether it had one."""
         ...
 
     def open_request(self, *, category: str, description: str, lat: float, lon: float,
@@ -471,6 +495,11 @@ class StaticBackend:
         with self._lock:
             return copy.deepcopy(self._fleet)
 
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        raise RetryableError("the runtime is starting: energy is reported once it runs")
+
     def request_municipality(self, lat: float, lon: float) -> str | None:
         # No geography and no dispatch before the runtime: a request waits for them.
         raise RetryableError("the runtime is starting: requests are taken once it runs")
@@ -478,6 +507,15 @@ class StaticBackend:
     def open_request(self, *, category: str, description: str, lat: float, lon: float,
                      caller: str) -> dict[str, Any]:
         raise RetryableError("the runtime is starting: requests are taken once it runs")
+
+    def open311_apps(self) -> list[str]:
+        return []
+
+    def issue_open311_key(self, application: str) -> str:
+        raise RetryableError("the runtime is starting: keys are issued once it runs")
+
+    def revoke_open311_key(self, application: str) -> bool:
+        raise RetryableError("the runtime is starting: keys are revoked once it runs")
 
 
 class SwappableBackend:
@@ -592,6 +630,12 @@ class SwappableBackend:
     def fleet(self) -> list[dict[str, Any]]:
         return self.current.fleet()
 
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        return self.current.energy(scope=scope, ident=ident, start=start, end=end, step=step,
+                                   municipalities=municipalities)
+
     def request_municipality(self, lat: float, lon: float) -> str | None:
         return self.current.request_municipality(lat, lon)
 
@@ -599,3 +643,12 @@ class SwappableBackend:
                      caller: str) -> dict[str, Any]:
         return self.current.open_request(category=category, description=description, lat=lat,
                                          lon=lon, caller=caller)
+
+    def open311_apps(self) -> list[str]:
+        return self.current.open311_apps()
+
+    def issue_open311_key(self, application: str) -> str:
+        return self.current.issue_open311_key(application)
+
+    def revoke_open311_key(self, application: str) -> bool:
+        return self.current.revoke_open311_key(application)

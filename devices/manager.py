@@ -121,6 +121,34 @@ def _block_item(name: str) -> tuple[str, int, str] | None:
     return parts[0], int(parts[1]), parts[2]
 
 
+def _joined(profile: Profile, fields: Mapping[str, Any],
+            writes: Sequence[tuple[int, list[int]]],
+            owners: Sequence[tuple[str, int] | None]) -> list[tuple[int, list[int]]]:
+    """The register ranges to write, in order; a block repeat written whole is one range.
+
+    When a write names every field of one repeat (``plan_table.2.*``), its
+    ranges are joined where each starts at the end of the one before: the
+    device gets the repeat in one request and judges it as a whole (a plan
+    table slot half written could be refused, or run). Other ranges go one
+    request each, as the device counts them.
+    """
+    whole: set[tuple[str, int]] = set()
+    for block in profile.blocks:
+        for n in {o[1] for o in owners if o is not None and o[0] == block.name}:
+            if all(f"{block.name}.{n}.{f.name}" in fields for f in block.fields):
+                whole.add((block.name, n))
+    out: list[tuple[int, list[int]]] = []
+    last: tuple[str, int] | None = None
+    for (address, regs), owner in zip(writes, owners, strict=True):
+        if (owner is not None and owner in whole and owner == last
+                and out[-1][0] + len(out[-1][1]) == address):
+            out[-1] = (out[-1][0], [*out[-1][1], *regs])
+        else:
+            out.append((address, list(regs)))
+        last = owner
+    return out
+
+
 def _policy(profile: Profile, name: str) -> str | None:
     for spec in (*profile.fields, *(f for b in profile.blocks for f in b.fields)):
         if spec.name == name and spec.writable:
@@ -353,9 +381,12 @@ class HostDevices:
         # Every value is encoded (and checked) before the first is sent; then they go in
         # one turn on the session, not one turn per register range.
         writes: list[tuple[int, list[int]]] = []
+        # Which repeat each range writes (None: a top field, or every repeat).
+        owners: list[tuple[str, int] | None] = []
         for name, value in fields.items():
             if name in top:
                 writes.append(profile.encode_field(name, value))
+                owners.append(None)
                 continue
             item = _block_item(name)
             if item is not None:
@@ -369,6 +400,7 @@ class HostDevices:
                     raise RejectedError(f"{profile.name} has no {block_name} {n}",
                                         code="unknown_field")
                 writes.append(profile.encode_block_field(block_name, n - 1, field_name, value))
+                owners.append((block_name, n))
                 continue
             block = next((b for b in profile.blocks if any(f.name == name for f in b.fields)),
                          None)
@@ -376,7 +408,8 @@ class HostDevices:
                 raise RejectedError(f"{profile.name} has no field {name!r}", code="unknown_field")
             for i in range(profile.count(block.name, st.equipment.attrs)):
                 writes.append(profile.encode_block_field(block.name, i, name, value))
-        await session.write_many(unit, writes, urgent=True)
+                owners.append(None)
+        await session.write_many(unit, _joined(profile, fields, writes, owners), urgent=True)
         return dict(fields)
 
     # -- OPC UA ----------------------------------------------------------

@@ -294,6 +294,10 @@ class Profile:
     blocks: tuple[BlockSpec, ...]
     events: tuple[str, ...]
     source: str = "<memory>"
+    #: How old (seconds since the sample's own ``ts``) a reading may be and still be used;
+    #: 0: no limit. Publications keep the machine's cadence, so on an accelerated city
+    #: clock the age is judged in the machine's seconds (see :mod:`actors.vehicle`).
+    max_age_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -313,6 +317,10 @@ class Profile:
         object.__setattr__(self, "fields", tuple(self.fields))
         object.__setattr__(self, "blocks", tuple(self.blocks))
         object.__setattr__(self, "events", tuple(self.events))
+        if not _is_number(self.max_age_s) or not (self.max_age_s >= 0
+                                                  and math.isfinite(self.max_age_s)):
+            raise ConfigError(f"{what}: max_age_s must be a number >= 0 (0: no limit)")
+        object.__setattr__(self, "max_age_s", float(self.max_age_s))
         names = [f.name for f in self.fields] + [b.name for b in self.blocks]
         if len(set(names)) != len(names):
             raise ConfigError(f"{what}: duplicate field or block names")
@@ -574,6 +582,7 @@ _PROFILE_KEYS: Final = (
     "timeout_s",
     "max_payload_bytes",
     "events",
+    "max_age_s",
 )
 _FIELD_KEYS: Final = (
     "name",
@@ -597,6 +606,7 @@ _DEFAULTS: Final[Mapping[str, Any]] = {
     "liveness_misses": 3,
     "timeout_s": 0.5,
     "max_payload_bytes": DEFAULT_MAX_PAYLOAD_BYTES,
+    "max_age_s": 0.0,
 }
 
 
@@ -711,6 +721,11 @@ class _Parser:
         description = self._get(table, path, "description", "str", False)
         if description is not None:
             out["description"] = description
+        value = self._get(table, path, "max_age_s", "number", False)
+        if value is not None:
+            if not value > 0:
+                self._issue((*path, "max_age_s"), f"must be > 0, got {value!r}")
+            out["max_age_s"] = float(value)
         for key in ("poll_interval_s", "timeout_s"):
             value = self._get(table, path, key, "number", False)
             if value is not None:

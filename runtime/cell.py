@@ -10,6 +10,7 @@ every (re)start — and implements the supervisor's ``Child`` protocol.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -139,7 +140,17 @@ class _Context:
     def clock(self) -> Clock:
         return self._host.city_clock
 
+    def _machine_deadline(self, deadline: float) -> float:
+        """An entity's deadline (on its city clock) on the host's: a deadline is a transport
+        timeout, so its distance from now is kept in the machine's seconds."""
+        city, machine = self._host.city_clock, self._host.clock
+        if deadline <= 0 or city is machine:
+            return deadline
+        return machine.time() + (deadline - city.time())
+
     def send(self, env: Envelope) -> None:
+        if env.deadline > 0 and self._host.city_clock is not self._host.clock:
+            env = dataclasses.replace(env, deadline=self._machine_deadline(env.deadline))
         self._host.route(env)
 
     def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
@@ -204,6 +215,12 @@ class _Context:
         self._host.publish_read_model(name, data)
 
     async def submit(self, commands: Sequence[Command]) -> list[Command]:
+        if self._host.city_clock is not self._host.clock:
+            # The journal's stamps and deadlines are the machine's (transport).
+            now = self._host.clock.time()
+            commands = [dataclasses.replace(
+                c, created_ts=now if c.created_ts else 0.0,
+                deadline_ts=self._machine_deadline(c.deadline_ts)) for c in commands]
         return await self._host.submit_commands(self._slot.id, commands)
 
     async def commands(self, ids: Sequence[str]) -> dict[str, Command]:

@@ -414,6 +414,9 @@ BENCHES: dict[str, tuple[str, str]] = {
                              "assignments against a brute-force nearest search"),
     "crisis": ("crisis", "snow for the whole metropolis through the API: to the last setpoint "
                          "acked by its device, then deactivation back to the baseline"),
+    "energy": ("energy", "one night of the scheduled street lighting on an accelerated "
+                         "clock: metered (API) against the simulator's integral and the "
+                         "schedule's arithmetic, savings, counter resets and wraps"),
     "fire": ("fire", "a fire raised at the BMS simulator to its plan carried out: evacuation "
                      "doors unlocked (read back over OPC UA), cameras at their preset, a crew "
                      "assigned"),

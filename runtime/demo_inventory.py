@@ -68,8 +68,12 @@ BASE_COUNTS: Final = {
 MAX_SCALE: Final = 9.0
 
 BUS_LINES: Final = ("L1", "L2", "L3", "L4", "L5", "L6", "B10", "B11", "B12", "B13", "B14", "B15")
-SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance", "fire_safety")
+SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance", "green_areas",
+                        "fire_safety")
 POINTS_PER_CIRCUIT: Final = (25, 35)
+#: The pedestrian zone (its hours: actors/schedules/pedestrian_zones.toml) of every demo
+#: access terminal.
+PEDESTRIAN_ZONE: Final = "pedestrian_centre"
 
 _PLACEMENT: Final = PlacementPolicy(
     default="sharded",
@@ -321,11 +325,13 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
 
     def attrs(prefix: str, i: int) -> dict[str, Any]:
         if prefix == "lc":
-            return {"points": next(points)}
+            return {"points": next(points), **LAMP_ATTRS}
         if prefix == "bus":
             return {"line": next(lines)}
         if prefix == "veh":
             return {"role": next(roles), "radio": i in radios}
+        if prefix == "at":
+            return {"zone": PEDESTRIAN_ZONE}
         return {}
 
     plan_attrs = _plan_attrs(seed, placed)
@@ -341,7 +347,8 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
                     lon=lon,
                     endpoint=endpoint(family.prefix, i, ident),
                     profile=family.profile,
-                    attrs={**attrs(family.prefix, i), **plan_attrs.get(ident, {})},
+                    attrs={**attrs(family.prefix, i), **plan_attrs.get(ident, {}),
+                           **_schedule_attrs(plan_attrs.get(ident, {}))},
                 )
             )
     return Inventory(
@@ -351,6 +358,17 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
         placement=_PLACEMENT,
         source=f"<demo scale={scale:g} seed={seed}>",
     )
+
+
+#: The demo's lamps: LEDs of ``lamp_w`` at full power that replaced ``legacy_w`` sodium lamps.
+LAMP_ATTRS: Final = {"lamp_w": 70, "legacy_w": 150}
+
+
+def _schedule_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Every demo circuit follows the ``road_lighting`` schedule (dusk to dawn, dimmed at
+    night); the ``road_lighting`` tag marks those of the main roads, which the snow plan
+    brings to full power."""
+    return {"schedule": "road_lighting"}
 
 
 #: The demo cameras' PTZ presets: every camera has ``home``; one watching a building has

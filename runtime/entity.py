@@ -248,13 +248,16 @@ class Entity:
         return check_command_shape(action, params)
 
     @classmethod
-    def validate_for(cls, equipment: Equipment, action: str,
-                     params: Mapping[str, Any]) -> dict[str, Any]:
-        """:meth:`validate_command` for one piece of equipment (its own attributes).
+    def validate_command_for(cls, equipment: Equipment, action: str, params: Mapping[str, Any],
+                             *, now: float) -> dict[str, Any]:
+        """:meth:`validate_command`, and what depends on ``equipment``'s record or the time.
 
-        The admin backend calls this one when it knows the target: a behaviour
-        whose vocabulary depends on the equipment (a camera's preset names)
-        overrides it. By default, :meth:`validate_command`.
+        The admin backend calls this one, with the equipment's inventory record and
+        the city's time ``now``, so that a refusal the behaviour can decide without
+        the entity's state (a crew message to a vehicle without radio, a bollard
+        lowered during its zone's pedestrian hours) is answered before journaling.
+        The entity decides again when the command reaches it. By default, exactly
+        :meth:`validate_command`.
         """
         return cls.validate_command(action, params)
 

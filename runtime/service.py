@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -542,7 +542,8 @@ class RuntimeBackend:
         except KeyError:
             raise UnknownEntityError(entity_id) from None
         behaviour = load_factory(self.service.options.factory)(equipment)
-        clean = check_command(behaviour, action, params, equipment=equipment)
+        clean = check_command(behaviour, action, params, equipment=equipment,
+                              now=self.service.city_clock.time())
         try:
             cmd = Command(command_id=new_command_id(), target=entity_id, action=action,
                           params=clean, caller=caller, idempotency_key=idempotency_key or "",
@@ -647,7 +648,7 @@ class RuntimeBackend:
                 break
             page.append((eq, line))
         twins = store.load_checkpoints([eq.id for eq, _ in page])
-        out = [_equipment_record(eq, line, twins.get(eq.id), eq.id in alarmed)
+        out = [_equipment_record(eq, line, twins.get(eq.id), eq.id in alarmed, self.geography)
                for eq, line in page]
         return out, (page[-1][0].id if more and page else None)
 
@@ -659,7 +660,7 @@ class RuntimeBackend:
         alarms = [a for a in self.alarms() if a.get("source") == entity_id
                   and a.get("state") not in ("normal", "out_of_service")]
         record = _equipment_record(eq, line, store.load_checkpoints([entity_id]).get(entity_id),
-                                   any(a.get("active") for a in alarms))
+                                   any(a.get("active") for a in alarms), self.geography)
         record["events"] = store.recent_events(20, entity=entity_id)
         record["commands"] = [
             {k: v for k, v in c.to_json().items() if k in (
@@ -755,6 +756,44 @@ class RuntimeBackend:
         stored, _ = self._store().submit_command(cmd, deadline_s=SUBMIT_DEADLINE_S)
         return {"activation_id": stored.command_id, "status": str(stored.status)}
 
+    # -- street-lighting energy (the circuits' read models) -----------------------
+    def energy(self, *, scope: str, ident: str | None, start: float | None,
+               end: float | None, step: str, municipalities: frozenset[str] | None
+               ) -> dict[str, Any]:
+        """``AdminBackend.energy``: the circuits in scope, their read models of the dates
+        the range covers in one pipelined read, summed (:func:`runtime.energy.report`)."""
+        from runtime import energy
+
+        inventory = self.service.inventory
+        circuits = [eq for eq in inventory.equipment if eq.kind == "lighting_circuit"
+                    and (municipalities is None or eq.municipality in municipalities)]
+        if scope == "circuit":
+            circuits = [eq for eq in circuits if eq.id == ident]
+            if not circuits:
+                raise KeyError(ident)
+        elif scope == "municipality":
+            known = {m.slug for m in inventory.municipalities}
+            if ident not in known or (municipalities is not None
+                                      and ident not in municipalities):
+                raise KeyError(ident)
+            circuits = [eq for eq in circuits if eq.municipality == ident]
+        now = self.service.city_clock.time()
+        end = now if end is None else end
+        start = end - 86_400.0 if start is None else start
+        names = [f"view:{energy.model_name(eq.id, date)}" for eq in circuits
+                 for date in energy.dates_between(start, end)]
+        blobs = self._store().get_blobs(names)
+        models = []
+        for blob in blobs.values():
+            try:
+                doc = unpack(blob, max_size=16 << 20)
+            except MalformedMessageError:
+                continue
+            if isinstance(doc, dict):
+                models.append(doc)
+        out = energy.report(models, start, end, step)
+        return {"scope": scope, "id": ident, **out}
+
     # -- citizen requests and interventions (the dispatch coordinator) ----------
     def _read_model_list(self, name: str, key: str) -> list[dict[str, Any]]:
         blob = self._store().get_blob(f"view:{name}")
@@ -830,6 +869,15 @@ class RuntimeBackend:
         return {"request_id": record.service_request_id,
                 "intervention_id": f"int-{record.service_request_id}",
                 "municipality": record.municipality}
+
+    def open311_apps(self) -> list[str]:
+        return self.open311_store().apps()
+
+    def issue_open311_key(self, application: str) -> str:
+        return self.open311_store().issue_key(application)
+
+    def revoke_open311_key(self, application: str) -> bool:
+        return self.open311_store().revoke(application)
 
     def hand_to_dispatch(self, record: ServiceRequest, *, caller: str | None = None
                          ) -> dict[str, Any]:
@@ -919,21 +967,23 @@ def _normal_row() -> dict[str, Any]:
 
 
 def check_command(behaviour: Any, action: str, params: Mapping[str, Any], *,
-                  equipment: Equipment | None = None) -> dict[str, Any]:
+                  equipment: Equipment | None = None, now: float | None = None
+                  ) -> dict[str, Any]:
     """``params`` as the behaviour ``behaviour`` would take them, before journaling.
 
     The composition root's link between the admin backend and the behaviours:
     an entity class answers with its own
     :meth:`~runtime.entity.Entity.validate_command` (equipment: the kind's
     field table in ``actors/``), so the API refuses exactly what the entity
-    would (given ``equipment``, :meth:`~runtime.entity.Entity.validate_for`:
-    what depends on its attributes, such as a camera's preset names); anything
-    else is held to the limits of every command. A refusal
-    raises :class:`InvalidCommandError` naming the request field.
+    would; given the ``equipment``'s record and the city's time ``now``, with
+    :meth:`~runtime.entity.Entity.validate_command_for`, which also refuses
+    what depends on them. Anything else is held to the limits of every
+    command. A refusal raises :class:`InvalidCommandError` naming the request
+    field.
     """
     if isinstance(behaviour, type) and issubclass(behaviour, Entity):
-        if equipment is not None:
-            return behaviour.validate_for(equipment, action, params)
+        if equipment is not None and now is not None:
+            return behaviour.validate_command_for(equipment, action, params, now=now)
         return behaviour.validate_command(action, params)
     return check_command_shape(action, params)
 
@@ -966,22 +1016,49 @@ def _summary_line(raw: str | None) -> dict[str, Any]:
 
 
 def _equipment_record(eq: Equipment, line: Mapping[str, Any], checkpoint: bytes | None,
-                      in_alarm: bool) -> dict[str, Any]:
-    """The API's view of one equipment (CONTRACT.md ``GET /api/v1/equipment``)."""
+                      in_alarm: bool, geography: Callable[[], Geography] | None = None
+                      ) -> dict[str, Any]:
+    """The API's view of one equipment (CONTRACT.md ``GET /api/v1/equipment``).
+
+    What the kind adds to its view (its checkpoint's ``state.view``, e.g. the
+    ``schedule`` it follows, a vehicle's ``position``) joins the record; a
+    vehicle's usable position is placed in its municipality by point in polygon
+    (``municipality_in``, from ``geography``), beside its ``home_municipality``.
+    """
     twin: Mapping[str, Any] = {}
+    extras: Mapping[str, Any] = {}
     if checkpoint is not None:
         try:
             cp = unpack(checkpoint, max_size=64 << 20)
             twin = cp.get("twin") or {} if isinstance(cp, dict) else {}
+            state = cp.get("state") if isinstance(cp, dict) else None
+            view = state.get("view") if isinstance(state, dict) else None
+            extras = view if isinstance(view, dict) else {}
         except MalformedMessageError:
             twin = {}
     reported = {
         name: {k: r.get(k) for k in ("value", "quality", "source_ts", "received_ts")}
         for name, r in (twin.get("reported") or {}).items() if isinstance(r, Mapping)
     }
-    return {"id": eq.id, "kind": eq.kind, "municipality": eq.municipality,
-            "lat": eq.lat, "lon": eq.lon,
-            "online": bool(line.get("online")), "status": line.get("status"),
-            "host": line.get("host"), "in_alarm": in_alarm,
-            "conditions": list(line.get("conditions") or ()),
-            "reported": reported, "desired": dict(twin.get("desired") or {})}
+    record = {"id": eq.id, "kind": eq.kind, "municipality": eq.municipality,
+              "lat": eq.lat, "lon": eq.lon,
+              "online": bool(line.get("online")), "status": line.get("status"),
+              "host": line.get("host"), "in_alarm": in_alarm,
+              "conditions": list(line.get("conditions") or ()),
+              "reported": reported, "desired": dict(twin.get("desired") or {})}
+    record.update((k, v) for k, v in extras.items() if k not in record)
+    position = extras.get("position")
+    if eq.kind == "vehicle" and geography is not None:
+        record["home_municipality"] = eq.municipality
+        record["municipality_in"] = _municipality_in(position, geography)
+    return record
+
+
+def _municipality_in(position: Any, geography: Callable[[], Geography]) -> str | None:
+    """The municipality a vehicle's usable (not stale) position lies in; None when unknown."""
+    if not isinstance(position, Mapping) or position.get("stale"):
+        return None
+    try:
+        return geography().municipality_at(position["lat"], position["lon"])
+    except (KeyError, RejectedError):
+        return None

@@ -15,6 +15,8 @@ layout, under a namespace prefix ``ns`` (default ``cp``)::
     {ns}:kv:{name}                     string  small msgpack blobs (the host registry …)
     {ns}:kv:view:{model}               string  read models the coordinators publish (alarms,
                                                interventions, fleet), latest only
+    {ns}:kv:view:energy.{id}.{date}    string  a lighting circuit's metered hours of a local
+                                               date (runtime.energy)
     {ns}:hash:{name}                   hash    generic string hashes
 
 The events and audit streams are trimmed by age, never by count: each XADD
@@ -1311,6 +1313,21 @@ class SyncStore:
         key = self.keys.blob(_check_id("blob name", name))
         value: Any = self._call("get_blob", lambda _: self._redis.get(key))
         return None if value is None else bytes(value)
+
+    def get_blobs(self, names: Sequence[str]) -> dict[str, bytes]:
+        """The named blobs that are stored, by name, in pipelined reads (energy reports)."""
+        wanted = [_check_id("blob name", n) for n in names]
+        if not wanted:
+            return {}
+
+        def once(_: int) -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for chunk in _chunks(wanted, LOAD_CHUNK):
+                pipe.mget([self.keys.blob(n) for n in chunk])
+            return pipe.execute()
+
+        values = [v for reply in self._call("get_blobs", once) for v in reply]
+        return {n: bytes(v) for n, v in zip(wanted, values, strict=True) if v is not None}
 
     def hgetall(self, name: str) -> dict[str, str]:
         """Every field of the named hash ({} when absent)."""

@@ -427,6 +427,9 @@ def test_add_refuses_duplicates_and_bad_input() -> None:
         registry.add("dave", Role.OPERATOR, municipalities=["Not A Slug"])
     with pytest.raises(ConfigError):
         registry.add("erin", Role.VIEWER, password="short")
+    for reserved in ("crisis", "Schedule", "dispatch"):  # a command would pass for theirs
+        with pytest.raises(ConfigError, match="reserved"):
+            registry.add(reserved, Role.OPERATOR)
     assert len(registry) == 1
 
 

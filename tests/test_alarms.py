@@ -195,6 +195,31 @@ def test_return_to_normal_unacknowledged_then_ack_or_reactivation() -> None:
     assert book.get("bld-1.fire")["activations"] == 2
 
 
+def test_an_alarm_back_to_normal_for_a_day_is_forgotten_the_others_stay() -> None:
+    from actors.alarms import NORMAL_KEPT_S, UnknownAlarmError
+
+    book, _ = book_at()
+    raise_fire(book, T0)
+    book.ack("bld-1.fire", "alice", ts=T0 + 1)
+    book.clear("bld-1", "fire", ts=T0 + 2)
+    raise_fire(book, T0, source="bld-2")
+    book.clear("bld-2", "fire", ts=T0 + 2)  # back to normal, never acknowledged
+    raise_fire(book, T0, source="bld-3")  # still active
+    book.tick(T0 + 2 + NORMAL_KEPT_S - 1)
+    assert len(book) == 3
+    book.tick(T0 + 2 + NORMAL_KEPT_S)
+    with pytest.raises(UnknownAlarmError):
+        book.get("bld-1.fire")
+    assert state(book, "bld-2.fire") == "rtn_unacknowledged"
+    assert book.get("bld-3.fire")["active"] and len(book) == 2
+    # The same condition raised again is a fresh alarm.
+    assert transitions(raise_fire(book, T0 + 2 * NORMAL_KEPT_S)) == [
+        ("bld-1.fire", "normal", "unacknowledged")]
+    # A checkpoint of the pruned book restores what it kept.
+    again = AlarmBook.from_dict(book.to_dict(), book_at()[1])
+    assert len(again) == 3
+
+
 def test_clearing_what_was_never_raised_is_no_error() -> None:
     book, _ = book_at()
     assert book.clear("bld-1", "fire", ts=T0) == []

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from runtime.bench.dispatch import HOURLY_PROFILE, Watch, check_nearest, day_times, haversine_m
+from runtime.clock import SystemClock
 from runtime.geo import distance_m
 
 SITE = (47.3220, 5.0415)
@@ -39,7 +40,7 @@ def assignment(vid: str, at: float, **over: Any) -> dict[str, Any]:
 
 
 def test_the_nearest_check() -> None:
-    watch = Watch(fleets=[(100.0, [vehicle("near", 47.3230, 5.0415),
+    watch = Watch(SystemClock(), fleets=[(100.0, [vehicle("near", 47.3230, 5.0415),
                                    vehicle("far", 47.3500, 5.0415),
                                    vehicle("busy", 47.3221, 5.0415, status="busy")])])
     roles = ("maintenance",)

@@ -35,12 +35,13 @@ BUS = _eq("bus-dijon-0001", "vehicle", "bus", "mqtt://city/dijon/vehicle/bus-dij
 def test_a_lighting_circuit_reports_every_lamp_as_one_block_entry() -> None:
     cp = seed_checkpoint(LIGHTING, {}, now=NOW, rng=random.Random(1))
     reported = cp.twin["reported"]
-    assert set(reported) == {"mains_ok", "door_open", "earth_fault", "seq", "lamp"}
+    assert set(reported) == {"mains_ok", "door_open", "earth_fault", "seq", "broadcast_on",
+                             "broadcast_dim", "lamp"}
     lamps = reported["lamp"]["value"]
     assert len(lamps) == 30
     assert all(set(lamp) == {"on", "dim", "power_w", "energy_wh", "fault_bits"} for lamp in lamps)
-    # Four cabinet fields and five per lamp.
-    assert twin_values(reported) == 4 + 30 * 5
+    # Six cabinet fields (the two broadcast registers among them) and five per lamp.
+    assert twin_values(reported) == 6 + 30 * 5
     for entry in reported.values():
         assert set(entry) == {"value", "quality", "source_ts", "received_ts", "seq"}
         assert entry["quality"] == "good"
@@ -73,7 +74,7 @@ def test_the_checkpoint_holds_the_state_of_a_running_entity() -> None:
     # It survives the trip through msgpack and loads into a twin.
     back = Checkpoint.from_dict(unpack(pack(cp.to_dict())))
     twin = Twin.from_dict(dict(back.twin))
-    assert len(twin.reported) == 5
+    assert len(twin.reported) == 7
     assert 2_000 < len(pack(cp.to_dict())) < 8_000
 
 

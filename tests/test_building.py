@@ -70,25 +70,26 @@ def steps(ctx: FakeCtx) -> list[tuple[str, str]]:
 def test_unlock_needs_a_reason_at_the_edge() -> None:
     eq = building_equipment()
     with pytest.raises(InvalidCommandError) as err:
-        Building.validate_for(eq, "unlock", {"door": 1})
+        Building.validate_command_for(eq, "unlock", {"door": 1}, now=0.0)
     assert err.value.field == "params.reason"
     with pytest.raises(InvalidCommandError) as err:
-        Building.validate_for(eq, "unlock", {"door": 1, "reason": "   "})
+        Building.validate_command_for(eq, "unlock", {"door": 1, "reason": "   "}, now=0.0)
     assert err.value.field == "params.reason"
-    assert Building.validate_for(eq, "lock", {"door": 6, "reason": "night"}) == {
+    assert Building.validate_command_for(eq, "lock", {"door": 6, "reason": "night"}, now=0.0) == {
         "door": 6, "reason": "night"}
 
 
 def test_a_door_the_bms_does_not_have_is_refused_at_the_edge() -> None:
     eq = building_equipment()
     with pytest.raises(InvalidCommandError) as err:
-        Building.validate_for(eq, "lock", {"door": 7, "reason": "x"})  # the profile has 6
+        # The profile has 6 doors.
+        Building.validate_command_for(eq, "lock", {"door": 7, "reason": "x"}, now=0.0)
     assert err.value.field == "params.door"
     with pytest.raises(InvalidCommandError) as err:
-        Building.validate_for(eq, "lock", {"door": "1", "reason": "x"})
+        Building.validate_command_for(eq, "lock", {"door": "1", "reason": "x"}, now=0.0)
     assert err.value.field == "params.door"
     with pytest.raises(InvalidCommandError) as err:
-        Building.validate_for(eq, "open_sesame", {"reason": "x"})
+        Building.validate_command_for(eq, "open_sesame", {"reason": "x"}, now=0.0)
     assert err.value.field == "action"
 
 

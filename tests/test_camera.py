@@ -53,17 +53,17 @@ async def telemetry(entity: Camera, seq: int, **values: Any) -> None:
 
 def test_a_preset_name_is_the_cameras_own_number_at_the_edge() -> None:
     eq = camera_equipment()
-    assert Camera.validate_for(eq, "set", {"preset": "fire"}) == {"preset": 16}
-    assert Camera.validate_for(eq, "set", {"preset": 3, "recording": True}) == {
+    assert Camera.validate_command_for(eq, "set", {"preset": "fire"}, now=0.0) == {"preset": 16}
+    assert Camera.validate_command_for(eq, "set", {"preset": 3, "recording": True}, now=0.0) == {
         "preset": 3, "recording": True}
     with pytest.raises(InvalidCommandError) as err:
-        Camera.validate_for(eq, "set", {"preset": "flood"})
+        Camera.validate_command_for(eq, "set", {"preset": "flood"}, now=0.0)
     assert err.value.field == "params.preset" and err.value.code == "unknown_preset"
     with pytest.raises(InvalidCommandError) as err:
-        Camera.validate_for(eq, "set", {"preset": "Not A Name"})
+        Camera.validate_command_for(eq, "set", {"preset": "Not A Name"}, now=0.0)
     assert err.value.field == "params.preset"
     with pytest.raises(InvalidCommandError) as err:
-        Camera.validate_for(eq, "set", {"preset": "fire", "zoom": 3})
+        Camera.validate_command_for(eq, "set", {"preset": "fire", "zoom": 3}, now=0.0)
     assert err.value.field == "params.zoom"
 
 

@@ -84,3 +84,45 @@ def test_the_city_keeps_paris_time_with_daylight_saving() -> None:
     summer = datetime.datetime(2026, 7, 15, 12, tzinfo=CITY_TZ)
     assert winter.utcoffset() == datetime.timedelta(hours=1)
     assert summer.utcoffset() == datetime.timedelta(hours=2)
+
+
+class _Host:
+    """What a cell needs of its host: a machine clock, a city clock, a router, a journal."""
+
+    def __init__(self) -> None:
+        self.clock = SystemClock()
+        self.city_clock = ClockSpec.starting_now(speed=100.0, start=1_781_560_800.0).clock()
+        self.routed: list[object] = []
+        self.journaled: list[object] = []
+
+    def route(self, env: object) -> None:
+        self.routed.append(env)
+
+    async def submit_commands(self, entity_id: str, commands: list[object]) -> list[object]:
+        self.journaled += commands
+        return commands
+
+
+def test_an_entitys_deadlines_become_the_machines_keeping_their_distance() -> None:
+    from runtime.cell import EntitySlot, _Context
+    from runtime.commands import Command
+    from runtime.envelope import Envelope
+    from runtime.mailbox import Mailbox
+    from tests.helpers import make_equipment
+
+    host = _Host()
+    slot = EntitySlot(make_equipment("veh-0"), lambda ctx: None,  # type: ignore[arg-type, return-value]
+                      Mailbox(8))
+    ctx = _Context(slot, host)  # type: ignore[arg-type]
+    city_now = ctx.clock.time()
+    ctx.send(Envelope(target="veh-1", type="command", deadline=city_now + 30.0))
+    ctx.send(Envelope(target="veh-2", type="command"))
+    sent, plain = host.routed
+    assert sent.deadline == pytest.approx(time.time() + 30.0, abs=1.0)  # type: ignore[attr-defined]
+    assert plain.deadline == 0.0  # type: ignore[attr-defined]
+    asyncio.run(ctx.submit([Command(command_id="c1", target="veh-1", action="job", params={},
+                                    caller="dispatch", created_ts=city_now,
+                                    deadline_ts=city_now + 30.0)]))
+    (cmd,) = host.journaled
+    assert cmd.created_ts == pytest.approx(time.time(), abs=1.0)  # type: ignore[attr-defined]
+    assert cmd.deadline_ts == pytest.approx(time.time() + 30.0, abs=1.0)  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from actors.crossroad import Crossroad
 from actors.equipment import EquipmentEntity, Field
 from actors.lighting import LightingCircuit, lamp_writes
 from actors.registry import BEHAVIOURS
+from actors.signal_plan import table_fields
 from actors.vehicle import Vehicle
 from admin_web import Role, StaticBackend, UserRegistry, create_app
 from devices.mqtt import check_field
@@ -201,10 +202,15 @@ def test_check_command_holds_any_other_behaviour_to_the_limits() -> None:
 #: Integer registers holding a float field: the device keeps whole units.
 ROUNDED = {("lighting_circuit", "dim"): "the cabinet dims in whole percents (lamp_holds)"}
 #: Profile choices no operator setpoint produces, by (profile, field).
-DEVICE_ONLY_CHOICES = {("access_terminal", "request"): {"none"}}  # the terminal's own reset
+DEVICE_ONLY_CHOICES = {
+    ("access_terminal", "request"): {"none"},  # the terminal's own reset
+    ("traffic_controller", "mode"): {"start_flashing", "start_all_red"},  # its way from off
+}
 #: Writable profile fields that are not an operator's setpoint, with the reason.
 NOT_SETPOINTS = {
     ("traffic_controller", "priority_request"): "written by the bus-priority lane",
+    **{("traffic_controller", f"plan_table.{f}"): "a signal plan's table, downloaded from "
+       "actors/signal_plans.toml when its plan is selected" for f in table_fields()},
     ("bms", "door.locked"): "a door unlock is an action with a reason, not a plain setpoint",
     **{("service_vehicle", f): "a job is written by the dispatch coordinator"
        for f in ("job", "job_lat", "job_lon")},

@@ -42,11 +42,12 @@ INVENTORY = Inventory("test", (
     _eq("at-dijon-0002", "access_terminal"),
     _eq("bld-dijon-0001", "building"),
     _eq("cam-dijon-0001", "camera", watches="bld-dijon-0001", presets={"home": 1, "flood": 12}),
-    _eq("xr-dijon-0001", "crossroad", tags=["priority_route"]),
+    # The crossroads follow no schedule here: what they hold is the devices' and the crisis's.
+    _eq("xr-dijon-0001", "crossroad", tags=["priority_route"], schedule=""),
     _eq("lc-dijon-0001", "lighting_circuit", tags=["road_lighting"], points=3),
-    _eq("veh-dijon-0001", "vehicle", role="gritter"),
-    _eq("xr-talant-0001", "crossroad", "talant", tags=["priority_route"]),
-    _eq("xr-ahuy-0001", "crossroad", "ahuy", tags=["priority_route"]),  # never reports
+    _eq("veh-dijon-0001", "vehicle", role="gritter", radio=True),
+    _eq("xr-talant-0001", "crossroad", "talant", tags=["priority_route"], schedule=""),
+    _eq("xr-ahuy-0001", "crossroad", "ahuy", tags=["priority_route"], schedule=""),  # never reports
 ))
 FIELD = [eq.id for eq in INVENTORY.equipment]
 CONFIG = HostConfig(checkpoint_interval_s=0.01, event_flush_interval_s=0.01,

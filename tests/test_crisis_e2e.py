@@ -16,15 +16,17 @@ from actors.plan import builtin_plans
 from runtime.bench.common import ApiClient, City
 from runtime.envelope import unpack
 from tests.conftest import poll
+from tests.fleet_fakes import next_local
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def city() -> Iterator[City]:
-    # Buildings too: the cameras name the buildings they watch.
+    # Buildings too: the cameras name the buildings they watch. The city's clock starts at
+    # 08:00 on a working day, outside the bollards' pedestrian hours (deliveries: down).
     with City(scale=0.05, kinds={"access_terminal", "building", "camera", "crossroad"},
-              say=lambda _: None) as c:
+              say=lambda _: None, clock_start=next_local(8)) as c:
         yield c
 
 

@@ -90,9 +90,12 @@ def test_the_shipped_plans_read_and_fit_the_demo_metropolis() -> None:
 
 def test_a_string_setpoint_names_the_entitys_municipality() -> None:
     book = parse_plans(GOOD, SRC)
-    gritter = Candidate("veh-talant-0001", "vehicle", "talant", role="gritter")
+    gritter = Candidate("veh-talant-0001", "vehicle", "talant", role="gritter", radio=True)
     assert book.plan("snow").resolve([gritter], ["talant"])["veh-talant-0001"].setpoints == {
         "message": "grit talant"}
+    # A crew message reaches only a vehicle with a radio: the others are not selected.
+    silent = Candidate("veh-talant-0002", "vehicle", "talant", role="gritter")
+    assert book.plan("snow").resolve([silent], ["talant"]) == {}
     assert book.plan("snow").resolve([gritter], ["dijon"]) == {}
     row = Candidate.from_row(gritter.to_row())
     assert row == gritter
@@ -125,6 +128,10 @@ def test_a_string_setpoint_names_the_entitys_municipality() -> None:
          "plan.flood.descripton", "unknown key 'descripton' (did you mean 'description'?"),
         ("[plan.snow]", "[plan.normal]", "[plan.normal]",
          "plan.normal", "'normal' is the mode without a plan"),
+        # A crossroad's plan number must name a signal plan (actors/signal_plans.toml).
+        ('kind = "vehicle"\nrole = "gritter"\nset = { message = "grit {municipality}" }',
+         'kind = "crossroad"\nset = { plan = 8 }', "plan = 8",
+         "plan.snow.step[0].set.plan", "no signal plan 8"),
     ],
 )
 def test_each_error_names_file_line_and_field(old: str, new: str, needle: str, field: str,
@@ -202,7 +209,7 @@ def test_a_plan_naming_equipment_roles_or_presets_the_inventory_lacks_is_refused
     parse_plans(long, SRC).check(_inventory())
     far = Equipment(id="veh-saint-apollinaire-0001", kind="vehicle",
                     municipality="saint-apollinaire", lat=47.33, lon=5.08, endpoint="mqtt",
-                    profile="vehicle", attrs={"role": "gritter"})
+                    profile="vehicle", attrs={"role": "gritter", "radio": True})
     with pytest.raises(PlanError) as info:
         parse_plans(long, SRC).check(_inventory(far))
     step_line = _line(long, 'kind = "vehicle"') - 1

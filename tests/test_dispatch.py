@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -93,9 +94,9 @@ class Rig:
 
     def report(self, vid: str, lat: float, lon: float, status: str = "available",
                job: str = "", job_state: str = "idle") -> None:
-        """A service vehicle's telemetry sample."""
+        """A service vehicle's telemetry sample, stamped now (an older one would be stale)."""
         self.seq += 1
-        self.device(vid, "telemetry", {"seq": self.seq, "ts": 1.0e9 + self.seq, "values": {
+        self.device(vid, "telemetry", {"seq": self.seq, "ts": time.time(), "values": {
             "lat": lat, "lon": lon, "speed": 0.0, "heading": 0.0, "role": "x",
             "status": status, "job": job, "job_state": job_state}})
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from actors.crossroad import Crossroad
+from actors.camera import Camera
 from actors.lighting import LightingCircuit, lamp_holds, lamp_writes
 from runtime.clock import Clock, SystemClock
 from runtime.device_port import DevicePort
@@ -404,7 +404,7 @@ def test_other_kinds_still_write_every_setpoint() -> None:
             return True
 
         async def read(self) -> Mapping[str, Any]:
-            raise AssertionError("a crossroad command does not read first")
+            raise AssertionError("a camera command does not read first")
 
         async def write(self, fields: Mapping[str, Any], *,
                         command_id: str) -> Mapping[str, Any]:
@@ -412,12 +412,13 @@ def test_other_kinds_still_write_every_setpoint() -> None:
             return fields
 
     port = Port()
-    entity = Crossroad(FakeCtx(make_equipment("xr-dijon-0001"), port))
+    entity = Camera(FakeCtx(make_equipment("cam-dijon-0001", "camera", profile="camera",
+                                           endpoint="mqtt"), port))
     run(entity.on_start(None))
-    run(entity.handle(Envelope(target="xr-dijon-0001", type="command", kind=MessageKind.COMMAND,
+    run(entity.handle(Envelope(target="cam-dijon-0001", type="command", kind=MessageKind.COMMAND,
                                payload={"command_id": "c6", "action": "set",
-                                        "params": {"plan": 3}})))
-    assert port.written == [{"plan": 3}]
+                                        "params": {"preset": 3}})))
+    assert port.written == [{"preset": 3}]
 
 
 # -- the device manager against the real lighting simulator --------------------------

@@ -15,7 +15,7 @@ from devices.modbus import ModbusServer, ModbusSession, ModbusSessions, parse_en
 from devices.profile import builtin_profile, load_profile
 from devices.sim.access import TRAVEL_S, AccessSimulator
 from devices.sim.lighting import LAMP_FAILED, LightingSimulator
-from devices.sim.traffic import TrafficSimulator
+from devices.sim.traffic import FACTORY_TABLE, TrafficSimulator
 from runtime.clock import ManualClock
 from runtime.embedded import free_port
 from runtime.errors import ConfigError, DeviceUnavailableError, ProtocolError, RejectedError
@@ -48,11 +48,19 @@ def equipment(n: int, kind: str, profile: str, port: int, **attrs: Any) -> list[
     ]
 
 
+#: Plans the controllers of :func:`with_traffic` hold besides their factory plan 1 (a
+#: controller refuses to select a plan its table does not hold).
+STOCKED = (4, 5, 12)
+
+
 async def with_traffic(
     body: Callable[[TrafficSimulator, ModbusSession, int], Awaitable[None]], n: int = 2
 ) -> None:
     port = free_port()
     sim = TrafficSimulator(equipment(n, "crossroad", "traffic_controller", port), autotick=False)
+    for eid in sim.ids:
+        for slot, number in enumerate(STOCKED, start=1):
+            sim.model(eid).slots[slot] = {**FACTORY_TABLE, "number": number}
     await sim.start()
     session = ModbusSession("127.0.0.1", port, timeout_s=TIMEOUT_S)
     try:
@@ -325,11 +333,22 @@ def test_traffic_cycle_and_priority() -> None:
         await session.write(1, *profile.encode_field("priority_request", 1))
         values = await read()
         assert values["priority_status"] == "refused" and values["phase"] == 0
-        # Unsafe: off straight to auto.
+        # From off, auto comes through flashing then all-red, as real controllers start;
+        # manual (hold a stage) cannot start a controller.
         await session.write(1, *profile.encode_field("mode", "off"))
         with pytest.raises(RejectedError) as err:
-            await session.write(1, *profile.encode_field("mode", "auto"))
+            await session.write(1, *profile.encode_field("mode", "manual"))
         assert err.value.code == "modbus_exception_3"
+        await session.write(1, *profile.encode_field("mode", "auto"))
+        modes = []
+        for _ in range(120):
+            values = await read()
+            if not modes or modes[-1] != values["mode"]:
+                modes.append(values["mode"])
+            assert values["phase"] == 0 or values["mode"] == "auto"
+            await sim.tick(0.1)
+        assert modes == ["start_flashing", "start_all_red", "auto"]
+        assert (await read())["phase"] == 1
         await session.write(1, *profile.encode_field("mode", "flashing"))
         await session.write(1, *profile.encode_field("mode", "auto"))
         assert (await read())["mode"] == "auto"
@@ -353,7 +372,9 @@ def test_each_answered_read_is_a_numbered_sample_and_hold_repeats_it() -> None:
             await session.read(1, first, 1)
         c = sim.device_counters()["cr-1"]
         assert (c.emitted, c.first_seq, c.last_seq) == (3, 1, 3)
-        assert c.points == 3 * (len(profile.fields) - 1)  # every field but seq, per sample
+        # Every field but seq, and every field of each plan table slot, per sample.
+        table = profile.block("plan_table")
+        assert c.points == 3 * (len(profile.fields) - 1 + len(table.fields) * table.count)
         sim.hold(True)
         again = profile.decode_registers(first, await session.read(1, first, count), {})
         assert again["seq"] == 3 and sim.device_counters()["cr-1"].emitted == 3
@@ -368,9 +389,9 @@ def test_writes_are_counted_as_actuations_or_repeats() -> None:
     profile = builtin_profile("traffic_controller")
 
     async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
-        await session.write(1, *profile.encode_field("plan", 7))
-        await session.write(1, *profile.encode_field("plan", 7))
-        await session.write(1, *profile.encode_field("plan", 8))
+        await session.write(1, *profile.encode_field("plan", 4))
+        await session.write(1, *profile.encode_field("plan", 4))
+        await session.write(1, *profile.encode_field("plan", 5))
         c = sim.device_counters()["cr-1"]
         assert (c.writes, c.actuations, c.repeats) == (3, 2, 1)
         await sim.fault("cr-1", "controller", True)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.signal_plan import table_fields
 from devices.profile import (
     FieldSpec,
     builtin_names,
@@ -38,14 +39,22 @@ def test_builtin_modbus_profiles_load() -> None:
 
 def test_traffic_controller_fields() -> None:
     p = builtin_profile("traffic_controller")
-    assert p.field("mode").choices == ("auto", "manual", "flashing", "off")
+    # Appended, never reordered: a choice's index is its value on the wire.
+    assert p.field("mode").choices == ("auto", "manual", "flashing", "off", "all_red",
+                                       "start_flashing", "start_all_red")
     assert p.field("mode").reconcile == "alarm"
     assert p.field("plan").reconcile == "reapply"
     assert (p.field("plan").min, p.field("plan").max) == (1.0, 32.0)
     assert p.field("priority_status").choices == ("idle", "granted", "refused", "served")
     assert set(p.writable()) == {"plan", "mode", "priority_request"}
     assert "phases" in p.description
-    assert p.register_span({}) == (0, 8)
+    # The plan table's four slots, one per stride, each a signal plan's registers.
+    table = p.block("plan_table")
+    assert (table.count, table.stride) == (4, 28)
+    assert [f.name for f in table.fields] == list(table_fields())
+    assert all(f.writable for f in table.fields)
+    # One read of at most 125 registers covers the whole controller.
+    assert p.register_span({}) == (0, 122)
 
 
 def test_lighting_block_count_follows_attrs() -> None:

@@ -82,7 +82,8 @@ class AlarmsCoordinator(Entity):
         except MalformedMessageError:
             self.book = AlarmBook(self.ctx.clock)
             self.ctx.emit("alarm_book_reset", reason="unreadable checkpoint")
-        self.ctx.start_timer("tick", _TICK_S, "tick", repeat=True)
+        # One tick a second of the machine's time, however fast the city's clock runs.
+        self.ctx.start_timer("tick", _TICK_S * self.ctx.clock.speed, "tick", repeat=True)
         self._publish()
 
     def checkpoint(self) -> Checkpoint:

@@ -32,7 +32,9 @@ asked again: a field last set by a command that is neither the plan's nor the
 one before the crisis was set by an operator during the crisis, and is kept.
 
 The setpoints travel the normal command path: journaled with ids
-``crisis-{activation}-{entity}`` (restores carry the deactivation's id), once
+``crisis-{activation}-{entity}`` (restores carry the deactivation's id and the
+caller ``crisis:restore``, and go to a kind that holds a plan's setpoints as a layer,
+such as an access terminal, even when the value is in force, to release it), once
 the coordinator's checkpoint holding them is durable (``ctx.submit``), so a
 restarted coordinator sends them again under the same ids and the store
 journals none twice. Their statuses are followed from the store every
@@ -57,6 +59,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from actors.control.alarms import caller_identity
+from actors.equipment import CRISIS_CALLER, CRISIS_RESTORE_CALLER
 from actors.plan import NORMAL, Candidate, PlanBook, builtin_plans, builtin_text, parse_plans
 from actors.registry import BEHAVIOURS
 from runtime.commands import TERMINAL, Command, CommandStatus, check_command_shape, shown
@@ -65,13 +68,15 @@ from runtime.envelope import Envelope, MessageKind, pack
 from runtime.errors import InvalidCommandError, RejectedError
 from runtime.inventory import Inventory
 
-__all__ = ["ASK_TIMEOUT_S", "CALLER", "FOLLOW_S", "READ_MODEL", "CrisisCoordinator",
-           "command_id"]
+__all__ = ["ASK_TIMEOUT_S", "CALLER", "FOLLOW_S", "READ_MODEL", "RESTORE_CALLER",
+           "CrisisCoordinator", "command_id"]
 
 #: The read model's name (``view:crisis`` in the store).
 READ_MODEL: Final = "crisis"
-#: The caller of every command the coordinator journals.
-CALLER: Final = "crisis"
+#: The caller of every command the coordinator journals: a plan's setpoints, and the
+#: restores that put back what an ended plan had set (``crisis:restore``).
+CALLER: Final = CRISIS_CALLER
+RESTORE_CALLER: Final = CRISIS_RESTORE_CALLER
 #: How long an entity may take to tell its state; past it, the plan goes on without it.
 ASK_TIMEOUT_S: Final = 5.0
 #: How often the statuses of pending setpoints are read from the store.
@@ -294,7 +299,7 @@ class CrisisCoordinator(Entity):
             self.ctx.send(env)
             sent = True
         if sent:
-            self.ctx.start_timer("asks", ASK_TIMEOUT_S, "asks_due")
+            self.ctx.start_timer("asks", ASK_TIMEOUT_S * self.ctx.clock.speed, "asks_due")
 
     async def on_reply(self, msg: Envelope) -> None:
         """An entity's state (``get_state``), for its baseline or its restore."""
@@ -367,7 +372,9 @@ class CrisisCoordinator(Entity):
             if operator_set(name):
                 self._keep(r, eid, name, effective.get(name), str(set_by.get(name)),
                            "operator")
-            elif unsure or effective.get(name) != base[name]:
+            elif (unsure or effective.get(name) != base[name]
+                  or (behaviour is not None and behaviour.CRISIS_LAYER)):
+                # A kind that holds the plan's setpoints as a layer is told to release it.
                 restore[name] = base[name]
             del base[name]
             base_by.pop(name, None)
@@ -390,7 +397,8 @@ class CrisisCoordinator(Entity):
     # -- journaling and following -----------------------------------------------------
     def _command(self, eid: str, r: Mapping[str, Any]) -> Command:
         return Command(command_id=r["command"], target=eid, action="set",
-                       params=dict(r["params"]), caller=CALLER,
+                       params=dict(r["params"]),
+                       caller=RESTORE_CALLER if r["phase"] == RESTORE else CALLER,
                        created_ts=self.ctx.clock.time(),
                        deadline_ts=self.ctx.clock.time() + COMMAND_DEADLINE_S)
 
@@ -417,7 +425,7 @@ class CrisisCoordinator(Entity):
     async def _journal(self, commands: Sequence[Command]) -> None:
         stored = await self.ctx.submit(commands)
         self._settle({c.command_id: c for c in stored})
-        self.ctx.start_timer("follow", FOLLOW_S, "follow", repeat=True)
+        self.ctx.start_timer("follow", FOLLOW_S * self.ctx.clock.speed, "follow", repeat=True)
 
     async def on_follow(self, msg: Envelope) -> None:
         """Read the statuses of the pending setpoints; stop following once none is."""

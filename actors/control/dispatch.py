@@ -9,7 +9,8 @@ An intervention moves ``new → assigned → en_route → on_site → done``, or
   intervention; a new one opens only once that one is closed);
 * an **index of the fleet**: each service vehicle's position, reported
   ``status`` (``available``, ``busy``, ``out_of_service``), role, radio, whether
-  its device is online, and the job it reports. Vehicles send it themselves
+  its device is online, whether its position is stale (too old to assign on),
+  and the job it reports. Vehicles send it themselves
   (``vehicle_state`` messages, :class:`actors.vehicle.Vehicle`): at once on a
   change of status, job or session, at most every 5 s while moving, at least
   every 60 s. Those are messages between entities, batched between hosts and
@@ -164,7 +165,8 @@ class DispatchCoordinator(Entity):
         # Commands sent and not answered yet: envelope id -> (intervention, command id).
         self._pending: dict[str, tuple[str, str]] = {}
         self._fleet_dirty = True
-        self.ctx.start_timer("tick", _TICK_S, "tick", repeat=True)
+        # Housekeeping (resends, the read model) keeps the machine's pace on a fast clock.
+        self.ctx.start_timer("tick", _TICK_S * self.ctx.clock.speed, "tick", repeat=True)
         self._assign_waiting()
         self._publish()
         self._publish_fleet()
@@ -354,7 +356,7 @@ class DispatchCoordinator(Entity):
             "role": str(p.get("role") or ""), "radio": p.get("radio") is True,
             "lat": lat, "lon": lon, "status": str(p.get("status") or ""),
             "online": p.get("online") is True, "job": str(p.get("job") or ""),
-            "job_state": str(p.get("job_state") or ""),
+            "job_state": str(p.get("job_state") or ""), "stale": p.get("stale") is True,
             "ts": _number(p.get("ts")) or self.ctx.clock.time(),
             "assigned": old.get("assigned"),
         }
@@ -503,7 +505,8 @@ class DispatchCoordinator(Entity):
             del self.excluded[vid]
         for rec in self.interventions.values():
             if (rec["state"] == "assigned" and not rec.get("job_acked")
-                    and now - float(rec.get("sent_ts") or 0.0) >= _RESEND_S):
+                    and now - float(rec.get("sent_ts") or 0.0)
+                    >= _RESEND_S * self.ctx.clock.speed):
                 self._send_job(rec)
         gone = [iid for iid, r in self.interventions.items()
                 if r["state"] in CLOSED and now - float(r["updated_ts"]) > RETAIN_CLOSED_S]
@@ -544,9 +547,9 @@ class DispatchCoordinator(Entity):
 
 
 def _usable(v: Mapping[str, Any]) -> bool:
-    """Whether a vehicle may take a job now (excluded ones aside)."""
+    """Whether a vehicle may take a job now (excluded ones aside): never on a stale position."""
     return bool(v) and v.get("online") is True and v.get("status") == "available" \
-        and not v.get("assigned")
+        and not v.get("assigned") and not v.get("stale")
 
 
 def _job_command(rec: Mapping[str, Any]) -> str:

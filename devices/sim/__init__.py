@@ -65,6 +65,15 @@ class DeviceModel(abc.ABC):
         Returns ``None`` when accepted, else the Modbus exception code answered.
         """
 
+    def check_write(self, writes: Sequence[tuple[str | None, int, str, Any]]) -> int | None:
+        """The exception code refusing a client's write request as a whole, or ``None``.
+
+        Asked with every value of one request (``(block, index, name, value)``) before
+        any is applied, so that a device may judge what they make together (a plan
+        table that would be unsafe) and refuse all of them.
+        """
+        return None
+
     def fanout(self, block: str | None, index: int, name: str,
                value: Any) -> tuple[int, int] | None:
         """``(changed, unchanged)`` points a write of ``value`` to ``name`` would set, when it
@@ -398,6 +407,7 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             refused = self._write(device, address, values)
             if refused is not None:
                 self.counters.writes_refused += 1
+                device.counters.refused += 1
             return refused
 
         return on_write
@@ -471,7 +481,11 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             ):
                 return EXC_ILLEGAL_VALUE
             decoded.append((block, index, spec.name, value))
-            fan = device.model.fanout(block, index, spec.name, value)
+        refused = device.model.check_write(decoded)
+        if refused is not None:
+            return refused
+        for block, index, name, value in decoded:
+            fan = device.model.fanout(block, index, name, value)
             if fan is not None:
                 fanned = (fanned[0] + fan[0], fanned[1] + fan[1])
         for block, index, name, value in decoded:
@@ -483,6 +497,8 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         for n, points_changed in ((fanned[0], True), (fanned[1], False)):
             for _ in range(n):
                 device.counters.write(points_changed)
-        # Derived registers (a status the write changed) are visible to the next read.
-        self._publish(device)
+        # Derived registers (a status the write changed) are visible to the next read, and
+        # so is a written register the device holds otherwise (a mode it goes to by steps):
+        # the server stores the written values after this hook, the next read publishes.
+        device.stale = True
         return None

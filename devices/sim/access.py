@@ -3,7 +3,10 @@
 Writing ``request`` = ``raise`` or ``lower`` moves the bollard through ``moving``
 for :data:`TRAVEL_S` to ``up`` or ``down``; the terminal then resets ``request``
 to ``none``. A request while the bollard moves is refused with Modbus exception
-6 (device busy); any request while a fault bit is set with exception 4.
+6 (device busy); any request while the controller fault bit is set with
+exception 4. Faults (control channel): ``controller`` sets fault bit 0;
+``forced`` is a forced passage: bit 1 set (held until cleared) and, a raised
+bollard having been driven down, the bollard reported ``down``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from devices.sim import (
 from runtime.clock import Clock
 from runtime.inventory import Equipment
 
-__all__ = ["TRAVEL_S", "AccessModel", "AccessSimulator"]
+__all__ = ["CONTROLLER_FAULT", "FORCED_PASSAGE", "TRAVEL_S", "AccessModel", "AccessSimulator"]
 
 TRAVEL_S: Final = 3.0
+#: Fault bits (profile ``access_terminal``): a controller fault, a forced passage.
+CONTROLLER_FAULT: Final = 0x0001
+FORCED_PASSAGE: Final = 0x0002
 
 
 class AccessModel(DeviceModel):
@@ -51,7 +57,7 @@ class AccessModel(DeviceModel):
             return EXC_ILLEGAL_VALUE
         if value == "none":
             return EXC_DEVICE_BUSY if self.target is not None else None
-        if self.fault_bits:
+        if self.fault_bits & CONTROLLER_FAULT:
             return EXC_DEVICE_FAILURE
         if self.target is not None:
             return EXC_DEVICE_BUSY
@@ -99,11 +105,16 @@ class AccessSimulator(ModbusSimulator[AccessModel]):
         return AccessModel(self.travel_s)
 
     def fault_names(self) -> tuple[str, ...]:
-        return ("controller",)
+        return ("controller", "forced")
 
     def apply_fault(self, equipment_id: str, name: str, on: bool) -> None:
-        """``controller``: fault bit 1 raised (or every bit cleared)."""
-        self.model(equipment_id).fault_bits = 1 if on else 0
+        """``controller``: fault bit 0; ``forced``: a forced passage (bit 1, and a raised
+        bollard driven down). Clearing one clears its bit."""
+        model = self.model(equipment_id)
+        bit = CONTROLLER_FAULT if name == "controller" else FORCED_PASSAGE
+        model.fault_bits = model.fault_bits | bit if on else model.fault_bits & ~bit
+        if name == "forced" and on and model.target is None:
+            model.bollard = "down"
 
     def set_fault_bits(self, equipment_id: str, bits: int) -> None:
         """Raise (or clear, with 0) fault bits of a terminal."""

@@ -23,7 +23,8 @@ Requests and answers are JSON:
 ``POST /storm``                   ``{"ids": [...], "seconds": s}``: silent together, then back
 ``POST /loss``                    ``{"rate": 0..1}``: MQTT telemetry dropped after it was counted
 ``POST /pace``                    ``{"speedup": >= 1}``: service-vehicle crews drive and work faster
-``GET  /values/{id}``             the values the device holds (what writes changed)
+``GET  /values/{id}``             the values the device holds (what writes changed); a
+                                  lighting cabinet adds ``sim`` (its own power integral)
 ================================  =================================================
 
 Per device, ``counters`` are:
@@ -44,9 +45,12 @@ Per device, ``counters`` are:
 
 Fault names: ``offline`` (any device), ``fire`` and ``intrusion`` (``bms``,
 zone 1), ``door_forced`` (``bms``), ``mains`` and ``door`` (``lighting_cabinet``),
-``lamp`` (``lighting_cabinet``: lamp 1 failed), ``controller`` (``traffic_controller``
-fault bits), ``tamper`` (``camera``: one tamper event), ``out_of_service``
-(``service_vehicle``: the crew reports itself out of service while on).
+``lamp`` (``lighting_cabinet``: lamp 1 failed), ``counter_reset`` and
+``counter_wrap`` (``lighting_cabinet``: energy counters to 0, or just short of 2^32),
+``controller`` (``traffic_controller`` fault bits), ``controller`` and ``forced``
+(``access_terminal``: a controller fault, a forced passage), ``tamper`` (``camera``: one
+tamper event), ``out_of_service`` (``service_vehicle``: the crew reports itself out of
+service while on).
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class DeviceCounters:
     writes: int = 0
     actuations: int = 0
     repeats: int = 0
+    refused: int = 0  # write requests the device answered with an exception
 
     def sample(self, seq: int, points: int) -> None:
         """Count one emitted sample numbered ``seq`` carrying ``points`` values."""

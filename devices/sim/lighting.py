@@ -6,28 +6,42 @@ its energy counter integrates that power, and it fails at random at
 fault bit :data:`LAMP_FAILED` and draws nothing. Dimming and switching come
 from clients' writes to a lamp's ``on`` and ``dim``, or to ``broadcast_on`` and
 ``broadcast_dim``, which set every lamp of the cabinet at once.
+
+A cabinet's lamps draw ``attrs.lamp_w`` at full power when the inventory says
+so. The simulator keeps its own integral of each cabinet's lamp power
+(``burnt_wh``, never reset nor wrapped) and the city time of the last writes
+it took (``write_ts``), both under ``sim`` in the control channel's
+``/values/{id}``; the faults ``counter_reset`` (every lamp's ``energy_wh``
+back to 0) and ``counter_wrap`` (every counter :data:`WRAP_HEADROOM_WH` short
+of 2^32, so that it wraps around soon) try the meter's arithmetic.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from devices.profile import Profile, builtin_profile
-from devices.sim import EXC_ILLEGAL_VALUE, DeviceModel, ModbusSimulator
+from devices.sim import EXC_ILLEGAL_VALUE, DeviceModel, ModbusSimulator, _Device
 from runtime.clock import Clock
 from runtime.inventory import Equipment
 
-__all__ = ["LAMP_FAILED", "Lamp", "LightingModel", "LightingSimulator"]
+__all__ = ["LAMP_FAILED", "WRAP_HEADROOM_WH", "Lamp", "LightingModel", "LightingSimulator"]
 
 #: A LED lamp's failure rate (per lamp and hour): half a percent a year, as a city's
 #: LED stock fails; tests raise failures through the control channel.
 LAMP_FAILURES_PER_H: Final = 0.005 / 8766.0
 #: Fault bit of a lamp that has failed.
 LAMP_FAILED: Final = 0x0001
+#: How far below 2^32 the ``counter_wrap`` fault sets each lamp's energy counter (Wh): a
+#: few hours of a lamp, so that a poll sees the counter high before it wraps.
+WRAP_HEADROOM_WH: Final = 200
+#: Write times a cabinet remembers for the control channel.
+_WRITE_STAMPS: Final = 256
 
 
 @dataclass(slots=True)
@@ -57,6 +71,10 @@ class LightingModel(DeviceModel):
         self.broadcast_on = True
         self.broadcast_dim = 100
         self.failures = 0
+        self.burnt_wh = 0.0
+        self.counter_resets = 0
+        self.counter_wraps = 0
+        self.write_ts: deque[float] = deque(maxlen=_WRITE_STAMPS)
         self._update_power()
 
     def values(self) -> dict[str, Any]:
@@ -136,6 +154,19 @@ class LightingModel(DeviceModel):
         self._update_power()
         for lamp in self.lamps:
             lamp.energy_wh += lamp.power_w * dt / 3600.0
+            self.burnt_wh += lamp.power_w * dt / 3600.0
+
+    def reset_counters(self) -> None:
+        """Every lamp's energy counter back to 0 (a replaced meter, a cabinet reset)."""
+        for lamp in self.lamps:
+            lamp.energy_wh = 0.0
+        self.counter_resets += 1
+
+    def near_wrap(self) -> None:
+        """Every lamp's energy counter :data:`WRAP_HEADROOM_WH` short of 2^32."""
+        for lamp in self.lamps:
+            lamp.energy_wh = float((1 << 32) - WRAP_HEADROOM_WH)
+        self.counter_wraps += 1
 
 
 class LightingSimulator(ModbusSimulator[LightingModel]):
@@ -171,19 +202,25 @@ class LightingSimulator(ModbusSimulator[LightingModel]):
         )
 
     def make_model(self, equipment: Equipment) -> LightingModel:
+        lamp_w = equipment.attrs.get("lamp_w", self.nominal_w)
         return LightingModel(
             self.profile.count("lamp", equipment.attrs),
-            nominal_w=self.nominal_w,
+            nominal_w=float(lamp_w) if isinstance(lamp_w, int | float) else self.nominal_w,
             failure_rate_per_h=self.failure_rate_per_h,
             rng=random.Random(f"{self.seed}:{equipment.id}"),
         )
 
     def fault_names(self) -> tuple[str, ...]:
-        return ("mains", "door", "earth_fault", "lamp")
+        return ("mains", "door", "earth_fault", "lamp", "counter_reset", "counter_wrap")
 
     def apply_fault(self, equipment_id: str, name: str, on: bool) -> None:
-        """``mains`` lost, cabinet ``door`` open, ``earth_fault``, or lamp 1 failed."""
+        """``mains`` lost, cabinet ``door`` open, ``earth_fault``, lamp 1 failed, or the
+        energy counters reset to 0 or set to wrap around soon (``on`` only)."""
         model = self.model(equipment_id)
+        if name in ("counter_reset", "counter_wrap"):
+            if on:
+                (model.reset_counters if name == "counter_reset" else model.near_wrap)()
+            return
         if name == "lamp":
             if on:
                 model.fail(0)
@@ -222,3 +259,21 @@ class LightingSimulator(ModbusSimulator[LightingModel]):
                 setattr(model, name, value)
         model._update_power()
         self.counters.faults_injected += 1
+
+    def held_values(self, device_id: str) -> dict[str, Any]:
+        """The values the cabinet holds, and under ``sim`` what the simulator knows of it:
+        ``burnt_wh`` (its lamps' power integrated), ``counter_resets``, ``counter_wraps``,
+        ``failed`` (lamps failed) and ``write_ts`` (city time of its last writes)."""
+        model = self._device_checked(device_id).model
+        return {**model.values(), "sim": {
+            "burnt_wh": model.burnt_wh, "counter_resets": model.counter_resets,
+            "counter_wraps": model.counter_wraps,
+            "failed": sum(1 for lamp in model.lamps if lamp.fault_bits & LAMP_FAILED),
+            "write_ts": list(model.write_ts)}}
+
+    def _write(self, device: _Device[LightingModel], address: int,
+               values: list[int]) -> int | None:
+        refused = super()._write(device, address, values)
+        if refused is None:
+            device.model.write_ts.append(self.clock.time())
+        return refused

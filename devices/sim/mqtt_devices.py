@@ -14,15 +14,19 @@ CONTRACT.md and in the shape of their profiles::
   municipality's centre), back and forth, on a timetable with a stop every
   400 m; their lateness ``delay_s`` drifts as a bounded random walk and their
   position is the timetable's position ``delay_s`` seconds ago, so speed and
-  heading stay consistent with the track.
+  heading stay consistent with the track. They report their ``direction``
+  (``outbound`` from the line's first stop, ``inbound`` back) and ``next_stop``
+  (``{line}-{nn}``, numbered from the first stop).
 * Service vehicles wait parked (at their base, then where their last job
   was) and report ``available``; given a job (``job``, ``job_lat``,
   ``job_lon``, written by dispatch) the crew reports ``busy``, drives there at
   town speed (``job_state`` ``en_route``), works a few minutes (``on_site``),
   then reports ``done`` and ``available`` again; a sample goes out at once at
-  each step. :meth:`MqttDeviceSimulator.set_pace` makes crews drive and work
-  faster (a bench's accelerated day); fault ``out_of_service`` takes a vehicle
-  out of service (it reports ``out_of_service`` until the fault is cleared).
+  each step. A vehicle without a radio (``attrs.radio`` not true) refuses a crew
+  ``message`` (counted in ``radio_refused``). :meth:`MqttDeviceSimulator.set_pace`
+  makes crews drive and work faster (a bench's accelerated day); fault
+  ``out_of_service`` takes a vehicle out of service (it reports ``out_of_service``
+  until the fault is cleared).
 * Cameras send a heartbeat every profile period and raise ``motion`` (mostly)
   or ``tamper`` events at random (QoS 1).
 * Commands on ``city/+/+/+/cmd`` with action ``set`` change the profile's
@@ -112,6 +116,8 @@ ROLE_SPEED_MS: Final = {
     "police": 12.0,
     "waste": 7.0,
     "maintenance": 9.0,
+    "green_areas": 8.0,
+    "fire_safety": 13.0,
 }
 
 
@@ -272,11 +278,15 @@ class _Bus(_Device):
             previous = self.last_progress
         self.last_now, self.last_progress = now, progress
         speed = min(60.0, max(0.0, progress - previous) / dt)
+        stops = math.ceil(self.route.length / BUS_STOP_SPACING_M)
+        ahead = min(stops, math.floor(d / BUS_STOP_SPACING_M + 1e-9) + 1)  # stops of this way
         if leg % 2 == 0:
             x, y, heading = self.route.at(d)
+            direction, next_stop = "outbound", ahead
         else:
             x, y, heading = self.route.at(self.route.length - d)
             heading = (heading + 180.0) % 360.0
+            direction, next_stop = "inbound", stops - ahead
         lat, lon = _to_lat_lon(self.origin, x, y)
         out: dict[str, Any] = {
             "ts": now,
@@ -286,6 +296,8 @@ class _Bus(_Device):
             "heading": round(heading, 1) % 360.0,
             "seq": self.next_seq(),
             "line": self.line,
+            "direction": direction,
+            "next_stop": f"{self.line}-{next_stop:02d}",
             "delay_s": round(self.delay, 1),
         }
         # Only once set: the position messages keep their size on the priority path.
@@ -309,6 +321,7 @@ class _ServiceVehicle(_Device):
         self.role = role if role in spec.choices else spec.choices[-1]
         self.origin: _Point = (equipment.lat, equipment.lon)
         self.cruise = ROLE_SPEED_MS.get(self.role, 8.0)
+        self.radio = equipment.attrs.get("radio") is True
         self.x = self.y = 0.0
         self.heading = rng.uniform(0.0, 360.0)
         self.out_of_service = False
@@ -487,6 +500,7 @@ class MqttDeviceSimulator:
         self._tasks: list[asyncio.Task[None]] = []
         self.acks = 0
         self.commands_refused = 0
+        self.radio_refused = 0  # crew messages sent to a vehicle without radio
         self.bad_commands = 0
         self.telemetry_dropped = 0
         self.late = 0
@@ -883,6 +897,9 @@ class MqttDeviceSimulator:
         params: dict[str, Any] = command["params"]
         if not params:
             return "set needs at least one parameter"
+        if "message" in params and isinstance(device, _ServiceVehicle) and not device.radio:
+            self.radio_refused += 1
+            return f"{device.id} has no radio: a crew message cannot reach it"
         writable = device.profile.writable()
         values: dict[str, Any] = {}
         for name, value in params.items():

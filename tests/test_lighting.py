@@ -1,0 +1,505 @@
+"""Lighting circuits on an injected clock: a whole night of the road-lighting schedule in
+seconds, operators' overrides that expire, crisis layers, restarts across a transition,
+lamps set one by one, and energy metered from counters that reset and wrap."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import pytest
+
+from actors.lighting import (
+    COUNTER_RANGE,
+    LightingCircuit,
+    circuit_schedule,
+    counter_delta,
+    energy_model_name,
+    lit_seconds,
+)
+from actors.schedule import Timetable
+from runtime.clock import CITY_TZ, Clock, ManualClock
+from runtime.commands import Command
+from runtime.device_port import DevicePort
+from runtime.entity import Checkpoint
+from runtime.envelope import Envelope, MessageKind, unpack
+from runtime.errors import InvalidCommandError, RejectedError
+from runtime.inventory import Equipment
+from tests.helpers import make_equipment
+from tests.test_equipment import FakeCabinet
+
+T = TypeVar("T")
+
+#: Noon, local time, on a November Monday in Dijon: the night to come is a long one.
+NOON: float = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=CITY_TZ).timestamp()
+
+
+class TimedCabinet(FakeCabinet):
+    """A fake cabinet that stamps each write with the city's time."""
+
+    def __init__(self, clock: Clock, lamps: int = 4) -> None:
+        super().__init__(lamps)
+        self.clock = clock
+        self.stamps: list[float] = []
+
+    async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
+        self.stamps += [self.clock.time()] * len(fields)
+        return await super().write(fields, command_id=command_id)
+
+    def levels(self) -> set[tuple[bool, int]]:
+        return {(bool(lamp["on"]), int(lamp["dim"])) for lamp in self.lamps}
+
+
+class TimerCtx:
+    """An EntityContext whose timers run on a :class:`ManualClock`, one message at a time."""
+
+    def __init__(self, equipment: Equipment, device: DevicePort | None, clock: ManualClock
+                 ) -> None:
+        self._equipment = equipment
+        self._device = device
+        self._clock = clock
+        self.entity: LightingCircuit | None = None
+        self.lock = asyncio.Lock()
+        self.timers: dict[str, asyncio.Task[None]] = {}
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.models: dict[str, dict[str, Any]] = {}
+
+    @property
+    def id(self) -> str:
+        return self._equipment.id
+
+    @property
+    def equipment(self) -> Equipment:
+        return self._equipment
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def device(self) -> DevicePort | None:
+        return self._device
+
+    def send(self, env: Envelope) -> None:
+        pass
+
+    def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
+        pass
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    def start_timer(self, name: str, delay_s: float, type: str, payload: Any = None, *,
+                    repeat: bool = False) -> None:
+        self.cancel_timer(name)
+
+        async def fire() -> None:
+            await self._clock.sleep(delay_s)
+            del self.timers[name]
+            assert self.entity is not None
+            async with self.lock:
+                await self.entity.handle(Envelope(target=self.id, type=type, payload=payload,
+                                                  sender=self.id, kind=MessageKind.CONTROL))
+
+        self.timers[name] = asyncio.get_running_loop().create_task(fire())
+
+    def cancel_timer(self, name: str) -> None:
+        task = self.timers.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    def cancel_all(self) -> None:
+        for name in list(self.timers):
+            self.cancel_timer(name)
+
+    def publish_view(self, view: Mapping[str, Any]) -> None:
+        pass
+
+    def publish_read_model(self, name: str, data: bytes) -> None:
+        self.models[name] = unpack(data)
+
+    def observe(self, metric: str, value: float) -> None:
+        pass
+
+    async def submit(self, commands: Sequence[Command]) -> list[Command]:
+        raise AssertionError("a circuit journals no command")
+
+    async def commands(self, ids: Sequence[str]) -> dict[str, Command]:
+        return {}
+
+
+def road_circuit(**attrs: Any) -> Equipment:
+    return make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
+                          endpoint="modbus://127.0.0.1:15030/1",
+                          attrs={"points": 4, "schedule": "road_lighting", **attrs})
+
+
+def night_of(eq: Equipment) -> dict[str, float]:
+    """When each step of the circuit's schedule happens in the night after :data:`NOON`."""
+    schedule = circuit_schedule(eq)
+    assert schedule is not None
+    table = Timetable(schedule, eq.lat, eq.lon)
+    out: dict[str, float] = {}
+    t = NOON
+    while len(out) < len(schedule.steps):
+        nxt = table.next_after(t)
+        assert nxt is not None
+        out[nxt.step.name] = nxt.at
+        t = nxt.at
+    return out
+
+
+class Night:
+    """A circuit, its fake cabinet and a manual clock, started at :data:`NOON`."""
+
+    def __init__(self, eq: Equipment | None = None, lamps: int = 4) -> None:
+        self.clock = ManualClock(start=0.0, wall_offset=NOON)
+        self.eq = eq or road_circuit()
+        self.cabinet = TimedCabinet(self.clock, lamps)
+        self.ctx: TimerCtx | None = None
+        self.entity: LightingCircuit | None = None
+
+    async def start(self, saved: Checkpoint | None = None) -> LightingCircuit:
+        self.ctx = TimerCtx(self.eq, self.cabinet, self.clock)
+        self.entity = LightingCircuit(self.ctx)
+        self.ctx.entity = self.entity
+        async with self.ctx.lock:
+            await self.entity.on_start(saved)
+        await self.clock.advance(0)
+        return self.entity
+
+    def stop(self) -> Checkpoint:
+        assert self.ctx is not None and self.entity is not None
+        self.ctx.cancel_all()
+        return self.entity.checkpoint()
+
+    async def until(self, t: float) -> None:
+        await self.clock.advance(t - self.clock.time())
+
+    async def command(self, cid: str, caller: str = "user:ana:operator", **params: Any) -> Any:
+        assert self.ctx is not None and self.entity is not None
+        async with self.ctx.lock:
+            return await self.entity.handle(Envelope(
+                id=cid, target=self.eq.id, type="command", sender="journal",
+                kind=MessageKind.COMMAND,
+                payload={"command_id": cid, "action": "set", "params": params,
+                         "caller": caller}))
+
+
+def run(test: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(test(), 30.0)
+
+    return asyncio.run(bounded())
+
+
+# -- the schedule through a night ---------------------------------------------------------
+
+def test_a_night_of_road_lighting_writes_each_step_once_at_its_time() -> None:
+    async def body() -> None:
+        night = Night()
+        times = night_of(night.eq)
+        assert list(times) == ["dusk", "late_evening", "night", "before_dawn", "dawn"]
+        entity = await night.start()
+        # At noon the step in force is the morning's dawn: the lamps go off, once each.
+        assert night.cabinet.levels() == {(False, 100)}
+        assert len(night.cabinet.writes) == 4
+        assert entity.state["schedule"]["step"] == "dawn"
+        expected = {"dusk": (True, 100), "late_evening": (True, 70), "night": (True, 50),
+                    "before_dawn": (True, 100), "dawn": (False, 100)}
+        for step, level in expected.items():
+            before = len(night.cabinet.writes)
+            await night.until(times[step] - 1.0)
+            assert len(night.cabinet.writes) == before, f"nothing written before {step}"
+            await night.until(times[step] + 1.0)
+            assert night.cabinet.levels() == {level}, step
+            # One write per lamp that needs it: dusk switches on (dim already 100), the
+            # dimming steps change dim, dawn switches off.
+            assert len(night.cabinet.writes) == before + 4, step
+            late = [s - times[step] for s in night.cabinet.stamps[before:]]
+            assert all(0 <= d < 1.0 for d in late), (step, late)
+            view = entity.schedule_view()
+            assert view is not None
+            assert (view["name"], view["step"], view["since"]) == (
+                "road_lighting", step, round(times[step], 3))
+            assert view["next"]["at"] > times[step]
+        assert night.cabinet.repeats == 0
+        # The times are astral's for Dijon: dusk in the evening, dawn the next morning.
+        dusk = datetime.datetime.fromtimestamp(times["dusk"], CITY_TZ)
+        dawn = datetime.datetime.fromtimestamp(times["dawn"], CITY_TZ)
+        assert 16 <= dusk.hour <= 17 and 7 <= dawn.hour <= 8 and dawn.day == dusk.day + 1
+        night.stop()
+
+    run(body)
+
+
+def test_offsets_from_the_inventory_move_dusk_and_dawn() -> None:
+    base = night_of(road_circuit())
+    moved = night_of(road_circuit(on_offset_min=25, off_offset_min=0))
+    assert moved["dusk"] - base["dusk"] == pytest.approx(15 * 60)
+    assert moved["dawn"] - base["dawn"] == pytest.approx(10 * 60)
+    assert moved["late_evening"] == base["late_evening"]
+
+
+def test_a_circuit_without_schedule_is_not_driven() -> None:
+    async def body() -> None:
+        night = Night(make_equipment("lc-dijon-0002", "lighting_circuit",
+                                     profile="lighting_cabinet",
+                                     endpoint="modbus://127.0.0.1:15030/2", attrs={"points": 4}))
+        entity = await night.start()
+        await night.until(NOON + 86_400)
+        assert night.cabinet.writes == [] and "schedule" not in entity.state
+        assert entity.schedule_view() is None
+        night.stop()
+
+    run(body)
+
+
+def test_a_restart_across_a_transition_applies_it_once() -> None:
+    async def body() -> None:
+        night = Night()
+        times = night_of(night.eq)
+        await night.start()
+        await night.until(times["late_evening"] - 60)
+        saved = night.stop()  # the host dies a minute before 23:00 ...
+        await night.until(times["late_evening"] + 300)  # ... and is back five minutes later
+        before = len(night.cabinet.writes)
+        entity = await night.start(saved)
+        assert night.cabinet.levels() == {(True, 70)}
+        assert len(night.cabinet.writes) == before + 4
+        assert entity.state["schedule"]["step"] == "late_evening"
+        # Another restart within the same step applies nothing again.
+        saved = night.stop()
+        await night.until(times["late_evening"] + 600)
+        await night.start(saved)
+        assert len(night.cabinet.writes) == before + 4 and night.cabinet.repeats == 0
+        # ... and the next transition still comes.
+        await night.until(times["night"] + 1)
+        assert night.cabinet.levels() == {(True, 50)}
+        night.stop()
+
+    run(body)
+
+
+# -- overrides and crisis -------------------------------------------------------------
+
+def test_an_operator_override_expires_by_itself() -> None:
+    async def body() -> None:
+        night = Night()
+        times = night_of(night.eq)
+        entity = await night.start()
+        await night.until(times["late_evening"] + 1800)
+        await night.command("c1", dim=30, for_s=600)
+        assert night.cabinet.levels() == {(True, 30)}
+        layer = entity.state["layers"]["operator"]
+        assert layer["until"] == pytest.approx(night.clock.time() + 600)
+        await night.until(night.clock.time() + 599)
+        assert night.cabinet.levels() == {(True, 30)}
+        await night.until(night.clock.time() + 2)
+        # Expired: the schedule's step in force (70 %) is back, and the layer is gone.
+        assert night.cabinet.levels() == {(True, 70)}
+        assert "operator" not in entity.state["layers"]
+        # Without a length, an override lasts until the schedule's next step.
+        await night.command("c2", dim=20)
+        await night.until(times["night"] - 1)
+        assert night.cabinet.levels() == {(True, 20)}
+        await night.until(times["night"] + 1)
+        assert night.cabinet.levels() == {(True, 50)}
+        assert night.cabinet.repeats == 0
+        night.stop()
+
+    run(body)
+
+
+def test_a_crisis_holds_over_the_schedule_until_its_restore() -> None:
+    async def body() -> None:
+        night = Night()
+        times = night_of(night.eq)
+        entity = await night.start()
+        await night.until(times["late_evening"] + 60)
+        await night.command("crisis-a-lc", caller="crisis", on=True, dim=100)
+        assert night.cabinet.levels() == {(True, 100)}
+        # The schedule's next step, beneath the plan, does not win over it ...
+        await night.until(times["night"] + 60)
+        assert night.cabinet.levels() == {(True, 100)}
+        assert entity.state["schedule"]["step"] == "night"
+        # ... and the restore brings back what is in force now, not what was before.
+        await night.command("crisis-b-lc", caller="crisis:restore", dim=70)
+        assert night.cabinet.levels() == {(True, 50)}
+        assert "crisis" not in entity.state["layers"]
+        night.stop()
+
+    run(body)
+
+
+def test_an_operator_during_a_crisis_takes_the_field_from_the_plan() -> None:
+    async def body() -> None:
+        night = Night()
+        times = night_of(night.eq)
+        entity = await night.start()
+        await night.until(times["late_evening"] + 60)
+        await night.command("crisis-a-lc", caller="crisis", on=True, dim=100)
+        await night.command("op-1", dim=40, for_s=3600)
+        assert night.cabinet.levels() == {(True, 40)}
+        assert entity.state["layers"]["crisis"]["set"] == {"on": True}
+        night.stop()
+
+    run(body)
+
+
+# -- lamps one by one -------------------------------------------------------------------
+
+def test_set_writes_only_the_named_lamps_and_refuses_one_the_circuit_lacks() -> None:
+    async def body() -> None:
+        night = Night()
+        await night.start()
+        before = len(night.cabinet.writes)
+        await night.command("l1", lamps=[2, 4], on=True, dim=30)
+        assert night.cabinet.writes[before:] == [("lamp.2.on", True), ("lamp.4.on", True),
+                                                 ("lamp.2.dim", 30.0), ("lamp.4.dim", 30.0)]
+        assert [lamp["on"] for lamp in night.cabinet.lamps] == [False, True, False, True]
+        with pytest.raises(RejectedError):
+            await night.command("l2", lamps=[5], dim=30)
+        night.stop()
+
+    run(body)
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"lamps": [9], "dim": 10}, "params.lamps"),
+    ({"lamps": [0], "dim": 10}, "params.lamps"),
+    ({"lamps": "1", "dim": 10}, "params.lamps"),
+    ({"lamps": [1, 1], "dim": 10}, "params.lamps"),
+    ({"lamps": [1], "dim": 10, "for_s": 60}, "params.for_s"),
+    ({"dim": 10, "for_s": -5}, "params.for_s"),
+    ({"dim": 10, "for_s": float("nan")}, "params.for_s"),
+    ({"lamps": [1]}, "params"),
+    ({"dim": 120}, "params.dim"),
+])
+def test_bad_lamp_commands_are_refused_at_the_edge(params: dict[str, Any], field: str) -> None:
+    eq = road_circuit()
+    with pytest.raises(InvalidCommandError) as err:
+        LightingCircuit.validate_for_equipment(
+            eq, LightingCircuit.validate_command("set", params))
+    assert err.value.field == field
+
+
+def test_good_lamp_and_override_commands_pass_the_edge() -> None:
+    eq = road_circuit()
+    clean = LightingCircuit.validate_for_equipment(
+        eq, LightingCircuit.validate_command("set", {"lamps": [1, 4], "dim": 10}))
+    assert clean == {"lamps": [1, 4], "dim": 10.0}
+    assert LightingCircuit.validate_command("set", {"dim": 10, "for_s": 60}) == {
+        "dim": 10.0, "for_s": 60.0}
+
+
+# -- energy -------------------------------------------------------------------------------
+
+def test_counter_delta_tells_steps_resets_wraps_and_jumps() -> None:
+    assert counter_delta(1000, 1040) == (40, "")
+    assert counter_delta(5000, 3) == (3, "reset")
+    assert counter_delta(COUNTER_RANGE - 20, 15) == (35, "wrap")
+    assert counter_delta(40, COUNTER_RANGE - 50) == (0, "jump")
+    assert counter_delta(7, 7) == (0, "")
+
+
+def telemetry(ts: float, counters: list[int], seq: int) -> Envelope:
+    lamps = [{"on": True, "dim": 100, "power_w": 70.0, "energy_wh": c, "fault_bits": 0}
+             for c in counters]
+    return Envelope(target="lc-dijon-0001", type="telemetry", kind=MessageKind.EVENT,
+                    payload={"seq": seq, "ts": ts, "values": {"seq": seq, "lamp": lamps}})
+
+
+def test_energy_is_metered_per_hour_across_resets_and_wraps() -> None:
+    async def body() -> None:
+        night = Night(road_circuit(lamp_w=70, legacy_w=150), lamps=2)
+        entity = await night.start()
+        hour = 3600.0 * (int(NOON // 3600) + 6)  # 18:00 local, lamps lit
+        top = COUNTER_RANGE - 30
+        readings = [
+            (hour - 900, [1000, top - 100]),
+            (hour - 300, [1010, top - 60]),   # 10 + 40 Wh, in the hour before
+            (hour + 300, [2, top - 20]),      # lamp 1 reset (2 Wh), lamp 2 +40 Wh: spread 50/50
+            (hour + 900, [12, 10]),           # lamp 1 +10, lamp 2 wrapped: +60
+        ]
+        for seq, (ts, counters) in enumerate(readings, 1):
+            await night.until(ts)
+            async with night.ctx.lock:  # type: ignore[union-attr]
+                await entity.handle(telemetry(ts, counters, seq))
+        hours = entity.state["energy"]["hours"]
+        before, after = hours[str(int(hour - 3600))], hours[str(int(hour))]
+        assert before[0] == pytest.approx(50 + 21)
+        assert after[0] == pytest.approx(21 + 70)
+        assert (before[2], after[2], after[3]) == (0, 1, 1)  # the reset, the wrap
+        # The hour from 18:00 is all between dusk and dawn in November.
+        assert after[1] == pytest.approx(3600.0)
+        assert after[1] == pytest.approx(lit_seconds(night.eq, hour, hour + 3600))
+        date = datetime.datetime.fromtimestamp(hour, CITY_TZ).date()
+        model = night.ctx.models[energy_model_name(night.eq.id, date)]  # type: ignore[union-attr]
+        assert (model["lamps"], model["lamp_w"], model["legacy_w"]) == (2, 70.0, 150.0)
+        assert model["hours"][str(int(hour - 3600))][0] == pytest.approx(71)
+        events = [f for e, f in night.ctx.events if e == "energy_counters"]  # type: ignore[union-attr]
+        assert events == [{"resets": 1, "wraps": 0, "jumps": 0},
+                          {"resets": 0, "wraps": 1, "jumps": 0}]
+        night.stop()
+
+    run(body)
+
+
+def test_lit_seconds_cover_dusk_to_dawn() -> None:
+    eq = road_circuit()
+    times = night_of(eq)
+    assert lit_seconds(eq, NOON, NOON + 86_400) == pytest.approx(times["dawn"] - times["dusk"])
+    assert lit_seconds(eq, NOON, times["dusk"]) == 0.0
+
+
+# -- the simulator's side ---------------------------------------------------------------
+
+def test_the_simulator_integrates_power_and_resets_or_wraps_counters_on_demand() -> None:
+    from devices.sim.lighting import WRAP_HEADROOM_WH, LightingSimulator
+
+    async def body() -> None:
+        eq = make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
+                            endpoint="modbus://127.0.0.1:15030/1",
+                            attrs={"points": 2, "lamp_w": 70})
+        sim = LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+        await sim.tick(3600.0)
+        values = sim.held_values(eq.id)
+        assert [lamp["energy_wh"] for lamp in values["lamp"]] == [70, 70]
+        assert values["sim"]["burnt_wh"] == pytest.approx(140.0)
+        await sim.fault(eq.id, "counter_wrap", True)
+        hours = WRAP_HEADROOM_WH // 70 + 1
+        await sim.tick(3600.0 * hours)
+        # Short of the top, then more than that: past 2^32, the counter starts again.
+        assert [lamp["energy_wh"] for lamp in sim.held_values(eq.id)["lamp"]] == [
+            70 * hours - WRAP_HEADROOM_WH] * 2
+        await sim.fault(eq.id, "counter_reset", True)
+        values = sim.held_values(eq.id)
+        assert [lamp["energy_wh"] for lamp in values["lamp"]] == [0, 0]
+        assert values["sim"]["burnt_wh"] == pytest.approx(140.0 * (hours + 1))
+        assert (values["sim"]["counter_resets"], values["sim"]["counter_wraps"]) == (1, 1)
+
+    run(body)
+
+
+def test_the_equipment_view_shows_the_schedule_the_circuit_recorded() -> None:
+    from runtime.envelope import pack
+    from runtime.service import _equipment_record
+
+    async def body() -> dict[str, Any]:
+        night = Night()
+        times = night_of(night.eq)
+        entity = await night.start()
+        await night.until(times["night"] + 5)
+        cp = night.stop()
+        assert entity.state["schedule"]["step"] == "night"
+        return _equipment_record(night.eq, {"status": "running", "online": True},
+                                 pack(cp.to_dict()), False)
+
+    record = run(body)
+    schedule = record["schedule"]
+    assert (schedule["name"], schedule["step"]) == ("road_lighting", "night")
+    assert schedule["next"]["step"] == "before_dawn" and schedule["next"]["at"] > schedule["since"]
+    assert "schedule" not in _equipment_record(road_circuit(), {}, None, False)

@@ -1,0 +1,32 @@
+"""A night of street lighting end to end: the circuits' schedules drive the simulated
+cabinets over Modbus TCP on an accelerated clock, and the energy the API reports is the
+simulator's own, counter reset and wrap included (``commandpost bench energy``, small)."""
+
+from __future__ import annotations
+
+import json
+
+from runtime.bench.energy import run
+
+SPEED = 600.0
+
+
+def test_a_night_of_street_lighting_through_the_simulator() -> None:
+    said: list[str] = []
+    out = run(scale=0.02, clock_speed=SPEED, say=said.append)
+    assert out["circuits"] >= 10 and out["lamps"] > 100, json.dumps(out)
+    # The metered energy is the simulator's, within 1 %, through a reset and a wrap ...
+    assert out["simulated_kwh"] > 0 and out["error_pct"] <= 1.0, json.dumps(out)
+    assert out["counter_resets"] >= 1 and out["counter_wraps"] >= 1, json.dumps(out)
+    # ... and the schedule's arithmetic within 3 % (ticks of the simulator, failures).
+    assert abs(out["analytic_error_pct"]) <= 3.0, json.dumps(out)
+    # Five steps a night, each one write per lamp, none of a value the lamp held.
+    assert out["transitions"] == 5 * out["circuits"], json.dumps(out)
+    assert out["repeats"] == 0 and 1.0 <= out["writes_per_lamp_step"] <= 1.05, json.dumps(out)
+    # Within half a second of the machine's time of each step (the clock runs 600x).
+    assert out["transition_late_s"] <= 0.5 * SPEED, json.dumps(out)
+    # The API shows the circuit's schedule, and refuses a lamp it lacks before the cabinet.
+    assert out["schedule_shown"] is True, json.dumps(out)
+    assert (out["bad_lamp_status"], out["bad_lamp_writes"]) == (422, 0), json.dumps(out)
+    # Dimming saves against full power all night; LEDs save more against sodium lamps.
+    assert 10.0 < out["dimming_saving_pct"] < out["legacy_saving_pct"] < 90.0, json.dumps(out)
