@@ -724,6 +724,8 @@ class _Alarm:
     count_seen: int = 0
     #: A summary's children that are active and not hidden (derived, not checkpointed).
     live: int = 0
+    #: What a plan did about this alarm (``{"step", "state", "detail", "ts"}``), in order.
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> AlarmState:
@@ -752,7 +754,8 @@ class _Alarm:
 
     @property
     def count(self) -> int:
-        return len(self.children) if self.is_summary else 1
+        # A flood summary counts its children; an incident, itself and what joined it.
+        return len(self.children) if self.is_summary else 1 + len(self.children)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -780,6 +783,7 @@ class _Alarm:
             "out_of_service_by": self.out_of_service_by,
             "activations": self.activations,
             "municipalities": list(self.municipalities) or [self.municipality],
+            "steps": [dict(s) for s in self.steps],
         }
 
 
@@ -928,6 +932,83 @@ class AlarmBook:
         self._finish(now, events)
         return events
 
+    def note_step(
+        self,
+        source: str,
+        condition: str,
+        step: str,
+        state: str,
+        detail: str = "",
+        *,
+        ts: float | None = None,
+    ) -> list[AlarmEvent]:
+        """Show on ``source``'s ``condition`` alarm what a plan did (``step`` now ``state``).
+
+        The alarm's ``steps`` keep one entry per step (the latest state wins,
+        in the order the steps first came) and its history every change. No
+        such alarm: no events.
+        """
+        now = self._ts(ts)
+        a = self._by_source.get(source, {}).get(condition)
+        if a is None:
+            return []
+        step = _required(step, "step")
+        state = _required(state, "state")
+        entry = {"step": step, "state": state, "detail": str(detail)[:_MAX_TEXT], "ts": now}
+        for i, old in enumerate(a.steps):
+            if old.get("step") == step:
+                a.steps[i] = entry
+                break
+        else:
+            a.steps.append(entry)
+        events: list[AlarmEvent] = []
+        self._record(a, EventKind.UPDATED, now, "plan_step", None, a.state, events,
+                     note=f"{step}: {state}" + (f" ({entry['detail']})" if detail else ""))
+        return events
+
+    def join_incident(
+        self,
+        parent_id: str,
+        source: str,
+        condition: str,
+        *,
+        municipality: str,
+        kind: str,
+        ts: float | None = None,
+    ) -> list[AlarmEvent]:
+        """Raise ``condition`` of ``source`` as a momentary alarm that joins ``parent_id``.
+
+        One incident: the parent (an intrusion alarm) lists it under its
+        ``group`` and counts it; acknowledging the parent acknowledges it. The
+        parent must be active or not yet acknowledged (else
+        :class:`AlarmStateError` ``code="not_active"``); an alarm already in
+        another group stays there.
+        """
+        now = self._ts(ts)
+        parent = self._get(parent_id)
+        if parent.is_summary or parent.group is not None:
+            raise AlarmStateError(f"alarm {parent_id} cannot hold an incident",
+                                  state=parent.state, code="not_an_incident")
+        if not parent.active and parent.base is AlarmState.NORMAL:
+            raise AlarmStateError(f"alarm {parent_id} is not active", state=parent.state,
+                                  code="not_active")
+        events = self.raise_(source, condition, municipality=municipality, kind=kind, ts=now)
+        child = self._by_source[source][condition]
+        events += self.clear(source, condition, ts=now)
+        if child.group is None and child is not parent:
+            child.group = parent.id
+            child.unack_since = None
+            parent.children.append(child.id)
+            if child.base is not AlarmState.NORMAL and parent.base is AlarmState.ACKNOWLEDGED:
+                # Something new happened in an acknowledged incident: annunciate it again.
+                before = self._snap(parent)
+                parent.base = AlarmState.UNACKNOWLEDGED
+                parent.acked_by = parent.acked_ts = None
+                self._settle(parent, before, now, "incident", None, events, note=child.id)
+            self._record(child, EventKind.GROUPED, now, "incident", None, child.state, events,
+                         note=parent.id)
+        return events
+
     # -- operators' actions ------------------------------------------------------------
 
     def ack(
@@ -948,7 +1029,7 @@ class AlarmBook:
             raise AlarmStateError(f"alarm {alarm_id} is {state}: it cannot be acknowledged",
                                   state=state, code="hidden")
         events: list[AlarmEvent] = []
-        if a.is_summary:
+        if a.children:
             for child_id in list(a.children):
                 child = self._alarms[child_id]
                 if child.state in _ACKABLE:
@@ -1166,6 +1247,8 @@ class AlarmBook:
         if group is not None:
             summary = self._alarms.get(group)
             candidates = [self._alarms[c] for c in summary.children] if summary else []
+            if summary is not None and not summary.is_summary:
+                candidates.insert(0, summary)  # an incident lists itself with what joined it
         else:
             candidates = list(self._alarms.values())
         out: list[_Alarm] = []
@@ -1222,6 +1305,7 @@ class AlarmBook:
             item["priority"] = a.priority.value
             item["base"] = a.base.value
             item["history"] = [dict(entry) for entry in a.history]
+            item["steps"] = [dict(entry) for entry in a.steps]
             alarms.append(item)
         return {
             "version": _CHECKPOINT_VERSION,
@@ -1267,6 +1351,7 @@ class AlarmBook:
                     base=AlarmState(item["base"]),
                     history=deque((dict(e) for e in item["history"]),
                                   maxlen=book._table.history),
+                    steps=[dict(e) for e in item.get("steps") or ()],
                     **fields,
                 )
                 book._alarms[a.id] = a
@@ -1459,6 +1544,14 @@ class AlarmBook:
             a.escalated = False
         kind = EventKind.TRANSITION if changed else EventKind.UPDATED
         self._record(a, kind, now, action, user, before[0], events, note=note)
+        if state is AlarmState.NORMAL and a.children and not a.is_summary:
+            # The incident is over: what joined it is released (a later one starts afresh).
+            for child_id in a.children:
+                child = self._alarms[child_id]
+                child.group = None
+                self._record(child, EventKind.UNGROUPED, now, "incident", None, child.state,
+                             events, note=a.id)
+            a.children = []
 
     def _record(
         self,
@@ -1638,7 +1731,7 @@ class AlarmBook:
             sid = next(iter(self._dirty))
             del self._dirty[sid]
             summary = self._alarms.get(sid)
-            if summary is not None:
+            if summary is not None and summary.is_summary:
                 self._refresh(summary, now, events)
         self._reannounce.clear()
 

@@ -111,6 +111,8 @@ MOMENTARY_EVENTS: Mapping[str, str] = {"door_forced": "forced_door", "tamper": "
 #: until the reported value has caught up with it (or :data:`LATCH_S` has passed).
 LATCHING_EVENTS: Mapping[str, str] = {"fire": "fire", "intrusion": "intrusion"}
 LATCH_S = 10.0
+#: A camera's storage fill (percent) from which its recordings are at risk.
+CAMERA_STORAGE_FULL_PCT = 90.0
 
 
 def block_values(reported: Mapping[str, Any], block: str, field: str) -> list[Any]:
@@ -167,6 +169,8 @@ CONDITIONS: Mapping[str, Mapping[str, Callable[[Mapping[str, Any]], bool]]] = {
     },
     "camera": {
         "camera_fault": lambda r: r.get("health") == "failed",
+        "camera_storage_full": lambda r: (isinstance(r.get("storage_pct"), int | float)
+                                          and r["storage_pct"] >= CAMERA_STORAGE_FULL_PCT),
     },
 }
 

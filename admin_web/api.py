@@ -259,7 +259,8 @@ def alarms() -> ResponseReturnValue:
 
     Without ``state``, the alarms an operator must see (active or unacknowledged,
     not shelved, suppressed or out of service) and flood summaries, not their
-    children; ``group=ID`` lists a summary's children; ``state=all`` every alarm.
+    children; ``group=ID`` lists a summary's children (an incident's: itself first,
+    then what joined it); ``state=all`` every alarm.
     Ordered by priority, then newest first.
     """
     args = request.args
@@ -273,7 +274,9 @@ def alarms() -> ResponseReturnValue:
     out = []
     for a in _visible_alarms():
         if group is not None:
-            if a.get("group") != group:
+            # An incident (not a flood summary) is listed with what joined it.
+            incident = a.get("id") == group and a.get("condition") != "flood_summary"
+            if a.get("group") != group and not incident:
                 continue
         elif state is None:
             if a.get("state") in HIDDEN_ALARM_STATES or a.get("group"):

@@ -374,7 +374,9 @@ def _schedule_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 #: The demo cameras' PTZ presets: every camera has ``home``; one watching a building has
 #: the views the crisis plans turn it to.
 CAMERA_PRESETS: Final = {"home": 1}
-WATCH_PRESETS: Final = {"flood": 12, "snow": 14}
+WATCH_PRESETS: Final = {"flood": 12, "snow": 14, "fire": 16}
+#: The demo buildings' doors by tag: the fire plan unlocks the evacuation doors.
+BUILDING_DOORS: Final = {"evacuation": [1, 2]}
 #: Share of each family given a tag (the first of each municipality always has it).
 _TAG_SHARES: Final = {
     ("xr", "priority_route"): 0.5,
@@ -411,6 +413,7 @@ def _plan_attrs(
     buildings: dict[str, list[tuple[str, float, float]]] = {}
     for ident, muni, lat, lon in placed.get("bld", []):
         buildings.setdefault(muni.slug, []).append((ident, lat, lon))
+        out[ident] = {"doors": {tag: list(doors) for tag, doors in BUILDING_DOORS.items()}}
     for ident, muni, lat, lon in placed.get("cam", []):
         near = buildings.get(muni.slug)
         if not near:

@@ -262,6 +262,22 @@ class Entity:
         return cls.validate_command(action, params)
 
     @classmethod
+    def setpoint_key(cls, action: str, params: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+        """What a command sets, for "latest setpoint wins": two queued commands with the same
+        key, the older one is superseded. By default the action and its fields' names."""
+        return action, tuple(sorted(params))
+
+    @classmethod
+    def inventory_attrs(cls, equipment: Equipment, inventory: Inventory) -> dict[str, Any]:
+        """What an entity needs of the rest of the inventory, merged into its ``attrs``.
+
+        The service calls it when it ships an assignment to a host, so that an
+        entity knows its neighbours (a building, the cameras that watch it)
+        wherever it runs. Nothing by default.
+        """
+        return {}
+
+    @classmethod
     def coordinator_attrs(cls, inventory: Inventory) -> dict[str, Any]:
         """What a coordinator needs of the inventory, for its record's ``attrs``.
 

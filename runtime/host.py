@@ -88,14 +88,21 @@ class HostConfig:
     restart_type: RestartType = RestartType.PERMANENT
 
 
-def _setpoint_key(cmd: Command, target: Equipment) -> tuple[str, str, tuple[str, ...]]:
+def _setpoint_key(cmd: Command, target: Equipment, behaviour: Any = None
+                  ) -> tuple[str, str, tuple[str, ...]]:
     """Commands that set the same fields of the same target: the latest one wins.
 
     A command to a coordinator is an action, not a setpoint (two requests opened,
     two alarms acknowledged): its key is its own id, so none supersedes another.
+    A behaviour whose commands address a part of the equipment (a building's
+    door) names what they set itself (:meth:`~runtime.entity.Entity.setpoint_key`).
     """
     if target.kind == COORDINATOR:
         return cmd.target, cmd.command_id, ()
+    own = getattr(behaviour, "setpoint_key", None)
+    if own is not None:
+        action, fields = own(cmd.action, cmd.params)
+        return cmd.target, action, tuple(fields)
     return cmd.target, cmd.action, tuple(sorted(cmd.params))
 
 
@@ -739,7 +746,8 @@ class HostCore:
                 # A command past its deadline is never sent, so it must not supersede one that is.
                 if (cmd is not None and cmd.status not in TERMINAL
                         and not (cmd.deadline_ts and now > cmd.deadline_ts)):
-                    latest[_setpoint_key(cmd, self.slots[target].equipment)] = cid
+                    latest[_setpoint_key(cmd, self.slots[target].equipment,
+                                               self.slots[target].factory)] = cid
             updates: list[tuple[str, CommandStatus, str]] = []
             stamps: dict[str, dict[str, float]] = {}
             deliver: list[Envelope] = []
@@ -752,7 +760,8 @@ class HostCore:
                     updates.append((cid, CommandStatus.EXPIRED, "deadline passed before sending"))
                     self._done_commands.add(cid)
                     continue
-                if latest.get(_setpoint_key(cmd, self.slots[target].equipment)) != cid:
+                if latest.get(_setpoint_key(cmd, self.slots[target].equipment,
+                                               self.slots[target].factory)) != cid:
                     updates.append((cid, CommandStatus.SUPERSEDED, "a newer setpoint replaced it"))
                     self._done_commands.add(cid)
                     continue

@@ -26,10 +26,12 @@ An inventory is a TOML file (see ``commandpost inventory demo`` for a full one):
     endpoint = "modbus://127.0.0.1:15020/1"
     profile = "traffic_controller"
 
-Plans and the alarm topology read three ``attrs`` of their own, which the
+Plans and the alarm topology read four ``attrs`` of their own, which the
 check validates: ``tags`` (any equipment; names from :data:`TAGS`, such as
-``flood_prone``), and for a camera ``watches`` (the id of a building of the
-inventory) and ``presets`` (PTZ preset numbers by name, ``{flood = 12}``)::
+``flood_prone``), for a camera ``watches`` (the id of a building of the
+inventory) and ``presets`` (PTZ preset numbers by name, ``{flood = 12}``), and
+for a building ``doors`` (door numbers by tag of :data:`DOOR_TAGS`,
+``{evacuation = [1, 2]}``)::
 
     [equipment.attrs]
     tags = ["priority_route"]
@@ -68,6 +70,7 @@ __all__ = [
     "COORDINATOR",
     "DOMAINS",
     "DOMAIN_OF_KIND",
+    "DOOR_TAGS",
     "ID_PATTERN",
     "KINDS",
     "MAX_DISTANCE_KM",
@@ -131,6 +134,13 @@ TAGS: Final = (
     "hospital_access",   # on the way to a hospital
     "tunnel",
     "bridge",
+)
+#: The tags a building's doors may carry (``attrs.doors``, door numbers by tag): what
+#: its fire plan selects doors by (``actors/plans/fire.toml``).
+DOOR_TAGS: Final = (
+    "evacuation",        # unlocked by the fire plan: a way out
+    "main_entrance",
+    "service",
 )
 #: The highest PTZ preset number a camera takes (its ``preset`` field's range).
 MAX_PRESET: Final = 255
@@ -928,6 +938,8 @@ class _Parser:
                                            f"{_choices(TAGS)})")
                 if len(set(tags)) != len(tags):
                     self._issue(where, "a tag is listed twice")
+        if "doors" in attrs:
+            self._door_tags(attrs["doors"], (*path, "doors"), kind)
         for key in ("watches", "presets"):
             if key in attrs and kind is not None and kind != "camera":
                 self._issue((*path, key), f"only a camera has {key} (this is a {kind})")
@@ -947,6 +959,23 @@ class _Parser:
                       or not 0 <= number <= MAX_PRESET):
                     self._issue((*where, name), f"expected a preset number in 0..{MAX_PRESET}, "
                                                 f"got {_shown(number)}")
+
+    def _door_tags(self, doors: object, where: _Path, kind: str | None) -> None:
+        """A building's ``doors``: door numbers (from 1) by tag of :data:`DOOR_TAGS`."""
+        if kind is not None and kind != "building":
+            self._issue(where, f"only a building has doors (this is a {kind})")
+        table = self._table(doors, where, "a table of door numbers by tag")
+        for tag, numbers in (table or {}).items():
+            if tag not in DOOR_TAGS:
+                guess = difflib.get_close_matches(tag, DOOR_TAGS, n=1)
+                hint = f"did you mean {guess[0]!r}? " if guess else ""
+                self._issue((*where, tag), f"unknown door tag {tag!r} ({hint}expected among "
+                                           f"{_choices(DOOR_TAGS)})")
+            elif (not isinstance(numbers, list) or not numbers
+                  or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                             for n in numbers)):
+                self._issue((*where, tag), f"expected a non-empty array of door numbers "
+                                           f"(from 1), got {_shown(numbers)}")
 
     def _watched(self, equipment: Sequence[Equipment], seen: Mapping[str, _Path]) -> None:
         """Each camera's ``watches`` names a building of this inventory."""

@@ -8,6 +8,7 @@ behaviours, for ``commandpost demo``, ``run`` and the benchmarks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from runtime.errors import (
     UnknownEntityError,
 )
 from runtime.host import EQUIPMENT_VIEW
-from runtime.inventory import Equipment, Inventory, dump_inventory
+from runtime.inventory import COORDINATOR, Equipment, Inventory, dump_inventory
 from runtime.lifeline import spawn_tied
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
@@ -170,6 +171,17 @@ class Service:
         return coordinator(entity_id, self.inventory,
                            attrs=behaviour.coordinator_attrs(self.inventory))
 
+    def _with_neighbours(self, eq: Equipment) -> Equipment:
+        """``eq`` with what its behaviour needs of the rest of the inventory in its ``attrs``
+        (:meth:`~runtime.entity.Entity.inventory_attrs`)."""
+        if eq.kind == COORDINATOR:
+            return eq
+        behaviour = load_factory(self.options.factory)(eq)
+        if not (isinstance(behaviour, type) and issubclass(behaviour, Entity)):
+            return eq
+        extra = behaviour.inventory_attrs(eq, self.inventory)
+        return dataclasses.replace(eq, attrs={**eq.attrs, **extra}) if extra else eq
+
     def start_servers(self) -> None:
         """Embedded Redis and broker unless URLs were given."""
         data = self.options.data_dir
@@ -275,7 +287,8 @@ class Service:
 
     # -- the tree --------------------------------------------------------
     def root_config(self) -> bytes:
-        by_id = {eq.id: eq for eq in (*self.inventory.equipment, *self.coordinators)}
+        by_id = {eq.id: self._with_neighbours(eq)
+                 for eq in (*self.inventory.equipment, *self.coordinators)}
         hosts = [
             {"host_id": h.host_id, "domain": h.domain, "mode": h.mode,
              "equipment": [equipment_to_wire(by_id[e]) for e in h.entity_ids]}

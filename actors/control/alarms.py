@@ -10,7 +10,13 @@ checkpoint is durable, so a restart replays a batch and never loses one):
   acknowledgement;
 * ``device_offline`` carries its communication ``path``, which groups floods;
 * ``crisis_masks`` / ``crisis_released`` events of the crisis coordinator mask
-  the alarms its own actions cause.
+  the alarms its own actions cause;
+* ``fire_plan_step`` events (of a building's fire plan, or of dispatch for the
+  plan's intervention: ``building``) are shown on the fire alarm (its ``steps``);
+* a camera's ``motion`` (a ``device_event`` naming the building it ``watches``)
+  while that building's ``intrusion`` alarm is active or unacknowledged raises
+  a momentary ``intrusion_motion`` of the camera in the intrusion's group: one
+  incident with both (``GET /api/v1/alarms?group=ID`` lists them).
 
 Operators act through journaled commands to entity ``alarms``: ``ack``
 ``{"id", "comment"?}``, ``shelve`` ``{"id", "minutes", "reason"}``,
@@ -27,7 +33,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from actors.alarms import AlarmArgumentError, AlarmBook, AlarmEvent, EventKind, NotAnAlarmError
+from actors.alarms import (
+    AlarmArgumentError,
+    AlarmBook,
+    AlarmEvent,
+    AlarmStateError,
+    EventKind,
+    NotAnAlarmError,
+    UnknownAlarmError,
+    alarm_id,
+)
 from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope, pack
 from runtime.errors import MalformedMessageError, RejectedError
@@ -38,6 +53,9 @@ __all__ = ["READ_MODEL", "AlarmsCoordinator", "caller_identity"]
 READ_MODEL = "alarms"
 _TICK_S = 1.0
 _ACTIONS = ("ack", "shelve", "unshelve", "out_of_service", "return_to_service")
+#: A building's intrusion, and the alarm a camera's motion there becomes (one incident).
+INTRUSION = "intrusion"
+INTRUSION_MOTION = "intrusion_motion"
 
 
 def caller_identity(caller: str) -> tuple[str, str]:
@@ -117,10 +135,36 @@ class AlarmsCoordinator(Entity):
                 masks = {tuple(x.split("/", 1)) for x in pairs.split(",") if "/" in x}
                 return self.book.crisis_masks(activation, {(a, b) for a, b in masks}, ts=when)
             return []
+        if name == "fire_plan_step":
+            # A building's fire plan (or dispatch, for the plan's intervention) reports a step.
+            building = str(ev.get("building") or source)
+            try:
+                return self.book.note_step(building, str(ev.get("alarm") or "fire"),
+                                           str(ev.get("step") or ""), str(ev.get("state") or ""),
+                                           str(ev.get("detail") or ""), ts=when)
+            except AlarmArgumentError:
+                return []
+        if name == "device_event" and ev.get("device_event") == "motion":
+            return self._motion(ev, source, when)
         if name == "crisis_released":
             activation = str(ev.get("activation") or "")
             return self.book.clear_crisis_masks(activation, ts=when) if activation else []
         return []
+
+    def _motion(self, ev: Mapping[str, Any], source: str, when: float | None
+                ) -> list[AlarmEvent]:
+        """Motion seen by a camera whose building is in intrusion joins that alarm."""
+        watched = ev.get("watches")
+        if not source or not isinstance(watched, str) or not watched:
+            return []
+        parent = alarm_id(watched, INTRUSION)
+        try:
+            return self.book.join_incident(
+                parent, source, INTRUSION_MOTION,
+                municipality=str(ev.get("municipality") or "unknown"),
+                kind=str(ev.get("kind") or "camera"), ts=when)
+        except (UnknownAlarmError, AlarmStateError, AlarmArgumentError):
+            return []  # no intrusion there now: motion stays an event
 
     # -- time -----------------------------------------------------------------------
     async def on_tick(self, msg: Envelope) -> None:

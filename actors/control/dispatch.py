@@ -36,6 +36,10 @@ Messages:
 
 * ``events`` (the host's event feed): ``lamps_failed`` of lighting circuits
   (:class:`actors.lighting.LightingCircuit`) open or join fault interventions;
+  ``fire_dispatch`` of a building's fire plan (:class:`actors.building.Building`)
+  opens one intervention per plan run (``int-{plan}``, category
+  ``building_fire``) for a vehicle of the plan's ``role``; each change of it is
+  also a ``fire_plan_step`` event, shown on the building's fire alarm;
 * ``vehicle_state``: a vehicle's report (above);
 * ``reply`` / ``error``: the vehicles' answers to the commands sent them;
 * ``tick`` (every second): waiting interventions tried again, unanswered jobs
@@ -85,6 +89,8 @@ _PROGRESS: Final = {"en_route": 2, "on_site": 3, "done": 4}
 _RANK: Final = {state: i for i, state in enumerate(STATES)}
 #: The service that lamp failures are (its roles serve them).
 FAULT_CATEGORY: Final = "lighting_fault"
+#: The category of a fire plan's intervention (its vehicle role comes with the request).
+FIRE_CATEGORY: Final = "building_fire"
 _TICK_S: Final = 1.0
 #: A job not acknowledged by then is sent again (same command id: never acted twice).
 _RESEND_S: Final = 15.0
@@ -267,6 +273,8 @@ class DispatchCoordinator(Entity):
         for ev in p["events"]:
             if isinstance(ev, Mapping) and ev.get("event") == "lamps_failed":
                 changed += self._lamps_failed(ev)
+            elif isinstance(ev, Mapping) and ev.get("event") == "fire_dispatch":
+                changed += self._fire(ev)
         if changed:
             self._assign_waiting()
             self._publish()
@@ -302,6 +310,31 @@ class DispatchCoordinator(Entity):
             "source": "fault", "circuit": circuit, "lamps": lamps, "assigned_ts": None,
             "assignment": 0, "job_acked": False, "sent_ts": 0.0,
             "notes": "Opened from the lighting cabinet's lamp failures.",
+        }
+        self.interventions[iid] = rec
+        self._changed(rec, "new")
+        return 1
+
+    def _fire(self, ev: Mapping[str, Any]) -> int:
+        """A building's fire plan asks for a crew: one intervention per plan run."""
+        building = str(ev.get("building") or ev.get("entity") or "")
+        plan = str(ev.get("plan") or "")
+        role = str(ev.get("role") or "")
+        lat, lon = _number(ev.get("lat")), _number(ev.get("lon"))
+        if not building or not plan or not role or lat is None or lon is None:
+            return 0
+        iid = f"int-{plan}"  # derived from the plan run: a batch handed over again opens nothing
+        if iid in self.interventions:
+            return 0
+        now = self.ctx.clock.time()
+        rec = {
+            "id": iid, "request_id": None, "category": FIRE_CATEGORY,
+            "description": f"Fire alarm in building {building}: {role} crew needed.",
+            "municipality": str(ev.get("municipality") or "unknown"), "state": "new",
+            "vehicle": None, "lat": lat, "lon": lon, "created_ts": now, "updated_ts": now,
+            "source": "fire_plan", "building": building, "roles": [role], "lamps": [],
+            "assigned_ts": None, "assignment": 0, "job_acked": False, "sent_ts": 0.0,
+            "notes": f"Opened by the fire plan of building {building}; waiting for a crew.",
         }
         self.interventions[iid] = rec
         self._changed(rec, "new")
@@ -395,10 +428,12 @@ class DispatchCoordinator(Entity):
                           if r["state"] == "new" and r["lat"] is not None),
                          key=lambda r: (r["created_ts"], r["id"]))
         for rec in waiting:
-            try:
-                roles = _catalogue().get(rec["category"]).vehicle_roles
-            except KeyError:
-                continue
+            roles = rec.get("roles")
+            if not roles:
+                try:
+                    roles = _catalogue().get(rec["category"]).vehicle_roles
+                except KeyError:
+                    continue
             v = self.nearest(float(rec["lat"]), float(rec["lon"]), tuple(roles))
             if v is not None:
                 self._assign(rec, v)
@@ -492,6 +527,11 @@ class DispatchCoordinator(Entity):
         self.ctx.emit("intervention", intervention=rec["id"], state=state,
                       vehicle=rec.get("vehicle") or "", request=rec.get("request_id") or "",
                       municipality=rec["municipality"])
+        if rec.get("building"):
+            # The fire plan's intervention is one of its steps: shown on the fire alarm.
+            self.ctx.emit("fire_plan_step", building=rec["building"], alarm="fire",
+                          plan=str(rec["id"]).removeprefix("int-"), step="intervention",
+                          state=state, detail=f"{rec['id']}: {rec['notes']}")
 
     def _publish(self) -> None:
         records = [_public(r) for r in self.interventions.values()]

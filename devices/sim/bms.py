@@ -237,6 +237,7 @@ class BmsSimulator:
             payload["door"] = door
             if name == "badge":
                 payload["badge"] = str(fields.get("badge", f"B{self.rng.randint(1, 9999):04d}"))
+                payload["granted"] = bool(fields.get("granted", True))
         payload.update(fields)
         self.counters.events[name] = self.counters.events.get(name, 0) + 1
         await b.server.emit_event(building_id, name, payload)
@@ -265,16 +266,19 @@ class BmsSimulator:
         self._held = on
 
     async def fault(self, device_id: str, name: str, on: bool) -> None:
-        """``fire``, ``intrusion`` (zone 1) or ``door_forced`` (door 1): raised, or cleared."""
+        """``fire``, ``intrusion`` (zone 1), ``door_forced`` (door 1) or ``badge_refused`` (a
+        badge refused at door 1): raised, or cleared."""
         b = self._buildings.get(device_id)
         if b is None:
             raise KeyError(device_id)
         keys = {"fire": "fire_zone.1.alarm", "intrusion": "intrusion_zone.1.alarm",
-                "door_forced": "door.1.open"}
+                "door_forced": "door.1.open", "badge_refused": "door.1.open"}
         if name not in keys:
             raise RejectedError(f"bms has no fault {name!r} (known: {', '.join(keys)})",
                                 code="unknown_fault")
-        if on:
+        if on and name == "badge_refused":
+            await self.raise_event(device_id, "badge", door=1, granted=False)
+        elif on:
             await self.raise_event(device_id, name, **({"door": 1} if name == "door_forced"
                                                         else {"zone": 1}))
         else:

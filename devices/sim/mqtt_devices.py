@@ -92,6 +92,10 @@ MALFORMED_KINDS: Final = (
     "oversize",
 )
 EVENT_INTERVAL_S: Final = 120.0  # mean time between a camera's events
+#: A camera's faults (``fault``): held while on, reported in its samples (``motion`` is an
+#: event at once); ``tamper`` is one event.
+CAMERA_FAULTS: Final = ("recording_stopped", "storage_full", "failed", "motion")
+CAMERA_STORAGE_FULL_AT: Final = 96.0
 #: Tampers per camera per year (a real city's rate); every other event is motion.
 TAMPERS_PER_YEAR: Final = 2.0
 _M_PER_DEG: Final = 111_320.0
@@ -405,18 +409,27 @@ class _Camera(_Device):
         super().__init__(equipment, profile)
         self.health = "ok"
         self.writes.update(recording=True, preset=0)
+        # Recorders overwrite their oldest footage: the fill stays where it settled.
+        self.storage_pct = float(20 + sum(equipment.id.encode()) % 50)
+        self.faults: set[str] = set()
 
     def sample(self, now: float, rng: random.Random) -> dict[str, Any]:
-        if self.health == "ok" and rng.random() < 0.005:
+        if "failed" in self.faults:
+            self.health = "failed"
+        elif self.health == "failed":
+            self.health = "ok"
+        elif self.health == "ok" and rng.random() < 0.005:
             self.health = "degraded"
         elif self.health == "degraded" and rng.random() < 0.3:
             self.health = "ok"
         return {
             "ts": now,
             "seq": self.next_seq(),
-            "recording": self.writes["recording"],
+            "recording": bool(self.writes["recording"]) and "recording_stopped" not in self.faults,
             "health": self.health,
             "preset": self.writes["preset"],
+            "storage_pct": CAMERA_STORAGE_FULL_AT if "storage_full" in self.faults
+            else self.storage_pct,
         }
 
     def event(self, now: float, rng: random.Random) -> dict[str, Any] | None:
@@ -650,13 +663,17 @@ class MqttDeviceSimulator:
             await self.start_device(device_id)
 
     async def fault(self, device_id: str, name: str, on: bool) -> None:
-        """``tamper`` (camera): one tamper event now, clearing is a no-op;
+        """``tamper`` (camera): one tamper event now, clearing is a no-op; a camera's
+        :data:`CAMERA_FAULTS`;
         ``out_of_service`` (service vehicle): reported as its status while on."""
         device = self._device(device_id)
         if name == "out_of_service" and isinstance(device, _ServiceVehicle):
             device.out_of_service = on
             if device.running and not self._held:
                 await self._send_sample(device)
+            return
+        if isinstance(device, _Camera) and name in CAMERA_FAULTS:
+            await self._camera_fault(device, name, on)
             return
         if name != "tamper" or name not in device.profile.events:
             raise RejectedError(f"{device.profile.name} has no fault {name!r}",
@@ -666,6 +683,23 @@ class MqttDeviceSimulator:
                      "preset": device.writes.get("preset", 0)}
             device.events += 1
             await self._session.publish(device.topic("event"), encode_payload(event), qos=1)
+
+    async def _camera_fault(self, device: _Camera, name: str, on: bool) -> None:
+        """A camera's health fault held (or cleared), with a sample at once; ``motion``: one
+        motion event now."""
+        if name == "motion":
+            if on and device.running:
+                event = {"ts": self._clock.time(), "event": "motion",
+                         "preset": device.writes.get("preset", 0)}
+                device.events += 1
+                await self._session.publish(device.topic("event"), encode_payload(event), qos=1)
+            return
+        if on:
+            device.faults.add(name)
+        else:
+            device.faults.discard(name)
+        if device.running and not self._held:
+            await self._send_sample(device)
 
     def held_values(self, device_id: str) -> dict[str, Any]:
         """The writable values the device holds."""

@@ -59,11 +59,12 @@ FIGURES: Mapping[str, tuple[str, ...]] = {
     "energy": ("lamps", "night", "metered_kwh", "simulated_kwh", "analytic_kwh", "error_pct",
                "analytic_error_pct", "lamps_failed", "dimming_saving_pct", "legacy_saving_pct",
                "counter_resets", "counter_wraps", "transition_late_s", "repeats"),
+    "fire": ("n", "p50_s", "p99_s", "max_s", "missed"),
 }
 
 #: Rows come in this order; benches not listed follow by name.
 ORDER = ("startup", "recovery", "demo", "ingest", "command", "alarm", "crisis", "dispatch",
-         "energy")
+         "energy", "fire")
 
 #: Keys that describe a run rather than measure it: never shown as figures.
 _CONTEXT = frozenset({"machine", "broker", "left_out", "scale", "command", "commit"})
