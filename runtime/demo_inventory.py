@@ -348,7 +348,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
                     endpoint=endpoint(family.prefix, i, ident),
                     profile=family.profile,
                     attrs={**attrs(family.prefix, i), **plan_attrs.get(ident, {}),
-                           **_schedule_attrs(plan_attrs.get(ident, {}))},
+                           **_schedule_attrs(family.kind)},
                 )
             )
     return Inventory(
@@ -364,11 +364,11 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
 LAMP_ATTRS: Final = {"lamp_w": 70, "legacy_w": 150}
 
 
-def _schedule_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """Every demo circuit follows the ``road_lighting`` schedule (dusk to dawn, dimmed at
-    night); the ``road_lighting`` tag marks those of the main roads, which the snow plan
-    brings to full power."""
-    return {"schedule": "road_lighting"}
+def _schedule_attrs(kind: str) -> dict[str, Any]:
+    """Every demo lighting circuit follows the ``road_lighting`` schedule (dusk to dawn,
+    dimmed at night); the ``road_lighting`` tag marks those of the main roads, which the
+    snow plan brings to full power. Other kinds follow their own default schedules."""
+    return {"schedule": "road_lighting"} if kind == "lighting_circuit" else {}
 
 
 #: The demo cameras' PTZ presets: every camera has ``home``; one watching a building has
