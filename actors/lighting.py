@@ -297,6 +297,9 @@ class LightingCircuit(EquipmentEntity):
         schedule as the equipment view shows it."""
         if self.timetable is not None:
             nxt = self.timetable.next_after(now)
+            # Kept for the equipment view, which every checkpoint renders: the sun's times
+            # are worked out once per transition, not once per reading.
+            self._next = None if nxt is None else {"step": nxt.step.name, "at": nxt.at}
             if nxt is not None:
                 self.ctx.start_timer("schedule", max(0.0, nxt.at - now), "schedule_due")
         expiry = self.layers.next_expiry()
@@ -312,8 +315,11 @@ class LightingCircuit(EquipmentEntity):
         if timetable is None:
             return None
         recorded = self.state.get("schedule") or {}
-        return timetable.view(self.ctx.clock.time(), {
-            k: recorded[k] for k in ("step", "since") if k in recorded} or None)
+        if "_next" not in vars(self):  # not armed yet: worked out from the timetable
+            return timetable.view(self.ctx.clock.time(), {
+                k: recorded[k] for k in ("step", "since") if k in recorded} or None)
+        return {"name": timetable.schedule.name, "step": recorded.get("step"),
+                "since": recorded.get("since"), "next": self._next}
 
     async def actuate(self, setpoints: Mapping[str, Any], command_id: str) -> dict[str, Any]:
         """Record ``setpoints`` as desired and write to each lamp what it lacks."""
