@@ -33,7 +33,7 @@ def test_builtin_modbus_profiles_load() -> None:
         # A cabinet behind a field gateway gets 1 s to answer; a controller on the LAN 0.5 s.
         assert profile.timeout_s == (1.0 if name == "lighting_cabinet" else 0.5)
     assert builtin_profile("traffic_controller").poll_interval_s == 0.5
-    assert builtin_profile("lighting_cabinet").poll_interval_s == 2.0
+    assert builtin_profile("lighting_cabinet").poll_interval_s == 5.0
     assert builtin_profile("traffic_controller") is builtin_profile("traffic_controller")
 
 
