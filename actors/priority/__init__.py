@@ -1,0 +1,1 @@
+"""Bus priority at signalised crossroads."""
