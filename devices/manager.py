@@ -6,9 +6,10 @@ field through the protocol sessions of this package and hands the results to
 the entities as envelopes (see :mod:`runtime.device_port`):
 
 * Modbus devices are polled at their profile's rate, one read covering every
-  register; a device is offline after ``liveness_misses`` failed polls in a
-  row, and is then retried with jittered, capped backoff (a circuit breaker:
-  a dead controller costs one attempt per backoff step, not one per period).
+  register (in requests of 125 registers at most); a device is offline after
+  ``liveness_misses`` failed polls in a row, and is then retried with
+  jittered, capped backoff (a circuit breaker: a dead controller costs one
+  attempt per backoff step, not one per period).
   The units behind one gateway endpoint share a few TCP sessions
   (:data:`MODBUS_LANES`), each unit always the same one.
   At a cold start the first polls are spread over a period; a host that

@@ -190,6 +190,9 @@ class ControlTarget(Protocol):
     def held_values(self, device_id: str) -> dict[str, Any]:
         """The values a device holds."""
 
+    # A simulator may also offer ``priority_log(device_id, since)`` (traffic controllers),
+    # ``set_loss_rate(rate)`` and ``set_pace(speedup)``; the channel asks for them by name.
+
 
 class _Target(abc.ABC):
     """A simulator as the server drives it: in this process, or another runner's channel."""

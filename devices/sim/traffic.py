@@ -67,7 +67,8 @@ one at a time, the oldest first (``granted``; the others ``queued``):
 
 A request is served when the green that served it ends; the next one is then
 granted. A checkout or cancel clears a request: an extension ends at once
-(never before the minimum green), a jump not made yet is dropped. The
+(a green is never cut shorter than planned), a jump not made yet is
+dropped. The
 controller drops every request at its deadline by itself (``expired``),
 whatever the runtime does; leaving ``auto`` (an operator, a fault forcing
 flashing) drops them all, and a plan latched without the phase drops those
@@ -86,7 +87,11 @@ the held request unchanged).
 
 ``prio_status_id``, ``prio_status`` and ``prio_reason`` are the controller's
 last word on a request: the answer to the last write, or what it did by
-itself since (a grant, a service, an expiry). When a request ends and the
+itself since (a grant, a service, an expiry). A grant's reason says what
+holds it back: ``min_green`` or ``pedestrian_min`` (an early green waits for
+the running green's minimum), ``max_extension`` or ``max_green`` (the limit
+that keeps the green from lasting until the bus); a service's reason is that
+limit when it cut the green before the bus came. When a request ends and the
 next queued one is granted at once, the end is shown. ``prio_active`` counts
 the requests held. The simulator logs each request, checkout and cancel it
 receives with the wall-clock time it arrived, and counts what became of them
@@ -320,7 +325,7 @@ class TrafficModel(DeviceModel):
         self.fault_bits = 0
         self.greens = 0  # greens started, for tests and demos
         self.cycles = 0  # cycle boundaries passed
-        self.refusals: list[str] = []  # why tables were refused, latest last
+        self.refusals: list[str] = []  # why writes were refused (tables, requests), latest last
 
     def values(self) -> dict[str, Any]:
         running = self.mode in _RUNNING
