@@ -32,9 +32,10 @@ the bus's lateness:
   (positive: late).
 * On a line without one, or when ``delay_s`` is missing, it is measured
   against the free-flow schedule: the time since the bus left its trip's
-  first stop, minus the time the line's free-flow speed and
-  :data:`~runtime.transit.DWELL_S` at each stop passed would take to get
-  here. It is None until the tracker has seen the bus leave that stop.
+  first stop (its last position standing there), minus the time the line's
+  free-flow speed and :data:`~runtime.transit.DWELL_S` at each stop passed
+  would take to get here. It is None until the tracker has seen the bus
+  leave that stop.
 
 **Check-out and cancel.** Every check-in is followed by exactly one check-out
 or one cancel:
@@ -491,7 +492,7 @@ class BusTracker:
                                     else CancelReason.DIRECTION, s.ts))
         if direction is None:
             return events
-        self._follow_trip(bus, data, along, direction, s.ts)
+        self._follow_trip(bus, data, along, direction, s)
         if bus.active is not None:
             crossing = bus.active.crossing
             if self._ahead(crossing, direction, along) <= 0.0:
@@ -549,13 +550,13 @@ class BusTracker:
         return False
 
     def _follow_trip(self, bus: _Bus, data: _LineData, along: float, direction: str,
-                     ts: float) -> None:
+                     s: BusSample) -> None:
         """Keep the time the bus left its trip's first stop (for free-flow lateness)."""
         if direction != bus.trip_direction:
             bus.trip_direction, bus.trip_start_ts = direction, None
         first = data.stop_s[0] if direction == OUTBOUND else data.stop_s[-1]
-        if abs(along - first) <= self.stop_radius_m:
-            bus.trip_start_ts = ts  # still at the first stop: the trip starts when it leaves
+        if abs(along - first) <= self.stop_radius_m and s.speed < _STOPPED_MPS:
+            bus.trip_start_ts = s.ts  # standing at the first stop: the trip starts when it leaves
 
     def _lateness(self, bus: _Bus, data: _LineData, s: BusSample, along: float,
                   direction: str) -> float | None:
