@@ -61,8 +61,9 @@ def inventory_check(file: str) -> None:
             click.echo(issue, err=True)
         sys.exit(1)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(inv.count_by_kind().items()))
+    lines = f", {len(inv.bus_lines)} bus lines" if inv.bus_lines else ""
     click.echo(f"{file}: ok — {len(inv.equipment)} entities in "
-               f"{len(inv.municipalities)} municipalities ({counts})")
+               f"{len(inv.municipalities)} municipalities ({counts}){lines}")
 
 
 @inventory.command("demo")
