@@ -51,18 +51,27 @@ such as ``equipment[7].kind`` (array indices count from 0, in file order).
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import re
-import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
 from types import MappingProxyType
 from typing import Any, Final
 
+from runtime.datafile import (
+    NAME_PATTERN,
+    Checker,
+    KeyPath,
+    field_name,
+    parse_toml,
+    read_text,
+    shown,
+    toml_key,
+    toml_value,
+    type_name,
+)
 from runtime.errors import ConfigError, InventoryError
 
 __all__ = [
@@ -122,8 +131,6 @@ PLACEMENTS: Final = ("sharded", "dedicated")
 ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Municipality slugs appear in topics and API filters, as :func:`slugify` makes them.
 SLUG_PATTERN: Final = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-#: Tag and preset names: lowercase words joined by underscores.
-NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: The tags equipment may carry (``attrs.tags``): what crisis plans select equipment by.
 TAGS: Final = (
     "flood_prone",       # floods first: bollards close the street, cameras watch it
@@ -389,22 +396,7 @@ class Inventory:
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and validate an inventory file; :class:`InventoryError` lists every issue."""
-    source = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise InventoryError([f"{source}:0: file: cannot read: {reason}"]) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InventoryError(
-            [f"{source}:{line}: file: not valid UTF-8 (byte {exc.start})"]
-        ) from exc
-    # Editors on Windows like to add a byte-order mark; it is not a syntax error worth a stop.
-    return parse_inventory(text.removeprefix("\ufeff"), source)
+    return parse_inventory(read_text(path, InventoryError), os.fspath(path))
 
 
 def parse_inventory(text: str, source: str) -> Inventory:
@@ -413,175 +405,7 @@ def parse_inventory(text: str, source: str) -> Inventory:
     Every problem is collected before raising :class:`InventoryError`, whose
     ``issues`` are ``"{source}:{line}: {field}: {message}"`` lines sorted by line.
     """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise InventoryError([f"{source}:{line}: syntax: {message}"]) from exc
-    return _Parser(text, source, doc).run()
-
-
-_SYNTAX_AT_RE: Final = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
-_SYNTAX_END_RE: Final = re.compile(r"\s*\(at end of document\)\s*$")
-
-
-def _syntax_location(message: str, text: str) -> tuple[int, str]:
-    if m := _SYNTAX_AT_RE.search(message):
-        return int(m.group(1)), message[: m.start()]
-    if m := _SYNTAX_END_RE.search(message):
-        return max(1, text.count("\n") + (0 if text.endswith("\n") else 1)), message[: m.start()]
-    return 1, message
-
-
-# Where things are in the raw text: tomllib keeps no positions, so the file is
-# scanned once for table headers and `key =` lines, and each is filed under
-# the same path (`("equipment", 7, "kind")`) that validation uses.
-
-_Path = tuple[str | int, ...]
-
-_BARE_KEY: Final = r"[A-Za-z0-9_-]+"
-_KEY_PART: Final = rf"""(?:{_BARE_KEY}|"(?:[^"\\]|\\.)*"|'[^']*')"""
-_DOTTED_KEY: Final = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
-_HEADER_RE: Final = re.compile(rf"^\s*(\[\[?)\s*({_DOTTED_KEY})\s*\]\]?\s*(?:#.*)?$")
-_KEYVAL_RE: Final = re.compile(rf"^\s*({_DOTTED_KEY})\s*=(.*)$")
-_KEY_PART_RE: Final = re.compile(_KEY_PART)
-
-
-def _split_key(dotted: str) -> tuple[str, ...]:
-    parts: list[str] = []
-    for m in _KEY_PART_RE.finditer(dotted):
-        part = m.group(0)
-        if part.startswith('"'):
-            try:
-                part = str(json.loads(part))
-            except ValueError:
-                part = part[1:-1]
-        elif part.startswith("'"):
-            part = part[1:-1]
-        parts.append(part)
-    return tuple(parts)
-
-
-def _scan_value(text: str, delim: str | None, depth: int) -> tuple[str | None, int]:
-    """Follow one line of a value: is a multi-line string or array still open at its end?"""
-    i, n = 0, len(text)
-    while i < n:
-        if delim is not None:
-            if delim == '"""' and text[i] == "\\":
-                i += 2
-            elif text.startswith(delim, i):
-                i += 3
-                # Up to two quotes may end the content right before the closing three.
-                while i < n and text[i] == delim[0]:
-                    i += 1
-                delim = None
-            else:
-                i += 1
-            continue
-        c = text[i]
-        if c == "#":
-            break
-        if text.startswith('"""', i) or text.startswith("'''", i):
-            delim = text[i : i + 3]
-            i += 3
-        elif c == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-            i += 1
-        elif c == "'":
-            end = text.find("'", i + 1)
-            i = n if end < 0 else end + 1
-        else:
-            depth += (c in "[{") - (c in "]}")
-            i += 1
-    return delim, max(depth, 0)
-
-
-class _Locator:
-    """Line numbers of table headers and key assignments, by validation path."""
-
-    def __init__(self, text: str) -> None:
-        self._lines: dict[_Path, int] = {}
-        arrays: dict[_Path, int] = {}  # array-of-tables path -> index of its last element
-
-        def resolve(parts: tuple[str, ...]) -> _Path:
-            # `[equipment.attrs]` names the last `[[equipment]]` seen.
-            out: _Path = ()
-            for part in parts:
-                out = (*out, part)
-                if out in arrays:
-                    out = (*out, arrays[out])
-            return out
-
-        table: _Path = ()
-        delim: str | None = None  # the open multi-line string's quotes, if any
-        depth = 0  # brackets open in a multi-line array value
-        # tomllib counts lines by "\n" alone; str.splitlines() would also split on \x0c, \u2028…
-        for lineno, line in enumerate(text.split("\n"), start=1):
-            if delim is not None or depth > 0:
-                delim, depth = _scan_value(line, delim, depth)
-                continue
-            if header := _HEADER_RE.match(line):
-                parts = _split_key(header.group(2))
-                if header.group(1) == "[[":
-                    parent = resolve(parts[:-1])
-                    array = (*parent, parts[-1])
-                    arrays[array] = arrays.get(array, -1) + 1
-                    table = (*array, arrays[array])
-                else:
-                    table = resolve(parts)
-                self._lines.setdefault(table, lineno)
-                continue
-            if keyval := _KEYVAL_RE.match(line):
-                self._lines.setdefault((*table, *_split_key(keyval.group(1))), lineno)
-                delim, depth = _scan_value(keyval.group(2), None, 0)
-
-    def line(self, path: _Path) -> int:
-        """The line of ``path``, else of the nearest enclosing table or key, else 1."""
-        for end in range(len(path), 0, -1):
-            found = self._lines.get(path[:end])
-            if found is not None:
-                return found
-        return 1
-
-
-def _field_name(path: _Path) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            name = part if re.fullmatch(_BARE_KEY, part) else json.dumps(part, ensure_ascii=False)
-            out += f".{name}" if out else name
-    return out or "inventory"
-
-
-def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, datetime | date | time):
-        return "date/time"
-    return type(value).__name__
-
-
-def _shown(value: object) -> str:
-    """``value`` as it was written in TOML, shortened."""
-    try:
-        text = _toml_value(value, None)
-    except ConfigError:
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return _Parser(text, source, parse_toml(text, source, InventoryError)).run()
 
 
 def _choices(options: Iterable[str]) -> str:
@@ -605,41 +429,14 @@ _EQUIPMENT_KEYS: Final = (
 )
 
 
-class _Parser:
-    """One validation pass over a parsed document, collecting issues."""
+class _Parser(Checker):
+    """One validation pass over a parsed inventory document, collecting issues."""
 
-    def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
-
-    # -- reporting
-
-    def _issue(self, path: _Path, message: str, *, at: _Path | None = None) -> None:
-        line = self._where.line(path if at is None else at)
-        text = f"{self._source}:{line}: {_field_name(path)}: {message}"
-        self._issues.append((line, len(self._issues), text))
-
-    def _unknown_keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key in known:
-                continue
-            guess = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {guess[0]!r}? " if guess else ""
-            self._issue(
-                (*path, key), f"unknown key {key!r} ({hint}expected one of {_choices(known)})"
-            )
-
-    def _table(self, value: object, path: _Path, what: str) -> Mapping[str, Any] | None:
-        if isinstance(value, dict):
-            return value
-        self._issue(path, f"expected {what}, got {_type_name(value)} {_shown(value)}")
-        return None
+    WHOLE = "inventory"
 
     # -- typed fields; each returns None after reporting a problem (or when optional and absent)
 
-    def _present(self, table: Mapping[str, Any], path: _Path, key: str, required: bool) -> bool:
+    def _present(self, table: Mapping[str, Any], path: KeyPath, key: str, required: bool) -> bool:
         if key in table:
             return True
         if required:
@@ -647,41 +444,41 @@ class _Parser:
         return False
 
     def _str(
-        self, table: Mapping[str, Any], path: _Path, key: str, *, required: bool = True
+        self, table: Mapping[str, Any], path: KeyPath, key: str, *, required: bool = True
     ) -> str | None:
         if not self._present(table, path, key, required):
             return None
         value = table[key]
         if not isinstance(value, str):
-            self._issue((*path, key), f"expected a string, got {_type_name(value)} {_shown(value)}")
+            self._issue((*path, key), f"expected a string, got {type_name(value)} {shown(value)}")
             return None
         if not value.strip():
             self._issue((*path, key), "must not be empty")
             return None
         return value
 
-    def _number(self, table: Mapping[str, Any], path: _Path, key: str) -> float | None:
+    def _number(self, table: Mapping[str, Any], path: KeyPath, key: str) -> float | None:
         if not self._present(table, path, key, True):
             return None
         value = table[key]
         if not _is_number(value):
-            self._issue((*path, key), f"expected a number, got {_type_name(value)} {_shown(value)}")
+            self._issue((*path, key), f"expected a number, got {type_name(value)} {shown(value)}")
             return None
         return float(value)
 
-    def _int(self, table: Mapping[str, Any], path: _Path, key: str) -> int | None:
+    def _int(self, table: Mapping[str, Any], path: KeyPath, key: str) -> int | None:
         if not self._present(table, path, key, True):
             return None
         value = table[key]
         if not isinstance(value, int) or isinstance(value, bool):
             self._issue(
-                (*path, key), f"expected an integer, got {_type_name(value)} {_shown(value)}"
+                (*path, key), f"expected an integer, got {type_name(value)} {shown(value)}"
             )
             return None
         return value
 
     def _coordinates(
-        self, table: Mapping[str, Any], path: _Path
+        self, table: Mapping[str, Any], path: KeyPath
     ) -> tuple[float | None, float | None]:
         lat = self._number(table, path, "lat")
         if lat is not None and not -90.0 <= lat <= 90.0:
@@ -693,18 +490,18 @@ class _Parser:
             lon = None
         return lat, lon
 
-    def _placement_value(self, value: object, path: _Path) -> str | None:
+    def _placement_value(self, value: object, path: KeyPath) -> str | None:
         if value in PLACEMENTS:
             assert isinstance(value, str)
             return value
-        shown = repr(value) if isinstance(value, str) else _shown(value)
-        self._issue(path, f"unknown placement {shown} (expected one of {_choices(PLACEMENTS)})")
+        text = repr(value) if isinstance(value, str) else shown(value)
+        self._issue(path, f"unknown placement {text} (expected one of {_choices(PLACEMENTS)})")
         return None
 
     # -- sections
 
     def run(self) -> Inventory:
-        self._unknown_keys(self._doc, (), _TOP_KEYS)
+        self._keys(self._doc, (), _TOP_KEYS)
         name = self._metropolis()
         placement = self._placement()
         municipalities, slugs = self._municipalities()
@@ -723,29 +520,28 @@ class _Parser:
                 self._issue((), str(exc))
         if not self._issues:
             self._issue((), "inventory could not be built")
-        self._issues.sort()
-        raise InventoryError([text for _, _, text in self._issues])
+        raise InventoryError(self.issue_lines())
 
     def _metropolis(self) -> str | None:
-        path: _Path = ("metropolis",)
+        path: KeyPath = ("metropolis",)
         if "metropolis" not in self._doc:
             self._issue(path, "required table [metropolis] missing")
             return None
         table = self._table(self._doc["metropolis"], path, "a table")
         if table is None:
             return None
-        self._unknown_keys(table, path, _METROPOLIS_KEYS)
+        self._keys(table, path, _METROPOLIS_KEYS)
         return self._str(table, path, "name")
 
     def _placement(self) -> PlacementPolicy | None:
-        path: _Path = ("placement",)
+        path: KeyPath = ("placement",)
         if "placement" not in self._doc:
             return PlacementPolicy()
         table = self._table(self._doc["placement"], path, "a table")
         if table is None:
             return None
         before = len(self._issues)
-        self._unknown_keys(table, path, _PLACEMENT_KEYS)
+        self._keys(table, path, _PLACEMENT_KEYS)
         default = "sharded"
         if "default" in table:
             default = self._placement_value(table["default"], (*path, "default")) or default
@@ -771,7 +567,7 @@ class _Parser:
                 )
             elif not isinstance(count, int) or isinstance(count, bool):
                 self._issue(
-                    domain_path, f"expected an integer, got {_type_name(count)} {_shown(count)}"
+                    domain_path, f"expected an integer, got {type_name(count)} {shown(count)}"
                 )
             elif not 1 <= count <= MAX_SHARDS:
                 self._issue(domain_path, f"shard count {count} outside [1, {MAX_SHARDS}]")
@@ -781,12 +577,12 @@ class _Parser:
             return None
         return PlacementPolicy(default=default, kinds=kinds, shards=shards)
 
-    def _array_of_tables(self, key: str) -> list[tuple[_Path, Mapping[str, Any]]]:
+    def _array_of_tables(self, key: str) -> list[tuple[KeyPath, Mapping[str, Any]]]:
         value = self._doc.get(key, [])
         if not isinstance(value, list):
-            self._issue((key,), f"expected an array of tables ([[{key}]]), got {_type_name(value)}")
+            self._issue((key,), f"expected an array of tables ([[{key}]]), got {type_name(value)}")
             return []
-        out: list[tuple[_Path, Mapping[str, Any]]] = []
+        out: list[tuple[KeyPath, Mapping[str, Any]]] = []
         for index, item in enumerate(value):
             table = self._table(item, (key, index), "a table")
             if table is not None:
@@ -795,16 +591,16 @@ class _Parser:
 
     def _municipalities(
         self,
-    ) -> tuple[list[Municipality | None], dict[str, tuple[_Path, Municipality | None]]]:
+    ) -> tuple[list[Municipality | None], dict[str, tuple[KeyPath, Municipality | None]]]:
         """Valid municipalities (None where a record failed) and every declared slug."""
         records = self._array_of_tables("municipality")
         if self._doc.get("municipality", []) == []:
             self._issue(("municipality",), "at least one [[municipality]] is required")
         out: list[Municipality | None] = []
-        slugs: dict[str, tuple[_Path, Municipality | None]] = {}
+        slugs: dict[str, tuple[KeyPath, Municipality | None]] = {}
         for path, table in records:
             before = len(self._issues)
-            self._unknown_keys(table, path, _MUNICIPALITY_KEYS)
+            self._keys(table, path, _MUNICIPALITY_KEYS)
             slug = self._str(table, path, "slug")
             if slug is not None and not SLUG_PATTERN.match(slug):
                 self._issue(
@@ -828,7 +624,7 @@ class _Parser:
                     self._issue(
                         (*path, "slug"),
                         f"duplicate slug {slug!r} (first at line "
-                        f"{self._where.line(first)}, {_field_name(first)})",
+                        f"{self._where.line(first)}, {field_name(first)})",
                     )
                     muni = None
                 else:
@@ -839,13 +635,13 @@ class _Parser:
     def _equipment(
         self,
         municipalities: list[Municipality | None],
-        slugs: Mapping[str, tuple[_Path, Municipality | None]],
+        slugs: Mapping[str, tuple[KeyPath, Municipality | None]],
     ) -> list[Equipment]:
         out: list[Equipment] = []
-        seen: dict[str, _Path] = {}
+        seen: dict[str, KeyPath] = {}
         for path, table in self._array_of_tables("equipment"):
             before = len(self._issues)
-            self._unknown_keys(table, path, _EQUIPMENT_KEYS)
+            self._keys(table, path, _EQUIPMENT_KEYS)
             ident = self._str(table, path, "id")
             if ident is not None:
                 if not ID_PATTERN.match(ident):
@@ -859,7 +655,7 @@ class _Parser:
                     self._issue(
                         (*path, "id"),
                         f"duplicate id {ident!r} (first at line "
-                        f"{self._where.line(first)}, {_field_name(first)})",
+                        f"{self._where.line(first)}, {field_name(first)})",
                     )
                 else:
                     seen[ident] = path
@@ -921,14 +717,14 @@ class _Parser:
         self._watched(out, seen)
         return out
 
-    def _plan_attrs(self, attrs: Mapping[str, Any], path: _Path, kind: str | None) -> None:
+    def _plan_attrs(self, attrs: Mapping[str, Any], path: KeyPath, kind: str | None) -> None:
         """``tags`` of any equipment, ``watches`` and ``presets`` of a camera (module doc)."""
         if "tags" in attrs:
             tags = attrs["tags"]
             where = (*path, "tags")
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                self._issue(where, f"expected an array of strings, got {_type_name(tags)} "
-                                   f"{_shown(tags)}")
+                self._issue(where, f"expected an array of strings, got {type_name(tags)} "
+                                   f"{shown(tags)}")
             else:
                 for tag in tags:
                     if tag not in TAGS:
@@ -947,7 +743,7 @@ class _Parser:
             watched = attrs["watches"]
             if not isinstance(watched, str) or not ID_PATTERN.match(watched):
                 self._issue((*path, "watches"), f"expected a building id, got "
-                                                f"{_type_name(watched)} {_shown(watched)}")
+                                                f"{type_name(watched)} {shown(watched)}")
         if "presets" in attrs:
             where = (*path, "presets")
             presets = self._table(attrs["presets"], where, "a table of preset numbers by name")
@@ -958,9 +754,9 @@ class _Parser:
                 elif (not isinstance(number, int) or isinstance(number, bool)
                       or not 0 <= number <= MAX_PRESET):
                     self._issue((*where, name), f"expected a preset number in 0..{MAX_PRESET}, "
-                                                f"got {_shown(number)}")
+                                                f"got {shown(number)}")
 
-    def _door_tags(self, doors: object, where: _Path, kind: str | None) -> None:
+    def _door_tags(self, doors: object, where: KeyPath, kind: str | None) -> None:
         """A building's ``doors``: door numbers (from 1) by tag of :data:`DOOR_TAGS`."""
         if kind is not None and kind != "building":
             self._issue(where, f"only a building has doors (this is a {kind})")
@@ -975,9 +771,9 @@ class _Parser:
                   or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
                              for n in numbers)):
                 self._issue((*where, tag), f"expected a non-empty array of door numbers "
-                                           f"(from 1), got {_shown(numbers)}")
+                                           f"(from 1), got {shown(numbers)}")
 
-    def _watched(self, equipment: Sequence[Equipment], seen: Mapping[str, _Path]) -> None:
+    def _watched(self, equipment: Sequence[Equipment], seen: Mapping[str, KeyPath]) -> None:
         """Each camera's ``watches`` names a building of this inventory."""
         kinds = {eq.id: eq.kind for eq in equipment}
         for eq in equipment:
@@ -997,88 +793,31 @@ class _Parser:
 # --------------------------------------------------------------------------- writing
 
 
-def _toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-_ESCAPES: Final = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(_BARE_KEY, key) else _toml_string(key)
-
-
-def _toml_float(value: float, decimals: int | None) -> str:
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if decimals is not None:
-        return f"{value:.{decimals}f}"
-    text = repr(value)
-    return text if any(c in text for c in ".eE") else text + ".0"
-
-
-def _toml_value(value: Any, decimals: int | None) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _toml_float(value, decimals)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        items = ", ".join(
-            f"{_toml_key(str(k))} = {_toml_value(v, decimals)}" for k, v in value.items()
-        )
-        return "{" + items + "}" if items else "{}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v, decimals) for v in value) + "]"
-    raise ConfigError(f"cannot write {type(value).__name__} value {value!r} as TOML")
-
-
 def dump_inventory(inventory: Inventory, *, decimals: int | None = None) -> str:
     """The TOML text of ``inventory``; :func:`parse_inventory` reads it back equal.
 
     Floats are written exactly unless ``decimals`` fixes their number of
     decimals (then they read back equal only if they were rounded to it).
     """
-    lines: list[str] = ["[metropolis]", f"name = {_toml_string(inventory.name)}", ""]
+    lines: list[str] = ["[metropolis]", f"name = {toml_value(inventory.name)}", ""]
     policy = inventory.placement
-    lines += ["[placement]", f"default = {_toml_string(policy.default)}"]
+    lines += ["[placement]", f"default = {toml_value(policy.default)}"]
     if policy.kinds:
         lines.append("[placement.kinds]")
-        lines += [f"{k} = {_toml_string(v)}" for k, v in policy.kinds.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in policy.kinds.items()]
     if policy.shards:
         lines.append("[placement.shards]")
         lines += [f"{k} = {v}" for k, v in policy.shards.items()]
 
     def num(x: float) -> str:
-        return _toml_float(x, decimals)
+        return toml_value(float(x), decimals)
 
     for m in inventory.municipalities:
         lines += [
             "",
             "[[municipality]]",
-            f"slug = {_toml_string(m.slug)}",
-            f"name = {_toml_string(m.name)}",
+            f"slug = {toml_value(m.slug)}",
+            f"name = {toml_value(m.name)}",
             f"lat = {num(m.lat)}",
             f"lon = {num(m.lon)}",
             f"population = {m.population}",
@@ -1087,18 +826,18 @@ def dump_inventory(inventory: Inventory, *, decimals: int | None = None) -> str:
         lines += [
             "",
             "[[equipment]]",
-            f"id = {_toml_string(e.id)}",
-            f"kind = {_toml_string(e.kind)}",
-            f"municipality = {_toml_string(e.municipality)}",
+            f"id = {toml_value(e.id)}",
+            f"kind = {toml_value(e.kind)}",
+            f"municipality = {toml_value(e.municipality)}",
             f"lat = {num(e.lat)}",
             f"lon = {num(e.lon)}",
-            f"endpoint = {_toml_string(e.endpoint)}",
-            f"profile = {_toml_string(e.profile)}",
+            f"endpoint = {toml_value(e.endpoint)}",
+            f"profile = {toml_value(e.profile)}",
         ]
         if e.placement is not None:
-            lines.append(f"placement = {_toml_string(e.placement)}")
+            lines.append(f"placement = {toml_value(e.placement)}")
         if e.attrs:
             lines.append("[equipment.attrs]")
-            lines += [f"{_toml_key(k)} = {_toml_value(v, decimals)}" for k, v in e.attrs.items()]
+            lines += [f"{toml_key(k)} = {toml_value(v, decimals)}" for k, v in e.attrs.items()]
     lines.append("")
     return "\n".join(lines)
