@@ -15,7 +15,7 @@ from runtime.demo_inventory import build_demo
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import PlanError
 from runtime.inventory import Equipment, Inventory
-from tests.fire_fakes import FakeCtx
+from tests.helpers import FakeContext
 
 GOOD = """\
 [fire]
@@ -110,7 +110,7 @@ def test_a_fire_dispatch_opens_one_intervention_for_the_plans_role() -> None:
     async def main() -> None:
         eq = Equipment(id="dispatch", kind="coordinator", municipality="metropolis", lat=47.32,
                        lon=5.04, endpoint="control:dispatch", profile="coordinator")
-        ctx = FakeCtx(eq, None)
+        ctx = FakeContext(eq, None)
         coord = DispatchCoordinator(ctx)
         await coord.on_start(None)
         await coord.handle(_vehicle_state("veh-1", "maintenance", 47.3201))  # nearer
