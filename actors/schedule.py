@@ -41,6 +41,7 @@ expires by itself) over the schedule.
 from __future__ import annotations
 
 import datetime
+import difflib
 import functools
 import importlib.resources
 import math
@@ -308,6 +309,20 @@ class ScheduleBook:
 
     def for_kind(self, kind: str) -> list[Schedule]:
         return [s for s in self.schedules.values() if s.kind == kind]
+
+    def refusal(self, name: str, kind: str) -> str | None:
+        """Why equipment of ``kind`` cannot follow the schedule ``name`` (None: it can):
+        there is no such schedule, or it is another kind's."""
+        own = sorted(s.name for s in self.for_kind(kind))
+        known = f"the {kind} schedules: {', '.join(own) or 'none'}"
+        schedule = self.schedules.get(name)
+        if schedule is None:
+            guess = difflib.get_close_matches(name, own, n=1)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            return f"no schedule is named {name!r} ({hint}{known})"
+        if schedule.kind != kind:
+            return f"{name!r} is a schedule of {schedule.kind}, not of {kind} ({known})"
+        return None
 
 
 class _Parser(Checker):

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from runtime.clock import CITY_TZ, MAX_SPEED
-from runtime.errors import CommandpostError, InventoryError
+from runtime.errors import CommandpostError, DataFileError, InventoryError
 
 log = logging.getLogger("commandpost")
 
@@ -51,11 +51,16 @@ def inventory() -> None:
 @inventory.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
 def inventory_check(file: str) -> None:
-    """Validate FILE: exit 0, or exit 1 with one line per error."""
+    """Validate FILE: exit 0, or exit 1 with one line per error.
+
+    Besides the file itself, each record is checked by its kind's behaviour (a
+    schedule it names must be one of its kind's).
+    """
+    from actors.registry import check_record
     from runtime.inventory import load_inventory
 
     try:
-        inv = load_inventory(file)
+        inv = load_inventory(file, check=check_record)
     except InventoryError as exc:
         for issue in exc.issues:
             click.echo(issue, err=True)
@@ -374,10 +379,11 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
         opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None,
         retention_days: float) -> None:
     """The production service on a real inventory, until SIGTERM/SIGINT."""
+    from actors.registry import check_record
     from runtime.inventory import load_inventory
 
     try:
-        inv = load_inventory(inventory_file)
+        inv = load_inventory(inventory_file, check=check_record)
     except InventoryError as exc:
         for issue in exc.issues:
             click.echo(issue, err=True)
@@ -488,7 +494,7 @@ def main() -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except InventoryError as exc:
+    except DataFileError as exc:
         for issue in exc.issues:
             click.echo(issue, err=True)
         sys.exit(1)

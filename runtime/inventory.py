@@ -46,6 +46,14 @@ for a building ``doors`` (door numbers by tag of :data:`DOOR_TAGS`,
 every problem at once: :class:`~runtime.errors.InventoryError` carries one line
 per issue, ``"{file}:{line}: {field}: {message}"``, where ``field`` is a path
 such as ``equipment[7].kind`` (array indices count from 0, in file order).
+
+What only a kind's behaviour knows of its record is checked by the ``check``
+it is given (``commandpost inventory check`` and ``run`` give each kind's,
+:func:`actors.registry.check_record`): the schedule a lighting circuit or a
+crossroad names (``attrs.schedule``) and the pedestrian zone of an access
+terminal (``attrs.zone``) must be shipped schedules of that kind. The service
+refuses to start with an inventory that fails it
+(:meth:`Inventory.check_records`).
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -93,6 +101,7 @@ __all__ = [
     "Inventory",
     "Municipality",
     "PlacementPolicy",
+    "RecordCheck",
     "distance_km",
     "dump_inventory",
     "load_inventory",
@@ -383,6 +392,15 @@ class Inventory:
         """The municipality with this slug; :class:`KeyError` if there is none."""
         return self._by_slug[slug]
 
+    def check_records(self, check: RecordCheck) -> None:
+        """Raise :class:`InventoryError` with what ``check`` finds wrong in each equipment
+        record, at the line of its ``[[equipment]]`` header."""
+        issues = [(eq.line, f"{self.source}:{eq.line}: "
+                            f"{field_name(('equipment', index, *sub))}: {message}")
+                  for index, eq in enumerate(self.equipment) for sub, message in check(eq)]
+        if issues:
+            raise InventoryError([text for _, text in sorted(issues)])
+
     def count_by_kind(self) -> dict[str, int]:
         """Equipment count per kind, every kind present (0 if none), in :data:`KINDS` order."""
         counts = dict.fromkeys(KINDS, 0)
@@ -394,18 +412,26 @@ class Inventory:
 # --------------------------------------------------------------------------- loading
 
 
-def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+#: What the behaviours find wrong in an equipment record (a schedule of another kind):
+#: ``(path under the record, message)`` pairs (:meth:`runtime.entity.Entity.check_record`).
+RecordCheck = Callable[[Equipment], Iterable[tuple[KeyPath, str]]]
+
+
+def load_inventory(path: str | os.PathLike[str], *,
+                   check: RecordCheck | None = None) -> Inventory:
     """Read and validate an inventory file; :class:`InventoryError` lists every issue."""
-    return parse_inventory(read_text(path, InventoryError), os.fspath(path))
+    return parse_inventory(read_text(path, InventoryError), os.fspath(path), check=check)
 
 
-def parse_inventory(text: str, source: str) -> Inventory:
+def parse_inventory(text: str, source: str, *, check: RecordCheck | None = None) -> Inventory:
     """Validate inventory TOML ``text`` (``source`` names it in issues) into an :class:`Inventory`.
 
     Every problem is collected before raising :class:`InventoryError`, whose
     ``issues`` are ``"{source}:{line}: {field}: {message}"`` lines sorted by line.
+    ``check`` adds what the behaviours find wrong in each valid equipment record.
     """
-    return _Parser(text, source, parse_toml(text, source, InventoryError)).run()
+    doc = parse_toml(text, source, InventoryError)
+    return _Parser(text, source, doc, check).run()
 
 
 def _choices(options: Iterable[str]) -> str:
@@ -433,6 +459,11 @@ class _Parser(Checker):
     """One validation pass over a parsed inventory document, collecting issues."""
 
     WHOLE = "inventory"
+
+    def __init__(self, text: str, source: str, doc: dict[str, Any],
+                 check: RecordCheck | None = None) -> None:
+        super().__init__(text, source, doc)
+        self._check = check
 
     # -- typed fields; each returns None after reporting a problem (or when optional and absent)
 
@@ -700,20 +731,21 @@ class _Parser(Checker):
             assert ident is not None and kind is not None and slug is not None
             assert lat is not None and lon is not None and attrs is not None
             assert endpoint is not None and profile is not None
-            out.append(
-                Equipment(
-                    id=ident,
-                    kind=kind,
-                    municipality=slug,
-                    lat=lat,
-                    lon=lon,
-                    endpoint=endpoint,
-                    profile=profile,
-                    placement=placement,
-                    attrs=attrs,
-                    line=self._where.line(path),
-                )
+            eq = Equipment(
+                id=ident,
+                kind=kind,
+                municipality=slug,
+                lat=lat,
+                lon=lon,
+                endpoint=endpoint,
+                profile=profile,
+                placement=placement,
+                attrs=attrs,
+                line=self._where.line(path),
             )
+            for sub, message in self._check(eq) if self._check is not None else ():
+                self._issue((*path, *sub), message)
+            out.append(eq)
         self._watched(out, seen)
         return out
 
