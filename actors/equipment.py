@@ -31,7 +31,7 @@ from runtime.errors import (
     ProtocolError,
     RejectedError,
 )
-from runtime.inventory import Equipment
+from runtime.inventory import Equipment, Inventory
 from runtime.twin import Quality
 
 
@@ -449,6 +449,13 @@ class EquipmentEntity(Entity):
     def reported_fields(cls, reported: Mapping[str, Any]) -> dict[str, Any]:
         """The writable fields' values as the device reports them (by name, by default)."""
         return {k: reported[k] for k in cls.FIELDS if k in reported}
+
+    @classmethod
+    def check_inventory(cls, inventory: Inventory) -> None:
+        """A kind that follows schedules reads them (:class:`ScheduleError` for a broken
+        file)."""
+        if cls.SCHEDULE_ATTR:
+            builtin_schedules()
 
     @classmethod
     def check_record(cls, equipment: Equipment) -> list[tuple[KeyPath, str]]:

@@ -26,7 +26,10 @@ confirmation step ``confirm_s`` and the steps, each naming what it does::
 tags of :data:`runtime.inventory.DOOR_TAGS`, names) and :meth:`FirePlan.check`
 against an inventory (a door tag no building has, a preset no watching camera
 has, a role no vehicle has); both raise :class:`~runtime.errors.PlanError`
-with one ``"{file}:{line}: {field}: {message}"`` line per problem.
+with one ``"{file}:{line}: {field}: {message}"`` line per problem. The service
+reads the shipped plan and checks it against its inventory before it starts
+anything (:meth:`actors.building.Building.check_inventory`): a broken plan stops
+``commandpost run`` with its file and line, not a building at its first fire.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ __all__ = [
     "FirePlan",
     "FireStep",
     "builtin_fire_plan",
+    "builtin_fire_text",
     "load_fire_plan",
     "parse_fire_plan",
 ]
@@ -190,9 +194,13 @@ def load_fire_plan(path: str | os.PathLike[str]) -> FirePlan:
 BUILTIN_FIRE_SOURCE: Final = "actors/plans/fire.toml"
 
 
+def builtin_fire_text() -> str:
+    """The text of the shipped fire plan."""
+    return importlib.resources.files("actors").joinpath("plans/fire.toml").read_text(
+        encoding="utf-8")
+
+
 @functools.cache
 def builtin_fire_plan() -> FirePlan:
     """The shipped ``actors/plans/fire.toml`` (read once)."""
-    text = importlib.resources.files("actors").joinpath("plans/fire.toml").read_text(
-        encoding="utf-8")
-    return parse_fire_plan(text, BUILTIN_FIRE_SOURCE)
+    return parse_fire_plan(builtin_fire_text(), BUILTIN_FIRE_SOURCE)

@@ -236,6 +236,20 @@ def _serve(
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
     host, port = parse_listen(admin)
+    # The embedded servers' data, in a directory of our own that the reaper
+    # removes after a kill -9 as a clean stop does.
+    data_dir = Path(tempfile.mkdtemp(prefix="commandpost-"))
+    try:
+        # The behaviours check the inventory and their own data (plans, schedules) before
+        # anything starts: a broken file stops here, with its file and line.
+        svc = Service(inv, ServiceOptions(
+            redis_url=redis, mqtt_url=mqtt, ray_address=ray_address, devices=DEVICES,
+            simulate=demo, data_dir=data_dir, opcua_security=dict(opcua_security or {}),
+            retention_s=retention_days * 86_400, clock_speed=clock_speed,
+            clock_start=clock_start))
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     if credentials_file is None:
@@ -247,15 +261,7 @@ def _serve(
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
     stopper = _Stopper()
-    # The embedded servers' data, in a directory of our own that the reaper
-    # removes after a kill -9 as a clean stop does.
-    data_dir = Path(tempfile.mkdtemp(prefix="commandpost-"))
     reaper.remove_after(data_dir)
-    svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
-                                      devices=DEVICES, simulate=demo, data_dir=data_dir,
-                                      opcua_security=dict(opcua_security or {}),
-                                      retention_s=retention_days * 86_400,
-                                      clock_speed=clock_speed, clock_start=clock_start))
     try:
         try:
             svc.start_servers()

@@ -291,6 +291,17 @@ class Entity:
         return []
 
     @classmethod
+    def check_inventory(cls, inventory: Inventory) -> None:
+        """Refuse to run on ``inventory`` when this behaviour's own data (a plan it carries
+        out, the schedules it follows) is broken or does not suit it.
+
+        The service calls it once for each behaviour its equipment runs, before it
+        starts anything, so that a broken file stops it with its file and line instead
+        of failing an entity later (a building at its first fire). Raises
+        :class:`~runtime.errors.ConfigError`; nothing by default.
+        """
+
+    @classmethod
     def coordinator_attrs(cls, inventory: Inventory) -> dict[str, Any]:
         """What a coordinator needs of the inventory, for its record's ``attrs``.
 
