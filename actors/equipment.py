@@ -196,7 +196,10 @@ class EquipmentEntity(Entity):
       the device's timestamp to the value applied (``telemetry_lag_s.{protocol}``);
     * ``device_status`` flips the entity online/offline; on reconnect the
       desired state is reconciled by each field's policy in the profile:
-      ``reapply`` writes it again, ``alarm`` raises an alarm for an operator.
+      ``reapply`` writes it again, ``alarm`` raises an alarm for an operator,
+      ``never`` (a transient command register) is neither written nor
+      alarmed, and is never kept as desired: a restart or a reconnect must
+      not send a stale command again.
     """
 
     FIELDS: ClassVar[Mapping[str, Field]] = {}
@@ -368,6 +371,11 @@ class EquipmentEntity(Entity):
         pending = self.pending_setpoints()
         if port is None or not pending:
             return
+        for name in [k for k in pending if port.policy(k) == "never"]:
+            # A command register (a checkpoint from before its policy was known may hold
+            # one): dropped, never sent again.
+            del pending[name]
+            self.twin.desired.pop(name, None)
         reapply = {k: v for k, v in pending.items() if port.policy(k) == "reapply"}
         for name in sorted(set(pending) - set(reapply)):
             self.ctx.emit("alarm", alarm="reconcile_required", severity="minor", field=name,
@@ -529,12 +537,14 @@ class EquipmentEntity(Entity):
 
     async def apply_command(self, action: str, params: dict[str, Any]) -> Any:
         clean = self.validate_command(action, params)
-        self.twin.desired.update(clean)
+        port = self.ctx.device
+        # A command register (reconcile "never") is written, never kept as desired.
+        kept = {k: v for k, v in clean.items() if port is None or port.policy(k) != "never"}
+        self.twin.desired.update(kept)
         # Which command last set each field: a crisis plan restores only what it set itself.
         self.state["set_by"] = {**(self.state.get("set_by") or {}),
-                                **dict.fromkeys(clean, self.current_command)}
+                                **dict.fromkeys(kept, self.current_command)}
         self.ctx.emit("setpoint", **{f"desired.{k}": v for k, v in clean.items()})
-        port = self.ctx.device
         if port is None:
             return {"desired": clean}
         try:
@@ -542,7 +552,8 @@ class EquipmentEntity(Entity):
             try:
                 confirmed = await self.write_device(port, writes, self.current_command)
             except DeviceUnavailableError:
-                if not self.READS_BACK:
+                # A command register is never sent twice: whether it landed is unknown.
+                if not self.READS_BACK or len(kept) != len(clean):
                     raise
                 # An unanswered write may have landed: ask the device what it holds now
                 # and write, once more, only what it still lacks (never a value twice).

@@ -6,9 +6,10 @@ field through the protocol sessions of this package and hands the results to
 the entities as envelopes (see :mod:`runtime.device_port`):
 
 * Modbus devices are polled at their profile's rate, one read covering every
-  register; a device is offline after ``liveness_misses`` failed polls in a
-  row, and is then retried with jittered, capped backoff (a circuit breaker:
-  a dead controller costs one attempt per backoff step, not one per period).
+  register (in requests of 125 registers at most); a device is offline after
+  ``liveness_misses`` failed polls in a row, and is then retried with
+  jittered, capped backoff (a circuit breaker: a dead controller costs one
+  attempt per backoff step, not one per period).
   The units behind one gateway endpoint share a few TCP sessions
   (:data:`MODBUS_LANES`), each unit always the same one.
   At a cold start the first polls are spread over a period; a host that
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devices import modbus, mqtt, mqtt_wire, opcua
-from devices.profile import Profile, builtin_profile
+from devices.profile import FieldSpec, Profile, builtin_profile
 from runtime.clock import clock_from_wire
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import (
@@ -126,16 +127,18 @@ def _joined(profile: Profile, fields: Mapping[str, Any],
             owners: Sequence[tuple[str, int] | None]) -> list[tuple[int, list[int]]]:
     """The register ranges to write, in order; a block repeat written whole is one range.
 
-    When a write names every field of one repeat (``plan_table.2.*``), its
+    When a write names every field of one repeat (``plan_table.2.*``, or the
+    fields' bare names for every repeat: ``prio_id``, ``prio_command``, …), its
     ranges are joined where each starts at the end of the one before: the
     device gets the repeat in one request and judges it as a whole (a plan
-    table slot half written could be refused, or run). Other ranges go one
-    request each, as the device counts them.
+    table slot half written could be refused, or run; a priority request is
+    one command). Other ranges go one request each, as the device counts them.
     """
     whole: set[tuple[str, int]] = set()
     for block in profile.blocks:
         for n in {o[1] for o in owners if o is not None and o[0] == block.name}:
-            if all(f"{block.name}.{n}.{f.name}" in fields for f in block.fields):
+            if all(f"{block.name}.{n}.{f.name}" in fields or f.name in fields
+                   for f in block.fields):
                 whole.add((block.name, n))
     out: list[tuple[int, list[int]]] = []
     last: tuple[str, int] | None = None
@@ -150,7 +153,14 @@ def _joined(profile: Profile, fields: Mapping[str, Any],
 
 
 def _policy(profile: Profile, name: str) -> str | None:
-    for spec in (*profile.fields, *(f for b in profile.blocks for f in b.fields)):
+    """The reconcile policy of writable ``name`` (a block's ``lamp.3.dim`` as its ``dim``)."""
+    item = _block_item(name)
+    if item is not None and any(b.name == item[0] for b in profile.blocks):
+        specs: tuple[FieldSpec, ...] = profile.block(item[0]).fields
+        name = item[2]
+    else:
+        specs = (*profile.fields, *(f for b in profile.blocks for f in b.fields))
+    for spec in specs:
         if spec.name == name and spec.writable:
             return spec.reconcile
     return None
@@ -408,7 +418,7 @@ class HostDevices:
                 raise RejectedError(f"{profile.name} has no field {name!r}", code="unknown_field")
             for i in range(profile.count(block.name, st.equipment.attrs)):
                 writes.append(profile.encode_block_field(block.name, i, name, value))
-                owners.append(None)
+                owners.append((block.name, i + 1))
         await session.write_many(unit, _joined(profile, fields, writes, owners), urgent=True)
         return dict(fields)
 

@@ -34,6 +34,12 @@ line per issue, ``field`` being a path such as ``block[0].field[2].type``.
 Modbus encoding: ``bool`` is 0/1, ``u16``/``i16`` one register (two's complement),
 ``u32``/``i32`` two registers high word first; the engineering value is
 ``raw * scale``; a field with ``choices`` maps raw value ``i`` to ``choices[i]``.
+
+A writable field names its ``reconcile`` policy (:data:`RECONCILE`): ``reapply``
+(a setpoint the device must hold again after a reconnect), ``alarm`` (an
+operator decides) or ``never`` (a transient command, such as a signal priority
+request, that a restart must never send again). A block repeat whose fields
+make one command is written whole in one request (:meth:`Profile.encode_block`).
 """
 
 from __future__ import annotations
@@ -66,7 +72,11 @@ __all__ = [
 
 PROTOCOLS: Final = ("modbus", "opcua", "mqtt")
 FIELD_TYPES: Final = ("bool", "u16", "i16", "u32", "i32", "float", "str")
-RECONCILE: Final = ("reapply", "alarm")
+#: What a writable field's desired value becomes when a device comes back (reconnect,
+#: restart): ``reapply`` writes it again, ``alarm`` asks an operator, ``never`` marks a
+#: transient command register (a priority request) that is never kept as desired, never
+#: reconciled and never written again.
+RECONCILE: Final = ("reapply", "alarm", "never")
 #: Which field types each protocol can carry.
 PROTOCOL_TYPES: Final[Mapping[str, tuple[str, ...]]] = {
     "modbus": ("bool", "u16", "i16", "u32", "i32"),
@@ -458,6 +468,40 @@ class Profile:
             raise RejectedError(f"{self.name}.{block}: no repeat {index!r}", "out_of_range")
         return address, item.encode(value)
 
+    def encode_block(
+        self, block: str, index: int, values: Mapping[str, Any]
+    ) -> tuple[int, list[int]]:
+        """``(address, registers)`` writing repeat ``index`` of ``block`` whole, in one request.
+
+        ``values`` names every field of the repeat, and the fields must lie back to
+        back: a device that judges the repeat as one command (a priority request, a
+        plan table slot) gets it in one write. :class:`RejectedError` codes as
+        :meth:`encode_block_field`, and ``bad_value`` for a field missing or unknown.
+        """
+        self._need_modbus()
+        try:
+            spec = self.block(block)
+        except KeyError:
+            raise RejectedError(f"{self.name} has no block {block!r}", "unknown_field") from None
+        names = {f.name for f in spec.fields}
+        if set(values) != names:
+            missing, unknown = sorted(names - set(values)), sorted(set(values) - names)
+            raise RejectedError(
+                f"{self.name}.{block} is written whole: "
+                + "; ".join(part for part in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unknown {', '.join(unknown)}" if unknown else "") if part),
+                "bad_value")
+        ranges = sorted(self.encode_block_field(block, index, f.name, values[f.name])
+                        for f in spec.fields)
+        address, regs = ranges[0][0], list(ranges[0][1])
+        for at, raw in ranges[1:]:
+            if at != address + len(regs):
+                raise ConfigError(f"{self.source}: block {block!r}: its fields leave a gap at "
+                                  f"register {address + len(regs)}: it cannot be written whole")
+            regs.extend(raw)
+        return address, regs
+
 
 _Decode = Callable[[Sequence[int], int], Any]
 _Plan = tuple[
@@ -777,7 +821,7 @@ class _Parser(Checker):
         elif writable and reconcile is None and "reconcile" not in table:
             self._issue(
                 (*path, "reconcile"),
-                f"a writable field needs reconcile ({' or '.join(RECONCILE)})",
+                f"a writable field needs reconcile ({', '.join(RECONCILE)})",
                 at=(*path, "writable"),
             )
         elif not writable and reconcile is not None:

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,21 @@ class HostServices(Protocol):
         """Journaled commands by id."""
         ...
 
+    async def priority(self, env: Envelope, timeout: float) -> Any:
+        """Serve ``env`` on its target's priority lane, wherever its host runs."""
+        ...
+
+    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a lease of the store (see :meth:`StateStore.hold_lease`)."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> bool: ...
+
+    async def lease_owners(self, names: Sequence[str]) -> dict[str, str]: ...
+
+    def option(self, name: str) -> Any:
+        """One of the service's options the host was given (``mqtt_url``…), or None."""
+
 
 @dataclass(slots=True)
 class Crash:
@@ -127,6 +143,8 @@ class _Context:
         self._slot = slot
         self._host = host
         self._timers: dict[str, asyncio.Task[None]] = {}
+        # Who holds this incarnation's leases: no other process or incarnation is it.
+        self._lease_owner = f"{slot.id}:{uuid.uuid4().hex[:12]}"
 
     @property
     def id(self) -> str:
@@ -222,6 +240,25 @@ class _Context:
                 c, created_ts=now if c.created_ts else 0.0,
                 deadline_ts=self._machine_deadline(c.deadline_ts)) for c in commands]
         return await self._host.submit_commands(self._slot.id, commands)
+
+    async def priority(self, env: Envelope, timeout: float = 1.0) -> Any:
+        return await self._host.priority(env, timeout)
+
+    async def hold_lease(self, name: str, ttl_s: float) -> bool:
+        return await self._host.hold_lease(name, self.lease_owner, ttl_s)
+
+    async def release_lease(self, name: str) -> bool:
+        return await self._host.release_lease(name, self.lease_owner)
+
+    async def lease_owners(self, names: Sequence[str]) -> dict[str, str]:
+        return await self._host.lease_owners(names)
+
+    @property
+    def lease_owner(self) -> str:
+        return self._lease_owner
+
+    def option(self, name: str) -> Any:
+        return self._host.option(name)
 
     async def commands(self, ids: Sequence[str]) -> dict[str, Command]:
         return await self._host.get_commands(ids)

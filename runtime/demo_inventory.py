@@ -20,6 +20,7 @@ import functools
 import io
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +34,19 @@ from runtime.inventory import (
     PlacementPolicy,
     dump_inventory,
     slugify,
+)
+from runtime.transit import (
+    LAYOVER_S,
+    Approach,
+    BusLine,
+    Crossing,
+    LatLon,
+    Stop,
+    Timetable,
+    angle_diff,
+    azimuth_distance,
+    destination,
+    line_geometry,
 )
 
 __all__ = [
@@ -321,7 +335,8 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
         placed[family.prefix] = rows
 
     points = iter(_circuit_points(rng, counts.lighting_circuit, counts.lamp_points))
-    lines = iter(_dealt(rng, BUS_LINES, counts.buses))
+    dealt_lines = _dealt(rng, BUS_LINES, counts.buses)
+    lines = iter(dealt_lines)
     roles = iter(_dealt(rng, _service_roles(counts.service_vehicles), counts.service_vehicles))
     radios = set(rng.sample(range(counts.service_vehicles), counts.radios))
 
@@ -348,6 +363,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
         return {}
 
     plan_attrs = _plan_attrs(seed, placed)
+    bus_lines, approaches = _bus_lines(placed["xr"], munis, Counter(dealt_lines))
     equipment: list[Equipment] = []
     for family in families:
         for i, (ident, muni, lat, lon) in enumerate(placed[family.prefix]):
@@ -361,7 +377,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
                     endpoint=endpoint(family.prefix, i, ident),
                     profile=family.profile,
                     attrs={**attrs(family.prefix, i), **plan_attrs.get(ident, {}),
-                           **_schedule_attrs(family.kind)},
+                           **_schedule_attrs(family.kind), **approaches.get(ident, {})},
                 )
             )
     return Inventory(
@@ -369,6 +385,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
         municipalities=munis,
         equipment=tuple(equipment),
         placement=_PLACEMENT,
+        bus_lines=bus_lines,
         source=f"<demo scale={scale:g} seed={seed}>",
     )
 
@@ -435,6 +452,178 @@ def _plan_attrs(
         watched = min(near, key=lambda b: (b[1] - lat) ** 2 + (b[2] - lon) ** 2)[0]
         out[ident] = {"watches": watched, "presets": {**CAMERA_PRESETS, **WATCH_PRESETS}}
     return {k: {a: v for a, v in attrs.items() if v} for k, attrs in out.items()}
+
+
+# --------------------------------------------------------------------------- bus lines
+
+#: The demo crossroads' arms: (approach number, bearing of the arm from the centre,
+#: heading of the vehicles driving in on it), clockwise from the north arm.
+ARMS: Final = ((1, 0.0, 180.0), (2, 90.0, 270.0), (3, 180.0, 0.0), (4, 270.0, 90.0))
+#: How far before a demo crossroad's centre its stop lines are.
+STOP_LINE_M: Final = 25.0
+#: The demo lines' stops are this far apart, about.
+STOP_SPACING_M: Final = 400.0
+#: Every demo line runs a departure every few minutes from 05:30 to 00:30.
+SERVICE_HOURS: Final = ("05:30", "00:30")
+#: The demo's free-flow speed (29 km/h).
+FREE_FLOW_MPS: Final = 8.0
+# A line drives straight along an arm for up to this far on each side of a crossroad's
+# centre, as a street would, and ends this far past its outermost crossroad (at least
+# _MIN_REACH_M from the centre of Dijon).
+_ARM_M: Final = 60.0
+_TERMINUS_M: Final = 500.0
+_MIN_REACH_M: Final = 1_500.0
+# A stop this close to a crossroad's centre moves to the near side, _NEAR_SIDE_M before it.
+_NEAR_SIDE_M: Final = 40.0
+_MIN_STOP_GAP_M: Final = 60.0
+_MIN_HEADWAY_S: Final = 300.0
+
+
+def _arm(heading: float) -> int:
+    """The number of the arm on which a vehicle heading ``heading`` drives in."""
+    return next(n for n, _, h in ARMS if angle_diff(h, heading) < 1.0)
+
+
+def _cardinal(bearing: float) -> float:
+    return (round(bearing / 90.0) % 4) * 90.0
+
+
+def _rounded(point: LatLon) -> LatLon:
+    return round(point[0], _DECIMALS), round(point[1], _DECIMALS)
+
+
+def _approaches(centre: LatLon, offset_m: float) -> list[dict[str, Any]]:
+    """A crossroad's four arms, stop lines ``offset_m`` before its centre."""
+    out: list[dict[str, Any]] = []
+    for number, bearing, heading in ARMS:
+        lat, lon = _rounded(destination(centre, bearing, offset_m))
+        out.append({"number": number, "heading": heading, "lat": lat, "lon": lon})
+    return out
+
+
+def _bus_lines(
+    crossroads: Sequence[tuple[str, Municipality, float, float]],
+    munis: Sequence[Municipality],
+    buses: Counter[str],
+) -> tuple[dict[str, BusLine], dict[str, dict[str, Any]]]:
+    """The demo's bus lines through its crossroads, and each crossroad's approaches.
+
+    Dijon's bus lines are radial: each runs from one side of the metropolis
+    through the centre of Dijon to the other side. The demo cuts the compass
+    around Dijon's centre into ``2 * len(BUS_LINES)`` sectors. Line ``k`` takes
+    the crossroads of sector ``k`` and of the sector opposite. It starts at
+    its outbound terminus beyond the opposite sector's outermost crossroad, passes
+    the crossroads from the outermost inward, then outward, and ends beyond the
+    outermost crossroad of sector ``k``. At each crossroad it drives in along
+    one arm and out along another, the arms nearest the directions of the
+    previous and the next crossroad, as a street would. Where the next
+    crossroad lies back the way the line came, the line turns off to the side
+    rather than back along its own arm. So every crossroad is on a line,
+    unless it lies within 20 m of the one before it. Each line has a timetable
+    whose headway spreads its buses over its round trip.
+    """
+    centre: LatLon = (munis[0].lat, munis[0].lon)
+    sectors = 2 * len(BUS_LINES)
+    width = 360.0 / sectors
+    members: dict[int, list[tuple[float, str, LatLon]]] = {k: [] for k in range(len(BUS_LINES))}
+    for ident, _, lat, lon in crossroads:
+        bearing, radius = azimuth_distance(centre, (lat, lon))
+        sector = int(((bearing + width / 2) % 360.0) // width)
+        side = 1.0 if sector < len(BUS_LINES) else -1.0
+        members[sector % len(BUS_LINES)].append((side * radius, ident, (lat, lon)))
+    approaches: dict[str, dict[str, Any]] = {}
+    lines: dict[str, BusLine] = {}
+    for k, line_id in enumerate(BUS_LINES):
+        chain = sorted(members[k])
+        axis = k * width
+        reach = {side: max([abs(r) for r, _, _ in chain if r * side > 0] + [0.0])
+                 for side in (1.0, -1.0)}
+        start = destination(centre, axis + 180.0,
+                            max(reach[-1.0] + _TERMINUS_M, _MIN_REACH_M))
+        end = destination(centre, axis, max(reach[1.0] + _TERMINUS_M, _MIN_REACH_M))
+        path: list[LatLon] = [_rounded(start)]
+        crossed: list[tuple[str, LatLon, int, int, float]] = []
+        here = start
+        targets = [(ident, point) for _, ident, point in chain]
+        for i, (ident, point) in enumerate(targets):
+            ahead = targets[i + 1][1] if i + 1 < len(targets) else end
+            bearing_in, dist_in = azimuth_distance(here, point)
+            bearing_out, dist_out = azimuth_distance(point, ahead)
+            if min(dist_in, dist_out) < 20.0:
+                continue  # two crossroads this close are one to a bus
+            heading_in, heading_out = _cardinal(bearing_in), _cardinal(bearing_out)
+            if angle_diff(heading_in, heading_out) > 135.0:
+                # The next crossroad lies back the way the line came: it turns off to the
+                # side nearer to it rather than back along its own arm.
+                heading_out = min(((heading_in + 90.0) % 360.0, (heading_in + 270.0) % 360.0),
+                                  key=lambda h: angle_diff(h, bearing_out))
+            # Short enough arms that the way between two crossroads never runs backwards.
+            arm = min(_ARM_M, 0.3 * min(dist_in, dist_out))
+            offset = min(STOP_LINE_M, 0.6 * arm)
+            approaches[ident] = {"approaches": _approaches(point, offset)}
+            path += [_rounded(destination(point, heading_in + 180.0, arm)), _rounded(point),
+                     _rounded(destination(point, heading_out, arm))]
+            here = path[-1]
+            crossed.append((ident, point, _arm(heading_in), _arm(heading_out + 180.0), offset))
+        path.append(_rounded(end))
+        lines[line_id] = _line(line_id, path, crossed, munis, start, buses[line_id],
+                               approaches)
+    for ident, _, lat, lon in crossroads:
+        approaches.setdefault(ident, {"approaches": _approaches((lat, lon), STOP_LINE_M)})
+    return lines, approaches
+
+
+def _line(
+    line_id: str,
+    path: list[LatLon],
+    crossed: Sequence[tuple[str, LatLon, int, int, float]],
+    munis: Sequence[Municipality],
+    start: LatLon,
+    buses: int,
+    approaches: dict[str, dict[str, Any]],
+) -> BusLine:
+    """One demo line: its crossings, its stops every ~400 m and its timetable."""
+    geometry = line_geometry(path)
+    crossings: list[Crossing] = []
+    centres: list[float] = []
+    begin = 0.0
+    for ident, point, outbound, inbound, _ in crossed:
+        arms = {a["number"]: Approach(a["number"], a["heading"], a["lat"], a["lon"])
+                for a in approaches[ident]["approaches"]}
+        found = geometry.check_crossing(ident, point, arms[outbound], arms[inbound],
+                                        start_m=begin)
+        if found.crossing is None:
+            raise ConfigError(f"demo line {line_id} at {ident}: {found.problems}")
+        crossings.append(found.crossing)
+        centres.append(found.centre_s_m)
+        begin = found.centre_s_m
+    length = geometry.length_m
+    legs = max(1, round(length / STOP_SPACING_M))
+    wanted: list[float] = []
+    for n in range(legs + 1):
+        s = length * n / legs
+        if 0 < n < legs:
+            near = [c for c in centres if abs(c - s) < _NEAR_SIDE_M]
+            s = near[0] - _NEAR_SIDE_M if near else s
+        if not wanted or (s - wanted[-1] >= _MIN_STOP_GAP_M and length - s >= _MIN_STOP_GAP_M):
+            wanted.append(s)
+        elif n == legs:
+            wanted[-1] = s  # the terminus replaces a stop too close to it
+    points = [_rounded(geometry.point_at(s)) for s in wanted]
+    stop_s, problems = geometry.check_stops(points)
+    if problems:
+        raise ConfigError(f"demo line {line_id}: {problems}")
+    free = [Stop(f"{line_id}-{n:02d}", lat, lon) for n, (lat, lon) in enumerate(points)]
+    draft = BusLine(line_id, "dijon", tuple(path), tuple(free), free_flow_speed_mps=FREE_FLOW_MPS)
+    times = [round(t, 1) for t in draft.free_flow_s(stop_s)]
+    stops = tuple(Stop(s.id, s.lat, s.lon, t) for s, t in zip(free, times, strict=True))
+    # A round trip with a layover at each end, shared by the line's buses.
+    round_trip = 2.0 * (times[-1] + LAYOVER_S)
+    headway = max(_MIN_HEADWAY_S, 60.0 * math.floor(round_trip / max(buses, 1) / 60.0))
+    home = min(munis, key=lambda m: azimuth_distance((m.lat, m.lon), start)[1])
+    return BusLine(line_id, home.slug, tuple(path), stops,
+                   timetable=Timetable(headway, *SERVICE_HOURS),
+                   free_flow_speed_mps=FREE_FLOW_MPS, crossings=tuple(crossings))
 
 
 def generate_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None) -> str:

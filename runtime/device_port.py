@@ -31,7 +31,8 @@ class DevicePort(Protocol):
         """Whether the device answers (per its profile's liveness rule)."""
 
     def policy(self, field: str) -> str | None:
-        """The profile's reconcile policy of a writable field: "reapply" or "alarm"."""
+        """The profile's reconcile policy of a writable field: "reapply", "alarm" or
+        "never" (a command register, never written again); None for another field."""
 
     async def settled(self) -> bool:
         """Wait until the session knows whether the device answers; returns :attr:`online`.

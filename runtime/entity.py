@@ -104,6 +104,37 @@ class EntityContext(Protocol):
         """The journaled commands of these ids as they stand (those the store still holds)."""
         ...
 
+    async def priority(self, env: Envelope, timeout: float = 1.0) -> Any:
+        """Serve ``env`` on its target's priority lane (:meth:`Entity.on_priority`) at once:
+        one call to the target's host, never batched, never queued behind its mailbox.
+        Returns the lane's answer; raises its :class:`~runtime.errors.RejectedError`, or
+        :class:`~runtime.errors.RetryableError` when the host cannot be reached now."""
+        ...
+
+    async def hold_lease(self, name: str, ttl_s: float) -> bool:
+        """Take lease ``name`` of the store, or renew it, for ``ttl_s`` (machine seconds).
+
+        False while another holds it. A lease this entity stops renewing (its
+        process killed) lapses by itself: at most one holder at any time.
+        """
+        ...
+
+    async def release_lease(self, name: str) -> bool:
+        """Give lease ``name`` up if this entity holds it."""
+        ...
+
+    async def lease_owners(self, names: Sequence[str]) -> dict[str, str]:
+        """Who holds each of these leases (lapsed and free ones left out)."""
+        ...
+
+    @property
+    def lease_owner(self) -> str:
+        """This entity's name as a lease holder (unique to this incarnation)."""
+        ...
+
+    def option(self, name: str) -> Any:
+        """An option of the service given to the host (``mqtt_url``), or None."""
+
     @property
     def device(self) -> DevicePort | None:
         """The entity's device session, or None when it runs without one."""

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from runtime.errors import (
     MailboxFullError,
     MalformedMessageError,
     RejectedError,
+    RetryableError,
     StoreUnavailableError,
     UnknownEntityError,
 )
@@ -65,7 +66,7 @@ _JOURNAL_BATCH = 500  # journal entries read at a time
 _FEED_BATCH = 500  # events handed to a coordinator at a time
 _FEED_BLOCK_MS = 1000  # how long a coordinator's feed waits on the stream per read
 _FEED_TIMEOUT_S = 30.0  # how long a batch may take its coordinator before it goes again
-_SUBMIT_CHUNK = 200  # commands an entity journals concurrently
+_SUBMIT_CHUNK = 500  # commands an entity journals in one round trip
 
 #: The hash where hosts keep one line per entity (``{"host", "status", "online",
 #: "conditions"}``, JSON) for the web's equipment lists; the twins are the checkpoints.
@@ -189,7 +190,11 @@ class HostCore:
         self.config = config
         self.store = store
         self.directory = directory
+        self.transport = transport
         self.outbox = Outbox(transport)
+        # The Ray actor's priority method, when this host serves one (a call to an entity of
+        # this very host takes it without a Ray hop).
+        self.priority_lane: Callable[[bytes], Awaitable[bytes]] | None = None
         self.slots: dict[str, EntitySlot] = {
             eq.id: EntitySlot(eq, factory_for(eq), Mailbox(config.mailbox_capacity))
             for eq in equipment
@@ -438,6 +443,38 @@ class HostCore:
             h = self.metrics[metric] = Histogram()
         h.observe(value)
 
+    async def priority(self, env: Envelope, timeout: float) -> Any:
+        """Serve ``env`` on its target's priority lane: this host's own, or one Ray call to
+        the target's host (:meth:`runtime.router.Transport.priority`)."""
+        host_id = self.directory.host_of(env.target)
+        if host_id is None:
+            raise UnknownEntityError(env.target)
+        if self.priority_lane is not None and host_id == self.host_id:
+            answer = await asyncio.wait_for(self.priority_lane(pack(env.to_wire())), timeout)
+        else:
+            answer = await asyncio.wait_for(
+                self.transport.priority(host_id, pack(env.to_wire())), timeout)
+        doc = unpack(answer)
+        if not isinstance(doc, dict) or not doc.get("ok"):
+            error = doc.get("error", "refused") if isinstance(doc, dict) else "refused"
+            code = doc.get("code", "refused") if isinstance(doc, dict) else "refused"
+            if code == "RetryableError":
+                raise RetryableError(str(error))
+            raise RejectedError(str(error), code=str(code))
+        return doc.get("result")
+
+    async def hold_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return await self.store.hold_lease(name, owner, int(ttl_s * 1000))
+
+    async def release_lease(self, name: str, owner: str) -> bool:
+        return await self.store.release_lease(name, owner)
+
+    async def lease_owners(self, names: Sequence[str]) -> dict[str, str]:
+        return await self.store.lease_owners(names)
+
+    def option(self, name: str) -> Any:
+        return self._device_options.get(name)
+
     def mark_dirty(self, slot: EntitySlot) -> None:
         slot.dirty = True
         self._dirty.add(slot.id)
@@ -625,14 +662,13 @@ class HostCore:
 
         Write-ahead: the checkpoint that records the decision is in the store
         before any command of it is, so a restarted entity knows what it may
-        have sent. Commands go out a chunk at a time, concurrently; an id
+        have sent. Commands go out a chunk at a time, one round trip each; an id
         journaled already is returned as stored, not journaled twice.
         """
         await self.durable(entity_id)
         out: list[Command] = []
         for start in range(0, len(commands), _SUBMIT_CHUNK):
-            chunk = commands[start:start + _SUBMIT_CHUNK]
-            stored = await asyncio.gather(*(self.store.submit_command(c) for c in chunk))
+            stored = await self.store.submit_commands(commands[start:start + _SUBMIT_CHUNK])
             out += [cmd for cmd, _ in stored]
         return out
 

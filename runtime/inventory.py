@@ -38,6 +38,56 @@ for a building ``doors`` (door numbers by tag of :data:`DOOR_TAGS`,
     watches = "bld-dijon-0001"
     presets = { home = 1, flood = 12 }
 
+A crossroad lists its ``approaches`` (:class:`~runtime.transit.Approach`):
+the arms vehicles drive in on, numbered 1 to 8, each with the direction of
+travel on it (``heading``, degrees clockwise from north) and its stop line's
+position, within :data:`~runtime.transit.MAX_STOP_LINE_M` of the crossroad::
+
+    [equipment.attrs]
+    approaches = [{number = 1, heading = 180.0, lat = 47.32032, lon = 5.0399},
+                  {number = 3, heading = 0.0, lat = 47.31988, lon = 5.0399}]
+
+Bus lines (:class:`~runtime.transit.BusLine`, whose module explains the
+model) are ``[[bus_line]]`` tables. Each has a path of ``[lat, lon]`` points in
+its outbound direction, its stops in that order, an optional timetable (then
+every stop has its ``at_s``, seconds after the trip's departure) and the
+crossroads it crosses, in order, each with the approaches it drives in on,
+outbound and inbound::
+
+    [[bus_line]]
+    id = "L1"
+    municipality = "dijon"
+    free_flow_speed_mps = 8.0          # optional, 8 m/s unless set
+    path = [
+        [47.3150, 5.0399],
+        [47.3250, 5.0399],
+    ]
+    [bus_line.timetable]
+    headway_s = 600
+    first = "05:30"
+    last = "00:30"                     # optional: none runs around the clock
+    [[bus_line.stop]]
+    id = "L1-00"
+    lat = 47.3150
+    lon = 5.0399
+    at_s = 0.0
+    [[bus_line.stop]]
+    id = "L1-01"
+    lat = 47.3250
+    lon = 5.0399
+    at_s = 140.0
+    [[bus_line.crossroad]]
+    id = "xr-dijon-0001"
+    outbound = 3
+    inbound = 1
+
+The check places stops and crossroads on the path in order, within
+:data:`~runtime.transit.PATH_TOLERANCE_M`, and each approach's heading within
+:data:`~runtime.transit.HEADING_TOLERANCE_DEG` of the line's direction at its
+stop line. When an inventory declares bus lines, each bus (a vehicle with
+``attrs.line``) names one of them. An inventory without lines leaves its buses'
+lines free, and the simulator invents their routes.
+
 >>> inv = load_inventory("metropolis.toml")          # doctest: +SKIP
 >>> inv.by_id("xr-dijon-0001").domain                # doctest: +SKIP
 'traffic'
@@ -58,6 +108,7 @@ refuses to start with an inventory that fails it
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -81,6 +132,22 @@ from runtime.datafile import (
     type_name,
 )
 from runtime.errors import ConfigError, InventoryError
+from runtime.transit import (
+    DEFAULT_FREE_FLOW_MPS,
+    LINE_ID_PATTERN,
+    MAX_APPROACHES,
+    MAX_FREE_FLOW_MPS,
+    MAX_STOP_LINE_M,
+    STOP_ID_PATTERN,
+    TIME_PATTERN,
+    Approach,
+    BusLine,
+    Crossing,
+    Stop,
+    Timetable,
+    approaches_of,
+    line_geometry,
+)
 
 __all__ = [
     "CONTROL_DOMAIN",
@@ -338,17 +405,21 @@ class PlacementPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Inventory:
-    """A validated metropolis: its municipalities, its equipment and their placement.
+    """A validated metropolis: its municipalities, its equipment, their placement and
+    its bus lines (``bus_lines``, by id).
 
     Construction checks what spans records (unique slugs and ids, declared
     municipalities, equipment within :data:`MAX_DISTANCE_KM` of its
-    municipality); :func:`parse_inventory` checks the same with line numbers.
+    municipality, the crossroads and approaches that lines cross, the lines
+    that buses drive); :func:`parse_inventory` checks the same with line
+    numbers, and the lines' geometry too.
     """
 
     name: str
     municipalities: tuple[Municipality, ...]
     equipment: tuple[Equipment, ...]
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    bus_lines: Mapping[str, BusLine] = field(default_factory=_empty_mapping, hash=False)
     source: str = field(default="<memory>", compare=False)
     _by_id: Mapping[str, Equipment] = field(init=False, repr=False, compare=False, hash=False)
     _by_slug: Mapping[str, Municipality] = field(init=False, repr=False, compare=False, hash=False)
@@ -383,6 +454,35 @@ class Inventory:
                 )
         object.__setattr__(self, "_by_slug", MappingProxyType(by_slug))
         object.__setattr__(self, "_by_id", MappingProxyType(by_id))
+        self._check_lines(by_slug, by_id)
+
+    def _check_lines(self, by_slug: Mapping[str, Municipality],
+                     by_id: Mapping[str, Equipment]) -> None:
+        if not isinstance(self.bus_lines, Mapping):
+            raise ConfigError("bus_lines must be a mapping of lines by id")
+        lines = dict(self.bus_lines)
+        object.__setattr__(self, "bus_lines", MappingProxyType(lines))
+        for key, line in lines.items():
+            if not isinstance(line, BusLine) or line.id != key:
+                raise ConfigError(f"bus line {key!r} is not a BusLine of that id")
+            if line.municipality not in by_slug:
+                raise ConfigError(f"bus line {key!r}: municipality {line.municipality!r} "
+                                  "is not declared")
+            for crossing in line.crossings:
+                xr = by_id.get(crossing.crossroad_id)
+                if xr is None or xr.kind != "crossroad":
+                    raise ConfigError(f"bus line {key!r} crosses {crossing.crossroad_id!r}, "
+                                      "which is not a crossroad of the inventory")
+                numbers = {a.number for a in approaches_of(xr)}
+                for number in (crossing.outbound_approach, crossing.inbound_approach):
+                    if number not in numbers:
+                        raise ConfigError(f"bus line {key!r}: crossroad {xr.id!r} has no "
+                                          f"approach {number}")
+        if lines:
+            for eq in self.equipment:
+                if eq.kind == "vehicle" and "line" in eq.attrs and eq.attrs["line"] not in lines:
+                    raise ConfigError(f"equipment {eq.id!r} drives line {eq.attrs['line']!r}, "
+                                      "which is not declared")
 
     def by_id(self, id: str) -> Equipment:
         """The equipment with this id; :class:`KeyError` if there is none."""
@@ -400,6 +500,20 @@ class Inventory:
                   for index, eq in enumerate(self.equipment) for sub, message in check(eq)]
         if issues:
             raise InventoryError([text for _, text in sorted(issues)])
+
+    def restricted(self, kinds: Iterable[str]) -> Inventory:
+        """This inventory with only the equipment of ``kinds`` (a lighter city for tests
+        and benches). Its bus lines keep their paths and stops but not their crossings
+        of the crossroads left out."""
+        wanted = set(kinds)
+        keep = tuple(eq for eq in self.equipment if eq.kind in wanted)
+        crossroads = {eq.id for eq in keep if eq.kind == "crossroad"}
+        lines = {
+            key: dataclasses.replace(line, crossings=tuple(
+                c for c in line.crossings if c.crossroad_id in crossroads))
+            for key, line in self.bus_lines.items()
+        }
+        return dataclasses.replace(self, equipment=keep, bus_lines=lines)
 
     def count_by_kind(self) -> dict[str, int]:
         """Equipment count per kind, every kind present (0 if none), in :data:`KINDS` order."""
@@ -438,7 +552,7 @@ def _choices(options: Iterable[str]) -> str:
     return ", ".join(options)
 
 
-_TOP_KEYS: Final = ("metropolis", "placement", "municipality", "equipment")
+_TOP_KEYS: Final = ("metropolis", "placement", "municipality", "equipment", "bus_line")
 _METROPOLIS_KEYS: Final = ("name",)
 _PLACEMENT_KEYS: Final = ("default", "kinds", "shards")
 _MUNICIPALITY_KEYS: Final = ("slug", "name", "lat", "lon", "population")
@@ -453,6 +567,12 @@ _EQUIPMENT_KEYS: Final = (
     "placement",
     "attrs",
 )
+_APPROACH_KEYS: Final = ("number", "heading", "lat", "lon")
+_BUS_LINE_KEYS: Final = ("id", "municipality", "free_flow_speed_mps", "path", "timetable",
+                         "stop", "crossroad")
+_TIMETABLE_KEYS: Final = ("headway_s", "first", "last")
+_STOP_KEYS: Final = ("id", "lat", "lon", "at_s")
+_LINE_CROSSROAD_KEYS: Final = ("id", "outbound", "inbound")
 
 
 class _Parser(Checker):
@@ -464,6 +584,8 @@ class _Parser(Checker):
                  check: RecordCheck | None = None) -> None:
         super().__init__(text, source, doc)
         self._check = check
+        # Where each declared equipment id stands, valid record or not.
+        self._equipment_paths: dict[str, KeyPath] = {}
 
     # -- typed fields; each returns None after reporting a problem (or when optional and absent)
 
@@ -537,6 +659,7 @@ class _Parser(Checker):
         placement = self._placement()
         municipalities, slugs = self._municipalities()
         equipment = self._equipment(municipalities, slugs)
+        lines = self._bus_lines(slugs, equipment)
         if not self._issues and name is not None and placement is not None:
             try:
                 return Inventory(
@@ -544,6 +667,7 @@ class _Parser(Checker):
                     municipalities=tuple(m for m in municipalities if m is not None),
                     equipment=tuple(equipment),
                     placement=placement,
+                    bus_lines=lines,
                     source=self._source,
                 )
             except ConfigError as exc:
@@ -726,6 +850,9 @@ class _Parser(Checker):
                 attrs = self._table(table["attrs"], (*path, "attrs"), "a table")
                 if attrs is not None:
                     self._plan_attrs(attrs, (*path, "attrs"), kind)
+                    if "approaches" in attrs:
+                        self._approaches(attrs["approaches"], (*path, "attrs", "approaches"),
+                                         kind, lat, lon)
             if len(self._issues) != before:
                 continue
             assert ident is not None and kind is not None and slug is not None
@@ -747,6 +874,7 @@ class _Parser(Checker):
                 self._issue((*path, *sub), message)
             out.append(eq)
         self._watched(out, seen)
+        self._equipment_paths = seen
         return out
 
     def _plan_attrs(self, attrs: Mapping[str, Any], path: KeyPath, kind: str | None) -> None:
@@ -821,6 +949,292 @@ class _Parser(Checker):
             elif kinds.get(watched, "building") != "building":
                 self._issue(where, f"{watched!r} is a {kinds[watched]}, not a building")
 
+    def _approaches(self, value: object, where: KeyPath, kind: str | None,
+                    lat: float | None, lon: float | None) -> None:
+        """A crossroad's ``approaches``: numbered arms with a heading and a stop line."""
+        if kind is not None and kind != "crossroad":
+            self._issue(where, f"only a crossroad has approaches (this is a {kind})")
+        if not isinstance(value, list):
+            self._issue(where, f"expected an array of approach tables, got "
+                               f"{type_name(value)} {shown(value)}")
+            return
+        numbers: dict[int, int] = {}
+        for index, item in enumerate(value):
+            at = (*where, index)
+            table = self._table(item, at, "an approach table {number, heading, lat, lon}")
+            if table is None:
+                continue
+            self._keys(table, at, _APPROACH_KEYS)
+            number = self._int(table, at, "number")
+            if number is not None:
+                if not 1 <= number <= MAX_APPROACHES:
+                    self._issue((*at, "number"), f"approach number {number} outside "
+                                                 f"1..{MAX_APPROACHES}")
+                elif number in numbers:
+                    self._issue((*at, "number"), f"approach {number} is listed twice (first "
+                                                 f"as approaches[{numbers[number]}])")
+                else:
+                    numbers[number] = index
+            heading = self._number(table, at, "heading")
+            if heading is not None and not 0.0 <= heading <= 360.0:
+                self._issue((*at, "heading"), f"heading {heading:g} outside [0, 360]")
+            stop_lat, stop_lon = self._coordinates(table, at)
+            if None not in (lat, lon, stop_lat, stop_lon):
+                assert lat is not None and lon is not None
+                assert stop_lat is not None and stop_lon is not None
+                metres = 1000.0 * distance_km(lat, lon, stop_lat, stop_lon)
+                if metres > MAX_STOP_LINE_M:
+                    self._issue(at, f"stop line is {metres:.0f} m from the crossroad "
+                                    f"(limit {MAX_STOP_LINE_M:g} m)")
+
+    def _bus_lines(self, slugs: Mapping[str, object],
+                   equipment: Sequence[Equipment]) -> dict[str, BusLine]:
+        """The ``[[bus_line]]`` tables, their geometry checked against their crossroads."""
+        by_id = {eq.id: eq for eq in equipment}
+        out: dict[str, BusLine] = {}
+        seen: dict[str, KeyPath] = {}
+        for path, table in self._array_of_tables("bus_line"):
+            before = len(self._issues)
+            self._keys(table, path, _BUS_LINE_KEYS)
+            ident = self._str(table, path, "id")
+            if ident is not None:
+                if not LINE_ID_PATTERN.match(ident):
+                    self._issue((*path, "id"), f"{ident!r} does not match "
+                                               f"{LINE_ID_PATTERN.pattern}")
+                elif ident in seen:
+                    first = seen[ident]
+                    self._issue((*path, "id"), f"duplicate line {ident!r} (first at line "
+                                               f"{self._where.line(first)}, {field_name(first)})")
+                else:
+                    seen[ident] = path
+            slug = self._str(table, path, "municipality")
+            if slug is not None and slug not in slugs:
+                guess = difflib.get_close_matches(slug, list(slugs), n=1)
+                hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+                self._issue((*path, "municipality"), f"municipality {slug!r} is not declared{hint}")
+            speed = DEFAULT_FREE_FLOW_MPS
+            if "free_flow_speed_mps" in table:
+                value = self._number(table, path, "free_flow_speed_mps")
+                if value is not None and not 0.0 < value <= MAX_FREE_FLOW_MPS:
+                    self._issue((*path, "free_flow_speed_mps"),
+                                f"speed {value:g} m/s outside (0, {MAX_FREE_FLOW_MPS:g}]")
+                elif value is not None:
+                    speed = value
+            points = self._line_path(table, path)
+            timetable = self._timetable(table, path)
+            stops = self._stops(table, path, timed="timetable" in table)
+            crossings = self._line_crossroads(table, path, by_id)
+            if points is None:
+                continue
+            geometry = line_geometry(points)
+            if stops is not None:
+                _, problems = geometry.check_stops(stops)
+                for index, message in problems:
+                    self._issue((*path, "stop", index), message)
+            checked: list[Crossing] = []
+            start = 0.0
+            for where, xr, outbound, inbound in crossings or ():
+                found = geometry.check_crossing(xr.id, (xr.lat, xr.lon), outbound, inbound,
+                                                start_m=start)
+                for key, message in found.problems:
+                    self._issue((*where, key), message)
+                if found.crossing is not None:
+                    checked.append(found.crossing)
+                    start = found.centre_s_m
+            if len(self._issues) != before:
+                continue
+            assert ident is not None and slug is not None and stops is not None
+            try:
+                out[ident] = BusLine(ident, slug, path=tuple(points), stops=tuple(stops),
+                                     timetable=timetable, free_flow_speed_mps=speed,
+                                     crossings=tuple(checked))
+            except ConfigError as exc:  # every rule is checked above; this is the backstop
+                self._issue(path, str(exc))
+        if seen:
+            self._bus_refs(equipment, seen)
+        return out
+
+    def _line_path(self, table: Mapping[str, Any],
+                   path: KeyPath) -> list[tuple[float, float]] | None:
+        """A line's ``path``: at least two ``[lat, lon]`` points, none repeating the last."""
+        if not self._present(table, path, "path", True):
+            return None
+        value = table["path"]
+        where = (*path, "path")
+        if not isinstance(value, list) or len(value) < 2:
+            self._issue(where, f"expected an array of at least two [lat, lon] points, got "
+                               f"{type_name(value)} {shown(value)}")
+            return None
+        points: list[tuple[float, float]] = []
+        before = len(self._issues)
+        for index, item in enumerate(value):
+            at = (*where, index)
+            if (not isinstance(item, list) or len(item) != 2
+                    or not all(_is_number(v) for v in item)):
+                self._issue(at, f"expected a point [lat, lon], got {shown(item)}")
+                continue
+            lat, lon = float(item[0]), float(item[1])
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                self._issue(at, f"point ({lat:g}, {lon:g}) outside [-90, 90] x [-180, 180]")
+                continue
+            if points and points[-1] == (lat, lon):
+                self._issue(at, "point repeats the one before it")
+                continue
+            points.append((lat, lon))
+        return points if len(self._issues) == before else None
+
+    def _timetable(self, table: Mapping[str, Any], path: KeyPath) -> Timetable | None:
+        """A line's optional ``timetable``: ``headway_s``, ``first`` and ``last``."""
+        if "timetable" not in table:
+            return None
+        where = (*path, "timetable")
+        timetable = self._table(table["timetable"], where, "a table")
+        if timetable is None:
+            return None
+        before = len(self._issues)
+        self._keys(timetable, where, _TIMETABLE_KEYS)
+        headway = self._number(timetable, where, "headway_s")
+        if headway is not None and not 0.0 < headway <= 86_400.0:
+            self._issue((*where, "headway_s"), f"headway {headway:g} s outside (0, 86400]")
+        times: dict[str, str | None] = {"first": None, "last": None}
+        for key in times:
+            text = self._str(timetable, where, key, required=key == "first")
+            if text is not None and not TIME_PATTERN.match(text):
+                self._issue((*where, key), f"{text!r} is not a local time \"HH:MM\" "
+                                           "(00:00 to 23:59)")
+            times[key] = text
+        if len(self._issues) != before:
+            return None
+        assert headway is not None and times["first"] is not None
+        return Timetable(headway, times["first"], times["last"])
+
+    def _stops(self, table: Mapping[str, Any], path: KeyPath, *, timed: bool) -> list[Stop] | None:
+        """A line's ``[[bus_line.stop]]`` tables: at least two, ``at_s`` with a timetable."""
+        where = (*path, "stop")
+        if "stop" not in table:
+            self._issue(where, "a line needs at least two [[bus_line.stop]]", at=path)
+            return None
+        value = table["stop"]
+        if not isinstance(value, list) or len(value) < 2:
+            self._issue(where, f"expected at least two [[bus_line.stop]] tables, got "
+                               f"{type_name(value)} {shown(value)}")
+            return None
+        before = len(self._issues)
+        stops: list[Stop] = []
+        ids: dict[str, int] = {}
+        last_at: float | None = None
+        for index, item in enumerate(value):
+            at = (*where, index)
+            stop = self._table(item, at, "a table")
+            if stop is None:
+                continue
+            mark = len(self._issues)
+            self._keys(stop, at, _STOP_KEYS)
+            ident = self._str(stop, at, "id")
+            if ident is not None:
+                if not STOP_ID_PATTERN.match(ident):
+                    self._issue((*at, "id"), f"{ident!r} does not match "
+                                             f"{STOP_ID_PATTERN.pattern}")
+                elif ident in ids:
+                    self._issue((*at, "id"), f"stop {ident!r} is listed twice (first as "
+                                             f"stop[{ids[ident]}])")
+                else:
+                    ids[ident] = index
+            lat, lon = self._coordinates(stop, at)
+            at_s: float | None = None
+            if timed:
+                at_s = self._number(stop, at, "at_s")
+                if at_s is not None:
+                    if index == 0 and at_s != 0.0:
+                        self._issue((*at, "at_s"), f"the first stop is the trip's departure: "
+                                                   f"at_s must be 0, not {at_s:g}")
+                    elif at_s < 0.0:
+                        self._issue((*at, "at_s"), f"at_s {at_s:g} is negative")
+                    elif last_at is not None and at_s < last_at:
+                        self._issue((*at, "at_s"), f"at_s {at_s:g} is earlier than the "
+                                                   f"previous stop's {last_at:g}")
+                    last_at = at_s
+            elif "at_s" in stop:
+                self._issue((*at, "at_s"), "at_s needs a [bus_line.timetable]")
+            if len(self._issues) == mark:
+                assert ident is not None and lat is not None and lon is not None
+                stops.append(Stop(ident, lat, lon, at_s))
+        return stops if len(self._issues) == before else None
+
+    def _line_crossroads(
+        self, table: Mapping[str, Any], path: KeyPath, by_id: Mapping[str, Equipment]
+    ) -> list[tuple[KeyPath, Equipment, Approach, Approach]] | None:
+        """A line's ``[[bus_line.crossroad]]`` tables: declared crossroads, with the
+        approaches it drives in on (``outbound``, ``inbound``) among theirs."""
+        where = (*path, "crossroad")
+        value = table.get("crossroad", [])
+        if not isinstance(value, list):
+            self._issue(where, f"expected [[bus_line.crossroad]] tables, got "
+                               f"{type_name(value)} {shown(value)}")
+            return None
+        before = len(self._issues)
+        out: list[tuple[KeyPath, Equipment, Approach, Approach]] = []
+        crossed: dict[str, int] = {}
+        crossroads = [eq.id for eq in by_id.values() if eq.kind == "crossroad"]
+        for index, item in enumerate(value):
+            at = (*where, index)
+            ref = self._table(item, at, "a table")
+            if ref is None:
+                continue
+            self._keys(ref, at, _LINE_CROSSROAD_KEYS)
+            ident = self._str(ref, at, "id")
+            numbers = {key: self._int(ref, at, key) for key in ("outbound", "inbound")}
+            if ident is None:
+                continue
+            if ident in crossed:
+                self._issue((*at, "id"), f"the line crosses {ident!r} twice (first as "
+                                         f"crossroad[{crossed[ident]}])")
+                continue
+            crossed[ident] = index
+            xr = by_id.get(ident)
+            if xr is None:
+                if ident not in self._equipment_paths:  # else its own record is reported
+                    guess = difflib.get_close_matches(ident, crossroads, n=1)
+                    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+                    self._issue((*at, "id"), f"unknown crossroad {ident!r}{hint}")
+                continue
+            if xr.kind != "crossroad":
+                self._issue((*at, "id"), f"{ident!r} is a {xr.kind}, not a crossroad")
+                continue
+            try:
+                approaches = {a.number: a for a in approaches_of(xr)}
+            except ConfigError:
+                continue  # reported with the crossroad's own record
+            chosen: list[Approach] = []
+            for key, number in numbers.items():
+                if number is None:
+                    continue
+                if number not in approaches:
+                    have = ", ".join(str(n) for n in sorted(approaches)) or "none"
+                    self._issue((*at, key), f"crossroad {ident!r} has no approach {number} "
+                                            f"(it has {have})")
+                    continue
+                chosen.append(approaches[number])
+            if len(chosen) == 2:
+                out.append((at, xr, chosen[0], chosen[1]))
+        return out if len(self._issues) == before else None
+
+    def _bus_refs(self, equipment: Sequence[Equipment], lines: Mapping[str, KeyPath]) -> None:
+        """With lines declared, each bus (a vehicle with ``attrs.line``) names one."""
+        for eq in equipment:
+            if eq.kind != "vehicle" or "line" not in eq.attrs:
+                continue
+            line = eq.attrs["line"]
+            if line in lines:
+                continue
+            where = (*self._equipment_paths[eq.id], "attrs", "line")
+            if not isinstance(line, str):
+                self._issue(where, f"expected a line id, got {type_name(line)} {shown(line)}")
+                continue
+            guess = difflib.get_close_matches(line, list(lines), n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            self._issue(where, f"line {line!r} is not declared by a [[bus_line]]{hint}")
+
 
 # --------------------------------------------------------------------------- writing
 
@@ -871,5 +1285,37 @@ def dump_inventory(inventory: Inventory, *, decimals: int | None = None) -> str:
         if e.attrs:
             lines.append("[equipment.attrs]")
             lines += [f"{toml_key(k)} = {toml_value(v, decimals)}" for k, v in e.attrs.items()]
+    for line in inventory.bus_lines.values():
+        lines += _dump_line(line, num)
     lines.append("")
     return "\n".join(lines)
+
+
+def _dump_line(line: BusLine, num: Callable[[float], str]) -> list[str]:
+    """The ``[[bus_line]]`` table of ``line`` (its crossings' stop lines are derived)."""
+    out = [
+        "",
+        "[[bus_line]]",
+        f"id = {toml_value(line.id)}",
+        f"municipality = {toml_value(line.municipality)}",
+        f"free_flow_speed_mps = {num(line.free_flow_speed_mps)}",
+        "path = [",
+        *(f"    [{num(lat)}, {num(lon)}]," for lat, lon in line.path),
+        "]",
+    ]
+    if line.timetable is not None:
+        out += ["[bus_line.timetable]",
+                f"headway_s = {num(line.timetable.headway_s)}",
+                f"first = {toml_value(line.timetable.first)}"]
+        if line.timetable.last is not None:
+            out.append(f"last = {toml_value(line.timetable.last)}")
+    for stop in line.stops:
+        out += ["[[bus_line.stop]]", f"id = {toml_value(stop.id)}",
+                f"lat = {num(stop.lat)}", f"lon = {num(stop.lon)}"]
+        if stop.at_s is not None:
+            out.append(f"at_s = {num(stop.at_s)}")
+    for crossing in line.crossings:
+        out += ["[[bus_line.crossroad]]", f"id = {toml_value(crossing.crossroad_id)}",
+                f"outbound = {crossing.outbound_approach}",
+                f"inbound = {crossing.inbound_approach}"]
+    return out

@@ -129,6 +129,16 @@ class RayTransport:
         self._handles[host_id] = h
         return h
 
+    async def priority(self, host_id: str, blob: bytes) -> bytes:
+        handle = await self.handle(host_id)
+        try:
+            answer: bytes = await handle.priority.remote(blob)
+        except RayActorError as exc:
+            self._handles.pop(host_id, None)
+            await self._refresh()
+            raise RetryableError(f"host {host_id} died during a priority call") from exc
+        return answer
+
     async def send_batch(self, host_id: str, blob: bytes) -> Mapping[str, Any]:
         handle = await self.handle(host_id)
         try:
@@ -207,6 +217,7 @@ class HostActor:
         )
         self.core = core
         self.lane = _Lane(core)
+        core.priority_lane = self._serve_priority
         await core.start()
         self._assigned.set()
         return core.status()
@@ -309,6 +320,9 @@ class HostActor:
     @ray.method(concurrency_group="priority")
     async def priority(self, blob: bytes) -> bytes:
         """Serve a latency-critical envelope at once, ahead of the default loop's work."""
+        return await self._serve_priority(blob)
+
+    async def _serve_priority(self, blob: bytes) -> bytes:
         core, lane = self.core, self.lane
         try:
             if core is None or lane is None:

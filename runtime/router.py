@@ -29,6 +29,11 @@ class Transport(Protocol):
     async def send_batch(self, host_id: str, blob: bytes) -> Mapping[str, Any]:
         """Deliver ``blob`` to ``host_id``; raise RetryableError if it cannot now."""
 
+    async def priority(self, host_id: str, blob: bytes) -> bytes:
+        """Hand one packed envelope to ``host_id``'s priority lane at once (never batched)
+        and return the lane's packed answer; raise RetryableError if it cannot now."""
+        ...
+
 
 class Directory:
     """Which host owns which entity (static per placement plan, swappable whole)."""

@@ -287,6 +287,10 @@ class Service:
         # would spend 5 of the 10 s a stop may take. Those events only feed
         # Ray's dashboard, which we do not run.
         os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
+        # Ray starts its workers at nice 15 so that they yield to its own daemons; here the
+        # workers are the hosts, the runtime itself: they must not yield to every other
+        # process of the machine (the simulators, a broker, a log shipper) either.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         before = {p.pid for p in psutil.Process().children()}
         # Before ray.init: a start interrupted half-way must still be shut down.
         self._started_ray = True

@@ -60,7 +60,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
@@ -186,6 +186,9 @@ class StoreKeys:
 
     def blob(self, name: str) -> str:
         return f"{self.namespace}:kv:{name}"
+
+    def lease(self, name: str) -> str:
+        return f"{self.namespace}:lease:{name}"
 
     def hash(self, name: str) -> str:
         return f"{self.namespace}:hash:{name}"
@@ -563,6 +566,9 @@ class StateStore(Protocol):
     async def submit_command(self, cmd: Command) -> tuple[Command, bool]:
         """Journal ``cmd`` durably, or return the command its idempotency key names."""
 
+    async def submit_commands(self, cmds: Sequence[Command]) -> list[tuple[Command, bool]]:
+        """:meth:`submit_command` for each of ``cmds``, in one round trip."""
+
     async def get_command(self, command_id: str) -> Command:
         """The stored command; :class:`KeyError` when there is none."""
 
@@ -598,6 +604,17 @@ class StateStore(Protocol):
 
     async def set_cursor(self, name: str, stream_id: str) -> None:
         """Record the journal id consumer ``name`` processed last."""
+
+    async def hold_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take lease ``name`` for ``owner``, or renew it when ``owner`` holds it, for
+        ``ttl_ms``; False when another owner holds it. A lease its owner stops
+        renewing lapses by itself after ``ttl_ms``: at most one owner at any time."""
+
+    async def release_lease(self, name: str, owner: str) -> bool:
+        """Give lease ``name`` up if ``owner`` holds it (True when it did)."""
+
+    async def lease_owners(self, names: Sequence[str]) -> dict[str, str]:
+        """Who holds each of these leases now (the lapsed and free ones left out)."""
 
     async def put_blob(self, name: str, data: bytes) -> None:
         """Store a small named blob."""
@@ -646,6 +663,24 @@ def _check_read(count: int, block_ms: int) -> None:
 
 
 # -- Redis, async -------------------------------------------------------------------------------
+#: Take or renew a lease: set it when free or already ours, with its time to live.
+_HOLD_LEASE: Final = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+#: Give a lease up only when it is still ours.
+_RELEASE_LEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class RedisStore:
     """The state store on Redis through ``redis.asyncio``.
 
@@ -859,6 +894,28 @@ class RedisStore:
         reply = await self._call("submit_command", once)
         return _submit_result(cmd, reply, tries > 1)
 
+    async def submit_commands(self, cmds: Sequence[Command]) -> list[tuple[Command, bool]]:
+        """Journal ``cmds`` as :meth:`submit_command` does each, pipelined in one round trip
+        (each command's script is atomic; a retry after a lost reply finds its own)."""
+        if not cmds:
+            return []
+        stamped = [_stamp(c, self._clock) for c in cmds]
+        calls = [_submit_call(self.keys, c, self._journal_maxlen) for c in stamped]
+        client = self._client()
+        tries = 0
+
+        async def once(attempt: int) -> list[Any]:
+            nonlocal tries
+            tries = attempt
+            pipe = client.pipeline(transaction=False)
+            for keys, args in calls:
+                await self._submit_script(keys=keys, args=args, client=pipe)
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        replies = await self._call("submit_commands", once)
+        return [_submit_result(c, r, tries > 1) for c, r in zip(stamped, replies, strict=True)]
+
     async def get_command(self, command_id: str) -> Command:
         """The stored command; raises :class:`KeyError` when there is none."""
         found = await self.get_commands([command_id])
@@ -982,6 +1039,40 @@ class RedisStore:
             await client.set(key, stream_id)
 
         await self._call("set_cursor", once)
+
+    async def hold_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        key = self.keys.lease(_check_id("lease name", name))
+        client = self._client()
+
+        async def once(_: int) -> bool:
+            return bool(await client.eval(_HOLD_LEASE, 1, key, owner, max(1, int(ttl_ms))))
+
+        held: bool = await self._call("hold_lease", once)
+        return held
+
+    async def release_lease(self, name: str, owner: str) -> bool:
+        key = self.keys.lease(_check_id("lease name", name))
+        client = self._client()
+
+        async def once(_: int) -> bool:
+            return bool(await client.eval(_RELEASE_LEASE, 1, key, owner))
+
+        released: bool = await self._call("release_lease", once)
+        return released
+
+    async def lease_owners(self, names: Sequence[str]) -> dict[str, str]:
+        if not names:
+            return {}
+        keys = [self.keys.lease(_check_id("lease name", n)) for n in names]
+        client = self._client()
+
+        async def once(_: int) -> list[Any]:
+            got: list[Any] = await client.mget(keys)
+            return got
+
+        values = await self._call("lease_owners", once)
+        return {n: (v.decode() if isinstance(v, bytes) else str(v))
+                for n, v in zip(names, values, strict=True) if v is not None}
 
     async def put_blob(self, name: str, data: bytes) -> None:
         key = self.keys.blob(_check_id("blob name", name))
@@ -1418,6 +1509,8 @@ class MemoryStore:
         self._idempotency: dict[str, tuple[str, float]] = {}  # command id, expiry
         self._cursors: dict[str, str] = {}
         self._blobs: dict[str, bytes] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, monotonic expiry)
+        self._lease_clock: Clock = clock or SystemClock()
         self._hashes: dict[str, dict[str, str]] = {}
         self._journal_waiters: list[asyncio.Future[None]] = []
 
@@ -1501,6 +1594,9 @@ class MemoryStore:
                 continue
             out.append(_decode_event(_id_text(stream_id), fields))
         return out
+
+    async def submit_commands(self, cmds: Sequence[Command]) -> list[tuple[Command, bool]]:
+        return [await self.submit_command(c) for c in cmds]
 
     async def submit_command(self, cmd: Command) -> tuple[Command, bool]:
         cmd = _stamp(cmd, self._clock)
@@ -1627,6 +1723,31 @@ class MemoryStore:
         _stream_id(stream_id)
         self._enter("set_cursor")
         self._cursors[name] = stream_id
+
+    async def hold_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        _check_id("lease name", name)
+        self._enter("hold_lease")
+        now = self._lease_clock.monotonic()
+        held = self._leases.get(name)
+        if held is not None and held[1] > now and held[0] != owner:
+            return False
+        self._leases[name] = (owner, now + max(1, int(ttl_ms)) / 1000)
+        return True
+
+    async def release_lease(self, name: str, owner: str) -> bool:
+        _check_id("lease name", name)
+        self._enter("release_lease")
+        held = self._leases.get(name)
+        if held is None or held[0] != owner or held[1] <= self._lease_clock.monotonic():
+            return False
+        del self._leases[name]
+        return True
+
+    async def lease_owners(self, names: Sequence[str]) -> dict[str, str]:
+        self._enter("lease_owners")
+        now = self._lease_clock.monotonic()
+        return {n: held[0] for n in names
+                if (held := self._leases.get(n)) is not None and held[1] > now}
 
     async def put_blob(self, name: str, data: bytes) -> None:
         _check_id("blob name", name)

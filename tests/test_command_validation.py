@@ -208,7 +208,10 @@ DEVICE_ONLY_CHOICES = {
 }
 #: Writable profile fields that are not an operator's setpoint, with the reason.
 NOT_SETPOINTS = {
-    ("traffic_controller", "priority_request"): "written by the bus-priority lane",
+    **{("traffic_controller", f"prio_request.{f}"): "a signal priority request, written "
+       "whole by the bus-priority lane (reconcile never)"
+       for f in ("prio_id", "prio_command", "prio_approach", "prio_type", "prio_eta_s",
+                 "prio_deadline_s", "prio_max_extension_s")},
     **{("traffic_controller", f"plan_table.{f}"): "a signal plan's table, downloaded from "
        "actors/signal_plans.toml when its plan is selected" for f in table_fields()},
     ("bms", "door.locked"): "a door unlock is an action with a reason, not a plain setpoint",

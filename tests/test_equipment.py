@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from actors.camera import Camera
+from actors.equipment import EquipmentEntity, Field
 from actors.lighting import LightingCircuit, lamp_holds, lamp_writes
 from runtime.clock import SystemClock
 from runtime.entity import Checkpoint
@@ -207,6 +208,109 @@ def test_reconcile_failure_is_an_alarm_not_a_crash() -> None:
                                payload={"online": True}, kind=MessageKind.EVENT)))
     assert [f["alarm"] for e, f in ctx.events if e == "alarm"] == ["reconcile_failed"]
     assert cabinet.writes == []
+
+
+class CommandRegisters:
+    """A device with a setpoint (``level``, reconcile "reapply") and a command register
+    (``request``, reconcile "never"), as the traffic controller's priority request."""
+
+    POLICY = {"level": "reapply", "request": "never"}
+
+    def __init__(self, *, lost_answers: int = 0) -> None:
+        self.held = {"level": 0, "request": 0}
+        self.written: list[dict[str, Any]] = []
+        self.lost_answers = lost_answers
+        self._online = False
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    def policy(self, field: str) -> str | None:
+        return self.POLICY.get(field)
+
+    async def settled(self) -> bool:
+        self._online = True
+        return True
+
+    async def read(self) -> Mapping[str, Any]:
+        return dict(self.held)
+
+    async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
+        self.written.append(dict(fields))
+        self.held.update(fields)
+        if self.lost_answers:
+            self.lost_answers -= 1
+            raise DeviceUnavailableError("no answer within 0.5 s")
+        return dict(fields)
+
+
+class WithCommand(EquipmentEntity):
+    kind = "with_command"
+    FIELDS = {"level": Field(int, 0, 10), "request": Field(int, 0, 100)}
+
+
+class WithCommandReadingBack(WithCommand):
+    READS_BACK = True
+
+
+def command_entity(device: CommandRegisters, saved: Checkpoint | None,
+                   behaviour: type[WithCommand] = WithCommand) -> tuple[WithCommand, FakeContext]:
+    # Any kind's record: the behaviour under test is the class's own.
+    ctx = FakeContext(make_equipment("wc-1", "crossroad", profile="traffic_controller",
+                                     endpoint="modbus://127.0.0.1:15020/1"), device,
+                      SystemClock())
+    entity = behaviour(ctx)
+    run(entity.on_start(saved))
+    return entity, ctx
+
+
+def test_a_command_register_is_written_but_never_kept_as_desired() -> None:
+    device = CommandRegisters()
+    entity, _ = command_entity(device, None)
+    run(entity.handle(Envelope(target="wc-1", type="command", kind=MessageKind.COMMAND,
+                               payload={"command_id": "c1", "action": "set",
+                                        "params": {"level": 3, "request": 7}})))
+    assert device.written == [{"level": 3, "request": 7}]
+    assert entity.twin.desired == {"level": 3}
+    # The device restarts holding nothing: a reconnect brings the setpoint back, never
+    # the command.
+    device.held = {"level": 0, "request": 0}
+    entity.twin.report_many({"level": 0, "request": 0})
+    run(device.settled())
+    run(entity.reconcile())
+    assert device.written[1:] == [{"level": 3}]
+
+
+def test_a_restart_never_sends_a_command_register_again() -> None:
+    # A checkpoint that holds a command as desired (written before its policy said "never"):
+    # the reconcile after the restart drops it, without writing it and without an alarm.
+    device = CommandRegisters()
+    saved = Checkpoint(state={"online": False, "seq": 1},
+                       twin={"reported": {}, "desired": {"level": 4, "request": 9}}, version=2)
+    entity, ctx = command_entity(device, saved)
+    run(device.settled())
+    run(entity.handle(Envelope(target="wc-1", type="device_status", payload={"online": True},
+                               kind=MessageKind.EVENT)))
+    assert device.written == [{"level": 4}]
+    assert entity.twin.desired == {"level": 4}
+    assert not [f for e, f in ctx.events if e == "alarm"]
+    # A second reconnect, once a reading shows the level held: nothing left to do.
+    entity.twin.report_many(dict(device.held))
+    run(entity.reconcile())
+    assert device.written == [{"level": 4}]
+
+
+def test_an_unanswered_command_register_is_not_sent_twice() -> None:
+    device = CommandRegisters(lost_answers=1)
+    entity, _ = command_entity(device, None, WithCommandReadingBack)
+    with pytest.raises(RejectedError) as info:
+        run(entity.handle(Envelope(target="wc-1", type="command", kind=MessageKind.COMMAND,
+                                   payload={"command_id": "c1", "action": "set",
+                                            "params": {"request": 7}})))
+    assert info.value.code == "device_unavailable"
+    assert device.written == [{"request": 7}]
+    assert "request" not in entity.twin.desired
 
 
 # -- commands ----------------------------------------------------------------------

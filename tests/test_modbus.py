@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
@@ -15,7 +15,7 @@ from devices.modbus import ModbusServer, ModbusSession, ModbusSessions, parse_en
 from devices.profile import builtin_profile, load_profile
 from devices.sim.access import TRAVEL_S, AccessSimulator
 from devices.sim.lighting import LAMP_FAILED, LightingSimulator
-from devices.sim.traffic import FACTORY_TABLE, TrafficSimulator
+from devices.sim.traffic import FACTORY_TABLE, TrafficModel, TrafficSimulator
 from runtime.clock import ManualClock
 from runtime.embedded import free_port
 from runtime.errors import ConfigError, DeviceUnavailableError, ProtocolError, RejectedError
@@ -89,11 +89,16 @@ def test_pymodbus_client_reads_what_the_profile_says() -> None:
         try:
             first, count = profile.register_span({})
             for unit, plan in ((1, 1), (2, 9)):
-                rr = await client.read_holding_registers(first, count=count, device_id=unit)
-                assert not rr.isError()
-                values = profile.decode_registers(first, rr.registers, {})
+                regs: list[int] = []
+                for at in range(first, first + count, 125):  # 125 registers per request
+                    rr = await client.read_holding_registers(
+                        at, count=min(125, first + count - at), device_id=unit)
+                    assert not rr.isError()
+                    regs.extend(rr.registers)
+                values = profile.decode_registers(first, regs, {})
                 assert values["plan"] == plan and values["mode"] == "auto"
-                assert values["phase"] == 1 and values["priority_status"] == "idle"
+                assert values["phase"] == 1 and values["prio_status"] == "idle"
+                assert values["prio_active"] == 0
                 assert values["seq"] == sim.seq(f"cr-{unit}") >= 1
         finally:
             client.close()
@@ -297,7 +302,7 @@ def test_moved_registers_still_agree(tmp_path: Path) -> None:
     run(body())
 
 
-def test_traffic_cycle_and_priority() -> None:
+def test_traffic_cycle_and_modes() -> None:
     profile = builtin_profile("traffic_controller")
 
     async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
@@ -312,27 +317,6 @@ def test_traffic_cycle_and_priority() -> None:
             if not seen or seen[-1] != phase:
                 seen.append(phase)
         assert seen[:10] == [1, 0, 2, 0, 3, 0, 4, 0, 5, 0]
-        # A priority request for approach 7 (phase 3) while another phase is green.
-        model = sim.model("cr-1")
-        while not (model.stage == "green" and model.phase == 1):
-            await sim.tick(0.1)
-        await session.write(1, *profile.encode_field("priority_request", 7))
-        assert (await read())["priority_status"] == "granted"
-        phases = []
-        for _ in range(300):
-            await sim.tick(0.1)
-            phases.append(model.values()["phase"])
-            if model.priority_status == "served":
-                break
-        values = await read()
-        assert values["priority_status"] == "served" and values["priority_request"] == 0
-        visited = [p for i, p in enumerate(phases) if p and (i == 0 or phases[i - 1] != p)]
-        assert visited[:2] == [1, 3]  # phase 2 was skipped for the priority approach
-        # Not in auto: refused, reported in the status register.
-        await session.write(1, *profile.encode_field("mode", "flashing"))
-        await session.write(1, *profile.encode_field("priority_request", 1))
-        values = await read()
-        assert values["priority_status"] == "refused" and values["phase"] == 0
         # From off, auto comes through flashing then all-red, as real controllers start;
         # manual (hold a stage) cannot start a controller.
         await session.write(1, *profile.encode_field("mode", "off"))
@@ -356,6 +340,318 @@ def test_traffic_cycle_and_priority() -> None:
     run(with_traffic(body, n=1))
 
 
+# -- signal priority (NTCIP 1211 style) over the real simulator ------------------------
+
+TRAFFIC: Final = builtin_profile("traffic_controller")
+
+
+def prio(command: str = "request", request_id: int = 1, **fields: Any) -> tuple[int, list[int]]:
+    """The registers of one priority request, checkout or cancel, written whole."""
+    values = {"prio_id": request_id, "prio_command": command,
+              "prio_approach": 1 if command == "request" else 0, "prio_type": "extension",
+              "prio_eta_s": 10, "prio_deadline_s": 60, "prio_max_extension_s": 10}
+    values.update({f"prio_{k}": v for k, v in fields.items()})
+    return TRAFFIC.encode_block("prio_request", 0, values)
+
+
+async def read_controller(session: ModbusSession, unit: int = 1) -> dict[str, Any]:
+    first, count = TRAFFIC.register_span({})
+    return TRAFFIC.decode_registers(first, await session.read(unit, first, count), {})
+
+
+async def status(session: ModbusSession) -> tuple[int, str, str, int]:
+    values = await read_controller(session)
+    return (values["prio_status_id"], values["prio_status"], values["prio_reason"],
+            values["prio_active"])
+
+
+async def until(sim: TrafficSimulator, test: Callable[[TrafficModel], bool],
+                limit_s: float = 200.0, step: float = 0.1) -> None:
+    """Tick the simulator (its clock is the test's) until ``test`` holds."""
+    model = sim.model("cr-1")
+    for _ in range(round(limit_s / step)):
+        if test(model):
+            return
+        await sim.tick(step)
+    raise AssertionError(f"not reached within {limit_s} s of the controller's time")
+
+
+class Stages:
+    """Each stage the controller showed, with how long it lasted (s of its own clock)."""
+
+    def __init__(self, model: TrafficModel) -> None:
+        self.model = model
+        self.done: list[tuple[int, str, float]] = []
+        self._at = (model.phase, model.stage, model.now)
+
+    def see(self) -> None:
+        phase, stage, since = self._at
+        now = (self.model.phase, self.model.stage)
+        if now != (phase, stage):
+            self.done.append((phase, stage, round(self.model.now - since, 6)))
+            self._at = (*now, self.model.now)
+
+    async def tick(self, sim: TrafficSimulator, seconds: float, step: float = 0.1) -> None:
+        for _ in range(round(seconds / step)):
+            await sim.tick(step)
+            self.see()
+
+
+def test_priority_request_is_granted_then_served() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        model = sim.model("cr-1")
+        await sim.tick(2.0)  # phase 1 green for 2 s of its nominal 10
+        before = time.time()
+        # Approach 5 is phase 1's: the bus comes in 14 s, past the nominal green.
+        await session.write(1, *prio(request_id=70_001, approach=5, eta_s=14))
+        after = time.time()
+        assert await status(session) == (70_001, "granted", "none", 1)
+        stages = Stages(model)
+        await stages.tick(sim, 30.0)
+        # Held green until the bus has crossed (2 + 14 + 3 s), within 10 s of extension.
+        assert stages.done[0][:2] == (1, "green")
+        assert stages.done[0][2] == pytest.approx(19.0 - 2.0, abs=0.11)
+        assert await status(session) == (70_001, "served", "none", 0)
+        counts = sim.device_counters()["cr-1"].priority
+        assert counts is not None
+        assert (counts.received, counts.granted, counts.served, counts.duplicates) == (1, 1, 1, 0)
+        log = sim.priority_log("cr-1")
+        assert [(r["request_id"], r["command"], r["approach"], r["duplicate"]) for r in log] == [
+            (70_001, "request", 5, False)]
+        assert before <= log[0]["ts"] <= after
+        assert sim.priority_log("cr-1", since=log[0]["ts"]) == []
+        # The request block reads back what was written last.
+        assert (await read_controller(session))["prio_request"][0]["prio_id"] == 70_001
+
+    run(with_traffic(body, n=1))
+
+
+def test_priority_extension_stops_at_its_limit() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        model = sim.model("cr-1")
+        await sim.tick(1.0)
+        # The bus is 40 s away: the runtime allows 30 s, the controller grants 15.
+        await session.write(1, *prio(request_id=2, eta_s=40, max_extension_s=30))
+        assert await status(session) == (2, "granted", "max_extension", 1)
+        stages = Stages(model)
+        await stages.tick(sim, 30.0)
+        assert stages.done[0][:2] == (1, "green")
+        assert stages.done[0][2] == pytest.approx(10.0 + 15.0 - 1.0, abs=0.11)
+        assert await status(session) == (2, "served", "max_extension", 0)
+
+    run(with_traffic(body, n=1))
+
+
+def test_early_green_keeps_minimum_green_and_clearance() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        model = sim.model("cr-1")
+        await until(sim, lambda m: m.phase == 3 and m.stage == "green")
+        await sim.tick(1.0)
+        # Approach 1 (phase 1) asks for an early green while phase 3 has had 1 s of green.
+        await session.write(1, *prio(request_id=3, approach=1, type="early_green", eta_s=12))
+        assert await status(session) == (3, "granted", "min_green", 1)
+        stages = Stages(model)
+        await stages.tick(sim, 30.0)
+        # Phase 3 ends at its minimum (5 s), amber and all-red in full, then phase 1.
+        assert stages.done[:4] == [(3, "green", pytest.approx(4.0, abs=0.11)),
+                                   (3, "amber", pytest.approx(3.0, abs=0.11)),
+                                   (3, "all_red", pytest.approx(2.0, abs=0.11)),
+                                   (1, "green", pytest.approx(10.0, abs=0.11))]
+        assert await status(session) == (3, "served", "none", 0)
+
+    run(with_traffic(body, n=1))
+
+
+def test_early_green_keeps_the_pedestrian_minimum() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        model = sim.model("cr-1")
+        await until(sim, lambda m: m.phase == 5 and m.stage == "green")
+        await sim.tick(0.5)
+        await session.write(1, *prio(request_id=4, approach=2, type="early_green", eta_s=8))
+        assert await status(session) == (4, "granted", "pedestrian_min", 1)
+        stages = Stages(model)
+        await stages.tick(sim, 25.0)
+        # The pedestrian phase keeps its 6 s, then phase 2 comes before phase 1.
+        assert stages.done[:4] == [(5, "green", pytest.approx(5.5, abs=0.11)),
+                                   (5, "amber", pytest.approx(3.0, abs=0.11)),
+                                   (5, "all_red", pytest.approx(2.0, abs=0.11)),
+                                   (2, "green", pytest.approx(10.0, abs=0.11))]
+
+    run(with_traffic(body, n=1))
+
+
+def test_priority_request_expires_at_its_deadline_without_any_write() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        model = sim.model("cr-1")
+        # Approach 4 (phase 4) by extension: it waits for phase 4's green, 5 s at most.
+        await session.write(1, *prio(request_id=5, approach=4, eta_s=3, deadline_s=5))
+        assert await status(session) == (5, "granted", "none", 1)
+        writes = sim.counters.writes_seen
+        await sim.tick(4.9)
+        assert model.requests and (await status(session))[1] == "granted"
+        await sim.tick(0.2)
+        assert await status(session) == (5, "expired", "deadline", 0)
+        assert sim.counters.writes_seen == writes
+        counts = sim.device_counters()["cr-1"].priority
+        assert counts is not None and (counts.expired, counts.served) == (1, 0)
+        # A deadline is capped by the controller: 600 s asked, 120 s kept.
+        await session.write(1, *prio(request_id=6, approach=4, eta_s=3, deadline_s=600))
+        held = model.holds(6)
+        assert held is not None and held.drop_at == pytest.approx(model.now + 120.0)
+
+    run(with_traffic(body, n=1))
+
+
+def test_checkout_clears_and_the_extension_ends_at_once() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        model = sim.model("cr-1")
+        await sim.tick(1.0)
+        await session.write(1, *prio(request_id=7, approach=1, eta_s=15))
+        stages = Stages(model)
+        await stages.tick(sim, 11.0)  # 12 s of green: 2 s of extension so far
+        assert model.stage == "green"
+        await session.write(1, *prio("checkout", 7))
+        assert await status(session) == (7, "cleared", "none", 0)
+        await stages.tick(sim, 0.2)
+        assert stages.done[0][:2] == (1, "green") and stages.done[0][2] <= 11.1 + 1e-6
+        # A cancel before the nominal green has run keeps it: never less than planned.
+        await until(sim, lambda m: m.phase == 2 and m.stage == "green")
+        await sim.tick(1.0)
+        await session.write(1, *prio(request_id=8, approach=2, eta_s=20))
+        await sim.tick(1.0)
+        await session.write(1, *prio("cancel", 8))
+        stages = Stages(model)
+        await stages.tick(sim, 10.0)
+        assert stages.done[0] == (2, "green", pytest.approx(10.0 - 2.0, abs=0.11))
+        counts = sim.device_counters()["cr-1"].priority
+        assert counts is not None
+        assert (counts.checkouts, counts.cancels, counts.cleared) == (1, 1, 2)
+        assert [r["command"] for r in sim.priority_log("cr-1")] == [
+            "request", "checkout", "request", "cancel"]
+
+    run(with_traffic(body, n=1))
+
+
+def test_unknown_ids_bad_requests_and_malformed_writes_are_refused() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        await session.write(1, *prio("cancel", 99))
+        assert await status(session) == (99, "refused", "unknown_id", 0)
+        await session.write(1, *prio("checkout", 98))
+        assert await status(session) == (98, "refused", "unknown_id", 0)
+        await session.write(1, *prio(request_id=0))
+        assert await status(session) == (0, "refused", "bad_request", 0)
+        await session.write(1, *prio(request_id=9, approach=0))
+        assert await status(session) == (9, "refused", "bad_request", 0)
+        await session.write(1, *prio(request_id=10, eta_s=30, deadline_s=20))
+        assert await status(session) == (10, "refused", "bad_request", 0)
+        # Approach 5 is phase 1, approach 8 phase 4: every approach has a vehicle phase
+        # in the factory plan; none is refused for want of one.
+        await session.write(1, *prio(request_id=11, approach=8))
+        assert (await status(session))[:2] == (11, "granted")
+        # Malformed: part of the block, a raw value no choice or range allows.
+        address, regs = prio(request_id=12)
+        for bad in ((address + 2, regs[2:4]), (address, [*regs[:3], 9, *regs[4:]]),
+                    (address, [*regs[:2], 7, *regs[3:]])):
+            with pytest.raises(RejectedError) as err:
+                await session.write(1, *bad)
+            assert err.value.code == "modbus_exception_3"
+        assert (await status(session))[:2] == (11, "granted")
+        counts = sim.device_counters()["cr-1"].priority
+        assert counts is not None
+        assert counts.refused == {"unknown_id": 2, "bad_request": 3}
+        assert sim.model("cr-1").refusals == [
+            "a priority request is written whole, not prio_approach, prio_command"]
+
+    run(with_traffic(body, n=1))
+
+
+def test_priority_is_refused_outside_auto_and_dropped_when_leaving_it() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        await session.write(1, *prio(request_id=20, approach=2))
+        await session.write(1, *prio(request_id=21, approach=3))
+        assert await status(session) == (21, "queued", "none", 2)
+        await session.write(1, *TRAFFIC.encode_field("mode", "flashing"))
+        values = await read_controller(session)
+        assert (values["prio_status"], values["prio_reason"], values["prio_active"]) == (
+            "cleared", "mode", 0)
+        await session.write(1, *prio(request_id=22, approach=2))
+        assert await status(session) == (22, "refused", "mode", 0)
+        assert (await read_controller(session))["phase"] == 0
+        counts = sim.device_counters()["cr-1"].priority
+        assert counts is not None and counts.dropped == 2 and counts.refused == {"mode": 1}
+        # A fault forcing flashing drops what is held too.
+        await session.write(1, *TRAFFIC.encode_field("mode", "auto"))
+        await sim.tick(3.0)
+        await session.write(1, *prio(request_id=23, approach=2))
+        await sim.fault("cr-1", "lamp", True)
+        assert await status(session) == (23, "cleared", "mode", 0)
+
+    run(with_traffic(body, n=1))
+
+
+def test_a_resent_request_is_an_update_counted_as_a_duplicate() -> None:
+    async def body(sim: TrafficSimulator, session: ModbusSession, _port: int) -> None:
+        model = sim.model("cr-1")
+        await session.write(1, *prio(request_id=30, approach=3, eta_s=30, deadline_s=40))
+        await sim.tick(1.0)
+        await session.write(1, *prio(request_id=30, approach=3, eta_s=20, deadline_s=60))
+        assert await status(session) == (30, "granted", "duplicate", 1)
+        held = model.holds(30)
+        assert held is not None
+        assert (held.due, held.drop_at) == (pytest.approx(model.now + 20),
+                                            pytest.approx(model.now + 60))
+        # Another approach under the same id is refused; the request held is kept.
+        await session.write(1, *prio(request_id=30, approach=4))
+        assert await status(session) == (30, "refused", "bad_request", 1)
+        await session.write(1, *prio(request_id=31, approach=2))
+        assert await status(session) == (31, "queued", "none", 2)
+        await session.write(1, *prio("checkout", 30))
+        assert await status(session) == (30, "cleared", "none", 1)
+        assert model.requests[0].id == 31
+        # A request finished with is served once: sent again, it is refused.
+        await session.write(1, *prio(request_id=30, approach=3))
+        assert await status(session) == (30, "refused", "duplicate", 1)
+        counts = sim.device_counters()["cr-1"].priority
+        assert counts is not None
+        assert (counts.received, counts.duplicates, counts.granted) == (5, 3, 2)
+        assert [(r["request_id"], r["duplicate"]) for r in sim.priority_log("cr-1")
+                if r["command"] == "request"] == [
+            (30, False), (30, True), (30, True), (31, False), (30, True)]
+
+    run(with_traffic(body, n=1))
+
+
+def test_a_priority_request_by_name_goes_in_one_write() -> None:
+    from devices.manager import HostDevices
+
+    async def body(sim: TrafficSimulator, _session: ModbusSession, port: int) -> None:
+        eq = equipment(1, "crossroad", "traffic_controller", port)[0]
+        devices = HostDevices([eq], lambda env: None, {"host_id": "t", "replacing": True})
+        await devices.start()
+        try:
+            device = devices.port(eq.id)
+            assert device is not None and device.policy("prio_id") == "never"
+            assert device.policy("prio_request.1.prio_command") == "never"
+            assert device.policy("plan") == "reapply"
+            writes = sim.counters.writes_seen
+            await device.write({"prio_id": 40, "prio_command": "request", "prio_approach": 2,
+                                "prio_type": "early_green", "prio_eta_s": 9,
+                                "prio_deadline_s": 30, "prio_max_extension_s": 5},
+                               command_id="p-40")
+            assert sim.counters.writes_seen == writes + 1
+            assert sim.model("cr-1").prio_status == "granted"
+            await device.write({f"prio_request.1.{k}": v for k, v in (
+                ("prio_id", 40), ("prio_command", "cancel"), ("prio_approach", 0),
+                ("prio_type", "extension"), ("prio_eta_s", 0), ("prio_deadline_s", 0),
+                ("prio_max_extension_s", 0))}, command_id="p-40-cancel")
+            assert sim.counters.writes_seen == writes + 2
+            assert sim.model("cr-1").prio_status == "cleared"
+        finally:
+            await devices.stop()
+
+    run(with_traffic(body, n=1))
+
+
 def test_each_answered_read_is_a_numbered_sample_and_hold_repeats_it() -> None:
     profile = builtin_profile("traffic_controller")
     first, count = profile.register_span({})
@@ -373,8 +669,8 @@ def test_each_answered_read_is_a_numbered_sample_and_hold_repeats_it() -> None:
         c = sim.device_counters()["cr-1"]
         assert (c.emitted, c.first_seq, c.last_seq) == (3, 1, 3)
         # Every field but seq, and every field of each plan table slot, per sample.
-        table = profile.block("plan_table")
-        assert c.points == 3 * (len(profile.fields) - 1 + len(table.fields) * table.count)
+        blocks = sum(len(b.fields) * b.count for b in profile.blocks)
+        assert c.points == 3 * (len(profile.fields) - 1 + blocks)
         sim.hold(True)
         again = profile.decode_registers(first, await session.read(1, first, count), {})
         assert again["seq"] == 3 and sim.device_counters()["cr-1"].emitted == 3

@@ -33,7 +33,7 @@ def test_builtin_modbus_profiles_load() -> None:
         # A cabinet behind a field gateway gets 1 s to answer; a controller on the LAN 0.5 s.
         assert profile.timeout_s == (1.0 if name == "lighting_cabinet" else 0.5)
     assert builtin_profile("traffic_controller").poll_interval_s == 0.5
-    assert builtin_profile("lighting_cabinet").poll_interval_s == 2.0
+    assert builtin_profile("lighting_cabinet").poll_interval_s == 5.0
     assert builtin_profile("traffic_controller") is builtin_profile("traffic_controller")
 
 
@@ -45,16 +45,78 @@ def test_traffic_controller_fields() -> None:
     assert p.field("mode").reconcile == "alarm"
     assert p.field("plan").reconcile == "reapply"
     assert (p.field("plan").min, p.field("plan").max) == (1.0, 32.0)
-    assert p.field("priority_status").choices == ("idle", "granted", "refused", "served")
-    assert set(p.writable()) == {"plan", "mode", "priority_request"}
-    assert "phases" in p.description
+    assert set(p.writable()) == {"plan", "mode"}
+    assert "phases" in p.description and "NTCIP 1211" in p.description
     # The plan table's four slots, one per stride, each a signal plan's registers.
     table = p.block("plan_table")
     assert (table.count, table.stride) == (4, 28)
     assert [f.name for f in table.fields] == list(table_fields())
     assert all(f.writable for f in table.fields)
-    # One read of at most 125 registers covers the whole controller.
-    assert p.register_span({}) == (0, 122)
+    # Signal priority: the status after the plan table, the request block after it.
+    assert [(f.name, f.address, f.type) for f in p.fields if f.name.startswith("prio_")] == [
+        ("prio_status_id", 122, "u32"), ("prio_status", 124, "u16"),
+        ("prio_reason", 125, "u16"), ("prio_active", 126, "u16")]
+    assert p.field("prio_status").choices == ("idle", "queued", "granted", "refused", "served",
+                                              "expired", "cleared")
+    assert p.field("prio_reason").choices == (
+        "none", "mode", "no_phase", "pedestrian_min", "min_green", "max_green",
+        "max_extension", "busy", "deadline", "unknown_id", "bad_request", "duplicate")
+    request = p.block("prio_request")
+    assert (request.base, request.stride, request.count) == (130, 8, 1)
+    assert [(f.name, f.address, f.type) for f in request.fields] == [
+        ("prio_id", 0, "u32"), ("prio_command", 2, "u16"), ("prio_approach", 3, "u16"),
+        ("prio_type", 4, "u16"), ("prio_eta_s", 5, "u16"), ("prio_deadline_s", 6, "u16"),
+        ("prio_max_extension_s", 7, "u16")]
+    assert request.field("prio_command").choices == ("none", "request", "checkout", "cancel")
+    assert request.field("prio_type").choices == ("extension", "early_green")
+    assert (request.field("prio_approach").min, request.field("prio_approach").max) == (0, 8)
+    # A command register: never reconciled, never written again after a restart.
+    assert {f.reconcile for f in request.fields} == {"never"}
+    assert all(f.writable for f in request.fields)
+    # Two reads (125 registers at most each) cover the whole controller.
+    assert p.register_span({}) == (0, 138)
+
+
+def test_a_priority_request_encodes_whole_in_one_range() -> None:
+    p = builtin_profile("traffic_controller")
+    request = {"prio_id": 0x12345, "prio_command": "request", "prio_approach": 3,
+               "prio_type": "early_green", "prio_eta_s": 20, "prio_deadline_s": 60,
+               "prio_max_extension_s": 10}
+    assert p.encode_block("prio_request", 0, request) == (130, [1, 0x2345, 1, 3, 1, 20, 60, 10])
+    for bad, code in ((dict(request, prio_approach=9), "out_of_range"),
+                      (dict(request, prio_command="stop"), "bad_value"),
+                      ({k: v for k, v in request.items() if k != "prio_type"}, "bad_value"),
+                      (dict(request, phase=1), "bad_value")):
+        with pytest.raises(RejectedError) as err:
+            p.encode_block("prio_request", 0, bad)
+        assert err.value.code == code
+    with pytest.raises(RejectedError) as err:
+        p.encode_block("nope", 0, request)
+    assert err.value.code == "unknown_field"
+    # A lamp holds read-only registers: it is never written whole.
+    light = builtin_profile("lighting_cabinet")
+    with pytest.raises(RejectedError) as err:
+        light.encode_block("lamp", 0, {f.name: 0 for f in light.block("lamp").fields})
+    assert err.value.code == "read_only"
+    # Fields with a gap between them cannot go in one request.
+    gap = parse_profile(
+        '[profile]\nname = "x"\nprotocol = "modbus"\n[[field]]\nname = "seq"\n'
+        'address = 0\ntype = "u32"\n[[block]]\nname = "b"\nbase = 10\nstride = 4\n'
+        'count = 1\n[[block.field]]\nname = "a"\naddress = 0\ntype = "u16"\n'
+        'writable = true\nreconcile = "never"\n[[block.field]]\nname = "c"\naddress = 2\n'
+        'type = "u16"\nwritable = true\nreconcile = "never"\n', "gap.toml")
+    with pytest.raises(ConfigError, match="gap at register 11"):
+        gap.encode_block("b", 0, {"a": 1, "c": 2})
+
+
+def test_never_is_a_reconcile_policy_of_writable_fields() -> None:
+    text = ('[profile]\nname = "x"\nprotocol = "modbus"\n[[field]]\nname = "seq"\n'
+            'address = 0\ntype = "u32"\n[[field]]\nname = "cmd"\naddress = 2\ntype = "u16"\n'
+            'writable = true\nreconcile = "never"\n')
+    assert parse_profile(text, "t.toml").field("cmd").reconcile == "never"
+    assert FieldSpec("a", "u16", writable=True, reconcile="never").reconcile == "never"
+    with pytest.raises(ConfigError, match="reapply, alarm, never"):
+        parse_profile(text.replace("never", "sometimes"), "t.toml")
 
 
 def test_lighting_block_count_follows_attrs() -> None:

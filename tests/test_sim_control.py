@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -117,5 +118,59 @@ def test_bad_requests_are_refused_with_a_reason() -> None:
             await asyncio.to_thread(ctl.storm, ["li-1"], 0)
         with pytest.raises(KeyError):
             await asyncio.to_thread(ctl.values, "nope-1")
+
+    run(body)
+
+
+def test_priority_receipts_and_counters_through_the_channel() -> None:
+    profile = builtin_profile("traffic_controller")
+
+    def request(command: str, request_id: int, approach: int) -> tuple[int, list[int]]:
+        return profile.encode_block("prio_request", 0, {
+            "prio_id": request_id, "prio_command": command, "prio_approach": approach,
+            "prio_type": "early_green", "prio_eta_s": 8, "prio_deadline_s": 30,
+            "prio_max_extension_s": 5})
+
+    async def body(ctl: SimControl, lighting: LightingSimulator, traffic: TrafficSimulator,
+                   port: int) -> None:
+        server, unit = traffic.location("cr-1")
+        session = ModbusSession("127.0.0.1", server.port, timeout_s=1.0)
+        try:
+            start = time.time()
+            await session.write(unit, *request("request", 501, 3))
+            await session.write(unit, *request("request", 501, 3))  # sent again: an update
+            await session.write(unit, *request("cancel", 501, 0))
+            await session.write(unit, *request("cancel", 502, 0))
+            # A write of the plan is no priority write: not in the log.
+            await session.write(unit, *profile.encode_field("plan", 1))
+            end = time.time()
+        finally:
+            await session.close()
+        # Through the outer channel, from the traffic simulator behind the remote one.
+        records = await asyncio.to_thread(ctl.priority_log, "cr-1")
+        assert [(r["device"], r["request_id"], r["command"], r["approach"], r["duplicate"])
+                for r in records] == [("cr-1", 501, "request", 3, False),
+                                      ("cr-1", 501, "request", 3, True),
+                                      ("cr-1", 501, "cancel", 0, False),
+                                      ("cr-1", 502, "cancel", 0, False)]
+        stamps = [r["ts"] for r in records]
+        assert start <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= end
+        assert await asyncio.to_thread(ctl.priority_log) == records  # every controller's
+        later = await asyncio.to_thread(ctl.priority_log, None, stamps[1])
+        assert [r["command"] for r in later] == ["cancel", "cancel"]
+        counters = (await asyncio.to_thread(ctl.counters, ["cr-1"]))["devices"]["cr-1"]
+        assert counters["priority"] == {
+            "received": 2, "duplicates": 1, "checkouts": 0, "cancels": 2, "granted": 1,
+            "refused": {"unknown_id": 1}, "served": 0, "expired": 0, "cleared": 1,
+            "dropped": 0}
+        assert counters["writes"] == 5
+        # Devices of other kinds have no priority counters and log nothing.
+        lighting_counters = (await asyncio.to_thread(ctl.counters, ["li-1"]))["devices"]["li-1"]
+        assert "priority" not in lighting_counters
+        assert await asyncio.to_thread(ctl.priority_log, "li-1") == []
+        with pytest.raises(KeyError):
+            await asyncio.to_thread(ctl.priority_log, "nope-1")
+        with pytest.raises(RejectedError, match="since"):
+            await asyncio.to_thread(ctl.priority_log, None, float("nan"))
 
     run(body)

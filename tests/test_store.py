@@ -353,6 +353,42 @@ def test_submit_and_idempotency(make_store: StoreFactory) -> None:
     with_store(make_store, body)
 
 
+def test_submit_many_in_one_round_trip(make_store: StoreFactory) -> None:
+    async def body(store: StateStore) -> None:
+        earlier, _ = await store.submit_command(cmd(key="k1"))
+        batch = [cmd(key="k1"), cmd(target="xr-2"), cmd(target="xr-3", key="k3")]
+        stored = await store.submit_commands(batch)
+        assert [created for _, created in stored] == [False, True, True]
+        assert stored[0][0] == earlier
+        assert await store.submit_commands([]) == []
+        journal = [j[1] for j in await store.read_journal("0")]
+        assert journal == [earlier.command_id, stored[1][0].command_id, stored[2][0].command_id]
+        again = await store.submit_commands([stored[1][0]])
+        assert again == [(stored[1][0], False)]
+
+    with_store(make_store, body)
+
+
+def test_a_lease_has_one_holder_until_it_lapses(make_store: StoreFactory) -> None:
+    async def body(store: StateStore) -> None:
+        assert await store.hold_lease("part-1", "a", 150)
+        assert not await store.hold_lease("part-1", "b", 150)
+        assert await store.hold_lease("part-1", "a", 150)  # renewed by its holder
+        assert await store.lease_owners(["part-1", "part-2"]) == {"part-1": "a"}
+        assert not await store.release_lease("part-1", "b")
+        assert await store.release_lease("part-1", "a")
+        assert await store.hold_lease("part-1", "b", 50)
+        deadline = time.monotonic() + 5.0
+        lapsed = False
+        while not lapsed and time.monotonic() < deadline:
+            lapsed = await store.lease_owners(["part-1"]) == {}  # nobody renewed it
+            await asyncio.sleep(0.01)
+        assert lapsed
+        assert await store.hold_lease("part-1", "a", 150)
+
+    with_store(make_store, body)
+
+
 def test_status_moves_forward_only(make_store: StoreFactory) -> None:
     async def body(store: StateStore) -> None:
         a, _ = await store.submit_command(cmd())

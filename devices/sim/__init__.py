@@ -6,7 +6,10 @@ equipment of one kind and the kind's profile, it starts one
 ids per port), keeps one model per piece of equipment, and after every
 :meth:`~ModbusSimulator.tick` writes each model's values into the registers
 the profile names. A client's write is decoded with the same profile and handed
-to the model, which may refuse it with a Modbus exception code.
+to the model, which may refuse it with a Modbus exception code. The wall-clock
+time a write request arrived is taken before anything else is done with it and
+given, with its decoded values, to :meth:`ModbusSimulator.received` (a traffic
+controller logs its priority requests there).
 
 A device numbers its samples: every read that covers its ``seq`` register is
 answered as a new sample with the next ``seq`` (unless the simulator is held,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -72,6 +76,12 @@ class DeviceModel(abc.ABC):
         any is applied, so that a device may judge what they make together (a plan
         table that would be unsafe) and refuse all of them.
         """
+        return None
+
+    def applied(self, writes: Sequence[tuple[str | None, int, str, Any]]) -> None:
+        """Every value of one client's write request was applied (``(block, index, name,
+        value)``): a device that takes a request as one command (a priority request
+        written whole) acts on it here."""
         return None
 
     def fanout(self, block: str | None, index: int, name: str,
@@ -400,11 +410,14 @@ class ModbusSimulator(abc.ABC, Generic[M]):
 
     def _hook(self, port: int) -> Any:
         def on_write(unit: int, address: int, values: list[int]) -> int | None:
+            # When the request arrived, before anything is done with it (benches measure
+            # the latency up to here).
+            arrived = time.time()
             device = self._by_unit.get((port, unit))
             if device is None:
                 return EXC_ILLEGAL_ADDRESS
             self.counters.writes_seen += 1
-            refused = self._write(device, address, values)
+            refused = self._write(device, address, values, arrived)
             if refused is not None:
                 self.counters.writes_refused += 1
                 device.counters.refused += 1
@@ -456,7 +469,14 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             return EXC_ILLEGAL_ADDRESS
         return out
 
-    def _write(self, device: _Device[M], address: int, values: list[int]) -> int | None:
+    def received(self, equipment_id: str, writes: Sequence[tuple[str | None, int, str, Any]],
+                 at: float) -> None:
+        """A client's write request to ``equipment_id`` arrived at wall-clock time ``at``
+        (``time.time()``) and was decoded into ``writes`` (``(block, index, name, value)``),
+        before the model judges it. Nothing by default."""
+
+    def _write(self, device: _Device[M], address: int, values: list[int],
+               arrived: float) -> int | None:
         if device.stale:
             self._publish(device)  # compare the write with what the device holds now
         targets = self._targets(device, address, values)
@@ -481,6 +501,7 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             ):
                 return EXC_ILLEGAL_VALUE
             decoded.append((block, index, spec.name, value))
+        self.received(device.equipment.id, decoded, arrived)
         refused = device.model.check_write(decoded)
         if refused is not None:
             return refused
@@ -492,6 +513,7 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             refused = device.model.apply(block, index, name, value)
             if refused is not None:
                 return refused
+        device.model.applied(decoded)
         if fanned == (0, 0):
             device.counters.write(changed)
         for n, points_changed in ((fanned[0], True), (fanned[1], False)):

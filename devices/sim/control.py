@@ -25,6 +25,9 @@ Requests and answers are JSON:
 ``POST /pace``                    ``{"speedup": >= 1}``: service-vehicle crews drive and work faster
 ``GET  /values/{id}``             the values the device holds (what writes changed); a
                                   lighting cabinet adds ``sim`` (its own power integral)
+``GET  /priority_log[?id=&since=]``  ``{"records": [...]}``: signal priority writes received
+                                  by traffic controllers (one device's, or all), those
+                                  received after wall-clock time ``since``, oldest first
 ================================  =================================================
 
 Per device, ``counters`` are:
@@ -41,7 +44,16 @@ Per device, ``counters`` are:
 * ``writes``: write requests or command messages received;
 * ``actuations``: those of them that changed a value the device holds;
 * ``repeats``: writes of a value the device already held (a double actuation
-  when nothing else changed it in between).
+  when nothing else changed it in between);
+* ``priority`` (traffic controllers only): what became of the signal priority
+  requests it received (:class:`PriorityCounters`).
+
+A priority record (:meth:`SimControl.priority_log`) is ``{"device", "request_id",
+"command" ("request", "checkout" or "cancel"), "approach", "ts", "duplicate"}``:
+``ts`` is the wall-clock time (``time.time()``) the controller received the
+write, taken as the Modbus request was decoded, before the controller acted on
+it; ``duplicate`` marks a request naming an id the controller holds or has
+finished with. Each controller keeps its last :data:`PRIORITY_LOG_SIZE` records.
 
 Fault names: ``offline`` (any device), ``fire`` and ``intrusion`` (``bms``,
 zone 1), ``door_forced`` (``bms``), ``mains`` and ``door`` (``lighting_cabinet``),
@@ -60,19 +72,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from runtime.errors import ConfigError, DeviceUnavailableError, RejectedError
 
 __all__ = [
+    "PRIORITY_LOG_SIZE",
     "ControlServer",
     "ControlTarget",
     "DeviceCounters",
+    "PriorityCounters",
     "RemoteTarget",
     "SimControl",
 ]
@@ -80,6 +95,35 @@ __all__ = [
 log = logging.getLogger("commandpost.sim.control")
 
 _MAX_BODY: Final = 1 << 20
+#: Priority records a traffic controller keeps (the oldest go first).
+PRIORITY_LOG_SIZE: Final = 4096
+
+
+@dataclass(slots=True)
+class PriorityCounters:
+    """What became of the signal priority writes one traffic controller received.
+
+    ``received``: requests (a re-sent id included); ``duplicates``: requests naming
+    an id it held (an update) or had finished with (refused); ``checkouts``,
+    ``cancels``: those received; ``granted``: requests it began to serve;
+    ``refused``: per reason; ``served``, ``expired`` (dropped at their deadline by
+    the controller itself), ``cleared`` (by a checkout or cancel) and ``dropped``
+    (by the controller: it left ``auto``, or the plan lost the phase).
+    """
+
+    received: int = 0
+    duplicates: int = 0
+    checkouts: int = 0
+    cancels: int = 0
+    granted: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    served: int = 0
+    expired: int = 0
+    cleared: int = 0
+    dropped: int = 0
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
 @dataclass(slots=True)
@@ -98,6 +142,7 @@ class DeviceCounters:
     actuations: int = 0
     repeats: int = 0
     refused: int = 0  # write requests the device answered with an exception
+    priority: PriorityCounters | None = None  # a traffic controller's
 
     def sample(self, seq: int, points: int) -> None:
         """Count one emitted sample numbered ``seq`` carrying ``points`` values."""
@@ -116,7 +161,10 @@ class DeviceCounters:
             self.repeats += 1
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["priority"] is None:
+            del out["priority"]
+        return out
 
 
 @runtime_checkable
@@ -141,6 +189,9 @@ class ControlTarget(Protocol):
 
     def held_values(self, device_id: str) -> dict[str, Any]:
         """The values a device holds."""
+
+    # A simulator may also offer ``priority_log(device_id, since)`` (traffic controllers),
+    # ``set_loss_rate(rate)`` and ``set_pace(speedup)``; the channel asks for them by name.
 
 
 class _Target(abc.ABC):
@@ -174,6 +225,10 @@ class _Target(abc.ABC):
     @abc.abstractmethod
     async def pace(self, speedup: float) -> None: ...
 
+    @abc.abstractmethod
+    async def priority_log(self, device_id: str | None, since: float) -> list[dict[str, Any]]:
+        ...
+
 
 class _Local(_Target):
     def __init__(self, sim: ControlTarget) -> None:
@@ -206,6 +261,13 @@ class _Local(_Target):
         setter = getattr(self.sim, "set_pace", None)
         if setter is not None:
             setter(speedup)
+
+    async def priority_log(self, device_id: str | None, since: float) -> list[dict[str, Any]]:
+        query = getattr(self.sim, "priority_log", None)
+        if query is None:
+            return []
+        out: list[dict[str, Any]] = query(device_id, since)
+        return out
 
 
 class RemoteTarget(_Target):
@@ -271,6 +333,18 @@ class RemoteTarget(_Target):
     async def pace(self, speedup: float) -> None:
         await self._call("POST", "/pace", {"speedup": speedup})
 
+    async def priority_log(self, device_id: str | None, since: float) -> list[dict[str, Any]]:
+        answer = await self._call("GET", _priority_path(device_id, since))
+        out: list[dict[str, Any]] = answer["records"]
+        return out
+
+
+def _priority_path(device_id: str | None, since: float) -> str:
+    query = {"since": repr(float(since))}
+    if device_id is not None:
+        query["id"] = device_id
+    return "/priority_log?" + urlencode(query)
+
 
 class ControlServer:
     """Serves the control channel for a set of simulators on ``host:port``.
@@ -299,6 +373,7 @@ class ControlServer:
             ("POST", "/storm"): self._storm,
             ("POST", "/loss"): self._loss,
             ("POST", "/pace"): self._pace,
+            ("GET", "/priority_log"): self._priority_log,
         }
 
     @property
@@ -423,6 +498,19 @@ class ControlServer:
         for target in self._targets:
             await target.pace(float(speedup))
         return {"speedup": float(speedup)}
+
+    async def _priority_log(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        since = float(query.get("since", ["0"])[-1])
+        if not math.isfinite(since):
+            raise ValueError("'since' must be a finite time")
+        device_id = query["id"][-1] if query.get("id") else None
+        if device_id is not None:
+            return {"records": await self._owner(device_id).priority_log(device_id, since)}
+        records: list[dict[str, Any]] = []
+        for target in self._targets:
+            records.extend(await target.priority_log(None, since))
+        records.sort(key=lambda r: float(r.get("ts", 0.0)))
+        return {"records": records}
 
     # -- HTTP ---------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -553,4 +641,11 @@ class SimControl:
 
     def values(self, device_id: str) -> dict[str, Any]:
         out: dict[str, Any] = self._call("GET", f"/values/{device_id}")
+        return out
+
+    def priority_log(self, device_id: str | None = None,
+                     since: float = 0.0) -> list[dict[str, Any]]:
+        """Signal priority writes traffic controllers received after wall-clock ``since``
+        (one controller's, or every one's), oldest first (see the module docstring)."""
+        out: list[dict[str, Any]] = self._call("GET", _priority_path(device_id, since))["records"]
         return out

@@ -272,8 +272,8 @@ class LightingSimulator(ModbusSimulator[LightingModel]):
             "write_ts": list(model.write_ts)}}
 
     def _write(self, device: _Device[LightingModel], address: int,
-               values: list[int]) -> int | None:
-        refused = super()._write(device, address, values)
+               values: list[int], arrived: float) -> int | None:
+        refused = super()._write(device, address, values, arrived)
         if refused is None:
             device.model.write_ts.append(self.clock.time())
         return refused

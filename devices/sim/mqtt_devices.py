@@ -10,13 +10,23 @@ CONTRACT.md and in the shape of their profiles::
     await sim.malformed("bus-dijon-0001", "oversize")
     await sim.stop()           # retained "offline" for every device
 
-* Buses drive a fixed line (a polyline of street-like segments through their
-  municipality's centre), back and forth, on a timetable with a stop every
-  400 m; their lateness ``delay_s`` drifts as a bounded random walk and their
-  position is the timetable's position ``delay_s`` seconds ago, so speed and
-  heading stay consistent with the track. They report their ``direction``
-  (``outbound`` from the line's first stop, ``inbound`` back) and ``next_stop``
-  (``{line}-{nn}``, numbered from the first stop).
+* Buses drive their line back and forth. Their lateness ``delay_s`` drifts as
+  a bounded random walk, and their position is where the timetable puts them
+  ``delay_s`` seconds ago, so speed and heading stay consistent with the track.
+  They report their ``direction`` (``outbound`` from the line's first stop,
+  ``inbound`` back) and ``next_stop``. Given the inventory's bus lines
+  (``lines``, :mod:`runtime.transit`), a bus drives its line's path through its
+  crossroads, stops at its stops, and keeps to its timetable (or, without one,
+  to the free-flow schedule). It runs outbound trips every ``headway_s`` from
+  the line's first departure and inbound trips in the reverse order. The buses
+  of a line share one round trip with a layover of at least
+  :data:`~runtime.transit.LAYOVER_S` at each end, and each takes its own
+  departure slot. The simulator runs the headway around the clock, anchored at
+  the first departure of the day it starts. The service hours stay the
+  timetable's for the command post to read. A bus whose line the inventory
+  does not declare drives an invented line: a polyline of street-like segments
+  through its municipality's centre, with a stop every 400 m numbered
+  ``{line}-{nn}`` from the first stop.
 * Service vehicles wait parked (at their base, then where their last job
   was) and report ``available``; given a job (``job``, ``job_lat``,
   ``job_lon``, written by dispatch) the crew reports ``busy``, drives there at
@@ -50,8 +60,9 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from devices.mqtt import (
@@ -66,7 +77,7 @@ from devices.mqtt import (
 from devices.mqtt_wire import TelemetryPublisher
 from devices.profile import Profile, builtin_profile
 from devices.sim.control import DeviceCounters
-from runtime.clock import Clock, SystemClock
+from runtime.clock import CITY_TZ, Clock, SystemClock
 from runtime.demo_inventory import municipalities
 from runtime.envelope import pack
 from runtime.errors import (
@@ -77,6 +88,7 @@ from runtime.errors import (
     RejectedError,
 )
 from runtime.inventory import Equipment
+from runtime.transit import DWELL_S, INBOUND, LAYOVER_S, OUTBOUND, BusLine, line_geometry
 
 __all__ = ["MALFORMED_KINDS", "MqttDeviceSimulator", "line_route"]
 
@@ -191,6 +203,77 @@ class _Polyline:
         return x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, _bearing(x1 - x0, y1 - y0)
 
 
+class _LineRoute:
+    """A bus's duty on an inventory line: its departure slot on the line's round trip.
+
+    ``at(tau)`` is where the timetable puts the bus at the city time ``tau``:
+    the distance along the path and the direction. Outbound trips leave the
+    first stop at ``anchor + offset + k * cycle``, and inbound trips leave the
+    last stop half a cycle later, driving the outbound trip's schedule in
+    reverse.
+    """
+
+    def __init__(self, line: BusLine, slot: int, buses: int) -> None:
+        self.line = line
+        self.geometry = line_geometry(line)
+        self.stop_s, _ = self.geometry.check_stops(line.stops)
+        if line.timetable is not None:
+            arrive = [float(stop.at_s or 0.0) for stop in line.stops]
+        else:
+            arrive = list(line.free_flow_s(self.stop_s))
+        # A bus dwells at each intermediate stop, never longer than half the time to the next.
+        depart = [arrive[0]] + [a + min(DWELL_S, 0.5 * (b - a))
+                                for a, b in itertools.pairwise(arrive[1:])] + [arrive[-1]]
+        self.arrive, self.depart = arrive, depart[: len(arrive)]
+        self.trip_s = arrive[-1]
+        least = 2.0 * (self.trip_s + LAYOVER_S)
+        if line.timetable is not None:
+            headway = line.timetable.headway_s
+            slots = max(1, math.ceil(least / headway))
+            self.cycle = slots * headway
+            self.offset = (slot % slots) * headway
+            self.first_s = line.timetable.first_s
+        else:
+            self.cycle = least
+            self.offset = slot * least / max(1, buses)
+            self.first_s = 0.0
+        self.anchor: float | None = None
+
+    def trip_position(self, t: float) -> float:
+        """Distance along the path of an outbound trip ``t`` seconds after its departure."""
+        if t <= 0.0:
+            return self.stop_s[0]
+        i = bisect.bisect_right(self.arrive, t) - 1
+        if i >= len(self.arrive) - 1:
+            return self.stop_s[-1]
+        if t < self.depart[i]:
+            return self.stop_s[i]  # dwelling
+        span = self.arrive[i + 1] - self.depart[i]
+        f = (t - self.depart[i]) / span if span > 0 else 1.0
+        return self.stop_s[i] + (self.stop_s[i + 1] - self.stop_s[i]) * f
+
+    def at(self, tau: float) -> tuple[float, str]:
+        """``(s_m, direction)`` at the city time ``tau`` (epoch seconds)."""
+        if self.anchor is None:
+            # The first departure of the day the duty starts (local time).
+            day = datetime.fromtimestamp(tau, CITY_TZ).replace(hour=0, minute=0, second=0,
+                                                               microsecond=0)
+            self.anchor = day.timestamp() + self.first_s
+        u = (tau - self.anchor - self.offset) % self.cycle
+        half = self.cycle / 2.0
+        if u < half:
+            return self.trip_position(u), OUTBOUND
+        return self.trip_position(self.trip_s - (u - half)), INBOUND
+
+    def next_stop(self, s: float, direction: str) -> str:
+        """The id of the stop a bus at ``s`` driving ``direction`` drives to next."""
+        if direction == OUTBOUND:
+            i = min(bisect.bisect_right(self.stop_s, s + 0.5), len(self.stop_s) - 1)
+        else:
+            i = max(bisect.bisect_left(self.stop_s, s - 0.5) - 1, 0)
+        return self.line.stops[i].id
+
+
 # --- device models -------------------------------------------------------------
 
 
@@ -232,10 +315,13 @@ class _Device:
 
 class _Bus(_Device):
     def __init__(
-        self, equipment: Equipment, profile: Profile, origin: _Point, rng: random.Random
+        self, equipment: Equipment, profile: Profile, origin: _Point, rng: random.Random,
+        duty: _LineRoute | None = None,
     ) -> None:
         super().__init__(equipment, profile)
         self.line = str(equipment.attrs.get("line", "L1"))
+        self.duty = duty
+        self.last_s: float | None = None
         self.origin = origin
         self.route = _Polyline.of(line_route(equipment.municipality, self.line))
         legs = math.ceil(self.route.length / BUS_STOP_SPACING_M)
@@ -270,6 +356,8 @@ class _Bus(_Device):
         drift = rng.gauss(0.0, 0.25 * math.sqrt(dt)) + 0.002 * (self.target_delay - self.delay) * dt
         drift = max(-0.3 * dt, min(0.9 * dt, drift))
         self.delay = max(_BUS_DELAY_RANGE[0], min(_BUS_DELAY_RANGE[1], self.delay + drift))
+        if self.duty is not None:
+            return self._on_line(self.duty, now, dt)
         tau = now + self.phase - self.delay
         progress, leg, d = self._progress(tau)
         if self.last_now is None:
@@ -301,6 +389,28 @@ class _Bus(_Device):
             "delay_s": round(self.delay, 1),
         }
         # Only once set: the position messages keep their size on the priority path.
+        if "message" in self.writes:
+            out["message"] = self.writes["message"]
+        return out
+
+    def _on_line(self, duty: _LineRoute, now: float, dt: float) -> dict[str, Any]:
+        """A sample on an inventory line: where the timetable put the bus ``delay`` ago."""
+        s, direction = duty.at(now - self.delay)
+        previous = self.last_s if self.last_s is not None else duty.at(now - dt - self.delay)[0]
+        self.last_now, self.last_s = now, s
+        lat, lon = duty.geometry.point_at(s)
+        out: dict[str, Any] = {
+            "ts": now,
+            "lat": round(lat, 7),
+            "lon": round(lon, 7),
+            "speed": round(min(60.0, abs(s - previous) / dt), 2),
+            "heading": round(duty.geometry.heading_at(s, direction), 1) % 360.0,
+            "seq": self.next_seq(),
+            "line": self.line,
+            "direction": direction,
+            "next_stop": duty.next_stop(s, direction),
+            "delay_s": round(self.delay, 1),
+        }
         if "message" in self.writes:
             out["message"] = self.writes["message"]
         return out
@@ -472,6 +582,7 @@ class MqttDeviceSimulator:
         rate_hz: float | None = None,
         event_interval_s: float = EVENT_INTERVAL_S,
         client_id: str = "sim-mqtt",
+        lines: Mapping[str, BusLine] | None = None,
     ) -> None:
         if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
             raise ConfigError(f"rate_hz must be a positive number, not {rate_hz!r}")
@@ -482,9 +593,11 @@ class MqttDeviceSimulator:
         self._rate_hz = rate_hz
         self._event_interval_s = event_interval_s
         centres = {m.slug: (m.lat, m.lon) for m in municipalities()}
+        self._lines = dict(lines or {})
         self._devices: dict[str, _Device] = {}
-        for eq in equipment:
-            profile = builtin_profile(eq.profile)
+        chosen = [(eq, builtin_profile(eq.profile)) for eq in equipment]
+        self._duties = self._bus_duties([eq for eq, p in chosen if p.name == "bus"])
+        for eq, profile in chosen:
             if profile.protocol != "mqtt":
                 continue
             self._devices[eq.id] = self._model(eq, profile, centres)
@@ -509,11 +622,26 @@ class MqttDeviceSimulator:
         self._loss_rng = random.Random(0)
         self._pace = 1.0
 
+    def _bus_duties(self, buses: list[Equipment]) -> dict[str, _LineRoute]:
+        """Each bus of a declared line gets its departure slot: the line's buses in id
+        order share its round trip."""
+        by_line: dict[str, list[str]] = {}
+        for eq in buses:
+            line = eq.attrs.get("line")
+            if isinstance(line, str) and line in self._lines:
+                by_line.setdefault(line, []).append(eq.id)
+        duties: dict[str, _LineRoute] = {}
+        for line, ids in by_line.items():
+            for slot, ident in enumerate(sorted(ids)):
+                duties[ident] = _LineRoute(self._lines[line], slot, len(ids))
+        return duties
+
     def _model(
         self, eq: Equipment, profile: Profile, centres: dict[str, tuple[float, float]]
     ) -> _Device:
         if profile.name == "bus":
-            return _Bus(eq, profile, centres.get(eq.municipality, (eq.lat, eq.lon)), self._rng)
+            return _Bus(eq, profile, centres.get(eq.municipality, (eq.lat, eq.lon)), self._rng,
+                        self._duties.get(eq.id))
         if profile.name == "service_vehicle":
             return _ServiceVehicle(eq, profile, self._rng)
         if profile.name == "camera":

@@ -101,7 +101,7 @@ def build(
     if mqtt_eqs:
         sims.append(
             MqttDeviceSimulator(mqtt_eqs, url=mqtt_url, rng=random.Random(seed), rate_hz=rate_hz,
-                                clock=clock)
+                                clock=clock, lines=inventory.bus_lines)
         )
         info.append({"kind": "mqtt_devices", "endpoint": mqtt_url, "devices": len(mqtt_eqs)})
     return sims, info

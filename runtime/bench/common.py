@@ -135,8 +135,6 @@ class City:
         clock_speed: float = 1.0,
         clock_start: float | None = None,
     ) -> None:
-        import dataclasses
-
         from runtime.demo_inventory import DemoPorts, generate_demo
         from runtime.inventory import parse_inventory
 
@@ -149,9 +147,8 @@ class City:
         dropped: list[str] = []
         if kinds is not None:
             # A lighter city (tests): only the equipment of these kinds.
-            keep = tuple(eq for eq in self.inventory.equipment if eq.kind in kinds)
             dropped = sorted({eq.kind for eq in self.inventory.equipment} - set(kinds))
-            self.inventory = dataclasses.replace(self.inventory, equipment=keep)
+            self.inventory = self.inventory.restricted(kinds)
         self._broker = broker
         self._sim_rate_hz = sim_rate_hz
         self._spares = spares

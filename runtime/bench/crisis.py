@@ -111,6 +111,26 @@ def _reported(store: Any, kinds: Mapping[str, str], fields: Mapping[str, Sequenc
     return out
 
 
+def _polled_since(store: Any, since: Mapping[str, float], timeout_s: float) -> None:
+    """Wait until each entity of ``since`` has a reading its device took after the time
+    given for it (a poll of each cabinet since the night dimming was acked)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        blobs = store.load_checkpoints(list(since))
+        late = 0
+        for eid, ts in since.items():
+            try:
+                twin = (unpack(blobs[eid]) if eid in blobs else {}).get("twin") or {}
+            except MalformedMessageError:
+                twin = {}
+            stamps = [float(v.get("source_ts") or 0.0)
+                      for v in (twin.get("reported") or {}).values() if isinstance(v, Mapping)]
+            late += not stamps or max(stamps) <= ts
+        if not late:
+            return
+        time.sleep(0.5)
+
+
 def _stamp(cmd: Command) -> float:
     return cmd.device_confirmed_ts or cmd.updated_ts
 
@@ -131,11 +151,13 @@ def _stages(commands: Sequence[Command], t0: float) -> dict[str, list[float]]:
     return out
 
 
-def _journal_all(store: Any, commands: Sequence[Command], timeout_s: float) -> int:
+def _journal_all(store: Any, commands: Sequence[Command], timeout_s: float
+                 ) -> dict[str, float]:
+    """Journal ``commands`` and wait for them: ``{target: ack time}`` of those acked."""
     for cmd in commands:
         store.submit_command(cmd)
     done = _final(store, [c.command_id for c in commands], timeout_s)
-    return sum(1 for c in done.values() if c.status is CommandStatus.ACKED)
+    return {c.target: c.updated_ts for c in done.values() if c.status is CommandStatus.ACKED}
 
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
@@ -157,10 +179,10 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         night = [Command(command_id=new_command_id(), target=e, action="set",
                          params={"dim": NIGHT_DIM}, caller="schedule:night")
                  for e in circuits]
-        dimmed = _journal_all(store, night, timeout_s)
+        acks = _journal_all(store, night, timeout_s)
         say(f"{len(targets)} entities in the snow plan ({len(circuits)} circuits, "
-            f"{dimmed} dimmed to {NIGHT_DIM:g} % first); {machine()}")
-        time.sleep(3.0)  # a poll of every cabinet since the night dimming
+            f"{len(acks)} dimmed to {NIGHT_DIM:g} % first); {machine()}")
+        _polled_since(store, acks, timeout_s)
         before = _reported(store, kinds, fields)
 
         t0 = time.time()
