@@ -147,6 +147,7 @@ class AccessTerminal(EquipmentEntity):
     """A retractable bollard under its pedestrian zone's rules (module docstring)."""
 
     kind = "access_terminal"
+    SCHEDULE_ATTR = "zone"
     FIELDS = {"bollard": Field(str, choices=("up", "down"))}
     CRISIS_LAYER = True
 

@@ -81,16 +81,22 @@ import math
 import os
 import re
 import string
-import tomllib
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeGuard, TypeVar
 
 from runtime.clock import Clock
-from runtime.errors import ConfigError, MalformedMessageError, RejectedError, UnknownEntityError
-from runtime.inventory import KINDS, _field_name, _Locator, _shown, _syntax_location, _type_name
+from runtime.datafile import Checker, KeyPath, parse_toml, read_text, shown, type_name
+from runtime.errors import (
+    ConfigError,
+    DataFileError,
+    MalformedMessageError,
+    RejectedError,
+    UnknownEntityError,
+)
+from runtime.inventory import KINDS
 
 __all__ = [
     "ADMIN_ROLE",
@@ -410,55 +416,33 @@ class ConditionTable:
 
 
 
-_Path = tuple[str | int, ...]
 _TOP_KEYS: Final = ("book", "priority", "condition", "suppression")
 _BOOK_KEYS: Final = ("default_priority", "history", "flood_window_s", "flood_threshold", "events")
 _CONDITION_KEYS: Final = ("priority", "escalate_after_s", "message")
 _RULE_KEYS: Final = ("name", "by", "masks", "kinds")
 
 
-class _Parser:
+class _Parser(Checker):
     """One validation pass over a parsed conditions document, collecting issues."""
 
-    def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
+    def _table(self, value: object, path: KeyPath, what: str = "a table") -> dict[str, Any]:
+        return super()._table(value, path, what) or {}
 
-    def _issue(self, path: _Path, message: str, *, at: _Path | None = None) -> None:
-        line = self._where.line(path if at is None else at)
-        self._issues.append(
-            (line, len(self._issues), f"{self._source}:{line}: {_field_name(path)}: {message}")
-        )
-
-    def _table(self, value: object, path: _Path) -> dict[str, Any]:
-        if isinstance(value, dict):
-            return value
-        self._issue(path, f"expected a table, got {_type_name(value)} {_shown(value)}")
-        return {}
-
-    def _keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key not in known:
-                self._issue((*path, key), f"unknown key {key!r} (expected one of "
-                                          f"{', '.join(known)})")
-
-    def _priority(self, value: object, path: _Path) -> Priority | None:
+    def _priority(self, value: object, path: KeyPath) -> Priority | None:
         if isinstance(value, str) and value in {p.value for p in Priority}:
             return Priority(value)
-        self._issue(path, f"expected one of {', '.join(Priority)}, got {_shown(value)}")
+        self._issue(path, f"expected one of {', '.join(Priority)}, got {shown(value)}")
         return None
 
-    def _number(self, value: object, path: _Path) -> float | None:
+    def _number(self, value: object, path: KeyPath) -> float | None:
         if _positive(value):
             return float(value)
-        self._issue(path, f"expected a number > 0, got {_shown(value)}")
+        self._issue(path, f"expected a number > 0, got {shown(value)}")
         return None
 
-    def _names(self, value: object, path: _Path, *, star: bool = False) -> tuple[str, ...]:
+    def _names(self, value: object, path: KeyPath, *, star: bool = False) -> tuple[str, ...]:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            self._issue(path, f"expected a non-empty array of strings, got {_shown(value)}")
+            self._issue(path, f"expected a non-empty array of strings, got {shown(value)}")
             return ()
         for name in value:
             if not (_NAME_RE.match(name) or (star and name == "*")):
@@ -480,11 +464,10 @@ class _Parser:
                                       suppressions=rules, source=self._source, **settings)
             except ConfigError as exc:
                 self._issue(("book",), str(exc))
-        self._issues.sort()
-        raise ConfigError("\n".join(text for _, _, text in self._issues))
+        raise DataFileError(self.issue_lines())
 
     def _book(self) -> dict[str, Any]:
-        path: _Path = ("book",)
+        path: KeyPath = ("book",)
         table = self._table(self._doc.get("book", {}), path)
         self._keys(table, path, _BOOK_KEYS)
         out: dict[str, Any] = {}
@@ -499,7 +482,7 @@ class _Parser:
                     out[key] = value
                 else:
                     self._issue((*path, key), f"expected an integer >= {least}, got "
-                                              f"{_shown(value)}")
+                                              f"{shown(value)}")
         if "flood_window_s" in table:
             window = self._number(table["flood_window_s"], (*path, "flood_window_s"))
             if window is not None:
@@ -509,7 +492,7 @@ class _Parser:
         return out
 
     def _delays(self) -> dict[Priority, float]:
-        path: _Path = ("priority",)
+        path: KeyPath = ("priority",)
         table = self._table(self._doc.get("priority", {}), path)
         self._keys(table, path, tuple(Priority))
         out: dict[Priority, float] = {}
@@ -531,7 +514,7 @@ class _Parser:
         return out
 
     def _conditions(self) -> dict[str, ConditionSpec]:
-        path: _Path = ("condition",)
+        path: KeyPath = ("condition",)
         table = self._table(self._doc.get("condition", {}), path)
         out: dict[str, ConditionSpec] = {}
         for name, raw in table.items():
@@ -552,7 +535,7 @@ class _Parser:
             message = body.get("message", DEFAULT_MESSAGE)
             if not isinstance(message, str) or not message.strip():
                 self._issue((*cpath, "message"), f"expected a non-empty string, got "
-                                                 f"{_shown(message)}")
+                                                 f"{shown(message)}")
             elif (why := _check_template(message)) is not None:
                 self._issue((*cpath, "message"), why)
             if len(self._issues) == before and priority is not None:
@@ -566,16 +549,16 @@ class _Parser:
         raw = self._doc.get("suppression", [])
         if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
             self._issue(("suppression",), f"expected [[suppression]] tables, got "
-                                          f"{_type_name(raw)}")
+                                          f"{type_name(raw)}")
             return ()
         out: list[SuppressionRule] = []
         for i, rule in enumerate(raw):
-            rpath: _Path = ("suppression", i)
+            rpath: KeyPath = ("suppression", i)
             self._keys(rule, rpath, _RULE_KEYS)
             before = len(self._issues)
             name = rule.get("name")
             if not isinstance(name, str) or not name.strip():
-                self._issue((*rpath, "name"), f"expected a non-empty string, got {_shown(name)}")
+                self._issue((*rpath, "name"), f"expected a non-empty string, got {shown(name)}")
             by = self._names(rule.get("by"), (*rpath, "by"))
             masks = self._names(rule.get("masks"), (*rpath, "masks"), star=True)
             for key, names in (("by", by), ("masks", masks)):
@@ -587,7 +570,7 @@ class _Parser:
                 kinds = tuple(rule["kinds"]) if isinstance(rule["kinds"], list) else ()
                 if not kinds or not all(k in KINDS for k in kinds):
                     self._issue((*rpath, "kinds"), f"expected kinds among {', '.join(KINDS)}, "
-                                                   f"got {_shown(rule['kinds'])}")
+                                                   f"got {shown(rule['kinds'])}")
             if len(self._issues) == before:
                 out.append(SuppressionRule(str(name), by, masks, kinds,
                                            line=self._where.line(rpath)))
@@ -600,18 +583,12 @@ def parse_conditions(text: str, source: str) -> ConditionTable:
     Every problem is reported at once: :class:`~runtime.errors.ConfigError`
     carries one ``"{source}:{line}: {field}: {message}"`` line per issue.
     """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise ConfigError(f"{source}:{line}: syntax: {message}") from exc
-    return _Parser(text, source, doc).run()
+    return _Parser(text, source, parse_toml(text, source)).run()
 
 
 def load_conditions(path: str | os.PathLike[str]) -> ConditionTable:
     """Read and validate a conditions file."""
-    with open(path, encoding="utf-8") as fh:
-        return parse_conditions(fh.read(), os.fspath(path))
+    return parse_conditions(read_text(path), os.fspath(path))
 
 
 @functools.cache

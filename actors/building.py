@@ -121,6 +121,13 @@ class Building(EquipmentEntity):
                 self.ctx.start_timer("fire_follow", FOLLOW_S, "fire_follow", repeat=True)
 
     @classmethod
+    def check_inventory(cls, inventory: Inventory) -> None:
+        """The fire plan, read and checked against ``inventory`` (door tags, presets and a
+        role it has): :class:`PlanError` with the plan's file and line."""
+        super().check_inventory(inventory)
+        builtin_fire_plan().check(inventory)
+
+    @classmethod
     def inventory_attrs(cls, equipment: Equipment, inventory: Inventory) -> dict[str, Any]:
         """``watched_by``: the cameras of ``inventory`` that watch this building."""
         return {"watched_by": sorted(eq.id for eq in inventory.equipment

@@ -94,6 +94,7 @@ class Crossroad(EquipmentEntity):
     """A crossroad's traffic controller (see the module doc)."""
 
     kind = "crossroad"
+    SCHEDULE_ATTR = "schedule"
     FIELDS = {
         "plan": Field(int, 1, 32),
         "mode": Field(str, choices=MODES),

@@ -18,7 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from actors.schedule import builtin_schedules
 from runtime.commands import check_command_shape, shown
+from runtime.datafile import KeyPath
 from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope
@@ -29,6 +31,7 @@ from runtime.errors import (
     ProtocolError,
     RejectedError,
 )
+from runtime.inventory import Equipment, Inventory
 from runtime.twin import Quality
 
 
@@ -207,6 +210,9 @@ class EquipmentEntity(Entity):
     #: Whether :meth:`device_writes` reads the device and returns only what it lacks: a
     #: write that got no answer is then checked and completed once, not failed.
     READS_BACK: ClassVar[bool] = False
+    #: The attribute of an inventory record that names the schedule the equipment follows
+    #: (a schedule of its kind, :mod:`actors.schedule`); "" for a kind without schedules.
+    SCHEDULE_ATTR: ClassVar[str] = ""
 
     async def on_start(self, saved: Checkpoint | None) -> None:
         await super().on_start(saved)
@@ -451,6 +457,26 @@ class EquipmentEntity(Entity):
     def reported_fields(cls, reported: Mapping[str, Any]) -> dict[str, Any]:
         """The writable fields' values as the device reports them (by name, by default)."""
         return {k: reported[k] for k in cls.FIELDS if k in reported}
+
+    @classmethod
+    def check_inventory(cls, inventory: Inventory) -> None:
+        """A kind that follows schedules reads them (:class:`ScheduleError` for a broken
+        file)."""
+        if cls.SCHEDULE_ATTR:
+            builtin_schedules()
+
+    @classmethod
+    def check_record(cls, equipment: Equipment) -> list[tuple[KeyPath, str]]:
+        """A schedule the record names (``attrs[SCHEDULE_ATTR]``) must be one of the
+        shipped schedules, and one of this kind's."""
+        name = equipment.attrs.get(cls.SCHEDULE_ATTR) if cls.SCHEDULE_ATTR else None
+        if not name:
+            return []
+        where: KeyPath = ("attrs", cls.SCHEDULE_ATTR)
+        if not isinstance(name, str):
+            return [(where, f"expected the name of a schedule, got {shown(name)}")]
+        refusal = builtin_schedules().refusal(name, cls.kind)
+        return [] if refusal is None else [(where, refusal)]
 
     @classmethod
     def check_schedule_step(cls, setpoints: Mapping[str, Any]) -> list[tuple[str, str]]:

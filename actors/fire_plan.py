@@ -26,7 +26,10 @@ confirmation step ``confirm_s`` and the steps, each naming what it does::
 tags of :data:`runtime.inventory.DOOR_TAGS`, names) and :meth:`FirePlan.check`
 against an inventory (a door tag no building has, a preset no watching camera
 has, a role no vehicle has); both raise :class:`~runtime.errors.PlanError`
-with one ``"{file}:{line}: {field}: {message}"`` line per problem.
+with one ``"{file}:{line}: {field}: {message}"`` line per problem. The service
+reads the shipped plan and checks it against its inventory before it starts
+anything (:meth:`actors.building.Building.check_inventory`): a broken plan stops
+``commandpost run`` with its file and line, not a building at its first fire.
 """
 
 from __future__ import annotations
@@ -36,22 +39,13 @@ import functools
 import importlib.resources
 import math
 import os
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from runtime.datafile import Checker, KeyPath, parse_toml, read_text, shown, type_name
 from runtime.errors import PlanError
-from runtime.inventory import (
-    DOOR_TAGS,
-    NAME_PATTERN,
-    Inventory,
-    _field_name,
-    _Locator,
-    _shown,
-    _syntax_location,
-    _type_name,
-)
+from runtime.inventory import DOOR_TAGS, Inventory
 
 __all__ = [
     "BUILTIN_FIRE_SOURCE",
@@ -59,6 +53,7 @@ __all__ = [
     "FirePlan",
     "FireStep",
     "builtin_fire_plan",
+    "builtin_fire_text",
     "load_fire_plan",
     "parse_fire_plan",
 ]
@@ -67,7 +62,6 @@ __all__ = [
 FIRE_STEPS: Final = {"unlock_doors": "doors", "camera_preset": "preset", "intervention": "role"}
 #: The longest confirmation a plan may wait for: a fire does not wait longer.
 MAX_CONFIRM_S: Final = 600.0
-_Path = tuple[str | int, ...]
 _PLAN_KEYS: Final = ("description", "confirm_s", "step")
 
 
@@ -127,27 +121,8 @@ class FirePlan:
             raise PlanError([text for _, text in sorted(issues)])
 
 
-class _Parser:
+class _Parser(Checker):
     """One validation pass over a parsed fire plan document, collecting issues."""
-
-    def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
-
-    def _issue(self, path: _Path, message: str) -> None:
-        line = self._where.line(path)
-        self._issues.append(
-            (line, len(self._issues), f"{self._source}:{line}: {_field_name(path)}: {message}"))
-
-    def _keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key not in known:
-                guess = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {guess[0]!r}? " if guess else ""
-                self._issue((*path, key), f"unknown key {key!r} ({hint}expected one of "
-                                          f"{', '.join(known)})")
 
     def run(self) -> FirePlan:
         self._keys(self._doc, (), ("fire",))
@@ -155,17 +130,17 @@ class _Parser:
         if not isinstance(body, dict):
             self._issue(("fire",), "expected a [fire] table")
             body = {}
-        path: _Path = ("fire",)
+        path: KeyPath = ("fire",)
         self._keys(body, path, _PLAN_KEYS)
         description = body.get("description", "")
         if not isinstance(description, str):
             self._issue((*path, "description"), f"expected a string, got "
-                                                f"{_type_name(description)}")
+                                                f"{type_name(description)}")
         confirm = body.get("confirm_s", 0.0)
         if (isinstance(confirm, bool) or not isinstance(confirm, int | float)
                 or not math.isfinite(confirm) or not 0.0 <= confirm <= MAX_CONFIRM_S):
             self._issue((*path, "confirm_s"), f"expected seconds in 0..{MAX_CONFIRM_S:g}, "
-                                              f"got {_shown(confirm)}")
+                                              f"got {shown(confirm)}")
             confirm = 0.0
         raw = body.get("step")
         if not isinstance(raw, list) or not raw:
@@ -173,34 +148,28 @@ class _Parser:
             raw = []
         steps: list[FireStep] = []
         for i, item in enumerate(raw):
-            spath: _Path = (*path, "step", i)
-            if not isinstance(item, dict):
-                self._issue(spath, f"expected a table, got {_type_name(item)}")
-                continue
-            step = self._step(item, spath)
+            spath: KeyPath = (*path, "step", i)
+            table = self._table(item, spath)
+            step = None if table is None else self._step(table, spath)
             if step is None:
                 continue
             if any(s.do == step.do for s in steps):
                 self._issue((*spath, "do"), f"the plan already has a {step.do!r} step")
                 continue
             steps.append(step)
-        if self._issues:
-            self._issues.sort()
-            raise PlanError([text for _, _, text in self._issues])
+        self._raise_issues(PlanError)
         return FirePlan(str(description), float(confirm), tuple(steps), self._source)
 
-    def _step(self, table: Mapping[str, Any], path: _Path) -> FireStep | None:
+    def _step(self, table: Mapping[str, Any], path: KeyPath) -> FireStep | None:
         do = table.get("do")
         if not isinstance(do, str) or do not in FIRE_STEPS:
-            self._issue((*path, "do"), f"unknown step {_shown(do)} (expected one of "
+            self._issue((*path, "do"), f"unknown step {shown(do)} (expected one of "
                                        f"{', '.join(FIRE_STEPS)})")
             return None
         key = FIRE_STEPS[do]
         self._keys(table, path, ("do", key))
-        target = table.get(key)
-        if not isinstance(target, str) or not NAME_PATTERN.match(target):
-            self._issue((*path, key), f"expected a name matching {NAME_PATTERN.pattern}, got "
-                                      f"{_shown(target)}")
+        target = self._name(table, path, key)
+        if not target:
             return None
         if do == "unlock_doors" and target not in DOOR_TAGS:
             guess = difflib.get_close_matches(target, DOOR_TAGS, n=1)
@@ -213,34 +182,25 @@ class _Parser:
 
 def parse_fire_plan(text: str, source: str) -> FirePlan:
     """Validate fire plan TOML ``text`` (``source`` names it in issues) into a :class:`FirePlan`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise PlanError([f"{source}:{line}: syntax: {message}"]) from exc
-    return _Parser(text, source, doc).run()
+    return _Parser(text, source, parse_toml(text, source, PlanError)).run()
 
 
 def load_fire_plan(path: str | os.PathLike[str]) -> FirePlan:
     """Read and validate a fire plan file."""
-    source = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise PlanError([f"{source}:0: file: cannot read: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise PlanError([f"{source}:0: file: not valid UTF-8 (byte {exc.start})"]) from exc
-    return parse_fire_plan(text, source)
+    return parse_fire_plan(read_text(path, PlanError), os.fspath(path))
 
 
 #: Where the shipped fire plan is, as issues name it.
 BUILTIN_FIRE_SOURCE: Final = "actors/plans/fire.toml"
 
 
+def builtin_fire_text() -> str:
+    """The text of the shipped fire plan."""
+    return importlib.resources.files("actors").joinpath("plans/fire.toml").read_text(
+        encoding="utf-8")
+
+
 @functools.cache
 def builtin_fire_plan() -> FirePlan:
     """The shipped ``actors/plans/fire.toml`` (read once)."""
-    text = importlib.resources.files("actors").joinpath("plans/fire.toml").read_text(
-        encoding="utf-8")
-    return parse_fire_plan(text, BUILTIN_FIRE_SOURCE)
+    return parse_fire_plan(builtin_fire_text(), BUILTIN_FIRE_SOURCE)

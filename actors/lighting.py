@@ -227,6 +227,7 @@ class LightingCircuit(EquipmentEntity):
     """
 
     kind = "lighting_circuit"
+    SCHEDULE_ATTR = "schedule"
     FIELDS = {"on": Field(bool), "dim": Field(float, 0, 100)}
     READS_BACK = True
     CRISIS_LAYER = True

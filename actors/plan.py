@@ -42,7 +42,6 @@ import functools
 import importlib.resources
 import os
 import string
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -51,20 +50,17 @@ from typing import Any, Final
 from actors.alarms import builtin_conditions
 from actors.registry import BEHAVIOURS
 from actors.vehicle import has_radio
-from runtime.errors import PlanError, RejectedError
-from runtime.inventory import (
-    ID_PATTERN,
+from runtime.datafile import (
     NAME_PATTERN,
-    TAGS,
-    Equipment,
-    Inventory,
-    _field_name,
-    _Locator,
-    _shown,
-    _syntax_location,
-    _type_name,
-    tags_of,
+    Checker,
+    KeyPath,
+    parse_toml,
+    read_text,
+    shown,
+    type_name,
 )
+from runtime.errors import PlanError, RejectedError
+from runtime.inventory import ID_PATTERN, TAGS, Equipment, Inventory, tags_of
 
 __all__ = [
     "BUILTIN_SOURCE",
@@ -85,7 +81,6 @@ NORMAL: Final = "normal"
 #: The one placeholder a string setpoint may hold.
 _PLACEHOLDER: Final = "municipality"
 
-_Path = tuple[str | int, ...]
 _TOP_KEYS: Final = ("plan",)
 _PLAN_KEYS: Final = ("description", "step")
 _STEP_KEYS: Final = ("kind", "tags", "role", "ids", "set", "preset", "masks")
@@ -268,51 +263,21 @@ class PlanBook:
             raise PlanError(list(dict.fromkeys(text for _, text in issues)))
 
 
-class _Parser:
+class _Parser(Checker):
     """One validation pass over a parsed plan document, collecting issues."""
 
     def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
+        super().__init__(text, source, doc)
         self._conditions = builtin_conditions().conditions
 
-    def _issue(self, path: _Path, message: str) -> None:
-        line = self._where.line(path)
-        self._issues.append(
-            (line, len(self._issues), f"{self._source}:{line}: {_field_name(path)}: {message}"))
-
-    def _keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key not in known:
-                guess = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {guess[0]!r}? " if guess else ""
-                self._issue((*path, key), f"unknown key {key!r} ({hint}expected one of "
-                                          f"{', '.join(known)})")
-
-    def _table(self, value: object, path: _Path) -> dict[str, Any] | None:
-        if isinstance(value, dict):
-            return value
-        self._issue(path, f"expected a table, got {_type_name(value)} {_shown(value)}")
-        return None
-
-    def _strings(self, table: Mapping[str, Any], path: _Path, key: str) -> list[str]:
+    def _strings(self, table: Mapping[str, Any], path: KeyPath, key: str) -> list[str]:
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self._issue((*path, key), f"expected an array of strings, got {_type_name(value)} "
-                                      f"{_shown(value)}")
+            self._issue((*path, key), f"expected an array of strings, got {type_name(value)} "
+                                      f"{shown(value)}")
             return []
         if len(set(value)) != len(value):
             self._issue((*path, key), "a name is listed twice")
-        return value
-
-    def _name(self, table: Mapping[str, Any], path: _Path, key: str) -> str:
-        value = table.get(key)
-        if not isinstance(value, str) or not NAME_PATTERN.match(value):
-            self._issue((*path, key), f"expected a name matching {NAME_PATTERN.pattern}, got "
-                                      f"{_shown(value)}")
-            return ""
         return value
 
     def run(self) -> PlanBook:
@@ -322,7 +287,7 @@ class _Parser:
         if not table:
             self._issue(("plan",), "no [plan.MODE] in this file")
         for mode, raw in table.items():
-            path: _Path = ("plan", mode)
+            path: KeyPath = ("plan", mode)
             body = self._table(raw, path)
             if body is None:
                 continue
@@ -333,25 +298,23 @@ class _Parser:
             plan = self._plan(mode, body, path)
             if plan is not None:
                 plans[mode] = plan
-        if self._issues:
-            self._issues.sort()
-            raise PlanError([text for _, _, text in self._issues])
+        self._raise_issues(PlanError)
         return PlanBook(MappingProxyType(plans), self._source)
 
-    def _plan(self, mode: str, body: Mapping[str, Any], path: _Path) -> CrisisPlan | None:
+    def _plan(self, mode: str, body: Mapping[str, Any], path: KeyPath) -> CrisisPlan | None:
         self._keys(body, path, _PLAN_KEYS)
         before = len(self._issues)
         description = body.get("description", "")
         if not isinstance(description, str):
             self._issue((*path, "description"), f"expected a string, got "
-                                                f"{_type_name(description)}")
+                                                f"{type_name(description)}")
         raw = body.get("step")
         if not isinstance(raw, list) or not raw:
             self._issue((*path, "step"), f"a plan needs at least one [[plan.{mode}.step]]")
             raw = []
         steps = []
         for i, item in enumerate(raw):
-            spath: _Path = (*path, "step", i)
+            spath: KeyPath = (*path, "step", i)
             table = self._table(item, spath)
             if table is not None and (step := self._step(table, spath)) is not None:
                 steps.append(step)
@@ -359,14 +322,14 @@ class _Parser:
             return None
         return CrisisPlan(mode, str(description), tuple(steps), self._where.line(path))
 
-    def _step(self, table: Mapping[str, Any], path: _Path) -> Step | None:
+    def _step(self, table: Mapping[str, Any], path: KeyPath) -> Step | None:
         self._keys(table, path, _STEP_KEYS)
         before = len(self._issues)
         kind = table.get("kind")
         behaviour = BEHAVIOURS.get(kind) if isinstance(kind, str) else None
         if behaviour is None:
-            shown = repr(kind) if isinstance(kind, str) else _shown(kind)
-            self._issue((*path, "kind"), f"unknown kind {shown} (expected one of "
+            text = repr(kind) if isinstance(kind, str) else shown(kind)
+            self._issue((*path, "kind"), f"unknown kind {text} (expected one of "
                                          f"{', '.join(BEHAVIOURS)})")
             return None
         assert isinstance(kind, str)
@@ -412,7 +375,7 @@ class _Parser:
         return Step(kind, MappingProxyType(setpoints), frozenset(tags), role, frozenset(ids),
                     preset, tuple(masks), self._where.line(path))
 
-    def _setpoints(self, table: Mapping[str, Any], path: _Path,
+    def _setpoints(self, table: Mapping[str, Any], path: KeyPath,
                    fields: Mapping[str, Any]) -> dict[str, Any]:
         if "set" not in table:
             return {}
@@ -444,25 +407,12 @@ class _Parser:
 
 def parse_plans(text: str, source: str) -> PlanBook:
     """Validate plan TOML ``text`` (``source`` names it in issues) into a :class:`PlanBook`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise PlanError([f"{source}:{line}: syntax: {message}"]) from exc
-    return _Parser(text, source, doc).run()
+    return _Parser(text, source, parse_toml(text, source, PlanError)).run()
 
 
 def load_plans(path: str | os.PathLike[str]) -> PlanBook:
     """Read and validate a plan file."""
-    source = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise PlanError([f"{source}:0: file: cannot read: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise PlanError([f"{source}:0: file: not valid UTF-8 (byte {exc.start})"]) from exc
-    return parse_plans(text, source)
+    return parse_plans(read_text(path, PlanError), os.fspath(path))
 
 
 #: Where the shipped crisis plans are, as issues name them.

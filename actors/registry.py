@@ -10,6 +10,7 @@ from actors.equipment import EquipmentEntity
 from actors.lighting import LightingCircuit
 from actors.vehicle import Vehicle
 from runtime.cell import EntityFactory
+from runtime.datafile import KeyPath
 from runtime.errors import ConfigError
 from runtime.inventory import COORDINATOR, Equipment
 
@@ -17,6 +18,13 @@ BEHAVIOURS: dict[str, type[EquipmentEntity]] = {
     cls.kind: cls
     for cls in (Crossroad, LightingCircuit, Building, Camera, Vehicle, AccessTerminal)
 }
+
+
+def check_record(eq: Equipment) -> list[tuple[KeyPath, str]]:
+    """What the behaviour of ``eq``'s kind finds wrong in its inventory record
+    (:meth:`runtime.entity.Entity.check_record`), for :func:`runtime.inventory.load_inventory`."""
+    behaviour = BEHAVIOURS.get(eq.kind)
+    return [] if behaviour is None else behaviour.check_record(eq)
 
 
 def factory_for(eq: Equipment) -> EntityFactory:

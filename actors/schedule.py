@@ -47,7 +47,6 @@ import importlib.resources
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -57,8 +56,8 @@ from astral import Observer
 from astral.sun import sunrise, sunset
 
 from runtime.clock import CITY_TZ
+from runtime.datafile import Checker, KeyPath, parse_toml, read_text
 from runtime.errors import ScheduleError
-from runtime.inventory import NAME_PATTERN, _field_name, _Locator
 
 __all__ = [
     "DAY_PROFILES",
@@ -90,7 +89,6 @@ _TOP_KEYS: Final = ("schedule",)
 _SCHEDULE_KEYS: Final = ("name", "kind", "description", "step")
 _STEP_KEYS: Final = ("name", "at", "days", "set")
 
-_Path = tuple[str | int, ...]
 #: A kind's check of one step's ``set``: the problems, as ``(field, message)`` pairs.
 SetCheck = Callable[[Mapping[str, Any]], list[tuple[str, str]]]
 
@@ -312,36 +310,28 @@ class ScheduleBook:
     def for_kind(self, kind: str) -> list[Schedule]:
         return [s for s in self.schedules.values() if s.kind == kind]
 
+    def refusal(self, name: str, kind: str) -> str | None:
+        """Why equipment of ``kind`` cannot follow the schedule ``name`` (None: it can):
+        there is no such schedule, or it is another kind's."""
+        own = sorted(s.name for s in self.for_kind(kind))
+        known = f"the {kind} schedules: {', '.join(own) or 'none'}"
+        schedule = self.schedules.get(name)
+        if schedule is None:
+            guess = difflib.get_close_matches(name, own, n=1)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            return f"no schedule is named {name!r} ({hint}{known})"
+        if schedule.kind != kind:
+            return f"{name!r} is a schedule of {schedule.kind}, not of {kind} ({known})"
+        return None
 
-class _Parser:
+
+class _Parser(Checker):
+    """One validation pass over a parsed schedule document, collecting issues."""
+
     def __init__(self, text: str, source: str, doc: dict[str, Any],
                  checks: Mapping[str, SetCheck]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
+        super().__init__(text, source, doc)
         self._checks = checks
-        self._issues: list[tuple[int, int, str]] = []
-
-    def _issue(self, path: _Path, message: str) -> None:
-        line = self._where.line(path)
-        self._issues.append(
-            (line, len(self._issues), f"{self._source}:{line}: {_field_name(path)}: {message}"))
-
-    def _keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key not in known:
-                guess = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {guess[0]!r}? " if guess else ""
-                self._issue((*path, key), f"unknown key {key!r} ({hint}expected one of "
-                                          f"{', '.join(known)})")
-
-    def _name(self, table: Mapping[str, Any], path: _Path, key: str) -> str:
-        value = table.get(key)
-        if not isinstance(value, str) or not NAME_PATTERN.match(value):
-            self._issue((*path, key), f"expected a name matching {NAME_PATTERN.pattern}, got "
-                                      f"{value!r}")
-            return ""
-        return value
 
     def run(self) -> ScheduleBook:
         self._keys(self._doc, (), _TOP_KEYS)
@@ -351,7 +341,7 @@ class _Parser:
             raw = []
         out: dict[str, Schedule] = {}
         for i, table in enumerate(raw):
-            path: _Path = ("schedule", i)
+            path: KeyPath = ("schedule", i)
             if not isinstance(table, dict):
                 self._issue(path, "expected a table")
                 continue
@@ -361,12 +351,10 @@ class _Parser:
             if schedule.name in out:
                 self._issue((*path, "name"), f"schedule {schedule.name!r} is defined twice")
             out[schedule.name] = schedule
-        if self._issues:
-            self._issues.sort()
-            raise ScheduleError([text for _, _, text in self._issues])
+        self._raise_issues(ScheduleError)
         return ScheduleBook(out)
 
-    def _schedule(self, table: Mapping[str, Any], path: _Path) -> Schedule | None:
+    def _schedule(self, table: Mapping[str, Any], path: KeyPath) -> Schedule | None:
         self._keys(table, path, _SCHEDULE_KEYS)
         name = self._name(table, path, "name")
         kind = table.get("kind")
@@ -380,7 +368,7 @@ class _Parser:
             raw_steps = []
         steps: list[Step] = []
         for j, raw in enumerate(raw_steps):
-            spath: _Path = (*path, "step", j)
+            spath: KeyPath = (*path, "step", j)
             if not isinstance(raw, dict):
                 self._issue(spath, "expected a table")
                 continue
@@ -405,7 +393,7 @@ class _Parser:
             return None
         return Schedule(name, kind, tuple(steps), description, self._source)
 
-    def _step(self, table: Mapping[str, Any], path: _Path, kind: str) -> Step | None:
+    def _step(self, table: Mapping[str, Any], path: KeyPath, kind: str) -> Step | None:
         self._keys(table, path, _STEP_KEYS)
         name = self._name(table, path, "name")
         at_raw = table.get("at")
@@ -453,22 +441,14 @@ def parse_schedules(text: str, source: str,
     ``checks`` maps each kind a schedule may name to the check of a step's
     ``set`` (default: the kinds' own, :func:`kind_checks`).
     """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScheduleError([f"{source}: {exc}"]) from None
+    doc = parse_toml(text, source, ScheduleError)
     return _Parser(text, source, doc, kind_checks() if checks is None else checks).run()
 
 
 def load_schedules(path: str | os.PathLike[str],
                    checks: Mapping[str, SetCheck] | None = None) -> ScheduleBook:
     """The schedules of the file at ``path``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScheduleError([f"{os.fspath(path)}: cannot read: {exc}"]) from None
-    return parse_schedules(text, os.fspath(path), checks)
+    return parse_schedules(read_text(path, ScheduleError), os.fspath(path), checks)
 
 
 def kind_checks() -> dict[str, SetCheck]:

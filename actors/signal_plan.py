@@ -41,25 +41,24 @@ phase N of :data:`MAX_PHASES`, zero where the plan has fewer).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.resources
 import os
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from runtime.errors import PlanError, RejectedError
-from runtime.inventory import (
-    NAME_PATTERN,
-    _field_name,
-    _Locator,
-    _shown,
-    _syntax_location,
-    _type_name,
+from runtime.datafile import (
+    Checker,
+    KeyPath,
+    field_name,
+    parse_toml,
+    read_text,
+    shown,
+    type_name,
 )
+from runtime.errors import PlanError, RejectedError
 
 __all__ = [
     "BUILTIN_SOURCE",
@@ -100,7 +99,6 @@ MAX_PHASES: Final = 5
 MIN_NUMBER: Final = 1
 MAX_NUMBER: Final = 32
 
-_Path = tuple[str | int, ...]
 _TOP_KEYS: Final = ("plan",)
 _PLAN_KEYS: Final = ("number", "name", "description", "cycle_s", "offset_s", "phase")
 _PHASE_KEYS: Final = ("min_green_s", "green_s", "amber_s", "all_red_s", "pedestrian")
@@ -163,9 +161,9 @@ class SignalPlan:
     description: str = ""
     line: int = 0
 
-    def problems(self) -> list[tuple[_Path, str]]:
+    def problems(self) -> list[tuple[KeyPath, str]]:
         """What breaks the limits, as ``(path under the plan, message)``."""
-        out: list[tuple[_Path, str]] = []
+        out: list[tuple[KeyPath, str]] = []
         if not MIN_NUMBER <= self.number <= MAX_NUMBER:
             out.append((("number",), f"plan number {self.number} is outside "
                                      f"{MIN_NUMBER}..{MAX_NUMBER}"))
@@ -192,8 +190,8 @@ class SignalPlan:
         """
         problems = self.problems()
         if problems:
-            shown = "; ".join(f"{_field_name(path)}: {message}" for path, message in problems)
-            raise RejectedError(f"signal plan {self.number} ({self.name}) is unsafe: {shown}",
+            text = "; ".join(f"{field_name(path)}: {message}" for path, message in problems)
+            raise RejectedError(f"signal plan {self.number} ({self.name}) is unsafe: {text}",
                                 code="unsafe_plan")
 
     def table(self) -> dict[str, int | bool]:
@@ -234,36 +232,17 @@ class SignalPlanBook:
         return sorted(self.plans)
 
 
-class _Parser:
+class _Parser(Checker):
     """One validation pass over a parsed signal plan document, collecting issues."""
 
-    def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
-
-    def _issue(self, path: _Path, message: str) -> None:
-        line = self._where.line(path)
-        self._issues.append(
-            (line, len(self._issues), f"{self._source}:{line}: {_field_name(path)}: {message}"))
-
-    def _keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key not in known:
-                guess = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {guess[0]!r}? " if guess else ""
-                self._issue((*path, key), f"unknown key {key!r} ({hint}expected one of "
-                                          f"{', '.join(known)})")
-
-    def _int(self, table: Mapping[str, Any], path: _Path, key: str) -> int | None:
+    def _int(self, table: Mapping[str, Any], path: KeyPath, key: str) -> int | None:
         if key not in table:
             self._issue((*path, key), "required field missing")
             return None
         value = table[key]
         if not isinstance(value, int) or isinstance(value, bool):
             self._issue((*path, key), f"expected a whole number of seconds, got "
-                                      f"{_type_name(value)} {_shown(value)}")
+                                      f"{type_name(value)} {shown(value)}")
             return None
         if value < 0 or value > 0xFFFF:
             self._issue((*path, key), f"{value} is outside 0..65535")
@@ -280,7 +259,7 @@ class _Parser:
         numbers: dict[Any, int] = {}  # the line of each number's first plan
         names: dict[Any, int] = {}
         for i, table in enumerate(raw):
-            path: _Path = ("plan", i)
+            path: KeyPath = ("plan", i)
             if not isinstance(table, dict):
                 self._issue(path, "expected a table")
                 continue
@@ -296,24 +275,18 @@ class _Parser:
             plan = self._plan(table, path)
             if plan is not None:
                 plans.setdefault(plan.number, plan)
-        if self._issues:
-            self._issues.sort()
-            raise PlanError([text for _, _, text in self._issues])
+        self._raise_issues(PlanError)
         return SignalPlanBook(MappingProxyType(dict(sorted(plans.items()))), self._source)
 
-    def _plan(self, table: Mapping[str, Any], path: _Path) -> SignalPlan | None:
+    def _plan(self, table: Mapping[str, Any], path: KeyPath) -> SignalPlan | None:
         self._keys(table, path, _PLAN_KEYS)
         before = len(self._issues)
         number = self._int(table, path, "number")
-        name = table.get("name")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            self._issue((*path, "name"), f"expected a name matching {NAME_PATTERN.pattern}, got "
-                                         f"{_shown(name)}")
-            name = None
+        name = self._name(table, path, "name") or None
         description = table.get("description", "")
         if not isinstance(description, str):
             self._issue((*path, "description"), f"expected a string, got "
-                                                f"{_type_name(description)}")
+                                                f"{type_name(description)}")
             description = ""
         cycle = self._int(table, path, "cycle_s")
         offset = table.get("offset_s", 0)
@@ -336,7 +309,7 @@ class _Parser:
             self._issue((*path, *sub), message)
         return plan if len(self._issues) == before else None
 
-    def _phase(self, table: Mapping[str, Any], path: _Path) -> Phase | None:
+    def _phase(self, table: Mapping[str, Any], path: KeyPath) -> Phase | None:
         self._keys(table, path, _PHASE_KEYS)
         before = len(self._issues)
         values = {key: self._int(table, path, key)
@@ -344,7 +317,7 @@ class _Parser:
         pedestrian = table.get("pedestrian", False)
         if not isinstance(pedestrian, bool):
             self._issue((*path, "pedestrian"), f"expected true or false, got "
-                                               f"{_type_name(pedestrian)} {_shown(pedestrian)}")
+                                               f"{type_name(pedestrian)} {shown(pedestrian)}")
         if len(self._issues) != before:
             return None
         return Phase(int(values["min_green_s"] or 0), int(values["green_s"] or 0),
@@ -354,25 +327,12 @@ class _Parser:
 
 def parse_signal_plans(text: str, source: str) -> SignalPlanBook:
     """Validate signal plan TOML ``text`` (``source`` names it in issues)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise PlanError([f"{source}:{line}: syntax: {message}"]) from exc
-    return _Parser(text, source, doc).run()
+    return _Parser(text, source, parse_toml(text, source, PlanError)).run()
 
 
 def load_signal_plans(path: str | os.PathLike[str]) -> SignalPlanBook:
     """Read and validate a signal plan file."""
-    source = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise PlanError([f"{source}:0: file: cannot read: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise PlanError([f"{source}:0: file: not valid UTF-8 (byte {exc.start})"]) from exc
-    return parse_signal_plans(text, source)
+    return parse_signal_plans(read_text(path, PlanError), os.fspath(path))
 
 
 #: Where the shipped signal plans are, as issues name them.

@@ -44,19 +44,17 @@ make one command is written whole in one request (:meth:`Profile.encode_block`).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.resources
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from runtime.errors import ConfigError, ProtocolError, RejectedError
-from runtime.inventory import _field_name, _Locator, _shown, _syntax_location, _type_name
+from runtime.datafile import Checker, KeyPath, parse_toml, read_text, shown, type_name
+from runtime.errors import ConfigError, DataFileError, ProtocolError, RejectedError
 
 __all__ = [
     "FIELD_TYPES",
@@ -565,28 +563,12 @@ def _addr(spec: FieldSpec) -> int:
 
 def load_profile(path: str | os.PathLike[str]) -> Profile:
     """Read and validate a profile file; :class:`ConfigError` lists every issue, one a line."""
-    source = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"{source}:0: file: cannot read: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{source}:{line}: file: not valid UTF-8 (byte {exc.start})") from exc
-    return parse_profile(text.removeprefix("\ufeff"), source)
+    return parse_profile(read_text(path), os.fspath(path))
 
 
 def parse_profile(text: str, source: str) -> Profile:
     """Validate profile TOML ``text`` (``source`` names it in messages) into a :class:`Profile`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise ConfigError(f"{source}:{line}: syntax: {message}") from exc
-    return _Parser(text, source, doc).run()
+    return _Parser(text, source, parse_toml(text, source)).run()
 
 
 _PROFILES_DIR: Final = "profiles"
@@ -614,7 +596,6 @@ def builtin_profile(name: str) -> Profile:
     return parse_profile(text, f"devices/profiles/{name}.toml")
 
 
-_Path = tuple[str | int, ...]
 
 _TOP_KEYS: Final = ("profile", "field", "block")
 _PROFILE_KEYS: Final = (
@@ -654,32 +635,15 @@ _DEFAULTS: Final[Mapping[str, Any]] = {
 }
 
 
-class _Parser:
+class _Parser(Checker):
     """One validation pass over a parsed profile document, collecting issues."""
 
     def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
+        super().__init__(text, source, doc)
         self._protocol: str | None = None
 
-    def _issue(self, path: _Path, message: str, *, at: _Path | None = None) -> None:
-        line = self._where.line(path if at is None else at)
-        text = f"{self._source}:{line}: {_field_name(path)}: {message}"
-        self._issues.append((line, len(self._issues), text))
-
-    def _unknown_keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key not in known:
-                guess = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {guess[0]!r}? " if guess else ""
-                self._issue(
-                    (*path, key), f"unknown key {key!r} ({hint}expected one of {', '.join(known)})"
-                )
-
     def _get(
-        self, table: Mapping[str, Any], path: _Path, key: str, kind: str, required: bool
+        self, table: Mapping[str, Any], path: KeyPath, key: str, kind: str, required: bool
     ) -> Any:
         """``table[key]`` if it has the expected ``kind``; ``None`` after reporting otherwise."""
         if key not in table:
@@ -703,20 +667,22 @@ class _Parser:
                 "strings": "an array of strings",
             }[kind]
             self._issue(
-                (*path, key), f"expected {expected}, got {_type_name(value)} {_shown(value)}"
+                (*path, key), f"expected {expected}, got {type_name(value)} {shown(value)}"
             )
             return None
         return value
 
-    def _array(self, table: Mapping[str, Any], path: _Path, key: str) -> list[tuple[_Path, Any]]:
+    def _array(
+        self, table: Mapping[str, Any], path: KeyPath, key: str
+    ) -> list[tuple[KeyPath, Any]]:
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            self._issue((*path, key), f"expected [[{key}]] tables, got {_type_name(value)}")
+            self._issue((*path, key), f"expected [[{key}]] tables, got {type_name(value)}")
             return []
         return [((*path, key, i), item) for i, item in enumerate(value)]
 
     def run(self) -> Profile:
-        self._unknown_keys(self._doc, (), _TOP_KEYS)
+        self._keys(self._doc, (), _TOP_KEYS)
         header = self._header()
         fields = self._fields(self._array(self._doc, (), "field"), top=True)
         blocks = self._blocks()
@@ -737,16 +703,15 @@ class _Parser:
                 self._issue(("profile",), str(exc))
         if not self._issues:
             self._issue(("profile",), "profile could not be built")
-        self._issues.sort()
-        raise ConfigError("\n".join(text for _, _, text in self._issues))
+        raise DataFileError(self.issue_lines())
 
     def _header(self) -> dict[str, Any] | None:
-        path: _Path = ("profile",)
+        path: KeyPath = ("profile",)
         table = self._doc.get("profile")
         if not isinstance(table, dict):
             self._issue(path, "required table [profile] missing")
             return None
-        self._unknown_keys(table, path, _PROFILE_KEYS)
+        self._keys(table, path, _PROFILE_KEYS)
         before = len(self._issues)
         out: dict[str, Any] = dict(_DEFAULTS)
         name = self._get(table, path, "name", "str", True)
@@ -791,10 +756,10 @@ class _Parser:
         return out
 
     def _fields(
-        self, items: list[tuple[_Path, Any]], *, top: bool
-    ) -> list[tuple[_Path, FieldSpec]]:
-        out: list[tuple[_Path, FieldSpec]] = []
-        seen: dict[str, _Path] = {}
+        self, items: list[tuple[KeyPath, Any]], *, top: bool
+    ) -> list[tuple[KeyPath, FieldSpec]]:
+        out: list[tuple[KeyPath, FieldSpec]] = []
+        seen: dict[str, KeyPath] = {}
         for path, table in items:
             spec = self._field(path, table, top=top)
             if spec is None:
@@ -810,8 +775,8 @@ class _Parser:
             out.append((path, spec))
         return out
 
-    def _field(self, path: _Path, table: Mapping[str, Any], *, top: bool) -> FieldSpec | None:
-        self._unknown_keys(table, path, _FIELD_KEYS)
+    def _field(self, path: KeyPath, table: Mapping[str, Any], *, top: bool) -> FieldSpec | None:
+        self._keys(table, path, _FIELD_KEYS)
         before = len(self._issues)
         protocol = self._protocol
         name = self._get(table, path, "name", "str", True)
@@ -895,10 +860,10 @@ class _Parser:
             self._issue(path, str(exc))
             return None
 
-    def _blocks(self) -> list[tuple[_Path, BlockSpec]]:
-        out: list[tuple[_Path, BlockSpec]] = []
+    def _blocks(self) -> list[tuple[KeyPath, BlockSpec]]:
+        out: list[tuple[KeyPath, BlockSpec]] = []
         for path, table in self._array(self._doc, (), "block"):
-            self._unknown_keys(table, path, _BLOCK_KEYS)
+            self._keys(table, path, _BLOCK_KEYS)
             before = len(self._issues)
             modbus = self._protocol == "modbus"
             name = self._get(table, path, "name", "str", True)
@@ -948,7 +913,7 @@ class _Parser:
         return out
 
     def _names(
-        self, fields: list[tuple[_Path, FieldSpec]], blocks: list[tuple[_Path, BlockSpec]]
+        self, fields: list[tuple[KeyPath, FieldSpec]], blocks: list[tuple[KeyPath, BlockSpec]]
     ) -> None:
         seen = {spec.name for _, spec in fields}
         for path, block in blocks:
@@ -956,7 +921,7 @@ class _Parser:
                 self._issue((*path, "name"), f"block name {block.name!r} is already used")
             seen.add(block.name)
 
-    def _field_overlaps(self, fields: list[tuple[_Path, FieldSpec]]) -> None:
+    def _field_overlaps(self, fields: list[tuple[KeyPath, FieldSpec]]) -> None:
         owner: dict[int, str] = {}
         for path, spec in fields:
             if spec.address is None:
@@ -970,7 +935,7 @@ class _Parser:
                 owner[reg] = spec.name
 
     def _overlaps(
-        self, fields: list[tuple[_Path, FieldSpec]], blocks: list[tuple[_Path, BlockSpec]]
+        self, fields: list[tuple[KeyPath, FieldSpec]], blocks: list[tuple[KeyPath, BlockSpec]]
     ) -> None:
         self._field_overlaps(fields)
         owner: dict[int, str] = {}

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from runtime.clock import CITY_TZ, MAX_SPEED
-from runtime.errors import CommandpostError, InventoryError
+from runtime.errors import CommandpostError, DataFileError, InventoryError
 
 log = logging.getLogger("commandpost")
 
@@ -51,11 +51,16 @@ def inventory() -> None:
 @inventory.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
 def inventory_check(file: str) -> None:
-    """Validate FILE: exit 0, or exit 1 with one line per error."""
+    """Validate FILE: exit 0, or exit 1 with one line per error.
+
+    Besides the file itself, each record is checked by its kind's behaviour (a
+    schedule it names must be one of its kind's).
+    """
+    from actors.registry import check_record
     from runtime.inventory import load_inventory
 
     try:
-        inv = load_inventory(file)
+        inv = load_inventory(file, check=check_record)
     except InventoryError as exc:
         for issue in exc.issues:
             click.echo(issue, err=True)
@@ -232,6 +237,20 @@ def _serve(
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
 
     host, port = parse_listen(admin)
+    # The embedded servers' data, in a directory of our own that the reaper
+    # removes after a kill -9 as a clean stop does.
+    data_dir = Path(tempfile.mkdtemp(prefix="commandpost-"))
+    try:
+        # The behaviours check the inventory and their own data (plans, schedules) before
+        # anything starts: a broken file stops here, with its file and line.
+        svc = Service(inv, ServiceOptions(
+            redis_url=redis, mqtt_url=mqtt, ray_address=ray_address, devices=DEVICES,
+            simulate=demo, data_dir=data_dir, opcua_security=dict(opcua_security or {}),
+            retention_s=retention_days * 86_400, clock_speed=clock_speed,
+            clock_start=clock_start))
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     if credentials_file is None:
@@ -243,15 +262,7 @@ def _serve(
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
     stopper = _Stopper()
-    # The embedded servers' data, in a directory of our own that the reaper
-    # removes after a kill -9 as a clean stop does.
-    data_dir = Path(tempfile.mkdtemp(prefix="commandpost-"))
     reaper.remove_after(data_dir)
-    svc = Service(inv, ServiceOptions(redis_url=redis, mqtt_url=mqtt, ray_address=ray_address,
-                                      devices=DEVICES, simulate=demo, data_dir=data_dir,
-                                      opcua_security=dict(opcua_security or {}),
-                                      retention_s=retention_days * 86_400,
-                                      clock_speed=clock_speed, clock_start=clock_start))
     try:
         try:
             svc.start_servers()
@@ -375,10 +386,11 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
         opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None,
         retention_days: float) -> None:
     """The production service on a real inventory, until SIGTERM/SIGINT."""
+    from actors.registry import check_record
     from runtime.inventory import load_inventory
 
     try:
-        inv = load_inventory(inventory_file)
+        inv = load_inventory(inventory_file, check=check_record)
     except InventoryError as exc:
         for issue in exc.issues:
             click.echo(issue, err=True)
@@ -489,7 +501,7 @@ def main() -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except InventoryError as exc:
+    except DataFileError as exc:
         for issue in exc.issues:
             click.echo(issue, err=True)
         sys.exit(1)

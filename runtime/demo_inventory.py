@@ -84,6 +84,9 @@ MAX_SCALE: Final = 9.0
 BUS_LINES: Final = ("L1", "L2", "L3", "L4", "L5", "L6", "B10", "B11", "B12", "B13", "B14", "B15")
 SERVICE_ROLES: Final = ("gritter", "sweeper", "police", "waste", "maintenance", "green_areas",
                         "fire_safety")
+#: The roles the shipped plans send (snow: gritters; fire: fire safety). A demo with fewer
+#: service vehicles than roles gives these first, so that its plans find their vehicles.
+PLAN_ROLES: Final = ("gritter", "fire_safety")
 POINTS_PER_CIRCUIT: Final = (25, 35)
 #: The pedestrian zone (its hours: actors/schedules/pedestrian_zones.toml) of every demo
 #: access terminal.
@@ -172,7 +175,9 @@ def demo_counts(scale: float = 1.0) -> DemoCounts:
     lo, hi = POINTS_PER_CIRCUIT
     # Only at scales below ~0.0013 can the rounded totals leave a circuit outside 25-35 points.
     points = min(max(_scaled(BASE_COUNTS["lamp_points"], scale), lo * circuits), hi * circuits)
+    # However small the demo, one service vehicle for each role the shipped plans send.
     service = _scaled(BASE_COUNTS["service_vehicle"], scale)
+    service = max(service, len(PLAN_ROLES)) if service else 0
     return DemoCounts(
         crossroad=_scaled(BASE_COUNTS["crossroad"], scale),
         lighting_circuit=circuits,
@@ -238,6 +243,14 @@ def _dealt(rng: random.Random, options: Sequence[str], count: int) -> list[str]:
     picks = [options[i % len(options)] for i in range(count)]
     rng.shuffle(picks)
     return picks
+
+
+def _service_roles(count: int) -> tuple[str, ...]:
+    """The roles dealt to ``count`` service vehicles: all of them when there are enough
+    vehicles, else :data:`PLAN_ROLES` first."""
+    if count >= len(SERVICE_ROLES):
+        return SERVICE_ROLES
+    return (*PLAN_ROLES, *(r for r in SERVICE_ROLES if r not in PLAN_ROLES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +337,7 @@ def build_demo(scale: float = 1.0, seed: int = 0, ports: DemoPorts | None = None
     points = iter(_circuit_points(rng, counts.lighting_circuit, counts.lamp_points))
     dealt_lines = _dealt(rng, BUS_LINES, counts.buses)
     lines = iter(dealt_lines)
-    roles = iter(_dealt(rng, SERVICE_ROLES, counts.service_vehicles))
+    roles = iter(_dealt(rng, _service_roles(counts.service_vehicles), counts.service_vehicles))
     radios = set(rng.sample(range(counts.service_vehicles), counts.radios))
 
     def endpoint(prefix: str, i: int, ident: str) -> str:

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Protocol
 
 from runtime.clock import Clock
 from runtime.commands import Command, check_command_shape, shown
+from runtime.datafile import KeyPath
 from runtime.device_port import DevicePort
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import MalformedMessageError, RejectedError
@@ -307,6 +308,29 @@ class Entity:
         wherever it runs. Nothing by default.
         """
         return {}
+
+    @classmethod
+    def check_record(cls, equipment: Equipment) -> list[tuple[KeyPath, str]]:
+        """What this behaviour finds wrong in ``equipment``'s inventory record, as ``(path
+        under the record, message)`` pairs, such as ``(("attrs", "schedule"), "…")``.
+
+        ``commandpost inventory check`` reports each with the file and line of the value
+        (:func:`runtime.inventory.load_inventory`'s ``check``), and the service refuses
+        to start with any (:meth:`runtime.inventory.Inventory.check_records`). Nothing by
+        default.
+        """
+        return []
+
+    @classmethod
+    def check_inventory(cls, inventory: Inventory) -> None:
+        """Refuse to run on ``inventory`` when this behaviour's own data (a plan it carries
+        out, the schedules it follows) is broken or does not suit it.
+
+        The service calls it once for each behaviour its equipment runs, before it
+        starts anything, so that a broken file stops it with its file and line instead
+        of failing an entity later (a building at its first fire). Raises
+        :class:`~runtime.errors.ConfigError`; nothing by default.
+        """
 
     @classmethod
     def coordinator_attrs(cls, inventory: Inventory) -> dict[str, Any]:

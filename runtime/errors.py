@@ -93,30 +93,25 @@ class ConfigError(CommandpostError):
     """Bad configuration: an inventory, a profile, a URL. Not retryable."""
 
 
-class InventoryError(ConfigError):
-    """An inventory file failed validation; ``issues`` holds one line per error."""
+class DataFileError(ConfigError):
+    """A data file failed validation; ``issues`` holds one ``file:line: field: message``
+    line per error (:mod:`runtime.datafile`)."""
 
     def __init__(self, issues: list[str]) -> None:
         super().__init__("\n".join(issues))
         self.issues = issues
 
 
-class PlanError(ConfigError):
-    """A plan file failed validation; ``issues`` holds one ``file:line: field: message``
-    line per error."""
-
-    def __init__(self, issues: list[str]) -> None:
-        super().__init__("\n".join(issues))
-        self.issues = issues
+class InventoryError(DataFileError):
+    """An inventory file failed validation."""
 
 
-class ScheduleError(ConfigError):
-    """A schedule file failed validation; ``issues`` holds one ``file:line: field: message``
-    line per error."""
+class PlanError(DataFileError):
+    """A plan file (crisis, fire, signal plans) failed validation."""
 
-    def __init__(self, issues: list[str]) -> None:
-        super().__init__("\n".join(issues))
-        self.issues = issues
+
+class ScheduleError(DataFileError):
+    """A schedule file failed validation."""
 
 
 class AuthError(CommandpostError):

@@ -96,24 +96,41 @@ lines free, and the simulator invents their routes.
 every problem at once: :class:`~runtime.errors.InventoryError` carries one line
 per issue, ``"{file}:{line}: {field}: {message}"``, where ``field`` is a path
 such as ``equipment[7].kind`` (array indices count from 0, in file order).
+
+What only a kind's behaviour knows of its record is checked by the ``check``
+it is given (``commandpost inventory check`` and ``run`` give each kind's,
+:func:`actors.registry.check_record`): the schedule a lighting circuit or a
+crossroad names (``attrs.schedule``) and the pedestrian zone of an access
+terminal (``attrs.zone``) must be shipped schedules of that kind. The service
+refuses to start with an inventory that fails it
+(:meth:`Inventory.check_records`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import os
 import re
-import tomllib
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
 from types import MappingProxyType
 from typing import Any, Final
 
+from runtime.datafile import (
+    NAME_PATTERN,
+    Checker,
+    KeyPath,
+    field_name,
+    parse_toml,
+    read_text,
+    shown,
+    toml_key,
+    toml_value,
+    type_name,
+)
 from runtime.errors import ConfigError, InventoryError
 from runtime.transit import (
     DEFAULT_FREE_FLOW_MPS,
@@ -151,6 +168,7 @@ __all__ = [
     "Inventory",
     "Municipality",
     "PlacementPolicy",
+    "RecordCheck",
     "distance_km",
     "dump_inventory",
     "load_inventory",
@@ -189,8 +207,6 @@ PLACEMENTS: Final = ("sharded", "dedicated")
 ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Municipality slugs appear in topics and API filters, as :func:`slugify` makes them.
 SLUG_PATTERN: Final = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-#: Tag and preset names: lowercase words joined by underscores.
-NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: The tags equipment may carry (``attrs.tags``): what crisis plans select equipment by.
 TAGS: Final = (
     "flood_prone",       # floods first: bollards close the street, cameras watch it
@@ -476,6 +492,15 @@ class Inventory:
         """The municipality with this slug; :class:`KeyError` if there is none."""
         return self._by_slug[slug]
 
+    def check_records(self, check: RecordCheck) -> None:
+        """Raise :class:`InventoryError` with what ``check`` finds wrong in each equipment
+        record, at the line of its ``[[equipment]]`` header."""
+        issues = [(eq.line, f"{self.source}:{eq.line}: "
+                            f"{field_name(('equipment', index, *sub))}: {message}")
+                  for index, eq in enumerate(self.equipment) for sub, message in check(eq)]
+        if issues:
+            raise InventoryError([text for _, text in sorted(issues)])
+
     def restricted(self, kinds: Iterable[str]) -> Inventory:
         """This inventory with only the equipment of ``kinds`` (a lighter city for tests
         and benches). Its bus lines keep their paths and stops but not their crossings
@@ -501,201 +526,26 @@ class Inventory:
 # --------------------------------------------------------------------------- loading
 
 
-def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+#: What the behaviours find wrong in an equipment record (a schedule of another kind):
+#: ``(path under the record, message)`` pairs (:meth:`runtime.entity.Entity.check_record`).
+RecordCheck = Callable[[Equipment], Iterable[tuple[KeyPath, str]]]
+
+
+def load_inventory(path: str | os.PathLike[str], *,
+                   check: RecordCheck | None = None) -> Inventory:
     """Read and validate an inventory file; :class:`InventoryError` lists every issue."""
-    source = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise InventoryError([f"{source}:0: file: cannot read: {reason}"]) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InventoryError(
-            [f"{source}:{line}: file: not valid UTF-8 (byte {exc.start})"]
-        ) from exc
-    # Editors on Windows like to add a byte-order mark; it is not a syntax error worth a stop.
-    return parse_inventory(text.removeprefix("\ufeff"), source)
+    return parse_inventory(read_text(path, InventoryError), os.fspath(path), check=check)
 
 
-def parse_inventory(text: str, source: str) -> Inventory:
+def parse_inventory(text: str, source: str, *, check: RecordCheck | None = None) -> Inventory:
     """Validate inventory TOML ``text`` (``source`` names it in issues) into an :class:`Inventory`.
 
     Every problem is collected before raising :class:`InventoryError`, whose
     ``issues`` are ``"{source}:{line}: {field}: {message}"`` lines sorted by line.
+    ``check`` adds what the behaviours find wrong in each valid equipment record.
     """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise InventoryError([f"{source}:{line}: syntax: {message}"]) from exc
-    return _Parser(text, source, doc).run()
-
-
-_SYNTAX_AT_RE: Final = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
-_SYNTAX_END_RE: Final = re.compile(r"\s*\(at end of document\)\s*$")
-
-
-def _syntax_location(message: str, text: str) -> tuple[int, str]:
-    if m := _SYNTAX_AT_RE.search(message):
-        return int(m.group(1)), message[: m.start()]
-    if m := _SYNTAX_END_RE.search(message):
-        return max(1, text.count("\n") + (0 if text.endswith("\n") else 1)), message[: m.start()]
-    return 1, message
-
-
-# Where things are in the raw text: tomllib keeps no positions, so the file is
-# scanned once for table headers and `key =` lines, and each is filed under
-# the same path (`("equipment", 7, "kind")`) that validation uses.
-
-_Path = tuple[str | int, ...]
-
-_BARE_KEY: Final = r"[A-Za-z0-9_-]+"
-_KEY_PART: Final = rf"""(?:{_BARE_KEY}|"(?:[^"\\]|\\.)*"|'[^']*')"""
-_DOTTED_KEY: Final = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
-_HEADER_RE: Final = re.compile(rf"^\s*(\[\[?)\s*({_DOTTED_KEY})\s*\]\]?\s*(?:#.*)?$")
-_KEYVAL_RE: Final = re.compile(rf"^\s*({_DOTTED_KEY})\s*=(.*)$")
-_KEY_PART_RE: Final = re.compile(_KEY_PART)
-
-
-def _split_key(dotted: str) -> tuple[str, ...]:
-    parts: list[str] = []
-    for m in _KEY_PART_RE.finditer(dotted):
-        part = m.group(0)
-        if part.startswith('"'):
-            try:
-                part = str(json.loads(part))
-            except ValueError:
-                part = part[1:-1]
-        elif part.startswith("'"):
-            part = part[1:-1]
-        parts.append(part)
-    return tuple(parts)
-
-
-def _scan_value(text: str, delim: str | None, depth: int) -> tuple[str | None, int]:
-    """Follow one line of a value: is a multi-line string or array still open at its end?"""
-    i, n = 0, len(text)
-    while i < n:
-        if delim is not None:
-            if delim == '"""' and text[i] == "\\":
-                i += 2
-            elif text.startswith(delim, i):
-                i += 3
-                # Up to two quotes may end the content right before the closing three.
-                while i < n and text[i] == delim[0]:
-                    i += 1
-                delim = None
-            else:
-                i += 1
-            continue
-        c = text[i]
-        if c == "#":
-            break
-        if text.startswith('"""', i) or text.startswith("'''", i):
-            delim = text[i : i + 3]
-            i += 3
-        elif c == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-            i += 1
-        elif c == "'":
-            end = text.find("'", i + 1)
-            i = n if end < 0 else end + 1
-        else:
-            depth += (c in "[{") - (c in "]}")
-            i += 1
-    return delim, max(depth, 0)
-
-
-class _Locator:
-    """Line numbers of table headers and key assignments, by validation path."""
-
-    def __init__(self, text: str) -> None:
-        self._lines: dict[_Path, int] = {}
-        arrays: dict[_Path, int] = {}  # array-of-tables path -> index of its last element
-
-        def resolve(parts: tuple[str, ...]) -> _Path:
-            # `[equipment.attrs]` names the last `[[equipment]]` seen.
-            out: _Path = ()
-            for part in parts:
-                out = (*out, part)
-                if out in arrays:
-                    out = (*out, arrays[out])
-            return out
-
-        table: _Path = ()
-        delim: str | None = None  # the open multi-line string's quotes, if any
-        depth = 0  # brackets open in a multi-line array value
-        # tomllib counts lines by "\n" alone; str.splitlines() would also split on \x0c, \u2028…
-        for lineno, line in enumerate(text.split("\n"), start=1):
-            if delim is not None or depth > 0:
-                delim, depth = _scan_value(line, delim, depth)
-                continue
-            if header := _HEADER_RE.match(line):
-                parts = _split_key(header.group(2))
-                if header.group(1) == "[[":
-                    parent = resolve(parts[:-1])
-                    array = (*parent, parts[-1])
-                    arrays[array] = arrays.get(array, -1) + 1
-                    table = (*array, arrays[array])
-                else:
-                    table = resolve(parts)
-                self._lines.setdefault(table, lineno)
-                continue
-            if keyval := _KEYVAL_RE.match(line):
-                self._lines.setdefault((*table, *_split_key(keyval.group(1))), lineno)
-                delim, depth = _scan_value(keyval.group(2), None, 0)
-
-    def line(self, path: _Path) -> int:
-        """The line of ``path``, else of the nearest enclosing table or key, else 1."""
-        for end in range(len(path), 0, -1):
-            found = self._lines.get(path[:end])
-            if found is not None:
-                return found
-        return 1
-
-
-def _field_name(path: _Path) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            name = part if re.fullmatch(_BARE_KEY, part) else json.dumps(part, ensure_ascii=False)
-            out += f".{name}" if out else name
-    return out or "inventory"
-
-
-def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, datetime | date | time):
-        return "date/time"
-    return type(value).__name__
-
-
-def _shown(value: object) -> str:
-    """``value`` as it was written in TOML, shortened."""
-    try:
-        text = _toml_value(value, None)
-    except ConfigError:
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    doc = parse_toml(text, source, InventoryError)
+    return _Parser(text, source, doc, check).run()
 
 
 def _choices(options: Iterable[str]) -> str:
@@ -725,43 +575,21 @@ _STOP_KEYS: Final = ("id", "lat", "lon", "at_s")
 _LINE_CROSSROAD_KEYS: Final = ("id", "outbound", "inbound")
 
 
-class _Parser:
-    """One validation pass over a parsed document, collecting issues."""
+class _Parser(Checker):
+    """One validation pass over a parsed inventory document, collecting issues."""
 
-    def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
+    WHOLE = "inventory"
+
+    def __init__(self, text: str, source: str, doc: dict[str, Any],
+                 check: RecordCheck | None = None) -> None:
+        super().__init__(text, source, doc)
+        self._check = check
         # Where each declared equipment id stands, valid record or not.
-        self._equipment_paths: dict[str, _Path] = {}
-
-    # -- reporting
-
-    def _issue(self, path: _Path, message: str, *, at: _Path | None = None) -> None:
-        line = self._where.line(path if at is None else at)
-        text = f"{self._source}:{line}: {_field_name(path)}: {message}"
-        self._issues.append((line, len(self._issues), text))
-
-    def _unknown_keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key in known:
-                continue
-            guess = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {guess[0]!r}? " if guess else ""
-            self._issue(
-                (*path, key), f"unknown key {key!r} ({hint}expected one of {_choices(known)})"
-            )
-
-    def _table(self, value: object, path: _Path, what: str) -> Mapping[str, Any] | None:
-        if isinstance(value, dict):
-            return value
-        self._issue(path, f"expected {what}, got {_type_name(value)} {_shown(value)}")
-        return None
+        self._equipment_paths: dict[str, KeyPath] = {}
 
     # -- typed fields; each returns None after reporting a problem (or when optional and absent)
 
-    def _present(self, table: Mapping[str, Any], path: _Path, key: str, required: bool) -> bool:
+    def _present(self, table: Mapping[str, Any], path: KeyPath, key: str, required: bool) -> bool:
         if key in table:
             return True
         if required:
@@ -769,41 +597,41 @@ class _Parser:
         return False
 
     def _str(
-        self, table: Mapping[str, Any], path: _Path, key: str, *, required: bool = True
+        self, table: Mapping[str, Any], path: KeyPath, key: str, *, required: bool = True
     ) -> str | None:
         if not self._present(table, path, key, required):
             return None
         value = table[key]
         if not isinstance(value, str):
-            self._issue((*path, key), f"expected a string, got {_type_name(value)} {_shown(value)}")
+            self._issue((*path, key), f"expected a string, got {type_name(value)} {shown(value)}")
             return None
         if not value.strip():
             self._issue((*path, key), "must not be empty")
             return None
         return value
 
-    def _number(self, table: Mapping[str, Any], path: _Path, key: str) -> float | None:
+    def _number(self, table: Mapping[str, Any], path: KeyPath, key: str) -> float | None:
         if not self._present(table, path, key, True):
             return None
         value = table[key]
         if not _is_number(value):
-            self._issue((*path, key), f"expected a number, got {_type_name(value)} {_shown(value)}")
+            self._issue((*path, key), f"expected a number, got {type_name(value)} {shown(value)}")
             return None
         return float(value)
 
-    def _int(self, table: Mapping[str, Any], path: _Path, key: str) -> int | None:
+    def _int(self, table: Mapping[str, Any], path: KeyPath, key: str) -> int | None:
         if not self._present(table, path, key, True):
             return None
         value = table[key]
         if not isinstance(value, int) or isinstance(value, bool):
             self._issue(
-                (*path, key), f"expected an integer, got {_type_name(value)} {_shown(value)}"
+                (*path, key), f"expected an integer, got {type_name(value)} {shown(value)}"
             )
             return None
         return value
 
     def _coordinates(
-        self, table: Mapping[str, Any], path: _Path
+        self, table: Mapping[str, Any], path: KeyPath
     ) -> tuple[float | None, float | None]:
         lat = self._number(table, path, "lat")
         if lat is not None and not -90.0 <= lat <= 90.0:
@@ -815,18 +643,18 @@ class _Parser:
             lon = None
         return lat, lon
 
-    def _placement_value(self, value: object, path: _Path) -> str | None:
+    def _placement_value(self, value: object, path: KeyPath) -> str | None:
         if value in PLACEMENTS:
             assert isinstance(value, str)
             return value
-        shown = repr(value) if isinstance(value, str) else _shown(value)
-        self._issue(path, f"unknown placement {shown} (expected one of {_choices(PLACEMENTS)})")
+        text = repr(value) if isinstance(value, str) else shown(value)
+        self._issue(path, f"unknown placement {text} (expected one of {_choices(PLACEMENTS)})")
         return None
 
     # -- sections
 
     def run(self) -> Inventory:
-        self._unknown_keys(self._doc, (), _TOP_KEYS)
+        self._keys(self._doc, (), _TOP_KEYS)
         name = self._metropolis()
         placement = self._placement()
         municipalities, slugs = self._municipalities()
@@ -847,29 +675,28 @@ class _Parser:
                 self._issue((), str(exc))
         if not self._issues:
             self._issue((), "inventory could not be built")
-        self._issues.sort()
-        raise InventoryError([text for _, _, text in self._issues])
+        raise InventoryError(self.issue_lines())
 
     def _metropolis(self) -> str | None:
-        path: _Path = ("metropolis",)
+        path: KeyPath = ("metropolis",)
         if "metropolis" not in self._doc:
             self._issue(path, "required table [metropolis] missing")
             return None
         table = self._table(self._doc["metropolis"], path, "a table")
         if table is None:
             return None
-        self._unknown_keys(table, path, _METROPOLIS_KEYS)
+        self._keys(table, path, _METROPOLIS_KEYS)
         return self._str(table, path, "name")
 
     def _placement(self) -> PlacementPolicy | None:
-        path: _Path = ("placement",)
+        path: KeyPath = ("placement",)
         if "placement" not in self._doc:
             return PlacementPolicy()
         table = self._table(self._doc["placement"], path, "a table")
         if table is None:
             return None
         before = len(self._issues)
-        self._unknown_keys(table, path, _PLACEMENT_KEYS)
+        self._keys(table, path, _PLACEMENT_KEYS)
         default = "sharded"
         if "default" in table:
             default = self._placement_value(table["default"], (*path, "default")) or default
@@ -895,7 +722,7 @@ class _Parser:
                 )
             elif not isinstance(count, int) or isinstance(count, bool):
                 self._issue(
-                    domain_path, f"expected an integer, got {_type_name(count)} {_shown(count)}"
+                    domain_path, f"expected an integer, got {type_name(count)} {shown(count)}"
                 )
             elif not 1 <= count <= MAX_SHARDS:
                 self._issue(domain_path, f"shard count {count} outside [1, {MAX_SHARDS}]")
@@ -905,12 +732,12 @@ class _Parser:
             return None
         return PlacementPolicy(default=default, kinds=kinds, shards=shards)
 
-    def _array_of_tables(self, key: str) -> list[tuple[_Path, Mapping[str, Any]]]:
+    def _array_of_tables(self, key: str) -> list[tuple[KeyPath, Mapping[str, Any]]]:
         value = self._doc.get(key, [])
         if not isinstance(value, list):
-            self._issue((key,), f"expected an array of tables ([[{key}]]), got {_type_name(value)}")
+            self._issue((key,), f"expected an array of tables ([[{key}]]), got {type_name(value)}")
             return []
-        out: list[tuple[_Path, Mapping[str, Any]]] = []
+        out: list[tuple[KeyPath, Mapping[str, Any]]] = []
         for index, item in enumerate(value):
             table = self._table(item, (key, index), "a table")
             if table is not None:
@@ -919,16 +746,16 @@ class _Parser:
 
     def _municipalities(
         self,
-    ) -> tuple[list[Municipality | None], dict[str, tuple[_Path, Municipality | None]]]:
+    ) -> tuple[list[Municipality | None], dict[str, tuple[KeyPath, Municipality | None]]]:
         """Valid municipalities (None where a record failed) and every declared slug."""
         records = self._array_of_tables("municipality")
         if self._doc.get("municipality", []) == []:
             self._issue(("municipality",), "at least one [[municipality]] is required")
         out: list[Municipality | None] = []
-        slugs: dict[str, tuple[_Path, Municipality | None]] = {}
+        slugs: dict[str, tuple[KeyPath, Municipality | None]] = {}
         for path, table in records:
             before = len(self._issues)
-            self._unknown_keys(table, path, _MUNICIPALITY_KEYS)
+            self._keys(table, path, _MUNICIPALITY_KEYS)
             slug = self._str(table, path, "slug")
             if slug is not None and not SLUG_PATTERN.match(slug):
                 self._issue(
@@ -952,7 +779,7 @@ class _Parser:
                     self._issue(
                         (*path, "slug"),
                         f"duplicate slug {slug!r} (first at line "
-                        f"{self._where.line(first)}, {_field_name(first)})",
+                        f"{self._where.line(first)}, {field_name(first)})",
                     )
                     muni = None
                 else:
@@ -963,13 +790,13 @@ class _Parser:
     def _equipment(
         self,
         municipalities: list[Municipality | None],
-        slugs: Mapping[str, tuple[_Path, Municipality | None]],
+        slugs: Mapping[str, tuple[KeyPath, Municipality | None]],
     ) -> list[Equipment]:
         out: list[Equipment] = []
-        seen: dict[str, _Path] = {}
+        seen: dict[str, KeyPath] = {}
         for path, table in self._array_of_tables("equipment"):
             before = len(self._issues)
-            self._unknown_keys(table, path, _EQUIPMENT_KEYS)
+            self._keys(table, path, _EQUIPMENT_KEYS)
             ident = self._str(table, path, "id")
             if ident is not None:
                 if not ID_PATTERN.match(ident):
@@ -983,7 +810,7 @@ class _Parser:
                     self._issue(
                         (*path, "id"),
                         f"duplicate id {ident!r} (first at line "
-                        f"{self._where.line(first)}, {_field_name(first)})",
+                        f"{self._where.line(first)}, {field_name(first)})",
                     )
                 else:
                     seen[ident] = path
@@ -1031,32 +858,33 @@ class _Parser:
             assert ident is not None and kind is not None and slug is not None
             assert lat is not None and lon is not None and attrs is not None
             assert endpoint is not None and profile is not None
-            out.append(
-                Equipment(
-                    id=ident,
-                    kind=kind,
-                    municipality=slug,
-                    lat=lat,
-                    lon=lon,
-                    endpoint=endpoint,
-                    profile=profile,
-                    placement=placement,
-                    attrs=attrs,
-                    line=self._where.line(path),
-                )
+            eq = Equipment(
+                id=ident,
+                kind=kind,
+                municipality=slug,
+                lat=lat,
+                lon=lon,
+                endpoint=endpoint,
+                profile=profile,
+                placement=placement,
+                attrs=attrs,
+                line=self._where.line(path),
             )
+            for sub, message in self._check(eq) if self._check is not None else ():
+                self._issue((*path, *sub), message)
+            out.append(eq)
         self._watched(out, seen)
         self._equipment_paths = seen
         return out
 
-    def _plan_attrs(self, attrs: Mapping[str, Any], path: _Path, kind: str | None) -> None:
+    def _plan_attrs(self, attrs: Mapping[str, Any], path: KeyPath, kind: str | None) -> None:
         """``tags`` of any equipment, ``watches`` and ``presets`` of a camera (module doc)."""
         if "tags" in attrs:
             tags = attrs["tags"]
             where = (*path, "tags")
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                self._issue(where, f"expected an array of strings, got {_type_name(tags)} "
-                                   f"{_shown(tags)}")
+                self._issue(where, f"expected an array of strings, got {type_name(tags)} "
+                                   f"{shown(tags)}")
             else:
                 for tag in tags:
                     if tag not in TAGS:
@@ -1075,7 +903,7 @@ class _Parser:
             watched = attrs["watches"]
             if not isinstance(watched, str) or not ID_PATTERN.match(watched):
                 self._issue((*path, "watches"), f"expected a building id, got "
-                                                f"{_type_name(watched)} {_shown(watched)}")
+                                                f"{type_name(watched)} {shown(watched)}")
         if "presets" in attrs:
             where = (*path, "presets")
             presets = self._table(attrs["presets"], where, "a table of preset numbers by name")
@@ -1086,9 +914,9 @@ class _Parser:
                 elif (not isinstance(number, int) or isinstance(number, bool)
                       or not 0 <= number <= MAX_PRESET):
                     self._issue((*where, name), f"expected a preset number in 0..{MAX_PRESET}, "
-                                                f"got {_shown(number)}")
+                                                f"got {shown(number)}")
 
-    def _door_tags(self, doors: object, where: _Path, kind: str | None) -> None:
+    def _door_tags(self, doors: object, where: KeyPath, kind: str | None) -> None:
         """A building's ``doors``: door numbers (from 1) by tag of :data:`DOOR_TAGS`."""
         if kind is not None and kind != "building":
             self._issue(where, f"only a building has doors (this is a {kind})")
@@ -1103,9 +931,9 @@ class _Parser:
                   or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
                              for n in numbers)):
                 self._issue((*where, tag), f"expected a non-empty array of door numbers "
-                                           f"(from 1), got {_shown(numbers)}")
+                                           f"(from 1), got {shown(numbers)}")
 
-    def _watched(self, equipment: Sequence[Equipment], seen: Mapping[str, _Path]) -> None:
+    def _watched(self, equipment: Sequence[Equipment], seen: Mapping[str, KeyPath]) -> None:
         """Each camera's ``watches`` names a building of this inventory."""
         kinds = {eq.id: eq.kind for eq in equipment}
         for eq in equipment:
@@ -1121,14 +949,14 @@ class _Parser:
             elif kinds.get(watched, "building") != "building":
                 self._issue(where, f"{watched!r} is a {kinds[watched]}, not a building")
 
-    def _approaches(self, value: object, where: _Path, kind: str | None,
+    def _approaches(self, value: object, where: KeyPath, kind: str | None,
                     lat: float | None, lon: float | None) -> None:
         """A crossroad's ``approaches``: numbered arms with a heading and a stop line."""
         if kind is not None and kind != "crossroad":
             self._issue(where, f"only a crossroad has approaches (this is a {kind})")
         if not isinstance(value, list):
             self._issue(where, f"expected an array of approach tables, got "
-                               f"{_type_name(value)} {_shown(value)}")
+                               f"{type_name(value)} {shown(value)}")
             return
         numbers: dict[int, int] = {}
         for index, item in enumerate(value):
@@ -1136,7 +964,7 @@ class _Parser:
             table = self._table(item, at, "an approach table {number, heading, lat, lon}")
             if table is None:
                 continue
-            self._unknown_keys(table, at, _APPROACH_KEYS)
+            self._keys(table, at, _APPROACH_KEYS)
             number = self._int(table, at, "number")
             if number is not None:
                 if not 1 <= number <= MAX_APPROACHES:
@@ -1164,10 +992,10 @@ class _Parser:
         """The ``[[bus_line]]`` tables, their geometry checked against their crossroads."""
         by_id = {eq.id: eq for eq in equipment}
         out: dict[str, BusLine] = {}
-        seen: dict[str, _Path] = {}
+        seen: dict[str, KeyPath] = {}
         for path, table in self._array_of_tables("bus_line"):
             before = len(self._issues)
-            self._unknown_keys(table, path, _BUS_LINE_KEYS)
+            self._keys(table, path, _BUS_LINE_KEYS)
             ident = self._str(table, path, "id")
             if ident is not None:
                 if not LINE_ID_PATTERN.match(ident):
@@ -1176,7 +1004,7 @@ class _Parser:
                 elif ident in seen:
                     first = seen[ident]
                     self._issue((*path, "id"), f"duplicate line {ident!r} (first at line "
-                                               f"{self._where.line(first)}, {_field_name(first)})")
+                                               f"{self._where.line(first)}, {field_name(first)})")
                 else:
                     seen[ident] = path
             slug = self._str(table, path, "municipality")
@@ -1226,7 +1054,8 @@ class _Parser:
             self._bus_refs(equipment, seen)
         return out
 
-    def _line_path(self, table: Mapping[str, Any], path: _Path) -> list[tuple[float, float]] | None:
+    def _line_path(self, table: Mapping[str, Any],
+                   path: KeyPath) -> list[tuple[float, float]] | None:
         """A line's ``path``: at least two ``[lat, lon]`` points, none repeating the last."""
         if not self._present(table, path, "path", True):
             return None
@@ -1234,7 +1063,7 @@ class _Parser:
         where = (*path, "path")
         if not isinstance(value, list) or len(value) < 2:
             self._issue(where, f"expected an array of at least two [lat, lon] points, got "
-                               f"{_type_name(value)} {_shown(value)}")
+                               f"{type_name(value)} {shown(value)}")
             return None
         points: list[tuple[float, float]] = []
         before = len(self._issues)
@@ -1242,7 +1071,7 @@ class _Parser:
             at = (*where, index)
             if (not isinstance(item, list) or len(item) != 2
                     or not all(_is_number(v) for v in item)):
-                self._issue(at, f"expected a point [lat, lon], got {_shown(item)}")
+                self._issue(at, f"expected a point [lat, lon], got {shown(item)}")
                 continue
             lat, lon = float(item[0]), float(item[1])
             if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
@@ -1254,7 +1083,7 @@ class _Parser:
             points.append((lat, lon))
         return points if len(self._issues) == before else None
 
-    def _timetable(self, table: Mapping[str, Any], path: _Path) -> Timetable | None:
+    def _timetable(self, table: Mapping[str, Any], path: KeyPath) -> Timetable | None:
         """A line's optional ``timetable``: ``headway_s``, ``first`` and ``last``."""
         if "timetable" not in table:
             return None
@@ -1263,7 +1092,7 @@ class _Parser:
         if timetable is None:
             return None
         before = len(self._issues)
-        self._unknown_keys(timetable, where, _TIMETABLE_KEYS)
+        self._keys(timetable, where, _TIMETABLE_KEYS)
         headway = self._number(timetable, where, "headway_s")
         if headway is not None and not 0.0 < headway <= 86_400.0:
             self._issue((*where, "headway_s"), f"headway {headway:g} s outside (0, 86400]")
@@ -1279,7 +1108,7 @@ class _Parser:
         assert headway is not None and times["first"] is not None
         return Timetable(headway, times["first"], times["last"])
 
-    def _stops(self, table: Mapping[str, Any], path: _Path, *, timed: bool) -> list[Stop] | None:
+    def _stops(self, table: Mapping[str, Any], path: KeyPath, *, timed: bool) -> list[Stop] | None:
         """A line's ``[[bus_line.stop]]`` tables: at least two, ``at_s`` with a timetable."""
         where = (*path, "stop")
         if "stop" not in table:
@@ -1288,7 +1117,7 @@ class _Parser:
         value = table["stop"]
         if not isinstance(value, list) or len(value) < 2:
             self._issue(where, f"expected at least two [[bus_line.stop]] tables, got "
-                               f"{_type_name(value)} {_shown(value)}")
+                               f"{type_name(value)} {shown(value)}")
             return None
         before = len(self._issues)
         stops: list[Stop] = []
@@ -1300,7 +1129,7 @@ class _Parser:
             if stop is None:
                 continue
             mark = len(self._issues)
-            self._unknown_keys(stop, at, _STOP_KEYS)
+            self._keys(stop, at, _STOP_KEYS)
             ident = self._str(stop, at, "id")
             if ident is not None:
                 if not STOP_ID_PATTERN.match(ident):
@@ -1333,18 +1162,18 @@ class _Parser:
         return stops if len(self._issues) == before else None
 
     def _line_crossroads(
-        self, table: Mapping[str, Any], path: _Path, by_id: Mapping[str, Equipment]
-    ) -> list[tuple[_Path, Equipment, Approach, Approach]] | None:
+        self, table: Mapping[str, Any], path: KeyPath, by_id: Mapping[str, Equipment]
+    ) -> list[tuple[KeyPath, Equipment, Approach, Approach]] | None:
         """A line's ``[[bus_line.crossroad]]`` tables: declared crossroads, with the
         approaches it drives in on (``outbound``, ``inbound``) among theirs."""
         where = (*path, "crossroad")
         value = table.get("crossroad", [])
         if not isinstance(value, list):
             self._issue(where, f"expected [[bus_line.crossroad]] tables, got "
-                               f"{_type_name(value)} {_shown(value)}")
+                               f"{type_name(value)} {shown(value)}")
             return None
         before = len(self._issues)
-        out: list[tuple[_Path, Equipment, Approach, Approach]] = []
+        out: list[tuple[KeyPath, Equipment, Approach, Approach]] = []
         crossed: dict[str, int] = {}
         crossroads = [eq.id for eq in by_id.values() if eq.kind == "crossroad"]
         for index, item in enumerate(value):
@@ -1352,7 +1181,7 @@ class _Parser:
             ref = self._table(item, at, "a table")
             if ref is None:
                 continue
-            self._unknown_keys(ref, at, _LINE_CROSSROAD_KEYS)
+            self._keys(ref, at, _LINE_CROSSROAD_KEYS)
             ident = self._str(ref, at, "id")
             numbers = {key: self._int(ref, at, key) for key in ("outbound", "inbound")}
             if ident is None:
@@ -1390,7 +1219,7 @@ class _Parser:
                 out.append((at, xr, chosen[0], chosen[1]))
         return out if len(self._issues) == before else None
 
-    def _bus_refs(self, equipment: Sequence[Equipment], lines: Mapping[str, _Path]) -> None:
+    def _bus_refs(self, equipment: Sequence[Equipment], lines: Mapping[str, KeyPath]) -> None:
         """With lines declared, each bus (a vehicle with ``attrs.line``) names one."""
         for eq in equipment:
             if eq.kind != "vehicle" or "line" not in eq.attrs:
@@ -1400,7 +1229,7 @@ class _Parser:
                 continue
             where = (*self._equipment_paths[eq.id], "attrs", "line")
             if not isinstance(line, str):
-                self._issue(where, f"expected a line id, got {_type_name(line)} {_shown(line)}")
+                self._issue(where, f"expected a line id, got {type_name(line)} {shown(line)}")
                 continue
             guess = difflib.get_close_matches(line, list(lines), n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
@@ -1410,88 +1239,31 @@ class _Parser:
 # --------------------------------------------------------------------------- writing
 
 
-def _toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-_ESCAPES: Final = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(_BARE_KEY, key) else _toml_string(key)
-
-
-def _toml_float(value: float, decimals: int | None) -> str:
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if decimals is not None:
-        return f"{value:.{decimals}f}"
-    text = repr(value)
-    return text if any(c in text for c in ".eE") else text + ".0"
-
-
-def _toml_value(value: Any, decimals: int | None) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _toml_float(value, decimals)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        items = ", ".join(
-            f"{_toml_key(str(k))} = {_toml_value(v, decimals)}" for k, v in value.items()
-        )
-        return "{" + items + "}" if items else "{}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v, decimals) for v in value) + "]"
-    raise ConfigError(f"cannot write {type(value).__name__} value {value!r} as TOML")
-
-
 def dump_inventory(inventory: Inventory, *, decimals: int | None = None) -> str:
     """The TOML text of ``inventory``; :func:`parse_inventory` reads it back equal.
 
     Floats are written exactly unless ``decimals`` fixes their number of
     decimals (then they read back equal only if they were rounded to it).
     """
-    lines: list[str] = ["[metropolis]", f"name = {_toml_string(inventory.name)}", ""]
+    lines: list[str] = ["[metropolis]", f"name = {toml_value(inventory.name)}", ""]
     policy = inventory.placement
-    lines += ["[placement]", f"default = {_toml_string(policy.default)}"]
+    lines += ["[placement]", f"default = {toml_value(policy.default)}"]
     if policy.kinds:
         lines.append("[placement.kinds]")
-        lines += [f"{k} = {_toml_string(v)}" for k, v in policy.kinds.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in policy.kinds.items()]
     if policy.shards:
         lines.append("[placement.shards]")
         lines += [f"{k} = {v}" for k, v in policy.shards.items()]
 
     def num(x: float) -> str:
-        return _toml_float(x, decimals)
+        return toml_value(float(x), decimals)
 
     for m in inventory.municipalities:
         lines += [
             "",
             "[[municipality]]",
-            f"slug = {_toml_string(m.slug)}",
-            f"name = {_toml_string(m.name)}",
+            f"slug = {toml_value(m.slug)}",
+            f"name = {toml_value(m.name)}",
             f"lat = {num(m.lat)}",
             f"lon = {num(m.lon)}",
             f"population = {m.population}",
@@ -1500,19 +1272,19 @@ def dump_inventory(inventory: Inventory, *, decimals: int | None = None) -> str:
         lines += [
             "",
             "[[equipment]]",
-            f"id = {_toml_string(e.id)}",
-            f"kind = {_toml_string(e.kind)}",
-            f"municipality = {_toml_string(e.municipality)}",
+            f"id = {toml_value(e.id)}",
+            f"kind = {toml_value(e.kind)}",
+            f"municipality = {toml_value(e.municipality)}",
             f"lat = {num(e.lat)}",
             f"lon = {num(e.lon)}",
-            f"endpoint = {_toml_string(e.endpoint)}",
-            f"profile = {_toml_string(e.profile)}",
+            f"endpoint = {toml_value(e.endpoint)}",
+            f"profile = {toml_value(e.profile)}",
         ]
         if e.placement is not None:
-            lines.append(f"placement = {_toml_string(e.placement)}")
+            lines.append(f"placement = {toml_value(e.placement)}")
         if e.attrs:
             lines.append("[equipment.attrs]")
-            lines += [f"{_toml_key(k)} = {_toml_value(v, decimals)}" for k, v in e.attrs.items()]
+            lines += [f"{toml_key(k)} = {toml_value(v, decimals)}" for k, v in e.attrs.items()]
     for line in inventory.bus_lines.values():
         lines += _dump_line(line, num)
     lines.append("")
@@ -1524,8 +1296,8 @@ def _dump_line(line: BusLine, num: Callable[[float], str]) -> list[str]:
     out = [
         "",
         "[[bus_line]]",
-        f"id = {_toml_string(line.id)}",
-        f"municipality = {_toml_string(line.municipality)}",
+        f"id = {toml_value(line.id)}",
+        f"municipality = {toml_value(line.municipality)}",
         f"free_flow_speed_mps = {num(line.free_flow_speed_mps)}",
         "path = [",
         *(f"    [{num(lat)}, {num(lon)}]," for lat, lon in line.path),
@@ -1534,16 +1306,16 @@ def _dump_line(line: BusLine, num: Callable[[float], str]) -> list[str]:
     if line.timetable is not None:
         out += ["[bus_line.timetable]",
                 f"headway_s = {num(line.timetable.headway_s)}",
-                f"first = {_toml_string(line.timetable.first)}"]
+                f"first = {toml_value(line.timetable.first)}"]
         if line.timetable.last is not None:
-            out.append(f"last = {_toml_string(line.timetable.last)}")
+            out.append(f"last = {toml_value(line.timetable.last)}")
     for stop in line.stops:
-        out += ["[[bus_line.stop]]", f"id = {_toml_string(stop.id)}",
+        out += ["[[bus_line.stop]]", f"id = {toml_value(stop.id)}",
                 f"lat = {num(stop.lat)}", f"lon = {num(stop.lon)}"]
         if stop.at_s is not None:
             out.append(f"at_s = {num(stop.at_s)}")
     for crossing in line.crossings:
-        out += ["[[bus_line.crossroad]]", f"id = {_toml_string(crossing.crossroad_id)}",
+        out += ["[[bus_line.crossroad]]", f"id = {toml_value(crossing.crossroad_id)}",
                 f"outbound = {crossing.outbound_approach}",
                 f"inbound = {crossing.inbound_approach}"]
     return out

@@ -55,7 +55,6 @@ import math
 import re
 import secrets
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -72,9 +71,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
 from runtime.clock import Clock, SystemClock
+from runtime.datafile import KeyPath, Locator, field_name, parse_toml, type_name
 from runtime.demo_inventory import SERVICE_ROLES
-from runtime.errors import ConfigError, RejectedError
-from runtime.inventory import _field_name, _Locator, _syntax_location, _type_name
+from runtime.errors import ConfigError, DataFileError, RejectedError
 from runtime.store import RetryPolicy, StoreKeys, _check_url, _Guard, _redact, _text
 
 if TYPE_CHECKING:
@@ -300,7 +299,6 @@ class ServiceCatalogue:
 
 _SERVICE_KEYS: Final = tuple(f.name for f in fields(Service))
 _TOP_KEYS: Final = ("jurisdiction_id", "service")
-_Path = tuple[str | int, ...]
 
 
 def parse_catalogue(text: str, source: str = "<catalogue>") -> ServiceCatalogue:
@@ -309,17 +307,13 @@ def parse_catalogue(text: str, source: str = "<catalogue>") -> ServiceCatalogue:
     Every problem is collected before raising :class:`ConfigError`, one
     ``"{source}:{line}: {field}: {message}"`` line each, sorted by line.
     """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise ConfigError(f"{source}:{line}: syntax: {message}") from exc
-    where = _Locator(text)
+    doc = parse_toml(text, source)
+    where = Locator(text)
     issues: list[tuple[int, int, str]] = []
 
-    def issue(path: _Path, message: str) -> None:
+    def issue(path: KeyPath, message: str) -> None:
         line = where.line(path)
-        issues.append((line, len(issues), f"{source}:{line}: {_field_name(path)}: {message}"))
+        issues.append((line, len(issues), f"{source}:{line}: {field_name(path)}: {message}"))
 
     for key in doc:
         if key not in _TOP_KEYS:
@@ -334,9 +328,9 @@ def parse_catalogue(text: str, source: str = "<catalogue>") -> ServiceCatalogue:
     services: list[Service] = []
     first_line: dict[str, int] = {}
     for i, raw in enumerate(raw_services):
-        path: _Path = ("service", i)
+        path: KeyPath = ("service", i)
         if not isinstance(raw, dict):
-            issue(path, f"expected a table, got {_type_name(raw)}")
+            issue(path, f"expected a table, got {type_name(raw)}")
             continue
         service = _parse_service(raw, path, issue)
         if service is None:
@@ -349,18 +343,18 @@ def parse_catalogue(text: str, source: str = "<catalogue>") -> ServiceCatalogue:
         first_line[code] = where.line((*path, "service_code"))
         services.append(service)
     if issues:
-        raise ConfigError("\n".join(text for _, _, text in sorted(issues)))
+        raise DataFileError([text for _, _, text in sorted(issues)])
     assert isinstance(jurisdiction, str)
     return ServiceCatalogue(jurisdiction, tuple(services))
 
 
 def _parse_service(
-    raw: Mapping[str, Any], path: _Path, issue: Callable[[_Path, str], None]
+    raw: Mapping[str, Any], path: KeyPath, issue: Callable[[KeyPath, str], None]
 ) -> Service | None:
     """One ``[[service]]`` table as a :class:`Service`, or None after reporting its issues."""
     problems = 0
 
-    def report(at: _Path, message: str) -> None:
+    def report(at: KeyPath, message: str) -> None:
         nonlocal problems
         problems += 1
         issue(at, message)
@@ -373,12 +367,12 @@ def _parse_service(
         value = raw.get(key)
         if not isinstance(value, str):
             report((*path, key), "required, a string" if value is None
-                   else f"expected a string, got {_type_name(value)}")
+                   else f"expected a string, got {type_name(value)}")
         values[key] = value
     for key in ("agency_responsible", "service_notice", "type"):
         if key in raw:
             if not isinstance(raw[key], str):
-                report((*path, key), f"expected a string, got {_type_name(raw[key])}")
+                report((*path, key), f"expected a string, got {type_name(raw[key])}")
             values[key] = raw[key]
     for key in ("keywords", "vehicle_roles"):
         value = raw.get(key)
@@ -388,7 +382,7 @@ def _parse_service(
         values[key] = tuple(value)
     if "metadata" in raw:
         if not isinstance(raw["metadata"], bool):
-            report((*path, "metadata"), f"expected a boolean, got {_type_name(raw['metadata'])}")
+            report((*path, "metadata"), f"expected a boolean, got {type_name(raw['metadata'])}")
         values["metadata"] = raw["metadata"]
     if "expected_hours" in raw:
         values["expected_hours"] = raw["expected_hours"]

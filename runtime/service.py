@@ -30,6 +30,7 @@ import ray
 from runtime.audit import AuditRecord, audit_entry
 from runtime.clock import ClockSpec
 from runtime.commands import Command, check_command_shape, new_command_id, shown
+from runtime.datafile import KeyPath
 from runtime.embedded import EmbeddedBroker, EmbeddedRedis
 from runtime.entity import Entity
 from runtime.envelope import pack, unpack
@@ -130,6 +131,10 @@ class Service:
         self.clock_spec = ClockSpec.starting_now(self.options.clock_speed,
                                                  self.options.clock_start)
         self.city_clock = self.clock_spec.clock()
+        inventory.check_records(self._check_record)
+        for behaviour in dict.fromkeys(map(self._behaviour, inventory.equipment)):
+            if behaviour is not None:
+                behaviour.check_inventory(inventory)
         self.coordinators = tuple(self._coordinator(c) for c in self.options.coordinators)
         self.plan: PlacementPlan = plan(inventory, self.coordinators)
         self.redis: EmbeddedRedis | None = None
@@ -165,19 +170,32 @@ class Service:
         plans naming equipment, roles or presets it lacks, with file and line).
         """
         bare = coordinator(entity_id, self.inventory)
-        behaviour = load_factory(self.options.factory)(bare)
-        if not (isinstance(behaviour, type) and issubclass(behaviour, Entity)):
+        behaviour = self._behaviour(bare)
+        if behaviour is None:
             return bare
         return coordinator(entity_id, self.inventory,
                            attrs=behaviour.coordinator_attrs(self.inventory))
+
+    def _behaviour(self, eq: Equipment) -> type[Entity] | None:
+        """The entity class that runs ``eq`` (None: the factory gives no class of ours)."""
+        behaviour = load_factory(self.options.factory)(eq)
+        if isinstance(behaviour, type) and issubclass(behaviour, Entity):
+            return behaviour
+        return None
+
+    def _check_record(self, eq: Equipment) -> list[tuple[KeyPath, str]]:
+        """What ``eq``'s behaviour finds wrong in its record (a schedule of another kind):
+        the service refuses to start with any (:meth:`Inventory.check_records`)."""
+        behaviour = self._behaviour(eq)
+        return [] if behaviour is None else behaviour.check_record(eq)
 
     def _with_neighbours(self, eq: Equipment) -> Equipment:
         """``eq`` with what its behaviour needs of the rest of the inventory in its ``attrs``
         (:meth:`~runtime.entity.Entity.inventory_attrs`)."""
         if eq.kind == COORDINATOR:
             return eq
-        behaviour = load_factory(self.options.factory)(eq)
-        if not (isinstance(behaviour, type) and issubclass(behaviour, Entity)):
+        behaviour = self._behaviour(eq)
+        if behaviour is None:
             return eq
         extra = behaviour.inventory_attrs(eq, self.inventory)
         return dataclasses.replace(eq, attrs={**eq.attrs, **extra}) if extra else eq

@@ -16,14 +16,7 @@ from actors.schedule import parse_schedules
 from runtime.entity import Checkpoint
 from runtime.errors import InvalidCommandError, RejectedError, ScheduleError
 from runtime.inventory import Equipment
-from tests.fleet_fakes import (
-    RecordingPort,
-    TimerCtx,
-    command,
-    local,
-    manual_clock,
-    telemetry,
-)
+from tests.helpers import FakeContext, FakePort, command, local, manual_clock, telemetry
 
 T = TypeVar("T")
 OPERATOR = "user:ana:operator"
@@ -49,14 +42,14 @@ class Rig:
 
     def __init__(self, at: float, zone: str | None = "pedestrian_centre") -> None:
         self.clock = manual_clock(at)
-        self.port = RecordingPort({"request": "alarm"})
+        self.port = FakePort({"request": "alarm"}, policy_default=None, readable=False)
         self.record = terminal_record(zone)
         self.seq = 0
         self.bollard = "down"
         self.ctx, self.entity = self._new()
 
-    def _new(self) -> tuple[TimerCtx, AccessTerminal]:
-        ctx = TimerCtx(self.record, self.port, self.clock)
+    def _new(self) -> tuple[FakeContext, AccessTerminal]:
+        ctx = FakeContext(self.record, self.port, self.clock)
         entity = AccessTerminal(ctx)
         ctx.entity = entity
         return ctx, entity

@@ -15,7 +15,7 @@ from runtime.commands import CommandStatus
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import InvalidCommandError, RejectedError
 from runtime.inventory import Equipment
-from tests.fire_fakes import FakeCtx, FakePort
+from tests.helpers import FakeContext, FakePort
 
 T = TypeVar("T")
 
@@ -39,10 +39,11 @@ def building_equipment(**attrs: Any) -> Equipment:
                      profile="bms", attrs=base)
 
 
-async def started(plan: FirePlan = PLAN, **attrs: Any) -> tuple[Building, FakeCtx, FakePort]:
+async def started(plan: FirePlan = PLAN, **attrs: Any) -> tuple[Building, FakeContext, FakePort]:
     port = FakePort()
-    ctx = FakeCtx(building_equipment(**attrs), port)
+    ctx = FakeContext(building_equipment(**attrs), port)
     entity = Building(ctx)
+    ctx.entity = entity
     await entity.on_start(None)
     entity.fire_plan = plan
     return entity, ctx, port
@@ -54,14 +55,14 @@ async def command(entity: Building, cid: str, action: str, caller: str = "user:a
         "command_id": cid, "action": action, "params": params, "caller": caller}))
 
 
-async def fire(entity: Building, ctx: FakeCtx) -> None:
+async def fire(entity: Building, ctx: FakeContext) -> None:
     """The BMS raises a fire event (zone 1), then the plan's timer runs."""
     await entity.handle(Envelope(target=ctx.id, type="device_event", kind=MessageKind.EVENT,
                                  payload={"event": "fire", "fields": {"zone": 1}}))
-    await ctx.run_timers(entity)
+    await ctx.run_timers()
 
 
-def steps(ctx: FakeCtx) -> list[tuple[str, str]]:
+def steps(ctx: FakeContext) -> list[tuple[str, str]]:
     return [(f["step"], f["state"]) for f in ctx.named("fire_plan_step")]
 
 
@@ -155,10 +156,10 @@ def test_fire_runs_the_plan_at_once_doors_cameras_and_dispatch() -> None:
         # The cameras answer: the step ends once both have.
         ids = sorted(ctx.journal)
         ctx.settle(ids[0], CommandStatus.ACKED)
-        await ctx.advance(entity, 0.2)
+        await ctx.advance(0.2)
         assert steps(ctx)[-1] == ("intervention", "requested")
         ctx.settle(ids[1], CommandStatus.FAILED)
-        await ctx.advance(entity, 0.2)
+        await ctx.advance(0.2)
         assert steps(ctx)[-1] == ("cameras", "partial")
         assert "not moved: cam-dijon-0002" in ctx.named("fire_plan_step")[-1]["detail"]
         assert "fire_follow" not in ctx.timers
@@ -170,7 +171,7 @@ def test_the_plan_runs_once_per_incident_and_undoes_nothing_when_the_fire_clears
         entity, ctx, port = await started()
         await fire(entity, ctx)
         entity.check_conditions()  # values caught up: still burning
-        await ctx.advance(entity, 11.0)  # the latch ends; no zone reported: the alarm clears
+        await ctx.advance(11.0)  # the latch ends; no zone reported: the alarm clears
         entity.check_conditions()
         assert ctx.named("alarm_cleared")[-1]["alarm"] == "fire"
         await fire(entity, ctx)  # raised again: the same incident, the plan is not rerun
@@ -190,11 +191,11 @@ def test_a_fire_unlock_wins_over_a_lockdown_until_an_operator_resets_it() -> Non
                                {"door.1.locked": False, "door.2.locked": False}]
         # A lockdown at the BMS panel: a reading after the write shows door 2 locked again.
         port.writes.clear()
-        ctx._clock._now += 1.0
+        await ctx.clock.advance(1.0)  # type: ignore[attr-defined]
         entity.twin.report_many({"door.2.locked": True}, source_ts=ctx.clock.time(),
                                 received_ts=ctx.clock.time())
         entity.check_conditions()
-        await ctx.run_timers(entity)
+        await ctx.run_timers()
         assert port.writes == [{"door.1.locked": False, "door.2.locked": False}]
         # An operator resets the plan: the next lockdown keeps the doors locked.
         with pytest.raises(RejectedError):
@@ -228,7 +229,7 @@ def test_a_bms_out_of_reach_is_retried_and_the_other_steps_go_on() -> None:
         assert ("doors", "retrying") in steps(ctx)
         assert len(ctx.journal) == 2 and len(ctx.named("fire_dispatch")) == 1
         port.down = False
-        await ctx.advance(entity, 2.0)
+        await ctx.advance(2.0)
         assert port.writes == [{"door.1.locked": False, "door.2.locked": False}]
         assert ("doors", "done") in steps(ctx)
         assert len(ctx.journal) == 2 and len(ctx.named("fire_dispatch")) == 1
@@ -242,7 +243,7 @@ def test_a_confirmation_step_waits_for_an_operator_or_its_time() -> None:
         entity, ctx, port = await started(plan)
         await fire(entity, ctx)
         assert port.writes == [] and steps(ctx) == [("confirm", "waiting")]
-        await ctx.advance(entity, 5.0)
+        await ctx.advance(5.0)
         assert port.writes == []
         await command(entity, "c1", "fire_confirm", reason="smoke on camera 3")
         assert entity.state["fire"]["first_action_ts"] == ctx.clock.time()
@@ -253,7 +254,7 @@ def test_a_confirmation_step_waits_for_an_operator_or_its_time() -> None:
         # Unconfirmed: acts when the time is up if the fire holds.
         entity2, ctx2, port2 = await started(plan)
         await fire(entity2, ctx2)
-        await ctx2.advance(entity2, 30.0)
+        await ctx2.advance(30.0)
         assert ("confirm", "timeout") in steps(ctx2)
         assert port2.writes == [{"door.1.locked": False, "door.2.locked": False}]
     run(main())
@@ -265,9 +266,9 @@ def test_a_fire_that_clears_before_confirmation_drops_the_plan() -> None:
     async def main() -> None:
         entity, ctx, port = await started(plan)
         await fire(entity, ctx)
-        await ctx.advance(entity, 11.0)
+        await ctx.advance(11.0)
         entity.check_conditions()  # the latch ended and no zone is in alarm
-        await ctx.advance(entity, 20.0)
+        await ctx.advance(20.0)
         assert steps(ctx)[-1] == ("confirm", "dropped")
         assert port.writes == [] and ctx.journal == {} and ctx.named("fire_dispatch") == []
     run(main())
@@ -304,19 +305,20 @@ def test_a_restart_mid_plan_finishes_it_without_doing_anything_twice() -> None:
         saved = entity.checkpoint()
         # The host is replaced: a new incarnation starts from the checkpoint.
         port.down = False
-        ctx2 = FakeCtx(ctx.equipment, port, ctx._clock)
+        ctx2 = FakeContext(ctx.equipment, port, ctx.clock)
         ctx2.journal = dict(ctx.journal)
         again = Building(ctx2)
+        ctx2.entity = again
         await again.on_start(saved)
         again.fire_plan = PLAN
         assert {"fire_retry", "fire_follow"} <= set(ctx2.timers)
-        await ctx2.run_timers(again)
+        await ctx2.run_timers()
         assert port.writes == [{"door.1.locked": False, "door.2.locked": False}]
         assert ctx2.named("fire_dispatch") == [] and len(ctx2.journal) == 2
         assert again.state["fire"]["phase"] == "held"
         for cid in ctx2.journal:
             ctx2.settle(cid, CommandStatus.ACKED)
-        await ctx2.advance(again, 0.2)
+        await ctx2.advance(0.2)
         assert steps(ctx2)[-1] == ("cameras", "done")
     run(main())
 

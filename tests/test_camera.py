@@ -15,7 +15,7 @@ from runtime.clock import ManualClock
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import InvalidCommandError, RejectedError
 from runtime.inventory import Equipment
-from tests.fire_fakes import FakeCtx, FakePort
+from tests.helpers import FakeContext, FakePort
 
 T = TypeVar("T")
 
@@ -33,9 +33,9 @@ def camera_equipment(**attrs: Any) -> Equipment:
                      lon=5.04, endpoint="mqtt", profile="camera", attrs=base)
 
 
-async def started() -> tuple[Camera, FakeCtx, FakePort]:
+async def started() -> tuple[Camera, FakeContext, FakePort]:
     port = FakePort({"preset": "reapply", "recording": "reapply"})
-    ctx = FakeCtx(camera_equipment(), port)
+    ctx = FakeContext(camera_equipment(), port)
     entity = Camera(ctx)
     await entity.on_start(None)
     return entity, ctx, port
@@ -130,10 +130,10 @@ def test_motion_names_the_building_the_camera_watches() -> None:
     run(main())
 
 
-def _coordinator() -> tuple[AlarmsCoordinator, FakeCtx]:
+def _coordinator() -> tuple[AlarmsCoordinator, FakeContext]:
     eq = Equipment(id="alarms", kind="coordinator", municipality="metropolis", lat=47.32,
                    lon=5.04, endpoint="control:alarms", profile="coordinator")
-    ctx = FakeCtx(eq, None)
+    ctx = FakeContext(eq, None)
     return AlarmsCoordinator(ctx), ctx
 
 

@@ -51,3 +51,21 @@ def test_run_refuses_opcua_security_without_certificates(tmp_path: Path) -> None
     inv.write_text(cp("inventory", "demo", "--scale", "0.01").stdout, encoding="utf-8")
     out = cp("run", "--inventory", str(inv), "--opcua-security", "Sign")
     assert out.returncode == 2 and "--opcua-cert" in out.stderr
+
+
+def test_inventory_check_and_run_refuse_a_schedule_of_another_kind(tmp_path: Path) -> None:
+    text = cp("inventory", "demo", "--scale", "0.01").stdout
+    lines = text.split("\n")
+    at = lines.index('schedule = "road_lighting"')
+    lines[at] = 'schedule = "signals"'
+    path = tmp_path / "city.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    out = cp("inventory", "check", str(path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    [issue] = out.stderr.splitlines()
+    assert issue.startswith(f"{path}:{at + 1}: equipment[")
+    assert issue.endswith(".attrs.schedule: 'signals' is a schedule of crossroad, not of "
+                          "lighting_circuit (the lighting_circuit schedules: road_lighting)")
+    # The service does not start with it: the same line, before anything is started.
+    run = cp("run", "--inventory", str(path))
+    assert run.returncode == 1 and run.stderr.splitlines() == [issue]

@@ -48,6 +48,7 @@ INVENTORY = Inventory("test", (
     _eq("veh-dijon-0001", "vehicle", role="gritter", radio=True),
     _eq("xr-talant-0001", "crossroad", "talant", tags=["priority_route"], schedule=""),
     _eq("xr-ahuy-0001", "crossroad", "ahuy", tags=["priority_route"], schedule=""),  # never reports
+    _eq("cam-ahuy-0001", "camera", "ahuy", presets={"flood": 12}),  # never reports
 ))
 FIELD = [eq.id for eq in INVENTORY.equipment]
 CONFIG = HostConfig(checkpoint_interval_s=0.01, event_flush_interval_s=0.01,
@@ -234,18 +235,62 @@ def test_a_municipality_with_a_plan_is_refused_whole_unless_replace_keeps_the_ba
     asyncio.run(body())
 
 
-def test_a_field_without_a_baseline_is_kept_and_listed() -> None:
+def test_a_field_without_a_baseline_is_released_to_the_layers_below() -> None:
     async def body() -> None:
         async with city() as c:
+            entity = c.field.slots["xr-ahuy-0001"].entity
+            assert entity is not None
+
+            def plan() -> dict[str, Any]:
+                return dict(entity.control_view()["fields"]["plan"])  # type: ignore[attr-defined]
+
+            # The crossroad never reported and follows no schedule: the plan's 7 has no
+            # value from before to go back to.
             act = await c.decide("activate", mode="snow", municipalities=["ahuy"])
             await c.settled("ahuy", "snow", act, 1)
             assert c.desired("xr-ahuy-0001") == {"plan": 7}
+            assert plan()["source"] == "crisis"
             end = await c.decide("deactivate", municipalities=["ahuy"])
             row = await c.settled("ahuy", "normal", end, 1)
-            assert row["kept"] == [{"entity": "xr-ahuy-0001", "field": "plan", "value": 7,
-                                    "command_id": "", "reason": "no_baseline"}]
+            # Released, not held: the crisis layer is gone and the plan stays as it is.
+            assert row["kept"] == []
+            restore = await c.store.get_command(command_id(end, "xr-ahuy-0001"))
+            assert (restore.caller, dict(restore.params)) == ("crisis:restore", {"plan": 7})
             assert c.desired("xr-ahuy-0001") == {"plan": 7}
-            assert not await c.store.get_commands([command_id(end, "xr-ahuy-0001")])
+            assert plan() == {"value": 7, "source": None}
+            assert "crisis" not in entity.state["layers"]
+
+            # Under a second snow, an operator's plan waits below the crisis's: it takes
+            # the field when the plan is released.
+            again = await c.decide("activate", mode="snow", municipalities=["ahuy"])
+            await c.settled("ahuy", "snow", again, 1)
+            await c.operator_sets("xr-ahuy-0001", plan=5, for_s=3600)
+            assert plan()["source"] == "crisis" and c.desired("xr-ahuy-0001") == {"plan": 7}
+            end = await c.decide("deactivate", municipalities=["ahuy"])
+            row = await c.settled("ahuy", "normal", end, 1)
+            assert row["kept"] == []
+            assert c.desired("xr-ahuy-0001") == {"plan": 5}
+            assert plan()["source"] == "operator"
+
+    asyncio.run(body())
+
+
+def test_a_field_without_a_baseline_of_a_kind_without_layers_is_kept_and_listed() -> None:
+    async def body() -> None:
+        async with city() as c:
+            # Neither the crossroad nor the camera of Ahuy ever reported.
+            act = await c.decide("activate", mode="flood", municipalities=["ahuy"])
+            await c.settled("ahuy", "flood", act, 2)
+            assert c.desired("cam-ahuy-0001") == {"preset": 12}
+            end = await c.decide("deactivate", municipalities=["ahuy"])
+            row = await c.settled("ahuy", "normal", end, 2)
+            # A camera holds no layer: its preset stays, listed; the crossroad's is released.
+            assert row["kept"] == [{"entity": "cam-ahuy-0001", "field": "preset", "value": 12,
+                                    "command_id": "", "reason": "no_baseline"}]
+            assert c.desired("cam-ahuy-0001") == {"preset": 12}
+            assert not await c.store.get_commands([command_id(end, "cam-ahuy-0001")])
+            restore = await c.store.get_command(command_id(end, "xr-ahuy-0001"))
+            assert dict(restore.params) == {"plan": 9}
 
     asyncio.run(body())
 

@@ -16,7 +16,7 @@ from actors.plan import builtin_plans
 from runtime.bench.common import ApiClient, City
 from runtime.envelope import unpack
 from tests.conftest import poll
-from tests.fleet_fakes import next_local
+from tests.helpers import next_local
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -25,8 +25,7 @@ from runtime.clock import CITY_TZ, Clock, ManualClock
 from runtime.entity import Checkpoint
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import InvalidCommandError, RejectedError
-from runtime.inventory import Equipment
-from tests.helpers import make_equipment
+from tests.helpers import FakeContext, make_equipment
 
 T = TypeVar("T")
 
@@ -105,94 +104,26 @@ class Controller:
         return [int(w["plan"]) for w in self.writes if "plan" in w]
 
 
-class Ctx:
-    """An entity context on a ManualClock: timers are kept and fired by :class:`Run`."""
-
-    def __init__(self, equipment: Equipment, clock: ManualClock, port: Controller | None) -> None:
-        self._equipment = equipment
-        self._clock = clock
-        self._port = port
-        self.timers: dict[str, tuple[float, str, Any]] = {}
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    @property
-    def id(self) -> str:
-        return self._equipment.id
-
-    @property
-    def equipment(self) -> Equipment:
-        return self._equipment
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
-    @property
-    def device(self) -> Controller | None:
-        return self._port
-
-    def send(self, env: Envelope) -> None:
-        pass
-
-    def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
-        pass
-
-    def emit(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
-
-    def start_timer(self, name: str, delay_s: float, type: str, payload: Any = None, *,
-                    repeat: bool = False) -> None:
-        self.timers[name] = (self._clock.time() + delay_s, type, payload)
-
-    def cancel_timer(self, name: str) -> None:
-        self.timers.pop(name, None)
-
-    def publish_view(self, view: Mapping[str, Any]) -> None:
-        pass
-
-    def observe(self, metric: str, value: float) -> None:
-        pass
-
-
 class Run:
     """One incarnation of a crossroad, its timers fired as the ManualClock reaches them."""
 
     def __init__(self, clock: ManualClock, port: Controller | None,
                  saved: Checkpoint | None = None, **attrs: Any) -> None:
         self.clock = clock
-        self.ctx = Ctx(make_equipment("xr-dijon-0001", lat=47.322, lon=5.041, attrs=attrs),
-                       clock, port)
-        self.entity = Crossroad(self.ctx)  # type: ignore[arg-type]
+        self.ctx = FakeContext(
+            make_equipment("xr-dijon-0001", lat=47.322, lon=5.041, attrs=attrs), port, clock)
+        self.entity = Crossroad(self.ctx)
+        self.ctx.entity = self.entity
         self.sent = 0
         run(self._start(saved))
 
     async def _start(self, saved: Checkpoint | None) -> None:
         await self.entity.on_start(saved)
-        await self._fire_due()
-
-    async def _fire_due(self) -> None:
-        while True:
-            due = [(at, name) for name, (at, _, _) in self.ctx.timers.items()
-                   if at <= self.clock.time()]
-            if not due:
-                return
-            _, name = min(due)
-            _, kind, payload = self.ctx.timers.pop(name)
-            await self.entity.handle(Envelope(target=self.ctx.id, type=kind, payload=payload,
-                                              kind=MessageKind.CONTROL))
+        await self.ctx.run_timers()
 
     def until(self, t: float) -> None:
         """Move the clock to ``t`` (epoch s), handling every timer due on the way."""
-        async def go() -> None:
-            while True:
-                pending = [at for at, _, _ in self.ctx.timers.values() if at <= t]
-                if not pending:
-                    break
-                await self.clock.advance(max(0.0, min(pending) - self.clock.time()))
-                await self._fire_due()
-            await self.clock.advance(max(0.0, t - self.clock.time()))
-
-        run(go())
+        run(self.ctx.advance_to(t))
 
     def command(self, caller: str = "user:ana:operator", **params: Any) -> dict[str, Any]:
         self.sent += 1

@@ -20,7 +20,7 @@ from runtime.errors import (
 )
 from runtime.mailbox import Mailbox
 from supervisors import ExitKind
-from tests.helpers import make_equipment, poll
+from tests.helpers import FakeContext, make_equipment, poll
 
 
 def tele(target: str, sender: str, type: str, value: Any) -> Envelope:
@@ -143,48 +143,8 @@ class Counter(Entity):
         return {"n": self.state["n"]}
 
 
-class FakeCtx:
-    """An EntityContext that records what the entity does."""
-
-    def __init__(self, eid: str = "e1") -> None:
-        self._id = eid
-        self.sent: list[Envelope] = []
-        self.view: Mapping[str, Any] = {}
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def equipment(self) -> Any:
-        return make_equipment(self._id)
-
-    @property
-    def clock(self) -> Clock:
-        return SystemClock()
-
-    def send(self, env: Envelope) -> None:
-        self.sent.append(env)
-
-    def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
-        self.sent.append(request.reply(type, payload))
-
-    def emit(self, event: str, **fields: Any) -> None:
-        pass
-
-    def start_timer(self, name: str, delay_s: float, type: str, payload: Any = None, *,
-                    repeat: bool = False) -> None:
-        pass
-
-    def cancel_timer(self, name: str) -> None:
-        pass
-
-    def publish_view(self, view: Mapping[str, Any]) -> None:
-        self.view = dict(view)
-
-
 def started_counter(saved: Checkpoint | None = None) -> Counter:
-    ctx: EntityContext = FakeCtx()
+    ctx: EntityContext = FakeContext(make_equipment("e1"), clock=SystemClock())
     entity = Counter(ctx)
     asyncio.run(entity.on_start(saved))
     return entity

@@ -19,13 +19,12 @@ import pytest
 from actors.camera import Camera
 from actors.equipment import EquipmentEntity, Field
 from actors.lighting import LightingCircuit, lamp_holds, lamp_writes
-from runtime.clock import Clock, SystemClock
-from runtime.device_port import DevicePort
+from runtime.clock import SystemClock
 from runtime.entity import Checkpoint
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import DeviceUnavailableError, RejectedError
 from runtime.inventory import Equipment
-from tests.helpers import make_equipment
+from tests.helpers import FakeContext, make_equipment
 
 T = TypeVar("T")
 
@@ -99,60 +98,13 @@ class FakeCabinet:
                 "received_ts": 1.0, "seq": 1}
 
 
-class FakeCtx:
-    """An EntityContext with a device port; records events."""
-
-    def __init__(self, equipment: Equipment, device: DevicePort | None) -> None:
-        self._equipment = equipment
-        self._device = device
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    @property
-    def id(self) -> str:
-        return self._equipment.id
-
-    @property
-    def equipment(self) -> Equipment:
-        return self._equipment
-
-    @property
-    def clock(self) -> Clock:
-        return SystemClock()
-
-    @property
-    def device(self) -> DevicePort | None:
-        return self._device
-
-    def send(self, env: Envelope) -> None:
-        pass
-
-    def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
-        pass
-
-    def emit(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
-
-    def start_timer(self, name: str, delay_s: float, type: str, payload: Any = None, *,
-                    repeat: bool = False) -> None:
-        pass
-
-    def cancel_timer(self, name: str) -> None:
-        pass
-
-    def publish_view(self, view: Mapping[str, Any]) -> None:
-        pass
-
-    def observe(self, metric: str, value: float) -> None:
-        pass
-
-
 def lighting_equipment() -> Equipment:
     return make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
                           endpoint="modbus://127.0.0.1:15030/1", attrs={"points": 4})
 
 
-def circuit(cabinet: FakeCabinet, saved: Checkpoint | None) -> tuple[LightingCircuit, FakeCtx]:
-    ctx = FakeCtx(lighting_equipment(), cabinet)
+def circuit(cabinet: FakeCabinet, saved: Checkpoint | None) -> tuple[LightingCircuit, FakeContext]:
+    ctx = FakeContext(lighting_equipment(), cabinet, SystemClock())
     entity = LightingCircuit(ctx)
     run(entity.on_start(saved))
     return entity, ctx
@@ -303,10 +255,11 @@ class WithCommandReadingBack(WithCommand):
 
 
 def command_entity(device: CommandRegisters, saved: Checkpoint | None,
-                   behaviour: type[WithCommand] = WithCommand) -> tuple[WithCommand, FakeCtx]:
+                   behaviour: type[WithCommand] = WithCommand) -> tuple[WithCommand, FakeContext]:
     # Any kind's record: the behaviour under test is the class's own.
-    ctx = FakeCtx(make_equipment("wc-1", "crossroad", profile="traffic_controller",
-                                 endpoint="modbus://127.0.0.1:15020/1"), device)
+    ctx = FakeContext(make_equipment("wc-1", "crossroad", profile="traffic_controller",
+                                     endpoint="modbus://127.0.0.1:15020/1"), device,
+                      SystemClock())
     entity = behaviour(ctx)
     run(entity.on_start(saved))
     return entity, ctx
@@ -515,8 +468,8 @@ def test_other_kinds_still_write_every_setpoint() -> None:
             return fields
 
     port = Port()
-    entity = Camera(FakeCtx(make_equipment("cam-dijon-0001", "camera", profile="camera",
-                                           endpoint="mqtt"), port))
+    entity = Camera(FakeContext(make_equipment("cam-dijon-0001", "camera", profile="camera",
+                                           endpoint="mqtt"), port, SystemClock()))
     run(entity.on_start(None))
     run(entity.handle(Envelope(target="cam-dijon-0001", type="command", kind=MessageKind.COMMAND,
                                payload={"command_id": "c6", "action": "set",

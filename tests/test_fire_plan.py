@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.control.dispatch import DispatchCoordinator
-from actors.fire_plan import builtin_fire_plan, load_fire_plan, parse_fire_plan
+from actors.fire_plan import (
+    builtin_fire_plan,
+    builtin_fire_text,
+    load_fire_plan,
+    parse_fire_plan,
+)
 from runtime.demo_inventory import build_demo
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import PlanError
 from runtime.inventory import Equipment, Inventory
-from tests.fire_fakes import FakeCtx
+from tests.helpers import FakeContext
 
 GOOD = """\
 [fire]
@@ -98,6 +105,56 @@ def test_the_inventory_refuses_an_unknown_door_tag() -> None:
     assert "unknown door tag 'evacuaton'" in str(err.value)
 
 
+# -- checked when the service starts -----------------------------------------------------
+
+def test_a_broken_fire_plan_stops_the_service_before_it_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.fire_plan
+    from runtime.service import Service
+
+    inv = build_demo(0.01)
+    broken = builtin_fire_text().replace('doors = "evacuation"',
+                                                           'doors = "evacuaton"')
+    monkeypatch.setattr(actors.fire_plan, "builtin_fire_text", lambda: broken)
+    builtin_fire_plan.cache_clear()
+    try:
+        with pytest.raises(PlanError) as err:
+            Service(inv)
+    finally:
+        builtin_fire_plan.cache_clear()
+    line = next(i for i, text in enumerate(broken.split("\n"), 1) if "evacuaton" in text)
+    assert err.value.issues == [
+        f"actors/plans/fire.toml:{line}: fire.step[0].doors: unknown door tag 'evacuaton' "
+        "(did you mean 'evacuation'? expected among evacuation, main_entrance, service)"]
+    # Only an inventory with buildings runs the plan: without, the service starts.
+    no_buildings = Inventory(inv.name, inv.municipalities,
+                             tuple(eq for eq in inv.equipment if eq.kind != "building"))
+    monkeypatch.setattr(actors.fire_plan, "builtin_fire_text", lambda: broken)
+    try:
+        assert Service(no_buildings).inventory is no_buildings
+    finally:
+        builtin_fire_plan.cache_clear()
+
+
+def test_run_refuses_an_inventory_the_fire_plan_does_not_suit(tmp_path: Path) -> None:
+    from runtime.inventory import dump_inventory
+
+    text = dump_inventory(build_demo(0.01)).replace("evacuation = [", "main_entrance = [")
+    path = tmp_path / "city.toml"
+    path.write_text(text, encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "run", "--inventory", str(path),
+                          "--credentials-file", str(tmp_path / "creds.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    # At the line of the step, [[fire.step]], just above its do = "unlock_doors".
+    line = next(i for i, text in enumerate(builtin_fire_text().split("\n"), 1)
+                if text == 'do = "unlock_doors"') - 1
+    assert out.stderr.splitlines() == [
+        f"actors/plans/fire.toml:{line}: fire.step[0].doors: no building of the inventory has "
+        "doors tagged 'evacuation'"]
+    assert not (tmp_path / "creds.json").exists()  # refused before anything was written
+
+
 # -- the plan's intervention -------------------------------------------------------------
 
 def _vehicle_state(vid: str, role: str, lat: float) -> Envelope:
@@ -110,7 +167,7 @@ def test_a_fire_dispatch_opens_one_intervention_for_the_plans_role() -> None:
     async def main() -> None:
         eq = Equipment(id="dispatch", kind="coordinator", municipality="metropolis", lat=47.32,
                        lon=5.04, endpoint="control:dispatch", profile="coordinator")
-        ctx = FakeCtx(eq, None)
+        ctx = FakeContext(eq, None)
         coord = DispatchCoordinator(ctx)
         await coord.on_start(None)
         await coord.handle(_vehicle_state("veh-1", "maintenance", 47.3201))  # nearer

@@ -15,7 +15,7 @@ from runtime.bench.common import ApiClient, City
 from runtime.envelope import unpack
 from runtime.inventory import Equipment
 from tests.conftest import poll
-from tests.fleet_fakes import next_local
+from tests.helpers import next_local
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import pytest
@@ -21,13 +21,11 @@ from actors.lighting import (
 )
 from actors.schedule import Timetable
 from runtime.clock import CITY_TZ, Clock, ManualClock
-from runtime.commands import Command
-from runtime.device_port import DevicePort
 from runtime.entity import Checkpoint
-from runtime.envelope import Envelope, MessageKind, unpack
+from runtime.envelope import Envelope, MessageKind
 from runtime.errors import InvalidCommandError, RejectedError
 from runtime.inventory import Equipment
-from tests.helpers import make_equipment
+from tests.helpers import FakeContext, make_equipment
 from tests.test_equipment import FakeCabinet
 
 T = TypeVar("T")
@@ -50,84 +48,6 @@ class TimedCabinet(FakeCabinet):
 
     def levels(self) -> set[tuple[bool, int]]:
         return {(bool(lamp["on"]), int(lamp["dim"])) for lamp in self.lamps}
-
-
-class TimerCtx:
-    """An EntityContext whose timers run on a :class:`ManualClock`, one message at a time."""
-
-    def __init__(self, equipment: Equipment, device: DevicePort | None, clock: ManualClock
-                 ) -> None:
-        self._equipment = equipment
-        self._device = device
-        self._clock = clock
-        self.entity: LightingCircuit | None = None
-        self.lock = asyncio.Lock()
-        self.timers: dict[str, asyncio.Task[None]] = {}
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.models: dict[str, dict[str, Any]] = {}
-
-    @property
-    def id(self) -> str:
-        return self._equipment.id
-
-    @property
-    def equipment(self) -> Equipment:
-        return self._equipment
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
-    @property
-    def device(self) -> DevicePort | None:
-        return self._device
-
-    def send(self, env: Envelope) -> None:
-        pass
-
-    def reply(self, request: Envelope, payload: Any = None, *, type: str = "reply") -> None:
-        pass
-
-    def emit(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
-
-    def start_timer(self, name: str, delay_s: float, type: str, payload: Any = None, *,
-                    repeat: bool = False) -> None:
-        self.cancel_timer(name)
-
-        async def fire() -> None:
-            await self._clock.sleep(delay_s)
-            del self.timers[name]
-            assert self.entity is not None
-            async with self.lock:
-                await self.entity.handle(Envelope(target=self.id, type=type, payload=payload,
-                                                  sender=self.id, kind=MessageKind.CONTROL))
-
-        self.timers[name] = asyncio.get_running_loop().create_task(fire())
-
-    def cancel_timer(self, name: str) -> None:
-        task = self.timers.pop(name, None)
-        if task is not None:
-            task.cancel()
-
-    def cancel_all(self) -> None:
-        for name in list(self.timers):
-            self.cancel_timer(name)
-
-    def publish_view(self, view: Mapping[str, Any]) -> None:
-        pass
-
-    def publish_read_model(self, name: str, data: bytes) -> None:
-        self.models[name] = unpack(data)
-
-    def observe(self, metric: str, value: float) -> None:
-        pass
-
-    async def submit(self, commands: Sequence[Command]) -> list[Command]:
-        raise AssertionError("a circuit journals no command")
-
-    async def commands(self, ids: Sequence[str]) -> dict[str, Command]:
-        return {}
 
 
 def road_circuit(**attrs: Any) -> Equipment:
@@ -158,30 +78,31 @@ class Night:
         self.clock = ManualClock(start=0.0, wall_offset=NOON)
         self.eq = eq or road_circuit()
         self.cabinet = TimedCabinet(self.clock, lamps)
-        self.ctx: TimerCtx | None = None
+        self.ctx: FakeContext | None = None
         self.entity: LightingCircuit | None = None
 
     async def start(self, saved: Checkpoint | None = None) -> LightingCircuit:
-        self.ctx = TimerCtx(self.eq, self.cabinet, self.clock)
+        self.ctx = FakeContext(self.eq, self.cabinet, self.clock)
         self.entity = LightingCircuit(self.ctx)
         self.ctx.entity = self.entity
-        async with self.ctx.lock:
-            await self.entity.on_start(saved)
-        await self.clock.advance(0)
+        await self.entity.on_start(saved)
+        await self.ctx.run_timers()
         return self.entity
 
     def stop(self) -> Checkpoint:
+        """The host goes: its timers with it. A circuit journals no command."""
         assert self.ctx is not None and self.entity is not None
-        self.ctx.cancel_all()
+        assert self.ctx.journal == {}
+        self.ctx.timers.clear()
         return self.entity.checkpoint()
 
     async def until(self, t: float) -> None:
-        await self.clock.advance(t - self.clock.time())
+        assert self.ctx is not None
+        await self.ctx.advance_to(t)
 
     async def command(self, cid: str, caller: str = "user:ana:operator", **params: Any) -> Any:
         assert self.ctx is not None and self.entity is not None
-        async with self.ctx.lock:
-            return await self.entity.handle(Envelope(
+        return await self.entity.handle(Envelope(
                 id=cid, target=self.eq.id, type="command", sender="journal",
                 kind=MessageKind.COMMAND,
                 payload={"command_id": cid, "action": "set", "params": params,
@@ -426,8 +347,7 @@ def test_energy_is_metered_per_hour_across_resets_and_wraps() -> None:
         ]
         for seq, (ts, counters) in enumerate(readings, 1):
             await night.until(ts)
-            async with night.ctx.lock:  # type: ignore[union-attr]
-                await entity.handle(telemetry(ts, counters, seq))
+            await entity.handle(telemetry(ts, counters, seq))
         hours = entity.state["energy"]["hours"]
         before, after = hours[str(int(hour - 3600))], hours[str(int(hour))]
         assert before[0] == pytest.approx(50 + 21)

@@ -463,7 +463,7 @@ def test_a_rules_file_loads_lines_over_its_default(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"missing\.toml:0: file: cannot read"):
         load_priority_config(tmp_path / "missing.toml")
     (tmp_path / "latin1.toml").write_bytes(b"# \xe9\n")
-    with pytest.raises(PlanError, match=r"latin1\.toml:0: file: not valid UTF-8"):
+    with pytest.raises(PlanError, match=r"latin1\.toml:1: file: not valid UTF-8 \(byte 2\)"):
         load_priority_config(tmp_path / "latin1.toml")
 
 

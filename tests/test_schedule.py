@@ -144,3 +144,112 @@ def test_layers_resolve_by_precedence_and_operator_overrides_expire() -> None:
     assert layers.expire(1_000.0) == ["operator"] and "operator" not in state
     with pytest.raises(ValueError):
         layers.put("mayor", {"dim": 1})
+
+
+# -- the schedules an inventory names ------------------------------------------------
+
+INVENTORY = '''[metropolis]
+name = "x"
+[[municipality]]
+slug = "dijon"
+name = "Dijon"
+lat = 47.32
+lon = 5.04
+population = 1
+[[equipment]]
+id = "lc-dijon-0001"
+kind = "lighting_circuit"
+municipality = "dijon"
+lat = 47.32
+lon = 5.04
+endpoint = "modbus://127.0.0.1:15030/1"
+profile = "lighting_cabinet"
+[equipment.attrs]
+points = 4
+schedule = "SCHEDULE"
+[[equipment]]
+id = "xr-dijon-0001"
+kind = "crossroad"
+municipality = "dijon"
+lat = 47.32
+lon = 5.04
+endpoint = "modbus://127.0.0.1:15020/1"
+profile = "traffic_controller"
+[equipment.attrs]
+schedule = "SIGNALS"
+[[equipment]]
+id = "at-dijon-0001"
+kind = "access_terminal"
+municipality = "dijon"
+lat = 47.32
+lon = 5.04
+endpoint = "modbus://127.0.0.1:15300/1"
+profile = "access_terminal"
+[equipment.attrs]
+zone = "ZONE"
+'''
+
+
+def inventory_text(schedule: str = "road_lighting", signals: str = "signals",
+                   zone: str = "pedestrian_centre") -> str:
+    return (INVENTORY.replace("SCHEDULE", schedule).replace("SIGNALS", signals)
+            .replace("ZONE", zone))
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.split("\n"), 1) if needle in line)
+
+
+def test_an_inventory_naming_its_kinds_schedules_passes_the_check() -> None:
+    from actors.registry import check_record
+    from runtime.demo_inventory import build_demo
+    from runtime.inventory import parse_inventory
+
+    inv = parse_inventory(inventory_text(), "city.toml", check=check_record)
+    assert [eq.attrs.get("schedule") or eq.attrs.get("zone") for eq in inv.equipment] == [
+        "road_lighting", "signals", "pedestrian_centre"]
+    build_demo(0.05).check_records(check_record)  # the demo metropolis names its kinds' own
+
+
+def test_a_schedule_of_another_kind_or_of_no_name_is_refused_at_its_line() -> None:
+    from actors.registry import check_record
+    from runtime.errors import InventoryError
+    from runtime.inventory import parse_inventory
+
+    text = inventory_text(schedule="signals", signals="road_lightning", zone="centre")
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text, "city.toml", check=check_record)
+    lines = [line_of(text, needle) for needle in ('"signals"', "road_lightning", "zone = ")]
+    assert info.value.issues == [
+        f"city.toml:{lines[0]}: equipment[0].attrs.schedule: "
+        "'signals' is a schedule of crossroad, not of lighting_circuit (the lighting_circuit "
+        "schedules: road_lighting)",
+        f"city.toml:{lines[1]}: equipment[1].attrs.schedule: no "
+        "schedule is named 'road_lightning' (the crossroad schedules: signals)",
+        f"city.toml:{lines[2]}: equipment[2].attrs.zone: no schedule is "
+        "named 'centre' (the access_terminal schedules: pedestrian_centre)",
+    ]
+    # Without the behaviours' check, the file alone is valid.
+    assert len(parse_inventory(text, "city.toml").equipment) == 3
+    text = inventory_text(schedule="road_lightning", signals="SIGNALS").replace('"SIGNALS"', "3")
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text, "city.toml", check=check_record)
+    assert "did you mean 'road_lighting'?" in info.value.issues[0]
+    assert info.value.issues[1].endswith(
+        "equipment[1].attrs.schedule: expected the name of a schedule, got 3")
+
+
+def test_the_service_refuses_to_start_with_a_schedule_of_another_kind() -> None:
+    from runtime.errors import InventoryError
+    from runtime.inventory import parse_inventory
+    from runtime.service import Service
+
+    text = inventory_text(zone="road_lighting")
+    inv = parse_inventory(text, "city.toml")
+    with pytest.raises(InventoryError) as info:
+        Service(inv)
+    header = line_of(text, '"at-dijon-0001"') - 1
+    assert info.value.issues == [
+        f"city.toml:{header}: equipment[2].attrs.zone: "
+        "'road_lighting' is a schedule of lighting_circuit, not of access_terminal (the "
+        "access_terminal schedules: pedestrian_centre)"]

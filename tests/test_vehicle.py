@@ -16,7 +16,7 @@ from runtime.errors import InvalidCommandError, MalformedMessageError, RejectedE
 from runtime.geo import demo_geography
 from runtime.inventory import Equipment
 from runtime.service import _equipment_record
-from tests.fleet_fakes import RecordingPort, TimerCtx, command, manual_clock, telemetry
+from tests.helpers import FakeContext, FakePort, command, manual_clock, telemetry
 
 T = TypeVar("T")
 T0 = 1_780_000_000.0
@@ -49,8 +49,8 @@ class Rig:
     def __init__(self, record: Equipment, speed: float = 1.0) -> None:
         self.clock = manual_clock(T0)
         self.clock.speed = speed  # an accelerated city clock
-        self.port = RecordingPort({"message": "reapply"})
-        self.ctx = TimerCtx(record, self.port, self.clock)
+        self.port = FakePort({"message": "reapply"}, policy_default=None, readable=False)
+        self.ctx = FakeContext(record, self.port, self.clock)
         self.entity = Vehicle(self.ctx)
         self.ctx.entity = self.entity
         self.seq = 0

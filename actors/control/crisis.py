@@ -51,6 +51,14 @@ ever had a decision are listed (the others are ``normal``). A kept field was
 set by an operator during the crisis (``reason`` ``operator``, with the
 command that set it), or had no known value before it (``no_baseline``: the
 entity did not answer in time, or neither desired nor reported it).
+
+A field without a baseline has nothing to be put back to. A kind that holds
+the plan's setpoints as a layer is still told to release it when the plan ends
+there: its restore carries the value the field holds (as the entity told it,
+else the plan's), which the layers below the crisis's override (an operator's
+setting, the schedule's step) and which stays where none holds the field. Such
+a field is not listed as kept. Another kind keeps it as it is, listed with
+``no_baseline``.
 """
 
 from __future__ import annotations
@@ -368,20 +376,34 @@ class CrisisCoordinator(Entity):
                 nobase.add(name)
         restore: dict[str, Any] = {}
         unsure = answer is None or bool(r.pop("unsure", False))
+        layered = behaviour is not None and behaviour.CRISIS_LAYER
         for name in [n for n in base if n not in want]:
             if operator_set(name):
                 self._keep(r, eid, name, effective.get(name), str(set_by.get(name)),
                            "operator")
-            elif (unsure or effective.get(name) != base[name]
-                  or (behaviour is not None and behaviour.CRISIS_LAYER)):
+            elif unsure or effective.get(name) != base[name] or layered:
                 # A kind that holds the plan's setpoints as a layer is told to release it.
                 restore[name] = base[name]
             del base[name]
             base_by.pop(name, None)
+        # What the plan holds here: a field without a baseline has no value to go back to.
+        held = r.get("held") or {}
+        ending = r["phase"] == CHECK
         for name in sorted(nobase - set(want)):
-            self._keep(r, eid, name, effective.get(name), "", "no_baseline")
+            if operator_set(name):
+                self._keep(r, eid, name, effective.get(name), str(set_by.get(name)),
+                           "operator")
+            elif layered and (name in effective or name in held):
+                if not ending:
+                    continue  # still the crisis's here: released when it ends
+                # Released: the layers below it (an operator's, the schedule) take the field;
+                # where none holds it, it stays as it is (the value the restore carries).
+                restore[name] = effective.get(name, held.get(name))
+            else:
+                self._keep(r, eid, name, effective.get(name), "", "no_baseline")
             nobase.discard(name)
         r["nobase"] = sorted(nobase)
+        r["held"] = {} if ending else {**{n: held[n] for n in nobase if n in held}, **want}
         r["params"] = {**restore, **want}
         r["next"] = APPLY if r["phase"] == ASK else RESTORE
         r["phase"] = SEND

@@ -123,21 +123,19 @@ deadline_s=60.0, preempted=None)
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.resources
 import math
 import os
 import re
-import tomllib
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from runtime.datafile import Checker, KeyPath, parse_toml, read_text, shown, type_name
 from runtime.errors import PlanError
-from runtime.inventory import _field_name, _Locator, _shown, _syntax_location, _type_name
 
 __all__ = [
     "APPROACHES",
@@ -200,7 +198,6 @@ _LIMITS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType({
 _SEEN_S: Final = 3600.0
 _SEEN_MAX: Final = 65536
 
-_Path = tuple[str | int, ...]
 _TOP_KEYS: Final = ("grant_all", "crossroad", "default", "line")
 _CROSSROAD_KEYS: Final = ("lockout_s", "lockout_scope", "max_grants", "window_s",
                           "request_deadline_s", "eta_window_s")
@@ -703,52 +700,36 @@ def _tick(ts: float) -> int:
 # -- the file ----------------------------------------------------------------------------
 
 
-class _Parser:
+class _Parser(Checker):
     """One validation pass over a parsed priority file, collecting issues."""
 
-    def __init__(self, text: str, source: str, doc: dict[str, Any]) -> None:
-        self._source = source
-        self._doc = doc
-        self._where = _Locator(text)
-        self._issues: list[tuple[int, int, str]] = []
-
-    def _issue(self, path: _Path, message: str) -> None:
-        line = self._where.line(path)
-        self._issues.append(
-            (line, len(self._issues), f"{self._source}:{line}: {_field_name(path)}: {message}"))
-
-    def _keys(self, table: Mapping[str, Any], path: _Path, known: Sequence[str]) -> None:
-        for key in table:
-            if key in known:
-                continue
-            if known is _LINE_KEYS and key in _CROSSROAD_KEYS:
+    def _keys(self, table: Mapping[str, Any], path: KeyPath, known: Sequence[str]) -> None:
+        if known is _LINE_KEYS:
+            for key in [k for k in table if k in _CROSSROAD_KEYS and k not in known]:
                 self._issue((*path, key), f"{key} is a crossroad's rule, not a line's: set it "
                                           f"under [crossroad]")
-                continue
-            guess = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {guess[0]!r}? " if guess else ""
-            self._issue((*path, key), f"unknown key {key!r} ({hint}expected one of "
-                                      f"{', '.join(known)})")
+            table = {k: v for k, v in table.items() if k not in _CROSSROAD_KEYS or k in known}
+        super()._keys(table, path, known)
 
-    def _table(self, path: _Path) -> dict[str, Any]:
+    def _table_at(self, path: KeyPath) -> dict[str, Any]:
         value: Any = self._doc
         for part in path:
             value = value.get(part, {}) if isinstance(value, dict) else {}
         if not isinstance(value, dict):
-            self._issue(path, f"expected a table, got {_type_name(value)}")
+            self._issue(path, f"expected a table, got {type_name(value)}")
             return {}
         return value
 
-    def _number(self, table: Mapping[str, Any], path: _Path, key: str) -> float | None:
+    def _number(self, table: Mapping[str, Any], path: KeyPath, key: str) -> float | None:
         value = table[key]
         if key == "max_grants":
             if not isinstance(value, int) or isinstance(value, bool):
-                self._issue((*path, key), f"expected a whole number, got {_type_name(value)} "
-                                          f"{_shown(value)}")
+                self._issue((*path, key), f"expected a whole number, got {type_name(value)} "
+                                          f"{shown(value)}")
                 return None
         elif not isinstance(value, int | float) or isinstance(value, bool):
-            self._issue((*path, key), f"expected a number of seconds, got {_type_name(value)} "
-                                      f"{_shown(value)}")
+            self._issue((*path, key), f"expected a number of seconds, got {type_name(value)} "
+                                      f"{shown(value)}")
             return None
         problem = _limit_problem(key, value)
         if problem:
@@ -756,15 +737,15 @@ class _Parser:
             return None
         return float(value)
 
-    def _bool(self, table: Mapping[str, Any], path: _Path, key: str) -> bool | None:
+    def _bool(self, table: Mapping[str, Any], path: KeyPath, key: str) -> bool | None:
         value = table[key]
         if not isinstance(value, bool):
-            self._issue((*path, key), f"expected true or false, got {_type_name(value)} "
-                                      f"{_shown(value)}")
+            self._issue((*path, key), f"expected true or false, got {type_name(value)} "
+                                      f"{shown(value)}")
             return None
         return value
 
-    def _rules(self, table: Mapping[str, Any], path: _Path, base: LineRules) -> LineRules | None:
+    def _rules(self, table: Mapping[str, Any], path: KeyPath, base: LineRules) -> LineRules | None:
         self._keys(table, path, _LINE_KEYS)
         before = len(self._issues)
         values: dict[str, Any] = {}
@@ -787,7 +768,7 @@ class _Parser:
         grant_all = defaults.grant_all
         if "grant_all" in doc:
             grant_all = bool(self._bool(doc, (), "grant_all"))
-        crossroad = self._table(("crossroad",))
+        crossroad = self._table_at(("crossroad",))
         self._keys(crossroad, ("crossroad",), _CROSSROAD_KEYS)
         wide: dict[str, Any] = {}
         for key in _CROSSROAD_KEYS:
@@ -796,7 +777,7 @@ class _Parser:
             if key == "lockout_scope":
                 scope = crossroad[key]
                 if scope not in LOCKOUT_SCOPES:
-                    self._issue(("crossroad", key), f"{_shown(scope)} is not one of "
+                    self._issue(("crossroad", key), f"{shown(scope)} is not one of "
                                                     f"{', '.join(LOCKOUT_SCOPES)}")
                 else:
                     wide[key] = scope
@@ -809,22 +790,20 @@ class _Parser:
         if problem := _deadline_problem(eta, deadline):
             self._issue(("crossroad", "eta_window_s" if "eta_window_s" in crossroad
                          else "request_deadline_s"), problem)
-        default = self._rules(self._table(("default",)), ("default",), LineRules())
+        default = self._rules(self._table_at(("default",)), ("default",), LineRules())
         lines: dict[str, LineRules] = {}
-        for name, table in self._table(("line",)).items():
-            path: _Path = ("line", name)
+        for name, table in self._table_at(("line",)).items():
+            path: KeyPath = ("line", name)
             if not LINE_PATTERN.match(name):
-                self._issue(path, f"line name {_shown(name)} does not match "
+                self._issue(path, f"line name {shown(name)} does not match "
                                   f"{LINE_PATTERN.pattern}")
             if not isinstance(table, dict):
-                self._issue(path, f"expected a table, got {_type_name(table)}")
+                self._issue(path, f"expected a table, got {type_name(table)}")
                 continue
             rules = self._rules(table, path, default or LineRules())
             if rules is not None:
                 lines[name] = rules
-        if self._issues:
-            self._issues.sort()
-            raise PlanError([text for _, _, text in self._issues])
+        self._raise_issues(PlanError)
         assert default is not None
         return PolicyConfig(grant_all=grant_all, default=default,
                             lines=MappingProxyType(dict(sorted(lines.items()))),
@@ -836,25 +815,12 @@ def parse_priority_config(text: str, source: str) -> PolicyConfig:
 
     Raises :class:`~runtime.errors.PlanError` with one ``file:line`` line per problem.
     """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line, message = _syntax_location(str(exc), text)
-        raise PlanError([f"{source}:{line}: syntax: {message}"]) from exc
-    return _Parser(text, source, doc).run()
+    return _Parser(text, source, parse_toml(text, source, PlanError)).run()
 
 
 def load_priority_config(path: str | os.PathLike[str]) -> PolicyConfig:
     """Read and validate a priority rules file."""
-    source = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise PlanError([f"{source}:0: file: cannot read: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise PlanError([f"{source}:0: file: not valid UTF-8 (byte {exc.start})"]) from exc
-    return parse_priority_config(text, source)
+    return parse_priority_config(read_text(path, PlanError), os.fspath(path))
 
 
 #: Where the shipped rules are, as issues name them.
