@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from typing import Final
+from urllib.parse import urlsplit
 
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
@@ -29,9 +31,33 @@ pages = Blueprint("pages", __name__)
 _MAX_FIELD: Final = 1024
 
 
+# Longer ``next`` values are not paths of this site.
+_MAX_NEXT: Final = 2048
+
+
+def is_local_path(target: str) -> bool:
+    """Whether ``target`` is a path on this site, safe to redirect to after a login.
+
+    Browsers are lenient with a ``Location``: they drop tabs and newlines
+    anywhere (``/<TAB>/evil.example`` becomes ``//evil.example``, another
+    host), strip leading and trailing spaces and controls, and read ``\\`` as
+    ``/``. So only a value starting with one ``/``, holding no backslash, no
+    whitespace and no control, format or separator character, and with
+    neither scheme nor host once split, is taken.
+    """
+    if not target or len(target) > _MAX_NEXT:
+        return False
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return False
+    if any(ch.isspace() or unicodedata.category(ch)[0] in "CZ" for ch in target):
+        return False
+    parts = urlsplit(target)
+    return not (parts.scheme or parts.netloc)
+
+
 def _safe_next(target: str | None) -> str:
-    # Only a path on this site: "//host" or "/\host" would send the user away.
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` if it is a local path (:func:`is_local_path`), else the overview."""
+    if target is None or not is_local_path(target):
         return url_for("pages.index")
     return target
 
