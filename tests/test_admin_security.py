@@ -11,6 +11,7 @@ from flask import Flask
 
 import admin_web.auth as auth
 from admin_web import AdminServer, Role, StaticBackend, UserRegistry, create_app
+from admin_web.strict_json import MAX_DEPTH
 
 TOKENS = {name: f"{name}-token-{name[0] * 20}" for name in ("admin", "operator", "viewer")}
 PASSWORDS = {name: f"{name}-password" for name in TOKENS}
@@ -154,3 +155,73 @@ def test_login_goes_on_to_a_local_next(users: UserRegistry, target: str) -> None
     response = _login(make_app(users).test_client(), next_path=target)
     assert response.status_code == 302
     assert response.headers["Location"] == target
+
+
+# -- bodies that are not JSON of the expected shape: 400 or 422, never 500 -----------------
+
+BAD_BODIES: dict[str, bytes] = {
+    "deep array": b"[" * 100_000 + b"]" * 100_000,
+    "deep object": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "deep params": b'{"action":"set","params":{"dim":' + b"[" * 900 + b"]" * 900 + b"}}",
+    "33 deep": b'{"action":"set","params":{"dim":' + b"[" * 31 + b"]" * 31 + b"}}",
+    "escaped lone surrogate": b'{"action":"\\ud800","mode":"\\ud800","comment":"\\ud800",'
+                              b'"application":"\\ud800","category":"\\ud800"}',
+    "lone surrogate in a name": b'{"\\udc00":1}',
+    "lone surrogate in params": b'{"action":"set","params":{"dim":"\\udfff"}}',
+    "raw encoded surrogate": b'{"action":"\xed\xa0\x80"}',
+    "not UTF-8": b'{"action":"\xff"}',
+    "duplicate name": b'{"mode":"snow","mode":"normal","municipalities":["dijon"],'
+                      b'"action":"set","action":"set","comment":"a","comment":"b",'
+                      b'"application":"a","application":"b"}',
+    "NaN": b'{"minutes": NaN, "params": {"dim": NaN}}',
+    "overflowing number": b'{"minutes": 1e999, "action": "set", "params": {"dim": 1e999}}',
+    "huge integer": b'{"minutes": ' + b"9" * 5000 + b"}",
+    "truncated": b'{"action": "set", "params": {',
+    "empty": b"",
+    "array": b'["set"]',
+    "string": b'"set"',
+    "nul": b"\x00",
+}
+# Each route with a body of its shape but for one string, a lone surrogate.
+BODY_ROUTES: list[tuple[str, str, bytes]] = [
+    ("/api/v1/equipment/lamp-dijon-1/commands", "operator",
+     b'{"action":"set","params":{"dim":40},"idempotency_key":"\\ud800"}'),
+    ("/api/v1/alarms/al-1/ack", "operator", b'{"comment":"seen \\ud800"}'),
+    ("/api/v1/alarms/al-1/shelve", "operator", b'{"minutes":5,"reason":"\\udbff"}'),
+    ("/api/v1/crisis", "operator", b'{"mode":"snow","municipalities":["dijon\\udc00"]}'),
+    ("/api/v1/requests", "operator",
+     b'{"category":"streetlight","description":"\\ud800","lat":47.32,"lon":5.04}'),
+    ("/api/v1/open311/keys", "admin", b'{"application":"app-\\ud800"}'),
+]
+
+
+@pytest.mark.parametrize("route,who,surrogate", BODY_ROUTES, ids=[r[0] for r in BODY_ROUTES])
+def test_a_body_that_is_not_json_of_the_shape_is_400_or_422(
+        users: UserRegistry, route: str, who: str, surrogate: bytes) -> None:
+    client = make_app(users).test_client()
+    for name, body in {**BAD_BODIES, "surrogate in a good body": surrogate}.items():
+        if name == "empty" and route.endswith("/ack"):
+            continue  # an acknowledgement without a comment has no body
+        response = client.post(route, data=body, content_type="application/json",
+                               headers=bearer(who))
+        assert response.status_code in (400, 422), (name, response.status_code,
+                                                    response.get_data()[:200])
+        assert response.is_json and "error" in response.get_json(), name
+
+
+def test_the_parser_takes_json_within_its_limits(users: UserRegistry) -> None:
+    provider = make_app(users).json
+    nested = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert provider.loads(nested) == provider.loads(nested.encode())
+    assert provider.loads('{"a": "\\ud83d\\ude00", "b": [1.5, -2, null]}') == {
+        "a": "\U0001f600", "b": [1.5, -2, None]}
+    for text in ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), '"\\ud800"', '{"a":1,"a":1}',
+                 "1e400", "-Infinity"):
+        with pytest.raises(ValueError):
+            provider.loads(text)
+
+
+def test_a_deep_body_on_the_server_is_400(server: AdminServer) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    answer = _exchange(server, _post_head(server, f"Content-Length: {len(body)}\r\n"), body)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
