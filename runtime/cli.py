@@ -27,6 +27,10 @@ from runtime.errors import CommandpostError, InventoryError
 
 log = logging.getLogger("commandpost")
 
+#: Where ``demo`` and ``run`` write the users' passwords and tokens unless told
+#: (in the working directory; ``.gitignore`` keeps it, and its temporary, out of git).
+DEFAULT_CREDENTIALS_FILE = "commandpost-credentials.json"
+
 
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"commandpost: {message}", err=True)
@@ -234,7 +238,7 @@ def _serve(
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     if credentials_file is None:
-        credentials_file = str(Path.cwd() / "commandpost-credentials.json")
+        credentials_file = str(Path.cwd() / DEFAULT_CREDENTIALS_FILE)
     write_credentials(credentials_file, creds)
     backend = SwappableBackend(StaticBackend())
     app = create_app(backend, users)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +53,20 @@ def test_run_refuses_opcua_security_without_certificates(tmp_path: Path) -> None
     inv.write_text(cp("inventory", "demo", "--scale", "0.01").stdout, encoding="utf-8")
     out = cp("run", "--inventory", str(inv), "--opcua-security", "Sign")
     assert out.returncode == 2 and "--opcua-cert" in out.stderr
+
+
+def test_the_credentials_file_is_kept_out_of_git() -> None:
+    from runtime.cli import DEFAULT_CREDENTIALS_FILE
+
+    root = Path(__file__).resolve().parents[1]
+    # write_credentials() writes a temporary beside the file, then renames it.
+    names = [DEFAULT_CREDENTIALS_FILE, f"{DEFAULT_CREDENTIALS_FILE}.4242.0a1b2c3d.tmp",
+             f"demo/{DEFAULT_CREDENTIALS_FILE}"]
+    patterns = [line.strip() for line in (root / ".gitignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for name in names:
+        assert any(fnmatch.fnmatch(Path(name).name, p) for p in patterns), name
+    if shutil.which("git") and (root / ".git").exists():
+        out = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root,
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.split() == names, out.stderr
