@@ -6,6 +6,8 @@
 'mqtt://***@broker'
 >>> redact_url("redis://cache:6379/0?password=secret&db=1")
 'redis://cache:6379/0?password=***&db=1'
+>>> holds_secret("mqtt://user:pw@broker"), holds_secret("mqtt://user@broker")
+(True, False)
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ _SECRET_PARAMS: Final = frozenset(
     {"password", "pass", "passwd", "pwd", "secret", "token", "access_token", "api_key", "apikey"}
 )
 MASK: Final = "***"
+
+__all__ = ["MASK", "holds_secret", "redact_url", "redact_urls"]
 
 T = TypeVar("T")
 
@@ -39,6 +43,19 @@ def redact_url(url: str) -> str:
     if at >= 0:
         rest = f"{MASK}@{rest[at + 1 :]}"
     return scheme + _redact_query(rest)
+
+
+def holds_secret(url: str) -> bool:
+    """Whether ``url`` carries a password (``scheme://user:pw@…``, ``scheme://:pw@…``)
+    or a secret query parameter (``?password=…``); a user name alone is no secret."""
+    match = _SCHEME_RE.fullmatch(url)
+    if match is None:
+        return False
+    rest = match.group(2)
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        return True
+    return _redact_query(rest) != rest
 
 
 def _redact_query(rest: str) -> str:
