@@ -15,7 +15,8 @@ import logging
 import secrets
 from typing import Final
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
+from flask.sessions import SecureCookieSessionInterface
 
 from admin_web.api import api
 from admin_web.auth import User, UserRegistry
@@ -43,13 +44,26 @@ _SECURITY_HEADERS: Final = {
 }
 
 
+class _SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, the cookie marked ``Secure`` when configured
+    (``SESSION_COOKIE_SECURE``: served behind a TLS proxy) or when the request came
+    over TLS itself, so that a browser never sends it over plain HTTP."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        configured = bool(app.config["SESSION_COOKIE_SECURE"])
+        return configured or (has_request_context() and request.is_secure)
+
+
 def create_app(
-    backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None
+    backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None,
+    secure_cookies: bool = False,
 ) -> Flask:
     """Build the admin web on ``backend`` (the runtime's read model) and ``users``.
 
     ``secret_key`` signs the session cookies; when None a random one is drawn,
-    so sessions end with the process.
+    so sessions end with the process. The session cookie is ``HttpOnly`` and
+    ``SameSite=Lax``, and ``Secure`` when ``secure_cookies`` (the app is served
+    to browsers through HTTPS) or the request came over TLS.
     """
     app = Flask(__name__)
     app.config.update(
@@ -57,8 +71,10 @@ def create_app(
         SESSION_COOKIE_NAME="commandpost_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
+    app.session_interface = _SessionCookies()
     app.json = StrictJSONProvider(app)
     install(app, Services(backend=backend, users=users))
     install_error_handlers(app)

@@ -7,19 +7,19 @@ import unicodedata
 from typing import Final
 from urllib.parse import urlsplit
 
-from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from admin_web.audit import audit
 from admin_web.auth import Role
 from admin_web.context import services
 from admin_web.guards import (
-    SESSION_USER,
     check_csrf,
     csrf_valid,
-    new_csrf_token,
+    end_session,
     require_login,
     session_user,
+    start_session,
 )
 from runtime.errors import AuthError
 
@@ -96,23 +96,20 @@ def login_submit() -> ResponseReturnValue:
         audit_log.warning("login refused name=%r from=%s", name[:64], request.remote_addr)
         audit("login", user=name[:64], outcome="refused", code="bad_credentials")
         return _login_form("Wrong name or password.", 401)
-    # A new session at login, so a session cookie planted before it is useless.
-    session.clear()
-    session[SESSION_USER] = user.name
-    new_csrf_token()
-    g.user = user
+    start_session(user)
     audit("login")
     return redirect(_safe_next(request.form.get("next")))
 
 
 @pages.post("/logout")
 def logout() -> ResponseReturnValue:
-    """End the session."""
+    """End the session, and every other session of the same user (his cookies all stop
+    working, copies included)."""
     user = session_user()
     if user is not None:
         check_csrf()
         audit("logout")
-    session.clear()
+    end_session()
     return redirect(url_for("pages.login"))
 
 

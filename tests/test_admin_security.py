@@ -225,3 +225,90 @@ def test_a_deep_body_on_the_server_is_400(server: AdminServer) -> None:
     body = b"[" * 100_000 + b"]" * 100_000
     answer = _exchange(server, _post_head(server, f"Content-Length: {len(body)}\r\n"), body)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+# -- sessions end on the server: logout, new password ---------------------------------------
+
+COOKIE = "commandpost_session"
+
+
+def _logged_in(app: Flask, name: str = "viewer") -> tuple[Any, str]:
+    client = app.test_client()
+    assert _login(client, name).status_code == 302
+    cookie = client.get_cookie(COOKIE)
+    assert cookie is not None
+    assert client.get("/").status_code == 200
+    return client, cookie.value
+
+
+def _with_cookie(app: Flask, value: str) -> Any:
+    client = app.test_client()
+    client.set_cookie(COOKIE, value)
+    return client
+
+
+def test_a_session_cookie_stops_working_at_logout() -> None:
+    app = make_app(new_users())
+    client, stolen = _logged_in(app)
+    assert _with_cookie(app, stolen).get("/").status_code == 200  # a copy works, for now
+    html = client.get("/").get_data(as_text=True)
+    assert client.post("/logout", data={"csrf_token": csrf_from(html)}).status_code == 302
+    replayed = _with_cookie(app, stolen).get("/")
+    assert replayed.status_code == 302
+    assert replayed.headers["Location"].startswith("/login")
+    # Logging in again opens a new session; the old cookie stays dead.
+    _logged_in(app)
+    assert _with_cookie(app, stolen).get("/").status_code == 302
+
+
+def test_logout_ends_every_session_of_the_user_and_no_one_else() -> None:
+    app = make_app(new_users())
+    laptop, _ = _logged_in(app, "admin")
+    phone, _ = _logged_in(app, "admin")
+    other, _ = _logged_in(app, "viewer")
+    html = laptop.get("/").get_data(as_text=True)
+    laptop.post("/logout", data={"csrf_token": csrf_from(html)})
+    assert phone.get("/").status_code == 302
+    assert other.get("/").status_code == 200
+
+
+def test_a_new_password_ends_the_sessions() -> None:
+    registry = new_users()
+    app = make_app(registry)
+    client, stolen = _logged_in(app, "operator")
+    registry.set_password("operator", "a-new-password")
+    assert client.get("/").status_code == 302
+    assert _with_cookie(app, stolen).get("/").status_code == 302
+    assert _login(app.test_client(), "operator").status_code == 401  # the old password
+    assert _login(app.test_client(), "operator", "a-new-password").status_code == 302
+
+
+def test_a_cookie_without_the_nonce_is_no_session(users: UserRegistry) -> None:
+    # A cookie signed with the app's key but from before nonces (or forged fields) is refused.
+    app = make_app(users)
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["user"] = "admin"
+    assert client.get("/").status_code == 302
+    with client.session_transaction() as session:
+        session.update({"user": "admin", "nonce": "guessed"})
+    assert client.get("/").status_code == 302
+
+
+def _cookie_header(response: Any) -> str:
+    header = next(v for v in response.headers.getlist("Set-Cookie") if v.startswith(COOKIE))
+    return str(header)
+
+
+def test_the_session_cookie_is_httponly_lax_and_secure_when_it_should_be(
+        users: UserRegistry) -> None:
+    plain = _cookie_header(_login(make_app(users).test_client()))
+    assert "HttpOnly" in plain and "SameSite=Lax" in plain and "Secure" not in plain
+    configured = _cookie_header(_login(make_app(users, secure_cookies=True).test_client()))
+    assert "HttpOnly" in configured and "SameSite=Lax" in configured and "Secure" in configured
+    over_tls = make_app(users).test_client()
+    form = over_tls.get("/login", base_url="https://localhost").get_data(as_text=True)
+    response = over_tls.post("/login", base_url="https://localhost", data={
+        "name": "viewer", "password": PASSWORDS["viewer"], "csrf_token": csrf_from(form)})
+    assert response.status_code == 302
+    assert "Secure" in _cookie_header(response)

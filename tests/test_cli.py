@@ -163,3 +163,14 @@ def test_holds_secret(url: str, secret: bool) -> None:
     from admin_web.redact import holds_secret
 
     assert holds_secret(url) is secret
+
+
+def test_run_marks_the_login_cookie_secure_on_request(
+        served: tuple[Path, list[dict[str, Any]]]) -> None:
+    from runtime.cli import cli
+
+    inv, calls = served
+    assert CliRunner().invoke(cli, ["run", "--inventory", str(inv)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["run", "--inventory", str(inv),
+                                    "--secure-cookies"]).exit_code == 0
+    assert [c["secure_cookies"] for c in calls] == [False, True]
