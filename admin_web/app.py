@@ -29,6 +29,7 @@ from admin_web.interventions import interventions
 from admin_web.keys import keys
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
+from admin_web.throttle import LoginThrottle
 
 audit: Final = logging.getLogger("commandpost.audit")
 
@@ -56,14 +57,15 @@ class _SessionCookies(SecureCookieSessionInterface):
 
 def create_app(
     backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None,
-    secure_cookies: bool = False,
+    secure_cookies: bool = False, login_throttle: LoginThrottle | None = None,
 ) -> Flask:
     """Build the admin web on ``backend`` (the runtime's read model) and ``users``.
 
     ``secret_key`` signs the session cookies; when None a random one is drawn,
     so sessions end with the process. The session cookie is ``HttpOnly`` and
     ``SameSite=Lax``, and ``Secure`` when ``secure_cookies`` (the app is served
-    to browsers through HTTPS) or the request came over TLS.
+    to browsers through HTTPS) or the request came over TLS. Failed logins are
+    counted by ``login_throttle`` (a default :class:`LoginThrottle` when None).
     """
     app = Flask(__name__)
     app.config.update(
@@ -76,7 +78,8 @@ def create_app(
     )
     app.session_interface = _SessionCookies()
     app.json = StrictJSONProvider(app)
-    install(app, Services(backend=backend, users=users))
+    install(app, Services(backend=backend, users=users,
+                          throttle=login_throttle or LoginThrottle()))
     install_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(interventions)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
 from typing import Final
 from urllib.parse import urlsplit
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from admin_web.audit import audit
@@ -62,6 +63,12 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _duration(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{math.ceil(seconds / 60)} minutes"
+
+
 def _login_form(error: str | None, status: int) -> ResponseReturnValue:
     return render_template(
         "login.html",
@@ -88,14 +95,35 @@ def login_submit() -> ResponseReturnValue:
               detail="the form had expired")
         return _login_form("The form had expired; please try again.", 400)
     password = request.form.get("password", "")
-    try:
-        if len(name) > _MAX_FIELD or len(password) > _MAX_FIELD:
-            raise AuthError("field too long")
-        user = services().users.check_password(name, password)
-    except AuthError:
-        audit_log.warning("login refused name=%r from=%s", name[:64], request.remote_addr)
-        audit("login", user=name[:64], outcome="refused", code="bad_credentials")
-        return _login_form("Wrong name or password.", 401)
+    throttle, address = services().throttle, request.remote_addr
+    wait = throttle.retry_after(name, address)
+    if wait is not None:
+        # Refused before the password is looked at: right or wrong, it is not checked.
+        seconds = max(1, math.ceil(wait))
+        audit("login", user=name[:64], outcome="refused", code="throttled",
+              detail=f"too many failed logins; next try in {seconds} s")
+        response = make_response(_login_form(
+            f"Too many failed logins; try again in {_duration(seconds)}.", 429))
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    with throttle.slot() as granted:
+        if not granted:
+            audit("login", user=name[:64], outcome="refused", code="busy",
+                  detail="too many password checks at once")
+            response = make_response(_login_form(
+                "Too many logins at once; try again in a moment.", 503))
+            response.headers["Retry-After"] = "1"
+            return response
+        try:
+            if len(name) > _MAX_FIELD or len(password) > _MAX_FIELD:
+                raise AuthError("field too long")
+            user = services().users.check_password(name, password)
+        except AuthError:
+            throttle.failed(name, address)
+            audit_log.warning("login refused name=%r from=%s", name[:64], address)
+            audit("login", user=name[:64], outcome="refused", code="bad_credentials")
+            return _login_form("Wrong name or password.", 401)
+    throttle.succeeded(name, address)
     start_session(user)
     audit("login")
     return redirect(_safe_next(request.form.get("next")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from flask import Flask
 import admin_web.auth as auth
 from admin_web import AdminServer, Role, StaticBackend, UserRegistry, create_app
 from admin_web.strict_json import MAX_DEPTH
+from admin_web.throttle import LoginThrottle
 
 TOKENS = {name: f"{name}-token-{name[0] * 20}" for name in ("admin", "operator", "viewer")}
 PASSWORDS = {name: f"{name}-password" for name in TOKENS}
@@ -312,3 +314,125 @@ def test_the_session_cookie_is_httponly_lax_and_secure_when_it_should_be(
         "name": "viewer", "password": PASSWORDS["viewer"], "csrf_token": csrf_from(form)})
     assert response.status_code == 302
     assert "Secure" in _cookie_header(response)
+
+
+# -- login throttling: failures over a sliding window, password checks bounded ---------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The password checks run (each one a scrypt), by the password checked."""
+    seen: list[str] = []
+    real = auth.verify_password
+
+    def counting(password: str, encoded: str) -> bool:
+        seen.append(password)
+        return real(password, encoded)
+
+    monkeypatch.setattr(auth, "verify_password", counting)
+    return seen
+
+
+def _attempt(app: Flask, name: str, password: str, address: str = "10.0.0.1") -> Any:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return _login(client, name, password)
+
+
+def test_five_failures_for_a_name_then_429_without_checking(
+        users: UserRegistry, checks: list[str]) -> None:
+    clock = FakeClock()
+    app = make_app(users, login_throttle=LoginThrottle(clock=clock))
+    for n in range(5):
+        assert _attempt(app, "operator", f"guess-{n}").status_code == 401
+        clock.now += 10
+    assert len(checks) == 5
+    # Right or wrong, from this address or another: refused, the password not checked.
+    for password, address in ((PASSWORDS["operator"], "10.0.0.1"), ("guess-6", "10.9.9.9")):
+        refused = _attempt(app, "operator", password, address)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) == 300 - 50
+        assert "Too many failed logins" in refused.get_data(as_text=True)
+    assert len(checks) == 5
+    # Other names are not held back by it.
+    assert _attempt(app, "viewer", PASSWORDS["viewer"]).status_code == 302
+
+
+def test_the_window_slides_and_never_locks_for_good(
+        users: UserRegistry, checks: list[str]) -> None:
+    clock = FakeClock()
+    app = make_app(users, login_throttle=LoginThrottle(clock=clock))
+    for n in range(5):
+        _attempt(app, "operator", f"guess-{n}")
+        clock.now += 60
+    # Failures at 1000, 1060, ..., 1240; now 1300: the first one has just left the window.
+    assert _attempt(app, "operator", "guess-5").status_code == 401
+    assert _attempt(app, "operator", "guess-6").status_code == 429
+    # Refused attempts are not failures: they do not push the end further.
+    for _ in range(10):
+        assert _attempt(app, "operator", "again").status_code == 429
+    clock.now += 60  # the failure at 1060 leaves
+    assert _attempt(app, "operator", PASSWORDS["operator"]).status_code == 302
+
+
+def test_a_success_clears_the_names_failures(users: UserRegistry) -> None:
+    app = make_app(users, login_throttle=LoginThrottle(clock=FakeClock()))
+    for n in range(4):
+        assert _attempt(app, "viewer", f"guess-{n}").status_code == 401
+    assert _attempt(app, "viewer", PASSWORDS["viewer"]).status_code == 302
+    for n in range(4):
+        assert _attempt(app, "viewer", f"guess-{n}").status_code == 401
+
+
+def test_twenty_failures_from_an_address_then_429(checks: list[str]) -> None:
+    registry = new_users()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(auth, "SCRYPT_N", 2**8)
+        for n in range(4):
+            registry.add(f"user{n}", Role.VIEWER, password=f"password-{n}")
+    app = make_app(registry, login_throttle=LoginThrottle(clock=FakeClock()))
+    names = ["admin", "operator", "viewer", "user0", "user1", "user2", "user3"]
+    for n in range(20):
+        assert _attempt(app, names[n % len(names)], "wrong-password").status_code == 401
+    # A name with no failure of its own, the right password: the address is held back.
+    refused = _attempt(app, "user3", "password-3")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) == 300
+    assert len(checks) == 20
+    # Elsewhere, the same name logs in.
+    assert _attempt(app, "user3", "password-3", "10.0.0.2").status_code == 302
+    # An IPv6 client counts by its /64.
+    app = make_app(registry, login_throttle=LoginThrottle(clock=FakeClock()))
+    for n in range(20):
+        _attempt(app, names[n % len(names)], "wrong-password", f"2001:db8::{n + 1:x}")
+    assert _attempt(app, "user3", "password-3", "2001:db8::ffff").status_code == 429
+    assert _attempt(app, "user3", "password-3", "2001:db8:0:1::1").status_code == 302
+
+
+def test_too_many_checks_at_once_are_refused_quickly(
+        users: UserRegistry, checks: list[str]) -> None:
+    throttle = LoginThrottle(max_concurrent=2, slot_wait_s=0.05)
+    app = make_app(users, login_throttle=throttle)
+    with throttle.slot() as first, throttle.slot() as second:
+        assert first and second
+        started = time.monotonic()
+        refused = _attempt(app, "viewer", PASSWORDS["viewer"])
+        assert time.monotonic() - started < 1.0
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert checks == []
+    assert _attempt(app, "viewer", PASSWORDS["viewer"]).status_code == 302
+
+
+def test_the_throttles_tables_are_bounded() -> None:
+    throttle = LoginThrottle(max_tracked=100, clock=FakeClock())
+    for n in range(1000):
+        throttle.failed(f"name-{n}", f"10.1.{n // 256}.{n % 256}")
+    assert throttle.tracked() == (100, 100)
+    assert throttle.retry_after("name-999", None) is None  # one failure: not held back
