@@ -19,6 +19,7 @@ from flask import Flask, Response, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
 from admin_web.api import api
+from admin_web.audit import MUTATING_METHODS, audit_unrecorded
 from admin_web.auth import User, UserRegistry
 from admin_web.backend import AdminBackend
 from admin_web.context import Services, install
@@ -33,7 +34,6 @@ from admin_web.throttle import LoginThrottle
 
 audit: Final = logging.getLogger("commandpost.audit")
 
-MUTATING_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_BODY_BYTES: Final = 1024 * 1024
 
 # No inline script or style anywhere, so the policy can be this strict.
@@ -102,7 +102,9 @@ def _secure_headers(response: Response) -> Response:
 
 
 def _audit(response: Response) -> Response:
-    # One log line per change asked for; the record is the audit stream (admin_web.audit).
+    # The record is the audit stream: one per change asked for, whether or not the view
+    # recorded it (admin_web.audit). A log line besides, for whoever reads the logs.
+    audit_unrecorded(response)
     if request.method in MUTATING_METHODS:
         user = g.get("user")
         if isinstance(user, User):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -436,3 +438,137 @@ def test_the_throttles_tables_are_bounded() -> None:
         throttle.failed(f"name-{n}", f"10.1.{n // 256}.{n % 256}")
     assert throttle.tracked() == (100, 100)
     assert throttle.retry_after("name-999", None) is None  # one failure: not held back
+
+
+# -- the audit trail: every change asked for, stored whatever the logging levels ------------
+
+
+@pytest.fixture()
+def quiet_logs() -> Iterator[None]:
+    """Logging as the CLI sets it by default: WARNING at the root, nothing below."""
+    root, audit_logger = logging.getLogger(), logging.getLogger("commandpost.audit")
+    levels = root.level, audit_logger.level
+    root.setLevel(logging.WARNING)
+    audit_logger.setLevel(logging.NOTSET)
+    try:
+        yield
+    finally:
+        root.setLevel(levels[0])
+        audit_logger.setLevel(levels[1])
+
+
+def _trail(client: Any, **query: str) -> list[dict[str, Any]]:
+    response = client.get("/api/v1/audit", query_string={"limit": "1000", **query},
+                          headers=bearer("admin"))
+    assert response.status_code == 200, response.get_json()
+    return list(response.get_json())
+
+
+def _post(client: Any, path: str, who: str, body: Any = None) -> int:
+    return int(client.post(path, json=body, headers=bearer(who)).status_code)
+
+
+def test_every_change_asked_for_leaves_a_complete_record(
+        users: UserRegistry, quiet_logs: None) -> None:
+    app = make_app(users, login_throttle=LoginThrottle(max_name_failures=1))
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "10.1.2.3"
+    lamp = "/api/v1/equipment/lamp-dijon-1/commands"
+    steps: list[tuple[int, int, str, str, str, str]] = [
+        # (status expected, status got, who, action, outcome, code)
+        (202, _post(client, lamp, "operator", {"action": "set", "params": {"dim": 40}}),
+         "operator", "command.submit", "ok", ""),
+        (404, _post(client, "/api/v1/equipment/lamp-talant-1/commands", "operator",
+                    {"action": "set", "params": {"dim": 40}}),
+         "operator", "command.submit", "refused", "404"),
+        (202, _post(client, "/api/v1/alarms/al-1/ack", "operator", {"comment": "seen"}),
+         "operator", "alarm.ack", "ok", ""),
+        (422, _post(client, "/api/v1/alarms/al-1/shelve", "operator", {"minutes": 0}),
+         "operator", "alarm.shelve", "refused", "422"),
+        (202, _post(client, "/api/v1/crisis", "operator",
+                    {"mode": "snow", "municipalities": ["dijon"]}),
+         "operator", "crisis.activate", "ok", ""),
+        (422, _post(client, "/api/v1/crisis", "operator",
+                    {"mode": "snow", "municipalities": "dijon"}),
+         "operator", "http.post", "refused", "422"),
+        (403, _post(client, "/api/v1/alarms/al-1/out-of-service", "operator"),
+         "operator", "http.post", "refused", "403"),
+        (403, _post(client, "/api/v1/open311/keys", "viewer", {"application": "x"}),
+         "viewer", "http.post", "refused", "403"),
+        (503, _post(client, "/api/v1/open311/keys", "admin", {"application": "ondijon"}),
+         "admin", "open311.key_issue", "refused", "503"),
+        (503, int(client.delete("/api/v1/open311/keys/ondijon",
+                                headers=bearer("admin")).status_code),
+         "admin", "open311.key_revoke", "refused", "503"),
+        (503, _post(client, "/api/v1/requests", "operator",
+                    {"category": "pothole", "description": "a hole", "lat": 47.32,
+                     "lon": 5.04}),
+         "operator", "request.create", "refused", "503"),
+        (401, int(client.post(lamp, json={"action": "set"},
+                              headers={"Authorization": "Bearer " + "x" * 30}).status_code),
+         "", "login.token", "refused", "invalid_token"),
+    ]
+    for expected, got, *_ in steps:
+        assert got == expected, steps
+    pages = app.test_client()
+    pages.environ_base["REMOTE_ADDR"] = "10.1.2.3"
+    assert _login(pages, "viewer", "wrong-password").status_code == 401
+    assert _login(pages, "viewer").status_code == 429  # throttled after one failure here
+    assert _login(pages, "admin").status_code == 302
+    html = pages.get("/").get_data(as_text=True)
+    assert pages.post("/logout", data={"csrf_token": csrf_from(html)}).status_code == 302
+    steps += [(0, 0, "viewer", "login", "refused", "bad_credentials"),
+              (0, 0, "viewer", "login", "refused", "throttled"),
+              (0, 0, "admin", "login", "ok", ""), (0, 0, "admin", "logout", "ok", "")]
+
+    trail = list(reversed(_trail(client)))  # oldest first
+    assert [(e["user"], e["action"], e["outcome"], e["code"]) for e in trail] == [
+        (who, action, outcome, code) for _, _, who, action, outcome, code in steps]
+    roles = {"admin": "admin", "operator": "operator", "viewer": "viewer", "": ""}
+    for entry in trail:
+        assert entry["source"] == "10.1.2.3"
+        assert entry["role"] == (roles[entry["user"]] if entry["action"] != "login"
+                                 or entry["outcome"] == "ok" else "")
+        assert 0 < entry["ts"] <= time.time()
+        assert entry["id"]
+    by_action = {e["action"]: e for e in reversed(trail)}  # the first of each
+    assert by_action["command.submit"]["target"] == "lamp-dijon-1"
+    assert by_action["command.submit"]["params"] == {"action": "set", "params": {"dim": 40}}
+    assert by_action["alarm.ack"]["params"] == {"comment": "seen"}
+    assert by_action["crisis.activate"]["params"]["municipalities"] == ["dijon"]
+    refused_role = trail[6]
+    assert refused_role["target"] == "/api/v1/alarms/al-1/out-of-service"
+    assert refused_role["params"]["endpoint"] == "api.alarm_out_of_service"
+    assert "admin" in refused_role["detail"]
+    assert trail[5]["params"]["body"] == {"mode": "snow", "municipalities": "dijon"}
+    assert trail[5]["detail"].startswith("municipalities must be")
+
+
+def test_secrets_never_reach_the_trail(users: UserRegistry) -> None:
+    client = make_app(users).test_client()
+    leaks = ("hunter2-pw", "r3d1s-pw", "k3y-value")
+    assert _post(client, "/api/v1/equipment/lamp-dijon-1/commands", "operator",
+                 {"action": "configure", "params": {"password": leaks[0],
+                                                    "url": f"redis://:{leaks[1]}@cache:6379"}}
+                 ) == 202
+    assert _post(client, "/api/v1/open311/keys", "operator",
+                 {"application": "x", "api_key": leaks[2]}) == 403
+    assert _login(client, "viewer", "wrong-" + leaks[0]).status_code == 401
+    trail = _trail(client)
+    assert len(trail) == 3
+    text = json.dumps(trail)
+    assert not any(leak in text for leak in leaks)
+    command = next(e for e in trail if e["action"] == "command.submit")
+    assert command["params"]["params"] == {"password": "***", "url": "redis://***@cache:6379"}
+    refused = next(e for e in trail if e["action"] == "http.post")
+    assert refused["params"]["body"] == {"application": "x", "api_key": "***"}
+
+
+def test_requests_that_change_nothing_or_carry_no_credential_leave_no_record(
+        users: UserRegistry) -> None:
+    client = make_app(users).test_client()
+    client.get("/api/v1/equipment", headers=bearer("operator"))
+    client.get("/api/v1/alarms", headers=bearer("viewer"))
+    client.post("/api/v1/crisis", json={"mode": "snow", "municipalities": ["dijon"]})
+    client.post("/logout")
+    assert _trail(client) == []
