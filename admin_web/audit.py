@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from flask import Response, current_app, g, has_request_context, request
+from werkzeug.exceptions import HTTPException
 
 from admin_web.auth import User
 from admin_web.context import services
@@ -133,6 +134,8 @@ def _refusal(exc: Exception) -> tuple[str, str]:
         return "401", str(exc)
     if isinstance(exc, RetryableError):
         return "503", str(exc)
+    if isinstance(exc, HTTPException) and exc.code is not None:
+        return str(exc.code), (exc.name or "").lower()  # a body too large (413)
     return "500", type(exc).__name__
 
 

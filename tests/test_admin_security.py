@@ -572,3 +572,14 @@ def test_requests_that_change_nothing_or_carry_no_credential_leave_no_record(
     client.post("/api/v1/crisis", json={"mode": "snow", "municipalities": ["dijon"]})
     client.post("/logout")
     assert _trail(client) == []
+
+
+def test_a_body_too_large_is_recorded_as_a_413(users: UserRegistry) -> None:
+    client = make_app(users).test_client()
+    body = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+    response = client.post("/api/v1/equipment/lamp-dijon-1/commands", data=body,
+                           content_type="application/json", headers=bearer("operator"))
+    assert response.status_code == 413
+    [entry] = _trail(client)
+    assert (entry["action"], entry["outcome"], entry["code"]) == ("command.submit", "refused",
+                                                                 "413")
