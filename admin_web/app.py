@@ -17,6 +17,7 @@ from typing import Final
 
 from flask import Flask, Response, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from admin_web.api import api
 from admin_web.audit import MUTATING_METHODS, audit_unrecorded
@@ -31,6 +32,7 @@ from admin_web.keys import keys
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
 from admin_web.throttle import LoginThrottle
+from runtime.errors import ConfigError
 
 audit: Final = logging.getLogger("commandpost.audit")
 
@@ -58,6 +60,7 @@ class _SessionCookies(SecureCookieSessionInterface):
 def create_app(
     backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None,
     secure_cookies: bool = False, login_throttle: LoginThrottle | None = None,
+    trusted_proxies: int = 0,
 ) -> Flask:
     """Build the admin web on ``backend`` (the runtime's read model) and ``users``.
 
@@ -66,7 +69,14 @@ def create_app(
     ``SameSite=Lax``, and ``Secure`` when ``secure_cookies`` (the app is served
     to browsers through HTTPS) or the request came over TLS. Failed logins are
     counted by ``login_throttle`` (a default :class:`LoginThrottle` when None).
+
+    ``trusted_proxies`` is how many reverse proxies stand in front of the app:
+    the client's address (audited, throttled) and scheme are then taken from
+    the ``X-Forwarded-For`` and ``X-Forwarded-Proto`` entries they added. With
+    0, the default, those headers are ignored: any client could write them.
     """
+    if not 0 <= trusted_proxies <= 10:
+        raise ConfigError(f"trusted proxies must be 0-10: {trusted_proxies}")
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secret_key if secret_key is not None else secrets.token_bytes(32),
@@ -77,6 +87,9 @@ def create_app(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
     app.session_interface = _SessionCookies()
+    if trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=trusted_proxies, x_proto=trusted_proxies)
     app.json = StrictJSONProvider(app)
     install(app, Services(backend=backend, users=users,
                           throttle=login_throttle or LoginThrottle()))

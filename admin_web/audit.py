@@ -12,8 +12,9 @@ the block, with its code) and success otherwise::
         note.after = {"state": "acknowledged"}
 
 Who (the authenticated user unless ``user`` says otherwise), when, and from
-where (``request.remote_addr``: the app trusts no proxy header) are taken
-from the request. ``params``, ``before`` and ``after`` are kept with their
+where (``request.remote_addr``: the app trusts no proxy header unless
+``create_app`` is told how many proxies stand in front) are taken from the
+request. ``params``, ``before`` and ``after`` are kept with their
 secrets masked (:func:`admin_web.redact.redact_secrets`: a field named like
 a password, token or key, a URL's password). The record goes to the
 backend's audit stream (Redis, once the runtime runs), whatever the logging

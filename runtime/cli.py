@@ -218,6 +218,7 @@ def _serve(
     mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
     opcua_security: dict[str, str] | None = None, retention_days: float = 30.0,
     clock_speed: float = 1.0, clock_start: float | None = None, secure_cookies: bool = False,
+    trusted_proxies: int = 0,
 ) -> None:
     """Start the service and the admin web, run until stopped, then stop in order.
 
@@ -248,7 +249,8 @@ def _serve(
         credentials_file = str(Path.cwd() / DEFAULT_CREDENTIALS_FILE)
     write_credentials(credentials_file, creds)
     backend = SwappableBackend(StaticBackend())
-    app = create_app(backend, users, secure_cookies=secure_cookies)
+    app = create_app(backend, users, secure_cookies=secure_cookies,
+                     trusted_proxies=trusted_proxies)
     server = AdminServer(app, host, port)
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
@@ -413,10 +415,13 @@ def demo(scale: float, duration: float | None, admin: str, ports: str,
 @click.option("--secure-cookies", is_flag=True,
               help="mark the login cookie Secure: browsers reach the admin web through "
                    "HTTPS (a TLS proxy in front of it)")
+@click.option("--trusted-proxies", type=click.IntRange(0, 10), default=0, show_default=True,
+              help="reverse proxies in front of the admin web whose X-Forwarded-For and "
+                   "-Proto say the client's address (audited, throttled) and scheme")
 def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: str | None,
         admin: str, credentials_file: str | None, opcua_security: str,
         opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None,
-        retention_days: float, secure_cookies: bool) -> None:
+        retention_days: float, secure_cookies: bool, trusted_proxies: int) -> None:
     """The production service on a real inventory, until SIGTERM/SIGINT.
 
     The Redis and broker URLs, which may hold passwords, are best given in
@@ -443,7 +448,8 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
             security["server_certificate"] = opcua_server_cert
     _serve(inv, admin=admin, credentials_file=credentials_file, redis=redis, mqtt=mqtt,
            ray_address=ray_address, duration=None, demo=False, opcua_security=security,
-           retention_days=retention_days, secure_cookies=secure_cookies)
+           retention_days=retention_days, secure_cookies=secure_cookies,
+           trusted_proxies=trusted_proxies)
 
 
 # -- benchmarks --------------------------------------------------------------

@@ -16,6 +16,7 @@ import admin_web.auth as auth
 from admin_web import AdminServer, Role, StaticBackend, UserRegistry, create_app
 from admin_web.strict_json import MAX_DEPTH
 from admin_web.throttle import LoginThrottle
+from runtime.errors import ConfigError
 
 TOKENS = {name: f"{name}-token-{name[0] * 20}" for name in ("admin", "operator", "viewer")}
 PASSWORDS = {name: f"{name}-password" for name in TOKENS}
@@ -583,3 +584,28 @@ def test_a_body_too_large_is_recorded_as_a_413(users: UserRegistry) -> None:
     [entry] = _trail(client)
     assert (entry["action"], entry["outcome"], entry["code"]) == ("command.submit", "refused",
                                                                  "413")
+
+
+# -- behind a reverse proxy: its forwarded address, and only when told to trust it ----------
+
+
+def test_forwarded_headers_count_only_from_trusted_proxies(users: UserRegistry) -> None:
+    forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    for proxies, source in ((0, "127.0.0.1"), (1, "203.0.113.9")):
+        app = make_app(users, trusted_proxies=proxies,
+                       login_throttle=LoginThrottle(max_address_failures=1))
+        client = app.test_client()
+        token = csrf_from(client.get("/login").get_data(as_text=True))
+        form = {"name": "viewer", "password": "wrong-password", "csrf_token": token}
+        assert client.post("/login", data=form, headers=forwarded).status_code == 401
+        [entry] = _trail(client)
+        assert entry["source"] == source
+        # The address held back is the client's, not the proxy's (shared by everyone).
+        elsewhere = {**forwarded, "X-Forwarded-For": "198.51.100.7"}
+        form["password"] = PASSWORDS["viewer"]
+        answer = client.post("/login", data=form, headers=elsewhere)
+        assert answer.status_code == (429 if proxies == 0 else 302)
+        if proxies:
+            assert "Secure" in _cookie_header(answer)  # the proxy said https
+    with pytest.raises(ConfigError):
+        make_app(users, trusted_proxies=-1)

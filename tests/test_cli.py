@@ -174,3 +174,6 @@ def test_run_marks_the_login_cookie_secure_on_request(
     assert CliRunner().invoke(cli, ["run", "--inventory", str(inv),
                                     "--secure-cookies"]).exit_code == 0
     assert [c["secure_cookies"] for c in calls] == [False, True]
+    assert CliRunner().invoke(cli, ["run", "--inventory", str(inv),
+                                    "--trusted-proxies", "1"]).exit_code == 0
+    assert [c["trusted_proxies"] for c in calls] == [0, 0, 1]
