@@ -4,8 +4,9 @@ Python's :mod:`json` takes more than JSON, and some of what it takes breaks
 later, far from the parser:
 
 * ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON, and a NaN compares
-  false with any bound, so a range check lets it through; ``1e999`` is JSON
-  but becomes an infinity;
+  false with any bound, so a range check lets it through (``1e999`` is JSON,
+  and becomes an infinity: that one is left to the checks of each field,
+  which name the field, as every number that is not finite must be);
 * an escaped lone surrogate (``"\\ud800"``) becomes a string that cannot be
   encoded as UTF-8, so it fails where it is stored or sent on;
 * a name given twice in one object (``{"a": 1, "a": 2}``) silently keeps
@@ -46,13 +47,6 @@ class NotJsonError(ValueError):
 
 def _refuse_constant(name: str) -> NoReturn:
     raise NotJsonError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise NotJsonError(f"the number {text[:40]} is out of range")
-    return value
 
 
 def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -124,7 +118,6 @@ class StrictJSONProvider(DefaultJSONProvider):
         Bytes must be UTF-8 (or UTF-16/32, as RFC 8259 allows a reader to take).
         """
         kwargs.setdefault("parse_constant", _refuse_constant)
-        kwargs.setdefault("parse_float", _finite_float)
         kwargs.setdefault("object_pairs_hook", _unique_names)
         try:
             value = json.loads(s, **kwargs)

@@ -193,6 +193,8 @@ BODY_ROUTES: list[tuple[str, str, bytes]] = [
      b'{"action":"set","params":{"dim":40},"idempotency_key":"\\ud800"}'),
     ("/api/v1/alarms/al-1/ack", "operator", b'{"comment":"seen \\ud800"}'),
     ("/api/v1/alarms/al-1/shelve", "operator", b'{"minutes":5,"reason":"\\udbff"}'),
+    ("/api/v1/alarms/al-1/unshelve", "operator", b'{"\\ud800":1}'),
+    ("/api/v1/alarms/al-1/out-of-service", "admin", b'{"reason":"\\ud800"}'),
     ("/api/v1/crisis", "operator", b'{"mode":"snow","municipalities":["dijon\\udc00"]}'),
     ("/api/v1/requests", "operator",
      b'{"category":"streetlight","description":"\\ud800","lat":47.32,"lon":5.04}'),
@@ -205,8 +207,9 @@ def test_a_body_that_is_not_json_of_the_shape_is_400_or_422(
         users: UserRegistry, route: str, who: str, surrogate: bytes) -> None:
     client = make_app(users).test_client()
     for name, body in {**BAD_BODIES, "surrogate in a good body": surrogate}.items():
-        if name == "empty" and route.endswith("/ack"):
-            continue  # an acknowledgement without a comment has no body
+        if name == "empty" and not route.endswith(("/commands", "/shelve", "/crisis",
+                                                    "/requests", "/keys")):
+            continue  # an action that takes no parameter, or optional ones, needs no body
         response = client.post(route, data=body, content_type="application/json",
                                headers=bearer(who))
         assert response.status_code in (400, 422), (name, response.status_code,
@@ -221,7 +224,7 @@ def test_the_parser_takes_json_within_its_limits(users: UserRegistry) -> None:
     assert provider.loads('{"a": "\\ud83d\\ude00", "b": [1.5, -2, null]}') == {
         "a": "\U0001f600", "b": [1.5, -2, None]}
     for text in ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), '"\\ud800"', '{"a":1,"a":1}',
-                 "1e400", "-Infinity"):
+                 "-Infinity"):
         with pytest.raises(ValueError):
             provider.loads(text)
 
