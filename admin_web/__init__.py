@@ -26,11 +26,13 @@ from admin_web.guards import current_user, ensure_scope, require, require_login
 from admin_web.http_errors import ApiError
 from admin_web.redact import redact_url, redact_urls
 from admin_web.server import AdminServer, parse_listen
+from admin_web.throttle import LoginThrottle
 
 __all__ = [
     "AdminBackend",
     "AdminServer",
     "ApiError",
+    "LoginThrottle",
     "Role",
     "StaticBackend",
     "SwappableBackend",

@@ -326,8 +326,14 @@ def _optional_text(body: dict[str, Any], name: str, *, required: bool = False) -
     return value
 
 
+def _no_params() -> dict[str, Any]:
+    """The parameters of an action that takes none: no body, or an empty object."""
+    _alarm_body(frozenset())
+    return {}
+
+
 def _alarm_action(alarm_id: str, action: str, role: Role,
-                  parse: Callable[[], dict[str, Any]] = dict) -> ResponseReturnValue:
+                  parse: Callable[[], dict[str, Any]] = _no_params) -> ResponseReturnValue:
     """Check, journal and audit (``alarm.{action}``) an operator's action on an alarm."""
     with audited(f"alarm.{action}", alarm_id) as note:
         alarm = _alarm_in_scope(alarm_id, role)
@@ -350,19 +356,24 @@ def _alarm_action(alarm_id: str, action: str, role: Role,
     return response
 
 
-def _alarm_body() -> dict[str, Any]:
+def _alarm_body(fields: frozenset[str]) -> dict[str, Any]:
+    """The JSON object of an alarm action (none: ``{}``), holding no field but ``fields``."""
     if not request.get_data():
         return {}
-    return json_object_body()
+    body = json_object_body()
+    unknown = next((name for name in body if name not in fields), None)
+    if unknown is not None:
+        raise ApiError(422, f"unknown field {shown(unknown)}", field=unknown[:64])
+    return body
 
 
 def _ack_params() -> dict[str, Any]:
-    comment = _optional_text(_alarm_body(), "comment")
+    comment = _optional_text(_alarm_body(frozenset({"comment"})), "comment")
     return {"comment": comment} if comment else {}
 
 
 def _shelve_params() -> dict[str, Any]:
-    body = _alarm_body()
+    body = _alarm_body(frozenset({"minutes", "reason"}))
     minutes = body.get("minutes")
     if (isinstance(minutes, bool) or not isinstance(minutes, int | float)
             or not math.isfinite(minutes) or not 0 < minutes <= MAX_SHELVE_MINUTES):

@@ -15,9 +15,12 @@ import logging
 import secrets
 from typing import Final
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from admin_web.api import api
+from admin_web.audit import MUTATING_METHODS, audit_unrecorded
 from admin_web.auth import User, UserRegistry
 from admin_web.backend import AdminBackend
 from admin_web.context import Services, install
@@ -28,10 +31,11 @@ from admin_web.interventions import interventions
 from admin_web.keys import keys
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
+from admin_web.throttle import LoginThrottle
+from runtime.errors import ConfigError
 
 audit: Final = logging.getLogger("commandpost.audit")
 
-MUTATING_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_BODY_BYTES: Final = 1024 * 1024
 
 # No inline script or style anywhere, so the policy can be this strict.
@@ -43,24 +47,52 @@ _SECURITY_HEADERS: Final = {
 }
 
 
+class _SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, the cookie marked ``Secure`` when configured
+    (``SESSION_COOKIE_SECURE``: served behind a TLS proxy) or when the request came
+    over TLS itself, so that a browser never sends it over plain HTTP."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        configured = bool(app.config["SESSION_COOKIE_SECURE"])
+        return configured or (has_request_context() and request.is_secure)
+
+
 def create_app(
-    backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None
+    backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None,
+    secure_cookies: bool = False, login_throttle: LoginThrottle | None = None,
+    trusted_proxies: int = 0,
 ) -> Flask:
     """Build the admin web on ``backend`` (the runtime's read model) and ``users``.
 
     ``secret_key`` signs the session cookies; when None a random one is drawn,
-    so sessions end with the process.
+    so sessions end with the process. The session cookie is ``HttpOnly`` and
+    ``SameSite=Lax``, and ``Secure`` when ``secure_cookies`` (the app is served
+    to browsers through HTTPS) or the request came over TLS. Failed logins are
+    counted by ``login_throttle`` (a default :class:`LoginThrottle` when None).
+
+    ``trusted_proxies`` is how many reverse proxies stand in front of the app:
+    the client's address (audited, throttled) and scheme are then taken from
+    the ``X-Forwarded-For`` and ``X-Forwarded-Proto`` entries they added. With
+    0, the default, those headers are ignored: any client could write them.
     """
+    if not 0 <= trusted_proxies <= 10:
+        raise ConfigError(f"trusted proxies must be 0-10: {trusted_proxies}")
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secret_key if secret_key is not None else secrets.token_bytes(32),
         SESSION_COOKIE_NAME="commandpost_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
+    app.session_interface = _SessionCookies()
+    if trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=trusted_proxies, x_proto=trusted_proxies)
     app.json = StrictJSONProvider(app)
-    install(app, Services(backend=backend, users=users))
+    install(app, Services(backend=backend, users=users,
+                          throttle=login_throttle or LoginThrottle()))
     install_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(interventions)
@@ -83,7 +115,9 @@ def _secure_headers(response: Response) -> Response:
 
 
 def _audit(response: Response) -> Response:
-    # One log line per change asked for; the record is the audit stream (admin_web.audit).
+    # The record is the audit stream: one per change asked for, whether or not the view
+    # recorded it (admin_web.audit). A log line besides, for whoever reads the logs.
+    audit_unrecorded(response)
     if request.method in MUTATING_METHODS:
         user = g.get("user")
         if isinstance(user, User):

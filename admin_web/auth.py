@@ -10,10 +10,21 @@ be limited to some municipalities::
     user = users.by_token(token)
     users.can(user, Role.OPERATOR, "dijon")        # True
     users.can(user, Role.OPERATOR, "talant")       # False
+
+Login sessions live in signed cookies, which the server cannot take back; so
+each user also has a session nonce kept here, which a login copies into the
+cookie and every request compares. :meth:`UserRegistry.end_sessions` (a
+logout) and :meth:`UserRegistry.set_password` draw a new one, and every
+cookie issued before, stolen copies included, stops working at once::
+
+    nonce = users.session_nonce("alice")            # at login, into the cookie
+    users.check_session("alice", nonce)             # each request: the user, or AuthError
+    users.end_sessions("alice")                     # logout: every session of alice ends
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -192,6 +203,13 @@ def _parse_scrypt(encoded: object) -> tuple[int, int, int, bytes, bytes]:
     return n, r, p, salt, key
 
 
+def _check_password_length(name: str, password: str) -> None:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= _MAX_SECRET_LENGTH:
+        raise ConfigError(
+            f"user {name}: password must be {MIN_PASSWORD_LENGTH}-{_MAX_SECRET_LENGTH} long"
+        )
+
+
 @functools.cache
 def _dummy_hash() -> str:
     # Checked against when the name is unknown, so that a failed login takes
@@ -205,6 +223,8 @@ class UserRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users: dict[str, User] = {}
+        # Each user's current session nonce: sessions carrying another one are over.
+        self._session_nonces: dict[str, str] = {}
 
     def add(
         self,
@@ -225,10 +245,8 @@ class UserRegistry:
             raise ConfigError("municipalities must be a collection of slugs, not one string")
         if password is None:
             password = secrets.token_urlsafe(16)
-        elif len(password) < MIN_PASSWORD_LENGTH or len(password) > _MAX_SECRET_LENGTH:
-            raise ConfigError(
-                f"user {name}: password must be {MIN_PASSWORD_LENGTH}-{_MAX_SECRET_LENGTH} long"
-            )
+        else:
+            _check_password_length(name, password)
         if token is None:
             token = secrets.token_urlsafe(32)
         elif len(token) < MIN_TOKEN_LENGTH or len(token) > _MAX_SECRET_LENGTH:
@@ -249,7 +267,48 @@ class UserRegistry:
             if any(u.token_hash == user.token_hash for u in self._users.values()):
                 raise ConfigError(f"user {name}: token already in use")
             self._users[name] = user
+            self._session_nonces[name] = secrets.token_urlsafe(16)
         return password, token
+
+    def set_password(self, name: str, password: str) -> None:
+        """Give ``name`` a new password, and end every session he has open.
+
+        Raises :class:`AuthError` for an unknown user and :class:`ConfigError`
+        for a password that is too short or too long.
+        """
+        _check_password_length(name, password)
+        encoded = hash_password(password)
+        with self._lock:
+            user = self._users.get(name)
+            if user is None:
+                raise AuthError("unknown user")
+            self._users[name] = dataclasses.replace(user, password_hash=encoded)
+            self._session_nonces[name] = secrets.token_urlsafe(16)
+
+    def session_nonce(self, name: str) -> str:
+        """The nonce a new login session of ``name`` carries; :class:`AuthError` if unknown."""
+        with self._lock:
+            nonce = self._session_nonces.get(name)
+        if nonce is None:
+            raise AuthError("unknown user")
+        return nonce
+
+    def check_session(self, name: str, nonce: str) -> User:
+        """The user of a login session carrying ``nonce``; :class:`AuthError` when the user
+        is unknown or his sessions have been ended since (logout, new password)."""
+        with self._lock:
+            user = self._users.get(name)
+            current = self._session_nonces.get(name)
+        if user is None or current is None or not hmac.compare_digest(
+                current.encode(), nonce.encode()):
+            raise AuthError("session ended")
+        return user
+
+    def end_sessions(self, name: str) -> None:
+        """End every login session of ``name`` (a logout); unknown names are ignored."""
+        with self._lock:
+            if name in self._session_nonces:
+                self._session_nonces[name] = secrets.token_urlsafe(16)
 
     def get(self, name: str) -> User:
         """The user called ``name``; raises :class:`AuthError` when there is none."""

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
 from admin_web.auth import UserRegistry
 from admin_web.backend import AdminBackend
+from admin_web.throttle import LoginThrottle
 
 _EXTENSION: str = "commandpost"
 
 
 @dataclass(frozen=True)
 class Services:
-    """The runtime's read model and the user registry behind one app."""
+    """The runtime's read model, the user registry and the login throttle behind one app."""
 
     backend: AdminBackend
     users: UserRegistry
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def install(app: Flask, services: Services) -> None:

@@ -36,6 +36,8 @@ P = ParamSpec("P")
 View = Callable[P, ResponseReturnValue]
 
 SESSION_USER: Final = "user"
+#: The user's session nonce at login (:meth:`UserRegistry.session_nonce`).
+SESSION_NONCE: Final = "nonce"
 SESSION_CSRF: Final = "csrf"
 CSRF_FIELD: Final = "csrf_token"
 
@@ -104,16 +106,40 @@ def ensure_scope(role: Role, municipality: str) -> None:
         raise ApiError(403, f"not allowed in municipality {municipality}", field="municipality")
 
 
+def start_session(user: User) -> None:
+    """Log ``user`` in: a fresh session (a cookie planted before is useless) with his
+    current session nonce and a new CSRF token."""
+    session.clear()
+    session[SESSION_USER] = user.name
+    session[SESSION_NONCE] = services().users.session_nonce(user.name)
+    new_csrf_token()
+    g.user = user
+
+
+def end_session() -> None:
+    """Log the session's user out: every session of his ends, this cookie first."""
+    name = session.get(SESSION_USER)
+    if isinstance(name, str):
+        services().users.end_sessions(name)
+    session.clear()
+
+
 def session_user() -> User | None:
     """The user logged in through the session cookie, remembered as :func:`current_user`.
 
-    None when nobody is logged in (or the user has been removed since).
+    None when nobody is logged in, or the session has been ended since it
+    began (a logout, a new password: the cookie's nonce is no longer the
+    user's), or the user has been removed.
     """
     name = session.get(SESSION_USER)
+    nonce = session.get(SESSION_NONCE)
     if not isinstance(name, str):
         return None
+    if not isinstance(nonce, str):
+        session.clear()
+        return None
     try:
-        user = services().users.get(name)
+        user = services().users.check_session(name, nonce)
     except AuthError:
         session.clear()
         return None

@@ -28,6 +28,9 @@ answered with the specification's error list ``[{"code", "description"}]``
 (or ``<errors>``), the code being the HTTP status: 400 bad or missing
 parameter, 403 missing or invalid ``api_key``, 404 unknown service, request
 or jurisdiction; 503 with ``Retry-After`` while Redis is unreachable.
+Each POST that carries an ``api_key`` is audited (``open311.request_create``,
+the user being ``open311:APP``, or none for a key that is not valid) with the
+service and the place, never the key or the citizen's details.
 
 A 404 for a path no route matches and a 405 are decided before the blueprint
 sees the request, so the app's own handlers answer them; they answer in JSON
@@ -47,6 +50,7 @@ from xml.etree import ElementTree as ET
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
+from admin_web.audit import audited
 from runtime.errors import RetryableError
 from runtime.open311 import (
     NewRequest,
@@ -69,6 +73,8 @@ log: Final = logging.getLogger("commandpost.open311")
 OPEN311_PREFIX: Final = "/open311/v2"
 FORMATS: Final = ("json", "xml")
 FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+#: The fields of a citizen's request the audit trail keeps (not his name, email or words).
+_AUDITED_FIELDS: Final = ("service_code", "lat", "long", "jurisdiction_id")
 _CONTENT_TYPES: Final = {
     "json": "application/json; charset=utf-8",
     "xml": "text/xml; charset=utf-8",
@@ -241,12 +247,20 @@ def open311_blueprint(backend: Open311Backend) -> Blueprint:
         key = (form.get("api_key") or "").strip()
         if not key:
             raise Open311Error(403, "api_key was not provided")
-        app_name = backend.store.check_key(key)
-        if app_name is None:
-            raise Open311Error(403, "invalid api_key: can't proceed with create_request")
-        record = backend.store.create(
-            validate_request(form, catalogue, backend.geography), app=app_name
-        )
+        # Audited as the application's act (``open311:APP``), never with the key nor the
+        # citizen's own details: the service and the place only.
+        params = {name: form[name][:100] for name in _AUDITED_FIELDS if name in form}
+        with audited("open311.request_create", params=params) as note:
+            app_name = backend.store.check_key(key)
+            if app_name is None:
+                raise Open311Error(403, "invalid api_key: can't proceed with create_request")
+            note.user, note.role = f"open311:{app_name}", "open311"
+            record = backend.store.create(
+                validate_request(form, catalogue, backend.geography), app=app_name
+            )
+            note.target = record.service_request_id
+            note.after = {"service_request_id": record.service_request_id,
+                          "municipality": record.municipality}
         log.info("open311 request %s opened: %s in %s by %s", record.service_request_id,
                  record.service_code, record.municipality or "an address", app_name)
         try:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
+import unicodedata
 from typing import Final
+from urllib.parse import urlsplit
 
-from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from admin_web.audit import audit
 from admin_web.auth import Role
 from admin_web.context import services
 from admin_web.guards import (
-    SESSION_USER,
     check_csrf,
     csrf_valid,
-    new_csrf_token,
+    end_session,
     require_login,
     session_user,
+    start_session,
 )
 from runtime.errors import AuthError
 
@@ -29,11 +32,41 @@ pages = Blueprint("pages", __name__)
 _MAX_FIELD: Final = 1024
 
 
+# Longer ``next`` values are not paths of this site.
+_MAX_NEXT: Final = 2048
+
+
+def is_local_path(target: str) -> bool:
+    """Whether ``target`` is a path on this site, safe to redirect to after a login.
+
+    Browsers are lenient with a ``Location``: they drop tabs and newlines
+    anywhere (``/<TAB>/evil.example`` becomes ``//evil.example``, another
+    host), strip leading and trailing spaces and controls, and read ``\\`` as
+    ``/``. So only a value starting with one ``/``, holding no backslash, no
+    whitespace and no control, format or separator character, and with
+    neither scheme nor host once split, is taken.
+    """
+    if not target or len(target) > _MAX_NEXT:
+        return False
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return False
+    if any(ch.isspace() or unicodedata.category(ch)[0] in "CZ" for ch in target):
+        return False
+    parts = urlsplit(target)
+    return not (parts.scheme or parts.netloc)
+
+
 def _safe_next(target: str | None) -> str:
-    # Only a path on this site: "//host" or "/\host" would send the user away.
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` if it is a local path (:func:`is_local_path`), else the overview."""
+    if target is None or not is_local_path(target):
         return url_for("pages.index")
     return target
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{math.ceil(seconds / 60)} minutes"
 
 
 def _login_form(error: str | None, status: int) -> ResponseReturnValue:
@@ -62,31 +95,49 @@ def login_submit() -> ResponseReturnValue:
               detail="the form had expired")
         return _login_form("The form had expired; please try again.", 400)
     password = request.form.get("password", "")
-    try:
-        if len(name) > _MAX_FIELD or len(password) > _MAX_FIELD:
-            raise AuthError("field too long")
-        user = services().users.check_password(name, password)
-    except AuthError:
-        audit_log.warning("login refused name=%r from=%s", name[:64], request.remote_addr)
-        audit("login", user=name[:64], outcome="refused", code="bad_credentials")
-        return _login_form("Wrong name or password.", 401)
-    # A new session at login, so a session cookie planted before it is useless.
-    session.clear()
-    session[SESSION_USER] = user.name
-    new_csrf_token()
-    g.user = user
+    throttle, address = services().throttle, request.remote_addr
+    wait = throttle.retry_after(name, address)
+    if wait is not None:
+        # Refused before the password is looked at: right or wrong, it is not checked.
+        seconds = max(1, math.ceil(wait))
+        audit("login", user=name[:64], outcome="refused", code="throttled",
+              detail=f"too many failed logins; next try in {seconds} s")
+        response = make_response(_login_form(
+            f"Too many failed logins; try again in {_duration(seconds)}.", 429))
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    with throttle.slot() as granted:
+        if not granted:
+            audit("login", user=name[:64], outcome="refused", code="busy",
+                  detail="too many password checks at once")
+            response = make_response(_login_form(
+                "Too many logins at once; try again in a moment.", 503))
+            response.headers["Retry-After"] = "1"
+            return response
+        try:
+            if len(name) > _MAX_FIELD or len(password) > _MAX_FIELD:
+                raise AuthError("field too long")
+            user = services().users.check_password(name, password)
+        except AuthError:
+            throttle.failed(name, address)
+            audit_log.warning("login refused name=%r from=%s", name[:64], address)
+            audit("login", user=name[:64], outcome="refused", code="bad_credentials")
+            return _login_form("Wrong name or password.", 401)
+    throttle.succeeded(name, address)
+    start_session(user)
     audit("login")
     return redirect(_safe_next(request.form.get("next")))
 
 
 @pages.post("/logout")
 def logout() -> ResponseReturnValue:
-    """End the session."""
+    """End the session, and every other session of the same user (his cookies all stop
+    working, copies included)."""
     user = session_user()
     if user is not None:
         check_csrf()
         audit("logout")
-    session.clear()
+    end_session()
     return redirect(url_for("pages.login"))
 
 

@@ -1,4 +1,4 @@
-"""Hiding credentials in URLs before they leave the admin web.
+"""Hiding credentials in URLs, and secrets in JSON values, before they leave the admin web.
 
 >>> redact_url("redis://:secret@cache:6379/0")
 'redis://***@cache:6379/0'
@@ -6,6 +6,10 @@
 'mqtt://***@broker'
 >>> redact_url("redis://cache:6379/0?password=secret&db=1")
 'redis://cache:6379/0?password=***&db=1'
+>>> holds_secret("mqtt://user:pw@broker"), holds_secret("mqtt://user@broker")
+(True, False)
+>>> redact_secrets({"password": "hunter2", "url": "redis://:pw@cache", "dim": 40})
+{'password': '***', 'url': 'redis://***@cache', 'dim': 40}
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ _SECRET_PARAMS: Final = frozenset(
     {"password", "pass", "passwd", "pwd", "secret", "token", "access_token", "api_key", "apikey"}
 )
 MASK: Final = "***"
+
+__all__ = ["MASK", "holds_secret", "redact_secrets", "redact_url", "redact_urls"]
+
+# Names of fields that hold a secret, wherever they are in a value.
+_SECRET_NAME_RE: Final = re.compile(
+    r"password|passwd|passphrase|^pass$|pwd|secret|token|api[_-]?key|authori[sz]ation"
+    r"|credential|private[_-]?key|cookie|csrf", re.IGNORECASE)
+# Deeper than this, a value is cut rather than walked (request bodies are 32 at most).
+_MAX_DEPTH: Final = 64
 
 T = TypeVar("T")
 
@@ -39,6 +52,19 @@ def redact_url(url: str) -> str:
     if at >= 0:
         rest = f"{MASK}@{rest[at + 1 :]}"
     return scheme + _redact_query(rest)
+
+
+def holds_secret(url: str) -> bool:
+    """Whether ``url`` carries a password (``scheme://user:pw@…``, ``scheme://:pw@…``)
+    or a secret query parameter (``?password=…``); a user name alone is no secret."""
+    match = _SCHEME_RE.fullmatch(url)
+    if match is None:
+        return False
+    rest = match.group(2)
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        return True
+    return _redact_query(rest) != rest
 
 
 def _redact_query(rest: str) -> str:
@@ -69,4 +95,28 @@ def _redact(value: Any) -> Any:
         return {key: _redact(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_redact(item) for item in value]
+    return value
+
+
+def redact_secrets(value: T) -> T:
+    """A copy of ``value`` (JSON-like data) with secrets masked, for the audit trail.
+
+    The value of every field whose name says it holds a secret (``password``,
+    ``api_key``, ``token``, ``secret``, ``authorization``, …) becomes ``***``,
+    at any depth, and every string goes through :func:`redact_url`. Tuples
+    come back as lists.
+    """
+    return cast(T, _redact_secrets(value, 0))
+
+
+def _redact_secrets(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return redact_url(value)
+    if depth >= _MAX_DEPTH and isinstance(value, dict | list | tuple):
+        return MASK
+    if isinstance(value, dict):
+        return {key: MASK if isinstance(key, str) and _SECRET_NAME_RE.search(key)
+                else _redact_secrets(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_secrets(item, depth + 1) for item in value]
     return value

@@ -6,6 +6,12 @@
     server.stop()               # in-flight requests finish, thread joined
 
 or ``with AdminServer(app) as server: ...``.
+
+waitress reads a whole request body (to a temporary file past a few hundred
+kilobytes) before it calls the app, and by default takes bodies up to 1 GiB:
+the server refuses, with a 413 and before reading it, any body longer than
+the app's ``MAX_CONTENT_LENGTH`` (:data:`DEFAULT_MAX_BODY_BYTES` when the
+app sets none), whether its length is declared or it comes chunked.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from runtime.errors import ConfigError
 log: Final = logging.getLogger("commandpost.admin_web")
 
 THREADS: Final = 8
+#: The longest request body served when the app sets no ``MAX_CONTENT_LENGTH``.
+DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 # How long stop() lets running requests finish, then waits for the loop thread.
 REQUEST_GRACE_S: Final = 5.0
 JOIN_TIMEOUT_S: Final = 10.0
@@ -78,6 +86,13 @@ class AdminServer:
         self._wake: Any = None
         self._thread: threading.Thread | None = None
         self._stopped = False
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        self._max_body = int(limit) if limit else DEFAULT_MAX_BODY_BYTES
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The longest request body served; a longer one is answered 413 unread."""
+        return self._max_body
 
     @property
     def host(self) -> str:
@@ -116,6 +131,8 @@ class AdminServer:
                 port=self._port,
                 threads=THREADS,
                 ident="commandpost",
+                # waitress refuses a body of this many bytes or more.
+                max_request_body_size=self._max_body + 1,
             )
         except (OSError, ValueError) as exc:
             # A name resolving to several addresses may have bound some already.

@@ -21,11 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from runtime.clock import CITY_TZ, MAX_SPEED
 from runtime.errors import CommandpostError, DataFileError, InventoryError
 
 log = logging.getLogger("commandpost")
+
+#: Where ``demo`` and ``run`` write the users' passwords and tokens unless told
+#: (in the working directory; ``.gitignore`` keeps it, and its temporary, out of git).
+DEFAULT_CREDENTIALS_FILE = "commandpost-credentials.json"
+
+#: The environment variables ``run`` reads its Redis and broker URLs from when the
+#: options are not given: a password there is not on the process's command line,
+#: which every local user can read (``ps``, ``/proc/PID/cmdline``).
+REDIS_URL_ENV = "COMMANDPOST_REDIS_URL"
+MQTT_URL_ENV = "COMMANDPOST_MQTT_URL"
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -212,7 +223,8 @@ def _serve(
     inv: Any, *, admin: str, credentials_file: str | None, redis: str | None,
     mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
     opcua_security: dict[str, str] | None = None, retention_days: float = 30.0,
-    clock_speed: float = 1.0, clock_start: float | None = None,
+    clock_speed: float = 1.0, clock_start: float | None = None, secure_cookies: bool = False,
+    trusted_proxies: int = 0,
 ) -> None:
     """Start the service and the admin web, run until stopped, then stop in order.
 
@@ -254,10 +266,11 @@ def _serve(
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     if credentials_file is None:
-        credentials_file = str(Path.cwd() / "commandpost-credentials.json")
+        credentials_file = str(Path.cwd() / DEFAULT_CREDENTIALS_FILE)
     write_credentials(credentials_file, creds)
     backend = SwappableBackend(StaticBackend())
-    app = create_app(backend, users)
+    app = create_app(backend, users, secure_cookies=secure_cookies,
+                     trusted_proxies=trusted_proxies)
     server = AdminServer(app, host, port)
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
@@ -276,10 +289,8 @@ def _serve(
                        f"Open311 under {server.url}/open311/v2)")
             click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer"
                        f"{'; an Open311 API key' if demo else ''})")
-            click.echo(f"redis:       {svc.redis_url}   mqtt: {svc.mqtt_url}")
-            for sim in svc.simulators:
-                click.echo(f"simulator:   {sim['kind']}: {sim['devices']} devices "
-                           f"on {sim['endpoint']}")
+            for line in _connection_lines(svc.redis_url, svc.mqtt_url, svc.simulators):
+                click.echo(line)
             t0 = time.monotonic()
             try:
                 svc.start_ray()
@@ -327,6 +338,34 @@ def _serve(
     click.echo(f"stopped in {time.monotonic() - t_stop:.1f}s")
 
 
+def _connection_lines(redis_url: str, mqtt_url: str,
+                      simulators: list[dict[str, Any]]) -> list[str]:
+    """What the service is connected to, as printed at start-up: passwords hidden."""
+    from admin_web.redact import redact_url
+
+    lines = [f"redis:       {redact_url(redis_url)}   mqtt: {redact_url(mqtt_url)}"]
+    lines += [f"simulator:   {sim['kind']}: {sim['devices']} devices on "
+              f"{redact_url(str(sim['endpoint']))}" for sim in simulators]
+    return lines
+
+
+def _warn_secret_in_argv(option: str, env: str, url: str | None) -> None:
+    """Warn (stderr) when ``url``, given as ``option`` on the command line, holds a password.
+
+    The URL is still used: refusing it would break a start that worked, while
+    the warning says how to keep the password out of the process list.
+    """
+    from admin_web.redact import holds_secret
+
+    ctx = click.get_current_context()
+    if url is None or ctx.get_parameter_source(option.lstrip("-")) is not \
+            ParameterSource.COMMANDLINE or not holds_secret(url):
+        return
+    click.echo(f"commandpost: warning: the {option} URL holds a password, which any local "
+               f"user can read on this process's command line; set {env} instead "
+               f"(systemd: EnvironmentFile=, mode 0600)", err=True)
+
+
 @cli.command()
 @click.option("--scale", type=click.FloatRange(min=0.0, min_open=True, max=10.0), default=1.0,
               show_default=True, help="fraction of the Dijon-scale metropolis")
@@ -370,8 +409,12 @@ def demo(scale: float, duration: float | None, admin: str, ports: str,
 @click.option("--inventory", "inventory_file", required=True,
               type=click.Path(dir_okay=False))
 @click.option("--ray-address", default=None, help="an existing Ray cluster (ray://… or host:port)")
-@click.option("--redis", default=None, help="redis://… (default: an embedded server)")
-@click.option("--mqtt", default=None, help="mqtt://… (default: an embedded broker)")
+@click.option("--redis", default=None, envvar=REDIS_URL_ENV, show_envvar=True,
+              help="redis://… (default: an embedded server); one with a password goes in "
+                   f"{REDIS_URL_ENV}, not on the command line")
+@click.option("--mqtt", default=None, envvar=MQTT_URL_ENV, show_envvar=True,
+              help="mqtt://… (default: an embedded broker); one with a password goes in "
+                   f"{MQTT_URL_ENV}, not on the command line")
 @click.option("--admin", default="127.0.0.1:8080", show_default=True, help="HOST:PORT")
 @click.option("--credentials-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--opcua-security", type=click.Choice(["None", "Sign", "SignAndEncrypt"]),
@@ -381,14 +424,27 @@ def demo(scale: float, duration: float | None, admin: str, ports: str,
 @click.option("--opcua-server-cert", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--retention-days", type=click.FloatRange(min=0.0, min_open=True), default=30.0,
               show_default=True, help="how long the event and audit streams keep an entry")
+@click.option("--secure-cookies", is_flag=True,
+              help="mark the login cookie Secure: browsers reach the admin web through "
+                   "HTTPS (a TLS proxy in front of it)")
+@click.option("--trusted-proxies", type=click.IntRange(0, 10), default=0, show_default=True,
+              help="reverse proxies in front of the admin web whose X-Forwarded-For and "
+                   "-Proto say the client's address (audited, throttled) and scheme")
 def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: str | None,
         admin: str, credentials_file: str | None, opcua_security: str,
         opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None,
-        retention_days: float) -> None:
-    """The production service on a real inventory, until SIGTERM/SIGINT."""
+        retention_days: float, secure_cookies: bool, trusted_proxies: int) -> None:
+    """The production service on a real inventory, until SIGTERM/SIGINT.
+
+    The Redis and broker URLs, which may hold passwords, are best given in
+    the environment (COMMANDPOST_REDIS_URL, COMMANDPOST_MQTT_URL) rather than
+    as options; they are printed with their passwords hidden.
+    """
     from actors.registry import check_record
     from runtime.inventory import load_inventory
 
+    _warn_secret_in_argv("--redis", REDIS_URL_ENV, redis)
+    _warn_secret_in_argv("--mqtt", MQTT_URL_ENV, mqtt)
     try:
         inv = load_inventory(inventory_file, check=check_record)
     except InventoryError as exc:
@@ -405,7 +461,8 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
             security["server_certificate"] = opcua_server_cert
     _serve(inv, admin=admin, credentials_file=credentials_file, redis=redis, mqtt=mqtt,
            ray_address=ray_address, duration=None, demo=False, opcua_security=security,
-           retention_days=retention_days)
+           retention_days=retention_days, secure_cookies=secure_cookies,
+           trusted_proxies=trusted_proxies)
 
 
 # -- benchmarks --------------------------------------------------------------

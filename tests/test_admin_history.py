@@ -165,6 +165,23 @@ def test_command_submissions_are_audited_accepted_and_refused(
     assert (scope["outcome"], scope["code"], scope["target"]) == ("refused", "404", other)
 
 
+def test_refusals_before_any_view_are_in_the_stored_trail(
+        client: FlaskClient, service: Service, towns: list[str]) -> None:
+    # A role refused (403) and a body refused by its shape: no view recorded them, the app did.
+    assert client.post("/api/v1/open311/keys", json={"application": "x", "api_key": "s3cret"},
+                       headers=bearer("viewer")).status_code == 403
+    assert client.post("/api/v1/crisis", json={"mode": "snow", "municipalities": towns[0]},
+                       headers=bearer("operator")).status_code == 422
+    rows, _ = service.store.page("audit", limit=50)  # straight from the Redis stream
+    viewer = next(r for r in rows if r["user"] == "viewer" and r["action"] == "http.post")
+    crisis = next(r for r in rows if r["user"] == "operator" and r["action"] == "http.post")
+    assert (viewer["role"], viewer["outcome"], viewer["code"]) == ("viewer", "refused", "403")
+    assert viewer["target"] == "/api/v1/open311/keys" and "s3cret" not in str(viewer)
+    assert json.loads(viewer["params"])["body"] == {"application": "x", "api_key": "***"}
+    assert (crisis["outcome"], crisis["code"], crisis["source"]) == ("refused", "422",
+                                                                     "127.0.0.1")
+
+
 def test_the_audit_trail_is_for_admins_only(client: FlaskClient) -> None:
     assert client.get("/api/v1/audit").status_code == 401
     assert get(client, "/api/v1/audit", who="operator")[0] == 403

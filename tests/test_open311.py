@@ -54,6 +54,7 @@ class Rig:
     store: SyncOpen311Store
     key: str
     handed: list[ServiceRequest] = field(default_factory=list)
+    admin: StaticBackend = field(default_factory=StaticBackend)  # holds the audit trail
 
     def post(self, fmt: str = "json", **form: str) -> tuple[int, Any]:
         response = self.client.post(f"{OPEN311_PREFIX}/requests.{fmt}", data=form)
@@ -71,10 +72,11 @@ def rig(redis_url: str) -> Iterator[Rig]:
     backend = Open311Backend(store=store, geography=demo_geography(), on_request=handed.append)
     # Mounted on the real admin app, as the composition root does: its handlers must not
     # turn the routes' refusals into pages or into the API's {"error": …} shape.
-    app = create_app(StaticBackend(), UserRegistry())
+    admin = StaticBackend()
+    app = create_app(admin, UserRegistry())
     app.register_blueprint(open311_blueprint(backend))
     try:
-        yield Rig(app.test_client(), store, store.issue_key("ondijon"), handed)
+        yield Rig(app.test_client(), store, store.issue_key("ondijon"), handed, admin)
     finally:
         store.close()
 
@@ -253,6 +255,28 @@ def test_refusals_of_the_request_itself(rig: Rig) -> None:
     status, _ = rig.post(api_key=rig.key, service_code="cleaning",
                          address_string="Place Darcy, Dijon")
     assert status == 201 and rig.handed[0].municipality is None
+
+
+def test_posts_with_a_key_are_audited_without_the_key_or_the_citizen(rig: Rig) -> None:
+    citizen = {"email": "ana@example.fr", "first_name": "Ana", "phone": "0601020304",
+               "description": "A hole by my door"}
+    assert rig.post(api_key=rig.key, service_code="pothole", **DIJON, **citizen)[0] == 201
+    assert rig.post(api_key="not-a-key", service_code="pothole", **DIJON)[0] == 403
+    assert rig.post(api_key=rig.key, service_code="unicorns", **DIJON)[0] == 404
+    assert rig.post(service_code="pothole", **DIJON)[0] == 403  # no key at all: not recorded
+    unknown, forged, opened = rig.admin.audit_trail(limit=10)[0]
+    assert [e["action"] for e in (unknown, forged, opened)] == ["open311.request_create"] * 3
+    assert (opened["user"], opened["role"], opened["outcome"]) == ("open311:ondijon", "open311",
+                                                                   "ok")
+    assert opened["target"] == opened["after"]["service_request_id"]
+    assert opened["params"] == {"service_code": "pothole", **DIJON}
+    assert opened["source"] == "127.0.0.1" and opened["ts"] > 0
+    assert (forged["user"], forged["outcome"], forged["code"]) == ("", "refused", "open311_403")
+    assert (unknown["user"], unknown["outcome"], unknown["code"]) == (
+        "open311:ondijon", "refused", "open311_404")
+    trail = str(rig.admin.audit_trail(limit=10)[0])
+    assert rig.key not in trail and "not-a-key" not in trail
+    assert not any(value in trail for value in citizen.values())
 
 
 def test_unknown_requests_are_404(rig: Rig) -> None:
