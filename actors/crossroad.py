@@ -49,11 +49,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from actors.equipment import CRISIS_CALLER, CRISIS_RESTORE_CALLER, EquipmentEntity, Field
+from actors.priority import lane as priority_lane
 from actors.schedule import PRECEDENCE, Layers, Timetable, builtin_schedules
 from actors.signal_plan import builtin_signal_plans
 from runtime.commands import check_command_shape, shown
 from runtime.device_port import DevicePort
-from runtime.entity import Checkpoint
+from runtime.entity import Checkpoint, PriorityLane
 from runtime.envelope import Envelope
 from runtime.errors import (
     DeviceUnavailableError,
@@ -106,6 +107,32 @@ class Crossroad(EquipmentEntity):
     }
     READS_BACK = True
     CRISIS_LAYER = True
+
+    # -- bus priority ------------------------------------------------------
+    @classmethod
+    async def on_priority(cls, view: Mapping[str, Any], msg: Envelope,
+                          lane: PriorityLane) -> Any:
+        """The pool's requests and clears, served on the host's priority loop
+        (:mod:`actors.priority.lane`)."""
+        return await priority_lane.serve(view, msg, lane)
+
+    def lane_view(self) -> dict[str, Any]:
+        """The reported values, the controller's endpoint and the approaches a bus may
+        ask for (``attrs.approaches``; 1..8 when the inventory gives none)."""
+        eq = self.ctx.equipment
+        numbers = [a.get("number") for a in eq.attrs.get("approaches") or ()
+                   if isinstance(a, Mapping)]
+        return {**super().lane_view(), "endpoint": eq.endpoint,
+                "approaches": [n for n in numbers if isinstance(n, int)]}
+
+    async def on_priority_outcome(self, msg: Envelope) -> None:
+        """A grant, refusal or end of a bus's request, recorded as a ``priority`` event."""
+        p = dict(msg.payload) if isinstance(msg.payload, Mapping) else {}
+        outcome = str(p.pop("outcome", ""))
+        counts = self.state.setdefault("priority", {})
+        key = outcome if outcome != "refused" else f"refused.{p.get('reason', '')}"
+        counts[key] = int(counts.get(key, 0)) + 1
+        self.ctx.emit("priority", outcome=outcome, **p)
 
     # -- checks ------------------------------------------------------------
     @classmethod

@@ -237,6 +237,10 @@ class EquipmentEntity(Entity):
         follows (:meth:`actors.schedule.Timetable.view`); None when it follows none."""
         return None
 
+    def lane_view(self) -> dict[str, Any]:
+        """The immutable view the priority lane reads: the reported values by default."""
+        return {k: v.value for k, v in self.twin.reported.items()}
+
     def view_extras(self) -> dict[str, Any]:
         """What the kind adds to its equipment view (``GET /api/v1/equipment/ID``).
 
@@ -272,7 +276,7 @@ class EquipmentEntity(Entity):
             if isinstance(seq, int) and not isinstance(seq, bool):
                 self.state["seq"] = seq
             if self._has_lane:
-                self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
+                self.ctx.publish_view(self.lane_view())
             return
         points = 0
         for name, value in values.items():
@@ -289,7 +293,7 @@ class EquipmentEntity(Entity):
                 self.state["samples"] = int(self.state.get("samples", 0)) + 1
             self.state["seq"] = seq
         if self._has_lane:
-            self.ctx.publish_view({k: v.value for k, v in self.twin.reported.items()})
+            self.ctx.publish_view(self.lane_view())
 
     def check_conditions(self) -> None:
         """Raise or clear the kind's alarm conditions from what the device reports."""

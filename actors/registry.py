@@ -12,7 +12,7 @@ from actors.vehicle import Vehicle
 from runtime.cell import EntityFactory
 from runtime.datafile import KeyPath
 from runtime.errors import ConfigError
-from runtime.inventory import COORDINATOR, Equipment
+from runtime.inventory import COORDINATOR, PRIORITY_PREFIX, Equipment
 
 BEHAVIOURS: dict[str, type[EquipmentEntity]] = {
     cls.kind: cls
@@ -32,6 +32,10 @@ def factory_for(eq: Equipment) -> EntityFactory:
 
     Classes are factories of their instances.
     """
+    if eq.kind == COORDINATOR and eq.id.startswith(PRIORITY_PREFIX):
+        from actors.priority.pool import PoolMember
+
+        return PoolMember
     if eq.kind == COORDINATOR:
         from actors.control import COORDINATORS
 

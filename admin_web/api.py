@@ -510,6 +510,20 @@ def crisis_switch() -> ResponseReturnValue:
     return response
 
 
+# -- bus priority ------------------------------------------------------------------------
+
+
+@api.get("/priority")
+@require(Role.VIEWER)
+def priority() -> ResponseReturnValue:
+    """The bus-priority pool: its members (id, pid, buses served), the requests granted and
+    refused by reason, and the latency from a bus's position to the controller's write."""
+    try:
+        return jsonify(services().backend.priority())
+    except StoreUnavailableError:
+        raise store_unavailable("bus priority not readable") from None
+
+
 # -- street-lighting energy --------------------------------------------------------------
 
 ENERGY_SCOPES: Final = ("metropolis", "municipality", "circuit")

@@ -213,6 +213,12 @@ class AdminBackend(Protocol):
         """
         ...
 
+    def priority(self) -> dict[str, Any]:
+        """The bus-priority pool as its members last published it: ``{"members": [{"id",
+        "pid", "buses"}], "requests": {"granted", "refused": {reason: n}}, "latency_ms":
+        {"p50", "p99", "histogram": [[upper_ms, n], …]}}`` (CONTRACT.md)."""
+        ...
+
     def request_municipality(self, lat: float, lon: float) -> str | None:
         """The municipality whose area holds ``(lat, lon)``; None outside the metropolis."""
         ...
@@ -500,6 +506,10 @@ class StaticBackend:
                ) -> dict[str, Any]:
         raise RetryableError("the runtime is starting: energy is reported once it runs")
 
+    def priority(self) -> dict[str, Any]:
+        return {"members": [], "requests": {"granted": 0, "refused": {}},
+                "latency_ms": {"p50": None, "p99": None, "histogram": []}}
+
     def request_municipality(self, lat: float, lon: float) -> str | None:
         # No geography and no dispatch before the runtime: a request waits for them.
         raise RetryableError("the runtime is starting: requests are taken once it runs")
@@ -635,6 +645,9 @@ class SwappableBackend:
                ) -> dict[str, Any]:
         return self.current.energy(scope=scope, ident=ident, start=start, end=end, step=step,
                                    municipalities=municipalities)
+
+    def priority(self) -> dict[str, Any]:
+        return self.current.priority()
 
     def request_municipality(self, lat: float, lon: float) -> str | None:
         return self.current.request_municipality(lat, lon)

@@ -490,6 +490,9 @@ BENCHES: dict[str, tuple[str, str]] = {
     "fire": ("fire", "a fire raised at the BMS simulator to its plan carried out: evacuation "
                      "doors unlocked (read back over OPC UA), cameras at their preset, a crew "
                      "assigned"),
+    "priority-latency": ("priority", "a bus's position published on MQTT to its priority "
+                                     "request received by the crossroad's controller, idle "
+                                     "and with the metropolis running"),
 }
 
 

@@ -201,6 +201,8 @@ DOMAINS: Final = tuple(DOMAIN_OF_KIND[kind] for kind in KINDS)
 #: (:func:`coordinator`); equipment listings leave them out.
 COORDINATOR: Final = "coordinator"
 CONTROL_DOMAIN: Final = "control"
+#: Ids of the bus-priority pool's members, coordinators on hosts of their own: ``priority-1`` …
+PRIORITY_PREFIX: Final = "priority-"
 PLACEMENTS: Final = ("sharded", "dedicated")
 
 #: Equipment ids appear in MQTT topics and Redis keys: no wildcards, no slashes.

@@ -154,7 +154,11 @@ class _Lane:
     """The priority lane's resources and its hand-off to the default loop."""
 
     def __init__(self, core: HostCore) -> None:
-        self.resources: dict[str, Any] = {}
+        # ``clock``: the city's, which the entities' decisions run on; whether the priority
+        # policy grants every request (the service's option, for the latency bench).
+        self.resources: dict[str, Any] = {
+            "clock": core.city_clock,
+            "priority_grant_all": bool(core.option("priority_grant_all"))}
         self._core = core
 
     def post(self, env: Envelope) -> None:

@@ -45,7 +45,13 @@ from runtime.errors import (
     UnknownEntityError,
 )
 from runtime.host import EQUIPMENT_VIEW
-from runtime.inventory import COORDINATOR, Equipment, Inventory, dump_inventory
+from runtime.inventory import (
+    COORDINATOR,
+    PRIORITY_PREFIX,
+    Equipment,
+    Inventory,
+    dump_inventory,
+)
 from runtime.lifeline import spawn_tied
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
@@ -110,6 +116,11 @@ class ServiceOptions:
     retention_s: float = STREAM_RETENTION_S
     # The control room's coordinator entities to run (``actors.control.COORDINATORS``).
     coordinators: tuple[str, ...] = ("alarms", "crisis", "dispatch")
+    # Members of the bus-priority pool (``priority-1`` …), each in a process of its own;
+    # none when the inventory has no bus line.
+    priority_members: int = 2
+    # The pool's policy grants every request (benches that must not lose a sample).
+    priority_grant_all: bool = False
     # The city's clock: ``clock_speed`` times the machine's, from ``clock_start`` (epoch
     # seconds; default now). Every process of the service runs on it (runtime.clock).
     clock_speed: float = 1.0
@@ -135,7 +146,8 @@ class Service:
         for behaviour in dict.fromkeys(map(self._behaviour, inventory.equipment)):
             if behaviour is not None:
                 behaviour.check_inventory(inventory)
-        self.coordinators = tuple(self._coordinator(c) for c in self.options.coordinators)
+        self.coordinators = (*(self._coordinator(c) for c in self.options.coordinators),
+                             *self._pool())
         self.plan: PlacementPlan = plan(inventory, self.coordinators)
         self.redis: EmbeddedRedis | None = None
         self.broker: EmbeddedBroker | None = None
@@ -188,6 +200,20 @@ class Service:
         the service refuses to start with any (:meth:`Inventory.check_records`)."""
         behaviour = self._behaviour(eq)
         return [] if behaviour is None else behaviour.check_record(eq)
+
+    def _pool(self) -> list[Equipment]:
+        """The bus-priority pool's members: coordinators placed each on a host of its own."""
+        n = self.options.priority_members
+        if n <= 0 or not getattr(self.inventory, "bus_lines", None):
+            return []
+        ids = [f"{PRIORITY_PREFIX}{k}" for k in range(1, n + 1)]
+        out = []
+        for entity_id in ids:
+            bare = self._coordinator(entity_id)
+            out.append(coordinator(entity_id, self.inventory, placement="dedicated", attrs={
+                **bare.attrs, "members": ids,
+                "grant_all": self.options.priority_grant_all}))
+        return out
 
     def _with_neighbours(self, eq: Equipment) -> Equipment:
         """``eq`` with what its behaviour needs of the rest of the inventory in its ``attrs``
@@ -324,6 +350,7 @@ class Service:
             "devices": self.options.devices,
             "clock": self.clock_spec.to_wire(),
             "device_options": {"mqtt_url": self.mqtt_url,
+                               "priority_grant_all": self.options.priority_grant_all,
                                "opcua_security": dict(self.options.opcua_security)},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),
@@ -779,6 +806,27 @@ class RuntimeBackend:
         return {"activation_id": stored.command_id, "status": str(stored.status)}
 
     # -- street-lighting energy (the circuits' read models) -----------------------
+    def priority(self) -> dict[str, Any]:
+        """``AdminBackend.priority``: the members' read models, merged (their histograms
+        added, the percentiles those of the merged histogram's recent samples)."""
+        from actors.priority.pool import merge_members
+
+        members = [c.id for c in self.service.coordinators if c.id.startswith(PRIORITY_PREFIX)]
+        names = [f"view:priority-member-{k}" for k in range(1, len(members) + 1)]
+        blobs = self._store().get_blobs(names)
+        docs = []
+        for name in names:
+            blob = blobs.get(name)
+            if blob is None:
+                continue
+            try:
+                doc = unpack(blob)
+            except MalformedMessageError:
+                continue
+            if isinstance(doc, dict):
+                docs.append(doc)
+        return merge_members(docs)
+
     def energy(self, *, scope: str, ident: str | None, start: float | None,
                end: float | None, step: str, municipalities: frozenset[str] | None
                ) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.priority import BusSample, BusTracker, CancelReason, EventKind, TrackEvent
+from actors.priority.tracker import BusSample, BusTracker, CancelReason, EventKind, TrackEvent
 from runtime.errors import ConfigError
 from runtime.transit import INBOUND, OUTBOUND, destination, line_geometry
 from tests.transit_fakes import make_inventory, make_line

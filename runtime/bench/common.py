@@ -115,7 +115,8 @@ class City:
     equipment of those kinds; what is left out is listed in :attr:`left_out`.
     ``sim_rate_hz`` overrides the MQTT devices' rate; ``clock_speed`` and
     ``clock_start`` set the city's clock (:class:`~runtime.clock.ClockSpec`),
-    which :attr:`city_clock` reads once the service exists.
+    which :attr:`city_clock` reads once the service exists; ``priority_grant_all``
+    makes the bus-priority policy grant every request (the latency bench).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class City:
         kinds: Collection[str] | None = None,
         clock_speed: float = 1.0,
         clock_start: float | None = None,
+        priority_grant_all: bool = False,
     ) -> None:
         from runtime.demo_inventory import DemoPorts, generate_demo
         from runtime.inventory import parse_inventory
@@ -157,6 +159,7 @@ class City:
         self._online_timeout_s = online_timeout_s
         self._data_dir = data_dir
         self._clock = (clock_speed, clock_start)
+        self._grant_all = priority_grant_all
         self.svc: Any = None
         self.field_broker: Any = None  # the broker started by start_field (else the service's)
         self._tmp: Any = None
@@ -261,7 +264,8 @@ class City:
             devices=DEVICES if self._devices else "", mqtt_url=mqtt_url,
             simulate=self._devices and mqtt_url is None,
             sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
-            data_dir=self._data_dir, clock_speed=self._clock[0], clock_start=self._clock[1]))
+            data_dir=self._data_dir, clock_speed=self._clock[0], clock_start=self._clock[1],
+            priority_grant_all=self._grant_all))
 
     def _start_admin(self) -> None:
         from admin_web import (

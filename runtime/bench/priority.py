@@ -1,0 +1,256 @@
+"""``commandpost bench priority-latency``: from a bus's position to the controller's receipt.
+
+Each sample of the bench is one MQTT publish of a position that checks a bus
+in at a crossroad (the first position inside the detection distance of the
+approach's stop line, :mod:`actors.priority.tracker`): from just before that
+publish (``time.time()``) to the moment the crossroad's controller simulator
+decoded the request's Modbus write (its receipt log,
+:meth:`devices.sim.control.SimControl.priority_log`, stamped with the same
+machine's ``time.time()``). The path between is the runtime's: broker, a pool
+member (its own process), one Ray call into the crossroad's host priority
+lane, the policy, one Modbus write on the lane's own session.
+
+The bench drives buses of its own: buses of the inventory taken off the field
+at the simulator (no simulated position is published under their ids), each
+driving again and again across one crossroad of its line (its own), from
+330 m before the stop line to 30 m past it, so that each pass checks in and
+out once (the tracker takes the jump back to the start as a relocation). The
+policy grants every request (the service's ``priority_grant_all``): no sample
+is filtered away by lateness or lockout. A trigger with no receipt within
+:data:`MISS_S` is a miss and counts as 1,000 ms in the percentiles.
+
+Phases: ``idle`` (the crossroads and buses alone), ``city`` (the whole
+metropolis at the scale given, at its nominal rates). Each prints ``p50_ms``,
+``p99_ms``, ``max_ms``, ``n`` and ``misses``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from actors.priority.tracker import DETECTION_DISTANCE_M, DETECTION_ETA_S
+from runtime.bench.common import City, Say, machine, percentile
+from runtime.errors import ConfigError
+from runtime.inventory import Inventory
+from runtime.transit import OUTBOUND, BusLine, Crossing, line_geometry
+
+__all__ = ["MISS_S", "Pass", "drive_passes", "passes_for", "run"]
+
+#: A trigger with no receipt within this long is a miss (s).
+MISS_S: Final = 1.0
+#: Where a pass starts and ends, from the stop line (m), its speed (m/s) and sample rate.
+_BEFORE_M: Final = 330.0
+_AFTER_M: Final = 30.0
+_SPEED_MPS: Final = 14.0
+_HZ: Final = 2.0
+#: How far from its stop line the tracker checks a bus at that speed in.
+_REACH_M: Final = max(DETECTION_DISTANCE_M, DETECTION_ETA_S * _SPEED_MPS)
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One bus driving one approach of one crossroad: its samples' positions."""
+
+    bus_id: str
+    municipality: str
+    line: str
+    crossroad: str
+    approach: int
+    direction: str
+    points: tuple[tuple[float, float, float, float], ...]  # lat, lon, heading, distance to line
+    delay_s: float = 120.0
+
+    def trigger_index(self) -> int:
+        """The first sample within the tracker's detection distance or time of the stop
+        line (the check-in)."""
+        return next(i for i, p in enumerate(self.points) if p[3] <= _REACH_M)
+
+
+def _pass(bus_id: str, municipality: str, line: BusLine, crossing: Crossing,
+          direction: str) -> Pass | None:
+    geometry = line_geometry(line)
+    stop = crossing.stop_line_s(direction)
+    sign = 1.0 if direction == OUTBOUND else -1.0
+    start, end = stop - sign * _BEFORE_M, stop + sign * _AFTER_M
+    if not (0.0 <= min(start, end) and max(start, end) <= geometry.length_m):
+        return None
+    step = _SPEED_MPS / _HZ
+    n = int(abs(end - start) / step) + 1
+    points = []
+    for i in range(n):
+        s = start + sign * i * step
+        lat, lon = geometry.point_at(s)
+        points.append((lat, lon, geometry.heading_at(s, direction), sign * (stop - s)))
+    return Pass(bus_id, municipality, line.id, crossing.crossroad_id,
+                crossing.approach(direction), direction, tuple(points))
+
+
+def passes_for(inventory: Inventory, buses: Sequence[str]) -> dict[str, list[Pass]]:
+    """Per bus, its pass across a crossroad of its own (no other bus of the bench uses it)
+    on the outbound approach, where no other crossing of the line lies on the way (none
+    for a bus whose line has no such crossing)."""
+    out: dict[str, list[Pass]] = {}
+    used: set[str] = set()
+    for bus in buses:
+        eq = inventory.by_id(bus)
+        line = inventory.bus_lines.get(str(eq.attrs.get("line", "")))
+        if line is None:
+            continue
+        for crossing in line.crossings:
+            if crossing.crossroad_id in used:
+                continue
+            stop = crossing.s_m
+            # No other crossing whose approach the pass drives on, before or after.
+            if any(stop - _BEFORE_M - 50.0 <= c.s_m <= stop + _AFTER_M + _REACH_M + 50.0
+                   for c in line.crossings if c is not crossing):
+                continue
+            one = _pass(bus, eq.municipality, line, crossing, OUTBOUND)
+            if one is not None:
+                out[bus] = [one]
+                used.add(crossing.crossroad_id)
+                break
+    return out
+
+
+def _sample(p: Pass, i: int, seq: int, now: float) -> dict[str, Any]:
+    lat, lon, heading, _ = p.points[i]
+    return {"ts": now, "lat": lat, "lon": lon, "speed": _SPEED_MPS, "heading": heading,
+            "seq": seq, "line": p.line, "direction": p.direction, "delay_s": p.delay_s}
+
+
+@dataclass(slots=True)
+class Trigger:
+    bus_id: str
+    crossroad: str
+    approach: int
+    published: float
+
+
+def drive_passes(mqtt_url: str, passes: Mapping[str, Sequence[Pass]], *, rounds: int,
+                 clock: Any, stop: threading.Event | None = None) -> list[Trigger]:
+    """Drive every bus through its passes ``rounds`` times, concurrently (one asyncio task
+    per bus, samples at :data:`_HZ`), and return each check-in trigger's publish time."""
+    from devices.mqtt import MqttSession, encode_payload, topic
+
+    triggers: list[Trigger] = []
+
+    async def bus(session: MqttSession, bus_id: str, route: Sequence[Pass], offset: float
+                  ) -> None:
+        await asyncio.sleep(offset)
+        seq = 0
+        for _ in range(rounds):
+            for p in route:
+                name = topic(p.municipality, "vehicle", bus_id, "telemetry")
+                trigger = p.trigger_index()
+                for i in range(len(p.points)):
+                    if stop is not None and stop.is_set():
+                        return
+                    seq += 1
+                    payload = encode_payload(_sample(p, i, seq, clock.time()))
+                    if i == trigger:
+                        triggers.append(Trigger(bus_id, p.crossroad, p.approach, time.time()))
+                    await session.publish(name, payload, qos=0)
+                    await asyncio.sleep(1.0 / _HZ)
+
+    async def main() -> None:
+        session = MqttSession(mqtt_url, client_id=f"cp-bench-buses-{time.monotonic_ns()}",
+                              clean_session=True)
+        async with session:
+            await session.wait_connected()
+            spread = 1.0 / _HZ / max(1, len(passes))
+            await asyncio.gather(*(bus(session, b, route, k * spread)
+                                   for k, (b, route) in enumerate(passes.items())))
+
+    asyncio.run(main())
+    return triggers
+
+
+def match(triggers: Sequence[Trigger], receipts: Sequence[Mapping[str, Any]],
+          device_of: Mapping[str, str]) -> list[float]:
+    """Latency (s) of each trigger: to the first request the crossroad's controller
+    received on the trigger's approach after it; :data:`MISS_S` + when none."""
+    by_key: dict[tuple[str, int], list[float]] = {}
+    for r in receipts:
+        if r.get("command") == "request":
+            by_key.setdefault((str(r["device"]), int(r["approach"])), []).append(float(r["ts"]))
+    for times in by_key.values():
+        times.sort()
+    used: dict[tuple[str, int], int] = {}
+    out = []
+    for t in sorted(triggers, key=lambda t: t.published):
+        key = (device_of.get(t.crossroad, t.crossroad), t.approach)
+        times = by_key.get(key, [])
+        k = used.get(key, 0)
+        while k < len(times) and times[k] < t.published:
+            k += 1
+        if k < len(times) and times[k] - t.published <= MISS_S:
+            out.append(times[k] - t.published)
+            used[key] = k + 1
+        else:
+            out.append(math.inf)
+    return out
+
+
+def summary(latencies: Sequence[float]) -> dict[str, Any]:
+    ms = [min(x, MISS_S) * 1000.0 for x in latencies]
+    if not ms:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0, "misses": 0}
+    return {"p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
+            "max_ms": round(max(ms), 3), "n": len(ms),
+            "misses": sum(1 for x in latencies if not math.isfinite(x))}
+
+
+def _bench_buses(inventory: Inventory, want: int) -> list[str]:
+    buses = [eq.id for eq in inventory.equipment if eq.profile == "bus"]
+    return buses[:want] if want else buses
+
+
+def _phase(city: City, say: Say, samples: int, name: str) -> dict[str, Any]:
+    inv = city.inventory
+    passes = passes_for(inv, _bench_buses(inv, 0))
+    if not passes:
+        raise ConfigError("no bus line of this inventory crosses a crossroad with room "
+                          "for a pass")
+    city.control.offline(list(passes))
+    per_round = len(passes)
+    rounds = max(1, math.ceil(samples / per_round))
+    say(f"{name}: {len(passes)} buses, each across its own crossroad, {rounds} rounds")
+    since = time.time()
+    triggers = drive_passes(city.svc.mqtt_url, passes, rounds=rounds, clock=city.city_clock)
+    time.sleep(MISS_S + 0.5)
+    receipts = city.control.priority_log(since=since)
+    latencies = match(triggers, receipts, {})
+    out = summary(latencies)
+    say(f"{name}: {json_line(out)}")
+    city.control.offline(list(passes), False)
+    return out
+
+
+def json_line(d: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items())
+
+
+def _phases(scale: float) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "idle", {"scale": scale, "kinds": ("crossroad", "vehicle")}
+    yield "city", {"scale": scale}
+
+
+def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
+        samples: int = 1000, **_: Any) -> dict[str, Any]:
+    """The figures of this bench (see the module docstring)."""
+    out: dict[str, Any] = {}
+    for name, kw in _phases(scale):
+        with City(say=say, broker=broker, priority_grant_all=True, **kw) as city:
+            out[name] = _phase(city, say, samples, name)
+            out.setdefault("broker", city.broker_kind)
+    out["machine"] = machine()
+    out["scale"] = scale
+    out["left_out"] = ["flood phase (crossroads sharing one host with 200 vehicles under "
+                       "4,000 messages/s)"]
+    return out

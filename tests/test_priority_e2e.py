@@ -1,0 +1,127 @@
+"""Bus priority end to end: the city as ``make demo`` runs it (crossroads and vehicles, the
+controllers simulated on Modbus TCP, buses on MQTT through mosquitto), the pool's two members
+in processes of their own.
+
+Buses of the test's own (taken off the field at the simulator, their positions published by
+the test along their lines) cross crossroads: the member serving each checks it in, the
+crossroad's lane grants, the controller receives the request once, and the check-out clears
+it. Then the member serving them is killed with kill -9: within a second its buses are
+served again (by the other member, whose lease takes over, or by its replacement if the
+tree was quicker), the next passes are granted, no request reaches a controller twice, and
+the member ends up serving its own buses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from actors.priority.pool import partition_of
+from runtime.bench.common import City
+from runtime.bench.priority import drive_passes, match, passes_for
+from tests.conftest import poll
+
+log = logging.getLogger(__name__)
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def city() -> Iterator[City]:
+    with City(scale=0.1, kinds=("crossroad", "vehicle"), say=log.info, online_timeout_s=180,
+              priority_grant_all=True) as c:
+        yield c
+
+
+def priority(city: City) -> dict[str, Any]:
+    req = urllib.request.Request(city.admin_url + "/api/v1/priority")
+    req.add_header("Authorization", f"Bearer {city.token('viewer')}")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body: dict[str, Any] = json.loads(resp.read())
+    return body
+
+
+def requests_received(city: City) -> list[dict[str, Any]]:
+    return [r for r in city.control.priority_log() if r["command"] == "request"]
+
+
+def drive(city: City, buses: list[str]) -> list[float]:
+    """Drive ``buses`` across their crossroads once each way; the latency of each pass."""
+    passes = passes_for(city.inventory, buses)
+    assert passes, "the demo's lines cross its crossroads"
+    since = time.time()
+    triggers = drive_passes(city.svc.mqtt_url, passes, rounds=2, clock=city.city_clock)
+    poll(lambda: len([r for r in city.control.priority_log(since=since)
+                      if r["command"] in ("checkout", "cancel")]) >= len(triggers), 10,
+         what="every pass checked out")
+    return match(triggers, city.control.priority_log(since=since), {})
+
+
+def test_buses_crossing_get_priority_once_each_and_are_checked_out(city: City) -> None:
+    def both_serving() -> dict[str, Any] | None:
+        p = priority(city)
+        return p if len(p["members"]) == 2 and all(m["buses"] for m in p["members"]) else None
+
+    view = poll(both_serving, 60, what="two members serving buses")
+    buses = [eq.id for eq in city.inventory.equipment if eq.profile == "bus"]
+    assert sum(m["buses"] for m in view["members"]) == len(buses)
+    assert len({m["pid"] for m in view["members"]}) == 2
+    ours = list(passes_for(city.inventory, buses))[:4]
+    city.control.offline(ours)
+    latencies = drive(city, ours)
+    assert len(latencies) == 2 * len(ours)
+    assert all(x < 1.0 for x in latencies), latencies
+    received = requests_received(city)
+    ids = Counter(r["request_id"] for r in received)
+    assert max(ids.values()) == 1, "no request sent twice"
+    body = poll(lambda: (b := priority(city))["requests"]["granted"] >= len(latencies) and b,
+                5, what="the grants counted")
+    assert body["latency_ms"]["p99"] is not None and body["latency_ms"]["p99"] < 1000
+    events = [e for e in city.svc.store.recent_events(5000) if e.get("event") == "priority"]
+    assert any(e.get("outcome") == "granted" for e in events), "grants are events"
+    assert any(e.get("outcome") == "checked_out" for e in events), "check-outs are events"
+
+
+def test_a_killed_member_s_buses_are_served_again_within_a_second(city: City) -> None:
+    before = priority(city)
+    members = before["members"]
+    buses = [eq.id for eq in city.inventory.equipment if eq.profile == "bus"]
+    ours = list(passes_for(city.inventory, buses))[:4]
+    victim = members[partition_of(ours[0], len(members))]
+    everyone = sum(m["buses"] for m in members)
+    killed = time.time()
+    os.kill(int(victim["pid"]), signal.SIGKILL)
+
+    part = partition_of(ours[0], len(members))
+
+    def taken_over() -> Any:
+        # By the survivor, or by the member's replacement if the tree was quicker.
+        rows = [e for m in members for e in city.svc.store.recent_events(200, entity=m["id"])]
+        return next((e for e in rows if e.get("event") == "priority_partition"
+                     and e.get("taken") and e.get("partition") == part
+                     and float(e["ts"]) > killed), None)
+
+    event = poll(taken_over, 10, interval=0.05, what="the partition served again")
+    took = float(event["ts"]) - killed
+    log.info("%s served the killed member's buses %.3f s after the kill", event["entity"], took)
+    assert took <= 1.0
+    latencies = drive(city, ours)
+    assert all(x < 1.0 for x in latencies), latencies
+    # The tree replaces the member, which takes its own buses back.
+    def back() -> bool:
+        now = {m["id"]: m for m in priority(city)["members"]}
+        m = now.get(victim["id"])
+        return m is not None and m["buses"] == victim["buses"] and m["pid"] != victim["pid"]
+
+    poll(back, 60, interval=0.2, what="the member back with its buses")
+    assert sum(m["buses"] for m in priority(city)["members"]) == everyone
+    ids = Counter(r["request_id"] for r in requests_received(city))
+    assert max(ids.values()) == 1, "no request sent twice across the failover"
