@@ -341,6 +341,7 @@ class PoolMember(Entity):
             "partitions": sorted(self.serving), "granted": self.granted,
             "refused": dict(self.refused), "errors": dict(self.errors),
             "received": self.received, "tracked": dict(self.tracked),
+            "spans": tracing.exported(),
             "ignored": dict(self.tracker.ignored),
             "latency_ms": {**self.latency.summary(),
                            "recent": [round(x, 3) for x in self.latency.recent[-1000:]]},
@@ -357,7 +358,7 @@ def merge_members(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     members = [{"id": d.get("id"), "pid": d.get("pid"), "buses": d.get("buses", 0),
                 "partitions": d.get("partitions", []), "received": d.get("received", 0),
                 "tracked": d.get("tracked", {}), "ignored": d.get("ignored", {}),
-                "errors": d.get("errors", {})} for d in docs]
+                "errors": d.get("errors", {}), "spans": d.get("spans", 0)} for d in docs]
     refused: Counter[str] = Counter()
     counts = [0] * (len(BUCKETS_MS) + 1)
     recent: list[float] = []

@@ -12,16 +12,19 @@ lane, the policy, one Modbus write on the lane's own session.
 
 The bench drives buses of its own: buses of the inventory taken off the field
 at the simulator (no simulated position is published under their ids), each
-driving again and again across one crossroad of its line (its own), from
-330 m before the stop line to 30 m past it, so that each pass checks in and
-out once (the tracker takes the jump back to the start as a relocation). The
+driving again and again towards one crossroad of its line (its own), at
+14 m/s and 2 Hz, from four samples beyond the tracker's detection reach to two
+seconds past the check-in; the jump back to the start is a relocation, which
+cancels the check-in (the lane clears it at the controller). The
 policy grants every request (the service's ``priority_grant_all``): no sample
 is filtered away by lateness or lockout. A trigger with no receipt within
 :data:`MISS_S` is a miss and counts as 1,000 ms in the percentiles.
 
-Phases: ``idle`` (the crossroads and buses alone), ``city`` (the whole
-metropolis at the scale given, at its nominal rates). Each prints ``p50_ms``,
-``p99_ms``, ``max_ms``, ``n`` and ``misses``.
+Phases: ``idle`` (the crossroads and buses alone), ``idle_traced`` (the same,
+the pool's OpenTelemetry spans on, kept in memory: ``tracing_overhead_ms`` is
+the difference), ``city`` (the whole metropolis at the scale given, at its
+nominal rates). Each gives ``p50_ms``, ``p99_ms``, ``max_ms``, ``n`` and
+``misses``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ _SPEED_MPS: Final = 14.0
 _HZ: Final = 2.0
 #: How far from its stop line the tracker checks a bus at that speed in.
 _REACH_M: Final = max(DETECTION_DISTANCE_M, DETECTION_ETA_S * _SPEED_MPS)
+#: A short pass: from this far beyond the reach to this far past the check-in (m).
+_SHORT_BEFORE_M: Final = 4 * _SPEED_MPS / _HZ
+_SHORT_AFTER_M: Final = 2.0 * _SPEED_MPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +79,15 @@ class Pass:
 
 
 def _pass(bus_id: str, municipality: str, line: BusLine, crossing: Crossing,
-          direction: str) -> Pass | None:
+          direction: str, through: bool) -> Pass | None:
+    """A pass from beyond the detection reach to past the stop line (``through``), or
+    only to :data:`_SHORT_AFTER_M` past the check-in."""
     geometry = line_geometry(line)
     stop = crossing.stop_line_s(direction)
     sign = 1.0 if direction == OUTBOUND else -1.0
-    start, end = stop - sign * _BEFORE_M, stop + sign * _AFTER_M
+    before = _BEFORE_M if through else _REACH_M + _SHORT_BEFORE_M
+    after = _AFTER_M if through else _SHORT_AFTER_M - _REACH_M
+    start, end = stop - sign * before, stop + sign * after
     if not (0.0 <= min(start, end) and max(start, end) <= geometry.length_m):
         return None
     step = _SPEED_MPS / _HZ
@@ -91,10 +101,13 @@ def _pass(bus_id: str, municipality: str, line: BusLine, crossing: Crossing,
                 crossing.approach(direction), direction, tuple(points))
 
 
-def passes_for(inventory: Inventory, buses: Sequence[str]) -> dict[str, list[Pass]]:
-    """Per bus, its pass across a crossroad of its own (no other bus of the bench uses it)
-    on the outbound approach, where no other crossing of the line lies on the way (none
-    for a bus whose line has no such crossing)."""
+def passes_for(inventory: Inventory, buses: Sequence[str], *, through: bool = True
+               ) -> dict[str, list[Pass]]:
+    """Per bus, its pass on the outbound approach of a crossroad of its own (no other bus
+    of the bench uses it) where no other crossing of the line lies on the way (none for a
+    bus whose line has no such crossing): across it (``through``: checked out), or from
+    just beyond the detection reach to a few seconds past the check-in (the jump back to
+    the start cancels it as a relocation)."""
     out: dict[str, list[Pass]] = {}
     used: set[str] = set()
     for bus in buses:
@@ -110,7 +123,7 @@ def passes_for(inventory: Inventory, buses: Sequence[str]) -> dict[str, list[Pas
             if any(stop - _BEFORE_M - 50.0 <= c.s_m <= stop + _AFTER_M + _REACH_M + 50.0
                    for c in line.crossings if c is not crossing):
                 continue
-            one = _pass(bus, eq.municipality, line, crossing, OUTBOUND)
+            one = _pass(bus, eq.municipality, line, crossing, OUTBOUND, through)
             if one is not None:
                 out[bus] = [one]
                 used.add(crossing.crossroad_id)
@@ -213,7 +226,7 @@ def _bench_buses(inventory: Inventory, want: int) -> list[str]:
 
 def _phase(city: City, say: Say, samples: int, name: str) -> dict[str, Any]:
     inv = city.inventory
-    passes = passes_for(inv, _bench_buses(inv, 0))
+    passes = passes_for(inv, _bench_buses(inv, 0), through=False)
     if not passes:
         raise ConfigError("no bus line of this inventory crosses a crossroad with room "
                           "for a pass")
@@ -227,6 +240,10 @@ def _phase(city: City, say: Say, samples: int, name: str) -> dict[str, Any]:
     receipts = city.control.priority_log(since=since)
     latencies = match(triggers, receipts, {})
     out = summary(latencies)
+    from runtime.service import RuntimeBackend
+
+    members = RuntimeBackend(city.svc).priority()["members"]
+    out["spans"] = sum(int(m.get("spans", 0)) for m in members)
     say(f"{name}: {json_line(out)}")
     city.control.offline(list(passes), False)
     return out
@@ -236,21 +253,39 @@ def json_line(d: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
-def _phases(scale: float) -> Iterator[tuple[str, dict[str, Any]]]:
-    yield "idle", {"scale": scale, "kinds": ("crossroad", "vehicle")}
-    yield "city", {"scale": scale}
+def _phases(scale: float) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """Each phase: its name, its city and the pool's trace exporter."""
+    yield "idle", {"scale": scale, "kinds": ("crossroad", "vehicle")}, "none"
+    yield "idle_traced", {"scale": scale, "kinds": ("crossroad", "vehicle")}, "memory"
+    yield "city", {"scale": scale}, "none"
 
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         samples: int = 1000, **_: Any) -> dict[str, Any]:
     """The figures of this bench (see the module docstring)."""
+    import os
+
+    from actors.priority.tracing import ENV
+
     out: dict[str, Any] = {}
-    for name, kw in _phases(scale):
-        with City(say=say, broker=broker, priority_grant_all=True, **kw) as city:
-            out[name] = _phase(city, say, samples, name)
-            out.setdefault("broker", city.broker_kind)
+    for name, kw, traces in _phases(scale):
+        before = os.environ.get(ENV)
+        os.environ[ENV] = traces  # the pool's processes inherit it
+        try:
+            with City(say=say, broker=broker, priority_grant_all=True, **kw) as city:
+                out[name] = _phase(city, say, samples, name)
+                out.setdefault("broker", city.broker_kind)
+        finally:
+            if before is None:
+                os.environ.pop(ENV, None)
+            else:
+                os.environ[ENV] = before
+    idle, traced = out["idle"], out["idle_traced"]
+    out["tracing_overhead_ms"] = {
+        q: None if idle[f"{q}_ms"] is None or traced[f"{q}_ms"] is None
+        else round(traced[f"{q}_ms"] - idle[f"{q}_ms"], 3) for q in ("p50", "p99")}
     out["machine"] = machine()
     out["scale"] = scale
-    out["left_out"] = ["flood phase (crossroads sharing one host with 200 vehicles under "
+    out["left_out"] = ["flood phase (the crossroads in one host with 200 vehicles under "
                        "4,000 messages/s)"]
     return out
