@@ -320,9 +320,13 @@ class _Flood:
             "host_entities": len(city.svc.plan.host(host).entity_ids),
         }
         self.gen = GeneratorProcess(city, workdir, devices)
-        self.gen.rate(FLOOD_MSGS_PER_S)
-        time.sleep(_FLOOD_WARMUP_S)
-        self._r0 = self.gen.report()
+        try:
+            self.gen.rate(FLOOD_MSGS_PER_S)
+            time.sleep(_FLOOD_WARMUP_S)
+            self._r0 = self.gen.report()
+        except BaseException:
+            self.gen.stop()
+            raise
         self._t0 = time.monotonic()
 
     def finish(self) -> dict[str, Any]:
