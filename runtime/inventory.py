@@ -26,6 +26,22 @@ An inventory is a TOML file (see ``commandpost inventory demo`` for a full one):
     endpoint = "modbus://127.0.0.1:15020/1"
     profile = "traffic_controller"
 
+``[placement]`` says how entities are placed onto host actors
+(:mod:`runtime.placement`): ``default`` is ``"sharded"`` (an entity shares one
+of its domain's hosts) or ``"dedicated"`` (a host of its own);
+``[placement.kinds]`` overrides it per kind, and an equipment's own
+``placement`` per entity; ``[placement.shards]`` gives a domain's number of
+sharded hosts (1 unless set). ``[placement.colocate]`` puts the sharded
+entities of a domain on the hosts of another, by the same stable hash over
+that domain's shard count: with ``fleet = "traffic"`` the vehicles share the
+crossroads' hosts, which stay ``traffic`` hosts in the supervision tree (a
+vehicle placed ``dedicated`` still gets a ``fleet`` host of its own). A domain
+joins one that keeps hosts of its own (no chains), never itself nor
+``control``, and has no shard count of its own::
+
+    [placement.colocate]
+    fleet = "traffic"
+
 Plans and the alarm topology read four ``attrs`` of their own, which the
 check validates: ``tags`` (any equipment; names from :data:`TAGS`, such as
 ``flood_prone``), for a camera ``watches`` (the id of a building of the
@@ -368,11 +384,15 @@ class PlacementPolicy:
     ``sharded`` packs an entity with others of its domain into one of
     ``shards_for(domain)`` hosts; ``dedicated`` gives it a Ray actor of its own.
     An entity's own ``placement`` beats the per-kind choice, which beats ``default``.
+    ``colocate`` maps a domain to the domain whose hosts its sharded entities
+    join (:meth:`host_domain`): ``{"fleet": "traffic"}`` spreads the vehicles
+    over the traffic hosts, by the traffic domain's shard count.
     """
 
     default: str = "sharded"
     kinds: Mapping[str, str] = field(default_factory=_empty_mapping, hash=False)
     shards: Mapping[str, int] = field(default_factory=_empty_mapping, hash=False)
+    colocate: Mapping[str, str] = field(default_factory=_empty_mapping, hash=False)
 
     def __post_init__(self) -> None:
         if self.default not in PLACEMENTS:
@@ -389,8 +409,16 @@ class PlacementPolicy:
                 raise ConfigError(f"placement: shards for {domain!r} must be an integer")
             if not 1 <= count <= MAX_SHARDS:
                 raise ConfigError(f"placement: shards for {domain!r} outside [1, {MAX_SHARDS}]")
+        for domain, target in self.colocate.items():
+            problem = _colocate_problem(domain, target, self.colocate)
+            if problem is not None:
+                raise ConfigError(f"placement: colocate {domain!r}: {problem}")
+            if domain in self.shards:
+                raise ConfigError(f"placement: shards for {domain!r}: "
+                                  f"{_SHARDS_OF_COLOCATED.format(domain=domain, target=target)}")
         object.__setattr__(self, "kinds", MappingProxyType(dict(self.kinds)))
         object.__setattr__(self, "shards", MappingProxyType(dict(self.shards)))
+        object.__setattr__(self, "colocate", MappingProxyType(dict(self.colocate)))
 
     def mode_for(self, eq: Equipment) -> str:
         """``sharded`` or ``dedicated`` for this piece of equipment."""
@@ -403,6 +431,44 @@ class PlacementPolicy:
         if domain not in DOMAINS:
             raise ConfigError(f"unknown domain {domain!r} (expected one of {', '.join(DOMAINS)})")
         return self.shards.get(domain, 1)
+
+    def host_domain(self, domain: str) -> str:
+        """The domain whose hosts take the sharded entities of ``domain``: the one it is
+        colocated with, else itself."""
+        if domain not in DOMAINS:
+            raise ConfigError(f"unknown domain {domain!r} (expected one of {', '.join(DOMAINS)})")
+        return self.colocate.get(domain, domain)
+
+
+#: Why a colocated domain has no shard count of its own.
+_SHARDS_OF_COLOCATED: Final = ("{domain!r} joins the hosts of {target!r} "
+                               "(placement.colocate.{domain}) and is spread over its shards: "
+                               "it has no shard count of its own")
+
+
+def _colocate_problem(domain: str, target: object,
+                     colocate: Mapping[str, object]) -> str | None:
+    """What is wrong with colocating ``domain`` on the hosts of ``target`` (None if
+    nothing), given the whole ``colocate`` table."""
+    if domain == CONTROL_DOMAIN:
+        return ("the control domain's coordinators keep a host of their own; "
+                "it cannot join another domain's hosts")
+    if domain not in DOMAINS:
+        return f"unknown domain {domain!r} (expected one of {', '.join(DOMAINS)})"
+    if not isinstance(target, str):
+        return f"expected a domain name, got {type_name(target)} {shown(target)}"
+    if target == CONTROL_DOMAIN:
+        return ("the control domain's host is the coordinators'; equipment cannot join it")
+    if target not in DOMAINS:
+        guess = difflib.get_close_matches(target, DOMAINS, n=1)
+        hint = f"did you mean {guess[0]!r}? " if guess else ""
+        return f"unknown domain {target!r} ({hint}expected one of {', '.join(DOMAINS)})"
+    if target == domain:
+        return f"{domain!r} cannot join its own hosts"
+    if target in colocate:
+        return (f"{target!r} joins the hosts of {colocate[target]!r} itself: name a "
+                f"domain that keeps hosts of its own (no chains)")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +622,7 @@ def _choices(options: Iterable[str]) -> str:
 
 _TOP_KEYS: Final = ("metropolis", "placement", "municipality", "equipment", "bus_line")
 _METROPOLIS_KEYS: Final = ("name",)
-_PLACEMENT_KEYS: Final = ("default", "kinds", "shards")
+_PLACEMENT_KEYS: Final = ("default", "kinds", "shards", "colocate")
 _MUNICIPALITY_KEYS: Final = ("slug", "name", "lat", "lon", "population")
 _EQUIPMENT_KEYS: Final = (
     "id",
@@ -730,9 +796,29 @@ class _Parser(Checker):
                 self._issue(domain_path, f"shard count {count} outside [1, {MAX_SHARDS}]")
             else:
                 shards[domain] = count
+        colocate = self._colocate(table, path, shards_table or {})
         if len(self._issues) != before:
             return None
-        return PlacementPolicy(default=default, kinds=kinds, shards=shards)
+        return PlacementPolicy(default=default, kinds=kinds, shards=shards, colocate=colocate)
+
+    def _colocate(self, table: Mapping[str, Any], path: KeyPath,
+                  shards: Mapping[str, Any]) -> dict[str, str]:
+        """``[placement.colocate]``: each domain to the domain whose hosts it joins."""
+        if "colocate" not in table:
+            return {}
+        where = (*path, "colocate")
+        colocate = self._table(table["colocate"], where, "a table of domains by domain")
+        out: dict[str, str] = {}
+        for domain, target in (colocate or {}).items():
+            problem = _colocate_problem(domain, target, colocate or {})
+            if problem is not None:
+                self._issue((*where, domain), problem)
+                continue
+            out[domain] = target
+            if domain in shards:
+                self._issue((*path, "shards", domain),
+                            _SHARDS_OF_COLOCATED.format(domain=domain, target=target))
+        return out
 
     def _array_of_tables(self, key: str) -> list[tuple[KeyPath, Mapping[str, Any]]]:
         value = self._doc.get(key, [])
@@ -1256,6 +1342,9 @@ def dump_inventory(inventory: Inventory, *, decimals: int | None = None) -> str:
     if policy.shards:
         lines.append("[placement.shards]")
         lines += [f"{k} = {v}" for k, v in policy.shards.items()]
+    if policy.colocate:
+        lines.append("[placement.colocate]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in policy.colocate.items()]
 
     def num(x: float) -> str:
         return toml_value(float(x), decimals)

@@ -3,7 +3,10 @@
 ``sharded`` entities are packed into a few hosts per domain; the shard of an
 entity is a stable hash of its municipality and id, so adding equipment never
 moves the others and a placement computed anywhere is the same. ``dedicated``
-entities get a host of their own. Host ids are stable names (``lighting-1``,
+entities get a host of their own. A domain colocated with another
+(:attr:`~runtime.inventory.PlacementPolicy.colocate`) has no sharded hosts:
+its entities join the other domain's, by the same hash over that domain's
+shard count. Host ids are stable names (``lighting-1``,
 ``dedicated-xr-dijon-0001``): the supervision tree and the directory speak them,
 whatever Ray actor currently serves them.
 """
@@ -77,22 +80,26 @@ def plan(inventory: Inventory, coordinators: Sequence[Equipment] = ()) -> Placem
     """Assign every entity of ``inventory``, and the ``coordinators``, to a host.
 
     The coordinators share one host of the ``control`` domain (:data:`CONTROL_HOST`),
-    unless one is placed ``dedicated``.
+    unless one is placed ``dedicated``. A sharded entity of a domain colocated with
+    another (``[placement.colocate]``) goes to that domain's hosts, which keep its
+    label: a host's ``domain`` is the supervisor it runs under.
     """
     members: dict[str, list[str]] = {}
     domain_of: dict[str, tuple[str, str]] = {}
     for eq in (*inventory.equipment, *coordinators):
         mode = (eq.placement or "sharded") if eq.kind == COORDINATOR \
             else inventory.placement.mode_for(eq)
+        domain = eq.domain
         if mode == "dedicated":
             host_id = f"dedicated-{eq.id}"
         elif eq.kind == COORDINATOR:
             host_id = CONTROL_HOST
         else:
-            shards = inventory.placement.shards_for(eq.domain)
-            host_id = f"{eq.domain}-{stable_shard(eq.municipality, eq.id, shards)}"
+            domain = inventory.placement.host_domain(domain)
+            shards = inventory.placement.shards_for(domain)
+            host_id = f"{domain}-{stable_shard(eq.municipality, eq.id, shards)}"
         members.setdefault(host_id, []).append(eq.id)
-        domain_of[host_id] = (eq.domain, mode)
+        domain_of[host_id] = (domain, mode)
     hosts = []
     for domain in DOMAINS:
         for host_id in sorted(h for h, (d, _) in domain_of.items() if d == domain):

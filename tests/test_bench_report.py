@@ -153,3 +153,18 @@ def test_cpu_meter_gives_cores_per_role(monkeypatch: pytest.MonkeyPatch) -> None
     cores = meter.stop()
     assert meter.window_s == 10.0
     assert cores == pytest.approx({"runtime": 0.8, "broker": 0.05})
+
+
+def test_the_priority_latency_row_shows_the_flood_beside_idle() -> None:
+    phase = {"n": 400, "p50_ms": 12.5, "p99_ms": 30.25, "max_ms": 41.0, "misses": 0}
+    result = {"idle": phase, "idle_traced": phase, "city": phase,
+              "flood": {**phase, "p99_ms": 55.5, "misses": 1, "offered_msgs_per_s": 3998.7,
+                        "flooded_devices": 200},
+              "tracing_overhead_ms": {"p50": 0.1, "p99": 0.4}, "flood_p99_ratio": 1.83}
+    shown = dict(report.figures("priority-latency", result))
+    assert shown["flood.p99_ms"] == "55.5" and shown["flood.misses"] == "1"
+    assert shown["flood.n"] == "400" and shown["flood.p50_ms"] == "12.5"
+    assert shown["flood.offered_msgs_per_s"] == "3998.7"
+    assert shown["idle.p99_ms"] == "30.25" and shown["flood_p99_ratio"] == "1.83"
+    assert "flood.flooded_devices" not in shown
+    assert list(shown).index("idle.p99_ms") < list(shown).index("flood.p99_ms")

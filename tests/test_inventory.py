@@ -225,6 +225,99 @@ def test_placement_policy_rejects(kwargs: dict[str, Any]) -> None:
         PlacementPolicy(**kwargs)
 
 
+def test_placement_policy_colocate() -> None:
+    policy = PlacementPolicy(shards={"traffic": 2}, colocate={"fleet": "traffic"})
+    assert policy.host_domain("fleet") == "traffic"
+    assert policy.host_domain("traffic") == "traffic"
+    assert policy.host_domain("video") == "video"
+    assert policy.colocate == {"fleet": "traffic"}
+    with pytest.raises(TypeError):
+        policy.colocate["video"] = "traffic"  # type: ignore[index]
+    with pytest.raises(ConfigError, match="unknown domain"):
+        policy.host_domain("control")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"colocate": {"lightning": "traffic"}}, "unknown domain 'lightning'"),
+        ({"colocate": {"fleet": "trafic"}}, "did you mean 'traffic'?"),
+        ({"colocate": {"fleet": "fleet"}}, "cannot join its own hosts"),
+        ({"colocate": {"fleet": "traffic", "traffic": "video"}}, "no chains"),
+        ({"colocate": {"fleet": "traffic", "traffic": "fleet"}}, "no chains"),
+        ({"colocate": {"control": "traffic"}}, "control domain's coordinators"),
+        ({"colocate": {"fleet": "control"}}, "equipment cannot join it"),
+        ({"colocate": {"fleet": 3}}, "expected a domain name, got integer"),
+        ({"colocate": {"fleet": "traffic"}, "shards": {"fleet": 2}},
+         "no shard count of its own"),
+    ],
+)
+def test_placement_policy_rejects_colocate(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        PlacementPolicy(**kwargs)
+
+
+def test_colocate_parses_and_round_trips() -> None:
+    text = after("lighting = 3\n", '[placement.colocate]\nfleet = "traffic"\n'
+                                   'access = "lighting"\n')(BASE)
+    inv = parse_inventory(text, SRC)
+    assert inv.placement.colocate == {"fleet": "traffic", "access": "lighting"}
+    assert inv.placement.host_domain("access") == "lighting"
+    dumped = dump_inventory(inv)
+    assert '[placement.colocate]\nfleet = "traffic"\naccess = "lighting"\n' in dumped
+    again = parse_inventory(dumped, "again.toml")
+    assert again == inv
+    assert again.placement.colocate == inv.placement.colocate
+    assert "[placement.colocate]" not in dump_inventory(parse_inventory(BASE, SRC))
+
+
+def _colocating(table: str) -> Callable[[str], str]:
+    return after("lighting = 3\n", "[placement.colocate]\n" + table)
+
+
+COLOCATE_CASES = [
+    ("unknown joining domain", 'lightning = "traffic"\n', "placement.colocate.lightning",
+     "lightning =", "unknown domain 'lightning'"),
+    ("unknown target domain", 'fleet = "trafic"\n', "placement.colocate.fleet",
+     "fleet =", "unknown domain 'trafic' (did you mean 'traffic'?"),
+    ("joining itself", 'fleet = "fleet"\n', "placement.colocate.fleet", "fleet =",
+     "'fleet' cannot join its own hosts"),
+    ("a chain", 'fleet = "traffic"\ntraffic = "video"\n', "placement.colocate.fleet",
+     "fleet =", "'traffic' joins the hosts of 'video' itself"),
+    ("the control domain joining", 'control = "traffic"\n', "placement.colocate.control",
+     "control =", "the control domain's coordinators keep a host of their own"),
+    ("joining the control domain", 'fleet = "control"\n', "placement.colocate.fleet",
+     "fleet =", "the control domain's host is the coordinators'"),
+    ("target not a string", "fleet = 2\n", "placement.colocate.fleet", "fleet =",
+     "expected a domain name, got integer 2"),
+    ("a joined domain with shards", 'lighting = "traffic"\n', "placement.shards.lighting",
+     "lighting = 3", "'lighting' joins the hosts of 'traffic' (placement.colocate.lighting)"),
+]
+
+
+@pytest.mark.parametrize(("table", "field", "needle", "fragment"),
+                         [case[1:] for case in COLOCATE_CASES],
+                         ids=[case[0] for case in COLOCATE_CASES])
+def test_colocate_errors_name_file_line_and_field(table: str, field: str, needle: str,
+                                                  fragment: str) -> None:
+    text = _colocating(table)(BASE)
+    (issue,) = issues_of(text)
+    assert issue.startswith(f"{SRC}:{line_of(text, needle)}: {field}: "), issue
+    assert fragment in issue, issue
+
+
+def test_colocate_cycle_reports_both_domains() -> None:
+    text = _colocating('fleet = "traffic"\ntraffic = "fleet"\n')(BASE)
+    issues = issues_of(text)
+    assert [i.split(": ")[0:2] for i in issues] == [
+        [f"{SRC}:{line_of(text, 'fleet = ')}", "placement.colocate.fleet"],
+        [f"{SRC}:{line_of(text, 'traffic = ')}", "placement.colocate.traffic"],
+    ]
+    assert all("no chains" in i for i in issues)
+    (issue,) = issues_of(after('default = "sharded"\n', "colocate = 3\n")(BASE))
+    assert "placement.colocate: expected a table of domains by domain, got integer" in issue
+
+
 def test_inventory_cross_checks_in_code() -> None:
     xr = make_equipment()
     inv = Inventory("M", (DIJON,), (xr,), PlacementPolicy())

@@ -24,6 +24,7 @@ have (an empty list when nothing).
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import math
@@ -40,6 +41,7 @@ import psutil
 
 from runtime.clock import Clock
 from runtime.errors import ConfigError, ProtocolError, RetryableError
+from runtime.inventory import PlacementPolicy
 from runtime.procmem import cpu_seconds, pss_mb, ray_pids, session_pids, tree_pids
 
 Say = Callable[[str], None]
@@ -116,7 +118,9 @@ class City:
     ``sim_rate_hz`` overrides the MQTT devices' rate; ``clock_speed`` and
     ``clock_start`` set the city's clock (:class:`~runtime.clock.ClockSpec`),
     which :attr:`city_clock` reads once the service exists; ``priority_grant_all``
-    makes the bus-priority policy grant every request (the latency bench).
+    makes the bus-priority policy grant every request (the latency bench);
+    ``placement`` edits the inventory's placement policy (given the demo's, it
+    returns the one to run, such as one with a domain colocated with another).
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class City:
         clock_speed: float = 1.0,
         clock_start: float | None = None,
         priority_grant_all: bool = False,
+        placement: Callable[[PlacementPolicy], PlacementPolicy] | None = None,
     ) -> None:
         from runtime.demo_inventory import DemoPorts, generate_demo
         from runtime.inventory import parse_inventory
@@ -151,6 +156,9 @@ class City:
             # A lighter city (tests): only the equipment of these kinds.
             dropped = sorted({eq.kind for eq in self.inventory.equipment} - set(kinds))
             self.inventory = self.inventory.restricted(kinds)
+        if placement is not None:
+            self.inventory = dataclasses.replace(
+                self.inventory, placement=placement(self.inventory.placement))
         self._broker = broker
         self._sim_rate_hz = sim_rate_hz
         self._spares = spares

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import ray
 
 from runtime.bench.common import City, CpuMeter, Say, hosts_of, machine, pss_of
 from runtime.bench.counting import Tally, tally
+from runtime.inventory import Equipment
 from runtime.metrics import Histogram
 from runtime.placement import equipment_to_wire
 
@@ -99,7 +101,7 @@ class _Snapshot:
 
 
 def _held_snapshot(city: City, protocols: list[str] | None = None,
-                   generator: _Generator | None = None) -> _Snapshot:
+                   generator: GeneratorProcess | None = None) -> _Snapshot:
     """Hold the sources, let what they sent arrive, snapshot both ends."""
     city.control.hold(True, protocols)
     if generator is not None:
@@ -177,12 +179,15 @@ def measure_nominal(city: City, *, seconds: float, rate_hz: float, loss: float =
 
 
 # -- capacity -----------------------------------------------------------------
-class _Generator:
-    """The load generator process, driven over its standard input."""
+class GeneratorProcess:
+    """The load generator process (:mod:`devices.sim.loadgen`), driven over its standard
+    input: it publishes as ``equipment`` (every MQTT device of the city unless given)."""
 
-    def __init__(self, city: City, workdir: Path) -> None:
-        rows = [equipment_to_wire(eq) for eq in city.inventory.equipment
-                if eq.endpoint == "mqtt"]
+    def __init__(self, city: City, workdir: Path,
+                 equipment: Sequence[Equipment] | None = None) -> None:
+        chosen = (equipment if equipment is not None
+                  else [eq for eq in city.inventory.equipment if eq.endpoint == "mqtt"])
+        rows = [equipment_to_wire(eq) for eq in chosen]
         path = workdir / "loadgen-devices.json"
         path.write_text(json.dumps(rows), encoding="utf-8")
         self.devices = len(rows)
@@ -254,7 +259,7 @@ def measure_capacity(city: City, *, say: Say = print, step_s: float = 20.0,
     """The capacity steps on a running city; ``limited_by`` is left to the caller."""
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cp-capacity-") as tmp:
-        gen = _Generator(city, Path(tmp))
+        gen = GeneratorProcess(city, Path(tmp))
         try:
             groups = city.process_groups()
             groups["runtime"] -= {gen.pid}
@@ -318,7 +323,7 @@ def measure_capacity(city: City, *, say: Say = print, step_s: float = 20.0,
     }
 
 
-def _step(city: City, gen: _Generator, groups: dict[str, set[int]], rate: int,
+def _step(city: City, gen: GeneratorProcess, groups: dict[str, set[int]], rate: int,
           step_s: float, warmup_s: float) -> dict[str, Any]:
     before = _held_snapshot(city, None, gen)
     city.control.hold(False)
@@ -394,7 +399,7 @@ def generator_alone(rate: int, *, broker: str = "auto", seconds: float = 10.0) -
         b.start()
         try:
             fake = _FakeCity(inv, b.url)
-            gen = _Generator(fake, Path(tmp))  # type: ignore[arg-type]
+            gen = GeneratorProcess(fake, Path(tmp))  # type: ignore[arg-type]
             try:
                 gen.rate(rate)
                 time.sleep(2.0)
@@ -413,7 +418,7 @@ def generator_alone(rate: int, *, broker: str = "auto", seconds: float = 10.0) -
 
 
 class _FakeCity:
-    """What :class:`_Generator` reads of a city: its inventory and broker URL."""
+    """What :class:`GeneratorProcess` reads of a city: its inventory and broker URL."""
 
     def __init__(self, inventory: Any, mqtt_url: str) -> None:
         self.inventory = inventory

@@ -23,30 +23,49 @@ is filtered away by lateness or lockout. A trigger with no receipt within
 Phases: ``idle`` (the crossroads and buses alone), ``idle_traced`` (the same,
 the pool's OpenTelemetry spans on, kept in memory: ``tracing_overhead_ms`` is
 the difference), ``city`` (the whole metropolis at the scale given, at its
-nominal rates). Each gives ``p50_ms``, ``p99_ms``, ``max_ms``, ``n`` and
-``misses``.
+nominal rates), ``flood`` (the same city, its crossroads on one host with
+every vehicle, ``[placement.colocate] fleet = "traffic"``, and
+:data:`FLOOD_DEVICES` of those vehicles, service vehicles and buses but not
+the bench's own, sent :data:`FLOOD_MSGS_PER_S` extra messages per second by
+the load generator, :mod:`devices.sim.loadgen`, from before the first pass
+to after the last). Each gives ``p50_ms``, ``p99_ms``, ``max_ms``, ``n`` and
+``misses``; ``flood`` also what the generator achieved over the passes
+(``offered_msgs_per_s``, ``offered_points_per_s``, ``skipped``, by its own
+counters), how many devices it spoke for (``flooded_devices``) and the
+entities of the crossroads' host (``host_entities``). The target is
+``flood_p99_ratio`` (flood p99 ÷ idle p99) ≤ 2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from actors.priority.tracker import DETECTION_DISTANCE_M, DETECTION_ETA_S
 from runtime.bench.common import City, Say, machine, percentile
 from runtime.errors import ConfigError
-from runtime.inventory import Inventory
+from runtime.inventory import Equipment, Inventory, PlacementPolicy
 from runtime.transit import OUTBOUND, BusLine, Crossing, line_geometry
 
-__all__ = ["MISS_S", "Pass", "drive_passes", "passes_for", "run"]
+__all__ = ["FLOOD_DEVICES", "FLOOD_MSGS_PER_S", "MISS_S", "Pass", "colocated", "drive_passes",
+           "flooded", "passes_for", "run"]
 
 #: A trigger with no receipt within this long is a miss (s).
 MISS_S: Final = 1.0
+#: The flood phase: the load generator's extra messages per second in all, and how many
+#: vehicles it speaks for (4,000 messages/s of five values each: 20,000 points/s).
+FLOOD_MSGS_PER_S: Final = 4000
+FLOOD_DEVICES: Final = 200
+#: How long the generator runs at its pace before the first pass (s).
+_FLOOD_WARMUP_S: Final = 3.0
 #: Where a pass starts and ends, from the stop line (m), its speed (m/s) and sample rate.
 _BEFORE_M: Final = 330.0
 _AFTER_M: Final = 30.0
@@ -224,7 +243,33 @@ def _bench_buses(inventory: Inventory, want: int) -> list[str]:
     return buses[:want] if want else buses
 
 
-def _phase(city: City, say: Say, samples: int, name: str) -> dict[str, Any]:
+def colocated(policy: PlacementPolicy) -> PlacementPolicy:
+    """The flood phase's placement: ``policy`` with one traffic host, which the fleet
+    joins (the vehicles have no shard count of their own then)."""
+    shards = {d: n for d, n in policy.shards.items() if d != "fleet"}
+    shards["traffic"] = 1
+    return dataclasses.replace(policy, shards=shards,
+                               colocate={**policy.colocate, "fleet": "traffic"})
+
+
+def flooded(inventory: Inventory, bench_buses: Collection[str],
+            want: int = FLOOD_DEVICES) -> list[Equipment]:
+    """The MQTT vehicles the load generator speaks for: ``want`` of them (all when there
+    are fewer), spread evenly over the inventory's order, none of ``bench_buses``
+    (the bench drives those itself)."""
+    vehicles = [eq for eq in inventory.equipment
+                if eq.kind == "vehicle" and eq.endpoint == "mqtt" and eq.id not in bench_buses]
+    if len(vehicles) <= want:
+        return vehicles
+    return [vehicles[i * len(vehicles) // want] for i in range(want)]
+
+
+def _emitted(report: Mapping[str, Any], key: str) -> int:
+    return sum(int(d.get(key, 0)) for d in report["devices"].values())
+
+
+def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
+           ) -> dict[str, Any]:
     inv = city.inventory
     passes = passes_for(inv, _bench_buses(inv, 0), through=False)
     if not passes:
@@ -234,12 +279,21 @@ def _phase(city: City, say: Say, samples: int, name: str) -> dict[str, Any]:
     per_round = len(passes)
     rounds = max(1, math.ceil(samples / per_round))
     say(f"{name}: {len(passes)} buses, each across its own crossroad, {rounds} rounds")
-    since = time.time()
-    triggers = drive_passes(city.svc.mqtt_url, passes, rounds=rounds, clock=city.city_clock)
+    with tempfile.TemporaryDirectory(prefix="cp-flood-") as tmp:
+        gen = _Flood(city, Path(tmp), passes) if flood else None
+        try:
+            since = time.time()
+            triggers = drive_passes(city.svc.mqtt_url, passes, rounds=rounds,
+                                    clock=city.city_clock)
+            load = gen.finish() if gen is not None else {}
+        finally:
+            if gen is not None:
+                gen.stop()
     time.sleep(MISS_S + 0.5)
     receipts = city.control.priority_log(since=since)
     latencies = match(triggers, receipts, {})
     out = summary(latencies)
+    out.update(load)
     from runtime.service import RuntimeBackend
 
     members = RuntimeBackend(city.svc).priority()["members"]
@@ -247,6 +301,49 @@ def _phase(city: City, say: Say, samples: int, name: str) -> dict[str, Any]:
     say(f"{name}: {json_line(out)}")
     city.control.offline(list(passes), False)
     return out
+
+
+class _Flood:
+    """The flood phase's load generator: started at :data:`FLOOD_MSGS_PER_S` over the
+    :func:`flooded` vehicles, its counters read before the first pass and after the last."""
+
+    def __init__(self, city: City, workdir: Path, passes: Collection[str]) -> None:
+        from runtime.bench.ingest import GeneratorProcess
+
+        devices = flooded(city.inventory, passes)
+        if not devices:
+            raise ConfigError("no MQTT vehicle is left for the load generator to speak for")
+        host = city.svc.plan.owner[next(
+            eq.id for eq in city.inventory.equipment if eq.kind == "crossroad")]
+        self.figures: dict[str, Any] = {
+            "flooded_devices": len(devices), "flood_host": host,
+            "host_entities": len(city.svc.plan.host(host).entity_ids),
+        }
+        self.gen = GeneratorProcess(city, workdir, devices)
+        try:
+            self.gen.rate(FLOOD_MSGS_PER_S)
+            time.sleep(_FLOOD_WARMUP_S)
+            self._r0 = self.gen.report()
+        except BaseException:
+            self.gen.stop()
+            raise
+        self._t0 = time.monotonic()
+
+    def finish(self) -> dict[str, Any]:
+        """What the generator achieved since the first pass, by its own counters."""
+        r1 = self.gen.report()
+        dt = time.monotonic() - self._t0
+        self.gen.rate(0)
+        return {**self.figures, "rate_msgs_per_s": FLOOD_MSGS_PER_S,
+                "offered_msgs_per_s": round(
+                    (_emitted(r1, "emitted") - _emitted(self._r0, "emitted")) / dt, 1),
+                "offered_points_per_s": round(
+                    (_emitted(r1, "points") - _emitted(self._r0, "points")) / dt, 1),
+                "skipped": int(r1.get("skipped", 0)) - int(self._r0.get("skipped", 0)),
+                "window_s": round(dt, 1)}
+
+    def stop(self) -> None:
+        self.gen.stop()
 
 
 def json_line(d: Mapping[str, Any]) -> str:
@@ -258,6 +355,7 @@ def _phases(scale: float) -> Iterator[tuple[str, dict[str, Any], str]]:
     yield "idle", {"scale": scale, "kinds": ("crossroad", "vehicle")}, "none"
     yield "idle_traced", {"scale": scale, "kinds": ("crossroad", "vehicle")}, "memory"
     yield "city", {"scale": scale}, "none"
+    yield "flood", {"scale": scale, "placement": colocated}, "none"
 
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
@@ -273,7 +371,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         os.environ[ENV] = traces  # the pool's processes inherit it
         try:
             with City(say=say, broker=broker, priority_grant_all=True, **kw) as city:
-                out[name] = _phase(city, say, samples, name)
+                out[name] = _phase(city, say, samples, name, flood=name == "flood")
                 out.setdefault("broker", city.broker_kind)
         finally:
             if before is None:
@@ -284,8 +382,10 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
     out["tracing_overhead_ms"] = {
         q: None if idle[f"{q}_ms"] is None or traced[f"{q}_ms"] is None
         else round(traced[f"{q}_ms"] - idle[f"{q}_ms"], 3) for q in ("p50", "p99")}
+    flood = out["flood"]
+    out["flood_p99_ratio"] = (None if not idle["p99_ms"] or flood["p99_ms"] is None
+                              else round(flood["p99_ms"] / idle["p99_ms"], 2))
     out["machine"] = machine()
     out["scale"] = scale
-    out["left_out"] = ["flood phase (the crossroads in one host with 200 vehicles under "
-                       "4,000 messages/s)"]
+    out["left_out"] = []
     return out

@@ -60,9 +60,10 @@ FIGURES: Mapping[str, tuple[str, ...]] = {
                "analytic_error_pct", "lamps_failed", "dimming_saving_pct", "legacy_saving_pct",
                "counter_resets", "counter_wraps", "transition_late_s", "repeats"),
     "fire": ("n", "p50_s", "p99_s", "max_s", "missed"),
-    "priority-latency": ("idle.n", "idle.p50_ms", "idle.p99_ms", "idle.misses", "city.n",
-                         "city.p50_ms", "city.p99_ms", "city.misses",
-                         "tracing_overhead_ms.p99"),
+    "priority-latency": ("idle.n", "idle.p50_ms", "idle.p99_ms", "idle.misses",
+                         "tracing_overhead_ms.p99", "city.p50_ms", "city.p99_ms",
+                         "city.misses", "flood.n", "flood.p50_ms", "flood.p99_ms",
+                         "flood.misses", "flood.offered_msgs_per_s", "flood_p99_ratio"),
 }
 
 #: Rows come in this order; benches not listed follow by name.
