@@ -58,7 +58,8 @@ def drive(city: City, buses: list[str]) -> list[float]:
     passes = passes_for(city.inventory, buses)
     assert passes, "the demo's lines cross its crossroads"
     since = time.time()
-    triggers = drive_passes(city.svc.mqtt_url, passes, rounds=2, clock=city.city_clock)
+    triggers = drive_passes(city.svc.mqtt_url, passes, rounds=2, clock=city.city_clock,
+                            lines=city.inventory.bus_lines)
     poll(lambda: len([r for r in city.control.priority_log(since=since)
                       if r["command"] in ("checkout", "cancel")]) >= len(triggers), 10,
          what="every pass checked out")

@@ -20,7 +20,8 @@ policy grants every request (the service's ``priority_grant_all``): no sample
 is filtered away by lateness or lockout. A trigger with no receipt within
 :data:`MISS_S` is a miss and counts as 1,000 ms in the percentiles.
 
-Phases: ``idle`` (the crossroads and buses alone), ``idle_traced`` (the same,
+Phases: ``idle`` (the crossroads and the buses alone, the simulators holding every
+sample back but the controllers' answers to polls), ``idle_traced`` (the same,
 the pool's OpenTelemetry spans on, kept in memory: ``tracing_overhead_ms`` is
 the difference), ``city`` (the whole metropolis at the scale given, at its
 nominal rates), ``flood`` (the same city, its crossroads on one host with
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import tempfile
 import threading
@@ -74,7 +76,7 @@ _HZ: Final = 2.0
 #: How far from its stop line the tracker checks a bus at that speed in.
 _REACH_M: Final = max(DETECTION_DISTANCE_M, DETECTION_ETA_S * _SPEED_MPS)
 #: A short pass: from this far beyond the reach to this far past the check-in (m).
-_SHORT_BEFORE_M: Final = 4 * _SPEED_MPS / _HZ
+_SHORT_BEFORE_M: Final = 3.5 * _SPEED_MPS / _HZ
 _SHORT_AFTER_M: Final = 2.0 * _SPEED_MPS
 
 
@@ -91,10 +93,6 @@ class Pass:
     points: tuple[tuple[float, float, float, float], ...]  # lat, lon, heading, distance to line
     delay_s: float = 120.0
 
-    def trigger_index(self) -> int:
-        """The first sample within the tracker's detection distance or time of the stop
-        line (the check-in)."""
-        return next(i for i, p in enumerate(self.points) if p[3] <= _REACH_M)
 
 
 def _pass(bus_id: str, municipality: str, line: BusLine, crossing: Crossing,
@@ -165,12 +163,20 @@ class Trigger:
 
 
 def drive_passes(mqtt_url: str, passes: Mapping[str, Sequence[Pass]], *, rounds: int,
-                 clock: Any, stop: threading.Event | None = None) -> list[Trigger]:
+                 clock: Any, lines: Mapping[str, BusLine],
+                 stop: threading.Event | None = None) -> list[Trigger]:
     """Drive every bus through its passes ``rounds`` times, concurrently (one asyncio task
-    per bus, samples at :data:`_HZ`), and return each check-in trigger's publish time."""
+    per bus, samples at :data:`_HZ`), and return each check-in trigger's publish time.
+
+    A trigger is a publish that checks its bus in: each sample goes through a tracker of
+    the bench's own (the pool's code, on the same ``lines``) as it is published, so the
+    sample that checks in is known exactly, not guessed from the geometry.
+    """
+    from actors.priority.tracker import BusTracker, EventKind
     from devices.mqtt import MqttSession, encode_payload, topic
 
     triggers: list[Trigger] = []
+    tracker = BusTracker(lines, clock_speed=clock.speed)
 
     async def bus(session: MqttSession, bus_id: str, route: Sequence[Pass], offset: float
                   ) -> None:
@@ -179,15 +185,17 @@ def drive_passes(mqtt_url: str, passes: Mapping[str, Sequence[Pass]], *, rounds:
         for _ in range(rounds):
             for p in route:
                 name = topic(p.municipality, "vehicle", bus_id, "telemetry")
-                trigger = p.trigger_index()
                 for i in range(len(p.points)):
                     if stop is not None and stop.is_set():
                         return
                     seq += 1
-                    payload = encode_payload(_sample(p, i, seq, clock.time()))
-                    if i == trigger:
-                        triggers.append(Trigger(bus_id, p.crossroad, p.approach, time.time()))
+                    sample = _sample(p, i, seq, clock.time())
+                    payload = encode_payload(sample)
+                    events = tracker.update(bus_id, sample, sample["ts"])
+                    published = time.time()
                     await session.publish(name, payload, qos=0)
+                    triggers.extend(Trigger(bus_id, ev.crossroad, ev.approach, published)
+                                    for ev in events if ev.kind is EventKind.CHECK_IN)
                     await asyncio.sleep(1.0 / _HZ)
 
     async def main() -> None:
@@ -268,14 +276,16 @@ def _emitted(report: Mapping[str, Any], key: str) -> int:
     return sum(int(d.get(key, 0)) for d in report["devices"].values())
 
 
-def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
-           ) -> dict[str, Any]:
+def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False,
+           quiet: bool = False) -> dict[str, Any]:
     inv = city.inventory
     passes = passes_for(inv, _bench_buses(inv, 0), through=False)
     if not passes:
         raise ConfigError("no bus line of this inventory crosses a crossroad with room "
                           "for a pass")
     city.control.offline(list(passes))
+    if quiet:
+        city.control.hold()  # no simulated device publishes: the bench's buses alone
     per_round = len(passes)
     rounds = max(1, math.ceil(samples / per_round))
     say(f"{name}: {len(passes)} buses, each across its own crossroad, {rounds} rounds")
@@ -284,7 +294,7 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
         try:
             since = time.time()
             triggers = drive_passes(city.svc.mqtt_url, passes, rounds=rounds,
-                                    clock=city.city_clock)
+                                    clock=city.city_clock, lines=inv.bus_lines)
             load = gen.finish() if gen is not None else {}
         finally:
             if gen is not None:
@@ -300,6 +310,8 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
     out["spans"] = sum(int(m.get("spans", 0)) for m in members)
     say(f"{name}: {json_line(out)}")
     city.control.offline(list(passes), False)
+    if quiet:
+        city.control.hold(False)
     return out
 
 
@@ -365,13 +377,16 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
 
     from actors.priority.tracing import ENV
 
+    # The bench's own publisher queues many samples at once: aiomqtt warns of each.
+    logging.getLogger("devices.mqtt").setLevel(logging.ERROR)
     out: dict[str, Any] = {}
     for name, kw, traces in _phases(scale):
         before = os.environ.get(ENV)
         os.environ[ENV] = traces  # the pool's processes inherit it
         try:
             with City(say=say, broker=broker, priority_grant_all=True, **kw) as city:
-                out[name] = _phase(city, say, samples, name, flood=name == "flood")
+                out[name] = _phase(city, say, samples, name, flood=name == "flood",
+                                   quiet=name.startswith("idle"))
                 out.setdefault("broker", city.broker_kind)
         finally:
             if before is None:
