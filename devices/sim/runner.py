@@ -54,8 +54,11 @@ def _endpoints(equipment: Sequence[Equipment]) -> list[str]:
     return out
 
 
-#: Families of simulators a runner can run.
-KINDS = ("modbus", "opcua", "mqtt")
+#: Families of simulators a runner can run: ``traffic`` is the traffic controllers (Modbus),
+#: ``modbus`` the other Modbus devices (lighting cabinets, access terminals).
+KINDS = ("modbus", "traffic", "opcua", "mqtt")
+#: Families that get a runner process of their own when a runner runs several.
+_OWN_PROCESS = ("mqtt", "traffic")
 
 
 def build(
@@ -87,7 +90,8 @@ def build(
         "access_terminal": AccessSimulator,
     }
     for name, cls in modbus_kinds.items():
-        eqs = by_profile.get(name, []) if "modbus" in kinds else []
+        family = "traffic" if name == "traffic_controller" else "modbus"
+        eqs = by_profile.get(name, []) if family in kinds else []
         if eqs:
             sims.append(cls(eqs, builtin_profile(name), clock=clock))
             info.append({"kind": name, "endpoint": ", ".join(_endpoints(eqs)), "devices": len(eqs)})
@@ -128,13 +132,17 @@ async def run(
 
     clock = clock or ClockSpec()
 
-    # The MQTT devices publish thousands of samples a second: they get a process
-    # (and a core) of their own, so that a busy Modbus or OPC UA server never makes
-    # them late. The child's control channel is served through this one.
-    child: subprocess.Popen[bytes] | None = None
-    has_mqtt = any(eq.endpoint == "mqtt" for eq in inventory.equipment)
-    split = "mqtt" in kinds and len(kinds) > 1 and has_mqtt and bool(inventory_file)
-    local_kinds = [k for k in kinds if not (split and k == "mqtt")]
+    # The MQTT devices publish thousands of samples a second, and the traffic controllers
+    # answer the bus-priority lane within milliseconds: each family gets a process (and a
+    # core) of its own, so that a busy Modbus or OPC UA server never makes them late. The
+    # children's control channels are served through this one.
+    children: list[subprocess.Popen[bytes]] = []
+    profiles = {eq.profile for eq in inventory.equipment}
+    present = {"mqtt": any(eq.endpoint == "mqtt" for eq in inventory.equipment),
+               "traffic": "traffic_controller" in profiles}
+    split = [k for k in _OWN_PROCESS
+             if k in kinds and len(kinds) > 1 and present[k] and bool(inventory_file)]
+    local_kinds = [k for k in kinds if k not in split]
     sims, info = build(inventory, mqtt_url, rate_hz=rate_hz, kinds=local_kinds,
                        clock=clock.clock())
     targets: list[ControlTarget | RemoteTarget] = [
@@ -146,10 +154,12 @@ async def run(
     started: list[Simulator] = []
     channel: ControlServer | None = None
     try:
-        if split:
+        for kind in split:
             child, child_doc = await asyncio.to_thread(
-                _start_child, inventory_file, mqtt_url, rate_hz, ready_file or "", clock)
-            targets.append(RemoteTarget(child_doc["control"], "mqtt"))
+                _start_child, kind, inventory_file, mqtt_url, rate_hz, ready_file or "", clock)
+            children.append(child)
+            targets.append(RemoteTarget(child_doc["control"], "modbus" if kind == "traffic"
+                                        else kind))
             info += child_doc["simulators"]
         for sim in sims:
             await sim.start()
@@ -166,21 +176,21 @@ async def run(
         for sim in reversed(started):
             with contextlib.suppress(CommandpostError):
                 await sim.stop()
-        if child is not None:
+        for child in reversed(children):
             await asyncio.to_thread(_stop_child, child)
 
 
-def _start_child(inventory_file: str, mqtt_url: str, rate_hz: float | None,
+def _start_child(kind: str, inventory_file: str, mqtt_url: str, rate_hz: float | None,
                  ready_file: str, clock: ClockSpec, timeout: float = 60.0
                  ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """A runner of the MQTT devices alone, tied to this process's life (blocking)."""
+    """A runner of the family ``kind`` alone, tied to this process's life (blocking)."""
     from runtime.lifeline import spawn_tied
 
-    ready = f"{ready_file or os.path.join(os.path.dirname(inventory_file), 'sim')}.mqtt"
+    ready = f"{ready_file or os.path.join(os.path.dirname(inventory_file), 'sim')}.{kind}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(ready)
     argv = [sys.executable, "-m", "devices.sim.runner", "--inventory", inventory_file,
-            "--mqtt", mqtt_url, "--ready-file", ready, "--kinds", "mqtt"]
+            "--mqtt", mqtt_url, "--ready-file", ready, "--kinds", kind]
     if rate_hz:
         argv += ["--rate-hz", str(rate_hz)]
     if not clock.real:
@@ -189,10 +199,10 @@ def _start_child(inventory_file: str, mqtt_url: str, rate_hz: float | None,
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):
         if child.poll() is not None:
-            raise ConfigError(f"the MQTT device simulator exited with {child.returncode}")
+            raise ConfigError(f"the {kind} simulators exited with {child.returncode}")
         if time.monotonic() > deadline:
             _stop_child(child)
-            raise ConfigError(f"the MQTT device simulator did not start within {timeout:.0f}s")
+            raise ConfigError(f"the {kind} simulators did not start within {timeout:.0f}s")
         time.sleep(0.05)
     with open(ready, encoding="utf-8") as f:
         doc: dict[str, Any] = json.load(f)
