@@ -265,3 +265,14 @@ class FakeContext:
     async def run_timers(self) -> None:
         """Deliver the timers due now."""
         await self.advance_to(self._clock.time())
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    """1-based line of the ``occurrence``-th line of ``text`` that contains ``needle``."""
+    seen = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        if needle in line:
+            seen += 1
+            if seen == occurrence:
+                return number
+    raise AssertionError(f"{needle!r} not found {occurrence} time(s)")

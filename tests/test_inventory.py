@@ -39,6 +39,7 @@ from runtime.inventory import (
     parse_inventory,
     slugify,
 )
+from tests.helpers import line_of
 
 BASE = """\
 [metropolis]
@@ -89,17 +90,6 @@ label = "Rue des Échoppes"
 """
 
 SRC = "inv.toml"
-
-
-def line_of(text: str, needle: str, occurrence: int = 1) -> int:
-    """1-based line of the ``occurrence``-th line that contains ``needle``."""
-    seen = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if needle in line:
-            seen += 1
-            if seen == occurrence:
-                return number
-    raise AssertionError(f"{needle!r} not found {occurrence} time(s)")
 
 
 def issues_of(text: str) -> list[str]:

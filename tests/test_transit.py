@@ -30,6 +30,7 @@ from runtime.transit import (
     destination,
     line_geometry,
 )
+from tests.helpers import line_of
 from tests.transit_fakes import (
     CROSSROADS,
     END,
@@ -41,17 +42,6 @@ from tests.transit_fakes import (
 )
 
 SRC = "lines.toml"
-
-
-def line_of(text: str, needle: str, occurrence: int = 1) -> int:
-    """1-based line of the ``occurrence``-th line that contains ``needle``."""
-    seen = 0
-    for number, line in enumerate(text.split("\n"), start=1):
-        if needle in line:
-            seen += 1
-            if seen == occurrence:
-                return number
-    raise AssertionError(f"{needle!r} not found {occurrence} time(s)")
 
 
 def issues_of(text: str) -> list[str]:
