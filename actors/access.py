@@ -327,15 +327,18 @@ class AccessTerminal(EquipmentEntity):
         crisis = (self.state["layers"].get("crisis") or {}).get("set", {})
         if caller == CRISIS_RESTORE_CALLER:
             # The plan ends: what the other layers want wins; where none asks anything,
-            # the bollard goes back where it stood before (the restore's value).
+            # the bollard goes back where it stood before the plan (as the terminal
+            # recorded it, else the restore's value).
             self.layers.clear("crisis")
+            before = self.drop_crisis_base().get("bollard", want)
             self.state["set_by"] = {**(self.state.get("set_by") or {}),
                                     "bollard": self.current_command}
             self.ctx.emit("crisis_released", field="bollard")
-            return await self._actuate(self.current_command, baseline=want)
+            return await self._actuate(self.current_command, baseline=before)
         if want == "down" and self.pedestrian():
             raise RejectedError(_hours_refusal(self.ctx.id, self.zone), code="pedestrian_hours")
         if caller.split(":", 1)[0] == CRISIS_CALLER:
+            self.keep_crisis_base(["bollard"], crisis)
             self.layers.put("crisis", {"bollard": want}, by=caller)
         else:
             if want == "down" and crisis.get("bollard") == "up":

@@ -290,9 +290,11 @@ class Crossroad(EquipmentEntity):
                 before[name] = self._value(name)
             put[name] = value
         if put:
+            self.keep_crisis_base(put, held)
             layers.put(CRISIS, put, by=self.current_caller)
         if released:
             layers.clear(CRISIS, released)
+            self.drop_crisis_base(released)
             for name in released:
                 before.pop(name, None)
         return {name: fields[name] for name in released}
@@ -396,7 +398,8 @@ class Crossroad(EquipmentEntity):
             self._layers().clear(CRISIS, list(clean))
             for name in clean:
                 self.state.setdefault("crisis_before", {}).pop(name, None)
-            released = dict(clean)
+            # Where no other source holds a field, it takes back its value from before.
+            released = {**clean, **self.drop_crisis_base(clean)}
             self.ctx.emit("crisis_released", field=",".join(sorted(clean)))
         elif source == CRISIS:
             released = self._crisis(clean)

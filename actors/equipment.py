@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -236,6 +236,49 @@ class EquipmentEntity(Entity):
         """``{"name", "step", "since", "next": {"step", "at"}}`` of the schedule the entity
         follows (:meth:`actors.schedule.Timetable.view`); None when it follows none."""
         return None
+
+    # -- a crisis plan's layer: what it took over --------------------------------
+    def keep_crisis_base(self, names: Iterable[str], held: Iterable[str] = ()) -> None:
+        """Record, before a crisis layer takes ``names``, each one's effective value, the
+        command that set it and the plan's command that takes it (``state["crisis_base"]``:
+        ``{name: [value, by, taken_by]}``); ``held``: those the layer holds already, which
+        keep what they had from before it took them (and note the new ``taken_by``).
+
+        A kind that holds a plan's setpoints as a layer (:attr:`CRISIS_LAYER`) keeps its
+        own baseline, so the crisis coordinator journals the plan's setpoints without
+        first asking for it: the restore puts back, where no other layer holds a field,
+        the value recorded here, and the coordinator reads ``by`` (in the entity's state)
+        to tell an operator's command during the crisis from the one before it. A field an
+        operator took from the plan keeps its record (and its ``by``) until a plan takes
+        it again.
+        """
+        base: dict[str, Any] = self.state.setdefault("crisis_base", {})
+        keep = set(held)
+        taking = self.current_command
+        missing: list[str] = []
+        for name in names:
+            got = base.get(name)
+            if name in keep and isinstance(got, list) and len(got) == 3:
+                got[2] = taking
+            else:
+                missing.append(name)
+        if not missing:
+            return
+        effective = type(self).effective(self.twin.to_dict())
+        set_by = self.state.get("set_by") or {}
+        for name in missing:
+            base[name] = [effective.get(name), str(set_by.get(name) or ""), taking]
+
+    def drop_crisis_base(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Forget the baseline of ``names`` (None: all), the crisis layer having given them
+        up; returns the values of those that had one known."""
+        base: dict[str, Any] = self.state.get("crisis_base") or {}
+        out: dict[str, Any] = {}
+        for name in list(base) if names is None else list(names):
+            got = base.pop(name, None)
+            if isinstance(got, list) and got and got[0] is not None:
+                out[name] = got[0]
+        return out
 
     def lane_view(self) -> dict[str, Any]:
         """The immutable view the priority lane reads: the reported values by default."""

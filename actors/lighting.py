@@ -422,10 +422,15 @@ class LightingCircuit(EquipmentEntity):
             return await self.set_lamps(lamps, clean)
         now = self.ctx.clock.time()
         source = self.source()
+        before: dict[str, Any] = {}
         if source == "restore":
-            # The plan is over here: what the layers below it hold comes back.
+            # The plan is over here: what the layers below it hold comes back, and where
+            # none holds a field, the value it had before the plan.
             self.layers.clear("crisis")
+            before = self.drop_crisis_base()
         elif source == "crisis":
+            self.keep_crisis_base(clean, (self.state["layers"].get("crisis") or {}).get("set")
+                                  or {})
             self.layers.put("crisis", clean, by=self.current_caller)
         else:
             until = now + for_s if for_s is not None else None
@@ -438,7 +443,7 @@ class LightingCircuit(EquipmentEntity):
             self.layers.put("operator", clean, until=until, by=self.current_caller)
         effective, _ = self.layers.effective(now)
         want = {**{k: v for k, v in effective.items() if source == "restore"},
-                **{k: effective.get(k, v) for k, v in clean.items()}}
+                **{k: effective.get(k, before.get(k, v)) for k, v in clean.items()}}
         self.state["set_by"] = {**(self.state.get("set_by") or {}),
                                 **dict.fromkeys(clean, self.current_command)}
         result = await self.actuate(want, self.current_command)

@@ -12,7 +12,7 @@ from typing import Any
 from actors.control.crisis import READ_MODEL, CrisisCoordinator, command_id
 from actors.registry import factory_for
 from runtime.commands import Command, CommandStatus, new_command_id
-from runtime.envelope import Envelope, MessageKind, unpack
+from runtime.envelope import Envelope, MessageKind, decode_batch, unpack
 from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment, Inventory, Municipality
 from runtime.placement import CONTROL_HOST, coordinator
@@ -336,3 +336,37 @@ def test_commands_are_checked_by_shape_before_the_journal() -> None:
             assert exc.field == field, (action, params, exc.field)
         else:
             raise AssertionError(f"{action} {params} passed")
+
+
+def test_a_layered_kind_is_not_asked_and_gets_back_what_it_recorded() -> None:
+    """Crossroads and access terminals hold a plan as a layer and keep their own baseline:
+    their setpoints go out with the decision (no ``get_state`` first), and the restore
+    gives back what each recorded as the plan took the field."""
+    async def body() -> None:
+        async with city() as c:
+            asked: list[str] = []
+            send = c.transport.send_batch
+
+            async def spy(host_id: str, blob: bytes) -> Any:
+                envelopes, _ = decode_batch(blob)
+                asked.extend(e.target for e in envelopes if e.type == "get_state")
+                return await send(host_id, blob)
+
+            c.transport.send_batch = spy  # type: ignore[method-assign]
+            act = await c.decide("activate", mode="flood", municipalities=["dijon"])
+            await c.settled("dijon", "flood", act, 3)
+            assert asked == ["cam-dijon-0001"]  # the camera keeps no layer
+            xr = c.field.slots["xr-dijon-0001"].entity
+            assert xr is not None
+            # The operator's plan 3 from before, by his command, taken by the plan's.
+            value, by, taken = xr.state["crisis_base"]["plan"]
+            assert (value, taken) == (3, command_id(act, "xr-dijon-0001")) and by
+            end = await c.decide("deactivate", municipalities=["dijon"])
+            await c.settled("dijon", "normal", end, 3)
+            assert c.desired("xr-dijon-0001") == {"plan": 3}
+            assert c.desired("at-dijon-0001") == {"bollard": "down"}
+            assert xr.state["crisis_base"] == {}
+            restore = await c.store.get_command(command_id(end, "at-dijon-0001"))
+            assert dict(restore.params) == {"bollard": "down"}
+
+    asyncio.run(body())

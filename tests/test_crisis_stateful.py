@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from actors.control.crisis import CrisisCoordinator
+from actors.control.crisis import CALLER, RESTORE_CALLER, CrisisCoordinator
 from actors.plan import builtin_plans
 from actors.registry import BEHAVIOURS
 from runtime.clock import ManualClock
@@ -145,6 +145,10 @@ class CrisisModel(RuleBasedStateMachine):
         self.desired: dict[str, dict[str, Any]] = {e: {} for e in KIND}
         self.reported = {e: {INITIAL[k][0]: INITIAL[k][1]} for e, k in KIND.items()}
         self.set_by: dict[str, dict[str, str]] = {e: {} for e in KIND}
+        # What a layered kind records as a plan takes a field ([value, by]), as the
+        # entities do (EquipmentEntity.keep_crisis_base), and puts back at its restore.
+        self.crisis_base: dict[str, dict[str, list[Any]]] = {e: {} for e in KIND}
+        self.crisis_held: dict[str, set[str]] = {e: set() for e in KIND}
         self.applied = 0
         # The model.
         self.mode = dict.fromkeys(MUNIS, "normal")
@@ -162,7 +166,8 @@ class CrisisModel(RuleBasedStateMachine):
 
     # -- the scripted world ---------------------------------------------------------
     def _state(self, eid: str) -> dict[str, Any]:
-        return {"state": {"set_by": dict(self.set_by[eid])},
+        return {"state": {"set_by": dict(self.set_by[eid]),
+                          "crisis_base": {k: list(v) for k, v in self.crisis_base[eid].items()}},
                 "twin": {"desired": dict(self.desired[eid]),
                          "reported": {k: {"value": v} for k, v in self.reported[eid].items()}}}
 
@@ -184,6 +189,8 @@ class CrisisModel(RuleBasedStateMachine):
                 self.applied += 1
                 busy = True
                 clean = BEHAVIOURS[KIND[cmd.target]].validate_command(cmd.action, cmd.params)
+                if BEHAVIOURS[KIND[cmd.target]].CRISIS_LAYER:
+                    self._layer(cmd, clean)
                 self.desired[cmd.target].update(clean)
                 self.reported[cmd.target].update(clean)
                 self.set_by[cmd.target].update(dict.fromkeys(clean, cmd.command_id))
@@ -195,6 +202,25 @@ class CrisisModel(RuleBasedStateMachine):
             if not busy:
                 return
         raise AssertionError("the coordinator never settled")
+
+    def _layer(self, cmd: Command, clean: dict[str, Any]) -> None:
+        """A layered kind's baseline: recorded as a plan takes a field, put back after."""
+        base, held = self.crisis_base[cmd.target], self.crisis_held[cmd.target]
+        if cmd.caller == CALLER:
+            for name in clean:
+                if name not in base or name not in held:
+                    held.add(name)
+                    base[name] = [self.desired[cmd.target].get(
+                        name, self.reported[cmd.target].get(name)),
+                        self.set_by[cmd.target].get(name, ""), cmd.command_id]
+                else:
+                    base[name][2] = cmd.command_id
+        elif cmd.caller == RESTORE_CALLER:
+            held.clear()
+            for name in clean:
+                got = base.pop(name, None)
+                if got is not None and got[0] is not None:
+                    clean[name] = got[0]
 
     async def _decide(self, action: str, params: dict[str, Any]) -> str | None:
         cid = f"c{next(self.ids)}"
@@ -277,6 +303,8 @@ class CrisisModel(RuleBasedStateMachine):
         self.desired[eid][name] = value
         self.reported[eid][name] = value
         self.set_by[eid][name] = f"op{next(self.ids)}"
+        # The operator takes the field from the plan (the lighting circuit's way).
+        self.crisis_held[eid].discard(name)
         self.held[(eid, name)] = value
         if (eid, name) in self.base:
             self.operator.add((eid, name))

@@ -27,7 +27,10 @@ answer comes after every command the entity took before it, so it is exact,
 where a published view could be a fraction of a second old. The baseline of
 a field is its effective value (desired where set, else what the device
 reports: :meth:`actors.equipment.EquipmentEntity.effective`) and which
-command last set it (the entity's ``set_by``). At deactivation the entity is
+command last set it (the entity's ``set_by``). A kind that holds the plan's
+setpoints as a layer keeps that baseline itself, recorded as it takes them
+(:meth:`~actors.equipment.EquipmentEntity.keep_crisis_base`): it is not asked
+first, and its setpoints are journaled at once. At deactivation the entity is
 asked again: a field last set by a command that is neither the plan's nor the
 one before the crisis was set by an operator during the crisis, and is kept.
 
@@ -256,8 +259,13 @@ class CrisisCoordinator(Entity):
                     "kind": self.candidates[eid].kind, "base": {}, "base_by": {}, "ours": []}
             else:
                 touched.add(r["activation"])
+            fresh = r.get("phase") in (None, RESTORE) and r.get("status") != PENDING
             self._transition(r, act, ASK, action.setpoints, action.masks)
-            asks.append(eid)
+            behaviour = BEHAVIOURS.get(r["kind"])
+            if fresh and behaviour is not None and behaviour.CRISIS_LAYER:
+                self._direct(r)
+            else:
+                asks.append(eid)
         self._ask(asks)
         self._refresh_masks(touched - {act})
         return {"activation_id": act, "mode": mode, "municipalities": munis,
@@ -281,6 +289,21 @@ class CrisisCoordinator(Entity):
         self._refresh_masks(ended)
         return {"activation_id": act, "deactivated": active,
                 "not_active": [m for m in munis if m not in wanted]}
+
+    @staticmethod
+    def _direct(r: dict[str, Any]) -> None:
+        """Send the plan's setpoints to an entity that keeps its own baseline at once.
+
+        A kind that holds the plan as a layer records, as it takes the setpoints, what
+        they replace (:meth:`~actors.equipment.EquipmentEntity.keep_crisis_base`): no
+        baseline is asked for, and its fields are held without one here (``nobase``).
+        """
+        want = r["want"]
+        r["nobase"] = sorted(set(r.get("nobase", ())) | set(want))
+        r["held"] = dict(want)
+        r["params"] = dict(want)
+        r["next"] = APPLY
+        r["phase"] = SEND
 
     def _begin_restore(self, eid: str, act: str) -> None:
         self._transition(self._entities[eid], act, CHECK, {}, ())
@@ -350,15 +373,32 @@ class CrisisCoordinator(Entity):
         set_by = state.get("set_by") if isinstance(state, Mapping) else None
         if not isinstance(set_by, Mapping):
             set_by = {}
+        # What a layered kind recorded as it took the plan's setpoints ([value, by, taken
+        # by]), when it has taken the last of them (an older record is stale).
+        told = state.get("crisis_base") if isinstance(state, Mapping) else None
+        kept_base = {n: v for n, v in told.items()
+                     if isinstance(v, list | tuple) and len(v) == 3
+                     and v[2] and v[2] == r.get("taken")} if isinstance(told, Mapping) else {}
         behaviour = BEHAVIOURS.get(r["kind"])
         effective = (behaviour.effective(twin)
                      if behaviour is not None and isinstance(twin, Mapping) else {})
         ours = set(r["ours"])
         base, base_by = r["base"], r["base_by"]
 
+        layered = behaviour is not None and behaviour.CRISIS_LAYER
+
         def operator_set(name: str) -> bool:
             by = set_by.get(name)
-            return bool(by) and by not in ours and by != base_by.get(name)
+            if not by or by in ours:
+                return False
+            if name in base_by:
+                return bool(by != base_by[name])
+            got = kept_base.get(name)
+            if got is not None:
+                return bool(by != got[1])
+            # A layered entity that recorded nothing has not taken the plan's setpoint yet:
+            # the field is still the one from before it, no operator's.
+            return not layered
 
         want = r["want"]
         # Fields whose value before the crisis nobody knew (the entity had not told it).
@@ -376,7 +416,6 @@ class CrisisCoordinator(Entity):
                 nobase.add(name)
         restore: dict[str, Any] = {}
         unsure = answer is None or bool(r.pop("unsure", False))
-        layered = behaviour is not None and behaviour.CRISIS_LAYER
         for name in [n for n in base if n not in want]:
             if operator_set(name):
                 self._keep(r, eid, name, effective.get(name), str(set_by.get(name)),
@@ -398,7 +437,9 @@ class CrisisCoordinator(Entity):
                     continue  # still the crisis's here: released when it ends
                 # Released: the layers below it (an operator's, the schedule) take the field;
                 # where none holds it, it stays as it is (the value the restore carries).
-                restore[name] = effective.get(name, held.get(name))
+                got = kept_base.get(name)
+                restore[name] = (got[0] if got is not None and got[0] is not None
+                                 else effective.get(name, held.get(name)))
             else:
                 self._keep(r, eid, name, effective.get(name), "", "no_baseline")
             nobase.discard(name)
@@ -439,6 +480,8 @@ class CrisisCoordinator(Entity):
                 continue
             r["command"] = command_id(r["activation"], eid)
             r["ours"] = [*r["ours"], r["command"]][-_OURS_KEPT:]
+            if r["phase"] == APPLY:
+                r["taken"] = r["command"]  # the plan's last setpoints, as a layered kind notes
             commands.append(self._command(eid, r))
         self._refresh_masks(applied)
         if commands:
