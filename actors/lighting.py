@@ -16,6 +16,18 @@ applies the step in force once: what it applied is recorded in
 schedule's name and next step), so a restart across a transition applies the
 new step once, and one that did not cross it applies nothing.
 
+**Timed steps.** The cabinet takes the schedule's next step by itself at its
+time (its ``step_at``, ``step_on`` and ``step_dim`` registers, to the second
+below), as a cabinet's astronomical clock does: the circuit arms it once a step
+is applied or taken, whenever its layers change, and disarms it when nothing
+would change then (a crisis plan or an override holds the lamps past it). A step so taken is on time
+whatever the link, the host or the load at that instant: at its time the
+circuit records it (``state["armed"]`` names what the cabinet holds) and
+checks :data:`STEP_CHECK_S` later that the lamps hold it, writing what they
+lack; a step it could not arm is written at its time. A write to the lamps
+cancels the step pending at the cabinet, so a crisis or an operator's setpoint
+is never undone by it.
+
 **Layers.** What sets ``on`` and ``dim`` (:class:`actors.schedule.Layers`, in
 ``state["layers"]``): a crisis plan (commands journaled by the crisis
 coordinator, caller ``crisis``; its restores, caller ``crisis:restore``, end
@@ -95,6 +107,12 @@ COUNTER_RANGE: Final = 1 << 32
 IMPLAUSIBLE_WH: Final = 100_000
 #: The longest operator override (``params.for_s``): a week.
 MAX_OVERRIDE_S: Final = 7 * 86_400.0
+#: How long after a step the cabinet took by itself the circuit checks that the lamps hold
+#: it (s of the machine's time: a few polls of the cabinet).
+STEP_CHECK_S: Final = 12.0
+#: The cabinet's registers of a timed step (profile ``lighting_cabinet``).
+STEP_AT: Final = "step_at"
+STEP_FIELDS: Final = frozenset({STEP_AT, "step_on", "step_dim"})
 
 
 def counter_delta(old: int, new: int) -> tuple[int, str]:
@@ -285,13 +303,106 @@ class LightingCircuit(EquipmentEntity):
         result: dict[str, Any] = {}
         if changed:
             effective, _ = self.layers.effective(now)
-            try:
-                result = await self.actuate(effective, command_id)
-            except (RejectedError, ProtocolError, DeviceUnavailableError) as exc:
-                # Kept as desired: the cabinet gets it when it is back (reconcile).
-                self.ctx.emit("setpoint_deferred", error=str(exc))
+            taken = (self.state.get("schedule") or {}).get("since")
+            if command_id.startswith("schedule-") and self._armed_for(taken, effective):
+                result = self._taken_by_cabinet(effective, now)
+            else:
+                try:
+                    result = await self.actuate(effective, command_id)
+                except (RejectedError, ProtocolError, DeviceUnavailableError) as exc:
+                    # Kept as desired: the cabinet gets it when it is back (reconcile).
+                    self.ctx.emit("setpoint_deferred", error=str(exc))
         self.arm(now)
+        await self.prearm(now)
         return result
+
+    # -- timed steps ---------------------------------------------------------------------
+    def _armed_for(self, since: Any, effective: Mapping[str, Any]) -> bool:
+        """Whether the cabinet was armed with the step of time ``since``, to ``effective``."""
+        armed = self.state.get("armed") or {}
+        return (isinstance(since, int | float) and bool(armed.get(STEP_AT))
+                and abs(float(armed[STEP_AT]) - since) <= 1.0
+                and _step_values(effective) == (armed.get("step_on"), armed.get("step_dim")))
+
+    def _taken_by_cabinet(self, effective: Mapping[str, Any], now: float) -> dict[str, Any]:
+        """The step in force is the one the cabinet took by itself: recorded, and checked
+        :data:`STEP_CHECK_S` later."""
+        want = dict(effective)
+        self.twin.desired.update(want)
+        self.ctx.emit("setpoint", taken_by="cabinet", **{f"desired.{k}": v
+                                                        for k, v in want.items()})
+        # Readings from before the step show the lamps before it.
+        self.wrote_ts = max(self.wrote_ts, now)
+        self.state["armed"] = {STEP_AT: 0}
+        self.ctx.start_timer("step_check", STEP_CHECK_S * self.ctx.clock.speed, "step_check")
+        return {"desired": want, "taken_by": "cabinet"}
+
+    async def on_step_check(self, msg: Envelope) -> dict[str, Any]:
+        """After a step the cabinet took: write to the lamps what they lack of it, if any."""
+        now = self.ctx.clock.time()
+        effective, _ = self.layers.effective(now)
+        result: dict[str, Any] = {}
+        try:
+            result = await self.actuate(effective, f"step-check-{self.ctx.id}-{round(now, 3)}")
+        except (RejectedError, ProtocolError, DeviceUnavailableError) as exc:
+            self.ctx.emit("setpoint_deferred", error=str(exc))
+        await self.prearm(now)
+        return result
+
+    def _step_due(self, now: float) -> dict[str, Any]:
+        """The timed step the cabinet should hold now: the schedule's next step where it
+        changes what the lamps hold then (layers and overrides as they will stand), else
+        ``{"step_at": 0}``."""
+        nxt = self.timetable.next_after(now) if self.timetable is not None else None
+        if nxt is None:
+            return {STEP_AT: 0}
+        current, _ = self.layers.effective(now)
+        future = Layers({k: dict(v) for k, v in self.state["layers"].items()})
+        future.put("schedule", nxt.step.set, by="schedule")
+        future.expire(nxt.at)
+        then, _ = future.effective(nxt.at)
+        on, dim = _step_values({**current, **then})
+        if on is None or dim is None or (on, dim) == _step_values(current):
+            return {STEP_AT: 0}
+        # To the second below: the cabinet has taken it when the circuit's timer comes.
+        return {STEP_AT: math.floor(nxt.at), "step_on": on, "step_dim": dim}
+
+    async def prearm(self, now: float) -> None:
+        """Arm the cabinet with the step it should take next (or disarm it), if that changed."""
+        port = self.ctx.device
+        if port is None or not port.online or port.policy(STEP_AT) is None:
+            return
+        want = self._step_due(now)
+        if want == self.state.get("armed"):
+            return
+        try:
+            await self.write_device(port, want, f"arm-{self.ctx.id}-{want[STEP_AT]}")
+        except (RejectedError, ProtocolError, DeviceUnavailableError) as exc:
+            # Not known to be armed: the step is written at its time.
+            self.state.pop("armed", None)
+            self.ctx.emit("step_not_armed", error=str(exc))
+            return
+        self.state["armed"] = want
+
+    async def reconcile(self) -> None:
+        """Back online (or reached for the first time): the lamps as every kind brings them
+        back, then the cabinet armed with the next step if it is not known to be."""
+        await super().reconcile()
+        await self.prearm(self.ctx.clock.time())
+
+    async def write_device(self, port: DevicePort, writes: Mapping[str, Any],
+                           command_id: str) -> Mapping[str, Any]:
+        """As every kind writes; a write to the lamps cancels the cabinet's timed step."""
+        lamps = any(name not in STEP_FIELDS for name in writes)
+        try:
+            confirmed = await super().write_device(port, writes, command_id)
+        except BaseException:
+            if lamps:
+                self.state.pop("armed", None)  # cancelled or not: unknown
+            raise
+        if lamps:
+            self.state["armed"] = {STEP_AT: 0}
+        return confirmed
 
     def arm(self, now: float) -> None:
         """Timers for the schedule's next step and the first override to expire; and the
@@ -448,6 +559,7 @@ class LightingCircuit(EquipmentEntity):
                                 **dict.fromkeys(clean, self.current_command)}
         result = await self.actuate(want, self.current_command)
         self.arm(now)
+        await self.prearm(now)
         return result
 
     async def set_lamps(self, lamps: Sequence[int], setpoints: Mapping[str, Any]
@@ -656,6 +768,13 @@ def lamp_holds(lamp: Mapping[str, Any], name: str, want: Any) -> bool:
         return (isinstance(got, int | float) and not isinstance(got, bool)
                 and round(float(want)) == round(float(got)))
     return bool(got == want)
+
+
+def _step_values(values: Mapping[str, Any]) -> tuple[bool | None, int | None]:
+    """``(on, dim)`` of a circuit's setpoints as a cabinet's timed step holds them."""
+    on, dim = values.get("on"), values.get("dim")
+    return (None if on is None else bool(on),
+            None if not isinstance(dim, int | float) else round(dim))
 
 
 #: Prefix of a cabinet's registers that set one field of every lamp at once.

@@ -215,6 +215,9 @@ NOT_SETPOINTS = {
     **{("traffic_controller", f"plan_table.{f}"): "a signal plan's table, downloaded from "
        "actors/signal_plans.toml when its plan is selected" for f in table_fields()},
     ("bms", "door.locked"): "a door unlock is an action with a reason, not a plain setpoint",
+    **{("lighting_cabinet", f): "the schedule's next step, armed by the circuit for the "
+       "cabinet to take at its time (reconcile never)" for f in ("step_at", "step_on",
+                                                                 "step_dim")},
     **{("service_vehicle", f): "a job is written by the dispatch coordinator"
        for f in ("job", "job_lat", "job_lon")},
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -13,6 +14,8 @@ import pytest
 
 from actors.lighting import (
     COUNTER_RANGE,
+    STEP_CHECK_S,
+    STEP_FIELDS,
     LightingCircuit,
     circuit_schedule,
     counter_delta,
@@ -35,18 +38,53 @@ NOON: float = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=CITY_TZ).timestamp()
 
 
 class TimedCabinet(FakeCabinet):
-    """A fake cabinet that stamps each write with the city's time."""
+    """A fake cabinet that stamps each write with the city's time; with ``timed``, one that
+    takes an armed step by itself at its time, as the simulator's (a write to the lamps
+    cancels it; with ``stuck`` its clock never takes one)."""
 
-    def __init__(self, clock: Clock, lamps: int = 4) -> None:
+    def __init__(self, clock: Clock, lamps: int = 4, *, timed: bool = False) -> None:
         super().__init__(lamps)
         self.clock = clock
         self.stamps: list[float] = []
+        self.timed = timed
+        self.stuck = False
+        self.step: dict[str, Any] = {"step_at": 0, "step_on": True, "step_dim": 100}
+        self.arms: list[dict[str, Any]] = []
+        self.taken: list[float] = []
+
+    def policy(self, field: str) -> str | None:
+        if self.timed and field in STEP_FIELDS:
+            return "never"
+        return super().policy(field)
+
+    def _catch_up(self) -> None:
+        at = self.step["step_at"]
+        if at and at <= self.clock.time() and not self.stuck:
+            for lamp in self.lamps:
+                lamp["on"], lamp["dim"] = bool(self.step["step_on"]), int(self.step["step_dim"])
+            self.taken.append(float(at))
+            self.step["step_at"] = 0
+
+    async def read(self) -> Mapping[str, Any]:
+        self._catch_up()
+        return await super().read()
 
     async def write(self, fields: Mapping[str, Any], *, command_id: str) -> Mapping[str, Any]:
-        self.stamps += [self.clock.time()] * len(fields)
-        return await super().write(fields, command_id=command_id)
+        self._catch_up()
+        steps = {k: v for k, v in fields.items() if k in STEP_FIELDS}
+        lamps = {k: v for k, v in fields.items() if k not in STEP_FIELDS}
+        if steps:
+            assert self.timed, f"a step armed at a cabinet without timed steps: {steps}"
+            self.step.update(steps)
+            self.arms.append(steps)
+        if lamps:
+            self.step["step_at"] = 0
+            self.stamps += [self.clock.time()] * len(lamps)
+            await super().write(lamps, command_id=command_id)
+        return dict(fields)
 
     def levels(self) -> set[tuple[bool, int]]:
+        self._catch_up()
         return {(bool(lamp["on"]), int(lamp["dim"])) for lamp in self.lamps}
 
 
@@ -74,10 +112,11 @@ def night_of(eq: Equipment) -> dict[str, float]:
 class Night:
     """A circuit, its fake cabinet and a manual clock, started at :data:`NOON`."""
 
-    def __init__(self, eq: Equipment | None = None, lamps: int = 4) -> None:
+    def __init__(self, eq: Equipment | None = None, lamps: int = 4, *,
+                 timed: bool = False) -> None:
         self.clock = ManualClock(start=0.0, wall_offset=NOON)
         self.eq = eq or road_circuit()
-        self.cabinet = TimedCabinet(self.clock, lamps)
+        self.cabinet = TimedCabinet(self.clock, lamps, timed=timed)
         self.ctx: FakeContext | None = None
         self.entity: LightingCircuit | None = None
 
@@ -199,6 +238,104 @@ def test_a_restart_across_a_transition_applies_it_once() -> None:
         # ... and the next transition still comes.
         await night.until(times["night"] + 1)
         assert night.cabinet.levels() == {(True, 50)}
+        night.stop()
+
+    run(body)
+
+
+# -- timed steps: the cabinet takes the schedule's steps by itself ------------------------
+
+EXPECTED = {"dusk": (True, 100), "late_evening": (True, 70), "night": (True, 50),
+            "before_dawn": (True, 100), "dawn": (False, 100)}
+
+
+def test_a_timed_cabinet_takes_each_step_at_its_time_and_no_lamp_is_written() -> None:
+    async def body() -> None:
+        night = Night(timed=True)
+        times = night_of(night.eq)
+        entity = await night.start()
+        assert night.cabinet.levels() == {(False, 100)} and len(night.cabinet.writes) == 4
+        # The first step armed as soon as the step in force is applied.
+        assert night.cabinet.arms == [{"step_at": math.floor(times["dusk"]), "step_on": True,
+                                       "step_dim": 100}]
+        steps = list(EXPECTED)
+        for n, step in enumerate(steps):
+            await night.until(times[step] - 1.0)
+            assert night.cabinet.levels() != {EXPECTED[step]} or n == 0
+            await night.until(times[step] + STEP_CHECK_S + 1.0)
+            assert night.cabinet.levels() == {EXPECTED[step]}, step
+            # Taken by the cabinet at its time (to the second the register holds) ...
+            assert 0 <= times[step] - night.cabinet.taken[-1] < 1.0, step
+            # ... and neither written at its time nor at the check after it.
+            assert len(night.cabinet.writes) == 4, step
+            assert entity.state["schedule"]["step"] == step
+            if n + 1 < len(steps):
+                nxt = steps[n + 1]
+                assert night.cabinet.arms[-1] == {
+                    "step_at": math.floor(times[nxt]), "step_on": EXPECTED[nxt][0],
+                    "step_dim": EXPECTED[nxt][1]}, step
+        assert len(night.cabinet.taken) == 5 and night.cabinet.repeats == 0
+        night.stop()
+
+    run(body)
+
+
+def test_a_host_down_across_a_step_the_cabinet_took_writes_nothing_again() -> None:
+    async def body() -> None:
+        night = Night(timed=True)
+        times = night_of(night.eq)
+        await night.start()
+        await night.until(times["late_evening"] - 60)
+        saved = night.stop()  # the host dies a minute before 23:00 ...
+        await night.until(times["late_evening"] + 300)  # ... and is back five minutes later
+        assert night.cabinet.levels() == {(True, 70)}  # the cabinet took it on time
+        entity = await night.start(saved)
+        await night.until(night.clock.time() + STEP_CHECK_S + 1.0)
+        assert len(night.cabinet.writes) == 4 and night.cabinet.repeats == 0
+        assert entity.state["schedule"]["step"] == "late_evening"
+        assert night.cabinet.step["step_at"] == math.floor(times["night"])
+        await night.until(times["night"] + 1)
+        assert night.cabinet.levels() == {(True, 50)} and len(night.cabinet.writes) == 4
+        night.stop()
+
+    run(body)
+
+
+def test_a_crisis_cancels_the_timed_step_and_its_restore_arms_the_next() -> None:
+    async def body() -> None:
+        night = Night(timed=True)
+        times = night_of(night.eq)
+        entity = await night.start()
+        await night.until(times["late_evening"] + 60)
+        await night.command("crisis-a-lc", caller="crisis", on=True, dim=100)
+        # The lamps written: the cabinet's step gave way, and none is armed under the plan.
+        assert night.cabinet.step["step_at"] == 0 and entity.state["armed"] == {"step_at": 0}
+        await night.until(times["night"] + 60)
+        assert night.cabinet.levels() == {(True, 100)}
+        await night.command("crisis-b-lc", caller="crisis:restore", dim=70)
+        assert night.cabinet.levels() == {(True, 50)}
+        assert night.cabinet.step["step_at"] == math.floor(times["before_dawn"])
+        # An override past the next step holds the lamps: nothing is armed for it.
+        await night.command("op-1", dim=40, for_s=6 * 3600.0)
+        assert night.cabinet.step["step_at"] == 0
+        await night.until(times["before_dawn"] + 60)
+        assert night.cabinet.levels() == {(True, 40)}
+        night.stop()
+
+    run(body)
+
+
+def test_a_step_the_cabinet_did_not_take_is_written_at_the_check() -> None:
+    async def body() -> None:
+        night = Night(timed=True)
+        times = night_of(night.eq)
+        await night.start()
+        night.cabinet.stuck = True  # armed, but its clock never takes it
+        await night.until(times["dusk"] + 1.0)
+        assert night.cabinet.levels() == {(False, 100)}
+        await night.until(times["dusk"] + STEP_CHECK_S + 1.0)
+        assert night.cabinet.levels() == {(True, 100)}
+        assert len(night.cabinet.writes) == 8 and night.cabinet.repeats == 0
         night.stop()
 
     run(body)

@@ -864,3 +864,54 @@ def test_cancelled_caller_passes_its_turn_on() -> None:
         assert len(await asyncio.wait_for(session.read(2, 0, 2), 2)) == 2
 
     run(with_traffic(body))
+
+
+def test_a_cabinet_takes_an_armed_step_at_its_time_and_a_lamp_write_cancels_one() -> None:
+    """The simulated cabinet's timed step, armed over Modbus: taken at its instant between
+    two ticks (the energy split there), one armed for a time past taken as it arrives, one
+    pending cancelled by a write to the lamps; each lamp it sets counts as a write."""
+    profile = builtin_profile("lighting_cabinet")
+
+    async def arm(session: ModbusSession, at: float, on: bool, dim: int) -> None:
+        for name, value in (("step_on", on), ("step_dim", dim), ("step_at", int(at))):
+            await session.write(1, *profile.encode_field(name, value))
+
+    async def body() -> None:
+        port = free_port()
+        eqs = equipment(1, "lighting_circuit", "lighting_cabinet", port, points=2)
+        clock = ManualClock(start=0.0, wall_offset=1_800_000_000.0)
+        sim = LightingSimulator(eqs, clock=clock, autotick=False, failure_rate_per_h=0.0)
+        await sim.start()
+        session = ModbusSession("127.0.0.1", port, timeout_s=TIMEOUT_S)
+        try:
+            t0 = clock.time()
+            await arm(session, t0 + 1800.0, False, 100)
+            await clock.advance(3600.0)
+            await sim.tick(3600.0)
+            values = sim.held_values("li-1")
+            assert [lamp["on"] for lamp in values["lamp"]] == [False, False]
+            assert values["step_taken_at"] == int(t0 + 1800.0) and values["step_at"] == 0
+            assert values["sim"]["step_ts"] == [t0 + 1800.0]
+            # Two lamps at 100 W for the half hour before the step, nothing after.
+            assert values["sim"]["burnt_wh"] == pytest.approx(100.0)
+            counters = sim.device_counters()["li-1"]
+            # Two lamps set (the registers armed are a setting, not a write to a lamp).
+            assert (counters.writes, counters.repeats) == (2, 0)
+            # Armed for a time already past: taken as the write arrives.
+            await arm(session, t0, True, 40)
+            assert [(lamp["on"], lamp["dim"]) for lamp in sim.held_values("li-1")["lamp"]] == [
+                (True, 40)] * 2
+            assert sim.held_values("li-1")["sim"]["step_ts"][-1] == clock.time()
+            # A write to a lamp cancels the step pending: nothing changes at its time.
+            await arm(session, clock.time() + 600.0, False, 100)
+            await session.write(1, *profile.encode_block_field("lamp", 0, "dim", 30))
+            assert sim.held_values("li-1")["step_at"] == 0
+            await clock.advance(1200.0)
+            await sim.tick(1200.0)
+            assert [(lamp["on"], lamp["dim"]) for lamp in sim.held_values("li-1")["lamp"]] == [
+                (True, 30), (True, 40)]
+        finally:
+            await session.close()
+            await sim.stop()
+
+    asyncio.run(body())

@@ -94,6 +94,11 @@ class DeviceModel(abc.ABC):
         """
         return None
 
+    def counts_as_write(self, block: str | None, name: str) -> bool:
+        """Whether a write to ``name`` is a write to the device's points, counted as one
+        (a setting that actuates nothing by itself, such as a timed step armed, is not)."""
+        return True
+
     @abc.abstractmethod
     def advance(self, dt: float) -> None:
         """Move the model ``dt`` seconds forward."""
@@ -395,6 +400,7 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             device = self._by_unit.get((port, unit))
             if device is None:
                 return
+            self.before_access(device)
             if device.stale:
                 self._publish(device)
             if self._held:
@@ -475,8 +481,13 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         (``time.time()``) and was decoded into ``writes`` (``(block, index, name, value)``),
         before the model judges it. Nothing by default."""
 
+    def before_access(self, device: _Device[M]) -> None:
+        """A client reads or writes ``device``: bring its model up to now if it must be
+        (a step due between two ticks). Nothing by default."""
+
     def _write(self, device: _Device[M], address: int, values: list[int],
                arrived: float) -> int | None:
+        self.before_access(device)
         if device.stale:
             self._publish(device)  # compare the write with what the device holds now
         targets = self._targets(device, address, values)
@@ -514,7 +525,8 @@ class ModbusSimulator(abc.ABC, Generic[M]):
             if refused is not None:
                 return refused
         device.model.applied(decoded)
-        if fanned == (0, 0):
+        counted = any(device.model.counts_as_write(block, name) for block, _, name, _ in decoded)
+        if fanned == (0, 0) and counted:
             device.counters.write(changed)
         for n, points_changed in ((fanned[0], True), (fanned[1], False)):
             for _ in range(n):

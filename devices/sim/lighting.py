@@ -7,13 +7,24 @@ fault bit :data:`LAMP_FAILED` and draws nothing. Dimming and switching come
 from clients' writes to a lamp's ``on`` and ``dim``, or to ``broadcast_on`` and
 ``broadcast_dim``, which set every lamp of the cabinet at once.
 
+**Timed steps.** A client may arm one step (``step_at``, epoch seconds of the
+city's time, with ``step_on`` and ``step_dim``): the cabinet sets every lamp to
+it by itself at that instant, as a cabinet's astronomical clock takes a
+schedule's steps, and reads back ``step_taken_at``. Between the simulator's
+ticks a cabinet is brought up to the time of any read or write first, so a step
+is taken at its time (the energy integrated on each side of it), and one armed
+for a time already past is taken as it arrives. A write to the lamps (broadcast
+or one lamp) cancels the step pending. Each lamp a step sets counts as a write
+to it (a repeat when it held the value), as a broadcast's lamps do.
+
 A cabinet's lamps draw ``attrs.lamp_w`` at full power when the inventory says
 so. The simulator keeps its own integral of each cabinet's lamp power
-(``burnt_wh``, never reset nor wrapped) and the city time of the last writes
-it took (``write_ts``), both under ``sim`` in the control channel's
-``/values/{id}``; the faults ``counter_reset`` (every lamp's ``energy_wh``
-back to 0) and ``counter_wrap`` (every counter :data:`WRAP_HEADROOM_WH` short
-of 2^32, so that it wraps around soon) try the meter's arithmetic.
+(``burnt_wh``, never reset nor wrapped), the city time of the last writes
+to its lamps it took (``write_ts``) and of the last timed steps it took
+(``step_ts``), under ``sim`` in the control channel's ``/values/{id}``; the
+faults ``counter_reset`` (every lamp's ``energy_wh`` back to 0) and
+``counter_wrap`` (every counter :data:`WRAP_HEADROOM_WH` short of 2^32, so that
+it wraps around soon) try the meter's arithmetic.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ LAMP_FAILED: Final = 0x0001
 #: How far below 2^32 the ``counter_wrap`` fault sets each lamp's energy counter (Wh): a
 #: few hours of a lamp, so that a poll sees the counter high before it wraps.
 WRAP_HEADROOM_WH: Final = 200
+#: The registers of a timed step: a setting, not a write to the lamps.
+_STEP_FIELDS: Final = frozenset({"step_at", "step_on", "step_dim"})
 #: Write times a cabinet remembers for the control channel.
 _WRITE_STAMPS: Final = 256
 
@@ -59,7 +72,8 @@ class LightingModel(DeviceModel):
     """One cabinet and its lamps."""
 
     def __init__(
-        self, lamps: int, *, nominal_w: float, failure_rate_per_h: float, rng: random.Random
+        self, lamps: int, *, nominal_w: float, failure_rate_per_h: float, rng: random.Random,
+        now: float = 0.0,
     ) -> None:
         self.nominal_w = nominal_w
         self.failure_rate_per_h = failure_rate_per_h
@@ -75,6 +89,18 @@ class LightingModel(DeviceModel):
         self.counter_resets = 0
         self.counter_wraps = 0
         self.write_ts: deque[float] = deque(maxlen=_WRITE_STAMPS)
+        # The timed step pending (step_at 0: none), and when the cabinet took the last one.
+        self.step_at = 0
+        self.step_on = True
+        self.step_dim = 100
+        self.step_taken_at = 0
+        self.step_ts: deque[float] = deque(maxlen=_WRITE_STAMPS)
+        # Steps taken and not yet counted by the simulator: (at, lamps changed, unchanged).
+        self.taken: list[tuple[float, int, int]] = []
+        self.lamps_written = False  # by the write request being applied
+        # The city time the lamps' energy is integrated to, and where the ticks have got.
+        self.t = now
+        self._ticked = now
         self._update_power()
 
     def values(self) -> dict[str, Any]:
@@ -84,6 +110,10 @@ class LightingModel(DeviceModel):
             "earth_fault": self.earth_fault,
             "broadcast_on": self.broadcast_on,
             "broadcast_dim": self.broadcast_dim,
+            "step_at": self.step_at,
+            "step_on": self.step_on,
+            "step_dim": self.step_dim,
+            "step_taken_at": self.step_taken_at,
             "lamp": [
                 {
                     "on": lamp.on,
@@ -105,7 +135,15 @@ class LightingModel(DeviceModel):
         changed = sum(1 for lamp in self.lamps if getattr(lamp, field) != want)
         return changed, len(self.lamps) - changed
 
+    def counts_as_write(self, block: str | None, name: str) -> bool:
+        return not (block is None and name in _STEP_FIELDS)
+
     def apply(self, block: str | None, index: int, name: str, value: Any) -> int | None:
+        if block is None and name in _STEP_FIELDS:
+            setattr(self, name, bool(value) if name == "step_on" else int(value))
+            return None
+        self.step_at = 0  # the lamps written: the step pending gives way
+        self.lamps_written = True
         if block is None and name == "broadcast_on":
             self.broadcast_on = bool(value)
             for lamp in self.lamps:
@@ -146,6 +184,31 @@ class LightingModel(DeviceModel):
             lamp.power_w = self.nominal_w * lamp.dim / 100.0 if lit else 0.0
 
     def advance(self, dt: float) -> None:
+        """A tick: ``dt`` more seconds of the city's time (steps taken at their instant)."""
+        self._ticked += dt
+        self.advance_to(self._ticked)
+
+    def advance_to(self, t: float) -> None:
+        """Bring the cabinet to city time ``t``: the steps due by then taken at their time
+        (one armed for a time already past, at once), the energy integrated between."""
+        while self.step_at and self.step_at <= t:
+            at = max(float(self.step_at), self.t)
+            self._integrate(at - self.t)
+            self.t = at
+            want = (self.step_on, self.step_dim)
+            changed = sum(1 for lamp in self.lamps if (lamp.on, lamp.dim) != want)
+            for lamp in self.lamps:
+                lamp.on, lamp.dim = want
+            self.broadcast_on, self.broadcast_dim = want
+            self.step_taken_at, self.step_at = self.step_at, 0
+            self.step_ts.append(at)
+            self.taken.append((at, changed, len(self.lamps) - changed))
+            self._update_power()
+        if t > self.t:
+            self._integrate(t - self.t)
+            self.t = t
+
+    def _integrate(self, dt: float) -> None:
         if self.failure_rate_per_h > 0 and dt > 0:
             p = 1.0 - math.exp(-self.failure_rate_per_h * dt / 3600.0)
             for index, lamp in enumerate(self.lamps):
@@ -208,6 +271,7 @@ class LightingSimulator(ModbusSimulator[LightingModel]):
             nominal_w=float(lamp_w) if isinstance(lamp_w, int | float) else self.nominal_w,
             failure_rate_per_h=self.failure_rate_per_h,
             rng=random.Random(f"{self.seed}:{equipment.id}"),
+            now=self.clock.time(),
         )
 
     def fault_names(self) -> tuple[str, ...]:
@@ -269,11 +333,38 @@ class LightingSimulator(ModbusSimulator[LightingModel]):
             "burnt_wh": model.burnt_wh, "counter_resets": model.counter_resets,
             "counter_wraps": model.counter_wraps,
             "failed": sum(1 for lamp in model.lamps if lamp.fault_bits & LAMP_FAILED),
-            "write_ts": list(model.write_ts)}}
+            "write_ts": list(model.write_ts), "step_ts": list(model.step_ts)}}
+
+    async def tick(self, dt: float) -> None:
+        await super().tick(dt)
+        for device in self._devices.values():
+            self._count_steps(device)
+
+    def before_access(self, device: _Device[LightingModel]) -> None:
+        """A read or a write finds the cabinet at the city's time: a step due is taken."""
+        model = device.model
+        if model.step_at:
+            now = self.clock.time()
+            if model.step_at <= now:
+                model.advance_to(now)
+                self._count_steps(device)
+                device.stale = True
+
+    def _count_steps(self, device: _Device[LightingModel]) -> None:
+        model = device.model
+        for _, changed, unchanged in model.taken:
+            for n, points_changed in ((changed, True), (unchanged, False)):
+                for _ in range(n):
+                    device.counters.write(points_changed)
+        model.taken.clear()
 
     def _write(self, device: _Device[LightingModel], address: int,
                values: list[int], arrived: float) -> int | None:
+        model = device.model
+        model.lamps_written = False
         refused = super()._write(device, address, values, arrived)
         if refused is None:
-            device.model.write_ts.append(self.clock.time())
+            if model.lamps_written:
+                model.write_ts.append(self.clock.time())
+            self.before_access(device)  # a step armed for a time already past: taken now
         return refused

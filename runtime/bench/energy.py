@@ -22,11 +22,16 @@ Figures, over the hours from the earliest dusk to after the latest dawn:
   API reports them; ``counter_resets`` / ``counter_wraps``: what the runtime
   detected (one cabinet each was injected);
 * ``transition_late_s`` (max, with ``transition_late_p50_s``): per circuit and
-  step, from the step's time to the first write the cabinet took after it, in
+  step, from the step's time to the first time the cabinet's lamps took it
+  after it (a write to them, or the timed step the cabinet took by itself), in
   the city's time (``transition_late_machine_s``: the max in the machine's
-  time; every circuit switches at 23:00 and 01:00 at once, so the lateness is
-  the time the hosts take to write them all); ``writes`` and ``repeats``: lamp
-  writes counted at the simulator, and those of a value the lamp held already.
+  time); ``writes`` and ``repeats``: lamp writes counted at the simulator (a
+  timed step counts one per lamp), and those of a value the lamp held already;
+* ``kill``: the host with the most circuits is killed (``SIGKILL``)
+  :data:`KILL_LEAD_S` of the machine's time before the 01:00 step: ``host``,
+  ``circuits``, ``recovered_s`` (machine time from the kill to its successor
+  running), ``step_missed`` (its circuits whose lamps never took the step),
+  ``step_late_s`` (their max lateness at that step, city time).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
+import signal
 import time
 from typing import Any, Final
 
-from runtime.bench.common import ApiClient, City, Say, machine, percentile
+from runtime.bench.common import ApiClient, City, Say, find_node, machine, percentile
 from runtime.clock import CITY_TZ, Clock
 from runtime.errors import ProtocolError, RetryableError
 
@@ -54,6 +61,10 @@ TAIL_S: Final = 1800.0
 LEAD_S: Final = 3600.0
 #: How long the API is given to show the last hours (s, machine time).
 SETTLE_S: Final = 60.0
+#: How long before the 01:00 step a lighting host is killed (s, machine time).
+KILL_LEAD_S: Final = 1.0
+#: How long a killed host is given to be running again (s, machine time).
+RECOVER_S: Final = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,6 +144,30 @@ def _edge_checks(city: City, circuit: str) -> dict[str, Any]:
             "bad_lamp_status": status_bad, "bad_lamp_writes": after - before}
 
 
+def _kill_before(city: City, clock: Clock, at: float, say: Say) -> dict[str, Any]:
+    """Kill the host with the most circuits :data:`KILL_LEAD_S` before city time ``at``;
+    returns it, its circuits, and the machine time until its successor ran."""
+    target = max(city.svc.plan.hosts, key=lambda h: len(h.entity_ids))
+    _wait_city(clock, at - KILL_LEAD_S * clock.speed, say, f"the kill of {target.host_id}")
+    pid = int(find_node(city.svc.tree(), target.host_id)["pid"])
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    recovered: float | None = None
+    while time.monotonic() < killed + RECOVER_S:
+        try:
+            node = find_node(city.svc.tree(), target.host_id)
+            if node.get("status") == "running" and int(node.get("pid") or 0) not in (0, pid):
+                recovered = round(time.monotonic() - killed, 3)
+                break
+        except Exception:  # the tree between two incarnations
+            pass
+        time.sleep(0.05)
+    say(f"killed {target.host_id} (pid {pid}) {KILL_LEAD_S:g} s before the step; running "
+        f"again after {recovered} s")
+    return {"host": target.host_id, "circuits": list(target.entity_ids),
+            "recovered_s": recovered}
+
+
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         clock_speed: float | None = None, **_: Any) -> dict[str, Any]:
     """Meter one night of the scheduled street lighting and compare (module doc)."""
@@ -175,6 +210,9 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         _wait_city(clock, datetime.datetime.combine(
             NIGHT, datetime.time(23, 30), tzinfo=CITY_TZ).timestamp(), say, "the counter reset")
         city.control.fault(reset_id, "counter_reset")
+        night_steps = [at for p in plans for at, name, _, _ in p.steps if name == "night"]
+        kill_at = min(night_steps) if night_steps else None
+        killed = _kill_before(city, clock, kill_at, say) if kill_at is not None else None
         _wait_city(clock, end, say, "the end of the night")
         api = ApiClient(city.admin_url, city.token("viewer"))
         query = f"/api/v1/energy?scope=metropolis&from={start}&to={end}&step=night"
@@ -203,16 +241,25 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
     failed = sum(burnt1[i]["failed"] for i in ids)
     analytic = sum(p.analytic_wh(start, end, (False, 100.0)) for p in plans) / 1000.0
     late: list[float] = []
+    kill_late: list[float] = []
+    kill_missed = 0
+    victims = set(killed["circuits"]) if killed is not None else set()
     for p in plans:
-        stamps = burnt1[p.id]["write_ts"]
+        stamps = [*burnt1[p.id]["write_ts"], *burnt1[p.id].get("step_ts", ())]
         bounds = [s[0] for s in p.steps] + [math.inf]
         for step, upto in zip(p.steps, bounds[1:], strict=True):
             at = step[0]
             if not start <= at < end:
                 continue
-            after = [w for w in stamps if at - 0.5 <= w < upto]
+            # A cabinet's timed step is armed to the second below the step's time.
+            after = [w for w in stamps if at - 1.0 <= w < upto]
             if after:
                 late.append(max(0.0, min(after) - at))
+            if p.id in victims and step[1] == "night":
+                if after:
+                    kill_late.append(max(0.0, min(after) - at))
+                else:
+                    kill_missed += 1
     writes = sum(counters1[i]["writes"] - counters0[i]["writes"] for i in ids)
     repeats = sum(counters1[i]["repeats"] - counters0[i]["repeats"] for i in ids)
     lamps = sum(p.lamps for p in plans)
@@ -232,6 +279,10 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         "legacy_saving_pct": total["legacy_saving_pct"],
         "counter_resets": total["counter_resets"], "counter_wraps": total["counter_wraps"],
         "counter_faults_injected": {"reset": reset_id, "wrap": wrap_id},
+        "kill": None if killed is None else {
+            "host": killed["host"], "circuits": len(victims),
+            "recovered_s": killed["recovered_s"], "step_missed": kill_missed,
+            "step_late_s": round(max(kill_late), 3) if kill_late else None},
         "transitions": len(late),
         "transition_late_s": round(max(late), 3) if late else None,
         "transition_late_p50_s": round(percentile(late, 50), 3) if late else None,
