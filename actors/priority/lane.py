@@ -12,7 +12,9 @@ host's main loop is doing:
    (the ``prio_request`` block of the ``traffic_controller`` profile) in one request,
    through a session of the lane's own: traffic controllers take several
    masters, and the host's polling session lives on the other loop;
-3. the outcome goes back to the pool, and to the crossroad entity's mailbox
+3. the outcome goes back to the pool (with ``lane_ts``: the wall-clock times the
+   lane took the request, decided it, and had the write acknowledged, which the
+   pool's members break their latency down with), and to the crossroad entity's mailbox
    (:meth:`~runtime.entity.PriorityLane.post`), which records it as a
    ``priority`` event with its reason, off the critical path.
 
@@ -149,6 +151,7 @@ def _outcome(lane: PriorityLane, crossroad: str, payload: dict[str, Any]) -> Non
 
 async def serve(view: Mapping[str, Any], msg: Envelope, lane: PriorityLane) -> dict[str, Any]:
     """Serve one of the pool's messages for the crossroad ``msg.target`` (see the module)."""
+    entered = time.time()
     res = resources(lane)
     now = _now(lane)
     approaches = tuple(int(a) for a in view.get("approaches") or ())
@@ -158,6 +161,7 @@ async def serve(view: Mapping[str, Any], msg: Envelope, lane: PriorityLane) -> d
     if msg.type == REQUEST:
         request = _request(msg, now)
         decision = policy.decide(request, now, _controller_view(view))
+        decided = time.time()
         if decision.grant:
             if decision.preempted is not None:
                 await _send_clear(res, view, decision.preempted, "cancel")
@@ -173,10 +177,12 @@ async def serve(view: Mapping[str, Any], msg: Envelope, lane: PriorityLane) -> d
                 policy.cancel(request.request_id, now, "controller_unreachable")
                 _outcome(lane, msg.target, _decided(request, Decision(False, "unreachable")))
                 raise RejectedError(f"{msg.target}: {exc}", code="unreachable") from exc
+        written = time.time()
         _outcome(lane, msg.target, _decided(request, decision))
         return {"request_id": request.request_id, "granted": decision.grant,
                 "reason": decision.reason, "strategy": decision.strategy,
-                "written_ts": time.time() if decision.grant else None}
+                "written_ts": written if decision.grant else None,
+                "lane_ts": [entered, decided, written]}
     if msg.type == CLEAR:
         p = msg.payload if isinstance(msg.payload, Mapping) else {}
         request_id, reason = p.get("request_id"), str(p.get("reason") or "checked_out")
