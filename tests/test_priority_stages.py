@@ -32,7 +32,7 @@ class _Lane:
 
 def test_a_granted_request_answers_with_the_lane_times_in_order(monkeypatch: Any) -> None:
     session = _Session()
-    monkeypatch.setattr(LaneResources, "session", lambda self, host, port, t: session)
+    monkeypatch.setattr(LaneResources, "session", lambda self, host, port, unit, t: session)
     lane = _Lane()
     view = {"endpoint": "modbus://127.0.0.1:1502/3", "approaches": [1, 2, 3, 4], "mode": "auto",
             "phase": 1}
