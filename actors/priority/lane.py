@@ -10,9 +10,13 @@ host's main loop is doing:
    the crossroad's published view says of its controller (mode, phase);
 2. a grant is written at once to the controller's request registers
    (the ``prio_request`` block of the ``traffic_controller`` profile) in one request,
-   through a session of the lane's own: traffic controllers take several
-   masters, and the host's polling session lives on the other loop;
-3. the outcome goes back to the pool, and to the crossroad entity's mailbox
+   through a connection of the lane's own to that controller: traffic
+   controllers take several masters, the host's polling session lives on the
+   other loop, and a gateway's controllers (one port, a unit each) served on
+   one connection would queue a burst of check-ins behind each other's writes;
+3. the outcome goes back to the pool (with ``lane_ts``: the wall-clock times the
+   lane took the request, decided it, and had the write acknowledged, which the
+   pool's members break their latency down with), and to the crossroad entity's mailbox
    (:meth:`~runtime.entity.PriorityLane.post`), which records it as a
    ``priority`` event with its reason, off the critical path.
 
@@ -65,7 +69,7 @@ class LaneResources:
     config: PolicyConfig
     profile: Profile
     policies: dict[str, CrossroadPolicy] = field(default_factory=dict)
-    sessions: dict[tuple[str, int], ModbusSession] = field(default_factory=dict)
+    sessions: dict[tuple[str, int, int], ModbusSession] = field(default_factory=dict)
 
     def policy(self, crossroad_id: str, approaches: tuple[int, ...]) -> CrossroadPolicy:
         got = self.policies.get(crossroad_id)
@@ -74,10 +78,12 @@ class LaneResources:
                 crossroad_id, self.config, approaches or range(1, 9))
         return got
 
-    def session(self, host: str, port: int, timeout_s: float) -> ModbusSession:
-        got = self.sessions.get((host, port))
+    def session(self, host: str, port: int, unit: int, timeout_s: float) -> ModbusSession:
+        """The lane's connection to the controller ``unit`` behind ``host:port``."""
+        got = self.sessions.get((host, port, unit))
         if got is None:
-            got = self.sessions[(host, port)] = ModbusSession(host, port, timeout_s=timeout_s)
+            got = self.sessions[(host, port, unit)] = ModbusSession(host, port,
+                                                                    timeout_s=timeout_s)
         return got
 
 
@@ -131,7 +137,7 @@ async def _write(res: LaneResources, view: Mapping[str, Any], values: Mapping[st
     if not isinstance(endpoint, str) or not endpoint:
         raise RejectedError("the crossroad has published no controller yet", code="no_view")
     host, port, unit = parse_endpoint(endpoint)
-    session = res.session(host, port, res.profile.timeout_s)
+    session = res.session(host, port, unit, res.profile.timeout_s)
     start, regs = res.profile.encode_block(_BLOCK, 0, {n: values[n] for n in _REQUEST_FIELDS})
     await session.write_many(unit, [(start, regs)], urgent=True)
 
@@ -149,6 +155,7 @@ def _outcome(lane: PriorityLane, crossroad: str, payload: dict[str, Any]) -> Non
 
 async def serve(view: Mapping[str, Any], msg: Envelope, lane: PriorityLane) -> dict[str, Any]:
     """Serve one of the pool's messages for the crossroad ``msg.target`` (see the module)."""
+    entered = time.time()
     res = resources(lane)
     now = _now(lane)
     approaches = tuple(int(a) for a in view.get("approaches") or ())
@@ -158,6 +165,7 @@ async def serve(view: Mapping[str, Any], msg: Envelope, lane: PriorityLane) -> d
     if msg.type == REQUEST:
         request = _request(msg, now)
         decision = policy.decide(request, now, _controller_view(view))
+        decided = time.time()
         if decision.grant:
             if decision.preempted is not None:
                 await _send_clear(res, view, decision.preempted, "cancel")
@@ -173,10 +181,12 @@ async def serve(view: Mapping[str, Any], msg: Envelope, lane: PriorityLane) -> d
                 policy.cancel(request.request_id, now, "controller_unreachable")
                 _outcome(lane, msg.target, _decided(request, Decision(False, "unreachable")))
                 raise RejectedError(f"{msg.target}: {exc}", code="unreachable") from exc
+        written = time.time()
         _outcome(lane, msg.target, _decided(request, decision))
         return {"request_id": request.request_id, "granted": decision.grant,
                 "reason": decision.reason, "strategy": decision.strategy,
-                "written_ts": time.time() if decision.grant else None}
+                "written_ts": written if decision.grant else None,
+                "lane_ts": [entered, decided, written]}
     if msg.type == CLEAR:
         p = msg.payload if isinstance(msg.payload, Mapping) else {}
         request_id, reason = p.get("request_id"), str(p.get("reason") or "checked_out")

@@ -27,11 +27,15 @@ sent with one call into the crossroad's priority lane
 (:meth:`~runtime.entity.EntityContext.priority`, :mod:`actors.priority.lane`);
 check-out and cancel clear it there. The time from the position's receipt to
 the lane's answer (the controller's write acknowledged) is the member's
-latency, kept as a histogram. Each request may carry an OpenTelemetry span
-(:mod:`actors.priority.tracing`).
+latency, kept as a histogram, and broken down by stage (:data:`STAGES`: the
+member's decode, tracker and hand-off, the call to the crossroad's host, the
+lane's policy and controller write, the answer's way back; wall-clock times,
+the lane's from its answer's ``lane_ts``). Each request may carry an
+OpenTelemetry span (:mod:`actors.priority.tracing`).
 
 **Read model.** Every member publishes ``priority-member-K`` (its pid, the
-buses it serves, requests granted and refused by reason, latency) about once a
+buses it serves, requests granted and refused by reason, latency and its
+stages) about once a
 second; ``GET /api/v1/priority`` merges them.
 """
 
@@ -68,8 +72,8 @@ from runtime.transit import line_from_wire, line_to_wire
 
 log = logging.getLogger("commandpost.priority")
 
-__all__ = ["BUCKETS_MS", "LEASE_S", "MEMBER_PREFIX", "TICK_S", "PoolMember", "member_ids",
-           "partition_of"]
+__all__ = ["BUCKETS_MS", "LEASE_S", "MEMBER_PREFIX", "STAGES", "TICK_S", "PoolMember",
+           "member_ids", "partition_of"]
 
 #: Entity ids of the members: ``priority-1`` … ``priority-N``.
 MEMBER_PREFIX: Final = PRIORITY_PREFIX
@@ -82,6 +86,10 @@ _SAFE_S: Final = LEASE_S - 2 * TICK_S
 BUCKETS_MS: Final = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 #: How long a request may take before it is given up (s).
 _CALL_TIMEOUT_S: Final = 1.0
+#: A granted request's way, stage by stage: decoding the position, the tracker, the
+#: hand-off to the request's task, the call to the crossroad's lane, its policy, its
+#: controller write, and the answer back to the member.
+STAGES: Final = ("decode", "track", "spawn", "call", "policy", "write", "answer")
 _PUBLISH_S: Final = 1.0
 
 
@@ -129,6 +137,31 @@ class _Latency:
                 "histogram": [[e, n] for e, n in zip(edges, self.counts, strict=True)]}
 
 
+class _Stages:
+    """Recent durations (ms) of each of :data:`STAGES`, with their p50/p99."""
+
+    def __init__(self, keep: int = 1024) -> None:
+        self.recent: dict[str, list[float]] = {s: [] for s in STAGES}
+        self._keep = keep
+
+    def add(self, stamps: Sequence[float]) -> None:
+        """``stamps``: wall-clock times (s) bounding the stages, one more than them."""
+        for name, a, b in zip(STAGES, stamps, stamps[1:], strict=False):
+            kept = self.recent[name]
+            kept.append((b - a) * 1000)
+            if len(kept) > self._keep:
+                del kept[: len(kept) - self._keep]
+
+    def summary(self) -> dict[str, dict[str, float | None]]:
+        out: dict[str, dict[str, float | None]] = {}
+        for name, kept in self.recent.items():
+            ordered = sorted(kept)
+            out[name] = {f"p{round(f * 100)}": (
+                round(ordered[min(len(ordered) - 1, int(f * len(ordered)))], 3)
+                if ordered else None) for f in (0.5, 0.99)}
+        return out
+
+
 class PoolMember(Entity):
     """One member of the bus-priority pool (see the module doc)."""
 
@@ -164,6 +197,7 @@ class PoolMember(Entity):
         self.ids = RequestIdAllocator(self.index, time.time())
         self.active: dict[tuple[str, str], int] = {}  # (bus, crossroad) -> request id
         self.latency = _Latency()
+        self.stages = _Stages()
         self.granted = 0
         self.refused: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -266,6 +300,7 @@ class PoolMember(Entity):
     def _on_message(self, name: str, payload: bytes) -> None:
         received = time.perf_counter()
         received_ns = time.time_ns()
+        stamps = [received_ns / 1e9]
         parts = name.split("/")
         bus = parts[3] if len(parts) == 5 else ""
         self.received += 1
@@ -277,17 +312,21 @@ class PoolMember(Entity):
         except MalformedMessageError:
             self.errors["malformed"] += 1
             return
+        stamps.append(time.time())
         now = self.ctx.clock.time()
-        for ev in self.tracker.update(bus, sample, now):
+        events = self.tracker.update(bus, sample, now)
+        stamps.append(time.time())
+        for ev in events:
             self.tracked[str(ev.kind)] += 1
-            self._spawn(self._act(ev, received, received_ns))
+            self._spawn(self._act(ev, received, received_ns, stamps))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _act(self, ev: TrackEvent, received: float, received_ns: int) -> None:
+    async def _act(self, ev: TrackEvent, received: float, received_ns: int,
+                   stamps: Sequence[float] = ()) -> None:
         key = (ev.bus_id, ev.crossroad)
         lateness = ev.lateness_s if ev.lateness_s is not None else math.nan
         if ev.kind is EventKind.CHECK_IN:
@@ -303,6 +342,7 @@ class PoolMember(Entity):
                        "eta_s": ev.eta_s or 0.0,
                        "lateness_s": 0.0 if math.isnan(lateness) else lateness,
                        "arrival_ts": ev.ts}
+            sent = time.time()
             try:
                 answer = await self.ctx.priority(Envelope(
                     target=ev.crossroad, type=REQUEST, payload=payload,
@@ -313,6 +353,10 @@ class PoolMember(Entity):
                 return
             self.latency.add((time.perf_counter() - received) * 1000)
             granted = bool(isinstance(answer, Mapping) and answer.get("granted"))
+            lane_ts = answer.get("lane_ts") if isinstance(answer, Mapping) else None
+            if granted and len(stamps) == 3 and isinstance(lane_ts, list) \
+                    and len(lane_ts) == 3:
+                self.stages.add([*stamps, sent, *map(float, lane_ts), time.time()])
             tracing.decided(span, answer if isinstance(answer, Mapping) else {})
             if granted:
                 self.granted += 1
@@ -345,6 +389,7 @@ class PoolMember(Entity):
             "ignored": dict(self.tracker.ignored),
             "latency_ms": {**self.latency.summary(),
                            "recent": [round(x, 3) for x in self.latency.recent[-1000:]]},
+            "stages_ms": self.stages.summary(),
             "ts": time.time()}))
 
     async def on_status(self, msg: Envelope) -> dict[str, Any]:
@@ -358,7 +403,8 @@ def merge_members(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     members = [{"id": d.get("id"), "pid": d.get("pid"), "buses": d.get("buses", 0),
                 "partitions": d.get("partitions", []), "received": d.get("received", 0),
                 "tracked": d.get("tracked", {}), "ignored": d.get("ignored", {}),
-                "errors": d.get("errors", {}), "spans": d.get("spans", 0)} for d in docs]
+                "errors": d.get("errors", {}), "spans": d.get("spans", 0),
+                "stages_ms": d.get("stages_ms", {})} for d in docs]
     refused: Counter[str] = Counter()
     counts = [0] * (len(BUCKETS_MS) + 1)
     recent: list[float] = []
