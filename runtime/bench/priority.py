@@ -33,7 +33,10 @@ to after the last). Each gives ``p50_ms``, ``p99_ms``, ``max_ms``, ``n`` and
 ``misses``; ``flood`` also what the generator achieved over the passes
 (``offered_msgs_per_s``, ``offered_points_per_s``, ``skipped``, by its own
 counters), how many devices it spoke for (``flooded_devices``) and the
-entities of the crossroads' host (``host_entities``). The target is
+entities of the crossroads' host (``host_entities``). Each phase also gives,
+per pool member, where its granted requests' time went (``stages_ms``: p50 and
+p99 of each stage of :data:`actors.priority.pool.STAGES`) and the positions it
+dropped by reason (``member_errors``). The target is
 ``flood_p99_ratio`` (flood p99 ÷ idle p99) ≤ 2.
 """
 
@@ -308,6 +311,9 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
 
     members = RuntimeBackend(city.svc).priority()["members"]
     out["spans"] = sum(int(m.get("spans", 0)) for m in members)
+    # Where a granted request's time went, per member (pool.STAGES), and what they dropped.
+    out["stages_ms"] = {str(m.get("id")): m.get("stages_ms", {}) for m in members}
+    out["member_errors"] = {str(m.get("id")): m.get("errors", {}) for m in members}
     say(f"{name}: {json_line(out)}")
     city.control.offline(list(passes), False)
     if quiet:
