@@ -13,10 +13,14 @@ lease of the store (``priority:part:K``), renewed every :data:`TICK_S` for
 :data:`LEASE_S`; the next live member in ring order takes its partition
 (the lease, then the MQTT subscriptions of its buses) and serves it until the
 member is back, then gives it up (subscriptions first, then the lease). A
-member that cannot renew a lease in time stops serving that partition before
-the lease can lapse, so that no two members ever serve one bus — which a
-broker's shared subscription, spreading one bus's messages over members,
-would not give.
+member serves a partition's positions only while the lease's last renewal
+began less than :data:`_SAFE_S` ago, well before it could lapse, so that no
+two members ever serve one bus — which a broker's shared subscription,
+spreading one bus's messages over members, would not give. A renewal late
+under load only drops the positions that arrive meanwhile (``errors.
+lease_unsure``): the subscriptions and the buses' tracks stay, and the next
+renewal resumes the partition at once. The partition is given up when
+another member holds its lease, or after :data:`_LOST_S` without renewal.
 
 **The path.** Each member subscribes to its buses' telemetry topics
 (``city/{municipality}/vehicle/{id}/telemetry``). A position goes through the
@@ -78,10 +82,13 @@ __all__ = ["BUCKETS_MS", "LEASE_S", "MEMBER_PREFIX", "STAGES", "TICK_S", "PoolMe
 #: Entity ids of the members: ``priority-1`` … ``priority-N``.
 MEMBER_PREFIX: Final = PRIORITY_PREFIX
 #: How long a lease holds without renewal, and how often members renew theirs (s).
-LEASE_S: Final = 0.4
+LEASE_S: Final = 0.6
 TICK_S: Final = 0.1
-#: A member stops serving a partition whose lease it could not renew for this long.
-_SAFE_S: Final = LEASE_S - 2 * TICK_S
+#: A member serves a partition's positions only this long after its lease's last renewal
+#: began (the lease holds at least :data:`LEASE_S` from then).
+_SAFE_S: Final = LEASE_S - 1.5 * TICK_S
+#: A member gives up a partition whose lease it could not renew for this long.
+_LOST_S: Final = 2 * LEASE_S
 #: The latency histogram's upper bounds (ms); the last bucket holds the rest.
 BUCKETS_MS: Final = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 #: How long a request may take before it is given up (s).
@@ -236,8 +243,8 @@ class PoolMember(Entity):
             except CommandpostError as exc:
                 log.debug("%s: lease tick failed: %s", self.ctx.id, exc)
             for p, renewed in list(self.serving.items()):
-                if time.monotonic() - renewed > _SAFE_S:
-                    await self._give_up(p)  # its lease may lapse: stop before it does
+                if time.monotonic() - renewed > _LOST_S:
+                    await self._give_up(p)  # lapsed long ago: another may serve it
             for ev in self.tracker.expire(self.ctx.clock.time()):
                 self._spawn(self._act(ev, time.perf_counter(), time.time_ns()))
             if started - last_publish >= _PUBLISH_S:
@@ -253,21 +260,29 @@ class PoolMember(Entity):
         return None
 
     async def _tick(self, now: float) -> None:
-        await self.ctx.hold_lease(_member_lease(self.index), LEASE_S)
-        owners = await self.ctx.lease_owners([_member_lease(k) for k in range(self.members)])
-        alive = {k for k in range(self.members) if _member_lease(k) in owners}
+        # The round trips of one tick go out together: a store slow under load delays a
+        # renewal by one of them, not by their sum.
+        _, owners = await asyncio.gather(
+            self.ctx.hold_lease(_member_lease(self.index), LEASE_S),
+            self.ctx.lease_owners([_member_lease(k) for k in range(self.members)]))
+        alive = {k for k in range(self.members) if _member_lease(k) in owners} | {self.index}
+        wanted: list[int] = []
         for p in range(self.members):
             mine = p == self.index or (p not in alive and self._successor_of(p, alive)
                                         == self.index)
             if p != self.index and p in alive and p in self.serving:
                 await self._give_up(p)  # its member is back
-                continue
-            if not mine:
-                continue
-            if await self.ctx.hold_lease(_part_lease(p), LEASE_S):
+            elif mine:
+                wanted.append(p)
+        held = await asyncio.gather(*(self.ctx.hold_lease(_part_lease(p), LEASE_S)
+                                      for p in wanted))
+        for p, ok in zip(wanted, held, strict=True):
+            if ok:
                 if p not in self.serving:
                     await self._take(p)
                 self.serving[p] = now
+            elif p in self.serving:
+                await self._give_up(p)  # another member holds it
 
     async def _take(self, p: int) -> None:
         if self.session is not None:
@@ -304,8 +319,12 @@ class PoolMember(Entity):
         parts = name.split("/")
         bus = parts[3] if len(parts) == 5 else ""
         self.received += 1
-        if bus not in self.buses or partition_of(bus, self.members) not in self.serving:
+        renewed = self.serving.get(partition_of(bus, self.members)) if bus in self.buses else None
+        if renewed is None:
             self.errors["not_served"] += 1
+            return
+        if time.monotonic() - renewed > _SAFE_S:
+            self.errors["lease_unsure"] += 1  # the lease may lapse before this is served
             return
         try:
             sample = decode_payload(self.profile, payload)
