@@ -392,16 +392,22 @@ class LightingCircuit(EquipmentEntity):
 
     async def write_device(self, port: DevicePort, writes: Mapping[str, Any],
                            command_id: str) -> Mapping[str, Any]:
-        """As every kind writes; a write to the lamps cancels the cabinet's timed step."""
+        """As every kind writes; a write to the lamps cancels the cabinet's timed step. Arming
+        one leaves the lamps as they were: the last reading of them still holds."""
         lamps = any(name not in STEP_FIELDS for name in writes)
+        wrote_ts, unsure = self.wrote_ts, self.write_unsure
         try:
             confirmed = await super().write_device(port, writes, command_id)
         except BaseException:
             if lamps:
                 self.state.pop("armed", None)  # cancelled or not: unknown
+            else:
+                self.wrote_ts, self.write_unsure = wrote_ts, unsure
             raise
         if lamps:
             self.state["armed"] = {STEP_AT: 0}
+        else:
+            self.wrote_ts = wrote_ts
         return confirmed
 
     def arm(self, now: float) -> None:

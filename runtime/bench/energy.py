@@ -31,7 +31,8 @@ Figures, over the hours from the earliest dusk to after the latest dawn:
   :data:`KILL_LEAD_S` of the machine's time before the 01:00 step: ``host``,
   ``circuits``, ``recovered_s`` (machine time from the kill to its successor
   running), ``step_missed`` (its circuits whose lamps never took the step),
-  ``step_late_s`` (their max lateness at that step, city time).
+  ``step_late_s`` (their max lateness at that step, city time), ``repeats`` (its
+  circuits' repeats); ``repeats_by_circuit``: the ten circuits with the most.
 """
 
 from __future__ import annotations
@@ -261,7 +262,9 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                 else:
                     kill_missed += 1
     writes = sum(counters1[i]["writes"] - counters0[i]["writes"] for i in ids)
-    repeats = sum(counters1[i]["repeats"] - counters0[i]["repeats"] for i in ids)
+    repeated = {i: counters1[i]["repeats"] - counters0[i]["repeats"] for i in ids}
+    repeats = sum(repeated.values())
+    repeaters = sorted((i for i in ids if repeated[i]), key=lambda i: -repeated[i])
     lamps = sum(p.lamps for p in plans)
     return {
         "bench": "energy", "machine": machine(), "scale": scale, "clock_speed": speed,
@@ -282,11 +285,13 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         "kill": None if killed is None else {
             "host": killed["host"], "circuits": len(victims),
             "recovered_s": killed["recovered_s"], "step_missed": kill_missed,
+            "repeats": sum(repeated[i] for i in victims if i in repeated),
             "step_late_s": round(max(kill_late), 3) if kill_late else None},
         "transitions": len(late),
         "transition_late_s": round(max(late), 3) if late else None,
         "transition_late_p50_s": round(percentile(late, 50), 3) if late else None,
         "transition_late_machine_s": round(max(late) / speed, 3) if late else None,
+        "repeats_by_circuit": {i: repeated[i] for i in repeaters[:10]},
         "writes": writes, "writes_per_lamp_step": (round(writes / (lamps * 5), 3)
                                                    if lamps else None),
         "repeats": repeats,
