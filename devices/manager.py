@@ -337,12 +337,16 @@ class HostDevices:
         attrs = st.equipment.attrs
         start, count = st.profile.register_span(attrs)
         session, unit = self._modbus_session(st)
+        # The sample is stamped with the time it was asked for: the device's answer shows
+        # it as it stood at some instant since, never before. A loop slow to take the
+        # answer must not make an old state look newer than a write made meanwhile.
+        asked = self._clock.time()
         regs = await session.read(unit, start, count, urgent=urgent)
         values = st.profile.decode_registers(start, regs, attrs)
         seq = values.get("seq")
         if seq != st.last_seq:
             st.last_seq = seq if isinstance(seq, int) else None
-            self._telemetry(st, values, seq, self._clock.time())
+            self._telemetry(st, values, seq, asked)
         return values
 
     async def _poll_modbus(self, st: DeviceState) -> None:

@@ -46,7 +46,7 @@ DAY = _next_weekday()
 #: 16:10 in Dijon on that day: the evening peak (plan 3) comes at 16:30.
 START = datetime.datetime(DAY.year, DAY.month, DAY.day, 16, 10, tzinfo=CITY_TZ).timestamp()
 PEAK = datetime.datetime(DAY.year, DAY.month, DAY.day, 16, 30, tzinfo=CITY_TZ).timestamp()
-SPEED = 20.0
+SPEED = 40.0
 
 
 class Api:
@@ -181,7 +181,7 @@ def test_operators_need_a_reason_for_manual_modes_and_viewers_cannot_act(city: C
     poll(lambda: holds(city, eid, 5), 60, interval=0.2, what="the override's plan running")
     plan = detail(city, eid)["control"]["fields"]["plan"]
     assert plan["source"] == "operator" and plan["by"] == "operator"
-    # Ten city minutes are 30 s here: the schedule's plan comes back by itself.
+    # Ten city minutes are 15 s here: the schedule's plan comes back by itself.
     poll(lambda: holds(city, eid, 3), 90, interval=0.5, what="the override expired")
     assert detail(city, eid)["control"]["fields"]["plan"]["source"] == "schedule"
 

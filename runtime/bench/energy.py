@@ -170,10 +170,12 @@ def _kill_before(city: City, clock: Clock, at: float, say: Say) -> dict[str, Any
 
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
-        clock_speed: float | None = None, **_: Any) -> dict[str, Any]:
-    """Meter one night of the scheduled street lighting and compare (module doc)."""
+        clock_speed: float | None = None, start_at: datetime.time = MORNING,
+        **_: Any) -> dict[str, Any]:
+    """Meter one night of the scheduled street lighting and compare (module doc); the
+    city's clock starts at ``start_at`` (local time, the night's day)."""
     speed = clock_speed or SPEED
-    morning = datetime.datetime.combine(NIGHT, MORNING, tzinfo=CITY_TZ).timestamp()
+    morning = datetime.datetime.combine(NIGHT, start_at, tzinfo=CITY_TZ).timestamp()
     city = City(scale=scale, say=say, broker=broker, clock_speed=speed,
                 clock_start=morning, kinds=("lighting_circuit",))
     from actors.lighting import circuit_schedule
