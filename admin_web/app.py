@@ -33,6 +33,8 @@ from admin_web.keys import keys
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
 from admin_web.throttle import LoginThrottle
+from admin_web.user_pages import user_pages
+from admin_web.users import users_api
 from runtime.errors import ConfigError
 
 audit: Final = logging.getLogger("commandpost.audit")
@@ -103,7 +105,9 @@ def create_app(
     app.register_blueprint(interventions)
     app.register_blueprint(keys)
     app.register_blueprint(history)
+    app.register_blueprint(users_api)
     app.register_blueprint(pages)
+    app.register_blueprint(user_pages)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD)
     app.after_request(_secure_headers)
     app.after_request(_audit)

@@ -556,6 +556,14 @@ class UserRegistry:
         self._change(name, lambda u: dataclasses.replace(u, password_hash=encoded),
                      new_nonce=True)
 
+    def reset_password(self, name: str, password: str | None = None) -> str:
+        """Set ``name``'s password to ``password``, or to a generated one when None, and end
+        his sessions; returns the password (the only copy of a generated one)."""
+        if password is None:
+            password = secrets.token_urlsafe(16)
+        self.set_password(name, password)
+        return password
+
     def end_sessions(self, name: str) -> None:
         """End every login session of ``name`` (a logout); unknown names are ignored."""
         with contextlib.suppress(UnknownUserError):
