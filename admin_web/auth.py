@@ -354,7 +354,7 @@ class UnknownUserError(AuthError):
     """No user of that name (an API answers 404)."""
 
     def __init__(self, name: str) -> None:
-        super().__init__("unknown user")
+        super().__init__(f"unknown user {name!r}")
         self.name = name
 
 
