@@ -171,7 +171,7 @@ def test_users_in_redis_are_seen_by_every_registry_at_once(
     first = UserRegistry(RedisUserRecords(shared_redis_url, namespace=namespace))
     second = UserRegistry(RedisUserRecords(shared_redis_url, namespace=namespace))
     first.add("admin", Role.ADMIN)
-    password, token = first.add("ana", Role.OPERATOR)
+    _, token = first.add("ana", Role.OPERATOR)
     nonce = second.session_nonce("ana")
     assert second.by_token(token).name == "ana"
     first.set_disabled("ana")
