@@ -380,8 +380,6 @@ def _serve(
     from runtime.users import RedisUserRecords
 
     host, port = parse_listen(admin)
-    # Refused before anything starts: a service nobody could administer.
-    bootstrap = None if demo else bootstrap_password(admin_password_file, redis)
     # The embedded servers' data, in a directory of our own that the reaper
     # removes after a kill -9 as a clean stop does.
     data_dir = Path(tempfile.mkdtemp(prefix="commandpost-"))
@@ -393,6 +391,8 @@ def _serve(
             simulate=demo, data_dir=data_dir, opcua_security=dict(opcua_security or {}),
             retention_s=retention_days * 86_400, clock_speed=clock_speed,
             clock_start=clock_start))
+        # Refused before anything starts, too: a service nobody could administer.
+        bootstrap = None if demo else bootstrap_password(admin_password_file, redis)
     except BaseException:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise
