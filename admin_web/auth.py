@@ -3,13 +3,24 @@
 Passwords are stored as scrypt hashes (``scrypt$n$r$p$salt$hash``, hex salt
 and hash), API tokens only as their sha256; every comparison of secrets is
 constant-time. Roles are ordered ``viewer < operator < admin``; an operator may
-be limited to some municipalities::
+be limited to some municipalities, and to some desks (:mod:`admin_web.desks`)::
 
-    users = UserRegistry()
-    password, token = users.add("alice", Role.OPERATOR, municipalities=["dijon"])
+    users = UserRegistry()                         # in memory; in Redis, shared and kept:
+    users = UserRegistry(RedisUserRecords("redis://127.0.0.1:6379/0"))
+    password, token = users.add("alice", Role.OPERATOR, municipalities=["dijon"],
+                                desks=["traffic"])
     user = users.by_token(token)
     users.can(user, Role.OPERATOR, "dijon")        # True
     users.can(user, Role.OPERATOR, "talant")       # False
+    users.update("alice", role="viewer", expected_version=user.version)
+    users.set_disabled("alice")                    # her sessions and tokens stop at once
+    token_id, token = users.issue_token("bob", "ci"); users.revoke_token("bob", token_id)
+
+Each user is one record (:mod:`runtime.users`: role, scopes, desks, hashes,
+token digests, disabled flag, session nonce, times, a version), changed
+atomically: two admins changing the same user both see their change kept.
+A password a person chooses must pass :func:`password_problem` (12
+characters, not one of the demo's).
 
 Login sessions live in signed cookies, which the server cannot take back; so
 each user also has a session nonce kept here, which a login copies into the
