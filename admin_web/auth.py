@@ -486,8 +486,9 @@ class UserRegistry:
     # -- changing --------------------------------------------------------------------------
 
     def _change(self, name: str, edit: Callable[[User], User], *, new_nonce: bool = False,
-                expected_version: int | None = None) -> User:
-        """Apply ``edit`` to ``name`` atomically; its version goes up by one."""
+                expected_version: int | None = None, bump: bool = True) -> User:
+        """Apply ``edit`` to ``name`` atomically; its version goes up by one (unless not
+        ``bump``: a logout changes nothing an admin sees)."""
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise UnknownUserError(str(name)[:64])
         nonce = _new_nonce() if new_nonce else None
@@ -502,8 +503,9 @@ class UserRegistry:
                     f"user {name} was changed meanwhile (version {user.version}, not "
                     f"{expected_version}); read it again", names=[name],
                     code="version_mismatch")
-            changed = dataclasses.replace(edit(user), changed_ts=now,
-                                          version=user.version + 1)
+            changed = edit(user)
+            if bump:
+                changed = dataclasses.replace(changed, changed_ts=now, version=user.version + 1)
             return changed.to_record(nonce or str(record.get("nonce") or _new_nonce()))
 
         return User.from_record(self._records.change(name, update))
@@ -578,7 +580,7 @@ class UserRegistry:
     def end_sessions(self, name: str) -> None:
         """End every login session of ``name`` (a logout); unknown names are ignored."""
         with contextlib.suppress(UnknownUserError):
-            self._change(name, lambda u: u, new_nonce=True)
+            self._change(name, lambda u: u, new_nonce=True, bump=False)
 
     def update(self, name: str, *, role: Role | str | None = None,
                municipalities: Iterable[str] | None = None, desks: Iterable[str] | None = None,
