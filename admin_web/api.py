@@ -337,8 +337,23 @@ def _alarm_in_scope(alarm_id: str, role: Role) -> dict[str, Any]:
                                                    for m in _alarm_places(a)):
                 raise ApiError(403, f"not allowed to act on alarm {alarm_id} in all of "
                                     f"{', '.join(_alarm_places(a))}", field="municipality")
+            if role is not Role.VIEWER and services().desks.held(current_user()):
+                _ensure_desk_alarm(a)
             return a
     raise ApiError(404, "unknown alarm")
+
+
+def _ensure_desk_alarm(alarm: dict[str, Any]) -> None:
+    """Refuse (403) an action on an alarm of equipment the user's desks command nothing of;
+    an alarm whose source is no equipment (a flood summary, a coordinator's) is anyone's."""
+    source = alarm.get("source")
+    try:
+        kind = services().backend.equipment_kind(str(source)) if source else None
+    except KeyError:
+        kind = None  # a coordinator's or a host's alarm: anyone's
+    refusal = services().desks.alarm_refusal(current_user(), kind)
+    if refusal is not None:
+        raise ApiError(403, refusal)
 
 
 def _optional_text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:

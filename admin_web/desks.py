@@ -24,6 +24,7 @@ municipalities::
 
     book = builtin_desks()
     book.command_refusal(user, "building", "unlock")   # "… desks traffic do not …" or None
+    book.alarm_refusal(user, "camera")                 # acting on a camera's alarm
     book.hidden(user)                                  # what he may not read (a Hidden)
 
 A user without a desk is held by his role and municipalities alone, as
@@ -206,6 +207,15 @@ class DeskBook:
             return None
         return (f"desk(s) {', '.join(sorted(user.desks))} do not command {action} on "
                 f"{kind or 'this equipment'}")
+
+    def alarm_refusal(self, user: User, kind: str | None) -> str | None:
+        """Why ``user`` may not act on an alarm of equipment of ``kind`` (his desks command
+        nothing of that kind), or None; an alarm of no equipment is anyone's."""
+        if not self.held(user) or not kind:
+            return None
+        if any(kind in d.commands for d in self._desks_of(user)):
+            return None
+        return f"desk(s) {', '.join(sorted(user.desks))} do not handle {kind} alarms"
 
     def crisis_refusal(self, user: User, mode: str, current: list[str]) -> str | None:
         """Why ``user`` may not switch to ``mode`` municipalities now in modes ``current``

@@ -310,3 +310,30 @@ def test_the_users_page_adds_a_user_and_shows_his_secrets_once(
     assert page.post(f"/users/{name}", data={"op": "enable"}).status_code == 400  # no CSRF
     viewer_page = make_app(service).test_client()
     assert viewer_page.get("/users").status_code == 302  # to the login form
+
+
+def test_desks_act_on_the_alarms_of_what_they_command() -> None:
+    from admin_web import StaticBackend
+    from runtime.users import MemoryUserRecords
+
+    users = UserRegistry(MemoryUserRecords())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(auth, "SCRYPT_N", 2**8)
+        tokens = {name: users.add(name, Role.OPERATOR, desks=desks)[1]
+                  for name, desks in (("traffic", ["traffic"]), ("police", ["municipal_police"]),
+                                      ("free", []))}
+    alarms = [{"id": f"al-{n}", "source": source, "condition": "x", "priority": "high",
+               "state": "unacknowledged", "active": True, "municipality": "dijon",
+               "raised_ts": 1.0} for n, source in enumerate(("cam-1", "xr-1", "flood-1"))]
+    backend = StaticBackend(equipment={"cam-1": "dijon", "xr-1": "dijon"},
+                            kinds={"cam-1": "camera", "xr-1": "crossroad"}, alarms=alarms)
+    client = create_app(backend, users, secret_key=b"k" * 32).test_client()
+    expected = {("traffic", "al-0"): 403, ("traffic", "al-1"): 202, ("traffic", "al-2"): 202,
+                ("police", "al-0"): 202, ("police", "al-1"): 403, ("free", "al-0"): 202}
+    for (who, alarm), status in expected.items():
+        got, body = call(client, "POST", f"/api/v1/alarms/{alarm}/ack", who, tokens)
+        assert got == status, (who, alarm, body)
+    got, body = call(client, "POST", "/api/v1/alarms/al-0/ack", "traffic", tokens)
+    assert body["error"] == "desk(s) traffic do not handle camera alarms"
+    # Reading them is not acting: every alarm stays listed.
+    assert len(call(client, "GET", "/api/v1/alarms", "traffic", tokens)[1]) == 3
