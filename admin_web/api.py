@@ -14,7 +14,15 @@ from admin_web.audit import audited
 from admin_web.auth import Role
 from admin_web.backend import HEALTH_STATUSES
 from admin_web.context import services
-from admin_web.guards import current_user, ensure_scope, require
+from admin_web.guards import (
+    current_user,
+    desk_hidden,
+    ensure_desk_commands,
+    ensure_desk_crisis,
+    ensure_desk_reads,
+    ensure_scope,
+    require,
+)
 from admin_web.http_errors import ApiError, json_object_body, store_unavailable
 from admin_web.redact import redact_urls
 from runtime.clock import CITY_TZ
@@ -115,12 +123,14 @@ def submit_command(entity_id: str) -> ResponseReturnValue:
             # Within the limits of every command now: small enough to keep in the trail.
             note.params = {"action": action, "params": params,
                            **({"idempotency_key": key} if key is not None else {})}
+            if services().desks.held(current_user()):
+                ensure_desk_commands(backend.equipment_kind(entity_id), action)
             result = backend.submit_command(
                 entity_id, action, params, caller=current_user().name, idempotency_key=key
             )
         except StoreUnavailableError:
             raise store_unavailable("command not accepted") from None
-        except UnknownEntityError:
+        except (UnknownEntityError, KeyError):
             # Removed from the inventory since the lookup above.
             raise ApiError(404, "unknown equipment") from None
         except InvalidCommandError as exc:
@@ -184,8 +194,16 @@ def _scope() -> frozenset[str] | None:
 def equipment_list() -> ResponseReturnValue:
     """Equipment ordered by id, ``limit`` at a time (default 500); filters ``kind``,
     ``municipality``, ``status``, ``online``, ``in_alarm``. The next page's ``after``
-    is in the ``X-Next-After`` header (absent on the last page)."""
+    is in the ``X-Next-After`` header (absent on the last page).
+
+    A user held by desks does not see what they do not read (a page may then
+    hold fewer than ``limit`` items; ``X-Next-After`` still goes on), and asking
+    for such a ``kind`` by name is a 403.
+    """
     args = request.args
+    hidden = desk_hidden()
+    if hidden:
+        ensure_desk_reads(args.get("kind"))
     raw_limit = args.get("limit", str(DEFAULT_EQUIPMENT_PAGE))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EQUIPMENT_PAGE:
         raise ApiError(422, f"limit must be an integer in [1, {MAX_EQUIPMENT_PAGE}]",
@@ -197,6 +215,8 @@ def equipment_list() -> ResponseReturnValue:
             municipalities=_scope(), limit=int(raw_limit), after=args.get("after"))
     except StoreUnavailableError:
         raise store_unavailable("equipment not readable") from None
+    if hidden:
+        items = [hidden.equipment(i) for i in items if i.get("kind") not in hidden.kinds]
     response = jsonify(items)
     if next_after is not None:
         response.headers["X-Next-After"] = next_after
@@ -207,7 +227,8 @@ def equipment_list() -> ResponseReturnValue:
 @require(Role.VIEWER)
 def equipment_one(entity_id: str) -> ResponseReturnValue:
     """One equipment with its recent events, commands and active alarms; 404 when unknown
-    or in a municipality the user may not read."""
+    or in a municipality the user may not read, 403 when his desks do not read its kind
+    (the fields and events of a view they do not read are left out)."""
     backend = services().backend
     try:
         municipality = backend.equipment_municipality(entity_id)
@@ -216,7 +237,11 @@ def equipment_one(entity_id: str) -> ResponseReturnValue:
     if not current_user().can(Role.VIEWER, municipality):
         raise ApiError(404, "unknown equipment")
     try:
-        return jsonify(backend.equipment_detail(entity_id))
+        hidden = desk_hidden()
+        if hidden:
+            ensure_desk_reads(backend.equipment_kind(entity_id))
+        detail = backend.equipment_detail(entity_id)
+        return jsonify(hidden.equipment(detail) if hidden else detail)
     except KeyError:
         raise ApiError(404, "unknown equipment") from None
     except StoreUnavailableError:
@@ -312,8 +337,23 @@ def _alarm_in_scope(alarm_id: str, role: Role) -> dict[str, Any]:
                                                    for m in _alarm_places(a)):
                 raise ApiError(403, f"not allowed to act on alarm {alarm_id} in all of "
                                     f"{', '.join(_alarm_places(a))}", field="municipality")
+            if role is not Role.VIEWER and services().desks.held(current_user()):
+                _ensure_desk_alarm(a)
             return a
     raise ApiError(404, "unknown alarm")
+
+
+def _ensure_desk_alarm(alarm: dict[str, Any]) -> None:
+    """Refuse (403) an action on an alarm of equipment the user's desks command nothing of;
+    an alarm whose source is no equipment (a flood summary, a coordinator's) is anyone's."""
+    source = alarm.get("source")
+    try:
+        kind = services().backend.equipment_kind(str(source)) if source else None
+    except KeyError:
+        kind = None  # a coordinator's or a host's alarm: anyone's
+    refusal = services().desks.alarm_refusal(current_user(), kind)
+    if refusal is not None:
+        raise ApiError(403, refusal)
 
 
 def _optional_text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -488,6 +528,7 @@ def crisis_switch() -> ResponseReturnValue:
         for m in munis:
             ensure_scope(Role.OPERATOR, m)
         note.before = {m: rows[m].get("mode") for m in munis}
+        ensure_desk_crisis(mode, [str(rows[m].get("mode") or "normal") for m in munis])
         user = current_user()
         try:
             result = backend.crisis_request(mode, munis, replace=replace,

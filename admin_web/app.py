@@ -24,6 +24,7 @@ from admin_web.audit import MUTATING_METHODS, audit_unrecorded
 from admin_web.auth import User, UserRegistry
 from admin_web.backend import AdminBackend
 from admin_web.context import Services, install
+from admin_web.desks import DeskBook, builtin_desks
 from admin_web.guards import CSRF_FIELD, csrf_token
 from admin_web.history import history
 from admin_web.http_errors import install_error_handlers
@@ -32,6 +33,8 @@ from admin_web.keys import keys
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
 from admin_web.throttle import LoginThrottle
+from admin_web.user_pages import user_pages
+from admin_web.users import users_api
 from runtime.errors import ConfigError
 
 audit: Final = logging.getLogger("commandpost.audit")
@@ -60,7 +63,7 @@ class _SessionCookies(SecureCookieSessionInterface):
 def create_app(
     backend: AdminBackend, users: UserRegistry, *, secret_key: bytes | None = None,
     secure_cookies: bool = False, login_throttle: LoginThrottle | None = None,
-    trusted_proxies: int = 0,
+    trusted_proxies: int = 0, desks: DeskBook | None = None,
 ) -> Flask:
     """Build the admin web on ``backend`` (the runtime's read model) and ``users``.
 
@@ -74,6 +77,9 @@ def create_app(
     the client's address (audited, throttled) and scheme are then taken from
     the ``X-Forwarded-For`` and ``X-Forwarded-Proto`` entries they added. With
     0, the default, those headers are ignored: any client could write them.
+
+    ``desks`` says what each desk of the control room commands and reads
+    (:mod:`admin_web.desks`; the shipped ``desks.toml`` when None).
     """
     if not 0 <= trusted_proxies <= 10:
         raise ConfigError(f"trusted proxies must be 0-10: {trusted_proxies}")
@@ -92,13 +98,16 @@ def create_app(
             app.wsgi_app, x_for=trusted_proxies, x_proto=trusted_proxies)
     app.json = StrictJSONProvider(app)
     install(app, Services(backend=backend, users=users,
-                          throttle=login_throttle or LoginThrottle()))
+                          throttle=login_throttle or LoginThrottle(),
+                          desks=desks if desks is not None else builtin_desks()))
     install_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(interventions)
     app.register_blueprint(keys)
     app.register_blueprint(history)
+    app.register_blueprint(users_api)
     app.register_blueprint(pages)
+    app.register_blueprint(user_pages)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD)
     app.after_request(_secure_headers)
     app.after_request(_audit)

@@ -60,6 +60,11 @@ class AdminBackend(Protocol):
         """The municipality slug of equipment ``entity_id``; raises ``KeyError`` when unknown."""
         ...
 
+    def equipment_kind(self, entity_id: str) -> str:
+        """The kind of equipment ``entity_id`` (``crossroad``…); raises ``KeyError`` when
+        unknown."""
+        ...
+
     def submit_command(
         self,
         entity_id: str,
@@ -300,8 +305,9 @@ class StaticBackend:
 
     Omitted parts default to a runtime that is starting: health ``starting``
     with no entity, a childless root supervisor, no Ray/Redis/broker yet.
-    ``equipment`` maps entity ids to their municipality slug; commands for
-    them are kept in memory and stay ``queued``, since nothing sends them.
+    ``equipment`` maps entity ids to their municipality slug (``kinds`` to
+    their kind, where given); commands for them are kept in memory and stay
+    ``queued``, since nothing sends them.
     The audit trail is kept in memory too (what happens while the runtime
     starts); there are no events. Each call returns a deep copy, so callers
     may not alter the stored data.
@@ -317,7 +323,9 @@ class StaticBackend:
         interventions: list[dict[str, Any]] | None = None,
         fleet: list[dict[str, Any]] | None = None,
         crisis: Mapping[str, dict[str, Any]] | None = None,
+        kinds: Mapping[str, str] | None = None,
     ) -> None:
+        self._kinds = dict(kinds or {})
         self._alarms = copy.deepcopy(alarms) if alarms is not None else []
         self._interventions = copy.deepcopy(interventions) if interventions is not None else []
         self._fleet = copy.deepcopy(fleet) if fleet is not None else []
@@ -350,6 +358,11 @@ class StaticBackend:
 
     def equipment_municipality(self, entity_id: str) -> str:
         return self._equipment[entity_id]
+
+    def equipment_kind(self, entity_id: str) -> str:
+        if entity_id not in self._equipment:
+            raise KeyError(entity_id)
+        return self._kinds.get(entity_id, "")
 
     def submit_command(
         self,
@@ -468,8 +481,9 @@ class StaticBackend:
                      and (after is None or e > after))
         page = ids[:limit]
         items: list[dict[str, Any]] = [
-                 {"id": e, "kind": None, "municipality": self._equipment[e], "online": False,
-                  "status": "unknown", "host": None, "reported": {}, "desired": {}}
+                 {"id": e, "kind": self._kinds.get(e), "municipality": self._equipment[e],
+                  "online": False, "status": "unknown", "host": None, "reported": {},
+                  "desired": {}}
                  for e in page]
         return items, (page[-1] if len(ids) > limit and page else None)
 
@@ -562,6 +576,9 @@ class SwappableBackend:
 
     def equipment_municipality(self, entity_id: str) -> str:
         return self.current.equipment_municipality(entity_id)
+
+    def equipment_kind(self, entity_id: str) -> str:
+        return self.current.equipment_kind(entity_id)
 
     def submit_command(
         self,

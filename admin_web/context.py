@@ -8,6 +8,7 @@ from flask import Flask, current_app
 
 from admin_web.auth import UserRegistry
 from admin_web.backend import AdminBackend
+from admin_web.desks import DeskBook, builtin_desks
 from admin_web.throttle import LoginThrottle
 
 _EXTENSION: str = "commandpost"
@@ -15,11 +16,13 @@ _EXTENSION: str = "commandpost"
 
 @dataclass(frozen=True)
 class Services:
-    """The runtime's read model, the user registry and the login throttle behind one app."""
+    """The runtime's read model, the user registry, the login throttle and the desks
+    behind one app."""
 
     backend: AdminBackend
     users: UserRegistry
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    desks: DeskBook = field(default_factory=builtin_desks)
 
 
 def install(app: Flask, services: Services) -> None:

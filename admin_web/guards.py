@@ -10,9 +10,12 @@
 
 The authenticated :class:`User` of a request is ``current_user()``; a view
 acting on one municipality checks the operator's scope with
-:func:`ensure_scope`. Pages posting forms carry the session's CSRF token
-(:func:`csrf_token` in the template, :func:`check_csrf` in the view); the API
-needs none because it never reads the session cookie.
+:func:`ensure_scope`, and one reading or commanding equipment his desks
+(:mod:`admin_web.desks`) with :func:`ensure_desk_reads`,
+:func:`ensure_desk_commands` and :func:`desk_hidden`. Pages posting forms
+carry the session's CSRF token (:func:`csrf_token` in the template,
+:func:`check_csrf` in the view); the API needs none because it never reads
+the session cookie.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from flask.typing import ResponseReturnValue
 from admin_web.audit import audit
 from admin_web.auth import Role, User
 from admin_web.context import services
+from admin_web.desks import Hidden
 from admin_web.http_errors import ApiError
 from runtime.errors import AuthError
 
@@ -104,6 +108,43 @@ def ensure_scope(role: Role, municipality: str) -> None:
     """Refuse (403) unless the current user holds ``role`` within ``municipality``."""
     if not current_user().can(role, municipality):
         raise ApiError(403, f"not allowed in municipality {municipality}", field="municipality")
+
+
+def desk_hidden() -> Hidden:
+    """What the current user's desks keep from him (nothing without desks, or for an
+    admin): :meth:`admin_web.desks.DeskBook.hidden`."""
+    return services().desks.hidden(current_user())
+
+
+def ensure_desk_reads(kind: str | None) -> None:
+    """Refuse (403) unless the current user's desks read equipment of ``kind``."""
+    refusal = services().desks.read_refusal(current_user(), kind)
+    if refusal is not None:
+        raise ApiError(403, refusal, field="kind")
+
+
+def ensure_desk_commands(kind: str | None, action: str) -> None:
+    """Refuse (403) unless the current user's desks own ``action`` on equipment of ``kind``
+    (a kind in a view they do not read is refused as such)."""
+    desks, user = services().desks, current_user()
+    refusal = desks.read_refusal(user, kind) or desks.command_refusal(user, kind, action)
+    if refusal is not None:
+        raise ApiError(403, refusal, field="action")
+
+
+def ensure_desk_crisis(mode: str, current: list[str]) -> None:
+    """Refuse (403) unless the current user's desks switch ``mode`` (for ``normal``:
+    every mode in ``current`` it ends)."""
+    refusal = services().desks.crisis_refusal(current_user(), mode, current)
+    if refusal is not None:
+        raise ApiError(403, refusal, field="mode")
+
+
+def ensure_desk_requests() -> None:
+    """Refuse (403) unless the current user's desks take citizens' calls."""
+    refusal = services().desks.requests_refusal(current_user())
+    if refusal is not None:
+        raise ApiError(403, refusal)
 
 
 def start_session(user: User) -> None:

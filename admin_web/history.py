@@ -12,7 +12,9 @@ reads; no header means the range is exhausted.
 
 An operator limited to some municipalities sees only the events of equipment
 in them; naming another municipality's equipment (or anything that is not
-equipment) in ``entity`` answers 404, as if it did not exist.
+equipment) in ``entity`` answers 404, as if it did not exist. A user held by
+desks (:mod:`admin_web.desks`) does not see the events of views they do not
+read, and naming such a ``kind`` or equipment is a 403.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from flask.typing import ResponseReturnValue
 
 from admin_web.auth import Role, User
 from admin_web.context import services
-from admin_web.guards import current_user, require
+from admin_web.guards import current_user, desk_hidden, ensure_desk_reads, require
 from admin_web.http_errors import ApiError
 from runtime.errors import RetryableError
 from runtime.inventory import KINDS
@@ -116,12 +118,23 @@ def events() -> ResponseReturnValue:
             raise ApiError(404, "unknown equipment") from None
         if municipality not in scope:
             raise ApiError(404, "unknown equipment")
+    hidden = desk_hidden()
+    if hidden:
+        ensure_desk_reads(kind)
+        if entity is not None:
+            try:
+                ensure_desk_reads(backend.equipment_kind(entity))
+            except KeyError:
+                pass  # not equipment: a coordinator's or a host's events
     try:
         items, cursor = backend.events(entity=entity, kind=kind, event=event,
                                        municipalities=scope, since=since, before=before,
                                        limit=limit)
     except RetryableError:
         raise ApiError(503, "store unavailable, try again", headers={"Retry-After": "1"}) from None
+    if hidden:
+        items = [i for i in items if not hidden.hides_event(
+            str(i.get("kind") or ""), str(i.get("event") or ""))]
     return _page(items, cursor)
 
 

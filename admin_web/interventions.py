@@ -28,7 +28,7 @@ from flask.typing import ResponseReturnValue
 from admin_web.audit import audited
 from admin_web.auth import Role
 from admin_web.context import services
-from admin_web.guards import current_user, ensure_scope, require
+from admin_web.guards import current_user, ensure_desk_requests, ensure_scope, require
 from admin_web.http_errors import ApiError, json_object_body, store_unavailable
 from runtime.errors import InvalidCommandError, StoreUnavailableError
 
@@ -69,7 +69,8 @@ def open_request() -> ResponseReturnValue:
     ``category`` is an Open311 service code; the point must lie within the
     metropolis and, when ``municipality`` is given, within that one. The
     request is stored as Open311 requests are and journaled for dispatch;
-    accepted or refused, it is audited (``request.create``).
+    accepted or refused, it is audited (``request.create``). An operator held
+    by desks needs one that takes citizens' calls (403 otherwise).
     """
     with audited("request.create") as note:
         body = json_object_body()
@@ -91,6 +92,7 @@ def open_request() -> ResponseReturnValue:
             raise ApiError(422, f"the point {lat}, {lon} is in {municipality}, not {given}",
                            field="municipality")
         ensure_scope(Role.OPERATOR, municipality)
+        ensure_desk_requests()
         user = current_user()
         try:
             opened = backend.open_request(category=category, description=description, lat=lat,

@@ -37,6 +37,10 @@ DEFAULT_CREDENTIALS_FILE = "commandpost-credentials.json"
 #: which every local user can read (``ps``, ``/proc/PID/cmdline``).
 REDIS_URL_ENV = "COMMANDPOST_REDIS_URL"
 MQTT_URL_ENV = "COMMANDPOST_MQTT_URL"
+#: The bootstrap admin's password, when ``run`` finds no admin in the store (or give
+#: ``--admin-password-file``); the admin is called :data:`BOOTSTRAP_ADMIN`.
+ADMIN_PASSWORD_ENV = "COMMANDPOST_ADMIN_PASSWORD"
+BOOTSTRAP_ADMIN = "admin"
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -153,6 +157,129 @@ def _fire_plan_check(file: str, inv: Any, inventory_file: str | None) -> None:
                f"{fire.confirm_s:g}), checked against {inventory_file or 'the demo metropolis'}")
 
 
+# -- users -------------------------------------------------------------------
+@cli.group()
+def user() -> None:
+    """Manage the admin web's users, kept in Redis (--redis or COMMANDPOST_REDIS_URL).
+
+    A generated password or token is printed once: only its hash is kept.
+    """
+
+
+def _store_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option("--namespace", default="cp", show_default=True,
+                      help="the store's key namespace (the service's)")(fn)
+    return click.option("--redis", "redis_url", required=True, envvar=REDIS_URL_ENV,
+                        show_envvar=True,
+                        help=f"redis://… of the service; one with a password goes in "
+                             f"{REDIS_URL_ENV}, not on the command line")(fn)
+
+
+def _registry(redis_url: str, namespace: str) -> Any:
+    from admin_web import UserRegistry
+    from runtime.users import RedisUserRecords
+
+    _warn_secret_in_argv("--redis", REDIS_URL_ENV, redis_url)
+    return UserRegistry(RedisUserRecords(redis_url, namespace=namespace))
+
+
+def _chosen_password(password_file: str | None) -> str | None:
+    """The password of ``password_file`` (``-``: standard input), checked; None if none."""
+    if password_file is None:
+        return None
+    if password_file == "-":
+        given = sys.stdin.readline().rstrip("\r\n")
+    else:
+        given = _read_secret_file(password_file, "the password")
+    return checked_password(given, "the password")
+
+
+def _check_desks(desks: tuple[str, ...]) -> None:
+    from admin_web.desks import builtin_desks
+
+    unknown = builtin_desks().unknown(list(desks))
+    if unknown:
+        _fail(f"unknown desk {', '.join(unknown)} (desks: "
+              f"{', '.join(builtin_desks().names())})", 2)
+
+
+_PASSWORD_FILE_HELP = ("read the password from this file's first line ('-': standard input) "
+                       "instead of generating one; 12 characters at least, not the demo's")
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
+@click.option("--municipality", "municipalities", multiple=True,
+              help="a municipality slug he acts in (repeat; none: every one)")
+@click.option("--desk", "desks", multiple=True, help="a desk of his (repeat; none: no desk)")
+@click.option("--password-file", default=None, help=_PASSWORD_FILE_HELP)
+@click.option("--no-token", is_flag=True, help="issue no API token")
+@_store_options
+def user_add(name: str, role: str, municipalities: tuple[str, ...], desks: tuple[str, ...],
+             password_file: str | None, no_token: bool, redis_url: str, namespace: str) -> None:
+    """Add user NAME; prints his generated password and API token, once."""
+    _check_desks(desks)
+    chosen = _chosen_password(password_file)
+    password, token = _registry(redis_url, namespace).add(
+        name, role, municipalities=municipalities, password=chosen, desks=desks,
+        with_token=not no_token)
+    click.echo(f"user {name} added ({role})")
+    if chosen is None:
+        click.echo(f"password: {password}")
+    if token:
+        click.echo(f"token:    {token}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-file", default=None, help=_PASSWORD_FILE_HELP)
+@_store_options
+def user_passwd(name: str, password_file: str | None, redis_url: str, namespace: str) -> None:
+    """Give NAME a new password (printed once when generated); his sessions end."""
+    chosen = _chosen_password(password_file)
+    password = _registry(redis_url, namespace).reset_password(name, chosen)
+    click.echo(f"user {name}: password changed, sessions ended")
+    if chosen is None:
+        click.echo(f"password: {password}")
+
+
+@user.command("token")
+@click.argument("name")
+@click.option("--label", default="", help="what the token is for (shown in listings)")
+@click.option("--revoke-all", is_flag=True, help="revoke his other tokens first")
+@_store_options
+def user_token(name: str, label: str, revoke_all: bool, redis_url: str, namespace: str) -> None:
+    """Issue NAME a new API token, printed once."""
+    users = _registry(redis_url, namespace)
+    if revoke_all:
+        click.echo(f"user {name}: {users.revoke_token(name)} token(s) revoked")
+    token_id, token = users.issue_token(name, label)
+    click.echo(f"user {name}: token {token_id} issued")
+    click.echo(f"token:    {token}")
+
+
+@user.command("disable")
+@click.argument("name")
+@click.option("--enable", is_flag=True, help="enable him again instead")
+@_store_options
+def user_disable(name: str, enable: bool, redis_url: str, namespace: str) -> None:
+    """Disable NAME: his sessions and tokens stop working at once (--enable: undo)."""
+    _registry(redis_url, namespace).set_disabled(name, not enable)
+    click.echo(f"user {name} {'enabled' if enable else 'disabled'}")
+
+
+@user.command("list")
+@_store_options
+def user_list(redis_url: str, namespace: str) -> None:
+    """List the users: name, role, municipalities, desks, tokens, state."""
+    for u in _registry(redis_url, namespace).all():
+        towns = ",".join(sorted(u.municipalities)) or "*"
+        desks = ",".join(sorted(u.desks)) or "-"
+        click.echo(f"{u.name:<20} {u.role.value:<8} {towns:<24} {desks:<30} "
+                   f"{len(u.tokens)} token(s) {'disabled' if u.disabled else 'enabled'}")
+
+
 # -- running -----------------------------------------------------------------
 #: How long a stopping service gives its tree to shut down in order before it
 #: kills the root; with the steps after it, SIGTERM or Ctrl-C ends a demo in ≤ 10 s.
@@ -224,12 +351,15 @@ def _serve(
     mqtt: str | None, ray_address: str | None, duration: float | None, demo: bool,
     opcua_security: dict[str, str] | None = None, retention_days: float = 30.0,
     clock_speed: float = 1.0, clock_start: float | None = None, secure_cookies: bool = False,
-    trusted_proxies: int = 0,
+    trusted_proxies: int = 0, admin_password_file: str | None = None,
 ) -> None:
     """Start the service and the admin web, run until stopped, then stop in order.
 
     The admin web serves Open311 too (its store is the service's Redis); the
-    demo issues one Open311 API key and adds it to the credentials file.
+    demo issues one Open311 API key and adds it to the credentials file. The
+    users are kept in the service's Redis: the demo adds its three with fresh
+    secrets; the production service adds none, but for the bootstrap admin
+    when the store has no admin (:func:`bootstrap_password`).
     Whatever this process starts (servers, simulators, a local Ray with its
     hosts) carries the reaper's mark and dies with it, even on kill -9; the
     hosts of a Ray cluster given by ``ray_address`` do not, and live on.
@@ -247,6 +377,7 @@ def _serve(
     from admin_web.open311 import open311_blueprint
     from runtime.reaper import Reaper
     from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
+    from runtime.users import RedisUserRecords
 
     host, port = parse_listen(admin)
     # The embedded servers' data, in a directory of our own that the reaper
@@ -260,18 +391,15 @@ def _serve(
             simulate=demo, data_dir=data_dir, opcua_security=dict(opcua_security or {}),
             retention_s=retention_days * 86_400, clock_speed=clock_speed,
             clock_start=clock_start))
+        # Refused before anything starts, too: a service nobody could administer.
+        bootstrap = None if demo else bootstrap_password(admin_password_file, redis)
     except BaseException:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise
-    users = UserRegistry()
-    creds = create_demo_users(users, [m.slug for m in inv.municipalities])
-    if credentials_file is None:
+    if credentials_file is None and demo:
         credentials_file = str(Path.cwd() / DEFAULT_CREDENTIALS_FILE)
-    write_credentials(credentials_file, creds)
     backend = SwappableBackend(StaticBackend())
-    app = create_app(backend, users, secure_cookies=secure_cookies,
-                     trusted_proxies=trusted_proxies)
-    server = AdminServer(app, host, port)
+    server: AdminServer | None = None
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
     stopper = _Stopper()
@@ -279,16 +407,34 @@ def _serve(
     try:
         try:
             svc.start_servers()
+            # The users live in the service's Redis: they outlive the process (with a
+            # Redis of its own), and every admin-web process sees the same ones.
+            users = UserRegistry(RedisUserRecords(svc.redis_url,
+                                                  namespace=svc.options.namespace))
+            if demo:
+                assert credentials_file is not None
+                creds: dict[str, dict[str, str]] = create_demo_users(
+                    users, [m.slug for m in inv.municipalities])
+                write_credentials(credentials_file, creds)
+                what = "users admin, operator, viewer; an Open311 API key"
+            else:
+                what = bootstrap_admin(users, bootstrap, credentials_file)
+            app = create_app(backend, users, secure_cookies=secure_cookies,
+                             trusted_proxies=trusted_proxies)
+            server = AdminServer(app, host, port)
             runtime_backend = RuntimeBackend(svc)
             app.register_blueprint(open311_blueprint(runtime_backend.open311_backend()))
             if demo:
+                assert credentials_file is not None
                 key = runtime_backend.open311_store().issue_key("demo")
                 write_credentials(credentials_file, {**creds, "open311": {"api_key": key}})
             server.start()
             click.echo(f"admin web:   {server.url}/  (API under {server.url}/api/v1, "
                        f"Open311 under {server.url}/open311/v2)")
-            click.echo(f"credentials: {credentials_file}  (users admin, operator, viewer"
-                       f"{'; an Open311 API key' if demo else ''})")
+            if credentials_file is not None and (demo or "written" in what):
+                click.echo(f"credentials: {credentials_file}  ({what})")
+            else:
+                click.echo(f"users:       {what}")
             for line in _connection_lines(svc.redis_url, svc.mqtt_url, svc.simulators):
                 click.echo(line)
             t0 = time.monotonic()
@@ -331,11 +477,108 @@ def _serve(
         reaper.adopt_descendants()
         try:
             svc.stop(tree_timeout=STOP_TREE_TIMEOUT_S)
-            server.stop()
+            if server is not None:
+                server.stop()
         finally:
             reaper.close()
             shutil.rmtree(data_dir, ignore_errors=True)
     click.echo(f"stopped in {time.monotonic() - t_stop:.1f}s")
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    """The first line of ``path`` (a password file), without its line ending."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            line = fh.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandpostError(f"cannot read {what} from {path}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+    return line.rstrip("\r\n")
+
+
+def demo_passwords(credentials_file: str | Path | None = None) -> set[str]:
+    """The passwords of a demo's credentials file (the given one, else the default one in
+    the working directory), which no real user may take: the demo printed where they are."""
+    path = Path(credentials_file or Path.cwd() / DEFAULT_CREDENTIALS_FILE)
+    try:
+        creds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(creds, dict):
+        return set()
+    return {str(e["password"]) for e in creds.values()
+            if isinstance(e, dict) and isinstance(e.get("password"), str)}
+
+
+def checked_password(password: str, what: str) -> str:
+    """``password`` if a person may choose it (12 characters, not one of the demo's);
+    else :class:`CommandpostError` saying why."""
+    from admin_web.auth import password_problem
+
+    problem = password_problem(password, demo_passwords())
+    if problem is not None:
+        raise CommandpostError(f"{what} refused: {problem}")
+    return password
+
+
+def bootstrap_password(password_file: str | None, redis_url: str | None) -> str | None:
+    """The bootstrap admin's password that ``run`` needs, checked; None when not needed.
+
+    Needed when the store holds no enabled admin: always with the embedded
+    Redis (new at each start), and with ``redis_url`` when its users have
+    none. Taken from ``password_file`` (its first line), else from
+    :data:`ADMIN_PASSWORD_ENV`. Raises :class:`CommandpostError` when it is
+    needed and missing, or shorter than 12 characters, or one of the demo's.
+    """
+    given = _read_secret_file(password_file, "the admin password") if password_file else \
+        os.environ.get(ADMIN_PASSWORD_ENV) or None
+    if given is not None:
+        given = checked_password(given, "the bootstrap admin's password")
+    if redis_url is not None:
+        from admin_web.auth import UserRegistry
+        from runtime.users import RedisUserRecords
+
+        records = RedisUserRecords(redis_url)
+        try:
+            if UserRegistry(records).has_admin():
+                if given is not None:
+                    log.info("the store has an admin already: the bootstrap password is unused")
+                return None
+        finally:
+            records.close()
+    if given is None:
+        where = "the store" if redis_url is not None else "the embedded Redis (new at each start)"
+        raise CommandpostError(
+            f"no admin in {where}: give the bootstrap admin's password in {ADMIN_PASSWORD_ENV} "
+            "or with --admin-password-file (12 characters at least, not one of the demo's), "
+            f"or add an admin first with `commandpost user add NAME --role admin` and "
+            f"{REDIS_URL_ENV}")
+    return given
+
+
+def bootstrap_admin(users: Any, password: str | None, credentials_file: str | None) -> str:
+    """Add the bootstrap admin to ``users`` (a :class:`admin_web.UserRegistry`) unless an
+    admin is there; returns what to print about the users.
+
+    His API token is written to ``credentials_file`` (mode 0600) when given;
+    without one he has none (``commandpost user token admin`` issues one).
+    """
+    from admin_web import Role, write_credentials
+
+    if users.has_admin():
+        return f"{len(users)} in Redis, an admin among them"
+    if password is None:
+        raise CommandpostError("no admin in the store, and no bootstrap admin's password")
+    if BOOTSTRAP_ADMIN in users:
+        raise CommandpostError(
+            f"no enabled admin, and a user {BOOTSTRAP_ADMIN!r} that is not one exists: "
+            f"enable or promote an admin with `commandpost user` first")
+    _, token = users.add(BOOTSTRAP_ADMIN, Role.ADMIN, password=password,
+                         with_token=credentials_file is not None)
+    if credentials_file is not None:
+        write_credentials(credentials_file, {BOOTSTRAP_ADMIN: {"token": token}})
+        return f"bootstrap admin {BOOTSTRAP_ADMIN!r} added; his API token written"
+    return f"bootstrap admin {BOOTSTRAP_ADMIN!r} added (no API token: `commandpost user token`)"
 
 
 def _connection_lines(redis_url: str, mqtt_url: str,
@@ -430,15 +673,24 @@ def demo(scale: float, duration: float | None, admin: str, ports: str,
 @click.option("--trusted-proxies", type=click.IntRange(0, 10), default=0, show_default=True,
               help="reverse proxies in front of the admin web whose X-Forwarded-For and "
                    "-Proto say the client's address (audited, throttled) and scheme")
+@click.option("--admin-password-file", type=click.Path(dir_okay=False), default=None,
+              help="the bootstrap admin's password (first line), used only when the store "
+                   f"has no admin; or set {ADMIN_PASSWORD_ENV}")
 def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: str | None,
         admin: str, credentials_file: str | None, opcua_security: str,
         opcua_cert: str | None, opcua_key: str | None, opcua_server_cert: str | None,
-        retention_days: float, secure_cookies: bool, trusted_proxies: int) -> None:
+        retention_days: float, secure_cookies: bool, trusted_proxies: int,
+        admin_password_file: str | None) -> None:
     """The production service on a real inventory, until SIGTERM/SIGINT.
 
     The Redis and broker URLs, which may hold passwords, are best given in
     the environment (COMMANDPOST_REDIS_URL, COMMANDPOST_MQTT_URL) rather than
     as options; they are printed with their passwords hidden.
+
+    The users are those in Redis (`commandpost user`); with no admin there,
+    the bootstrap admin `admin` is added with the password in
+    COMMANDPOST_ADMIN_PASSWORD or --admin-password-file, and without one the
+    service does not start. --credentials-file then receives his API token.
     """
     from actors.registry import check_record
     from runtime.inventory import load_inventory
@@ -462,7 +714,7 @@ def run(inventory_file: str, ray_address: str | None, redis: str | None, mqtt: s
     _serve(inv, admin=admin, credentials_file=credentials_file, redis=redis, mqtt=mqtt,
            ray_address=ray_address, duration=None, demo=False, opcua_security=security,
            retention_days=retention_days, secure_cookies=secure_cookies,
-           trusted_proxies=trusted_proxies)
+           trusted_proxies=trusted_proxies, admin_password_file=admin_password_file)
 
 
 # -- benchmarks --------------------------------------------------------------

@@ -575,6 +575,9 @@ class RuntimeBackend:
     def equipment_municipality(self, entity_id: str) -> str:
         return self.service.inventory.by_id(entity_id).municipality
 
+    def equipment_kind(self, entity_id: str) -> str:
+        return self.service.inventory.by_id(entity_id).kind
+
     def submit_command(self, entity_id: str, action: str, params: dict[str, Any], *,
                        caller: str, idempotency_key: str | None) -> dict[str, Any]:
         """Check the command against its kind's field table, then journal it durably.

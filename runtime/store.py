@@ -18,6 +18,8 @@ layout, under a namespace prefix ``ns`` (default ``cp``)::
     {ns}:kv:view:energy.{id}.{date}    string  a lighting circuit's metered hours of a local
                                                date (runtime.energy)
     {ns}:hash:{name}                   hash    generic string hashes
+    {ns}:users, {ns}:user:{name},      set,    the admin web's users and the index of their
+    {ns}:user_token:{digest}           string  API tokens (:mod:`runtime.users`)
 
 The events and audit streams are trimmed by age, never by count: each XADD
 drops whole stream nodes older than ``retention_s`` (``MINID ~``, default

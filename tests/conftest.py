@@ -159,3 +159,14 @@ def cluster() -> Iterator[Cluster]:
         "video": wire(Strategy.ONE_FOR_ALL, 10, 10.0),
         "access": wire(Strategy.ONE_FOR_ONE, 1, 120.0),
     }})
+
+
+@pytest.fixture(scope="session")
+def shared_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded Redis for the whole session; each test keeps to a namespace of its own."""
+    from pathlib import Path
+
+    from runtime.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(Path(tmp_path_factory.mktemp("shared-redis"))) as server:
+        yield server.url

@@ -403,23 +403,23 @@ def test_twenty_failures_from_an_address_then_429(checks: list[str]) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(auth, "SCRYPT_N", 2**8)
         for n in range(4):
-            registry.add(f"user{n}", Role.VIEWER, password=f"password-{n}")
+            registry.add(f"user{n}", Role.VIEWER, password=f"the-password-{n}")
     app = make_app(registry, login_throttle=LoginThrottle(clock=FakeClock()))
     names = ["admin", "operator", "viewer", "user0", "user1", "user2", "user3"]
     for n in range(20):
         assert _attempt(app, names[n % len(names)], "wrong-password").status_code == 401
     # A name with no failure of its own, the right password: the address is held back.
-    refused = _attempt(app, "user3", "password-3")
+    refused = _attempt(app, "user3", "the-password-3")
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) == 300
     assert len(checks) == 20
     # Elsewhere, the same name logs in.
-    assert _attempt(app, "user3", "password-3", "10.0.0.2").status_code == 302
+    assert _attempt(app, "user3", "the-password-3", "10.0.0.2").status_code == 302
     # An IPv6 client counts by its /64.
     app = make_app(registry, login_throttle=LoginThrottle(clock=FakeClock()))
     for n in range(20):
         _attempt(app, names[n % len(names)], "wrong-password", f"2001:db8::{n + 1:x}")
-    assert _attempt(app, "user3", "password-3", "2001:db8::ffff").status_code == 429
-    assert _attempt(app, "user3", "password-3", "2001:db8:0:1::1").status_code == 302
+    assert _attempt(app, "user3", "the-password-3", "2001:db8::ffff").status_code == 429
+    assert _attempt(app, "user3", "the-password-3", "2001:db8:0:1::1").status_code == 302
 
 
 def test_too_many_checks_at_once_are_refused_quickly(
