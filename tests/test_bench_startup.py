@@ -36,12 +36,14 @@ def test_a_lighting_circuit_reports_every_lamp_as_one_block_entry() -> None:
     cp = seed_checkpoint(LIGHTING, {}, now=NOW, rng=random.Random(1))
     reported = cp.twin["reported"]
     assert set(reported) == {"mains_ok", "door_open", "earth_fault", "seq", "broadcast_on",
-                             "broadcast_dim", "lamp"}
+                             "broadcast_dim", "step_at", "step_on", "step_dim",
+                             "step_taken_at", "lamp"}
     lamps = reported["lamp"]["value"]
     assert len(lamps) == 30
     assert all(set(lamp) == {"on", "dim", "power_w", "energy_wh", "fault_bits"} for lamp in lamps)
-    # Six cabinet fields (the two broadcast registers among them) and five per lamp.
-    assert twin_values(reported) == 6 + 30 * 5
+    # Ten cabinet fields (the two broadcast registers and the timed step's four among
+    # them) and five per lamp.
+    assert twin_values(reported) == 10 + 30 * 5
     for entry in reported.values():
         assert set(entry) == {"value", "quality", "source_ts", "received_ts", "seq"}
         assert entry["quality"] == "good"
@@ -75,7 +77,7 @@ def test_the_checkpoint_holds_the_state_of_a_running_entity() -> None:
     # It survives the trip through msgpack and loads into a twin.
     back = Checkpoint.from_dict(unpack(pack(cp.to_dict())))
     twin = Twin.from_dict(dict(back.twin))
-    assert len(twin.reported) == 7
+    assert len(twin.reported) == 11
     assert 2_000 < len(pack(cp.to_dict())) < 8_000
 
 
