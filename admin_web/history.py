@@ -30,6 +30,7 @@ from admin_web.guards import current_user, require
 from admin_web.http_errors import ApiError
 from runtime.errors import RetryableError
 from runtime.inventory import KINDS
+from runtime.store import MAX_STREAM_ID_PART
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
@@ -75,7 +76,8 @@ def _before() -> str | None:
     raw = request.args.get("before")
     if raw is None or raw == "":
         return None
-    if not _CURSOR_RE.fullmatch(raw):
+    if not _CURSOR_RE.fullmatch(raw) or any(
+            int(part) > MAX_STREAM_ID_PART for part in raw.split("-")):
         raise ApiError(422, f"before must be a cursor from {NEXT_HEADER}", field="before")
     return raw
 

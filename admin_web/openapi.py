@@ -60,7 +60,7 @@ from admin_web.open311 import FORMATS, OPEN311_PREFIX
 from runtime.commands import MAX_ACTION_LENGTH, MAX_PARAMS, CommandStatus
 from runtime.energy import STEPS as ENERGY_STEPS
 from runtime.inventory import KINDS
-from runtime.open311 import MAX_RESULTS, STATUSES
+from runtime.open311 import FIELD_LIMITS, MAX_APP_NAME, MAX_RESULTS, STATUSES
 
 __all__ = ["OPENAPI_PATH", "OPENAPI_VERSION", "openapi", "openapi_document"]
 
@@ -72,8 +72,6 @@ FORM: Final = "application/x-www-form-urlencoded"
 MULTIPART: Final = "multipart/form-data"
 #: The longest text filter of the history routes (``admin_web.history``).
 MAX_HISTORY_TEXT: Final = 200
-#: An Open311 request's description, as the specification limits it.
-MAX_OPEN311_TEXT: Final = 4000
 
 openapi = Blueprint("openapi", __name__, url_prefix=API_PREFIX)
 
@@ -122,6 +120,17 @@ _NSTR: Final = _nullable(_STR)
 _NNUM: Final = _nullable(_NUM)
 #: Free text that holds something besides white space.
 _TEXT_PATTERN: Final = r"\S"
+#: One line of text: no control character (a tab aside), no line break.
+_LINE_PATTERN: Final = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
+#: Text over lines: no control character but tabs and line breaks.
+_FREE_TEXT_PATTERN: Final = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+#: A name: one line holding something besides white space.
+_NAME_PATTERN: Final = r"^[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*$"
+
+
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query argument's ``schema``, or empty (taken as not given)."""
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
 
 
 def _schemas() -> dict[str, Any]:
@@ -147,7 +156,7 @@ def _schemas() -> dict[str, Any]:
         "host": _NSTR,
         "in_alarm": _BOOL,
         "conditions": _array(_STR),
-        "reported": {"type": "object", "additionalProperties": reading,
+        "reported": {"type": "object", "additionalProperties": _ref("Reading"),
                      "description": "the device's values, by field"},
         "desired": {"type": "object", "additionalProperties": _ref("JsonValue"),
                     "description": "what was last asked of the device, by field"},
@@ -402,7 +411,7 @@ def _schemas() -> dict[str, Any]:
             "error": _NSTR,
         }, ("command_id", "status"), description="A command and where it stands."),
         "Alarm": alarm,
-        "AckRequest": _obj({"comment": {"type": "string", "minLength": 1,
+        "AckRequest": _obj({"comment": {"type": ["string", "null"], "minLength": 1,
                                         "maxLength": MAX_ALARM_TEXT,
                                         "pattern": _TEXT_PATTERN}}, closed=True),
         "ShelveRequest": _obj({
@@ -445,9 +454,8 @@ def _schemas() -> dict[str, Any]:
             "latency_ms": _obj({
                 "p50": _NNUM, "p99": _NNUM,
                 "histogram": _array({
-                    "type": "array", "prefixItems": [_NNUM, _COUNT], "minItems": 2,
-                    "maxItems": 2, "description": "[upper bound in ms (null: above the last), "
-                                                  "count]"}),
+                    "type": "array", "items": _NNUM, "minItems": 2, "maxItems": 2,
+                    "description": "[upper bound in ms (null: above the last), count]"}),
             }, ("p50", "p99", "histogram")),
         }, ("members", "requests", "latency_ms")),
         "EnergyRow": energy_row,
@@ -473,7 +481,7 @@ def _schemas() -> dict[str, Any]:
                             "pattern": _TEXT_PATTERN},
             "lat": {"type": "number", "minimum": -90, "maximum": 90},
             "lon": {"type": "number", "minimum": -180, "maximum": 180},
-            "municipality": {"type": "string",
+            "municipality": {"type": ["string", "null"],
                              "description": "when given, the point must lie in it"},
         }, ("category", "description", "lat", "lon"), closed=True),
         "RequestOpened": _obj({"request_id": _STR, "intervention_id": _STR},
@@ -483,8 +491,9 @@ def _schemas() -> dict[str, Any]:
         "Open311Applications": _obj({"applications": _array(_STR)}, ("applications",),
                                     closed=True),
         "Open311KeyRequest": _obj({"application": {
-            "type": "string", "minLength": 1, "maxLength": 64,
-            "description": "the client application's name"}}, ("application",), closed=True),
+            "type": "string", "minLength": 1, "maxLength": MAX_APP_NAME,
+            "pattern": _NAME_PATTERN, "description": "the client application's name"}},
+            ("application",), closed=True),
         "Open311KeyIssued": _obj({"application": _STR,
                                   "api_key": {"type": "string",
                                               "description": "shown once, stored as a digest"}},
@@ -508,27 +517,39 @@ def _schemas() -> dict[str, Any]:
         }, ("service_request_id", "service_notice", "account_id"), closed=True) | {
             "xml": {"name": "request"}},
             minItems=1, maxItems=1, xml={"name": "service_requests", "wrapped": True}),
-        "Open311NewRequest": _obj({
-            "api_key": {"type": "string", "minLength": 1,
-                        "description": "the client application's key (issued by an admin)"},
-            "jurisdiction_id": _STR,
-            "service_code": {"type": "string", "minLength": 1},
-            "lat": {"type": "number", "minimum": -90, "maximum": 90},
-            "long": {"type": "number", "minimum": -180, "maximum": 180},
-            "address_string": _STR,
-            "address_id": _STR,
-            "email": _STR,
-            "device_id": _STR,
-            "account_id": _STR,
-            "first_name": _STR,
-            "last_name": _STR,
-            "phone": _STR,
-            "description": {"type": "string", "maxLength": MAX_OPEN311_TEXT},
-            "media_url": {"type": "string", "format": "uri"},
-        }, ("api_key", "service_code"),
-            description="A citizen's request: a location is required (``lat`` and ``long``, "
-                        "``address_string`` or ``address_id``)."),
+        "Open311NewRequest": _open311_new_request(),
     }
+
+
+def _open311_new_request() -> dict[str, Any]:
+    """The form of ``POST requests``: each field within its limit and free of control
+    characters (the description may hold line breaks); a location is required."""
+
+    def text(name: str, **extra: Any) -> dict[str, Any]:
+        return {"type": "string", "maxLength": FIELD_LIMITS[name],
+                "pattern": _FREE_TEXT_PATTERN if name == "description" else _LINE_PATTERN,
+                **extra}
+
+    degrees = {"type": "string", "pattern": r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$"}
+    out = _obj({
+        "api_key": {"type": "string", "minLength": 1,
+                    "description": "the client application's key (issued by an admin)"},
+        "jurisdiction_id": text("jurisdiction_id"),
+        "service_code": text("service_code", minLength=1),
+        "lat": {**degrees, "description": "WGS84 degrees, -90 to 90, with ``long``"},
+        "long": {**degrees, "description": "WGS84 degrees, -180 to 180, with ``lat``"},
+        **{name: text(name) for name in ("address_string", "address_id", "device_id",
+                                         "account_id", "first_name", "last_name", "phone",
+                                         "description")},
+        "email": text("email", format="email"),
+        "media_url": text("media_url", format="uri"),
+    }, ("api_key", "service_code"),
+        description="A citizen's request: a location is required (``lat`` and ``long``, "
+                    "``address_string`` or ``address_id``), within the metropolis.")
+    out["anyOf"] = [{"required": ["lat", "long"]}, {"required": ["address_string"]},
+                    {"required": ["address_id"]}]
+    out["dependentRequired"] = {"lat": ["long"], "long": ["lat"]}
+    return out
 
 
 # -- operations ------------------------------------------------------------------------------
@@ -599,9 +620,12 @@ def _op(op_id: str, tag: str, summary: str, responses: dict[str, Any], *,
     return out
 
 
-def _path_param(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "minLength": 1}}
+def _path_param(name: str, description: str, example: str | None = None) -> dict[str, Any]:
+    out = {"name": name, "in": "path", "required": True, "description": description,
+           "schema": {"type": "string", "minLength": 1}}
+    if example is not None:
+        out["example"] = example
+    return out
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -609,21 +633,27 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
             "schema": schema}
 
 
-def _json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
-    return {"required": required, "content": _content(schema)}
+def _json_body(schema: dict[str, Any], *, required: bool = True,
+               example: dict[str, Any] | None = None) -> dict[str, Any]:
+    content = _content(schema)
+    if example is not None:
+        content[JSON]["example"] = example
+    return {"required": required, "content": content}
 
 
 _FLAG: Final = {"type": "string", "enum": ["true", "false"]}
-_LIMIT_HISTORY: Final = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
-                         "default": DEFAULT_LIMIT}
+_LIMIT_HISTORY: Final = _or_empty({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                                    "default": DEFAULT_LIMIT})
 _HISTORY_TEXT: Final = {"type": "string", "maxLength": MAX_HISTORY_TEXT}
-_SINCE: Final = _query("since", {"type": "number", "minimum": 0},
+_SINCE: Final = _query("since", _or_empty({"type": "number", "minimum": 0}),
                        "epoch seconds: nothing older is listed")
-_BEFORE: Final = _query("before", {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"},
+_BEFORE: Final = _query("before", _or_empty({"type": "string",
+                                              "pattern": r"^\d{1,20}-\d{1,20}$"}),
                         f"the cursor of the next page, from ``{NEXT_HEADER}``")
-_NEXT_BEFORE: Final = {NEXT_HEADER: _header(f"the next page's ``before``; absent once the "
+_NEXT_BEFORE: Final = {NEXT_HEADER: _header("the next page's ``before``; absent once the "
                                             "range is exhausted")}
-_ALARM_ID: Final = _path_param("alarm_id", "the alarm's id")
+_ALARM_ID: Final = _path_param("alarm_id", "the alarm's id (its source, then its condition)",
+                               "lc-dijon-0001.lamp_failure")
 _ACCEPTED_ALARM: Final = {
     "202": _answer("journaled for the alarms coordinator", _ref("CommandAccepted"),
                    headers=_LOCATION),
@@ -646,7 +676,7 @@ def _alarm_action(op_id: str, summary: str, role: str, body: dict[str, Any]
 
 def _api_paths() -> dict[str, Any]:
     p = API_PREFIX
-    entity = _path_param("entity_id", "the equipment's id")
+    entity = _path_param("entity_id", "the equipment's id", "lc-dijon-0001")
     return {
         f"{p}/health": {"get": _op(
             "health", "system", "Runtime health", {
@@ -676,7 +706,8 @@ def _api_paths() -> dict[str, Any]:
                                             "page")}),
                 "422": _error("a filter or the limit is out of range"),
             }, parameters=[
-                _query("kind", {"type": "string", "enum": list(KINDS)}, "one kind"),
+                _query("kind", _or_empty({"type": "string", "enum": list(KINDS)}),
+                       "one kind"),
                 _query("municipality", _STR, "one municipality's slug"),
                 _query("status", _STR, "the entity's status on its host"),
                 _query("online", _FLAG, "with a live device session or not"),
@@ -705,7 +736,9 @@ def _api_paths() -> dict[str, Any]:
                 "422": _error("a command the kind refuses (unknown action or field, out of "
                               "range, not finite, too long), not journaled; ``field`` names "
                               "it (``params.dim``)"),
-            }, role="operator", parameters=[entity], body=_json_body(_ref("CommandRequest")),
+            }, role="operator", parameters=[entity], body=_json_body(
+                _ref("CommandRequest"), example={"action": "set", "params": {"dim": 50},
+                                                 "idempotency_key": "dim-evening-1"}),
             description="Audited (``command.submit``), accepted or refused.")},
         f"{p}/commands/{{command_id}}": {"get": _op(
             "getCommand", "commands", "One command and where it stands", {
@@ -734,10 +767,12 @@ def _api_paths() -> dict[str, Any]:
             }, parameters=[_ALARM_ID])},
         f"{p}/alarms/{{alarm_id}}/ack": _alarm_action(
             "ackAlarm", "Acknowledge an alarm", "operator",
-            _json_body(_ref("AckRequest"), required=False)),
+            _json_body(_ref("AckRequest"), required=False,
+                       example={"comment": "crew on its way"})),
         f"{p}/alarms/{{alarm_id}}/shelve": _alarm_action(
             "shelveAlarm", f"Shelve an alarm (at most {MAX_SHELVE_MINUTES} minutes)",
-            "operator", _json_body(_ref("ShelveRequest"))),
+            "operator", _json_body(_ref("ShelveRequest"),
+                                   example={"minutes": 30, "reason": "crew on site"})),
         f"{p}/alarms/{{alarm_id}}/unshelve": _alarm_action(
             "unshelveAlarm", "Show a shelved alarm again", "operator",
             _json_body(_ref("NoBody"), required=False)),
@@ -761,7 +796,9 @@ def _api_paths() -> dict[str, Any]:
                                           "``replace`` is not set)"),
                             "413": _TOO_LARGE,
                             "422": _error("an unknown field, mode or municipality"),
-                        }, role="operator", body=_json_body(_ref("CrisisRequest")),
+                        }, role="operator", body=_json_body(
+                            _ref("CrisisRequest"),
+                            example={"mode": "snow", "municipalities": ["dijon"]}),
                         description="Every municipality must be within the operator's. "
                                     "Audited (``crisis.activate``, ``crisis.deactivate``)."),
         },
@@ -781,7 +818,8 @@ def _api_paths() -> dict[str, Any]:
                 _query("id", _STR, "the circuit's id or the municipality's slug (not for the "
                                    "metropolis)"),
                 _query("from", _STR, "epoch seconds, or an ISO 8601 date or time (the city's "
-                                     "local time when it names no offset); with ``to``"),
+                                     "local time when it names no offset), from 1970 to the "
+                                     "end of 9998; with ``to``"),
                 _query("to", _STR, "as ``from``; at most 62 days after it"),
                 _query("step", {"type": "string", "enum": list(ENERGY_STEPS),
                                 "default": "hour"}, "an hour or a night per row"),
@@ -795,7 +833,7 @@ def _api_paths() -> dict[str, Any]:
                 "422": _error("a filter, ``since``, ``limit`` or ``before`` is malformed"),
             }, parameters=[
                 _query("entity", _HISTORY_TEXT, "one entity's"),
-                _query("kind", {"type": "string", "enum": list(KINDS)},
+                _query("kind", _or_empty({"type": "string", "enum": list(KINDS)}),
                        "those of equipment of one kind"),
                 _query("event", _HISTORY_TEXT, "one event name"),
                 _SINCE,
@@ -825,7 +863,9 @@ def _api_paths() -> dict[str, Any]:
                 "422": _error("a field is missing, unknown or malformed, an unknown "
                               "category, or the point is outside the metropolis (or not in "
                               "``municipality``)"),
-            }, role="operator", body=_json_body(_ref("CitizenRequest")),
+            }, role="operator", body=_json_body(_ref("CitizenRequest"), example={
+                "category": "pothole", "description": "A deep pothole in the right lane",
+                "lat": 47.322, "lon": 5.0415}),
             description="Audited (``request.create``), accepted or refused.")},
         f"{p}/interventions": {"get": _op(
             "listInterventions", "interventions", "Interventions, newest first", {
@@ -864,7 +904,8 @@ def _api_paths() -> dict[str, Any]:
                 "400": _BAD_JSON,
                 "413": _TOO_LARGE,
                 "422": _error("an unknown field, or a name that is not one"),
-            }, role="admin", body=_json_body(_ref("Open311KeyRequest")),
+            }, role="admin", body=_json_body(_ref("Open311KeyRequest"),
+                                             example={"application": "ondijon"}),
                 description="Replaces the application's previous key. Audited "
                             "(``open311.key_issue``), without the key."),
         },
@@ -873,9 +914,19 @@ def _api_paths() -> dict[str, Any]:
                 "204": {"description": "revoked"},
                 "404": _error("the application holds no key"),
                 "422": _error("a name that is not one"),
-            }, role="admin", parameters=[_path_param("application", "the application")],
+            }, role="admin", parameters=[_path_param("application", "the application",
+                                                     "ondijon")],
             description="Audited (``open311.key_revoke``).")},
     }
+
+
+#: A W3C datetime with its timezone (a date alone is midnight UTC), or empty (not given).
+_W3C: Final = {"type": "string", "pattern": (
+    r"^\s*(?:[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-][0-9]{2}:[0-9]{2}))?)?\s*$")}
+#: Comma-separated request statuses (blanks between commas are skipped).
+_STATUS_LIST: Final = {"type": "string", "pattern": (
+    r"^\s*(?:open|closed)?\s*(?:,\s*(?:open|closed)?\s*)*$")}
 
 
 def _open311_paths() -> dict[str, Any]:
@@ -904,7 +955,7 @@ def _open311_paths() -> dict[str, Any]:
             _answer("its definition (no attributes)", _ref("Open311ServiceDefinition"),
                     JSON, XML),
             f"{not_found}, or an unknown service",
-            [_path_param("service_code", "the service"), fmt, jurisdiction])},
+            [_path_param("service_code", "the service", "pothole"), fmt, jurisdiction])},
         f"{p}/requests.{{fmt}}": {
             "get": read(
                 "open311Requests", "Requests by id, or by service, dates and status",
@@ -915,12 +966,10 @@ def _open311_paths() -> dict[str, Any]:
                     _query("service_request_id", _STR, "comma-separated ids (overrides the "
                                                        "other criteria)"),
                     _query("service_code", _STR, "comma-separated service codes"),
-                    _query("start_date", {"type": "string", "format": "date-time"},
-                           "a W3C datetime with a timezone"),
-                    _query("end_date", {"type": "string", "format": "date-time"},
-                           "a W3C datetime with a timezone, at most 90 days after "
-                           "``start_date``"),
-                    _query("status", _STR, "comma-separated: ``open``, ``closed``"),
+                    _query("start_date", _W3C, "a W3C datetime with a timezone"),
+                    _query("end_date", _W3C, "a W3C datetime with a timezone, at most 90 "
+                                             "days after ``start_date``"),
+                    _query("status", _STATUS_LIST, "comma-separated: ``open``, ``closed``"),
                 ], {"400": _open311_error("a malformed parameter")}),
             "post": _op(
                 "open311CreateRequest", "open311", "Open a service request", {
@@ -933,8 +982,12 @@ def _open311_paths() -> dict[str, Any]:
                     "413": _open311_error("the body is larger than 1 MiB"),
                     "503": unavailable,
                 }, role=None, parameters=[fmt],
-                body={"required": True, "content": _content(_ref("Open311NewRequest"), FORM,
-                                                            MULTIPART)},
+                body={"required": True, "content": {
+                    FORM: {"schema": _ref("Open311NewRequest"), "example": {
+                        "api_key": "the-application-key", "service_code": "pothole",
+                        "lat": "47.3220", "long": "5.0415",
+                        "description": "A deep pothole in the right lane"}},
+                    MULTIPART: {"schema": _ref("Open311NewRequest")}}},
                 description="Form-encoded, as GeoReport v2 has it; authenticated by its "
                             "``api_key`` field alone. Audited (``open311.request_create``) "
                             "with the service and the place, never the key nor the "

@@ -81,7 +81,9 @@ if TYPE_CHECKING:
     from runtime.geo import Geography
 
 __all__ = [
+    "FIELD_LIMITS",
     "HTTP_RETRY",
+    "MAX_APP_NAME",
     "MAX_DESCRIPTION",
     "MAX_RESULTS",
     "PRIVATE_FIELDS",
@@ -142,12 +144,12 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LINE_BREAK_RE: Final = re.compile(r"[\n\r]")
 
 #: Longest accepted value of each POST parameter (the description has its own limit).
-_LIMITS: Final = {
+FIELD_LIMITS: Final = {
     "jurisdiction_id": 200, "service_code": 64, "lat": 40, "long": 40, "address_string": 500,
     "address_id": 100, "email": 254, "device_id": 200, "account_id": 200, "first_name": 100,
     "last_name": 100, "phone": 40, "description": MAX_DESCRIPTION, "media_url": 2048,
 }
-_MAX_APP_NAME: Final = 100
+MAX_APP_NAME: Final = 100
 _NONCE_TTL_S: Final = 3600
 _SCAN_CHUNK: Final = 500
 
@@ -572,7 +574,7 @@ def _param(form: Mapping[str, str], name: str) -> str | None:
     value = value.strip()
     if not value:
         return None
-    limit = _LIMITS.get(name)
+    limit = FIELD_LIMITS.get(name)
     if limit is not None and len(value) > limit:
         raise Open311Error(400, f"{name} is longer than {limit} characters")
     if _CONTROL_RE.search(value) or (name != "description" and _LINE_BREAK_RE.search(value)):
@@ -712,15 +714,15 @@ def parse_query(args: Mapping[str, str], now: float) -> RequestQuery:
     Lists are comma-delimited (the web layer joins a repeated parameter with
     commas). Without dates the span is the 90 days up to ``now``; with one
     date, the 90 days after ``start_date`` or before ``end_date``; two dates
-    may span at most 90 days. Raises :class:`Open311Error` 400 for an unknown
+    may span at most 90 days. Ids override every other criterion, which must be
+    well-formed all the same. Raises :class:`Open311Error` 400 for an unknown
     ``status``, a date that is not a W3C datetime, an end before the start, a
     span over 90 days or more than :data:`MAX_RESULTS` ids.
     """
     ids = _comma_list(args.get("service_request_id"))
-    if ids:
-        if len(ids) > MAX_RESULTS:
-            raise Open311Error(400, f"at most {MAX_RESULTS} service_request_id at once")
-        return RequestQuery(ids=tuple(ids))
+    if len(ids) > MAX_RESULTS:
+        raise Open311Error(400, f"at most {MAX_RESULTS} service_request_id at once")
+    # Ids override the other criteria, which must be well-formed all the same.
     statuses = _comma_list(args.get("status"))
     for status in statuses:
         if status not in STATUSES:
@@ -736,6 +738,8 @@ def parse_query(args: Mapping[str, str], now: float) -> RequestQuery:
                     400, f"{name} must be a W3C datetime with a timezone, "
                     "e.g. 2010-01-01T00:00:00Z"
                 ) from None
+    if ids:
+        return RequestQuery(ids=tuple(ids))
     start, end = dates.get("start_date"), dates.get("end_date")
     if start is not None and end is not None:
         if end < start:
@@ -872,9 +876,9 @@ def _digest(secret: str) -> str:
 
 
 def _check_app(app: str) -> str:
-    if not isinstance(app, str) or not app.strip() or len(app) > _MAX_APP_NAME:
+    if not isinstance(app, str) or not app.strip() or len(app) > MAX_APP_NAME:
         raise RejectedError(
-            f"an application name is 1-{_MAX_APP_NAME} characters", code="bad_request"
+            f"an application name is 1-{MAX_APP_NAME} characters", code="bad_request"
         )
     if _CONTROL_RE.search(app) or _LINE_BREAK_RE.search(app):
         raise RejectedError("an application name holds no control characters", code="bad_request")
