@@ -5,11 +5,11 @@ real Redis with its read models filled (``tests.admin_rig``). Schemathesis reads
 ``/api/v1/openapi.json`` and, for each operation, sends the document's examples, its
 boundary values valid and not (coverage phase), then cases Hypothesis generates from
 the schemas (fuzzing phase), and chains of calls the document's answers link (the
-stateful phase): with an admin's token, every phase and valid cases only; with an
-operator's, generated cases valid and not (a missing or mangled token among them). Every answer must be
-no 5xx (``health``'s documented 503 aside: the run has no broker), a documented status
-with a body of its documented schema, content type and headers; a request that breaks
-the schema must be refused (4xx); a route must refuse a call without its token.
+stateful phase). With an admin's token every phase runs, the generated cases all
+valid; with an operator's, the generated cases are valid and not (a missing or mangled
+token among them). Every answer must be no 5xx, a documented status with a body of its
+documented schema, content type and headers; a request that breaks the schema must be
+refused (4xx), and one without its token too.
 
 Path parameters and the energy report's instants are drawn half of the time from what
 exists (equipment, alarms, interventions of the rig) or from edge values, so that the
