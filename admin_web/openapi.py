@@ -251,7 +251,8 @@ def _schemas() -> dict[str, Any]:
         "assigned_ts": _NTS,
         "notes": _NSTR,
         "source": _NSTR,
-        "lamps": _nullable(_array(_STR)),
+        "lamps": _nullable(_array({"type": "integer", "minimum": 0},
+                                  description="a lighting fault's failed lamps, by number")),
     }, ("id", "request_id", "category", "description", "municipality", "state", "vehicle",
         "lat", "lon", "created_ts", "updated_ts"),
         description="An intervention of the dispatch coordinator (CONTRACT.md).")

@@ -148,6 +148,13 @@ def _publish(svc: Service, inventory: Inventory, towns: list[str], now: float) -
              "source": "request", "lamps": [], "assigned_ts": None}
             for n, (town, state) in enumerate([(towns[0], "new"), (towns[0], "en_route"),
                                                (towns[1], "assigned"), (towns[1], "done")])]
+        interventions.append({
+            "id": f"int-{circuit.id}-1000", "request_id": None, "category": "lighting_fault",
+            "description": f"Lamps 3, 7 failed on lighting circuit {circuit.id}.",
+            "municipality": towns[0], "state": "on_site", "vehicle": "veh-0",
+            "lat": circuit.lat, "lon": circuit.lon, "created_ts": now - 300,
+            "updated_ts": now - 200, "notes": "Opened from the lighting cabinet's lamp failures.",
+            "source": "fault", "lamps": [3, 7], "assigned_ts": now - 250})
         r.set(keys.blob(f"view:{INTERVENTIONS_READ_MODEL}"),
               pack({"ts": now, "interventions": interventions}))
         vehicles = [

@@ -20,8 +20,14 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
+from actors.alarms import CONTRACT_FIELDS as ALARM_CONTRACT_FIELDS
+from actors.alarms import AlarmState
+from actors.control.dispatch import PUBLIC_FIELDS as INTERVENTION_FIELDS
 from admin_web import StaticBackend, UserRegistry, create_app
 from admin_web.openapi import OPENAPI_PATH, OPENAPI_VERSION, openapi_document
+from runtime.commands import CommandStatus
+from runtime.open311 import PUBLIC_FIELDS as OPEN311_PUBLIC_FIELDS
+from supervisors.spec import ChildStatus
 from tests.admin_rig import HOME, Rig, runtime_admin
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -144,6 +150,19 @@ def test_every_path_parameter_is_declared_once(doc: dict[str, Any]) -> None:
         declared = [p["name"] for p in op.get("parameters", ()) if p["in"] == "path"]
         assert sorted(named) == sorted(declared), (method, path)
         assert "operationId" in op and op["responses"], (method, path)
+
+
+def test_the_states_it_names_are_those_the_runtime_uses(doc: dict[str, Any]) -> None:
+    schemas = doc["components"]["schemas"]
+    assert schemas["TreeNode"]["properties"]["status"]["enum"] == [
+        s.value for s in ChildStatus]
+    assert set(schemas["Alarm"]["properties"]["state"]["enum"]) == {
+        s.value for s in AlarmState}
+    assert set(schemas["Alarm"]["required"]) == set(ALARM_CONTRACT_FIELDS)
+    assert set(schemas["Intervention"]["properties"]) >= set(INTERVENTION_FIELDS)
+    assert set(schemas["Open311Request"]["properties"]) == set(OPEN311_PUBLIC_FIELDS)
+    assert schemas["Command"]["properties"]["status"]["enum"] == [
+        s.value for s in CommandStatus]
 
 
 def test_open311_is_left_out_where_the_app_does_not_serve_it() -> None:
