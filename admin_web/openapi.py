@@ -964,8 +964,9 @@ def _open311_paths() -> dict[str, Any]:
                         _ref("Open311Requests"), JSON, XML),
                 not_found, [
                     fmt, jurisdiction,
-                    _query("service_request_id", _STR, "comma-separated ids (overrides the "
-                                                       "other criteria)"),
+                    _query("service_request_id", _STR, "comma-separated ids: when given, "
+                                                       "every other criterion is ignored, as "
+                                                       "GeoReport v2 has it"),
                     _query("service_code", _STR, "comma-separated service codes"),
                     _query("start_date", _W3C, "a W3C datetime with a timezone"),
                     _query("end_date", _W3C, "a W3C datetime with a timezone, at most 90 "

@@ -714,15 +714,15 @@ def parse_query(args: Mapping[str, str], now: float) -> RequestQuery:
     Lists are comma-delimited (the web layer joins a repeated parameter with
     commas). Without dates the span is the 90 days up to ``now``; with one
     date, the 90 days after ``start_date`` or before ``end_date``; two dates
-    may span at most 90 days. Ids override every other criterion, which must be
-    well-formed all the same. Raises :class:`Open311Error` 400 for an unknown
+    may span at most 90 days. Raises :class:`Open311Error` 400 for an unknown
     ``status``, a date that is not a W3C datetime, an end before the start, a
     span over 90 days or more than :data:`MAX_RESULTS` ids.
     """
     ids = _comma_list(args.get("service_request_id"))
-    if len(ids) > MAX_RESULTS:
-        raise Open311Error(400, f"at most {MAX_RESULTS} service_request_id at once")
-    # Ids override the other criteria, which must be well-formed all the same.
+    if ids:
+        if len(ids) > MAX_RESULTS:
+            raise Open311Error(400, f"at most {MAX_RESULTS} service_request_id at once")
+        return RequestQuery(ids=tuple(ids))
     statuses = _comma_list(args.get("status"))
     for status in statuses:
         if status not in STATUSES:
@@ -738,8 +738,6 @@ def parse_query(args: Mapping[str, str], now: float) -> RequestQuery:
                     400, f"{name} must be a W3C datetime with a timezone, "
                     "e.g. 2010-01-01T00:00:00Z"
                 ) from None
-    if ids:
-        return RequestQuery(ids=tuple(ids))
     start, end = dates.get("start_date"), dates.get("end_date")
     if start is not None and end is not None:
         if end < start:
