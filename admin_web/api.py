@@ -427,6 +427,8 @@ def alarm_return_to_service(alarm_id: str) -> ResponseReturnValue:
 
 CRISIS_FIELDS: Final = ("mode", "municipalities", "replace")
 MAX_CRISIS_MUNICIPALITIES: Final = 100
+#: The longest municipality slug a crisis request may name.
+MAX_SLUG_LENGTH: Final = 64
 
 
 @api.get("/crisis")
@@ -456,7 +458,7 @@ def _crisis_body() -> tuple[str, list[str], bool]:
         raise ApiError(422, "mode must be normal, snow or flood", field="mode")
     munis = body.get("municipalities")
     if (not isinstance(munis, list) or not 1 <= len(munis) <= MAX_CRISIS_MUNICIPALITIES
-            or not all(isinstance(m, str) and 0 < len(m) <= 64 for m in munis)):
+            or not all(isinstance(m, str) and 0 < len(m) <= MAX_SLUG_LENGTH for m in munis)):
         raise ApiError(422, f"municipalities must be a list of 1-{MAX_CRISIS_MUNICIPALITIES} "
                             "municipality slugs", field="municipalities")
     replace = body.get("replace", False)

@@ -36,7 +36,8 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 NEXT_HEADER: Final = "X-Next-Before"
 _CURSOR_RE: Final = re.compile(r"\d{1,20}-\d{1,20}")
-_MAX_NAME: Final = 200
+#: The longest text filter (an entity, an event name, a user).
+MAX_TEXT_FILTER: Final = 200
 
 history = Blueprint("history", __name__, url_prefix="/api/v1")
 
@@ -45,8 +46,8 @@ def _text(name: str) -> str | None:
     value = request.args.get(name)
     if value is None or value == "":
         return None
-    if len(value) > _MAX_NAME:
-        raise ApiError(422, f"{name} is longer than {_MAX_NAME} characters", field=name)
+    if len(value) > MAX_TEXT_FILTER:
+        raise ApiError(422, f"{name} is longer than {MAX_TEXT_FILTER} characters", field=name)
     return value
 
 

@@ -47,9 +47,10 @@ from admin_web.api import (
     MAX_EQUIPMENT_PAGE,
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_SHELVE_MINUTES,
+    MAX_SLUG_LENGTH,
 )
 from admin_web.backend import CRISIS_MODES, HEALTH_STATUSES, package_version
-from admin_web.history import DEFAULT_LIMIT, MAX_LIMIT, NEXT_HEADER
+from admin_web.history import DEFAULT_LIMIT, MAX_LIMIT, MAX_TEXT_FILTER, NEXT_HEADER
 from admin_web.interventions import (
     INTERVENTION_STATES,
     MAX_CATEGORY,
@@ -57,7 +58,7 @@ from admin_web.interventions import (
     VEHICLE_STATUSES,
 )
 from admin_web.open311 import FORMATS, OPEN311_PREFIX
-from runtime.commands import MAX_ACTION_LENGTH, MAX_PARAMS, CommandStatus
+from runtime.commands import MAX_ACTION_LENGTH, MAX_PARAM_NAME_LENGTH, MAX_PARAMS, CommandStatus
 from runtime.energy import STEPS as ENERGY_STEPS
 from runtime.inventory import KINDS
 from runtime.open311 import FIELD_LIMITS, MAX_APP_NAME, MAX_RESULTS, STATUSES
@@ -70,8 +71,6 @@ JSON: Final = "application/json"
 XML: Final = "text/xml"
 FORM: Final = "application/x-www-form-urlencoded"
 MULTIPART: Final = "multipart/form-data"
-#: The longest text filter of the history routes (``admin_web.history``).
-MAX_HISTORY_TEXT: Final = 200
 
 openapi = Blueprint("openapi", __name__, url_prefix=API_PREFIX)
 
@@ -384,7 +383,8 @@ def _schemas() -> dict[str, Any]:
                        "description": "one of the kind's actions (``set``, ``release`` …)"},
             "params": {"type": "object", "maxProperties": MAX_PARAMS,
                        "additionalProperties": _ref("JsonValue"),
-                       "propertyNames": {"minLength": 1, "maxLength": 64},
+                       "propertyNames": {"minLength": 1,
+                                         "maxLength": MAX_PARAM_NAME_LENGTH},
                        "description": "the action's fields; those needing a justification "
                                       "take ``reason``"},
             "idempotency_key": {"type": "string", "minLength": 1,
@@ -438,7 +438,8 @@ def _schemas() -> dict[str, Any]:
         "CrisisRequest": _obj({
             "mode": {"type": "string", "enum": list(CRISIS_MODES),
                      "description": "``normal`` ends the plans"},
-            "municipalities": _array({"type": "string", "minLength": 1, "maxLength": 64},
+            "municipalities": _array({"type": "string", "minLength": 1,
+                                      "maxLength": MAX_SLUG_LENGTH},
                                      minItems=1, maxItems=MAX_CRISIS_MUNICIPALITIES),
             "replace": {"type": "boolean", "default": False,
                         "description": "replace a plan in force instead of a 409"},
@@ -645,7 +646,7 @@ def _json_body(schema: dict[str, Any], *, required: bool = True,
 _FLAG: Final = {"type": "string", "enum": ["true", "false"]}
 _LIMIT_HISTORY: Final = _or_empty({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                                     "default": DEFAULT_LIMIT})
-_HISTORY_TEXT: Final = {"type": "string", "maxLength": MAX_HISTORY_TEXT}
+_HISTORY_TEXT: Final = {"type": "string", "maxLength": MAX_TEXT_FILTER}
 _SINCE: Final = _query("since", _or_empty({"type": "number", "minimum": 0}),
                        "epoch seconds: nothing older is listed")
 _BEFORE: Final = _query("before", _or_empty({"type": "string",
@@ -1017,7 +1018,9 @@ def _document() -> dict[str, Any]:
                            "commands and acts on alarms, crisis plans and requests within "
                            "his municipalities, ``admin`` does everything. Unauthenticated: "
                            "401; not allowed: 403; an unknown id or another municipality's: "
-                           "404; a bad body: 400 or 422 with ``{\"error\", \"field\"}``.",
+                           "404; a bad body: 400 or 422 with ``{\"error\", \"field\"}``. "
+                           "The pages' login session (a cookie, with a CSRF field in their "
+                           "forms) does not authenticate the API.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "/"}],
