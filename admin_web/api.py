@@ -36,6 +36,7 @@ from runtime.errors import (
     StoreUnavailableError,
     UnknownEntityError,
 )
+from runtime.inventory import KINDS
 
 API_PREFIX: Final = "/api/v1"
 
@@ -205,12 +206,16 @@ def equipment_list() -> ResponseReturnValue:
     if hidden:
         ensure_desk_reads(args.get("kind"))
     raw_limit = args.get("limit", str(DEFAULT_EQUIPMENT_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EQUIPMENT_PAGE:
+    if (not (raw_limit.isascii() and raw_limit.isdigit())
+            or not 1 <= int(raw_limit) <= MAX_EQUIPMENT_PAGE):
         raise ApiError(422, f"limit must be an integer in [1, {MAX_EQUIPMENT_PAGE}]",
                        field="limit")
+    kind = args.get("kind") or None  # empty: no filter, as in the history's
+    if kind is not None and kind not in KINDS:
+        raise ApiError(422, f"kind must be one of {', '.join(KINDS)}", field="kind")
     try:
         items, next_after = services().backend.equipment(
-            kind=args.get("kind"), municipality=args.get("municipality"),
+            kind=kind, municipality=args.get("municipality"),
             status=args.get("status"), online=_flag("online"), in_alarm=_flag("in_alarm"),
             municipalities=_scope(), limit=int(raw_limit), after=args.get("after"))
     except StoreUnavailableError:
@@ -462,6 +467,8 @@ def alarm_return_to_service(alarm_id: str) -> ResponseReturnValue:
 
 CRISIS_FIELDS: Final = ("mode", "municipalities", "replace")
 MAX_CRISIS_MUNICIPALITIES: Final = 100
+#: The longest municipality slug a crisis request may name.
+MAX_SLUG_LENGTH: Final = 64
 
 
 @api.get("/crisis")
@@ -491,7 +498,7 @@ def _crisis_body() -> tuple[str, list[str], bool]:
         raise ApiError(422, "mode must be normal, snow or flood", field="mode")
     munis = body.get("municipalities")
     if (not isinstance(munis, list) or not 1 <= len(munis) <= MAX_CRISIS_MUNICIPALITIES
-            or not all(isinstance(m, str) and 0 < len(m) <= 64 for m in munis)):
+            or not all(isinstance(m, str) and 0 < len(m) <= MAX_SLUG_LENGTH for m in munis)):
         raise ApiError(422, f"municipalities must be a list of 1-{MAX_CRISIS_MUNICIPALITIES} "
                             "municipality slugs", field="municipalities")
     replace = body.get("replace", False)
@@ -568,11 +575,15 @@ def priority() -> ResponseReturnValue:
 # -- street-lighting energy --------------------------------------------------------------
 
 ENERGY_SCOPES: Final = ("metropolis", "municipality", "circuit")
+#: The instants an energy report may start or end at: from 1970 to the end of year 9998
+#: (the city's calendar dates must exist a day either side).
+EARLIEST_INSTANT: Final = 0.0
+LATEST_INSTANT: Final = datetime.datetime(9999, 1, 1, tzinfo=datetime.UTC).timestamp()
 
 
 def _instant(name: str) -> float | None:
     """Query argument ``name`` as epoch seconds: a number, or an ISO 8601 date or time
-    (local to the city when it names no offset)."""
+    (local to the city when it names no offset), from 1970 to the end of 9998."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
@@ -581,14 +592,16 @@ def _instant(name: str) -> float | None:
     except ValueError:
         try:
             when = datetime.datetime.fromisoformat(raw)
-        except ValueError:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=CITY_TZ)
+            value = when.timestamp()
+        except (ValueError, OverflowError):
             raise ApiError(422, f"{name} must be epoch seconds or an ISO 8601 date or time",
                            field=name) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=CITY_TZ)
-        value = when.timestamp()
     if not math.isfinite(value):
         raise ApiError(422, f"{name} must be a finite number", field=name)
+    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        raise ApiError(422, f"{name} must lie between 1970 and the end of 9998", field=name)
     return value
 
 

@@ -30,6 +30,7 @@ from admin_web.history import history
 from admin_web.http_errors import install_error_handlers
 from admin_web.interventions import interventions
 from admin_web.keys import keys
+from admin_web.openapi import openapi
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
 from admin_web.throttle import LoginThrottle
@@ -106,6 +107,7 @@ def create_app(
     app.register_blueprint(keys)
     app.register_blueprint(history)
     app.register_blueprint(users_api)
+    app.register_blueprint(openapi)
     app.register_blueprint(pages)
     app.register_blueprint(user_pages)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD)

@@ -32,12 +32,14 @@ from admin_web.guards import current_user, desk_hidden, ensure_desk_reads, requi
 from admin_web.http_errors import ApiError
 from runtime.errors import RetryableError
 from runtime.inventory import KINDS
+from runtime.store import MAX_STREAM_ID_PART
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 NEXT_HEADER: Final = "X-Next-Before"
 _CURSOR_RE: Final = re.compile(r"\d{1,20}-\d{1,20}")
-_MAX_NAME: Final = 200
+#: The longest text filter (an entity, an event name, a user).
+MAX_TEXT_FILTER: Final = 200
 
 history = Blueprint("history", __name__, url_prefix="/api/v1")
 
@@ -46,8 +48,8 @@ def _text(name: str) -> str | None:
     value = request.args.get(name)
     if value is None or value == "":
         return None
-    if len(value) > _MAX_NAME:
-        raise ApiError(422, f"{name} is longer than {_MAX_NAME} characters", field=name)
+    if len(value) > MAX_TEXT_FILTER:
+        raise ApiError(422, f"{name} is longer than {MAX_TEXT_FILTER} characters", field=name)
     return value
 
 
@@ -77,7 +79,8 @@ def _before() -> str | None:
     raw = request.args.get("before")
     if raw is None or raw == "":
         return None
-    if not _CURSOR_RE.fullmatch(raw):
+    if not _CURSOR_RE.fullmatch(raw) or any(
+            int(part) > MAX_STREAM_ID_PART for part in raw.split("-")):
         raise ApiError(422, f"before must be a cursor from {NEXT_HEADER}", field="before")
     return raw
 

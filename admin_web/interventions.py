@@ -30,6 +30,7 @@ from admin_web.auth import Role
 from admin_web.context import services
 from admin_web.guards import current_user, ensure_desk_requests, ensure_scope, require
 from admin_web.http_errors import ApiError, json_object_body, store_unavailable
+from runtime.commands import shown
 from runtime.errors import InvalidCommandError, StoreUnavailableError
 
 __all__ = ["INTERVENTION_STATES", "interventions"]
@@ -89,7 +90,7 @@ def open_request() -> ResponseReturnValue:
         if municipality is None:
             raise ApiError(422, f"the point {lat}, {lon} is outside the metropolis", field="lat")
         if given is not None and given != municipality:
-            raise ApiError(422, f"the point {lat}, {lon} is in {municipality}, not {given}",
+            raise ApiError(422, f"the point {lat}, {lon} is in {municipality}, not {shown(given)}",
                            field="municipality")
         ensure_scope(Role.OPERATOR, municipality)
         ensure_desk_requests()

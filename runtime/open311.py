@@ -81,7 +81,9 @@ if TYPE_CHECKING:
     from runtime.geo import Geography
 
 __all__ = [
+    "FIELD_LIMITS",
     "HTTP_RETRY",
+    "MAX_APP_NAME",
     "MAX_DESCRIPTION",
     "MAX_RESULTS",
     "PRIVATE_FIELDS",
@@ -142,12 +144,12 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LINE_BREAK_RE: Final = re.compile(r"[\n\r]")
 
 #: Longest accepted value of each POST parameter (the description has its own limit).
-_LIMITS: Final = {
+FIELD_LIMITS: Final = {
     "jurisdiction_id": 200, "service_code": 64, "lat": 40, "long": 40, "address_string": 500,
     "address_id": 100, "email": 254, "device_id": 200, "account_id": 200, "first_name": 100,
     "last_name": 100, "phone": 40, "description": MAX_DESCRIPTION, "media_url": 2048,
 }
-_MAX_APP_NAME: Final = 100
+MAX_APP_NAME: Final = 100
 _NONCE_TTL_S: Final = 3600
 _SCAN_CHUNK: Final = 500
 
@@ -572,7 +574,7 @@ def _param(form: Mapping[str, str], name: str) -> str | None:
     value = value.strip()
     if not value:
         return None
-    limit = _LIMITS.get(name)
+    limit = FIELD_LIMITS.get(name)
     if limit is not None and len(value) > limit:
         raise Open311Error(400, f"{name} is longer than {limit} characters")
     if _CONTROL_RE.search(value) or (name != "description" and _LINE_BREAK_RE.search(value)):
@@ -872,9 +874,9 @@ def _digest(secret: str) -> str:
 
 
 def _check_app(app: str) -> str:
-    if not isinstance(app, str) or not app.strip() or len(app) > _MAX_APP_NAME:
+    if not isinstance(app, str) or not app.strip() or len(app) > MAX_APP_NAME:
         raise RejectedError(
-            f"an application name is 1-{_MAX_APP_NAME} characters", code="bad_request"
+            f"an application name is 1-{MAX_APP_NAME} characters", code="bad_request"
         )
     if _CONTROL_RE.search(app) or _LINE_BREAK_RE.search(app):
         raise RejectedError("an application name holds no control characters", code="bad_request")

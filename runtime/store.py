@@ -265,13 +265,19 @@ return 1
 
 # -- shared codecs ------------------------------------------------------------------------------
 _STREAM_ID = re.compile(r"^(\d+)(?:-(\d+))?$")
+#: The largest part of a stream id (milliseconds, then sequence): Redis keeps each in 64 bits.
+MAX_STREAM_ID_PART: Final = 2**64 - 1
 
 
 def _stream_id(value: str) -> tuple[int, int]:
-    match = _STREAM_ID.match(value) if isinstance(value, str) else None
+    match = _STREAM_ID.match(value) if isinstance(value, str) and len(value) <= 41 else None
     if match is None:
-        raise RejectedError(f"bad stream id {value!r}", code="bad_stream_id")
-    return int(match.group(1)), int(match.group(2) or 0)
+        raise RejectedError(f"bad stream id {value[:50]!r}", code="bad_stream_id")
+    ms, seq = int(match.group(1)), int(match.group(2) or 0)
+    if ms > MAX_STREAM_ID_PART or seq > MAX_STREAM_ID_PART:
+        raise RejectedError(f"bad stream id {value!r}: a part is past 2**64 - 1",
+                            code="bad_stream_id")
+    return ms, seq
 
 
 def _text(value: bytes | str) -> str:
@@ -1355,11 +1361,15 @@ class SyncStore:
         _check_read(limit, 0)
         _check_read(scan, 0)
         key = {"events": self.keys.events, "audit": self.keys.audit}[stream]
-        high = "+" if before is None else "(" + _id_text(_stream_id(before))
+        top = None if before is None else _stream_id(before)
         if since is not None and (not math.isfinite(since) or since < 0):
             raise RejectedError("since must be a finite number of seconds >= 0",
                                 code="bad_request")
-        low = "-" if since is None else f"{int(since * 1000)}-0"
+        since_ms = None if since is None else since * 1000.0
+        if top == (0, 0) or (since_ms is not None and not since_ms <= MAX_STREAM_ID_PART):
+            return [], None  # nothing comes before the first id, nor after the last
+        high = "+" if top is None else "(" + _id_text(top)
+        low = "-" if since_ms is None else f"{int(since_ms)}-0"
         wanted = {k.encode(): v.encode() for k, v in (match or {}).items()}
         out: list[dict[str, Any]] = []
         scanned = 0
