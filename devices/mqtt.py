@@ -15,6 +15,12 @@ own errors. A session is one client id with a persistent broker session::
 Topics follow CONTRACT.md: ``city/{municipality}/{kind}/{id}/{leaf}`` with the
 leaves ``telemetry``, ``event``, ``cmd``, ``ack`` and ``status``. Payloads are
 msgpack maps; :func:`decode_payload` checks one against a device profile.
+
+Broker URLs (:func:`parse_url`) carry the account and, for MQTT over TLS, the
+certificates: ``mqtt://user:password@host:1883``, or
+``mqtts://user:password@host:8883?cafile=/etc/commandpost/ca.pem`` (with
+``&certfile=…&keyfile=…`` for a broker that asks for a client certificate).
+Passwords never reach a log: :attr:`MqttUrl.redacted` replaces them.
 """
 
 from __future__ import annotations
@@ -411,9 +417,9 @@ class MqttSession:
       way (so it may arrive twice: at-least-once).
     * The will (``(topic, payload)``) is published by the broker, retained at
       QoS 1, when the connection dies without a clean disconnect.
-    * Needs a broker that keeps sessions of clients that connect without
-      credentials (mosquitto does; amqtt 0.12 drops queued messages for
-      anonymous clients).
+    * Needs a broker that keeps the persistent sessions of its clients
+      (mosquitto does, and amqtt 0.12 for clients that authenticate, as every
+      client of the embedded broker does; it drops them for anonymous ones).
     * Messages reach the callbacks registered with :meth:`on_message`, called
       in the receive loop; a callback that raises is logged and counted in
       ``callback_errors`` and does not stop the loop.
