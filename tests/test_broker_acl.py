@@ -439,7 +439,7 @@ def test_mqtts_with_a_client_certificate(ca: TestCA, tmp_path: Path) -> None:
             without = f"mqtts://{RUNTIME_USER}:{quote(url.password or '')}@127.0.0.1:" \
                       f"{broker.port}?cafile={ca.cafile}"
             probe = TelemetryPublisher(without, "cp-cert")
-            with pytest.raises(DeviceUnavailableError, match="(?i)certificate"):
+            with pytest.raises(DeviceUnavailableError, match=r"(?i)certificate"):
                 await probe.connect(5.0)
             async with MqttSession(broker.url, client_id="cp-cert", clean_session=True) as s:
                 assert s.connected
