@@ -61,6 +61,7 @@ __all__ = [
     "Account",
     "BrokerAccounts",
     "DeviceRef",
+    "Located",
     "Role",
     "find_mosquitto_passwd",
     "new_password",
@@ -90,7 +91,7 @@ class Role(StrEnum):
     SIMULATOR = "simulator"
 
 
-class _Located(Protocol):
+class Located(Protocol):
     """What an account needs of a device: :class:`runtime.inventory.Equipment` has it."""
 
     @property
@@ -118,7 +119,7 @@ class DeviceRef:
                 raise ConfigError(f"device {what} {value!r} cannot be a topic level")
 
     @classmethod
-    def of(cls, device: _Located) -> DeviceRef:
+    def of(cls, device: Located) -> DeviceRef:
         return cls(device.municipality, device.kind, device.id)
 
     @property
@@ -178,12 +179,12 @@ class BrokerAccounts:
         self.runtime = Account(RUNTIME_USER, runtime_password or new_password(), Role.RUNTIME)
         self._others: dict[str, Account] = {}
 
-    def add_device(self, device: _Located) -> Account:
+    def add_device(self, device: Located) -> Account:
         """The account of one device: its user name is the device's id."""
         ref = DeviceRef.of(device)
         return self._add(ref.id, Role.DEVICE, (ref,))
 
-    def add_simulator(self, name: str, devices: Iterable[_Located]) -> Account:
+    def add_simulator(self, name: str, devices: Iterable[Located]) -> Account:
         """An account that publishes for every one of ``devices`` (a simulator, a bench)."""
         refs = tuple(dict.fromkeys(DeviceRef.of(d) for d in devices))
         return self._add(name, Role.SIMULATOR, refs)

@@ -54,6 +54,7 @@ from runtime.broker_accounts import (
     RUNTIME_CLIENT_PREFIX,
     Account,
     BrokerAccounts,
+    Located,
     Role,
     find_mosquitto_passwd,
     write_amqtt_passwords,
@@ -675,7 +676,7 @@ class EmbeddedBroker(_ChildServer):
         """The accounts of this run (read them; add with the methods below)."""
         return self._accounts
 
-    def add_device(self, device: Any) -> str:
+    def add_device(self, device: Located) -> str:
         """The URL of ``device``'s own account (its user name is its id), created if new.
 
         ``device`` has the ``id``, ``kind`` and ``municipality`` of an
@@ -686,7 +687,7 @@ class EmbeddedBroker(_ChildServer):
         self._publish_accounts(account)
         return self._url_for(account, self.field_port)
 
-    def add_simulator(self, name: str, devices: Iterable[Any]) -> str:
+    def add_simulator(self, name: str, devices: Iterable[Located]) -> str:
         """The URL of an account ``name`` that publishes as each of ``devices`` (created, or
         given these devices if it exists)."""
         with self._auth_lock:
