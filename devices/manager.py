@@ -47,6 +47,7 @@ from typing import Any
 
 from devices import modbus, mqtt, mqtt_wire, opcua
 from devices.profile import FieldSpec, Profile, builtin_profile
+from runtime.broker_accounts import RUNTIME_CLIENT_PREFIX
 from runtime.clock import clock_from_wire
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import (
@@ -511,13 +512,14 @@ class HostDevices:
         if not url:
             log.error("no MQTT URL: %d MQTT devices have no session", len(states))
             return
-        host_id = str(self._options.get("host_id", "host"))
-        session = mqtt.MqttSession(url, client_id=f"cp-{host_id}", clean_session=False)
+        # The runtime's client ids share a prefix no field account may take (broker_accounts).
+        client_id = RUNTIME_CLIENT_PREFIX + str(self._options.get("host_id", "host"))
+        session = mqtt.MqttSession(url, client_id=client_id, clean_session=False)
         session.on_message(self._on_mqtt)
         self._mqtt = session
         # Telemetry (QoS 0, thousands a second) comes on a lean connection of its own;
         # status, events and acks on the persistent session.
-        telemetry = mqtt_wire.TelemetrySubscriber(url, f"cp-{host_id}-telemetry",
+        telemetry = mqtt_wire.TelemetrySubscriber(url, f"{client_id}-telemetry",
                                                   self._on_telemetry)
         self._mqtt_telemetry = telemetry
         filters: list[str] = []

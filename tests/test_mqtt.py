@@ -66,8 +66,8 @@ def _paho(name: str, args: tuple[str, ...], stdin: bytes | None) -> bytes:
     """The same call made with paho-mqtt, a client nobody here wrote either.
 
     Used where Debian's mosquitto-clients are not installed (no root). Knows the
-    options these tests use: -h -p -C -t -F (%t %x %r) for mosquitto_sub and
-    -h -p -q -t -s for mosquitto_pub.
+    options these tests use: -h -p -u -P -C -t -F (%t %x %r) for mosquitto_sub and
+    -h -p -u -P -q -t -s for mosquitto_pub.
     """
     import paho.mqtt.publish as publish
     import paho.mqtt.subscribe as subscribe
@@ -79,13 +79,14 @@ def _paho(name: str, args: tuple[str, ...], stdin: bytes | None) -> bytes:
             continue
         opts[flag] = next(flags)
     host, port = opts.get("-h", "127.0.0.1"), int(opts.get("-p", "1883"))
+    auth = {"username": opts["-u"], "password": opts["-P"]} if "-u" in opts else None
     if name == "mosquitto_pub":
         publish.single(opts["-t"], stdin or b"", qos=int(opts.get("-q", "0")), hostname=host,
-                       port=port)
+                       port=port, auth=auth)  # type: ignore[arg-type]
         return b""
     count = int(opts.get("-C", "1"))
     got = subscribe.simple(  # type: ignore[no-untyped-call]
-        opts["-t"], msg_count=count, hostname=host, port=port)
+        opts["-t"], msg_count=count, hostname=host, port=port, auth=auth)
     messages = got if isinstance(got, list) else [got]
     fmt = opts.get("-F", "%p")
     lines = []
@@ -114,6 +115,18 @@ async def cli(name: str, *args: str, stdin: bytes | None = None, limit_s: float 
                              f"stderr: {err.decode(errors='replace')!r}") from None
     assert proc.returncode == 0, f"{name} failed: {err.decode(errors='replace')}"
     return out
+
+
+def login(url: str) -> tuple[str, ...]:
+    """The command-line clients' options for the account of ``url``: host, port, user."""
+    u = parse_url(url)
+    return ("-h", u.host, "-p", str(u.port), "-u", u.username or "", "-P", u.password or "")
+
+
+def sim_urls(broker: EmbeddedBroker, name: str, equipment: list[Equipment]) -> dict[str, str]:
+    """A simulator's two accounts: its session's and its telemetry connection's."""
+    return {"url": broker.add_simulator(name, equipment),
+            "telemetry_url": broker.add_simulator(f"{name}-telemetry", equipment)}
 
 
 @pytest.fixture
@@ -185,6 +198,25 @@ def test_url_parsing_and_redaction() -> None:
             parse_url(bad)
     with pytest.raises(ConfigError):
         MqttSession("tcp://127.0.0.1:1883", client_id="x")
+
+
+def test_mqtts_url_carries_its_tls_files_and_defaults_to_8883() -> None:
+    url = parse_url("mqtts://dev:pw@broker.example?cafile=/etc/ca.pem&certfile=/c.pem&keyfile=/k.pem")
+    assert (url.tls, url.port, url.cafile, url.certfile, url.keyfile) == (
+        True, 8883, "/etc/ca.pem", "/c.pem", "/k.pem")
+    assert url.redacted == ("mqtts://dev:***@broker.example:8883"
+                            "?cafile=/etc/ca.pem&certfile=/c.pem&keyfile=/k.pem")
+    assert parse_url("mqtt://h").ssl_context() is None
+    assert parse_url("mqtts://h:8884").port == 8884
+    for bad, needle in (("mqtt://h?cafile=/ca.pem", "need mqtts"),
+                        ("mqtts://h?ca=/ca.pem", "unknown parameter 'ca'"),
+                        ("mqtts://h?keyfile=/k.pem", "needs its certfile"),
+                        ("mqtts://h?cafile=/a&cafile=/b", "once"),
+                        ("mqtts://h?cafile=", "once")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_url(bad)
+    with pytest.raises(ConfigError, match="no-such-ca"):
+        MqttSession("mqtts://h?cafile=/no-such-ca.pem", client_id="x")
 
 
 VALID_BUS = {"ts": 1_700_000_000.5, "lat": 47.32, "lon": 5.04, "speed": 7, "heading": 90.0,
@@ -295,19 +327,19 @@ def test_publish_while_disconnected_raises_or_queues() -> None:
 
 
 def test_persistent_session_receives_what_was_queued_while_away(broker: EmbeddedBroker) -> None:
-    if broker.kind != "mosquitto":
-        pytest.skip("amqtt 0.12 does not queue QoS 1 messages for an offline persistent "
-                    "session; install mosquitto to test it (CI does)")
+    events = topic("dijon", "camera", "cam-persist", "event")
+    device_url = broker.add_device(camera("cam-persist"))
+
     async def scenario() -> None:
-        first = MqttSession(broker.url, client_id="host-persist")
+        first = MqttSession(broker.url, client_id="cp-host-persist")
         async with first:
-            await first.subscribe("test/persist/#", qos=1)
-        async with MqttSession(broker.url, client_id="persist-publisher") as publisher:
+            await first.subscribe(events, qos=1)
+        async with MqttSession(device_url, client_id="cam-persist") as publisher:
             for n in range(5):
-                await publisher.publish(f"test/persist/{n}", str(n).encode(), qos=1)
+                await publisher.publish(events, str(n).encode(), qos=1)
         # A replacement process with the same client id, subscribing to nothing itself.
         inbox = Inbox()
-        replacement = MqttSession(broker.url, client_id="host-persist")
+        replacement = MqttSession(broker.url, client_id="cp-host-persist")
         replacement.on_message(inbox)
         async with replacement:
             await poll(lambda: len(inbox.items) == 5, 5.0, what="queued messages")
@@ -321,15 +353,17 @@ def test_session_reconnects_after_the_broker_is_killed(
     broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="devices.mqtt")
+    events = topic("dijon", "camera", "cam-kill", "event")
+    device_url = broker.add_device(camera("cam-kill"))
 
     async def scenario() -> None:
         inbox = Inbox()
-        receiver = MqttSession(broker.url, client_id="kill-receiver")
+        receiver = MqttSession(broker.url, client_id="cp-kill-receiver")
         receiver.on_message(inbox)
-        sender = MqttSession(broker.url, client_id="kill-sender")
+        sender = MqttSession(device_url, client_id="cam-kill")
         async with receiver, sender:
-            await receiver.subscribe("test/kill/#", qos=1)
-            await sender.publish("test/kill/a", b"before", qos=1)
+            await receiver.subscribe(events, qos=1)
+            await sender.publish(events, b"before", qos=1)
             await poll(lambda: len(inbox.items) == 1, 5.0, what="message before the crash")
             await asyncio.to_thread(broker.kill)
             await poll(lambda: not receiver.connected and not sender.connected, 5.0,
@@ -337,14 +371,14 @@ def test_session_reconnects_after_the_broker_is_killed(
             await asyncio.to_thread(broker.start)
             await receiver.wait_connected(10.0)
             await sender.wait_connected(10.0)
-            await sender.publish("test/kill/b", b"after", qos=1)
+            await sender.publish(events, b"after", qos=1)
             await poll(lambda: len(inbox.items) >= 2, 10.0, what="message after the restart")
-        assert inbox.items[-1] == ("test/kill/b", b"after")
+        assert inbox.items[-1] == (events, b"after")
         assert receiver.reconnects >= 1 and sender.reconnects >= 1
 
     run(scenario())
     # However many attempts the outage took, it is logged once, and its end once.
-    mine = [r.getMessage() for r in caplog.records if "mqtt[kill-receiver]" in r.getMessage()]
+    mine = [r.getMessage() for r in caplog.records if "mqtt[cp-kill-receiver]" in r.getMessage()]
     assert sum("lost" in m for m in mine) == 1, mine
     assert sum("again" in m for m in mine) == 1, mine
 
@@ -353,7 +387,7 @@ WILL_CHILD = """
 import asyncio, sys
 from devices.mqtt import MqttSession, encode_status
 async def main():
-    session = MqttSession(sys.argv[1], client_id="will-child", keepalive=5,
+    session = MqttSession(sys.argv[1], client_id="cam-will", keepalive=5,
                           will=(sys.argv[2], encode_status(False)))
     async with session:
         await session.publish(sys.argv[2], encode_status(True), qos=1, retain=True)
@@ -365,13 +399,14 @@ asyncio.run(main())
 
 def test_last_will_marks_a_killed_process_offline(broker: EmbeddedBroker) -> None:
     status = topic("dijon", "camera", "cam-will", "status")
+    device_url = broker.add_device(camera("cam-will"))
 
     async def scenario() -> list[bool]:
         seen: list[bool] = []
-        watcher = MqttSession(broker.url, client_id="will-watcher", clean_session=True)
+        watcher = MqttSession(broker.url, client_id="cp-will-watcher", clean_session=True)
         watcher.on_message(lambda _t, payload: seen.append(decode_status(payload)))
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WILL_CHILD, broker.url, status,
+            sys.executable, "-c", WILL_CHILD, device_url, status,
             stdout=subprocess.PIPE, cwd=PROJECT_ROOT)
         try:
             assert child.stdout is not None
@@ -398,11 +433,12 @@ def test_simulator_telemetry_reaches_mosquitto_sub(broker: EmbeddedBroker) -> No
                  service_vehicle("veh-talant-0001"), camera("cam-dijon-0001")]
 
     async def scenario() -> list[str]:
-        sim = MqttDeviceSimulator(equipment, url=broker.url, rng=random.Random(1), rate_hz=20.0,
-                                  client_id="sim-telemetry")
+        sim = MqttDeviceSimulator(equipment, rng=random.Random(1), rate_hz=20.0,
+                                  client_id="sim-telemetry",
+                                  **sim_urls(broker, "sim-telemetry", equipment))
         await sim.start()
         try:
-            out = await cli("mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port),
+            out = await cli("mosquitto_sub", *login(broker.url),
                             "-C", "6", "-t", "city/+/vehicle/+/telemetry", "-F", "%t %x")
             await poll(lambda: all(sim.published(d) >= 3 for d in sim.devices), 5.0,
                        what="three samples from every device")
@@ -430,14 +466,15 @@ def test_mosquitto_pub_command_is_acked_by_the_simulator(broker: EmbeddedBroker)
     cmd_topic = topic("dijon", "camera", cam.id, "cmd")
 
     async def mosquitto_pub(payload: dict[str, Any]) -> None:
-        await cli("mosquitto_pub", "-d", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+        await cli("mosquitto_pub", "-d", *login(broker.url), "-q", "1",
                   "-t", cmd_topic, "-s", stdin=encode_payload(payload))
 
     async def scenario() -> None:
-        sim = MqttDeviceSimulator([cam, bus("bus-dijon-0003")], url=broker.url,
-                                  client_id="sim-commands")
+        fleet = [cam, bus("bus-dijon-0003")]
+        sim = MqttDeviceSimulator(fleet, client_id="sim-commands",
+                                  **sim_urls(broker, "sim-commands", fleet))
         inbox = Inbox()
-        observer = MqttSession(broker.url, client_id="ack-observer")
+        observer = MqttSession(broker.url, client_id="cp-ack-observer")
         observer.on_message(inbox)
         await sim.start()
         try:
@@ -475,17 +512,17 @@ def test_stopped_device_is_offline_and_malformed_payloads_are_rejected(
     status = topic("dijon", "camera", cam.id, "status")
 
     async def retained_status() -> bool:
-        out = await cli("mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-C", "1",
+        out = await cli("mosquitto_sub", *login(broker.url), "-C", "1",
                         "-t", status, "-F", "%r %x")
         retained, hexed = out.decode().split()
         assert retained == "1"
         return decode_status(bytes.fromhex(hexed))
 
     async def scenario() -> None:
-        sim = MqttDeviceSimulator([cam], url=broker.url, client_id="sim-faults",
-                                  event_interval_s=0.05)
+        sim = MqttDeviceSimulator([cam], client_id="sim-faults", event_interval_s=0.05,
+                                  **sim_urls(broker, "sim-faults", [cam]))
         inbox = Inbox()
-        watcher = MqttSession(broker.url, client_id="fault-watcher")
+        watcher = MqttSession(broker.url, client_id="cp-fault-watcher")
         watcher.on_message(inbox)
         await sim.start()
         try:

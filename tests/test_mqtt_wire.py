@@ -18,6 +18,7 @@ from devices.mqtt_wire import (
 )
 from runtime.embedded import EmbeddedBroker
 from runtime.errors import ProtocolError
+from runtime.inventory import Equipment
 
 BROKER = "auto"  # mosquitto when on PATH, else amqtt
 
@@ -46,13 +47,16 @@ def test_split_packets_keeps_a_partial_packet_for_the_next_read() -> None:
 
 
 def test_publisher_to_subscriber_through_a_real_broker() -> None:
-    async def scenario(url: str) -> None:
+    cameras = [Equipment(id=f"cam-{i}", kind="camera", municipality="dijon", lat=47.3,
+                         lon=5.0, endpoint="mqtt", profile="camera") for i in range(300)]
+
+    async def scenario(url: str, publisher_url: str) -> None:
         got: list[tuple[str, bytes]] = []
-        sub = TelemetrySubscriber(url, "t-sub", lambda t, p: got.append((t, p)))
+        sub = TelemetrySubscriber(url, "cp-t-sub", lambda t, p: got.append((t, p)))
         sub.add_filters([f"city/dijon/camera/cam-{i}/telemetry" for i in range(300)])
         await sub.start()
         await sub.wait_connected(10)
-        pub = TelemetryPublisher(url, "t-pub")
+        pub = TelemetryPublisher(publisher_url, "t-pub")
         await pub.connect()
         for i in range(2000):
             pub.publish(f"city/dijon/camera/cam-{i % 300}/telemetry".encode(), b"%d" % i)
@@ -72,6 +76,7 @@ def test_publisher_to_subscriber_through_a_real_broker() -> None:
         broker = EmbeddedBroker(Path(tmp) / "mqtt", prefer=BROKER)
         broker.start()
         try:
-            asyncio.run(asyncio.wait_for(scenario(broker.url), 60))
+            publisher_url = broker.add_simulator("t-pub", cameras)
+            asyncio.run(asyncio.wait_for(scenario(broker.url, publisher_url), 60))
         finally:
             broker.stop()

@@ -8,7 +8,8 @@ crossroad's lane grants, the controller receives the request once, and the check
 it. Then the member serving them is killed with kill -9: within a second its buses are
 served again (by the other member, whose lease takes over, or by its replacement if the
 tree was quicker), the next passes are granted, no request reaches a controller twice, and
-the member ends up serving its own buses.
+the member ends up serving its own buses. A position published under a bus's id by a
+client that is not that bus never reaches the pool: no request, nothing received.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def drive(city: City, buses: list[str]) -> list[float]:
     passes = passes_for(city.inventory, buses)
     assert passes, "the demo's lines cross its crossroads"
     since = time.time()
-    triggers = drive_passes(city.svc.mqtt_url, passes, rounds=2, clock=city.city_clock,
+    url = city.publisher_url("test-buses", [city.inventory.by_id(b) for b in passes])
+    triggers = drive_passes(url, passes, rounds=2, clock=city.city_clock,
                             lines=city.inventory.bus_lines)
     poll(lambda: len([r for r in city.control.priority_log(since=since)
                       if r["command"] in ("checkout", "cancel")]) >= len(triggers), 10,
@@ -126,3 +128,31 @@ def test_a_killed_member_s_buses_are_served_again_within_a_second(city: City) ->
     assert sum(m["buses"] for m in priority(city)["members"]) == everyone
     ids = Counter(r["request_id"] for r in requests_received(city))
     assert max(ids.values()) == 1, "no request sent twice across the failover"
+
+
+def test_a_forged_bus_position_buys_no_green_light(city: City) -> None:
+    buses = [eq.id for eq in city.inventory.equipment if eq.profile == "bus"]
+    victim, forger = list(passes_for(city.inventory, buses))[4:6]
+    city.control.offline([victim, forger])
+    passes = passes_for(city.inventory, [victim])
+    broker = city.svc.broker
+    # The forger is a bus of the city with an account of its own, publishing the victim's
+    # passes under the victim's id: the broker drops every one of them.
+    since = time.time()
+    forged = drive_passes(broker.add_device(city.inventory.by_id(forger)), passes, rounds=1,
+                          clock=city.city_clock, lines=city.inventory.bus_lines)
+    assert forged, "these passes check the victim in"
+    # Then the victim itself drives them: once its requests arrive, any the forged
+    # positions had caused would have arrived before them.
+    genuine_since = time.time()
+    genuine = drive_passes(broker.add_device(city.inventory.by_id(victim)), passes, rounds=1,
+                           clock=city.city_clock, lines=city.inventory.bus_lines)
+    assert len(genuine) == len(forged)
+
+    def outcomes() -> list[dict[str, Any]]:
+        return [e for e in city.svc.store.recent_events(5000) if e.get("event") == "priority"
+                and e.get("bus_id") == victim and float(e["ts"]) > since]
+
+    poll(lambda: any(e.get("outcome") == "granted" for e in outcomes()), 10,
+         what="the victim's own passes granted")
+    assert all(float(e["ts"]) > genuine_since for e in outcomes()), outcomes()

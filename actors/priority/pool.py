@@ -67,6 +67,7 @@ from actors.priority.policy import (
 from actors.priority.tracker import BusTracker, EventKind, TrackEvent
 from devices.mqtt import MqttSession, decode_payload, topic
 from devices.profile import builtin_profile
+from runtime.broker_accounts import RUNTIME_CLIENT_PREFIX
 from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope, MessageKind, pack
 from runtime.errors import CommandpostError, MalformedMessageError
@@ -215,8 +216,8 @@ class PoolMember(Entity):
         url = self.ctx.option("mqtt_url")
         self.session: MqttSession | None = None
         if url:
-            self.session = MqttSession(str(url), client_id=f"cp-{self.ctx.id}",
-                                       clean_session=True)
+            self.session = MqttSession(str(url), clean_session=True,
+                                       client_id=f"{RUNTIME_CLIENT_PREFIX}{self.ctx.id}")
             self.session.on_message(self._on_message)
             await self.session.start()
         self._loop = asyncio.get_running_loop().create_task(self._leases(),

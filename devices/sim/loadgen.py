@@ -1,6 +1,7 @@
 """A lean MQTT load generator: the devices' telemetry at a chosen rate, counted at the source.
 
-    python -m devices.sim.loadgen --mqtt mqtt://127.0.0.1:1883 --devices devices.json
+    COMMANDPOST_MQTT_URL=mqtt://user:pw@127.0.0.1:1883 \\
+        python -m devices.sim.loadgen --devices devices.json
 
 ``devices.json`` lists ``{"id", "municipality", "kind", "profile"}`` of MQTT
 devices; each message is one device's sample in its profile's shape (taken
@@ -43,7 +44,10 @@ from devices.sim.mqtt_devices import MqttDeviceSimulator
 from runtime.errors import CommandpostError, ConfigError, DeviceUnavailableError
 from runtime.inventory import Equipment
 
-__all__ = ["SEQ_BASE", "LoadGenerator"]
+__all__ = ["MQTT_URL_ENV", "SEQ_BASE", "LoadGenerator"]
+
+#: The variable the broker URL is read from when ``--mqtt`` is not given.
+MQTT_URL_ENV: Final = "COMMANDPOST_MQTT_URL"
 
 #: First ``seq`` of the generator's samples: far above what a simulated device reaches.
 SEQ_BASE: Final = 1_000_000_000
@@ -83,6 +87,7 @@ class LoadGenerator:
         if not self._sources:
             raise ConfigError("the load generator needs at least one MQTT device")
         self._url = parse_url(url)
+        self._tls = self._url.ssl_context()
         self._address = (self._url.host, self._url.port)
         self._client_id = client_id
         self._sock: socket.socket | None = None
@@ -97,6 +102,9 @@ class LoadGenerator:
         """Open the connection; :class:`DeviceUnavailableError` if the broker refuses."""
         try:
             sock = socket.create_connection(self._address, timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._url.host)
             sock.sendall(connect_packet(self._client_id, username=self._url.username,
                                         password=self._url.password))
             ack = sock.recv(4)
@@ -105,7 +113,6 @@ class LoadGenerator:
         if len(ack) < 4 or ack[0] != 0x20 or ack[3] != 0:
             sock.close()
             raise DeviceUnavailableError(f"loadgen: broker refused the connection ({ack!r})")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
 
     def close(self) -> None:
@@ -219,10 +226,14 @@ def _serve(gen: LoadGenerator) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devices.sim.loadgen")
-    parser.add_argument("--mqtt", required=True)
+    parser.add_argument("--mqtt", default=os.environ.get(MQTT_URL_ENV),
+                        help=f"the broker URL (default: ${MQTT_URL_ENV}, where a URL with a "
+                        "password belongs: a command line is readable by every local user)")
     parser.add_argument("--devices", required=True, help="JSON list of MQTT devices")
     parser.add_argument("--client-id", default=f"loadgen-{os.getpid()}")
     args = parser.parse_args(argv)
+    if not args.mqtt:
+        parser.error(f"the broker URL is needed: --mqtt or ${MQTT_URL_ENV}")
     try:
         with open(args.devices, encoding="utf-8") as f:
             rows = json.load(f)

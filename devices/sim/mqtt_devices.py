@@ -39,7 +39,7 @@ CONTRACT.md and in the shape of their profiles::
   until the fault is cleared).
 * Cameras send a heartbeat every profile period and raise ``motion`` (mostly)
   or ``tamper`` events at random (QoS 1).
-* Commands on ``city/+/+/+/cmd`` with action ``set`` change the profile's
+* Commands on each device's ``cmd`` topic with action ``set`` change the profile's
   writable fields (camera ``preset``/``recording``, vehicle and bus ``message``); each
   is acknowledged on the ``ack`` topic (QoS 1), with ``ok: false`` and an
   ``error`` when a parameter is unknown, not writable, of the wrong type or
@@ -94,7 +94,6 @@ __all__ = ["MALFORMED_KINDS", "MqttDeviceSimulator", "line_route"]
 
 _log = logging.getLogger(__name__)
 
-CMD_FILTER: Final = "city/+/+/+/cmd"
 MALFORMED_KINDS: Final = (
     "garbage",
     "not_map",
@@ -570,6 +569,9 @@ class MqttDeviceSimulator:
     ``event_interval_s`` is the mean time between a camera's events.
     ``client_id`` names the persistent session: commands sent while the
     simulator is away are delivered when it comes back with the same id.
+    Telemetry leaves on a second connection, to ``telemetry_url`` when given
+    (a broker that allows one connection per account, such as the embedded
+    one's devices' listener, needs a second account), else to ``url``.
     """
 
     def __init__(
@@ -583,6 +585,7 @@ class MqttDeviceSimulator:
         event_interval_s: float = EVENT_INTERVAL_S,
         client_id: str = "sim-mqtt",
         lines: Mapping[str, BusLine] | None = None,
+        telemetry_url: str | None = None,
     ) -> None:
         if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
             raise ConfigError(f"rate_hz must be a positive number, not {rate_hz!r}")
@@ -604,7 +607,8 @@ class MqttDeviceSimulator:
         self._session = MqttSession(url, client_id=client_id, clean_session=False)
         self._session.on_message(self._on_message)
         # Telemetry (QoS 0) leaves on a lean connection of its own, written in batches.
-        self._telemetry = TelemetryPublisher(url, client_id=f"{client_id}-telemetry")
+        self._telemetry = TelemetryPublisher(telemetry_url or url,
+                                             client_id=f"{client_id}-telemetry")
         self._telemetry_retry = 0.0
         self._schedule: list[tuple[float, int, str, str]] = []
         self._order = itertools.count()
@@ -701,7 +705,10 @@ class MqttDeviceSimulator:
         await self._session.start()
         try:
             await self._session.wait_connected(timeout)
-            await self._session.subscribe(CMD_FILTER, qos=1)
+            # Each device's own command topic: a broker that checks what an account
+            # may read when it subscribes (amqtt) refuses a wildcard over every device.
+            await asyncio.gather(*(self._session.subscribe(d.topic("cmd"), qos=1)
+                                   for d in self._devices.values()))
             for device in self._devices.values():
                 if device.running:
                     await self._announce(device, online=True)

@@ -1,7 +1,7 @@
 """Run the field simulators of an inventory in one process.
 
-    python -m devices.sim.runner --inventory city.toml --mqtt mqtt://127.0.0.1:1883 \\
-        --ready-file /tmp/sims.json
+    COMMANDPOST_MQTT_URL=mqtt://sim-mqtt:PW@127.0.0.1:1883 \\
+        python -m devices.sim.runner --inventory city.toml --ready-file /tmp/sims.json
 
 Modbus controllers (traffic, lighting, access terminals) listen on the ports
 of their inventory endpoints, building management systems behind a few
@@ -9,7 +9,13 @@ aggregating OPC UA servers, and vehicles and cameras publish through the MQTT
 broker. The control channel (:mod:`devices.sim.control`) listens on
 ``--control`` (default: a free loopback port). When every simulator is up,
 the ready file receives ``{"control": URL, "simulators": [{"kind",
-"endpoint", "devices"}, …]}``; SIGTERM or SIGINT stops them cleanly.
+"endpoint", "devices"}, …]}`` (endpoints without their passwords); SIGTERM or
+SIGINT stops them cleanly.
+
+The broker URL comes from ``$COMMANDPOST_MQTT_URL`` (or ``--mqtt``, but a
+command line is readable by every local user), the URL of the MQTT devices'
+telemetry connection from ``$COMMANDPOST_MQTT_TELEMETRY_URL`` (else the same
+URL): on a broker that allows one connection per account they are two accounts.
 """
 
 from __future__ import annotations
@@ -61,18 +67,29 @@ KINDS = ("modbus", "traffic", "opcua", "mqtt")
 _OWN_PROCESS = ("mqtt", "traffic")
 
 
+#: The variables the broker URLs are read from (the runner passes them on to its children).
+MQTT_URL_ENV = "COMMANDPOST_MQTT_URL"
+MQTT_TELEMETRY_URL_ENV = "COMMANDPOST_MQTT_TELEMETRY_URL"
+
+
 def build(
     inventory: Inventory,
     mqtt_url: str,
     *,
+    telemetry_url: str | None = None,
     rate_hz: float | None = None,
     seed: int = 0,
     kinds: Sequence[str] = KINDS,
     clock: Clock | None = None,
 ) -> tuple[list[Simulator], list[dict[str, Any]]]:
-    """The simulators of ``inventory`` of the families ``kinds`` (not started), described."""
+    """The simulators of ``inventory`` of the families ``kinds`` (not started), described.
+
+    The MQTT devices publish through ``mqtt_url``, their telemetry through
+    ``telemetry_url`` when given (:class:`~devices.sim.mqtt_devices.MqttDeviceSimulator`).
+    """
     import random
 
+    from devices.mqtt import parse_url
     from devices.sim.access import AccessSimulator
     from devices.sim.bms import BmsSimulator
     from devices.sim.lighting import LightingSimulator
@@ -105,9 +122,11 @@ def build(
     if mqtt_eqs:
         sims.append(
             MqttDeviceSimulator(mqtt_eqs, url=mqtt_url, rng=random.Random(seed), rate_hz=rate_hz,
-                                clock=clock, lines=inventory.bus_lines)
+                                clock=clock, lines=inventory.bus_lines,
+                                telemetry_url=telemetry_url)
         )
-        info.append({"kind": "mqtt_devices", "endpoint": mqtt_url, "devices": len(mqtt_eqs)})
+        info.append({"kind": "mqtt_devices", "endpoint": parse_url(mqtt_url).redacted,
+                     "devices": len(mqtt_eqs)})
     return sims, info
 
 
@@ -127,6 +146,7 @@ async def run(
     kinds: Sequence[str] = KINDS,
     inventory_file: str = "",
     clock: ClockSpec | None = None,
+    telemetry_url: str | None = None,
 ) -> None:
     from devices.sim.control import ControlServer, ControlTarget, RemoteTarget
 
@@ -143,8 +163,8 @@ async def run(
     split = [k for k in _OWN_PROCESS
              if k in kinds and len(kinds) > 1 and present[k] and bool(inventory_file)]
     local_kinds = [k for k in kinds if k not in split]
-    sims, info = build(inventory, mqtt_url, rate_hz=rate_hz, kinds=local_kinds,
-                       clock=clock.clock())
+    sims, info = build(inventory, mqtt_url, telemetry_url=telemetry_url, rate_hz=rate_hz,
+                       kinds=local_kinds, clock=clock.clock())
     targets: list[ControlTarget | RemoteTarget] = [
         s for s in sims if isinstance(s, ControlTarget)]
     stop = asyncio.Event()
@@ -156,7 +176,8 @@ async def run(
     try:
         for kind in split:
             child, child_doc = await asyncio.to_thread(
-                _start_child, kind, inventory_file, mqtt_url, rate_hz, ready_file or "", clock)
+                _start_child, kind, inventory_file, (mqtt_url, telemetry_url), rate_hz,
+                ready_file or "", clock)
             children.append(child)
             targets.append(RemoteTarget(child_doc["control"], "modbus" if kind == "traffic"
                                         else kind))
@@ -180,22 +201,30 @@ async def run(
             await asyncio.to_thread(_stop_child, child)
 
 
-def _start_child(kind: str, inventory_file: str, mqtt_url: str, rate_hz: float | None,
-                 ready_file: str, clock: ClockSpec, timeout: float = 60.0
-                 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """A runner of the family ``kind`` alone, tied to this process's life (blocking)."""
+def _start_child(kind: str, inventory_file: str, urls: tuple[str, str | None],
+                 rate_hz: float | None, ready_file: str, clock: ClockSpec,
+                 timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """A runner of the family ``kind`` alone, tied to this process's life (blocking).
+
+    The broker URLs ``(mqtt, telemetry)`` go through its environment, not its command line.
+    """
     from runtime.lifeline import spawn_tied
 
     ready = f"{ready_file or os.path.join(os.path.dirname(inventory_file), 'sim')}.{kind}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(ready)
     argv = [sys.executable, "-m", "devices.sim.runner", "--inventory", inventory_file,
-            "--mqtt", mqtt_url, "--ready-file", ready, "--kinds", kind]
+            "--ready-file", ready, "--kinds", kind]
+    env = dict(os.environ)
+    env[MQTT_URL_ENV] = urls[0]
+    env.pop(MQTT_TELEMETRY_URL_ENV, None)
+    if urls[1]:
+        env[MQTT_TELEMETRY_URL_ENV] = urls[1]
     if rate_hz:
         argv += ["--rate-hz", str(rate_hz)]
     if not clock.real:
         argv += ["--clock", json.dumps(clock.to_wire())]
-    child = spawn_tied(argv)
+    child = spawn_tied(argv, env=env)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):
         if child.poll() is not None:
@@ -223,7 +252,8 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devices.sim.runner")
     parser.add_argument("--inventory", required=True)
-    parser.add_argument("--mqtt", required=True)
+    parser.add_argument("--mqtt", default=os.environ.get(MQTT_URL_ENV),
+                        help=f"the broker URL (default: ${MQTT_URL_ENV})")
     parser.add_argument("--ready-file")
     parser.add_argument("--rate-hz", type=float, default=None)
     parser.add_argument("--control", default="127.0.0.1:0",
@@ -233,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="simulator families to run (comma-separated: modbus,opcua,mqtt)")
     args = parser.parse_args(argv)
+    if not args.mqtt:
+        parser.error(f"the broker URL is needed: ${MQTT_URL_ENV} or --mqtt")
     host, _, port = args.control.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"--control {args.control!r} is not HOST:PORT")
@@ -250,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"--clock {args.clock!r}: {exc}")
         asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz, (host, int(port)),
-                        kinds, args.inventory, spec))
+                        kinds, args.inventory, spec,
+                        os.environ.get(MQTT_TELEMETRY_URL_ENV) or None))
     except CommandpostError as exc:
         print(f"simulators: {exc}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ import psutil
 
 from runtime.clock import Clock
 from runtime.errors import ConfigError, ProtocolError, RetryableError
-from runtime.inventory import PlacementPolicy
+from runtime.inventory import Equipment, PlacementPolicy
 from runtime.procmem import cpu_seconds, pss_mb, ray_pids, session_pids, tree_pids
 
 Say = Callable[[str], None]
@@ -228,6 +228,7 @@ class City:
         self.field_broker.start()
         self.field_broker.start_watchdog()
         self.svc = self._service(mqtt_url=self.field_broker.url)
+        self.svc.use_broker(self.field_broker)
         self.svc.start_simulators(data)
         self.control = SimControl(self.svc.sim_control_url)
         return self
@@ -335,6 +336,13 @@ class City:
         if self.field_broker is not None:
             return self.field_broker
         return self.svc.broker if self.svc is not None else None
+
+    def publisher_url(self, name: str, equipment: Iterable[Equipment]) -> str:
+        """A broker URL that publishes as ``equipment`` (a bench's own devices):
+        :meth:`runtime.service.Service.publisher_url`."""
+        if self.svc is None:
+            raise ConfigError("the city is not started")
+        return str(self.svc.publisher_url(name, equipment))
 
     def token(self, user: str = "operator") -> str:
         return self.creds[user]["token"]

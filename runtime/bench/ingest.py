@@ -30,6 +30,7 @@ either is the answer ``generator``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,8 @@ from runtime.metrics import Histogram
 from runtime.placement import equipment_to_wire
 
 DRAIN_S = 2.0
+#: The load generator's broker account.
+LOADGEN_ACCOUNT = "loadgen"
 PASS_LAG_P99_S = 1.0
 PASS_OFFERED = 0.98
 CITY_HELD = 0.95
@@ -181,7 +184,8 @@ def measure_nominal(city: City, *, seconds: float, rate_hz: float, loss: float =
 # -- capacity -----------------------------------------------------------------
 class GeneratorProcess:
     """The load generator process (:mod:`devices.sim.loadgen`), driven over its standard
-    input: it publishes as ``equipment`` (every MQTT device of the city unless given)."""
+    input: it publishes as ``equipment`` (every MQTT device of the city unless given),
+    through a broker account of its own (:meth:`City.publisher_url`)."""
 
     def __init__(self, city: City, workdir: Path,
                  equipment: Sequence[Equipment] | None = None) -> None:
@@ -191,10 +195,11 @@ class GeneratorProcess:
         path = workdir / "loadgen-devices.json"
         path.write_text(json.dumps(rows), encoding="utf-8")
         self.devices = len(rows)
+        # The URL carries the account's password: the environment, not the command line.
+        env = dict(os.environ, COMMANDPOST_MQTT_URL=city.publisher_url(LOADGEN_ACCOUNT, chosen))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devices.sim.loadgen", "--mqtt", city.svc.mqtt_url,
-             "--devices", str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "devices.sim.loadgen", "--devices", str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         ready = self._read()
         if not ready.get("ready"):
             raise RuntimeError(f"load generator did not start: {ready}")
@@ -398,7 +403,7 @@ def generator_alone(rate: int, *, broker: str = "auto", seconds: float = 10.0) -
         b = EmbeddedBroker(Path(tmp) / "mqtt", prefer=broker)
         b.start()
         try:
-            fake = _FakeCity(inv, b.url)
+            fake = _FakeCity(inv, b)
             gen = GeneratorProcess(fake, Path(tmp))  # type: ignore[arg-type]
             try:
                 gen.rate(rate)
@@ -418,16 +423,14 @@ def generator_alone(rate: int, *, broker: str = "auto", seconds: float = 10.0) -
 
 
 class _FakeCity:
-    """What :class:`GeneratorProcess` reads of a city: its inventory and broker URL."""
+    """What :class:`GeneratorProcess` reads of a city: its inventory and a broker account."""
 
-    def __init__(self, inventory: Any, mqtt_url: str) -> None:
+    def __init__(self, inventory: Any, broker: Any) -> None:
         self.inventory = inventory
+        self._broker = broker
 
-        class _Svc:
-            pass
-
-        self.svc = _Svc()
-        self.svc.mqtt_url = mqtt_url  # type: ignore[attr-defined]
+    def publisher_url(self, name: str, equipment: Sequence[Equipment]) -> str:
+        return str(self._broker.add_simulator(name, equipment))
 
 
 def run(*, capacity: bool = False, **kwargs: Any) -> dict[str, Any]:

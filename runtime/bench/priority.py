@@ -171,6 +171,8 @@ def drive_passes(mqtt_url: str, passes: Mapping[str, Sequence[Pass]], *, rounds:
     """Drive every bus through its passes ``rounds`` times, concurrently (one asyncio task
     per bus, samples at :data:`_HZ`), and return each check-in trigger's publish time.
 
+    ``mqtt_url`` must be allowed to publish as these buses (:meth:`City.publisher_url`).
+
     A trigger is a publish that checks its bus in: each sample goes through a tracker of
     the bench's own (the pool's code, on the same ``lines``) as it is published, so the
     sample that checks in is known exactly, not guessed from the geometry.
@@ -202,7 +204,7 @@ def drive_passes(mqtt_url: str, passes: Mapping[str, Sequence[Pass]], *, rounds:
                     await asyncio.sleep(1.0 / _HZ)
 
     async def main() -> None:
-        session = MqttSession(mqtt_url, client_id=f"cp-bench-buses-{time.monotonic_ns()}",
+        session = MqttSession(mqtt_url, client_id=f"bench-buses-{time.monotonic_ns()}",
                               clean_session=True)
         async with session:
             await session.wait_connected()
@@ -296,7 +298,8 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
         gen = _Flood(city, Path(tmp), passes) if flood else None
         try:
             since = time.time()
-            triggers = drive_passes(city.svc.mqtt_url, passes, rounds=rounds,
+            url = city.publisher_url("bench-buses", [inv.by_id(b) for b in passes])
+            triggers = drive_passes(url, passes, rounds=rounds,
                                     clock=city.city_clock, lines=inv.bus_lines)
             load = gen.finish() if gen is not None else {}
         finally:
