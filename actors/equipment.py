@@ -22,7 +22,7 @@ from actors.schedule import builtin_schedules
 from runtime.commands import check_command_shape, shown
 from runtime.datafile import KeyPath
 from runtime.device_port import DevicePort
-from runtime.entity import Checkpoint, Entity
+from runtime.entity import Checkpoint, Entity, has_priority_lane
 from runtime.envelope import Envelope
 from runtime.errors import (
     DeviceUnavailableError,
@@ -221,7 +221,7 @@ class EquipmentEntity(Entity):
         self.state.setdefault("points", 0)
         self._protocol = self.ctx.equipment.endpoint.split(":", 1)[0] or "none"
         # Only a kind with a priority lane reads the published view: others skip the copy.
-        self._has_lane = type(self).on_priority is not Entity.on_priority
+        self._has_lane = has_priority_lane(type(self))
         self.state.setdefault("seq", -1)
         self.state.setdefault("conditions", [])
         self._conditions = CONDITIONS.get(self.kind, {})

@@ -365,8 +365,18 @@ class Entity:
 
 
 _RESERVED = frozenset({"start", "stop", "priority"})
+def has_priority_lane(behaviour: Any) -> bool:
+    """Whether an entity class (or factory) serves a priority lane of its own: it overrides
+    :meth:`Entity.on_priority` (a classmethod, compared by its function)."""
+    got = getattr(behaviour, "on_priority", None)
+    return got is not None and getattr(got, "__func__", got) is not _BASE_ON_PRIORITY
+
+
 READ_ONLY = frozenset({"ping", "get_state"})  # messages that observe without changing state
 
 
 def is_command(env: Envelope) -> bool:
     return env.kind is MessageKind.COMMAND
+
+
+_BASE_ON_PRIORITY = Entity.on_priority.__func__  # type: ignore[attr-defined]

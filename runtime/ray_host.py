@@ -10,6 +10,11 @@ Three concurrency groups, three event loops:
   default loop thread-safely.
 
 Hosts run with ``max_restarts=0``: their supervisor, not Ray, replaces them.
+
+A host whose entities have a priority lane lowers the interpreter's thread
+switch interval (:data:`LANE_SWITCH_S`, or ``COMMANDPOST_LANE_SWITCH_S``): the
+lane's thread waits at most that long for the interpreter while the default
+loop is busy, instead of Python's 5 ms. It costs nothing while the lane is idle.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +35,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from runtime.cell import EntityFactory
 from runtime.clock import clock_from_wire
 from runtime.device_port import DeviceManagerFactory
+from runtime.entity import has_priority_lane
 from runtime.envelope import Envelope, MessageKind, pack, unpack
 from runtime.errors import (
     CommandpostError,
@@ -45,6 +52,9 @@ from runtime.store import STREAM_RETENTION_S, RedisStore
 from supervisors.spec import Backoff, IntensityScope, RestartType, Strategy, SupervisorOptions
 
 log = logging.getLogger("commandpost.ray_host")
+
+#: The thread switch interval of a host with priority lanes (s).
+LANE_SWITCH_S = 0.0005
 
 NAMESPACE = "commandpost"
 REGISTRY_BLOB = "hosts"  # store blob: host id -> {"actor": name, "generation": n}
@@ -222,6 +232,9 @@ class HostActor:
         self.core = core
         self.lane = _Lane(core)
         core.priority_lane = self._serve_priority
+        if any(has_priority_lane(slot.factory) for slot in core.slots.values()):
+            sys.setswitchinterval(float(os.environ.get("COMMANDPOST_LANE_SWITCH_S",
+                                                       LANE_SWITCH_S)))
         await core.start()
         self._assigned.set()
         return core.status()
