@@ -64,7 +64,7 @@ def _endpoints(equipment: Sequence[Equipment]) -> list[str]:
 #: ``modbus`` the other Modbus devices (lighting cabinets, access terminals).
 KINDS = ("modbus", "traffic", "opcua", "mqtt")
 #: Families that get a runner process of their own when a runner runs several.
-_OWN_PROCESS = ("mqtt", "traffic")
+_OWN_PROCESS = ("mqtt", "traffic", "opcua")
 
 
 #: The variables the broker URLs are read from (the runner passes them on to its children).
@@ -152,14 +152,17 @@ async def run(
 
     clock = clock or ClockSpec()
 
-    # The MQTT devices publish thousands of samples a second, and the traffic controllers
-    # answer the bus-priority lane within milliseconds: each family gets a process (and a
-    # core) of its own, so that a busy Modbus or OPC UA server never makes them late. The
-    # children's control channels are served through this one.
+    # The MQTT devices publish thousands of samples a second, the traffic controllers
+    # answer the bus-priority lane within milliseconds, and the buildings' OPC UA server
+    # costs as much as every Modbus device together: each family gets a process (and a
+    # core) of its own, so that none makes another late (a crisis's burst of lighting
+    # writes behind the buildings' updates). The children's control channels are served
+    # through this one.
     children: list[subprocess.Popen[bytes]] = []
     profiles = {eq.profile for eq in inventory.equipment}
     present = {"mqtt": any(eq.endpoint == "mqtt" for eq in inventory.equipment),
-               "traffic": "traffic_controller" in profiles}
+               "traffic": "traffic_controller" in profiles,
+               "opcua": any(eq.endpoint.startswith("opcua") for eq in inventory.equipment)}
     split = [k for k in _OWN_PROCESS
              if k in kinds and len(kinds) > 1 and present[k] and bool(inventory_file)]
     local_kinds = [k for k in kinds if k not in split]
