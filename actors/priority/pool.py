@@ -83,7 +83,7 @@ __all__ = ["BUCKETS_MS", "LEASE_S", "MEMBER_PREFIX", "STAGES", "TICK_S", "PoolMe
 #: Entity ids of the members: ``priority-1`` … ``priority-N``.
 MEMBER_PREFIX: Final = PRIORITY_PREFIX
 #: How long a lease holds without renewal, and how often members renew theirs (s).
-LEASE_S: Final = 0.6
+LEASE_S: Final = 0.5
 TICK_S: Final = 0.1
 #: A member serves a partition's positions only this long after its lease's last renewal
 #: began (the lease holds at least :data:`LEASE_S` from then).
