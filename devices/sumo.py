@@ -26,7 +26,9 @@ refuses) or :class:`~runtime.errors.ProtocolError` (the connection).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
 import subprocess
 import sys
@@ -176,7 +178,9 @@ class TraciSession:
         import traci
 
         try:
-            traci.start([str(binary("sumo")), *self.args], label=self.label)
+            # traci says on stdout that it retries while SUMO opens its port: not ours to print.
+            with contextlib.redirect_stdout(io.StringIO()):
+                traci.start([str(binary("sumo")), *self.args], label=self.label)
         except traci.exceptions.TraCIException as exc:
             raise ConfigError(f"SUMO refused to start: {exc}") from exc
         except traci.exceptions.FatalTraCIError as exc:

@@ -49,8 +49,8 @@ its inbound route (or, with none, the reverse edge) drives in on, checked by
 
 from __future__ import annotations
 
-import itertools
 import functools
+import itertools
 import math
 import re
 import xml.etree.ElementTree as ET
