@@ -55,6 +55,7 @@ from actors.priority.policy import (
     RequestIdAllocator,
     builtin_priority_config,
     eligible,
+    parse_priority_config,
 )
 from actors.priority.tracker import BusTracker, EventKind, TrackEvent
 from devices.mqtt import MqttSession, decode_payload, topic
@@ -148,7 +149,9 @@ class PoolMember(Entity):
         members = [str(m) for m in attrs.get("members") or (self.ctx.id,)]
         self.index = members.index(self.ctx.id) if self.ctx.id in members else 0
         self.members = len(members)
-        self.config: PolicyConfig = builtin_priority_config()
+        rules = attrs.get("rules")
+        self.config: PolicyConfig = (parse_priority_config(str(rules), "<service priority_rules>")
+                                     if rules else builtin_priority_config())
         if attrs.get("grant_all"):
             from dataclasses import replace
 

@@ -17,9 +17,15 @@ timings: the arterial :data:`ARTERIAL_GREEN_S` s of green (minimum
 :data:`CROSS_MIN_S`), a 72 s cycle, every offset 0.
 
 **Bus line** :data:`LINE` runs the arterial both ways (outbound west to east)
-every :data:`HEADWAY_S` s, 20 s at each of its five stops a direction, the
-stops on the kerb lane in the middle of every other block (``busStop``
-elements of ``stops.add.xml``).
+every :data:`HEADWAY_S` s, 20 s at each of its five stops a direction
+(``busStop`` elements of ``stops.add.xml``, on the kerb lane): the first near
+its end of the arterial, the others 20 m past every other crossroad (far
+side, as bus-priority corridors place them: a bus brakes for its stop before
+it comes within the priority tracker's reach of the next stop line, and asks
+for its green once it has left; and the stop lies beyond the short queue of the
+other way's traffic waiting at that crossroad, which the tracker, whose stops
+serve both ways, would take for a bus at its stop), the last past the end
+crossroad.
 
 **Demand** (vehicles per hour at ``scale`` 1, :data:`DEMAND`): the arterial's
 through traffic, cross-street traffic across and onto the arterial, and a few
@@ -69,6 +75,8 @@ _STOPS: Final = "stops.add.xml"
 _OUT_STOPS: Final = (0, 2, 4, 6, 7)
 _IN_STOPS: Final = (7, 5, 3, 1, 0)
 _STOP_LEN_M: Final = 20.0
+#: A far-side stop starts this far past its crossroad's edge (m).
+_FAR_SIDE_M: Final = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,22 +164,19 @@ def retime_signals(net: Path) -> None:
 def _stops() -> str:
     rows = []
     for k in _OUT_STOPS:
-        rows.append(_stop_row(f"{LINE}-out-{k}", f"m{k}_0", _stop_pos(k)))
+        rows.append(_stop_row(f"{LINE}-out-{k}", f"m{k}_0", _stop_pos(k, k == _OUT_STOPS[0])))
     for k in _IN_STOPS:
-        rows.append(_stop_row(f"{LINE}-in-{k}", f"-m{k}_0", _stop_pos(k)))
+        rows.append(_stop_row(f"{LINE}-in-{k}", f"-m{k}_0", _stop_pos(k, k == _IN_STOPS[0])))
     return "<additional>\n" + "\n".join(rows) + "\n</additional>\n"
 
 
-def _edge_length(k: int) -> float:
-    """The rough length of arterial edge ``k`` (its junctions take a few metres)."""
-    return END_M if k in (0, SIGNALS) else SPACING_M
-
-
-def _stop_pos(k: int) -> float:
-    """Where a stop ends on edge ``k``: mid-block, at each end 60 m from the open end."""
-    if k == 0 or k == SIGNALS:
-        return 80.0
-    return _edge_length(k) / 2 + _STOP_LEN_M / 2
+def _stop_pos(k: int, first: bool) -> float:
+    """Where a stop ends on arterial edge ``k`` (either way): the line's first stop near
+    the arterial's end, its last 80 m past the end crossroad, the others 20 m past the
+    crossroad the edge leaves (module doc)."""
+    if first or k not in (0, SIGNALS):
+        return _FAR_SIDE_M + _STOP_LEN_M
+    return 80.0
 
 
 def _stop_row(stop_id: str, lane: str, end: float) -> str:
@@ -248,7 +253,7 @@ def corridor_routes(seed: int, hours: float, scale: float = 1.0) -> str:
             calls = "".join(f'<stop busStop="{LINE}-{direction}-{s}" duration="{DWELL_S}"/>'
                             for s in stops)
             departures.append((t, f'<vehicle id="{LINE}.{direction}.{k:03d}" type="bus" '
-                                  f'line="{LINE}" depart="{t:.2f}" departLane="0">'
+                                  f'line="{LINE}" depart="{t:.2f}" departLane="0" departSpeed="0">'
                                   f'<route edges="{edges}"/>{calls}</vehicle>'))
             k += 1
     departures.sort(key=lambda d: d[0])
