@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import sys
 import tempfile
 import threading
 import time
@@ -322,7 +323,9 @@ def run(*, seeds: int = 3, sim_hours: float = 1.0, net: str | None = None,
         raise ConfigError(f"seeds must be at least 1, not {seeds}")
     if not 0 < sim_hours <= 24:
         raise ConfigError(f"sim_hours {sim_hours!r} outside (0, 24]")
-    ensure_sumo(say)
+    # The install is said on stderr even with --json: it takes a while, and changes the
+    # environment.
+    ensure_sumo(lambda line: print(line, file=sys.stderr))
     logging.getLogger("devices.mqtt").setLevel(logging.ERROR)
     seed_list = list(range(1, seeds + 1))
     with tempfile.TemporaryDirectory(prefix="cp-tsp-") as tmp:
