@@ -30,6 +30,10 @@ the lane's answer (the controller's write acknowledged) is the member's
 latency, kept as a histogram. Each request may carry an OpenTelemetry span
 (:mod:`actors.priority.tracing`).
 
+**Rules.** The shipped ``actors/plans/priority.toml``, or the service's own
+(``ServiceOptions.priority_rules``, given to each member in its ``attrs``);
+the crossroads' lanes decide by the same.
+
 **Read model.** Every member publishes ``priority-member-K`` (its pid, the
 buses it serves, requests granted and refused by reason, latency) about once a
 second; ``GET /api/v1/priority`` merges them.

@@ -27,8 +27,9 @@ lateness against a free-flow schedule as driven: the time since it departed,
 less the time it stood at its stops, less the distance it drove along its line
 at the line's free-flow speed.
 
-Without an inventory (``serve`` off), nothing is published and no Modbus server
-listens: the same controllers run the same programs, untouched by priority.
+Without an MQTT session (the runs without priority), nothing is published, and
+the controllers' Modbus servers need not listen: the same controllers run the
+same programs, untouched by priority.
 The simulation runs until every vehicle of the routes has arrived, or
 ``limit_s`` (vehicles still running then are written as unfinished to the trip
 output).

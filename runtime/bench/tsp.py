@@ -34,8 +34,11 @@ queues; ``other_delay_s`` the same for every other vehicle;
 finished trips of the runs with priority. ``requests`` are the pool's
 (granted, refused and why); ``controllers`` what the controllers made of the
 writes they received (:class:`~devices.sim.control.PriorityCounters`, summed).
-``lag_s`` says how far SUMO ever fell behind the city's clock (city seconds):
-a lag is a run that was not in step. ``per_seed`` has each seed's figures.
+``lag_s`` says how far SUMO ever fell behind the city's clock (city seconds;
+0: always in step). A bus's position is used while it is at most 3 machine
+seconds old (the bus profile's ``max_age_s``), 30 city seconds at x10: a lag
+well below that delays what the runtime sees of a bus, it loses nothing.
+``per_seed`` has each seed's figures.
 
 **Scenario.** By default the corridor of :mod:`runtime.sumo.scenario`
 (7 signals, a bus line both ways every 5 minutes), its demand drawn anew for
