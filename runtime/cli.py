@@ -746,6 +746,9 @@ BENCHES: dict[str, tuple[str, str]] = {
                                      "request received by the crossroad's controller, idle, "
                                      "with the metropolis running, and with the crossroads' "
                                      "host flooded by 4,000 vehicle messages/s"),
+    "tsp": ("tsp", "bus signal priority in Eclipse SUMO: each seed's traffic with and without "
+                   "priority, bus and other vehicles' delay at signals (installs the extra "
+                   "'tsp' when missing)"),
 }
 
 
@@ -774,9 +777,20 @@ def _bench_help() -> str:
 @click.option("--clock-speed", type=click.FloatRange(min=0.0, min_open=True, max=MAX_SPEED),
               default=None, help="the city's clock speed of the benches that run one "
                                  "(each has its default)")
+@click.option("--seeds", type=click.IntRange(min=1, max=100), default=None,
+              help="tsp: seeds to run, each with and without priority (default 3)")
+@click.option("--sim-hours", type=click.FloatRange(min=0.0, min_open=True, max=24.0),
+              default=None, help="tsp: simulated hours of demand per run (default 1)")
+@click.option("--net", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="tsp: a SUMO network (.net.xml) instead of the generated corridor")
+@click.option("--routes", default=None,
+              help="tsp: the network's routes (.rou.xml, comma-separated files)")
+@click.option("--additional", default=None,
+              help="tsp: SUMO additional files with the bus stops (comma-separated)")
 def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
           seconds: float | None, capacity: bool, n: int | None, output: str | None,
-          clock_speed: float | None) -> None:
+          clock_speed: float | None, seeds: int | None, sim_hours: float | None,
+          net: str | None, routes: str | None, additional: str | None) -> None:
     import importlib
 
     entry = BENCHES.get(name)
@@ -793,6 +807,10 @@ def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
         kwargs["n"] = n
     if clock_speed is not None:
         kwargs["clock_speed"] = clock_speed
+    for key, value in (("seeds", seeds), ("sim_hours", sim_hours), ("net", net),
+                       ("routes", routes), ("additional", additional)):
+        if value is not None:
+            kwargs[key] = value
     try:
         result: dict[str, Any] = module.run(**kwargs)
     except CommandpostError as exc:

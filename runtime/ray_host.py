@@ -169,6 +169,13 @@ class _Lane:
         self.resources: dict[str, Any] = {
             "clock": core.city_clock,
             "priority_grant_all": bool(core.option("priority_grant_all"))}
+        rules = core.option("priority_rules")
+        if rules:
+            # The service's own rules (checked before it started), for every crossroad here.
+            from actors.priority.policy import parse_priority_config
+
+            self.resources["priority_config"] = parse_priority_config(
+                str(rules), "<service priority_rules>")
         self._core = core
 
     def post(self, env: Envelope) -> None:

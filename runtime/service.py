@@ -89,6 +89,8 @@ CRISIS = "crisis"
 SIM_ACCOUNT = "sim-mqtt"
 #: The mode of a municipality without a crisis plan; asking for it ends the plan.
 NORMAL_MODE = "normal"
+#: How problems of :attr:`ServiceOptions.priority_rules` name them.
+RULES_SOURCE = "<service priority_rules>"
 
 
 @dataclass
@@ -123,6 +125,9 @@ class ServiceOptions:
     priority_members: int = 2
     # The pool's policy grants every request (benches that must not lose a sample).
     priority_grant_all: bool = False
+    # Priority rules to run instead of the shipped actors/plans/priority.toml: the text of
+    # such a file, checked before the service starts ("": the shipped rules).
+    priority_rules: str = ""
     # The city's clock: ``clock_speed`` times the machine's, from ``clock_start`` (epoch
     # seconds; default now). Every process of the service runs on it (runtime.clock).
     clock_speed: float = 1.0
@@ -145,6 +150,10 @@ class Service:
                                                  self.options.clock_start)
         self.city_clock = self.clock_spec.clock()
         inventory.check_records(self._check_record)
+        if self.options.priority_rules:
+            from actors.priority.policy import parse_priority_config
+
+            parse_priority_config(self.options.priority_rules, RULES_SOURCE)
         for behaviour in dict.fromkeys(map(self._behaviour, inventory.equipment)):
             if behaviour is not None:
                 behaviour.check_inventory(inventory)
@@ -217,7 +226,8 @@ class Service:
             bare = self._coordinator(entity_id)
             out.append(coordinator(entity_id, self.inventory, placement="dedicated", attrs={
                 **bare.attrs, "members": ids,
-                "grant_all": self.options.priority_grant_all}))
+                "grant_all": self.options.priority_grant_all,
+                "rules": self.options.priority_rules}))
         return out
 
     def _with_neighbours(self, eq: Equipment) -> Equipment:
@@ -392,6 +402,7 @@ class Service:
             "clock": self.clock_spec.to_wire(),
             "device_options": {"mqtt_url": self.mqtt_url,
                                "priority_grant_all": self.options.priority_grant_all,
+                               "priority_rules": self.options.priority_rules,
                                "opcua_security": dict(self.options.opcua_security)},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),

@@ -20,6 +20,10 @@ host's main loop is doing:
    (:meth:`~runtime.entity.PriorityLane.post`), which records it as a
    ``priority`` event with its reason, off the critical path.
 
+The rules are the shipped file's unless the service runs its own
+(``ServiceOptions.priority_rules``, parsed once per host into the lane's
+``priority_config``).
+
 A request tells the controller how long to hold it (``prio_deadline_s``):
 whatever happens to the runtime afterwards, the controller drops it then by
 itself. Nothing here is journaled or replayed: a request lives once.

@@ -37,6 +37,10 @@ lane's policy and controller write, the answer's way back; wall-clock times,
 the lane's from its answer's ``lane_ts``). Each request may carry an
 OpenTelemetry span (:mod:`actors.priority.tracing`).
 
+**Rules.** The shipped ``actors/plans/priority.toml``, or the service's own
+(``ServiceOptions.priority_rules``, given to each member in its ``attrs``);
+the crossroads' lanes decide by the same.
+
 **Read model.** Every member publishes ``priority-member-K`` (its pid, the
 buses it serves, requests granted and refused by reason, latency and its
 stages) about once a
@@ -63,6 +67,7 @@ from actors.priority.policy import (
     RequestIdAllocator,
     builtin_priority_config,
     eligible,
+    parse_priority_config,
 )
 from actors.priority.tracker import BusTracker, EventKind, TrackEvent
 from devices.mqtt import MqttSession, decode_payload, topic
@@ -189,7 +194,9 @@ class PoolMember(Entity):
         members = [str(m) for m in attrs.get("members") or (self.ctx.id,)]
         self.index = members.index(self.ctx.id) if self.ctx.id in members else 0
         self.members = len(members)
-        self.config: PolicyConfig = builtin_priority_config()
+        rules = attrs.get("rules")
+        self.config: PolicyConfig = (parse_priority_config(str(rules), "<service priority_rules>")
+                                     if rules else builtin_priority_config())
         if attrs.get("grant_all"):
             from dataclasses import replace
 

@@ -64,11 +64,15 @@ FIGURES: Mapping[str, tuple[str, ...]] = {
                          "tracing_overhead_ms.p99", "city.p50_ms", "city.p99_ms",
                          "city.misses", "flood.n", "flood.p50_ms", "flood.p99_ms",
                          "flood.misses", "flood.offered_msgs_per_s", "flood_p99_ratio"),
+    "tsp": ("sim_hours", "bus_trips", "other_trips", "bus_signal_delay_s.off",
+            "bus_signal_delay_s.on", "bus_signal_delay_reduction_pct", "bus_travel_time_s.off",
+            "bus_travel_time_s.on", "other_delay_s.off", "other_delay_s.on",
+            "other_delay_increase_pct", "requests.granted", "requests.refused", "lag_s"),
 }
 
 #: Rows come in this order; benches not listed follow by name.
 ORDER = ("startup", "recovery", "demo", "ingest", "command", "alarm", "crisis", "dispatch",
-         "energy", "fire", "priority-latency")
+         "energy", "fire", "priority-latency", "tsp")
 
 #: Keys that describe a run rather than measure it: never shown as figures.
 _CONTEXT = frozenset({"machine", "broker", "left_out", "scale", "command", "commit"})
