@@ -494,8 +494,9 @@ class UserRegistry:
 
     def _change(self, name: str, edit: Callable[[User], User], *, new_nonce: bool = False,
                 expected_version: int | None = None, bump: bool = True) -> User:
-        """Apply ``edit`` to ``name`` atomically; its version goes up by one (unless not
-        ``bump``: a logout changes nothing an admin sees)."""
+        """Apply ``edit`` to ``name`` atomically; its version goes up by one when the edit
+        changed him (and ``bump``: a logout changes nothing an admin sees), so that a change
+        that changes nothing (revoking a token he does not hold) leaves his ETag as it was."""
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise UnknownUserError(str(name)[:64])
         nonce = _new_nonce() if new_nonce else None
@@ -511,7 +512,7 @@ class UserRegistry:
                     f"{expected_version}); read it again", names=[name],
                     code="version_mismatch")
             changed = edit(user)
-            if bump:
+            if bump and changed != user:
                 changed = dataclasses.replace(changed, changed_ts=now, version=user.version + 1)
             return changed.to_record(nonce or str(record.get("nonce") or _new_nonce()))
 

@@ -2,9 +2,10 @@
 
 The document is data this module owns, written beside the views it describes
 (:mod:`admin_web.api`, :mod:`admin_web.history`, :mod:`admin_web.interventions`,
-:mod:`admin_web.keys`, :mod:`admin_web.open311`) and built from their own
-constants (page limits, states, kinds), so that a bound the code enforces and
-the bound the document states are one value::
+:mod:`admin_web.keys`, :mod:`admin_web.users`, :mod:`admin_web.open311`) and built
+from their own constants (page limits, states, kinds, name patterns, password and
+label lengths), so that a bound the code enforces and the bound the document states
+are one value::
 
     doc = openapi_document()                     # a fresh dict, JSON-ready
     doc["paths"]["/api/v1/health"]["get"]["responses"]["200"]
@@ -1248,12 +1249,15 @@ def _document() -> dict[str, Any]:
             "title": "commandpost admin API",
             "version": package_version(),
             "summary": "The command post's equipment, alarms, crisis plans, interventions, "
-                       "history and energy; Open311 GeoReport v2 for citizens' apps.",
+                       "history, energy, users and desks; Open311 GeoReport v2 for "
+                       "citizens' apps.",
             "description": "JSON under ``/api/v1``. Roles: ``viewer`` reads, ``operator`` "
                            "commands and acts on alarms, crisis plans and requests within "
-                           "his municipalities, ``admin`` does everything. Unauthenticated: "
+                           "his municipalities, ``admin`` does everything and manages the users. "
+                           "Unauthenticated: "
                            "401; not allowed: 403; an unknown id or another municipality's: "
-                           "404; a bad body: 400 or 422 with ``{\"error\", \"field\"}``. "
+                           "404; a bad body: 400 or 422 with ``{\"error\", \"field\"}``; a user "
+                           "changed since the ``If-Match`` version: 412. "
                            "The pages' login session (a cookie, with a CSRF field in their "
                            "forms) does not authenticate the API.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},

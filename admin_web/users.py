@@ -222,7 +222,8 @@ def change_user(name: str) -> ResponseReturnValue:
             if role is not None or towns is not None or desks is not None:
                 user = users.update(name, role=role, municipalities=towns, desks=desks,
                                     expected_version=expected)
-                expected = user.version
+                if expected is not None:
+                    expected = user.version
             if disabled is not None and disabled != user.disabled:
                 user = users.set_disabled(name, disabled, expected_version=expected)
         note.after = user.public()
