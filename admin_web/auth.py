@@ -69,18 +69,25 @@ _MAX_P: Final = 16
 MIN_PASSWORD_LENGTH: Final = 12
 MIN_TOKEN_LENGTH: Final = 20
 # Longer presented secrets are refused before hashing: no real one is that long.
-_MAX_SECRET_LENGTH: Final = 1024
+MAX_SECRET_LENGTH: Final = 1024
 
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: A user's name: 1 to 64 of ``A-Z a-z 0-9 _ . -`` (a full match).
+NAME_PATTERN: Final = r"[A-Za-z0-9_.-]{1,64}"
+_NAME_RE: Final = re.compile(NAME_PATTERN)
 #: Names the runtime's own callers use (a command's ``caller``): no user may take one, so
 #: that an operator's command never passes for a crisis plan's or a schedule's.
 RESERVED_NAMES: Final = frozenset({"crisis", "schedule", "dispatch", "alarms", "journal",
                                    "system", "open311", "phone"})
-_SLUG_RE: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+#: A municipality's slug, as a user's scope names it (a full match).
+SLUG_PATTERN: Final = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+_SLUG_RE: Final = re.compile(SLUG_PATTERN)
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
-_TOKEN_ID_RE: Final = re.compile(r"[0-9a-f]{8,32}")
-#: Desk names, as the desk file spells them (:mod:`admin_web.desks`).
-_DESK_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+#: An API token's public id (a full match).
+TOKEN_ID_PATTERN: Final = r"[0-9a-f]{8,32}"
+_TOKEN_ID_RE: Final = re.compile(TOKEN_ID_PATTERN)
+#: Desk names, as the desk file spells them (:mod:`admin_web.desks`; a full match).
+DESK_PATTERN: Final = r"[a-z][a-z0-9_]{0,31}"
+_DESK_RE: Final = re.compile(DESK_PATTERN)
 #: The most API tokens one user may hold at once, and the longest label of one.
 MAX_TOKENS: Final = 20
 MAX_LABEL_LENGTH: Final = 64
@@ -286,7 +293,7 @@ def verify_password(password: str, encoded: str) -> bool:
     Raises :class:`ConfigError` when ``encoded`` is not a valid hash.
     """
     n, r, p, salt, expected = _parse_scrypt(encoded)
-    if len(password) > _MAX_SECRET_LENGTH:
+    if len(password) > MAX_SECRET_LENGTH:
         return False
     key = _scrypt(password, salt, n, r, p, len(expected))
     return hmac.compare_digest(key, expected)
@@ -326,9 +333,9 @@ def _parse_scrypt(encoded: object) -> tuple[int, int, int, bytes, bytes]:
 
 
 def _check_password_length(name: str, password: str) -> None:
-    if not MIN_PASSWORD_LENGTH <= len(password) <= _MAX_SECRET_LENGTH:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_SECRET_LENGTH:
         raise ConfigError(
-            f"user {name}: password must be {MIN_PASSWORD_LENGTH}-{_MAX_SECRET_LENGTH} long"
+            f"user {name}: password must be {MIN_PASSWORD_LENGTH}-{MAX_SECRET_LENGTH} long"
         )
 
 
@@ -341,17 +348,17 @@ def password_problem(password: str, known: Iterable[str] = ()) -> str | None:
     """
     if len(password) < MIN_PASSWORD_LENGTH:
         return f"a password needs at least {MIN_PASSWORD_LENGTH} characters"
-    if len(password) > _MAX_SECRET_LENGTH:
-        return f"a password has at most {_MAX_SECRET_LENGTH} characters"
+    if len(password) > MAX_SECRET_LENGTH:
+        return f"a password has at most {MAX_SECRET_LENGTH} characters"
     if password.lower() in DEMO_PASSWORDS or password in set(known):
         return "that password is one of the demo's, known to everyone; choose another"
     return None
 
 
 def _check_token_length(name: str, token: str) -> None:
-    if not MIN_TOKEN_LENGTH <= len(token) <= _MAX_SECRET_LENGTH:
+    if not MIN_TOKEN_LENGTH <= len(token) <= MAX_SECRET_LENGTH:
         raise ConfigError(
-            f"user {name}: token must be {MIN_TOKEN_LENGTH}-{_MAX_SECRET_LENGTH} long")
+            f"user {name}: token must be {MIN_TOKEN_LENGTH}-{MAX_SECRET_LENGTH} long")
 
 
 @functools.cache
@@ -416,7 +423,7 @@ class UserRegistry:
 
     def by_token(self, token: str) -> User:
         """The enabled user holding API ``token``; raises :class:`AuthError` otherwise."""
-        if not token or len(token) > _MAX_SECRET_LENGTH:
+        if not token or len(token) > MAX_SECRET_LENGTH:
             raise AuthError("invalid token")
         digest = hash_token(token)
         name = self._records.name_of_token(digest)
@@ -487,8 +494,9 @@ class UserRegistry:
 
     def _change(self, name: str, edit: Callable[[User], User], *, new_nonce: bool = False,
                 expected_version: int | None = None, bump: bool = True) -> User:
-        """Apply ``edit`` to ``name`` atomically; its version goes up by one (unless not
-        ``bump``: a logout changes nothing an admin sees)."""
+        """Apply ``edit`` to ``name`` atomically; its version goes up by one when the edit
+        changed him (and ``bump``: a logout changes nothing an admin sees), so that a change
+        that changes nothing (revoking a token he does not hold) leaves his ETag as it was."""
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise UnknownUserError(str(name)[:64])
         nonce = _new_nonce() if new_nonce else None
@@ -504,7 +512,7 @@ class UserRegistry:
                     f"{expected_version}); read it again", names=[name],
                     code="version_mismatch")
             changed = edit(user)
-            if bump:
+            if bump and changed != user:
                 changed = dataclasses.replace(changed, changed_ts=now, version=user.version + 1)
             return changed.to_record(nonce or str(record.get("nonce") or _new_nonce()))
 
@@ -609,13 +617,15 @@ class UserRegistry:
         # A change of role or scope takes effect at the next request; open sessions stay.
         return self._change(name, edit, expected_version=expected_version)
 
-    def set_disabled(self, name: str, disabled: bool = True) -> User:
+    def set_disabled(self, name: str, disabled: bool = True, *,
+                     expected_version: int | None = None) -> User:
         """Disable ``name`` (every session and token of his stops working at once) or enable
-        him again. Disabling the last enabled admin is refused (:class:`ConflictError`)."""
+        him again. Disabling the last enabled admin is refused (:class:`ConflictError`), and
+        so is a change of a user no longer at ``expected_version`` (``version_mismatch``)."""
         if disabled:
             self._keep_an_admin(name)
         return self._change(name, lambda u: dataclasses.replace(u, disabled=disabled),
-                            new_nonce=disabled)
+                            new_nonce=disabled, expected_version=expected_version)
 
     def issue_token(self, name: str, label: str = "") -> tuple[str, str]:
         """A new API token for ``name``: ``(token id, token)``, the token in clear once."""

@@ -2,9 +2,10 @@
 
 The document is data this module owns, written beside the views it describes
 (:mod:`admin_web.api`, :mod:`admin_web.history`, :mod:`admin_web.interventions`,
-:mod:`admin_web.keys`, :mod:`admin_web.open311`) and built from their own
-constants (page limits, states, kinds), so that a bound the code enforces and
-the bound the document states are one value::
+:mod:`admin_web.keys`, :mod:`admin_web.users`, :mod:`admin_web.open311`) and built
+from their own constants (page limits, states, kinds, name patterns, password and
+label lengths), so that a bound the code enforces and the bound the document states
+are one value::
 
     doc = openapi_document()                     # a fresh dict, JSON-ready
     doc["paths"]["/api/v1/health"]["get"]["responses"]["200"]
@@ -49,7 +50,20 @@ from admin_web.api import (
     MAX_SHELVE_MINUTES,
     MAX_SLUG_LENGTH,
 )
+from admin_web.auth import (
+    DESK_PATTERN,
+    MAX_LABEL_LENGTH,
+    MAX_SECRET_LENGTH,
+    MAX_TOKENS,
+    MIN_PASSWORD_LENGTH,
+    NAME_PATTERN,
+    RESERVED_NAMES,
+    SLUG_PATTERN,
+    TOKEN_ID_PATTERN,
+    Role,
+)
 from admin_web.backend import CRISIS_MODES, HEALTH_STATUSES, package_version
+from admin_web.desks import CRISIS_MODES as DESK_CRISIS_MODES
 from admin_web.history import DEFAULT_LIMIT, MAX_LIMIT, MAX_TEXT_FILTER, NEXT_HEADER
 from admin_web.interventions import (
     INTERVENTION_STATES,
@@ -58,6 +72,7 @@ from admin_web.interventions import (
     VEHICLE_STATUSES,
 )
 from admin_web.open311 import FORMATS, OPEN311_PREFIX
+from admin_web.users import IF_MATCH_PATTERN, MAX_NAME_LENGTH, MAX_NAMES
 from runtime.commands import MAX_ACTION_LENGTH, MAX_PARAM_NAME_LENGTH, MAX_PARAMS, CommandStatus
 from runtime.energy import STEPS as ENERGY_STEPS
 from runtime.inventory import KINDS
@@ -520,6 +535,118 @@ def _schemas() -> dict[str, Any]:
             "xml": {"name": "request"}},
             minItems=1, maxItems=1, xml={"name": "service_requests", "wrapped": True}),
         "Open311NewRequest": _open311_new_request(),
+        **_user_schemas(),
+    }
+
+
+def _user_schemas() -> dict[str, Any]:
+    """The users' and desks' shapes (:mod:`admin_web.users`, :mod:`admin_web.desks`)."""
+    role = {"type": "string", "enum": [r.value for r in Role]}
+    name = {"type": "string", "pattern": f"^{NAME_PATTERN}$"}
+    slug = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH,
+            "pattern": f"^{SLUG_PATTERN}$", "description": "a municipality's slug"}
+    desk = {"type": "string", "pattern": f"^{DESK_PATTERN}$",
+            "description": "a desk of ``GET /api/v1/desks``"}
+    password = {"type": "string", "minLength": MIN_PASSWORD_LENGTH,
+                "maxLength": MAX_SECRET_LENGTH,
+                "description": "chosen by a person: not one of the demo's passwords, nor "
+                               "one of the usual first guesses (422)"}
+    token_id = {"type": "string", "pattern": f"^{TOKEN_ID_PATTERN}$"}
+    label = {"type": "string", "maxLength": MAX_LABEL_LENGTH}
+    towns = _array(slug, maxItems=MAX_NAMES)
+    desks = _array(desk, maxItems=MAX_NAMES)
+    by_kind = {"type": "object", "propertyNames": {"enum": list(KINDS)},
+               "additionalProperties": _array(_STR)}
+    return {
+        "UserToken": _obj({
+            "id": {**token_id, "description": "what revokes it"},
+            "label": label,
+            "created_ts": _TS,
+        }, ("id", "label", "created_ts"), closed=True,
+            description="One API token of a user, never the token itself."),
+        "User": _obj({
+            "name": name,
+            "role": role,
+            "municipalities": _array({"type": "string", "pattern": f"^{SLUG_PATTERN}$"},
+                                     description="the slugs of the municipalities where he "
+                                                 "acts; empty: every municipality"),
+            "desks": _array({"type": "string", "pattern": f"^{DESK_PATTERN}$"},
+                            description="his desks; empty: none, his role and "
+                                        "municipalities alone hold him (an admin is never "
+                                        "held by desks)"),
+            "disabled": {"type": "boolean", "description": "his sessions and tokens stopped"},
+            "tokens": _array(_ref("UserToken"), maxItems=MAX_TOKENS),
+            "created_ts": _TS,
+            "changed_ts": _TS,
+            "version": {"type": "integer", "minimum": 0,
+                        "description": "up by one with each change; his ``ETag``"},
+        }, ("name", "role", "municipalities", "desks", "disabled", "tokens", "created_ts",
+            "changed_ts", "version"), closed=True,
+            description="A user as the API shows him: never a password hash nor a token."),
+        "NewUser": _obj({
+            "name": {**name, "description": "not taken, and none of "
+                     f"{', '.join(f'``{n}``' for n in sorted(RESERVED_NAMES))} in any case "
+                     "(the runtime's own callers)"},
+            "role": role,
+            "municipalities": _nullable({**towns, "description": "empty or null: every "
+                                                                  "municipality"}),
+            "desks": _nullable({**desks, "description": "empty or null: none"}),
+            "password": {**password, "description": f"{password['description']}; "
+                         "generated (and answered once) when not given"},
+        }, ("name", "role"), closed=True),
+        "UserCreated": _obj({
+            "user": _ref("User"),
+            "token": {"type": "string", "description": "his first API token, shown this "
+                                                       "once"},
+            "password": {"type": "string", "description": "the password generated, shown "
+                                                          "this once (only when none was "
+                                                          "given)"},
+        }, ("user", "token"), closed=True),
+        "UserChange": _obj({
+            "role": _nullable(role),
+            "municipalities": _nullable({**towns, "description": "replaces his; empty: every "
+                                                                  "municipality"}),
+            "desks": _nullable({**desks, "description": "replaces his; empty: none"}),
+            "disabled": {"type": ["boolean", "null"],
+                         "description": "true stops his sessions and tokens at once"},
+        }, closed=True, description="What changes (a field left out or null stays as "
+                                    "it is)."),
+        "PasswordChange": _obj({"password": {**password, "description": (
+            f"{password['description']}; without it, a password is generated")}},
+            closed=True),
+        "PasswordSet": _obj({"password": {"type": "string", "description": (
+            "the password generated, shown this once (none when one was given)")}},
+            closed=True),
+        "TokenRequest": _obj({"label": {**label, "default": "",
+                                        "description": "what the token is for"}},
+                             closed=True),
+        "TokenIssued": _obj({
+            "id": {**token_id, "description": "what revokes it"},
+            "token": {"type": "string", "description": "shown this once, kept as a digest"},
+        }, ("id", "token"), closed=True),
+        "Desk": _obj({
+            "name": {"type": "string", "pattern": f"^{DESK_PATTERN}$"},
+            "title": _STR,
+            "views": _array(_STR, description="the sensitive views it reads"),
+            "commands": {**by_kind, "description": "the actions it owns, by kind"},
+            "crisis": _array({"type": "string", "enum": list(DESK_CRISIS_MODES)},
+                             description="the crisis modes it switches"),
+            "requests": {"type": "boolean", "description": "it takes citizens' calls"},
+        }, ("name", "title", "views", "commands", "crisis", "requests"), closed=True,
+            description="A desk of the control room."),
+        "DeskView": _obj({
+            "name": _STR,
+            "title": _STR,
+            "kinds": _array({"type": "string", "enum": list(KINDS)},
+                            description="kinds it hides whole"),
+            "fields": {**by_kind, "description": "field name prefixes it hides, by kind"},
+            "events": {**by_kind, "description": "events it hides, by kind"},
+            "actions": {**by_kind, "description": "the actions that act on what it hides"},
+        }, ("name", "title", "kinds", "fields", "events", "actions"), closed=True,
+            description="A sensitive view: what a desk that does not read it keeps from its "
+                        "users."),
+        "Desks": _obj({"desks": _array(_ref("Desk")), "views": _array(_ref("DeskView"))},
+                      ("desks", "views"), closed=True),
     }
 
 
@@ -922,6 +1049,115 @@ def _api_paths() -> dict[str, Any]:
     }
 
 
+_USER_NAME: Final = {**_path_param("name", "the user's name", "alice"),
+                     "schema": {"type": "string", "pattern": f"^{NAME_PATTERN}$"}}
+_ETAG: Final = {"ETag": _header("the user's version, quoted: what ``If-Match`` sends back",
+                                {"type": "string", "pattern": r'^"[0-9]+"$'})}
+_IF_MATCH: Final = {
+    "name": "If-Match", "in": "header", "required": False,
+    "description": "the version read (its ``ETag``: ``\"7\"``, ``W/\"7\"`` or ``7``): the "
+                   "change is refused (412) if the user changed since; ``*``: any",
+    "schema": {"type": "string", "pattern": rf"^\s*(?:{IF_MATCH_PATTERN})\s*$"},
+}
+_NOT_ADMIN: Final = _error("the user is not an admin")
+_UNKNOWN_USER: Final = _error("no such user")
+
+
+def _users_paths() -> dict[str, Any]:
+    p = API_PREFIX
+    audited = "Audited (``{}``), done or refused, with no secret in it."
+    return {
+        f"{p}/users": {
+            "get": _op("listUsers", "users", "Every user, ordered by name", {
+                "200": _answer("the users", _array(_ref("User"))),
+                "403": _NOT_ADMIN,
+            }, role="admin"),
+            "post": _op("addUser", "users", "Add a user", {
+                "201": _answer("the user, with his first API token (and his password when "
+                               "none was given), shown this once", _ref("UserCreated"),
+                               headers=_LOCATION),
+                "400": _BAD_JSON,
+                "403": _NOT_ADMIN,
+                "413": _TOO_LARGE,
+                "422": _error("a field is missing, unknown or malformed; a name taken or "
+                              "reserved, an unknown role or desk, a slug that is not one, or "
+                              "a password too short, too long or known to everyone"),
+            }, role="admin", body=_json_body(_ref("NewUser"), example={
+                "name": "alice", "role": "operator", "municipalities": ["dijon"],
+                "desks": ["traffic"]}),
+                description=audited.format("user.add")),
+        },
+        f"{p}/users/{{name}}": {
+            "get": _op("getUser", "users", "One user", {
+                "200": _answer("the user", _ref("User"), headers=_ETAG),
+                "403": _NOT_ADMIN,
+                "404": _UNKNOWN_USER,
+            }, role="admin", parameters=[_USER_NAME]),
+            "patch": _op("changeUser", "users", "Change a user's role, municipalities or "
+                         "desks, or disable or enable him", {
+                "200": _answer("the user as changed", _ref("User"), headers=_ETAG),
+                "400": _error("the body is not a JSON object (or not JSON, or not sent as "
+                              "``application/json``), or ``If-Match`` is not a version"),
+                "403": _NOT_ADMIN,
+                "404": _UNKNOWN_USER,
+                "409": _error("it would leave no enabled admin"),
+                "412": _error("``If-Match`` names a version the user is no longer at: read "
+                              "him again"),
+                "413": _TOO_LARGE,
+                "422": _error("a field is unknown or malformed: an unknown role or desk, or "
+                              "a slug that is not one"),
+            }, role="admin", parameters=[_USER_NAME, _IF_MATCH],
+                body=_json_body(_ref("UserChange"), example={"desks": ["traffic", "snow"]}),
+                description="Disabling him ends his sessions and stops his tokens at once; a "
+                            "change of role, municipalities or desks holds from his next "
+                            "request. " + audited.format("user.update")),
+        },
+        f"{p}/users/{{name}}/password": {"post": _op(
+            "setUserPassword", "users", "Set a user's password, or reset it to a generated "
+            "one", {
+                "200": _answer("done; a generated password is shown this once",
+                               _ref("PasswordSet")),
+                "400": _BAD_JSON,
+                "403": _NOT_ADMIN,
+                "404": _UNKNOWN_USER,
+                "413": _TOO_LARGE,
+                "422": _error("an unknown field, or a password too short, too long or known "
+                              "to everyone"),
+            }, role="admin", parameters=[_USER_NAME],
+            body=_json_body(_ref("PasswordChange"), required=False),
+            description="Every session of his ends; his API tokens stay. "
+                        + audited.format("user.password"))},
+        f"{p}/users/{{name}}/tokens": {"post": _op(
+            "issueUserToken", "users", "Issue a user a new API token", {
+                "201": _answer("the token, shown this once", _ref("TokenIssued"),
+                               headers=_LOCATION),
+                "400": _BAD_JSON,
+                "403": _NOT_ADMIN,
+                "404": _UNKNOWN_USER,
+                "413": _TOO_LARGE,
+                "422": _error(f"an unknown field, a label too long, or the user holds "
+                              f"{MAX_TOKENS} tokens already"),
+            }, role="admin", parameters=[_USER_NAME],
+            body=_json_body(_ref("TokenRequest"), required=False,
+                            example={"label": "ci"}),
+            description=audited.format("user.token_issue"))},
+        f"{p}/users/{{name}}/tokens/{{token_id}}": {"delete": _op(
+            "revokeUserToken", "users", "Revoke one API token of a user at once", {
+                "204": {"description": "revoked"},
+                "403": _NOT_ADMIN,
+                "404": _error("no such user, or he holds no such token"),
+            }, role="admin", parameters=[
+                _USER_NAME, _path_param("token_id", "the token's id (``tokens[].id``)")],
+            description=audited.format("user.token_revoke"))},
+        f"{p}/desks": {"get": _op(
+            "listDesks", "desks", "The control room's desks and the sensitive views they "
+            "read", {
+                "200": _answer("the desks and views, in the desk file's order",
+                               _ref("Desks")),
+            })},
+    }
+
+
 #: A W3C datetime with its timezone (a date alone is midnight UTC), or empty (not given).
 _W3C: Final = {"type": "string", "pattern": (
     r"^\s*(?:[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
@@ -1013,12 +1249,15 @@ def _document() -> dict[str, Any]:
             "title": "commandpost admin API",
             "version": package_version(),
             "summary": "The command post's equipment, alarms, crisis plans, interventions, "
-                       "history and energy; Open311 GeoReport v2 for citizens' apps.",
+                       "history, energy, users and desks; Open311 GeoReport v2 for "
+                       "citizens' apps.",
             "description": "JSON under ``/api/v1``. Roles: ``viewer`` reads, ``operator`` "
                            "commands and acts on alarms, crisis plans and requests within "
-                           "his municipalities, ``admin`` does everything. Unauthenticated: "
+                           "his municipalities, ``admin`` does everything and manages the users. "
+                           "Unauthenticated: "
                            "401; not allowed: 403; an unknown id or another municipality's: "
-                           "404; a bad body: 400 or 422 with ``{\"error\", \"field\"}``. "
+                           "404; a bad body: 400 or 422 with ``{\"error\", \"field\"}``; a user "
+                           "changed since the ``If-Match`` version: 412. "
                            "The pages' login session (a cookie, with a CSRF field in their "
                            "forms) does not authenticate the API.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
@@ -1027,8 +1266,8 @@ def _document() -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "tags": [{"name": name} for name in (
             "system", "equipment", "commands", "alarms", "crisis", "priority", "energy",
-            "history", "interventions", "open311")],
-        "paths": {**_api_paths(), **_open311_paths()},
+            "history", "interventions", "users", "desks", "open311")],
+        "paths": {**_api_paths(), **_users_paths(), **_open311_paths()},
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {

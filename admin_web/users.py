@@ -26,6 +26,7 @@ holds from his next request. Every change, done or refused, is audited
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -41,11 +42,18 @@ from admin_web.http_errors import ApiError, json_object_body, store_unavailable
 from runtime.commands import shown
 from runtime.errors import ConfigError, ConflictError, StoreUnavailableError
 
-__all__ = ["ADD_FIELDS", "CHANGE_FIELDS", "users_api"]
+__all__ = ["ADD_FIELDS", "CHANGE_FIELDS", "IF_MATCH_PATTERN", "MAX_NAMES", "MAX_NAME_LENGTH",
+           "users_api"]
 
 ADD_FIELDS: Final = frozenset({"name", "role", "municipalities", "desks", "password"})
 CHANGE_FIELDS: Final = frozenset({"role", "municipalities", "desks", "disabled"})
-_MAX_LIST: Final = 100
+#: The most names a user's ``municipalities`` or ``desks`` may list, and the longest name.
+MAX_NAMES: Final = 100
+MAX_NAME_LENGTH: Final = 64
+#: An ``If-Match`` the API reads (blanks around it aside): ``*``, or the version an ETag
+#: gave, quoted (``"7"``, weak ``W/"7"``) or bare (``7``).
+IF_MATCH_PATTERN: Final = r'\*|(?:W/)?"([0-9]{1,18})"|([0-9]{1,18})'
+_IF_MATCH_RE: Final = re.compile(IF_MATCH_PATTERN)
 
 users_api = Blueprint("users_api", __name__, url_prefix="/api/v1")
 
@@ -64,9 +72,9 @@ def _names(body: dict[str, Any], name: str) -> list[str] | None:
     value = body.get(name)
     if value is None:
         return None
-    if (not isinstance(value, list) or len(value) > _MAX_LIST
-            or not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value)):
-        raise ApiError(422, f"{name} must be a list of at most {_MAX_LIST} names",
+    if (not isinstance(value, list) or len(value) > MAX_NAMES
+            or not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME_LENGTH for v in value)):
+        raise ApiError(422, f"{name} must be a list of at most {MAX_NAMES} names",
                        field=name)
     return list(dict.fromkeys(value))
 
@@ -115,14 +123,21 @@ def _user_or_404(name: str) -> User:
 
 
 def _expected_version() -> int | None:
-    """The version an ``If-Match`` header names (``"7"``, ``W/"7"`` or ``7``), or None."""
+    """The version an ``If-Match`` header names (``"7"``, ``W/"7"`` or ``7``), or None
+    (no header, or ``*``); a 400 for anything else."""
     raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
+    if raw is None:
         return None
-    text = raw.strip().removeprefix("W/").strip('"')
-    if not text.isdigit() or len(text) > 18:
+    match = _IF_MATCH_RE.fullmatch(raw.strip())
+    if match is None:
         raise ApiError(400, "If-Match must be the user's version, as its ETag gives it")
-    return int(text)
+    digits = match[1] or match[2]
+    return int(digits) if digits else None
+
+
+def _stale(name: str, version: int, expected: int) -> ConflictError:
+    return ConflictError(f"user {name} was changed meanwhile (version {version}, not "
+                         f"{expected}); read it again", names=[name], code="version_mismatch")
 
 
 def _with_etag(user: User, status: int = 200) -> ResponseReturnValue:
@@ -200,16 +215,17 @@ def change_user(name: str) -> ResponseReturnValue:
         with registry_errors(note):
             user = users.get(name)
             note.before = user.public()
+            # The precondition holds for the whole request, a change asked for or not;
+            # each change checks it again as it lands, so that none is lost in between.
+            if expected is not None and user.version != expected:
+                raise _stale(name, user.version, expected)
             if role is not None or towns is not None or desks is not None:
                 user = users.update(name, role=role, municipalities=towns, desks=desks,
                                     expected_version=expected)
-                expected = None  # checked by the first change
+                if expected is not None:
+                    expected = user.version
             if disabled is not None and disabled != user.disabled:
-                if expected is not None and user.version != expected:
-                    raise ConflictError(f"user {name} was changed meanwhile (version "
-                                        f"{user.version}, not {expected}); read it again",
-                                        names=[name], code="version_mismatch")
-                user = users.set_disabled(name, disabled)
+                user = users.set_disabled(name, disabled, expected_version=expected)
         note.after = user.public()
     return _with_etag(user)
 

@@ -5,7 +5,9 @@ equipment view and checkpoints, the alarms, crisis, dispatch, fleet, bus-priorit
 energy read models, some events) is written to Redis as they write it, so that every
 route answers from real data; the supervision tree, which the root supervisor (a Ray
 actor) would give, is a tree of the same shape. Open311 is mounted as the composition
-root mounts it::
+root mounts it, and the users are kept in that Redis as ``commandpost run`` keeps them:
+the four whose tokens the tests use (:data:`TOKENS`), and :data:`SUBJECT`, an operator the
+users' routes may change at will::
 
     with runtime_admin(tmp_path) as rig:
         rig.client.get("/api/v1/alarms", headers=rig.auth("operator"))
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
@@ -31,7 +34,7 @@ from flask.testing import FlaskClient
 from actors.control.crisis import READ_MODEL as CRISIS_READ_MODEL
 from actors.control.dispatch import FLEET_READ_MODEL
 from actors.control.dispatch import READ_MODEL as INTERVENTIONS_READ_MODEL
-from admin_web import AdminServer, Role, UserRegistry, create_app
+from admin_web import AdminServer, Role, UserRegistry, auth, create_app
 from admin_web.open311 import open311_blueprint
 from runtime import energy
 from runtime.demo_inventory import generate_demo
@@ -41,6 +44,7 @@ from runtime.host import EQUIPMENT_VIEW
 from runtime.inventory import Inventory, parse_inventory
 from runtime.service import ALARMS_READ_MODEL, RuntimeBackend, Service, ServiceOptions
 from runtime.store import RedisStore, StoreKeys
+from runtime.users import RedisUserRecords
 from supervisors.tree import node
 
 #: One token per user; ``scoped`` is an operator limited to the first municipality.
@@ -48,6 +52,11 @@ TOKENS: Final = {name: f"{name}-token-{name[0] * 24}"
                  for name in ("admin", "operator", "scoped", "viewer")}
 #: The municipality of ``scoped``, whose equipment the document's examples name.
 HOME: Final = "dijon"
+#: The user the document's examples name: an operator of :data:`HOME` at the traffic desk.
+SUBJECT: Final = "alice"
+#: A cheaper scrypt cost than the runtime's, so that adding users and setting passwords
+#: stays quick (each hash keeps its cost, and is checked with it).
+TEST_SCRYPT_N: Final = 2**8
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Rig:
     towns: list[str]
     """``[HOME, another municipality]``: ``scoped`` may act in the first only."""
     open311_key: str
+    users: UserRegistry
     alarm_ids: list[str] = field(default_factory=list)
     intervention_ids: list[str] = field(default_factory=list)
 
@@ -215,21 +225,27 @@ def runtime_admin(data: Path, *, scale: float = 0.05, seed: int = 3) -> Iterator
         svc.start_servers()
         tree = _tree(inventory)
         svc.tree = lambda timeout=5.0: tree  # type: ignore[method-assign]
+        records = RedisUserRecords(server.url, namespace=svc.options.namespace)
         try:
             published = _publish(svc, inventory, towns, time.time())
-            users = UserRegistry()
-            users.add("admin", Role.ADMIN, token=TOKENS["admin"])
-            users.add("operator", Role.OPERATOR, token=TOKENS["operator"])
-            users.add("scoped", Role.OPERATOR, municipalities=[towns[0]],
-                      token=TOKENS["scoped"])
-            users.add("viewer", Role.VIEWER, token=TOKENS["viewer"])
-            backend = RuntimeBackend(svc)
-            app = create_app(backend, users, secret_key=b"k" * 32)
-            app.register_blueprint(open311_blueprint(backend.open311_backend()))
-            key = backend.open311_store().issue_key("citizen-app")
-            yield Rig(app, app.test_client(), svc, inventory, towns, key,
-                      published["alarms"], published["interventions"])
+            users = UserRegistry(records)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(auth, "SCRYPT_N", TEST_SCRYPT_N)
+                users.add("admin", Role.ADMIN, token=TOKENS["admin"])
+                users.add("operator", Role.OPERATOR, token=TOKENS["operator"])
+                users.add("scoped", Role.OPERATOR, municipalities=[towns[0]],
+                          token=TOKENS["scoped"])
+                users.add("viewer", Role.VIEWER, token=TOKENS["viewer"])
+                users.add(SUBJECT, Role.OPERATOR, municipalities=[towns[0]],
+                          desks=["traffic"])
+                backend = RuntimeBackend(svc)
+                app = create_app(backend, users, secret_key=b"k" * 32)
+                app.register_blueprint(open311_blueprint(backend.open311_backend()))
+                key = backend.open311_store().issue_key("citizen-app")
+                yield Rig(app, app.test_client(), svc, inventory, towns, key, users,
+                          published["alarms"], published["interventions"])
         finally:
+            records.close()
             svc.stop()
     finally:
         server.stop()

@@ -24,11 +24,14 @@ from actors.alarms import CONTRACT_FIELDS as ALARM_CONTRACT_FIELDS
 from actors.alarms import AlarmState
 from actors.control.dispatch import PUBLIC_FIELDS as INTERVENTION_FIELDS
 from admin_web import StaticBackend, UserRegistry, create_app
+from admin_web.auth import Role
+from admin_web.desks import builtin_desks
 from admin_web.openapi import OPENAPI_PATH, OPENAPI_VERSION, openapi_document
+from admin_web.users import ADD_FIELDS, CHANGE_FIELDS
 from runtime.commands import CommandStatus
 from runtime.open311 import PUBLIC_FIELDS as OPEN311_PUBLIC_FIELDS
 from supervisors.spec import ChildStatus
-from tests.admin_rig import HOME, Rig, runtime_admin
+from tests.admin_rig import HOME, SUBJECT, Rig, runtime_admin
 
 METHODS = ("get", "post", "put", "patch", "delete")
 #: Operations that take no bearer token: health, this document, Open311.
@@ -163,6 +166,22 @@ def test_the_states_it_names_are_those_the_runtime_uses(doc: dict[str, Any]) -> 
     assert set(schemas["Open311Request"]["properties"]) == set(OPEN311_PUBLIC_FIELDS)
     assert schemas["Command"]["properties"]["status"]["enum"] == [
         s.value for s in CommandStatus]
+
+
+def test_the_users_and_desks_shapes_are_those_the_code_uses(
+    rig: Rig, doc: dict[str, Any]
+) -> None:
+    schemas = doc["components"]["schemas"]
+    user = rig.users.get(SUBJECT).public()
+    assert set(schemas["User"]["properties"]) == set(schemas["User"]["required"]) == set(user)
+    assert set(schemas["UserToken"]["properties"]) == set(user["tokens"][0])
+    assert schemas["User"]["properties"]["role"]["enum"] == [r.value for r in Role]
+    assert set(schemas["NewUser"]["properties"]) == ADD_FIELDS
+    assert set(schemas["UserChange"]["properties"]) == CHANGE_FIELDS
+    desks = builtin_desks().public()
+    assert set(schemas["Desks"]["properties"]) == set(desks)
+    assert set(schemas["Desk"]["properties"]) == set(desks["desks"][0])
+    assert set(schemas["DeskView"]["properties"]) == set(desks["views"][0])
 
 
 def test_open311_is_left_out_where_the_app_does_not_serve_it() -> None:
@@ -341,7 +360,8 @@ def test_a_scoped_operator_neither_reads_nor_commands_another_municipality(
 def test_every_read_answers_in_its_documented_shape(rig: Rig, doc: dict[str, Any]) -> None:
     eid = rig.equipment_of(HOME)[0]
     values = {"entity_id": eid, "alarm_id": rig.alarm_ids[0], "service_code": "pothole",
-              "intervention_id": rig.intervention_ids[0], "request_id": "none"}
+              "intervention_id": rig.intervention_ids[0], "request_id": "none",
+              "name": SUBJECT}
     queries = {
         "/api/v1/alarms": ["", "?state=all", "?group=path:lighting.flood", "?state=bogus"],
         "/api/v1/equipment": ["", "?limit=3&online=true", "?kind=lighting_circuit",
@@ -425,3 +445,117 @@ def test_every_change_answers_in_its_documented_shape(rig: Rig, doc: dict[str, A
         if response.status_code == 202:
             followed = rig.client.get(response.headers["Location"], headers=admin)
             assert followed.status_code == 200, response.headers["Location"]
+
+
+def test_every_users_change_answers_in_its_documented_shape(
+    rig: Rig, doc: dict[str, Any]
+) -> None:
+    """Adding, reading and changing users, their passwords and tokens, as an admin; each
+    answer of its documented status and shape, and what it says holds."""
+    admin = rig.auth("admin")
+
+    def call(method: str, path: str, expected: int, body: Any = None,
+             headers: dict[str, str] | None = None, **values: str) -> TestResponse:
+        sent = {**admin, **(headers or {})}
+        url = fill(path, **values)
+        if isinstance(body, bytes):
+            response = rig.client.open(url, method=method.upper(), headers=sent, data=body,
+                                       content_type="application/json")
+        else:
+            response = rig.client.open(url, method=method.upper(), headers=sent, json=body)
+        assert response.status_code == expected, (method, url, body, response.data)
+        check_answer(doc, path, method, response)
+        return response
+
+    users, user, password = "/api/v1/users", "/api/v1/users/{name}", \
+        "/api/v1/users/{name}/password"
+    tokens, token = "/api/v1/users/{name}/tokens", "/api/v1/users/{name}/tokens/{token_id}"
+    # Added: his first token (and a generated password) shown this once.
+    added = call("post", users, 201, {"name": "bob", "role": "operator",
+                                      "municipalities": [HOME], "desks": ["snow"]})
+    body = added.get_json()
+    assert added.headers["Location"].endswith("/api/v1/users/bob")
+    assert (body["user"]["desks"], body["user"]["version"]) == (["snow"], 1)
+    assert body["password"] and body["token"]
+    bob = {"Authorization": f"Bearer {body['token']}"}
+    assert rig.client.get("/api/v1/desks", headers=bob).status_code == 200
+    given = call("post", users, 201, {"name": "carol", "role": "viewer",
+                                      "password": "a-long-enough-secret"}).get_json()
+    assert "password" not in given
+    for refused in ({"name": "bob", "role": "viewer"}, {"name": "System", "role": "viewer"},
+                    {"name": "dave", "role": "chief"}, {"name": "da ve", "role": "viewer"},
+                    {"name": "dave", "role": "viewer", "desks": ["kitchen"]},
+                    {"name": "dave", "role": "viewer", "municipalities": ["Dijon"]},
+                    {"name": "dave", "role": "viewer", "password": "Password123"},
+                    {"name": "dave", "role": "viewer", "password": "short"},
+                    {"name": "dave", "role": "viewer", "extra": 1}, {"role": "viewer"}):
+        call("post", users, 422, refused)
+    call("post", users, 400, b"[1]")
+    listed = call("get", users, 200).get_json()
+    assert [u["name"] for u in listed] == sorted(u["name"] for u in listed)
+    assert {"bob", "carol", SUBJECT} <= {u["name"] for u in listed}
+    assert "dave" not in {u["name"] for u in listed}
+    # Changed under If-Match: a stale version is refused whole, a bad one is no version.
+    assert call("get", user, 200, name="bob").headers["ETag"] == '"1"'
+    changed = call("patch", user, 200, {"desks": ["traffic"]}, {"If-Match": '"1"'},
+                   name="bob")
+    assert changed.headers["ETag"] == '"2"' and changed.get_json()["desks"] == ["traffic"]
+    call("patch", user, 412, {"role": "viewer"}, {"If-Match": '"1"'}, name="bob")
+    call("patch", user, 412, {}, {"If-Match": "1"}, name="bob")
+    for bad in ("seven", "\u00b2", '"1', "1, 2", "9" * 19):
+        call("patch", user, 400, {}, {"If-Match": bad}, name="bob")
+    call("patch", user, 422, {"disabled": "yes"}, name="bob")
+    call("patch", user, 422, {"municipalities": "dijon"}, name="bob")
+    call("patch", user, 422, {"role": "chief"}, name="bob")
+    call("patch", user, 404, {}, name="nobody")
+    disabled = call("patch", user, 200, {"disabled": True}, {"If-Match": 'W/"2"'},
+                    name="bob").get_json()
+    assert disabled["disabled"] and disabled["desks"] == ["traffic"]
+    assert rig.client.get("/api/v1/desks", headers=bob).status_code == 401
+    assert call("patch", user, 200, {"role": None}, {"If-Match": "*"},
+                name="bob").get_json() == disabled
+    # The last enabled admin stays one.
+    call("patch", user, 409, {"role": "viewer"}, name="admin")
+    call("patch", user, 409, {"disabled": True}, name="admin")
+    # Passwords: generated and shown once, or chosen.
+    assert set(call("post", password, 200, name="carol").get_json()) == {"password"}
+    assert set(call("post", password, 200, {}, name="carol").get_json()) == {"password"}
+    assert call("post", password, 200, {"password": "another-long-secret"},
+                name="carol").get_json() == {}
+    call("post", password, 422, {"password": "short"}, name="carol")
+    call("post", password, 422, {"password": None}, name="carol")
+    call("post", password, 404, name="nobody")
+    # Tokens: issued (shown once), listed by id and label, revoked once.
+    issued = call("post", tokens, 201, {"label": "ci"}, name="carol")
+    token_id = issued.get_json()["id"]
+    assert issued.headers["Location"].endswith("/api/v1/users/carol")
+    held = call("get", user, 200, name="carol").get_json()["tokens"]
+    assert {"id": token_id, "label": "ci"} in [{"id": t["id"], "label": t["label"]}
+                                               for t in held]
+    carol = {"Authorization": f"Bearer {issued.get_json()['token']}"}
+    assert rig.client.get("/api/v1/desks", headers=carol).status_code == 200
+    call("post", tokens, 201, name="carol")
+    call("post", tokens, 422, {"label": "x" * 65}, name="carol")
+    call("post", tokens, 422, {"label": None}, name="carol")
+    call("post", tokens, 404, name="nobody")
+    call("delete", token, 204, name="carol", token_id=token_id)
+    assert rig.client.get("/api/v1/desks", headers=carol).status_code == 401
+    etag = call("get", user, 200, name="carol").headers["ETag"]
+    call("delete", token, 404, name="carol", token_id=token_id)
+    assert call("get", user, 200, name="carol").headers["ETag"] == etag  # nothing changed
+    call("delete", token, 404, name="nobody", token_id=token_id)
+    # Only an admin manages users; anyone reads the desks.
+    for who in ("operator", "scoped", "viewer"):
+        for method, path, sent in (("get", users, None), ("post", users, {"name": "eve",
+                                                                         "role": "admin"}),
+                                   ("get", user, None), ("patch", user, {"role": "admin"}),
+                                   ("post", password, None), ("post", tokens, None),
+                                   ("delete", token, None)):
+            response = rig.client.open(fill(path, name=who, token_id=token_id),
+                                       method=method.upper(), headers=rig.auth(who), json=sent)
+            assert response.status_code == 403, (who, method, path, response.data)
+            check_answer(doc, path, method, response)
+        response = rig.client.get("/api/v1/desks", headers=rig.auth(who))
+        desks = check_answer(doc, "/api/v1/desks", "get", response)
+        assert [d["name"] for d in desks["desks"]] == builtin_desks().names()
+    assert rig.users.get("operator").role is Role.OPERATOR

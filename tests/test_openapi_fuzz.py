@@ -12,13 +12,18 @@ documented schema, content type and headers; a request that breaks the schema mu
 refused (4xx), and one without its token too.
 
 Path parameters and the energy report's instants are drawn half of the time from what
-exists (equipment, alarms, interventions of the rig) or from edge values, so that the
-cases reach past the 404 of an unknown id. The document cannot state what only the
-runtime knows (a municipality of the inventory, a point within the metropolis, the
-actions of an equipment's kind): a valid case the runtime refuses for such a reason
-answers a documented 400, 404 or 422, so that check (``positive_data_acceptance``) is
-off. Open311's ``GET requests`` ignores every criterion when given ids, as GeoReport v2
-says, malformed ones too: that operation is not held to refusing them.
+exists (equipment, alarms, interventions, the rig's user ``alice`` and her tokens) or from
+edge values, so that the cases reach past the 404 of an unknown id. The users whose tokens
+the runs use are the rig's, not the cases': a change aimed at one of them (a name read
+from ``GET /users`` in the stateful phase, say) is aimed at ``alice`` instead, so that the
+admin's run does not disable, demote or revoke the users of the runs that follow.
+
+The document cannot state what only the runtime knows (a municipality of the inventory,
+a point within the metropolis, the actions of an equipment's kind, the desks of the desk
+file, the user names taken): a valid case the runtime refuses for such a reason answers a
+documented 400, 404 or 422, so that check (``positive_data_acceptance``) is off.
+Open311's ``GET requests`` ignores every criterion when given ids, as GeoReport v2 says,
+malformed ones too: that operation is not held to refusing them.
 
 ``COMMANDPOST_OPENAPI_EXAMPLES`` sets the generated cases per operation and user
 (default :data:`DEFAULT_EXAMPLES`; 50 or more for a full run, which also runs the
@@ -31,6 +36,7 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +46,7 @@ from schemathesis.engine import Status
 from schemathesis.engine import events as ev
 
 from admin_web.openapi import OPENAPI_PATH
-from tests.admin_rig import TOKENS, Rig, runtime_admin
+from tests.admin_rig import SUBJECT, TOKENS, Rig, runtime_admin
 
 DEFAULT_EXAMPLES = 25
 FULL_EXAMPLES = 50
@@ -92,6 +98,24 @@ def _describe(label: str, check: Any, interaction: Any) -> str:
     return text
 
 
+def _spare_the_rigs_users(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """Aim a change of one of the rig's token holders at :data:`SUBJECT` instead."""
+    parameters = case.path_parameters
+    if (case.method.upper() != "GET" and case.path.startswith("/api/v1/users/")
+            and isinstance(parameters, dict) and parameters.get("name") in TOKENS):
+        parameters["name"] = SUBJECT
+
+
+@contextmanager
+def sparing_the_rigs_users() -> Iterator[None]:
+    """:func:`_spare_the_rigs_users` as schemathesis's ``before_call`` hook, meanwhile."""
+    schemathesis.hook("before_call")(_spare_the_rigs_users)
+    try:
+        yield
+    finally:
+        schemathesis.hooks.unregister(_spare_the_rigs_users)
+
+
 def run(rig: Rig, base_url: str, who: str, *, mode: str, coverage: bool,
         stateful: bool) -> Figures:
     """One schemathesis run with ``who``'s token, generating ``mode`` cases; its figures."""
@@ -113,6 +137,8 @@ def run(rig: Rig, base_url: str, who: str, *, mode: str, coverage: bool,
             "alarms": {"values": rig.alarm_ids},
             "interventions": {"values": rig.intervention_ids},
             "instants": {"values": INSTANTS},
+            "users": {"values": [SUBJECT]},
+            "tokens": {"values": [t.id for t in rig.users.get(SUBJECT).tokens]},
         },
         "operations": [{
             # GeoReport v2: given ids, every other criterion is ignored, well-formed or not.
@@ -125,23 +151,26 @@ def run(rig: Rig, base_url: str, who: str, *, mode: str, coverage: bool,
             "intervention_id": {"dictionary": "interventions", "probability": 0.5},
             "from": {"dictionary": "instants", "probability": 0.5},
             "to": {"dictionary": "instants", "probability": 0.5},
+            "name": {"dictionary": "users", "probability": 0.5},
+            "token_id": {"dictionary": "tokens", "probability": 0.5},
         },
     })
     config.projects.default.base_url = base_url
     schema = schemathesis.openapi.from_url(base_url + OPENAPI_PATH, config=config)
     figures = Figures()
-    for event in schemathesis.engine.from_schema(schema).execute():
-        if isinstance(event, ev.ScenarioFinished):
-            recorder = event.recorder
-            figures.cases[event.phase.value, recorder.label] += len(recorder.cases)
-            for case_id, checks in recorder.checks.items():
-                figures.failures.extend(
-                    _describe(recorder.label, check, recorder.interactions.get(case_id))
-                    for check in checks if check.status == Status.FAILURE)
-        elif isinstance(event, ev.NonFatalError):
-            figures.errors.append(f"{event.label}: {event.info.message}"[:500])
-        elif isinstance(event, ev.FatalError):
-            figures.errors.append(f"fatal: {event.exception!r}"[:500])
+    with sparing_the_rigs_users():
+        for event in schemathesis.engine.from_schema(schema).execute():
+            if isinstance(event, ev.ScenarioFinished):
+                recorder = event.recorder
+                figures.cases[event.phase.value, recorder.label] += len(recorder.cases)
+                for case_id, checks in recorder.checks.items():
+                    figures.failures.extend(
+                        _describe(recorder.label, check, recorder.interactions.get(case_id))
+                        for check in checks if check.status == Status.FAILURE)
+            elif isinstance(event, ev.NonFatalError):
+                figures.errors.append(f"{event.label}: {event.info.message}"[:500])
+            elif isinstance(event, ev.FatalError):
+                figures.errors.append(f"fatal: {event.exception!r}"[:500])
     return figures
 
 
@@ -167,3 +196,7 @@ def test_the_api_keeps_to_its_document(rig: Rig, who: str) -> None:
     short = {label: figures.fuzzed(label) for label in operations
              if figures.fuzzed(label) < EXAMPLES and label not in fixed}
     assert not short, short
+    # The runs' own users came through as they were.
+    for name in TOKENS:
+        assert rig.client.get("/api/v1/desks", headers=rig.auth(name)).status_code == 200
+        assert not rig.users.get(name).disabled

@@ -96,6 +96,17 @@ def test_tokens_are_issued_listed_and_revoked_one_by_one(registry: UserRegistry)
     assert registry.get("ana").tokens == ()
 
 
+def test_a_change_that_changes_nothing_keeps_the_version(registry: UserRegistry) -> None:
+    registry.add("admin", Role.ADMIN)
+    registry.add("ana", Role.VIEWER, desks=["snow"])
+    seen = registry.get("ana")
+    assert registry.revoke_token("ana", "0123456789abcdef") == 0
+    registry.update("ana", role="viewer", desks=["snow"])
+    registry.set_disabled("ana", False)
+    assert registry.get("ana") == seen
+    assert registry.update("ana", role="operator").version == seen.version + 1
+
+
 def test_a_token_is_never_shared(registry: UserRegistry) -> None:
     registry.add("ana", Role.VIEWER, token="t" * 30)
     with pytest.raises(ConfigError, match="token already in use"):
