@@ -555,35 +555,6 @@ class BrokerTls:
         return context
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _mqtt_string(value: str) -> bytes:
-    raw = value.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _mqtt_connect_packet(client_id: str, username: str | None = None,
-                         password: str | None = None) -> bytes:
-    """An MQTT 3.1.1 CONNECT: clean session, keepalive 60, credentials when given."""
-    flags = 0x02
-    payload = _mqtt_string(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _mqtt_string(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _mqtt_string(password)
-    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + payload
-    return b"\x10" + _remaining_length(len(body)) + body
-
-
 class EmbeddedBroker(_ChildServer):
     """A real MQTT broker on loopback ports: mosquitto, else amqtt; every client authenticates.
 
@@ -858,14 +829,17 @@ class EmbeddedBroker(_ChildServer):
     def _probe(self) -> bool:
         # A CONNACK accepting the runtime's account, not just an accepted TCP
         # connection: the broker is serving, and with our accounts.
+        from devices.mqtt_wire import connect_packet
+
         runtime = self._accounts.runtime
         try:
             with socket.create_connection((LOOPBACK, self._port), timeout=1.0) as raw:
                 sock = (raw if self._tls is None
                         else self._tls.context().wrap_socket(raw, server_hostname=LOOPBACK))
                 with sock:
-                    sock.sendall(_mqtt_connect_packet(f"{RUNTIME_CLIENT_PREFIX}probe-{os.getpid()}",
-                                                      runtime.username, runtime.password))
+                    sock.sendall(connect_packet(f"{RUNTIME_CLIENT_PREFIX}probe-{os.getpid()}",
+                                                keepalive_s=60, username=runtime.username,
+                                                password=runtime.password))
                     connack = sock.recv(4)
                     ok = connack[:1] == b"\x20" and connack[3:4] == b"\x00"
                     with contextlib.suppress(OSError):
