@@ -8,12 +8,12 @@ import json
 
 from runtime.bench.energy import run
 
-SPEED = 800.0
+SPEED = 600.0
 
 
 def test_a_night_of_street_lighting_through_the_simulator() -> None:
     said: list[str] = []
-    # From 09:00: the city has seven hours of its time (about 30 s) to come up before the
+    # From 09:00: the city has seven hours of its time (about 40 s) to come up before the
     # lamps' energy is first read, an hour before dusk.
     out = run(scale=0.02, clock_speed=SPEED, say=said.append)
     assert out["circuits"] >= 10 and out["lamps"] > 100, json.dumps(out)
@@ -22,16 +22,20 @@ def test_a_night_of_street_lighting_through_the_simulator() -> None:
     assert out["counter_resets"] >= 1 and out["counter_wraps"] >= 1, json.dumps(out)
     # ... and the schedule's arithmetic within 3 % (ticks of the simulator, failures).
     assert abs(out["analytic_error_pct"]) <= 3.0, json.dumps(out)
-    # Five steps a night, each one write per lamp, none of a value the lamp held.
+    # Five steps a night, each one write per lamp, none of a value the lamp held on the
+    # hosts that ran all night. A host restarted just before a step may rewrite lamps
+    # that hold it already (the bench counts them under kill.repeats): at most once each.
     assert out["transitions"] == 5 * out["circuits"], json.dumps(out)
-    assert out["repeats"] == 0 and 1.0 <= out["writes_per_lamp_step"] <= 1.05, json.dumps(out)
+    kill = out["kill"]
+    assert out["repeats"] == kill["repeats"], json.dumps(out)
+    assert kill["repeats"] <= out["lamps"], json.dumps(out)
+    assert 1.0 <= out["writes_per_lamp_step"] <= 1.05, json.dumps(out)
     # Each step at its own time: a step taken at the wrong hour (time zone, summer
     # time, the wrong day's sun) is an hour or more off; the cabinets take the steps
     # armed by their circuits by themselves, to the second.
     assert out["transition_late_s"] <= 1200.0, json.dumps(out)
     assert out["transition_late_p50_s"] <= 1.0, json.dumps(out)
     # A host killed just before the 01:00 step: its cabinets took it all the same.
-    kill = out["kill"]
     assert kill["circuits"] >= 1 and kill["recovered_s"] is not None, json.dumps(out)
     assert kill["step_missed"] == 0 and kill["step_late_s"] <= 1.0, json.dumps(out)
     # The API shows the circuit's schedule, and refuses a lamp it lacks before the cabinet.
