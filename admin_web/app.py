@@ -19,13 +19,13 @@ from flask import Flask, Response, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from admin_web.api import api
+from admin_web.api import API_PREFIX, api
 from admin_web.audit import MUTATING_METHODS, audit_unrecorded
-from admin_web.auth import User, UserRegistry
+from admin_web.auth import Role, User, UserRegistry
 from admin_web.backend import AdminBackend
 from admin_web.context import Services, install
 from admin_web.desks import DeskBook, builtin_desks
-from admin_web.guards import CSRF_FIELD, csrf_token
+from admin_web.guards import CSRF_FIELD, SESSION_COOKIE, csrf_token
 from admin_web.history import history
 from admin_web.http_errors import install_error_handlers
 from admin_web.interventions import interventions
@@ -49,6 +49,21 @@ _SECURITY_HEADERS: Final = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
+
+
+#: The pages in the bar: path, label, and the role that sees the link.
+NAV_PAGES: Final = (
+    ("/", "City", Role.VIEWER),
+    ("/tree", "Supervision", Role.VIEWER),
+    ("/equipment", "Equipment", Role.VIEWER),
+    ("/alarms", "Alarms", Role.VIEWER),
+    ("/crisis", "Crisis", Role.VIEWER),
+    ("/interventions", "Interventions", Role.VIEWER),
+    ("/priority", "Bus priority", Role.VIEWER),
+    ("/energy", "Energy", Role.VIEWER),
+    ("/audit", "Audit", Role.ADMIN),
+    ("/users", "Users", Role.ADMIN),
+)
 
 
 class _SessionCookies(SecureCookieSessionInterface):
@@ -87,7 +102,7 @@ def create_app(
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secret_key if secret_key is not None else secrets.token_bytes(32),
-        SESSION_COOKIE_NAME="commandpost_session",
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure_cookies,
@@ -110,10 +125,24 @@ def create_app(
     app.register_blueprint(openapi)
     app.register_blueprint(pages)
     app.register_blueprint(user_pages)
-    app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD)
+    app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD,
+                                 nav_pages=NAV_PAGES)
+    app.after_request(_conditional)
     app.after_request(_secure_headers)
     app.after_request(_audit)
     return app
+
+
+def _conditional(response: Response) -> Response:
+    # A page polling a read sends back the ETag it has, and an unchanged answer costs it a
+    # 304 with no body. Answers that carry a version of their own (a user's) keep it.
+    if (request.method == "GET" and response.status_code == 200
+            and request.path.startswith(API_PREFIX + "/") and response.is_json
+            and not response.is_streamed):
+        if "ETag" not in response.headers:
+            response.add_etag()
+        response.make_conditional(request)
+    return response
 
 
 def _secure_headers(response: Response) -> Response:

@@ -14,8 +14,13 @@ acting on one municipality checks the operator's scope with
 (:mod:`admin_web.desks`) with :func:`ensure_desk_reads`,
 :func:`ensure_desk_commands` and :func:`desk_hidden`. Pages posting forms
 carry the session's CSRF token (:func:`csrf_token` in the template,
-:func:`check_csrf` in the view); the API needs none because it never reads
-the session cookie.
+:func:`check_csrf` in the view).
+
+The API takes either credential (:func:`authenticate_api`): a bearer token,
+which needs no CSRF token since a browser never sends one by itself, or the
+pages' login session, which reads freely but changes something only with the
+session's CSRF token in the ``X-CSRF-Token`` header (the pages' scripts add
+it; another site's form cannot).
 """
 
 from __future__ import annotations
@@ -39,11 +44,16 @@ from runtime.errors import AuthError
 P = ParamSpec("P")
 View = Callable[P, ResponseReturnValue]
 
+#: The name of the login session's cookie.
+SESSION_COOKIE: Final = "commandpost_session"
 SESSION_USER: Final = "user"
 #: The user's session nonce at login (:meth:`UserRegistry.session_nonce`).
 SESSION_NONCE: Final = "nonce"
 SESSION_CSRF: Final = "csrf"
 CSRF_FIELD: Final = "csrf_token"
+#: The header carrying the session's CSRF token on the pages' API mutations.
+CSRF_HEADER: Final = "X-CSRF-Token"
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _BEARER_CHALLENGE: Final = 'Bearer realm="commandpost"'
 _INVALID_TOKEN_CHALLENGE: Final = 'Bearer realm="commandpost", error="invalid_token"'
@@ -88,13 +98,38 @@ def authenticate_bearer() -> User:
     return user
 
 
+def authenticate_api() -> User:
+    """The user of an API request, remembered as :func:`current_user`.
+
+    A bearer token when the request has an ``Authorization`` header (only it
+    is looked at then); else the pages' login session, for a change only with
+    the session's CSRF token in the :data:`CSRF_HEADER` header (403 without).
+    Raises :class:`ApiError` 401 when there is neither.
+    """
+    if "Authorization" in request.headers:
+        return authenticate_bearer()
+    user = session_user()
+    if user is None:
+        raise ApiError(
+            401, "authentication required", headers={"WWW-Authenticate": _BEARER_CHALLENGE}
+        )
+    if request.method not in _SAFE_METHODS and not _csrf_matches(
+            request.headers.get(CSRF_HEADER, "")):
+        audit("csrf", user=user.name, outcome="refused", code="csrf",
+              detail=f"{request.method} {request.path} without the session's CSRF token")
+        raise ApiError(403, f"a change through the login session needs the {CSRF_HEADER} "
+                            "header of the page", field=CSRF_HEADER)
+    return user
+
+
 def require(role: Role) -> Callable[[View[P]], View[P]]:
-    """Decorate an API view: bearer token required (401), ``role`` or above (403)."""
+    """Decorate an API view: a bearer token or a login session (:func:`authenticate_api`;
+    401 without), ``role`` or above (403)."""
 
     def decorate(view: View[P]) -> View[P]:
         @functools.wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
-            user = authenticate_bearer()
+            user = authenticate_api()
             if not user.can(role):
                 raise ApiError(403, f"requires the {role} role")
             return view(*args, **kwargs)
@@ -222,13 +257,16 @@ def new_csrf_token() -> str:
     return token
 
 
-def csrf_valid() -> bool:
-    """Whether the posted form carries the session's CSRF token."""
+def _csrf_matches(posted: str) -> bool:
     expected = session.get(SESSION_CSRF)
-    posted = request.form.get(CSRF_FIELD, "")
     if not isinstance(expected, str) or not posted:
         return False
     return hmac.compare_digest(expected.encode(), posted.encode())
+
+
+def csrf_valid() -> bool:
+    """Whether the posted form carries the session's CSRF token."""
+    return _csrf_matches(request.form.get(CSRF_FIELD, ""))
 
 
 def check_csrf() -> None:

@@ -64,6 +64,7 @@ from admin_web.auth import (
 )
 from admin_web.backend import CRISIS_MODES, HEALTH_STATUSES, package_version
 from admin_web.desks import CRISIS_MODES as DESK_CRISIS_MODES
+from admin_web.guards import SESSION_COOKIE
 from admin_web.history import DEFAULT_LIMIT, MAX_LIMIT, MAX_TEXT_FILTER, NEXT_HEADER
 from admin_web.interventions import (
     INTERVENTION_STATES,
@@ -1240,6 +1241,30 @@ def _open311_paths() -> dict[str, Any]:
     }
 
 
+_IF_NONE_MATCH: Final = {
+    "name": "If-None-Match", "in": "header", "required": False,
+    "description": "the ``ETag`` of the answer read before: 304 while it is unchanged",
+    "schema": {"type": "string", "maxLength": 256},
+}
+_NOT_MODIFIED: Final = {"description": "unchanged since the ``ETag`` in ``If-None-Match``"}
+
+
+def _conditional_reads(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each authenticated JSON read of ``/api/v1`` with its ``If-None-Match`` and 304."""
+    for path, item in paths.items():
+        op = item.get("get")
+        if not path.startswith(API_PREFIX + "/") or op is None or op.get("security") == []:
+            continue
+        ok = op["responses"].get("200", {})
+        if JSON not in ok.get("content", {}):
+            continue
+        ok.setdefault("headers", {}).setdefault(
+            "ETag", _header("the answer's version, for ``If-None-Match``"))
+        op["parameters"] = [*op.get("parameters", []), _IF_NONE_MATCH]
+        op["responses"] = dict(sorted({**op["responses"], "304": _NOT_MODIFIED}.items()))
+    return paths
+
+
 @functools.cache
 def _document() -> dict[str, Any]:
     return {
@@ -1258,21 +1283,27 @@ def _document() -> dict[str, Any]:
                            "401; not allowed: 403; an unknown id or another municipality's: "
                            "404; a bad body: 400 or 422 with ``{\"error\", \"field\"}``; a user "
                            "changed since the ``If-Match`` version: 412. "
-                           "The pages' login session (a cookie, with a CSRF field in their "
-                           "forms) does not authenticate the API.",
+                           "The pages' login session (a cookie) authenticates the API too: "
+                           "reads freely, changes only with the session's CSRF token in the "
+                           "``X-CSRF-Token`` header. A read answers with an ``ETag``; sent "
+                           "back in ``If-None-Match``, an unchanged answer is a 304 "
+                           "without a body.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "/"}],
-        "security": [{"bearerAuth": []}],
+        "security": [{"bearerAuth": []}, {"session": []}],
         "tags": [{"name": name} for name in (
             "system", "equipment", "commands", "alarms", "crisis", "priority", "energy",
             "history", "interventions", "users", "desks", "open311")],
-        "paths": {**_api_paths(), **_users_paths(), **_open311_paths()},
+        "paths": _conditional_reads({**_api_paths(), **_users_paths(), **_open311_paths()}),
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer",
                                "description": "a user's API token"},
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+                            "description": "the pages' login session; a change also "
+                                           "needs the ``X-CSRF-Token`` header"},
             },
         },
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -612,3 +613,68 @@ def test_forwarded_headers_count_only_from_trusted_proxies(users: UserRegistry) 
             assert "Secure" in _cookie_header(answer)  # the proxy said https
     with pytest.raises(ConfigError):
         make_app(users, trusted_proxies=-1)
+
+
+# -- the pages read and act through the API with their session ------------------------------
+
+DIM = {"action": "dim", "params": {"level": 40}}
+
+
+def _page_csrf(client: Any) -> str:
+    html = client.get("/").get_data(as_text=True)
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match is not None, html[:500]
+    return match[1]
+
+
+def test_the_login_session_reads_the_api() -> None:
+    app = make_app(new_users())
+    client, _ = _logged_in(app)
+    answer = client.get("/api/v1/tree")
+    assert answer.status_code == 200 and answer.is_json
+    assert app.test_client().get("/api/v1/tree").status_code == 401  # no cookie, no token
+
+
+def test_a_change_through_the_session_needs_the_pages_csrf_header() -> None:
+    app = make_app(new_users())
+    client, stolen = _logged_in(app, "operator")
+    path = "/api/v1/equipment/lamp-dijon-1/commands"
+    # Another site's form or script: the cookie rides along, the header does not.
+    forged = client.post(path, json=DIM)
+    assert forged.status_code == 403 and forged.get_json()["field"] == "X-CSRF-Token"
+    wrong = client.post(path, json=DIM, headers={"X-CSRF-Token": "guessed"})
+    assert wrong.status_code == 403
+    token = _page_csrf(client)
+    accepted = client.post(path, json=DIM, headers={"X-CSRF-Token": token})
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+    # The session's scope holds as the token's does: another municipality's is unknown.
+    other = client.post("/api/v1/equipment/lamp-talant-1/commands", json=DIM,
+                        headers={"X-CSRF-Token": token})
+    assert other.status_code == 404
+    # After a logout the same cookie and header are nobody's.
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 302
+    replayed = _with_cookie(app, stolen).post(path, json=DIM, headers={"X-CSRF-Token": token})
+    assert replayed.status_code == 401
+
+
+def test_a_bearer_token_needs_no_csrf_header_and_is_the_only_credential_looked_at() -> None:
+    app = make_app(new_users())
+    client, _ = _logged_in(app, "operator")
+    path = "/api/v1/equipment/lamp-dijon-1/commands"
+    assert client.post(path, json=DIM, headers=bearer("operator")).status_code == 202
+    # A wrong token is refused even beside a good session.
+    assert client.get("/api/v1/tree", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_a_read_answers_304_to_its_own_etag_until_it_changes(users: UserRegistry) -> None:
+    client = make_app(users).test_client()
+    first = client.get("/api/v1/audit", headers=bearer("admin"))
+    etag = first.headers["ETag"]
+    again = client.get("/api/v1/audit", headers={**bearer("admin"), "If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+    # An acknowledgement is one more record in the trail: the read has changed.
+    assert client.post("/api/v1/alarms/al-1/ack", json={},
+                       headers=bearer("operator")).status_code == 202
+    changed = client.get("/api/v1/audit", headers={**bearer("admin"), "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert "alarm.ack" in {r.get("action") for r in changed.get_json()}

@@ -373,10 +373,13 @@ def test_logout_without_csrf_token_keeps_the_session(users: UserRegistry) -> Non
     assert client.get("/").status_code == 200
 
 
-def test_api_ignores_the_session_cookie(users: UserRegistry) -> None:
+def test_the_api_reads_with_the_session_but_changes_nothing_without_its_csrf_header(
+        users: UserRegistry) -> None:
     client = make_client(users)
     login(client, "admin", "admin-password")
-    assert client.get("/api/v1/tree").status_code == 401
+    assert client.get("/api/v1/tree").status_code == 200
+    refused = client.post("/api/v1/crisis", json={"mode": "snow", "municipalities": ["dijon"]})
+    assert refused.status_code == 403
 
 
 # -- users, hashes, credentials ------------------------------------------------

@@ -192,9 +192,10 @@ def test_open311_is_left_out_where_the_app_does_not_serve_it() -> None:
 
 
 def test_each_operation_states_its_security_and_answers(doc: dict[str, Any]) -> None:
-    assert doc["security"] == [{"bearerAuth": []}]
+    assert doc["security"] == [{"bearerAuth": []}, {"session": []}]
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http", "scheme": "bearer", "description": "a user's API token"}
+    assert doc["components"]["securitySchemes"]["session"]["name"] == "commandpost_session"
     for path, method, op in operations(doc):
         public = (path, method) in PUBLIC or path.startswith("/open311/")
         assert (op.get("security") == []) == public, (method, path)
@@ -204,6 +205,10 @@ def test_each_operation_states_its_security_and_answers(doc: dict[str, Any]) -> 
             assert {"401", "503"} <= answers.keys(), (method, path)
         if "requestBody" in op:
             assert {"400", "422"} & answers.keys(), (method, path)
+        if method == "get" and not public and path.startswith("/api/v1/"):
+            # Polled reads: an unchanged answer is a 304 to the ETag sent back.
+            assert "304" in answers and "content" not in answers["304"], path
+            assert "If-None-Match" in {p["name"] for p in op["parameters"]}, path
     post = doc["paths"]["/open311/v2/requests.{fmt}"]["post"]
     form = doc["components"]["schemas"]["Open311NewRequest"]
     assert "api_key" in form["required"] and "403" in post["responses"]
