@@ -385,8 +385,15 @@ class LightingCircuit(EquipmentEntity):
         self.state["armed"] = want
 
     async def reconcile(self) -> None:
-        """Back online (or reached for the first time): the lamps as every kind brings them
-        back, then the cabinet armed with the next step if it is not known to be."""
+        """Back online (or reached for the first time): the schedule and layers brought to
+        now, then the lamps as every kind brings them back, then the cabinet armed with the
+        next step if it is not known to be.
+
+        The layers first: a cabinet heard of after a step it took by itself (a host
+        restarted across it, its timer for the step not come yet) holds the new step, and
+        the desired state must be that step, not the one before, when the two are compared.
+        """
+        await self.refresh()
         await super().reconcile()
         await self.prearm(self.ctx.clock.time())
 

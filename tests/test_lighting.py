@@ -301,6 +301,45 @@ def test_a_host_down_across_a_step_the_cabinet_took_writes_nothing_again() -> No
     run(body)
 
 
+def test_a_cabinet_back_online_after_a_step_it_took_is_not_set_back_to_the_step_before(
+) -> None:
+    # The host restarts just before 23:00; the circuit hears of its cabinet (a reading asked
+    # after 23:00, then the session's verdict) before its own timer for the step comes. The
+    # lamps hold the new step: neither the step before nor the new one is written again.
+    async def body() -> None:
+        night = Night(timed=True)
+        times = night_of(night.eq)
+        await night.start()
+        await night.until(times["late_evening"] - 2)
+        saved = night.stop()
+        writes = len(night.cabinet.writes)
+        assert night.ctx is not None
+        await night.ctx.advance_to(times["late_evening"] + 0.5)
+        # The new incarnation starts, its session not through yet, its first timer not
+        # delivered yet.
+        night.cabinet._online = False
+        night.ctx = FakeContext(night.eq, night.cabinet, night.clock)
+        entity = LightingCircuit(night.ctx)
+        night.ctx.entity = entity
+        await entity.on_start(saved)
+        reading = await night.cabinet.read()  # the cabinet took its step at 23:00
+        assert night.cabinet.levels() == {(True, 70)}
+        await entity.handle(Envelope(
+            target=night.eq.id, type="telemetry", kind=MessageKind.EVENT,
+            payload={"seq": 1, "ts": night.clock.time(), "values": dict(reading)}))
+        await entity.handle(Envelope(target=night.eq.id, type="device_status",
+                                     payload={"online": True}, kind=MessageKind.EVENT))
+        await night.ctx.run_timers()
+        await night.until(night.clock.time() + STEP_CHECK_S + 1.0)
+        assert night.cabinet.levels() == {(True, 70)}
+        assert len(night.cabinet.writes) == writes and night.cabinet.repeats == 0
+        assert entity.state["schedule"]["step"] == "late_evening"
+        assert night.cabinet.step["step_at"] == math.floor(times["night"])
+        night.stop()
+
+    run(body)
+
+
 def test_a_crisis_cancels_the_timed_step_and_its_restore_arms_the_next() -> None:
     async def body() -> None:
         night = Night(timed=True)
