@@ -365,6 +365,13 @@ class Entity:
 
 
 _RESERVED = frozenset({"start", "stop", "priority"})
+def is_latency_critical(behaviour: Any) -> bool:
+    """Whether an entity class (or factory) is on the bus-priority path: it serves a
+    priority lane (:func:`has_priority_lane`) or says so (``LATENCY_CRITICAL``). Its host
+    keeps the normal process priority (:mod:`runtime.niceness`)."""
+    return has_priority_lane(behaviour) or bool(getattr(behaviour, "LATENCY_CRITICAL", False))
+
+
 def has_priority_lane(behaviour: Any) -> bool:
     """Whether an entity class (or factory) serves a priority lane of its own: it overrides
     :meth:`Entity.on_priority` (a classmethod, compared by its function)."""

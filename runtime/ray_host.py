@@ -15,6 +15,8 @@ A host whose entities have a priority lane lowers the interpreter's thread
 switch interval (:data:`LANE_SWITCH_S`, or ``COMMANDPOST_LANE_SWITCH_S``): the
 lane's thread waits at most that long for the interpreter while the default
 loop is busy, instead of Python's 5 ms. It costs nothing while the lane is idle.
+A host with no entity on the bus-priority path runs at the background nice
+value (:mod:`runtime.niceness`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from runtime.cell import EntityFactory
 from runtime.clock import clock_from_wire
 from runtime.device_port import DeviceManagerFactory
-from runtime.entity import has_priority_lane
+from runtime.entity import has_priority_lane, is_latency_critical
 from runtime.envelope import Envelope, MessageKind, pack, unpack
 from runtime.errors import (
     CommandpostError,
@@ -46,6 +48,7 @@ from runtime.errors import (
 )
 from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment
+from runtime.niceness import background_nice, lower_priority
 from runtime.placement import equipment_from_wire
 from runtime.router import Directory
 from runtime.store import STREAM_RETENTION_S, RedisStore
@@ -242,6 +245,8 @@ class HostActor:
         if any(has_priority_lane(slot.factory) for slot in core.slots.values()):
             sys.setswitchinterval(float(os.environ.get("COMMANDPOST_LANE_SWITCH_S",
                                                        LANE_SWITCH_S)))
+        if not any(is_latency_critical(slot.factory) for slot in core.slots.values()):
+            lower_priority(background_nice())
         await core.start()
         self._assigned.set()
         return core.status()

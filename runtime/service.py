@@ -53,6 +53,7 @@ from runtime.inventory import (
     dump_inventory,
 )
 from runtime.lifeline import spawn_tied
+from runtime.niceness import background_nice
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.request_sync import RequestStatusSync
@@ -349,6 +350,7 @@ class Service:
         """Connect to ``ray_address``, or start a local Ray that :meth:`stop` shuts down."""
         if ray.is_initialized():
             return
+        background_nice()  # a bad COMMANDPOST_BACKGROUND_NICE is refused before any host
         kwargs: dict[str, Any] = {
             "namespace": self.options.ray_namespace,
             "include_dashboard": False,

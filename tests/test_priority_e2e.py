@@ -24,11 +24,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 from actors.priority.pool import partition_of
-from runtime.bench.common import City
+from runtime.bench.common import City, hosts_of
 from runtime.bench.priority import drive_passes, match, passes_for
+from runtime.niceness import background_nice
 from tests.conftest import poll
 
 log = logging.getLogger(__name__)
@@ -161,3 +163,30 @@ def test_a_forged_bus_position_buys_no_green_light(city: City) -> None:
     poll(lambda: any(e.get("outcome") == "granted" for e in outcomes()), 10,
          what="the victim's own passes granted")
     assert all(float(e["ts"]) > genuine_since for e in outcomes()), outcomes()
+
+
+def test_only_the_priority_path_keeps_the_normal_process_priority(city: City) -> None:
+    hosts = {h["id"]: h for h in hosts_of(city.svc.tree())}
+    lanes = [h for h in hosts if h.startswith("traffic-")]
+    vehicles = [h for h in hosts if h.startswith("fleet-")]
+    members = [m["id"] for m in priority(city)["members"]]
+    assert lanes and vehicles and members, sorted(hosts)
+
+    def nice(pid: int) -> set[int]:
+        # Every thread: Linux keeps a nice value per thread.
+        return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+    for host in lanes + members:
+        assert nice(int(hosts[host]["pid"])) == {0}, host
+    for host in vehicles:
+        assert nice(int(hosts[host]["pid"])) == {background_nice()}, host
+    # The traffic controllers' simulator answers the lanes: it alone keeps the normal one.
+    assert city.svc.sim_proc is not None
+    runner = psutil.Process(city.svc.sim_proc.pid)
+    sims = {}
+    for proc in [runner, *runner.children(recursive=True)]:
+        cmd = proc.cmdline()
+        sims[cmd[cmd.index("--kinds") + 1] if "--kinds" in cmd else "main"] = proc.pid
+    assert nice(sims["traffic"]) == {0}
+    assert all(nice(pid) == {background_nice()} for kind, pid in sims.items()
+               if kind != "traffic"), sims

@@ -179,6 +179,8 @@ class PoolMember(Entity):
     """One member of the bus-priority pool (see the module doc)."""
 
     kind = "priority_member"
+    #: On the bus-priority path: its host keeps the normal process priority.
+    LATENCY_CRITICAL = True
 
     @classmethod
     def coordinator_attrs(cls, inventory: Inventory) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""Process priority of background work: the value from the environment, and every thread
+of a process raised to it (in a child process: a nice value is never lowered again)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from runtime.errors import ConfigError
+from runtime.niceness import BACKGROUND_NICE, ENV, background_nice
+
+
+def test_the_background_value_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    assert background_nice() == BACKGROUND_NICE
+    monkeypatch.setenv(ENV, "0")
+    assert background_nice() == 0
+    monkeypatch.setenv(ENV, " 7 ")
+    assert background_nice() == 7
+    for bad in ("high", "-3", "20", "1.5"):
+        monkeypatch.setenv(ENV, bad)
+        with pytest.raises(ConfigError, match=ENV):
+            background_nice()
+
+
+_CHILD = """
+import json, os, threading
+from runtime.niceness import lower_priority
+gate = threading.Event()
+before = threading.Thread(target=gate.wait)
+before.start()
+changed = lower_priority({nice})
+again = lower_priority({nice})
+seen = {{}}
+after = threading.Thread(target=lambda: seen.update(
+    after=os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+after.start(); after.join()
+tids = [int(t) for t in os.listdir("/proc/self/task")]
+print(json.dumps({{"changed": changed, "again": again, "after": seen["after"],
+                  "threads": [os.getpriority(os.PRIO_PROCESS, t) for t in tids]}}))
+gate.set(); before.join()
+"""
+
+
+def _child(nice: int) -> dict[str, int | list[int]]:
+    out = subprocess.run([sys.executable, "-c", _CHILD.format(nice=nice)], check=True,
+                         capture_output=True, text=True, timeout=60)
+    got: dict[str, int | list[int]] = json.loads(out.stdout)
+    return got
+
+
+def test_every_thread_is_raised_those_before_and_after_alike() -> None:
+    got = _child(6)
+    assert got["changed"] == 2  # the main thread and the one already running
+    assert got["again"] == 0  # already there: nothing to change
+    assert set(got["threads"]) == {6} and got["after"] == 6
+
+
+def test_zero_leaves_the_process_as_it_was() -> None:
+    got = _child(0)
+    assert got["changed"] == 0 and set(got["threads"]) == {0} and got["after"] == 0
