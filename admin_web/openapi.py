@@ -289,6 +289,9 @@ def _schemas() -> dict[str, Any]:
         "children": _array(_ref("TreeNode")),
         "entities": _COUNT,
         "entity_restarts": _COUNT,
+        "last_exit": _nullable({"type": "string", "description": "how the child's last "
+                                "incarnation ended (``killed: …``, ``error: …``), null while "
+                                "none ended"}),
     }, ("id", "kind", "status", "restarts", "pid", "node", "children"),
         description="A node of the supervision tree, down to the host actors.")
     connection = _obj({"url": _nullable({"type": "string", "description": "any password "

@@ -196,10 +196,11 @@ class RootActor:
                         pid=i.pid or None, node=i.node or None, domain=i.domain,
                         actor=i.actor, generation=i.generation, entities=i.entities,
                         entity_restarts=i.entity_restarts, failed_entities=i.failed_entities,
-                        online=i.online,
+                        online=i.online, last_exit=hc.last_exit or None,
                     ))
             domains.append(node(child.id, "domain supervisor", str(child.status),
-                                child.restarts, hosts, pid=self.pid, node=node_id))
+                                child.restarts, hosts, pid=self.pid, node=node_id,
+                                last_exit=child.last_exit or None))
         status = "failed" if self.failed else str(rs.status)
         if not self.started and status == "running":
             status = "starting"

@@ -331,8 +331,9 @@ def test_login_lands_on_the_overview_showing_the_tree(users: UserRegistry) -> No
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     for node_id in ("root", "infra", "host-dijon-0"):
-        assert f'id="node-{node_id}"' in html
-    assert "120 entities" in html
+        assert f'id="node-{node_id}" data-node-id="{node_id}"' in html
+    assert '<span class="entities">120</span> entities' in html
+    assert '<span class="restarts">1</span>' in html  # infra's, as the live tree shows it
     assert 'id="health-status">ok<' in html
 
 
