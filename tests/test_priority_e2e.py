@@ -169,15 +169,16 @@ def test_only_the_priority_path_keeps_the_normal_process_priority(city: City) ->
     hosts = {h["id"]: h for h in hosts_of(city.svc.tree())}
     lanes = [h for h in hosts if h.startswith("traffic-")]
     vehicles = [h for h in hosts if h.startswith("fleet-")]
-    members = [m["id"] for m in priority(city)["members"]]
+    members = [int(m["pid"]) for m in priority(city)["members"]]
     assert lanes and vehicles and members, sorted(hosts)
 
     def nice(pid: int) -> set[int]:
         # Every thread: Linux keeps a nice value per thread.
         return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
 
-    for host in lanes + members:
+    for host in lanes:
         assert nice(int(hosts[host]["pid"])) == {0}, host
+    assert all(nice(pid) == {0} for pid in members)
     for host in vehicles:
         assert nice(int(hosts[host]["pid"])) == {background_nice()}, host
     # The traffic controllers' simulator answers the lanes: it alone keeps the normal one.
