@@ -742,7 +742,8 @@ class RuntimeBackend:
              and (after is None or eq.id > after)),
             key=lambda eq: eq.id)
         summaries = store.hgetall(EQUIPMENT_VIEW) if candidates else {}
-        alarmed = self._alarmed() if in_alarm is not None else set()
+        # Every record says whether it is in alarm, filtered on it or not.
+        alarmed = self._alarmed() if candidates else set()
         page: list[tuple[Equipment, dict[str, Any]]] = []
         more = False
         for eq in candidates:
