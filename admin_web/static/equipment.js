@@ -27,7 +27,7 @@
       cp.el("td", {}, cp.el("a", { href, class: "mono" }, item.id)),
       cp.el("td", { class: "kind" }, item.kind || "—"),
       cp.el("td", { class: "municipality" }, item.municipality),
-      cp.el("td", { class: "status" },
+      cp.el("td", { class: "status-cell" },
         cp.el("span", { class: `status status-${item.status || "unknown"}` }, item.status || "unknown")),
       cp.el("td", { class: "online" },
         cp.el("span", { class: item.online ? "online-yes" : "online-no" },

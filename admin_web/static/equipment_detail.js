@@ -165,8 +165,12 @@
     const bits = [];
     if (spec.type === "array" && spec.items) {
       bits.push(`numbers ${spec.items.min ?? ""}–${spec.items.max ?? ""}, comma-separated`);
-    } else if (spec.min !== undefined || spec.max !== undefined) {
-      bits.push(`${spec.exclusive_min ? "more than " : ""}${spec.min ?? "…"}–${spec.max ?? "…"}${spec.unit ? " " + spec.unit : ""}`);
+    } else if (!spec.enum && (spec.min !== undefined || spec.max !== undefined)) {
+      const unit = spec.unit ? ` ${spec.unit}` : "";
+      const long = spec.unit === "s" && spec.max >= 86400 ? ` (${spec.max / 86400} d)` : "";
+      bits.push(spec.exclusive_min
+        ? `more than ${spec.min}, at most ${spec.max}${unit}${long}`
+        : `${spec.min ?? "…"}–${spec.max ?? "…"}${unit}${long}`);
     }
     if (spec.names) bits.push(`or a name: ${Object.keys(spec.names).join(", ")}`);
     if (spec.description) bits.push(spec.description);
@@ -211,10 +215,7 @@
     const text = raw.trim();
     if (text === "") return undefined;
     if (spec.type === "boolean") return text === "true";
-    if (spec.type === "integer" || spec.type === "number") {
-      if (spec.enum) return Number(text);
-      return Number(text);
-    }
+    if (spec.type === "integer" || spec.type === "number") return Number(text);
     if (spec.names) return /^-?\d+$/.test(text) ? Number(text) : text;
     if (spec.type === "array") {
       return text.split(/[\s,;]+/).filter(Boolean).map((n) => (/^\d+$/.test(n) ? Number(n) : n));
@@ -222,9 +223,20 @@
     return raw;
   }
 
+  // The parameters in the order a form shows them: the fields a set needs one of, the
+  // required ones, then the rest, each group in the order the API gave.
+  function ordered(action) {
+    const params = action.params || {};
+    const names = Object.keys(params);
+    const first = (action.requires_one_of || []).filter((n) => n in params);
+    const required = names.filter((n) => !first.includes(n) && params[n].required);
+    const rest = names.filter((n) => !first.includes(n) && !required.includes(n));
+    return Object.fromEntries([...first, ...required, ...rest].map((n) => [n, params[n]]));
+  }
+
   function form(entityId, action, n, onSent) {
     const formId = `action-${n}`;
-    const params = action.params || {};
+    const params = ordered(action);
     const error = cp.el("p", { class: "form-error", role: "alert", hidden: true });
     const outcome = cp.el("p", { class: "outcome", "aria-live": "polite" });
     const button = cp.el("button", { type: "submit" }, `Send ${action.action}`);
@@ -290,6 +302,8 @@
       const key = same ? pending.key : randomKey();
       pending = { body, key };
       button.disabled = true;
+      // What the form shows from now on is this submission's outcome.
+      delete outcome.dataset.commandId;
       outcome.dataset.status = "";
       outcome.textContent = "sending…";
       let accepted;
@@ -314,6 +328,7 @@
   // Read the command until it is acked, failed, expired or superseded (or a minute passed).
   async function follow(commandId, outcome, onSent) {
     const until = Date.now() + FOLLOW_FOR_MS;
+    const mine = () => outcome.dataset.commandId === commandId;
     let status = "queued";
     outcome.dataset.status = status;
     outcome.textContent = status;
@@ -321,16 +336,18 @@
     while (Date.now() < until) {
       try {
         const c = await cp.api(`/commands/${encodeURIComponent(commandId)}`);
+        if (!mine()) return; // the form has sent another since
         status = c.status;
         outcome.dataset.status = status;
         outcome.textContent = status + (c.error ? `: ${c.error}` : "");
         if (TERMINAL.has(status)) { onSent(); return; }
       } catch (err) {
+        if (!mine()) return;
         outcome.textContent = `${status} (cannot read the command now: ${err.message})`;
       }
       await new Promise((resolve) => setTimeout(resolve, FOLLOW_MS));
     }
-    outcome.textContent = `still ${status} after ${FOLLOW_FOR_MS / 1000} s`;
+    if (mine()) outcome.textContent = `still ${status} after ${FOLLOW_FOR_MS / 1000} s`;
   }
 
   async function forms(entityId, onSent) {
