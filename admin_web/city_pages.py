@@ -36,9 +36,10 @@ The two API routes of this module:
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Final
 
-from flask import Blueprint, abort, jsonify, render_template, request
+from flask import Blueprint, abort, current_app, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
 from admin_web.api import API_PREFIX, MAX_EQUIPMENT_PAGE
@@ -92,16 +93,43 @@ def _extend(bbox: list[float] | None, lon: float, lat: float) -> list[float]:
 @city_pages.get(f"{API_PREFIX}/city")
 @require(Role.VIEWER)
 def city() -> ResponseReturnValue:
-    """The map of the municipalities the user may read: areas, counts and dots (module doc)."""
+    """The map of the municipalities the user may read: areas, counts and dots (module doc).
+
+    The backend keeps its reading a second; the answer built from one reading for one
+    set of municipalities and hidden kinds is kept with it, so that every page showing
+    the map polls it for the cost of a lookup (and an unchanged one gets its 304).
+    """
     try:
         data = services().backend.city()
     except StoreUnavailableError:
         raise store_unavailable("the city's equipment is not readable") from None
     user = current_user()
-    hidden = desk_hidden().kinds
+    visible = tuple(m["slug"] for m in data["municipalities"] if user.can(Role.VIEWER, m["slug"]))
+    key = (visible, desk_hidden().kinds)
+    with _built_lock:
+        built = _built.get(key)
+    if built is None or built[0] is not data:
+        body = _city_body(data, set(visible), key[1])
+        built = (data, current_app.json.dumps(body, separators=(",", ":")))
+        with _built_lock:
+            if len(_built) >= _BUILT_MAX:
+                _built.pop(next(iter(_built)))
+            _built[key] = built
+    return current_app.response_class(built[1], mimetype="application/json")
+
+
+#: The map answers built lately, by municipalities and hidden kinds, with the reading they
+#: were built from.
+_built: dict[tuple[tuple[str, ...], frozenset[str]], tuple[dict[str, Any], str]] = {}
+_built_lock = threading.Lock()
+_BUILT_MAX: Final = 64
+
+
+def _city_body(data: dict[str, Any], visible: set[str], hidden: frozenset[str]
+               ) -> dict[str, Any]:
     towns: dict[str, dict[str, Any]] = {}
     for m in data["municipalities"]:
-        if not user.can(Role.VIEWER, m["slug"]):
+        if m["slug"] not in visible:
             continue
         centre = [m["lon"], m["lat"]] if m.get("lat") is not None else None
         towns[m["slug"]] = {"slug": m["slug"], "name": m["name"], "centre": centre,
@@ -126,7 +154,7 @@ def city() -> ResponseReturnValue:
             [d["lon"], d["lat"]] for d in town["equipment"]]
         for lon, lat in points:
             bbox = _extend(bbox, lon, lat)
-    return jsonify({"bbox": bbox, "totals": totals, "municipalities": list(towns.values())})
+    return {"bbox": bbox, "totals": totals, "municipalities": list(towns.values())}
 
 
 @city_pages.get(f"{API_PREFIX}/equipment/<entity_id>/actions")
