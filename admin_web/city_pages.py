@@ -205,7 +205,7 @@ def _municipality_choices() -> list[tuple[str, str]]:
     user = current_user()
     try:
         rows = services().backend.city()["municipalities"]
-    except (RetryableError, StoreUnavailableError):
+    except RetryableError:  # the store out of reach, or the runtime not started
         return []
     return [(m["slug"], m["name"]) for m in rows if user.can(Role.VIEWER, m["slug"])]
 
