@@ -19,6 +19,33 @@
     return String(value);
   }
 
+  // A reported block (a list of records: a cabinet's lamps, a controller's plan table)
+  // as one line saying what its records hold, their table folded under it.
+  function block(list, open) {
+    const keys = [...new Set(list.flatMap((r) => Object.keys(r)))].sort();
+    const said = keys.map((k) => {
+      const counts = new Map();
+      for (const r of list) counts.set(shown(r[k]), (counts.get(shown(r[k])) || 0) + 1);
+      const top = [...counts].sort((a, b) => b[1] - a[1]);
+      if (top.length === 1) return `${k} ${top[0][0]}`;
+      return `${k} ${top.slice(0, 3).map(([v, n]) => `${v}×${n}`).join(" ")}${top.length > 3 ? " …" : ""}`;
+    });
+    return cp.el("details", { class: "block", open },
+      cp.el("summary", {}, `${list.length} × `, said.slice(0, 6).join(", "),
+        said.length > 6 ? ` … (${said.length} fields)` : ""),
+      cp.el("div", { class: "table-wrap" }, cp.el("table", { class: "grid" },
+        cp.el("thead", {}, cp.el("tr", {}, cp.el("th", { scope: "col" }, "#"),
+          keys.map((k) => cp.el("th", { scope: "col" }, k)))),
+        cp.el("tbody", {}, list.map((r, n) => cp.el("tr", {}, cp.el("td", {}, n + 1),
+          keys.map((k) => cp.el("td", {}, shown(r[k])))))))));
+  }
+
+  function reading(value, open) {
+    const records = Array.isArray(value) && value.length
+      && value.every((v) => v && typeof v === "object" && !Array.isArray(v));
+    return records ? block(value, open) : shown(value);
+  }
+
   function when(ts) {
     return cp.el("span", { title: ts ? cp.time(ts) : null, class: "age",
                            "data-ts": ts ? String(ts) : null }, cp.age(ts));
@@ -57,6 +84,10 @@
     const desired = item.desired || {};
     const control = (item.control && item.control.fields) || {};
     const names = [...new Set([...Object.keys(reported), ...Object.keys(desired)])].sort();
+    const body = document.getElementById("twin-rows");
+    // A block unfolded stays so across refreshes.
+    const unfolded = new Set([...body.querySelectorAll("tr[data-field] > td > details[open]")]
+      .map((d) => d.closest("tr").dataset.field));
     const rows = names.map((name) => {
       const r = reported[name];
       const d = Object.prototype.hasOwnProperty.call(desired, name) ? desired[name] : undefined;
@@ -67,7 +98,7 @@
         c.until ? `until ${cp.time(c.until)}` : ""].filter(Boolean).join(" ") : "";
       return cp.el("tr", { "data-field": name, class: differs ? "differs" : null },
         cp.el("td", { class: "mono" }, name),
-        cp.el("td", { class: "reported" }, r ? shown(r.value) : "—"),
+        cp.el("td", { class: "reported" }, r ? reading(r.value, unfolded.has(name)) : "—"),
         cp.el("td", { class: `quality quality-${quality}` }, quality),
         cp.el("td", {}, r ? when(r.received_ts || r.source_ts) : "—"),
         cp.el("td", { class: "desired" }, d === undefined ? "" : shown(d)),
@@ -76,7 +107,7 @@
     if (!rows.length) {
       rows.push(cp.el("tr", {}, cp.el("td", { colspan: 6, class: "muted" }, "Nothing reported yet.")));
     }
-    cp.replace(document.getElementById("twin-rows"), rows);
+    cp.replace(body, rows);
   }
 
   function schedule(item) {
