@@ -65,7 +65,9 @@
     const rows = document.getElementById("city-rows");
     let shape = null; // what the drawing was made for: municipalities and dots
     const dots = new Map(); // entity id -> circle
-    const areas = new Map(); // slug -> {path, title, sub}
+    const areas = new Map(); // slug -> {path, tip, link, sub, name}
+    let alarmLayer = null;
+    let quietLayer = null;
 
     function draw(city) {
       const title = map.querySelector("title");
@@ -82,6 +84,9 @@
       const areaLayer = svg("g", { class: "areas" });
       const dotLayer = svg("g", { class: "dots" });
       const labelLayer = svg("g", { class: "labels" });
+      // Equipment in alarm above the names, the rest below them.
+      alarmLayer = svg("g", { class: "dots dots-alarm" });
+      quietLayer = dotLayer;
       for (const m of city.municipalities) {
         const link = svg("a", { href: listHref(m.slug), "data-municipality": m.slug,
                                 "aria-label": summary(m.name, m.counts) });
@@ -114,11 +119,8 @@
           dots.set(d.id, { circle, tip: dotTip, link, state: d.state });
         }
       }
-      // In alarm on top of the rest.
-      const all = [...dots.values()];
-      dotLayer.append(...all.filter((d) => d.state !== "alarm").map((d) => d.link),
-                      ...all.filter((d) => d.state === "alarm").map((d) => d.link));
-      map.append(areaLayer, dotLayer, labelLayer);
+      for (const d of dots.values()) (d.state === "alarm" ? alarmLayer : dotLayer).append(d.link);
+      map.append(areaLayer, dotLayer, labelLayer, alarmLayer);
     }
 
     function update(city) {
@@ -128,7 +130,11 @@
         const c = m.counts;
         area.tip.textContent = summary(m.name, c) + (c.total ? "\n" + kindsText(c) : "");
         area.link.setAttribute("aria-label", summary(m.name, c));
-        if (area.path) area.path.classList.toggle("has-alarm", c.in_alarm > 0);
+        if (area.path && area.path.classList.contains("has-alarm") !== c.in_alarm > 0) {
+          area.path.classList.toggle("has-alarm", c.in_alarm > 0);
+          // Its red outline above its neighbours' grey ones.
+          if (c.in_alarm > 0) area.link.parentNode.append(area.link);
+        }
         if (area.sub) {
           area.sub.textContent = c.in_alarm ? `${c.total} · ${c.in_alarm} in alarm` : `${c.total}`;
           area.sub.setAttribute("class", c.in_alarm ? "sub sub-alarm" : "sub");
@@ -140,8 +146,7 @@
           dot.circle.dataset.state = d.state;
           dot.tip.textContent = `${d.id} (${d.kind}): ${d.state}`;
           dot.link.setAttribute("aria-label", `${d.id}, ${d.kind}, ${d.state}`);
-          // In alarm on top of the rest.
-          if (d.state === "alarm") dot.link.parentNode.append(dot.link);
+          (d.state === "alarm" ? alarmLayer : quietLayer).append(dot.link);
         }
       }
     }
