@@ -392,7 +392,8 @@
       return;
     }
     if (!answer.actions.length) {
-      note.textContent = answer.refusal || "No command to offer.";
+      const why = answer.refusal || "no command to offer";
+      note.textContent = why.charAt(0).toUpperCase() + why.slice(1) + ".";
       return;
     }
     note.textContent = "Each command is checked by the equipment's kind before it is queued, then followed until the device answers.";
