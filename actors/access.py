@@ -199,6 +199,20 @@ class AccessTerminal(EquipmentEntity):
         return clean
 
     @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """``set`` of the bollard (lowering it is refused during the zone's pedestrian
+        hours), and ``grant_passage`` with a required ``reason`` and ``for_s``."""
+        forms = super().describe_commands(equipment)
+        for form in forms:
+            form["params"]["bollard"]["description"] = (
+                "down is refused during the zone's pedestrian hours: grant a passage")
+        required = {"reason", "for_s"}
+        passage = {name: spec.describe(required=name in required)
+                   for name, spec in GRANT_FIELDS.items()}
+        passage["for_s"]["unit"] = "s"
+        return [*forms, {"action": "grant_passage", "params": passage}]
+
+    @classmethod
     def validate_command_for(cls, equipment: Equipment, action: str, params: Mapping[str, Any],
                              *, now: float) -> dict[str, Any]:
         """:meth:`validate_command`, and a lowering refused during the zone's pedestrian

@@ -167,6 +167,18 @@ class Building(EquipmentEntity):
         return clean
 
     @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """``set`` of the mode; ``lock``/``unlock`` of one of the building's doors and
+        ``fire_confirm``/``fire_reset``, each with a required ``reason``."""
+        reason = Field(str, max_len=_MAX_REASON).describe(required=True, description="why")
+        door = Field(int, 1, _door_count(equipment.profile) or MAX_DOORS).describe(
+            required=True)
+        return [*super().describe_commands(equipment),
+                *({"action": a, "params": {"door": door, "reason": reason}}
+                  for a in _DOOR_ACTIONS),
+                *({"action": a, "params": {"reason": reason}} for a in _PLAN_ACTIONS)]
+
+    @classmethod
     def setpoint_key(cls, action: str, params: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         """A door command sets its door (a lock and an unlock of one door: the latest wins;
         two doors: both stand); a plan action is superseded only by its own repeat."""

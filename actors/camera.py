@@ -79,6 +79,18 @@ class Camera(EquipmentEntity):
         return {**clean, "preset": name}
 
     @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """``set`` of ``preset`` (a number, or one of the camera's preset names) and
+        ``recording``."""
+        forms = super().describe_commands(equipment)
+        presets = equipment.attrs.get("presets")
+        if isinstance(presets, Mapping) and presets:
+            for form in forms:
+                form["params"]["preset"]["names"] = {str(k): int(v) for k, v in
+                                                     sorted(presets.items())}
+        return forms
+
+    @classmethod
     def validate_command_for(cls, equipment: Equipment, action: str,
                              params: Mapping[str, Any], *, now: float) -> dict[str, Any]:
         """As :meth:`validate_command`, with a preset's name as this camera's number."""

@@ -50,7 +50,7 @@ from typing import Any, Final
 
 from actors.equipment import CRISIS_CALLER, CRISIS_RESTORE_CALLER, EquipmentEntity, Field
 from actors.priority import lane as priority_lane
-from actors.schedule import PRECEDENCE, Layers, Timetable, builtin_schedules
+from actors.schedule import Layers, Timetable, builtin_schedules
 from actors.signal_plan import builtin_signal_plans
 from runtime.commands import check_command_shape, shown
 from runtime.device_port import DevicePort
@@ -62,6 +62,7 @@ from runtime.errors import (
     ProtocolError,
     RejectedError,
 )
+from runtime.inventory import Equipment
 from runtime.twin import Quality
 
 __all__ = ["CRISIS", "DEFAULT_SCHEDULE", "MANUAL_MODES", "MODES", "Crossroad"]
@@ -158,6 +159,22 @@ class Crossroad(EquipmentEntity):
         mode without a reason is refused naming ``params.reason``.
         """
         return cls._params(action, params, need_reason=True)
+
+    @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """``set`` of ``plan`` (a signal plan that exists) and ``mode``, with ``reason``
+        (required for a manual mode) and ``for_s``."""
+        forms = super().describe_commands(equipment)
+        for form in forms:
+            params = form["params"]
+            params["plan"]["enum"] = list(builtin_signal_plans().numbers())
+            params["reason"] = cls.OPTIONS["reason"].describe(
+                required_when={"mode": list(MANUAL_MODES)},
+                description="why: required for a manual mode")
+            params["for_s"] = cls.OPTIONS["for_s"].describe(
+                unit="s", description="how long the override holds; until the schedule's "
+                                      "next step without it")
+        return forms
 
     @classmethod
     def _params(cls, action: str, params: Mapping[str, Any], *,
@@ -311,18 +328,8 @@ class Crossroad(EquipmentEntity):
         return {**super().view_extras(), "control": self.control_view()}
 
     def control_view(self) -> dict[str, Any]:
-        layers = self.state.get("layers") or {}
-        values, sources = Layers(dict(layers)).effective(self.ctx.clock.time())
-        fields: dict[str, Any] = {}
-        for name in self.FIELDS:
-            if name in values:
-                layer = layers.get(sources[name]) or {}
-                fields[name] = {"value": values[name], "source": sources[name],
-                                "by": layer.get("by", ""), "until": layer.get("until")}
-            elif name in self.twin.desired:
-                fields[name] = {"value": self.twin.desired[name], "source": None}
-        return {"precedence": list(PRECEDENCE), "fields": fields,
-                "layers": {k: dict(v) for k, v in layers.items()}}
+        layers = Layers(dict(self.state.get("layers") or {}))
+        return layers.control(self.FIELDS, self.twin.desired, self.ctx.clock.time())
 
     async def _enforce(self, names: Iterable[str], cause: str, now: float,
                        fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from actors.schedule import builtin_schedules
 from runtime.commands import check_command_shape, shown
@@ -85,6 +85,42 @@ class Field:
             raise RejectedError(f"{name} must be one of {', '.join(self.choices)}",
                                 code="out_of_range")
         return value
+
+    def describe(self, *, required: bool = False, **extra: Any) -> dict[str, Any]:
+        """The field as a command form shows it (:meth:`EquipmentEntity.describe_commands`).
+
+        ``{"type": "boolean" | "integer" | "number" | "string", "required", "min"?, "max"?,
+        "enum"?, "max_length"?}`` plus ``extra``; bounds are inclusive, a required string
+        must not be blank. Other keys a kind may add: ``exclusive_min`` (the bound ``min``
+        itself refused), ``unit``, ``description``, ``required_when`` (``{field: [values]}``:
+        required when another parameter takes one of those values), ``names`` (a
+        parameter that also takes names for numbers: ``{name: number}``), and for an
+        ``array``, ``items`` (the spec of each) and ``max_items``.
+        """
+        out: dict[str, Any] = {"type": _JSON_TYPES[self.type], "required": required}
+        if self.type in (int, float):
+            if self.low is not None:
+                out["min"] = self.low
+            if self.high is not None:
+                out["max"] = self.high
+        elif self.type is str:
+            out["max_length"] = self.max_len
+            if self.choices:
+                out["enum"] = list(self.choices)
+        out.update(extra)
+        return out
+
+
+#: The JSON type of each type a :class:`Field` holds.
+_JSON_TYPES: Final[Mapping[type, str]] = {bool: "boolean", int: "integer", float: "number",
+                                          str: "string"}
+
+
+def set_form(fields: Mapping[str, Field]) -> dict[str, Any]:
+    """The ``set`` action of a kind whose writable fields are ``fields``: each optional, at
+    least one of them (``requires_one_of``)."""
+    return {"action": "set", "params": {name: spec.describe() for name, spec in fields.items()},
+            "requires_one_of": list(fields)}
 
 
 #: Keys of a sample that number or date it: not data points.
@@ -548,6 +584,12 @@ class EquipmentEntity(Entity):
         come from (a crisis plan's step, a schedule's), as ``(field, message)``: nothing by
         default (a crossroad: a plan number no signal plan has)."""
         return []
+
+    @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """``set`` with the kind's :attr:`FIELDS` (none for a kind without one): what
+        :meth:`validate_command` takes. A kind with more overrides both together."""
+        return [set_form(cls.FIELDS)] if cls.FIELDS else []
 
     @classmethod
     def validate_command(cls, action: str, params: Mapping[str, Any]) -> dict[str, Any]:

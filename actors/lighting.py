@@ -446,6 +446,16 @@ class LightingCircuit(EquipmentEntity):
         return {"name": timetable.schedule.name, "step": recorded.get("step"),
                 "since": recorded.get("since"), "next": self._next}
 
+    def view_extras(self) -> dict[str, Any]:
+        """The schedule, and ``control``: each field's effective value and the layer that
+        sets it (schedule, operator's override, crisis plan), with who and until when."""
+        layers: Layers | None = getattr(self, "layers", None)  # None before start
+        if layers is None:
+            return super().view_extras()
+        return {**super().view_extras(),
+                "control": layers.control(self.FIELDS, self.twin.desired,
+                                          self.ctx.clock.time())}
+
     async def actuate(self, setpoints: Mapping[str, Any], command_id: str) -> dict[str, Any]:
         """Record ``setpoints`` as desired and write to each lamp what it lacks."""
         want = dict(setpoints)
@@ -483,6 +493,24 @@ class LightingCircuit(EquipmentEntity):
                 raise InvalidCommandError("a lamp's setpoint is written once; for_s is for "
                                           "the circuit's", field="params.for_s")
         return {**super().validate_command(action, rest), **extra}
+
+    @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """``set`` of ``on`` and ``dim``, for the circuit's lamps (``lamps``: numbers 1 to
+        the circuit's count) or the whole circuit for ``for_s`` seconds."""
+        forms = super().describe_commands(equipment)
+        for form in forms:
+            form["params"][cls.LAMPS_PARAM] = {
+                "type": "array", "required": False, "max_items": cls.MAX_LAMPS,
+                "items": {"type": "integer", "min": 1, "max": circuit_lamps(equipment)},
+                "description": "only these lamps (distinct numbers); the whole circuit "
+                               "without it"}
+            form["params"][cls.FOR_PARAM] = {
+                "type": "number", "required": False, "min": 0, "exclusive_min": True,
+                "max": MAX_OVERRIDE_S, "unit": "s",
+                "description": "how long the circuit's override holds (not with lamps); "
+                               "until the schedule's next step without it"}
+        return forms
 
     @classmethod
     def _check_lamps(cls, value: Any) -> list[int]:

@@ -296,6 +296,24 @@ class Layers:
                  if layer.get("until") is not None]
         return min(times) if times else None
 
+    def control(self, names: Iterable[str], desired: Mapping[str, Any], now: float
+                ) -> dict[str, Any]:
+        """What the equipment view shows of the layers: ``{"precedence", "fields",
+        "layers"}``, each of ``names`` with its effective ``value``, the ``source`` that
+        sets it, ``by`` whom and ``until`` when (a field no layer holds but ``desired``
+        does: its desired value, source None), and every source's layer as kept."""
+        values, sources = self.effective(now)
+        fields: dict[str, Any] = {}
+        for name in names:
+            if name in values:
+                layer = self.state.get(sources[name]) or {}
+                fields[name] = {"value": values[name], "source": sources[name],
+                                "by": layer.get("by", ""), "until": layer.get("until")}
+            elif name in desired:
+                fields[name] = {"value": desired[name], "source": None}
+        return {"precedence": list(self.precedence), "fields": fields,
+                "layers": {k: dict(v) for k, v in self.state.items()}}
+
 
 @dataclass(frozen=True, slots=True)
 class ScheduleBook:

@@ -119,6 +119,11 @@ class Vehicle(EquipmentEntity):
     FIELDS = {"message": Field(str, max_len=200)}
 
     @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """A crew ``message`` to a vehicle with a radio; nothing to one without."""
+        return super().describe_commands(equipment) if has_radio(equipment.attrs) else []
+
+    @classmethod
     def validate_command_for(cls, equipment: Equipment, action: str, params: Mapping[str, Any],
                              *, now: float) -> dict[str, Any]:
         """:meth:`validate_command`, and a crew message to a vehicle without radio refused

@@ -23,6 +23,7 @@ from admin_web.api import API_PREFIX, api
 from admin_web.audit import MUTATING_METHODS, audit_unrecorded
 from admin_web.auth import Role, User, UserRegistry
 from admin_web.backend import AdminBackend
+from admin_web.city_pages import city_pages
 from admin_web.context import Services, install
 from admin_web.desks import DeskBook, builtin_desks
 from admin_web.guards import CSRF_FIELD, SESSION_COOKIE, csrf_token
@@ -125,6 +126,7 @@ def create_app(
     app.register_blueprint(openapi)
     app.register_blueprint(pages)
     app.register_blueprint(user_pages)
+    app.register_blueprint(city_pages)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD,
                                  nav_pages=NAV_PAGES)
     app.after_request(_conditional)

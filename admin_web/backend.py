@@ -175,6 +175,23 @@ class AdminBackend(Protocol):
         ``KeyError`` when unknown."""
         ...
 
+    def equipment_actions(self, entity_id: str) -> list[dict[str, Any]]:
+        """The commands equipment ``entity_id`` takes, as its kind validates them (its
+        behaviour's ``describe_commands``: ``[{"action", "params": {name: spec}}]``),
+        whoever asks; ``KeyError`` when unknown."""
+        ...
+
+    def city(self) -> dict[str, Any]:
+        """The map of the metropolis, whoever asks (the API scopes it).
+
+        ``{"municipalities": [{"slug", "name", "lat", "lon", "polygon"}], "equipment":
+        [{"id", "kind", "municipality", "lat", "lon", "online", "status", "in_alarm"}]}``:
+        each municipality's area as GeoJSON polygon rings of ``[lon, lat]`` (None when
+        unknown) and every equipment where the inventory places it, as it stands. Read
+        only: the answer may be shared between callers.
+        """
+        ...
+
     def alarms(self) -> list[dict[str, Any]]:
         """Every alarm as the alarms coordinator last published them (hidden ones too).
 
@@ -494,6 +511,22 @@ class StaticBackend:
                 return {**item, "events": [], "commands": [], "alarms": []}
         raise KeyError(entity_id)
 
+    def equipment_actions(self, entity_id: str) -> list[dict[str, Any]]:
+        if entity_id not in self._equipment:
+            raise KeyError(entity_id)
+        # No behaviour is loaded before the runtime: no form to offer yet.
+        return []
+
+    def city(self) -> dict[str, Any]:
+        # Neither geography nor positions before the runtime: names and states only.
+        return {"municipalities": [{"slug": m, "name": m, "lat": None, "lon": None,
+                                    "polygon": None}
+                                   for m in sorted(set(self._equipment.values()))],
+                "equipment": [{"id": e, "kind": self._kinds.get(e), "municipality": m,
+                               "lat": None, "lon": None, "online": False,
+                               "status": "unknown", "in_alarm": False}
+                              for e, m in sorted(self._equipment.items())]}
+
     def alarms(self) -> list[dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self._alarms)
@@ -643,6 +676,12 @@ class SwappableBackend:
 
     def equipment_detail(self, entity_id: str) -> dict[str, Any]:
         return self.current.equipment_detail(entity_id)
+
+    def equipment_actions(self, entity_id: str) -> list[dict[str, Any]]:
+        return self.current.equipment_actions(entity_id)
+
+    def city(self) -> dict[str, Any]:
+        return self.current.city()
 
     def alarms(self) -> list[dict[str, Any]]:
         return self.current.alarms()

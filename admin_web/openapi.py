@@ -63,6 +63,7 @@ from admin_web.auth import (
     Role,
 )
 from admin_web.backend import CRISIS_MODES, HEALTH_STATUSES, package_version
+from admin_web.city_pages import DOT_STATES
 from admin_web.desks import CRISIS_MODES as DESK_CRISIS_MODES
 from admin_web.guards import SESSION_COOKIE
 from admin_web.history import DEFAULT_LIMIT, MAX_LIMIT, MAX_TEXT_FILTER, NEXT_HEADER
@@ -176,6 +177,17 @@ def _schemas() -> dict[str, Any]:
         "desired": {"type": "object", "additionalProperties": _ref("JsonValue"),
                     "description": "what was last asked of the device, by field"},
         "schedule": _ref("Schedule"),
+        "control": _obj({
+            "precedence": _array(_STR, description="the layers, strongest first"),
+            "fields": {"type": "object", "additionalProperties": _obj({
+                "value": _ref("JsonValue"), "source": _NSTR, "by": _STR, "until": _NTS,
+            }, ("value", "source")), "description": "each field's value in force and the "
+                                                    "layer that sets it"},
+            "layers": {"type": "object", "additionalProperties": _ref("JsonValue"),
+                       "description": "each layer as kept: ``{\"set\", \"until\", "
+                                      "\"by\"}``"},
+        }, ("precedence", "fields", "layers"), description="what sets a scheduled kind's "
+                                                           "fields"),
         "position": {"type": "object", "description": "a vehicle's last position",
                      "properties": {"lat": _NUM, "lon": _NUM, "stale": _BOOL}},
         "home_municipality": _STR,
@@ -1252,6 +1264,101 @@ _IF_NONE_MATCH: Final = {
 _NOT_MODIFIED: Final = {"description": "unchanged since the ``ETag`` in ``If-None-Match``"}
 
 
+def _city_schemas() -> dict[str, Any]:
+    """The city map's and the command forms' shapes (:mod:`admin_web.city_pages`)."""
+    counts = {name: _COUNT for name in ("total", "online", "offline", "in_alarm")}
+    position = _array(_NUM, minItems=2, maxItems=2, description="``[lon, lat]``")
+    param = _obj({
+        "type": {"type": "string", "enum": ["boolean", "integer", "number", "string",
+                                            "array"]},
+        "required": {"type": "boolean", "description": "a required string must not be blank"},
+        "min": {**_NUM, "description": "inclusive, unless ``exclusive_min``"},
+        "max": {**_NUM, "description": "inclusive"},
+        "exclusive_min": _BOOL,
+        "enum": _array({"type": ["string", "integer"]}),
+        "max_length": _COUNT,
+        "unit": _STR,
+        "description": _STR,
+        "required_when": {"type": "object", "additionalProperties": _array(_ref("JsonValue")),
+                          "description": "required when another parameter (the key) takes "
+                                         "one of these values"},
+        "names": {"type": "object", "additionalProperties": _INT,
+                  "description": "names the parameter also takes, with their numbers"},
+        "items": _ref("CommandParam"),
+        "max_items": _COUNT,
+    }, ("type",), closed=True, description="One parameter of a command, as the equipment's "
+                                           "kind validates it.")
+    return {
+        "CityCounts": _obj({**counts, "kinds": {
+            "type": "object", "additionalProperties": _obj(
+                counts, tuple(counts), closed=True), "description": "the same, by kind"}},
+            (*counts, "kinds"), closed=True),
+        "CityDot": _obj({
+            "id": _STR,
+            "kind": {"type": "string", "enum": list(KINDS)},
+            "lat": _NUM,
+            "lon": _NUM,
+            "state": {"type": "string", "enum": list(DOT_STATES),
+                      "description": "``alarm`` when in alarm, else ``offline`` or ``online``"},
+        }, ("id", "kind", "lat", "lon", "state"), closed=True),
+        "CityMunicipality": _obj({
+            "slug": _STR,
+            "name": _STR,
+            "centre": _nullable(position),
+            "polygon": _nullable(_array(_array(position), description="GeoJSON polygon "
+                                        "rings of ``[lon, lat]``, the outer one first")),
+            "counts": _ref("CityCounts"),
+            "equipment": _array(_ref("CityDot"), description="the equipment drawn, where "
+                                "the inventory places it (vehicles are counted, not drawn)"),
+        }, ("slug", "name", "centre", "polygon", "counts", "equipment"), closed=True),
+        "City": _obj({
+            "bbox": _nullable(_array(_NUM, minItems=4, maxItems=4,
+                                     description="``[west, south, east, north]``")),
+            "totals": _ref("CityCounts"),
+            "municipalities": _array(_ref("CityMunicipality")),
+        }, ("bbox", "totals", "municipalities"), closed=True),
+        "CommandParam": param,
+        "CommandForm": _obj({
+            "action": _STR,
+            "params": {"type": "object", "additionalProperties": _ref("CommandParam")},
+            "requires_one_of": _array(_STR, description="at least one of these parameters"),
+        }, ("action", "params"), closed=True),
+        "EquipmentActions": _obj({
+            "id": _STR,
+            "kind": {"type": "string", "enum": list(KINDS)},
+            "actions": _array(_ref("CommandForm")),
+            "refusal": _nullable({"type": "string", "description": "why no command (or not "
+                                  "every one) is offered"}),
+        }, ("id", "kind", "actions", "refusal"), closed=True),
+    }
+
+
+def _city_paths() -> dict[str, Any]:
+    p = API_PREFIX
+    return {
+        f"{p}/city": {"get": _op(
+            "getCity", "equipment", "The city map: each municipality's area, counts and "
+            "equipment", {
+                "200": _answer("the municipalities the user may read", _ref("City")),
+            }, description="Each municipality the user may read, with its area, its "
+                           "equipment counted (in total and by kind: online, offline, in "
+                           "alarm) and drawn as dots, without the kinds his desks do not "
+                           "read. Built from the hosts' equipment view and the alarms' "
+                           "read model, kept a second.")},
+        f"{p}/equipment/{{entity_id}}/actions": {"get": _op(
+            "listEquipmentActions", "commands", "The commands the user may send to one "
+            "equipment", {
+                "200": _answer("its kind's commands and their parameters, as the kind "
+                               "validates them; none to a viewer or outside the user's "
+                               "municipalities, only those his desks command",
+                               _ref("EquipmentActions")),
+                "403": _error("the user's desks do not read equipment of its kind"),
+                "404": _error("no such equipment, or one of a municipality the user may not "
+                              "read"),
+            }, parameters=[_path_param("entity_id", "the equipment's id", "lc-dijon-0001")])},
+    }
+
+
 def _conditional_reads(paths: dict[str, Any]) -> dict[str, Any]:
     """Each authenticated JSON read of ``/api/v1`` with its ``If-None-Match`` and 304."""
     for path, item in paths.items():
@@ -1298,9 +1405,10 @@ def _document() -> dict[str, Any]:
         "tags": [{"name": name} for name in (
             "system", "equipment", "commands", "alarms", "crisis", "priority", "energy",
             "history", "interventions", "users", "desks", "open311")],
-        "paths": _conditional_reads({**_api_paths(), **_users_paths(), **_open311_paths()}),
+        "paths": _conditional_reads({**_api_paths(), **_city_paths(), **_users_paths(),
+                                     **_open311_paths()}),
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_city_schemas()},
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer",
                                "description": "a user's API token"},

@@ -294,6 +294,15 @@ class Entity:
         return cls.validate_command(action, params)
 
     @classmethod
+    def describe_commands(cls, equipment: Equipment) -> list[dict[str, Any]]:
+        """The commands an operator may send to ``equipment``, as :meth:`validate_command_for`
+        takes them, for the admin web's forms: ``[{"action", "params": {name: {"type",
+        "required", "min"?, "max"?, "enum"?, …}}, …}]`` (the vocabulary of
+        :meth:`actors.equipment.Field.describe`). None by default: a behaviour without a
+        vocabulary of its own offers no form."""
+        return []
+
+    @classmethod
     def setpoint_key(cls, action: str, params: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         """What a command sets, for "latest setpoint wins": two queued commands with the same
         key, the older one is superseded. By default the action and its fields' names."""

@@ -86,6 +86,8 @@ PHONE_APP = "phone"
 #: The read model and the id of the crisis coordinator (``actors.control.crisis``).
 CRISIS_READ_MODEL = "crisis"
 CRISIS = "crisis"
+#: How long the city map's states are kept before they are read again (seconds).
+CITY_CACHE_S = 1.0
 #: The broker account of the MQTT simulators (and ``…-telemetry``, their second connection).
 SIM_ACCOUNT = "sim-mqtt"
 #: The mode of a municipality without a crisis plan; asking for it ends the plan.
@@ -623,6 +625,7 @@ class RuntimeBackend:
         self._lock = threading.Lock()
         self._geography: Geography | None = None
         self._open311: SyncOpen311Store | None = None
+        self._city: tuple[float, dict[str, Any]] | None = None
 
     def tree(self) -> dict[str, Any]:
         return self.service.tree()
@@ -739,7 +742,8 @@ class RuntimeBackend:
              and (after is None or eq.id > after)),
             key=lambda eq: eq.id)
         summaries = store.hgetall(EQUIPMENT_VIEW) if candidates else {}
-        alarmed = self._alarmed() if in_alarm is not None else set()
+        # Every record says whether it is in alarm, filtered on it or not.
+        alarmed = self._alarmed() if candidates else set()
         page: list[tuple[Equipment, dict[str, Any]]] = []
         more = False
         for eq in candidates:
@@ -776,6 +780,41 @@ class RuntimeBackend:
             for c in store.recent_commands(entity_id, 10)]
         record["alarms"] = alarms
         return record
+
+    def equipment_actions(self, entity_id: str) -> list[dict[str, Any]]:
+        """The commands ``entity_id`` takes, as its behaviour describes what it validates
+        (:meth:`~runtime.entity.Entity.describe_commands`); ``KeyError`` when unknown."""
+        eq = self.service.inventory.by_id(entity_id)
+        behaviour = load_factory(self.service.options.factory)(eq)
+        if isinstance(behaviour, type) and issubclass(behaviour, Entity):
+            return behaviour.describe_commands(eq)
+        return []
+
+    def city(self) -> dict[str, Any]:
+        """``AdminBackend.city``: the municipalities' areas (:class:`~runtime.geo.Geography`)
+        and every equipment at its inventory position with its line of the equipment view
+        and whether it is in alarm. Two reads of small records, kept :data:`CITY_CACHE_S`
+        seconds: however many pages show the map, it costs those reads once a second."""
+        with self._lock:
+            if self._city is not None and time.monotonic() - self._city[0] < CITY_CACHE_S:
+                return self._city[1]
+        inventory = self.service.inventory
+        polygons = {f["id"]: f["geometry"]["coordinates"] for f in self.geography().polygons()}
+        summaries = self._store().hgetall(EQUIPMENT_VIEW)
+        alarmed = self._alarmed()
+        equipment = []
+        for eq in inventory.equipment:
+            line = _summary_line(summaries.get(eq.id))
+            equipment.append({"id": eq.id, "kind": eq.kind, "municipality": eq.municipality,
+                              "lat": eq.lat, "lon": eq.lon, "online": bool(line["online"]),
+                              "status": line["status"], "in_alarm": eq.id in alarmed})
+        out = {"municipalities": [{"slug": m.slug, "name": m.name, "lat": m.lat, "lon": m.lon,
+                                   "polygon": polygons.get(m.slug)}
+                                  for m in inventory.municipalities],
+               "equipment": equipment}
+        with self._lock:
+            self._city = (time.monotonic(), out)
+        return out
 
     def _alarmed(self) -> set[str]:
         return {str(a.get("source")) for a in self.alarms()
