@@ -162,6 +162,8 @@ def test_the_ray_pods_reach_out_to_dns_redis_the_broker_and_the_field_only() -> 
     assert out.pop("mosquitto") == {1883}
     assert out.pop("kube-dns") == {53}
     assert out.pop("field") == {502, 4840}
+    (field,) = [r["to"][0]["ipBlock"] for r in policy["egress"] if "ipBlock" in r["to"][0]]
+    assert not field["cidr"].endswith("/0")  # the field network, not the whole world
     assert set(out) == {"commandpost"}
 
 
