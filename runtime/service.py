@@ -26,7 +26,9 @@ from urllib.parse import urlparse
 
 import psutil
 import ray
+from ray.exceptions import AuthenticationError
 
+from runtime import ray_auth
 from runtime.audit import AuditRecord, audit_entry
 from runtime.clock import ClockSpec
 from runtime.commands import Command, check_command_shape, new_command_id, shown
@@ -372,13 +374,21 @@ class Service:
         # workers are the hosts, the runtime itself: they must not yield to every other
         # process of the machine (the simulators, a broker, a log shipper) either.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # A cluster that wants Ray's token: ray.init reads it from the environment
+        # (runtime.ray_auth), provided RAY_AUTH_MODE=token was there when ray was imported.
+        address = self.options.ray_address
+        token_mode = ray_auth.ray_token_mode()
+        problem = ray_auth.token_problem(address, os.environ, token_mode=token_mode)
+        if problem is not None:
+            raise ConfigError(problem)
         before = {p.pid for p in psutil.Process().children()}
         # Before ray.init: a start interrupted half-way must still be shut down.
         self._started_ray = True
         try:
             ray.init(**kwargs)
-        except ConnectionError as exc:
-            raise RetryableError(f"cannot reach Ray at {self.options.ray_address}: {exc}") from exc
+        except (ConnectionError, AuthenticationError) as exc:
+            raise ray_auth.connection_failure(address, exc, os.environ,
+                                              token_mode=token_mode) from exc
         finally:
             if not self.options.ray_address:
                 self._ray_procs = _new_ray_children(before)
