@@ -32,6 +32,7 @@ from admin_web.http_errors import install_error_handlers
 from admin_web.interventions import interventions
 from admin_web.keys import keys
 from admin_web.openapi import openapi
+from admin_web.ops_pages import ops_pages
 from admin_web.pages import pages
 from admin_web.strict_json import StrictJSONProvider
 from admin_web.throttle import LoginThrottle
@@ -127,6 +128,7 @@ def create_app(
     app.register_blueprint(pages)
     app.register_blueprint(user_pages)
     app.register_blueprint(city_pages)
+    app.register_blueprint(ops_pages)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD,
                                  nav_pages=NAV_PAGES)
     app.after_request(_conditional)

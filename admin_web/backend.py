@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, Final, Protocol
 
-from runtime.audit import AuditRecord, audit_entry
+from runtime.audit import AuditRecord, action_matches, audit_entry
 from runtime.errors import (
     ConfigError,
     ConflictError,
@@ -127,15 +127,21 @@ class AdminBackend(Protocol):
         self,
         *,
         user: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
         since: float | None = None,
+        until: float | None = None,
         before: str | None = None,
         limit: int = 100,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Audit entries newest first (:func:`runtime.audit.audit_entry`), and a cursor.
 
-        ``user`` keeps one user's; ``since`` (epoch seconds) and ``before`` (a
-        cursor: the ``id`` of an entry, exclusive) bound the range. The cursor
-        is the next page's ``before``, None after the last page.
+        ``user`` keeps one user's, ``action`` one action or its family
+        (:func:`runtime.audit.action_matches`), ``outcome`` the ``ok`` or the
+        ``refused`` ones; ``since`` and ``until`` (epoch seconds, the latter
+        exclusive) and ``before`` (a cursor: the ``id`` of an entry, exclusive)
+        bound the range. The cursor is the next page's ``before``, None after
+        the last page.
         """
         ...
 
@@ -459,14 +465,20 @@ class StaticBackend:
         self,
         *,
         user: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
         since: float | None = None,
+        until: float | None = None,
         before: str | None = None,
         limit: int = 100,
     ) -> tuple[list[dict[str, Any]], str | None]:
         with self._lock:
             entries = [e for e in reversed(self._audit)
                        if (user is None or e["user"] == user)
-                       and (since is None or e["ts"] >= since)]
+                       and (action is None or action_matches(e["action"], action))
+                       and (outcome is None or e["outcome"] == outcome)
+                       and (since is None or e["ts"] >= since)
+                       and (until is None or e["ts"] < until)]
         if before is not None:
             ids = [e["id"] for e in entries]
             entries = entries[ids.index(before) + 1:] if before in ids else []
@@ -644,11 +656,15 @@ class SwappableBackend:
         self,
         *,
         user: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
         since: float | None = None,
+        until: float | None = None,
         before: str | None = None,
         limit: int = 100,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        return self.current.audit_trail(user=user, since=since, before=before, limit=limit)
+        return self.current.audit_trail(user=user, action=action, outcome=outcome, since=since,
+                                        until=until, before=before, limit=limit)
 
     def events(
         self,

@@ -1,10 +1,13 @@
 """History under ``/api/v1``: the event stream and the audit trail, paged newest first.
 
     GET /api/v1/events?entity=&kind=&event=&since=&limit=&before=   (any authenticated user)
-    GET /api/v1/audit?user=&since=&limit=&before=                  (admin)
+    GET /api/v1/audit?user=&action=&outcome=&since=&until=&limit=&before=   (admin)
 
 Both answer a JSON list, newest first, at most ``limit`` items (default 100,
-at most 1000). ``since`` is epoch seconds (a float): nothing older is listed.
+at most 1000). ``since`` is epoch seconds (a float): nothing older is listed;
+the audit's ``until`` likewise keeps what is older than it. The audit's
+``action`` keeps one action (``alarm.ack``) or a family of them (``alarm``:
+``alarm.ack``, ``alarm.shelve``…), ``outcome`` ``ok`` or ``refused``.
 When more may follow, the ``X-Next-Before`` header carries a cursor: pass it
 as ``before`` for the next page. A page may be short (even empty) and still
 carry a cursor when its filters matched little of the stretch one request
@@ -30,6 +33,7 @@ from admin_web.auth import Role, User
 from admin_web.context import services
 from admin_web.guards import current_user, desk_hidden, ensure_desk_reads, require
 from admin_web.http_errors import ApiError
+from runtime.audit import OUTCOMES
 from runtime.errors import RetryableError
 from runtime.inventory import KINDS
 from runtime.store import MAX_STREAM_ID_PART
@@ -53,16 +57,16 @@ def _text(name: str) -> str | None:
     return value
 
 
-def _since() -> float | None:
-    raw = request.args.get("since")
+def _since(name: str = "since") -> float | None:
+    raw = request.args.get(name)
     if raw is None or raw == "":
         return None
     try:
         since = float(raw)
     except ValueError:
-        raise ApiError(422, "since must be epoch seconds (a number)", field="since") from None
+        raise ApiError(422, f"{name} must be epoch seconds (a number)", field=name) from None
     if not math.isfinite(since) or since < 0:
-        raise ApiError(422, "since must be finite epoch seconds >= 0", field="since")
+        raise ApiError(422, f"{name} must be finite epoch seconds >= 0", field=name)
     return since
 
 
@@ -147,12 +151,21 @@ def audit_trail() -> ResponseReturnValue:
     """The audit trail: who did what, when, from where, with what outcome.
 
     Items are ``{"id", "ts", "user", "role", "source", "action", "target",
-    "params", "before", "after", "outcome": "ok" | "refused", "code", "detail"}``.
+    "params", "before", "after", "outcome": "ok" | "refused", "code", "detail"}``;
+    filters ``user``, ``action`` (one, or a family by its first part), ``outcome``,
+    ``since`` and ``until`` (by the time the entry was written).
     """
-    user, since, limit, before = _text("user"), _since(), _limit(), _before()
+    user, action, since, until = _text("user"), _text("action"), _since(), _since("until")
+    limit, before = _limit(), _before()
+    outcome = request.args.get("outcome") or None
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ApiError(422, f"outcome must be one of {', '.join(OUTCOMES)}", field="outcome")
+    if since is not None and until is not None and until <= since:
+        raise ApiError(422, "until must come after since", field="until")
     try:
-        items, cursor = services().backend.audit_trail(user=user, since=since, before=before,
-                                                       limit=limit)
+        items, cursor = services().backend.audit_trail(
+            user=user, action=action, outcome=outcome, since=since, until=until,
+            before=before, limit=limit)
     except RetryableError:
         raise ApiError(503, "store unavailable, try again", headers={"Retry-After": "1"}) from None
     return _page(items, cursor)

@@ -75,6 +75,7 @@ from admin_web.interventions import (
 )
 from admin_web.open311 import FORMATS, OPEN311_PREFIX
 from admin_web.users import IF_MATCH_PATTERN, MAX_NAME_LENGTH, MAX_NAMES
+from runtime.audit import OUTCOMES as AUDIT_OUTCOMES
 from runtime.commands import MAX_ACTION_LENGTH, MAX_PARAM_NAME_LENGTH, MAX_PARAMS, CommandStatus
 from runtime.energy import STEPS as ENERGY_STEPS
 from runtime.inventory import KINDS
@@ -280,6 +281,12 @@ def _schemas() -> dict[str, Any]:
         "source": _NSTR,
         "lamps": _nullable(_array({"type": "integer", "minimum": 0},
                                   description="a lighting fault's failed lamps, by number")),
+        "equipment": {**_NSTR, "description": "the lighting circuit or the building it is "
+                                              "about (none for a citizen's request)"},
+        "timeline": _array(_obj({"ts": _TS, "state": {"type": "string",
+                                                      "enum": list(INTERVENTION_STATES)},
+                                 "vehicle": _NSTR, "notes": _NSTR}, ("ts", "state")),
+                           description="its last changes, oldest first"),
     }, ("id", "request_id", "category", "description", "municipality", "state", "vehicle",
         "lat", "lon", "created_ts", "updated_ts"),
         description="An intervention of the dispatch coordinator (CONTRACT.md).")
@@ -990,10 +997,17 @@ def _api_paths() -> dict[str, Any]:
             "listAudit", "history", "The audit trail, newest first", {
                 "200": _answer("a page of the trail", _array(_ref("AuditEntry")),
                                headers=_NEXT_BEFORE),
-                "422": _error("``user``, ``since``, ``limit`` or ``before`` is malformed"),
+                "422": _error("a filter, ``limit`` or ``before`` is malformed, or ``until`` "
+                              "does not come after ``since``"),
             }, role="admin", parameters=[
                 _query("user", _HISTORY_TEXT, "one user's"),
+                _query("action", _HISTORY_TEXT, "one action (``alarm.ack``) or a family of "
+                       "them by its first part (``alarm``)"),
+                _query("outcome", _or_empty({"type": "string", "enum": list(AUDIT_OUTCOMES)}),
+                       "``ok`` or ``refused`` entries only"),
                 _SINCE,
+                _query("until", _or_empty({"type": "number", "minimum": 0}),
+                       "epoch seconds: only entries written before then"),
                 _query("limit", _LIMIT_HISTORY, "the page's size"),
                 _BEFORE,
             ])},

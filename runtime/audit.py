@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from runtime.errors import RejectedError
 
-__all__ = ["MAX_VALUE_BYTES", "OUTCOMES", "AuditRecord", "audit_entry"]
+__all__ = ["MAX_VALUE_BYTES", "OUTCOMES", "AuditRecord", "action_matches", "audit_entry"]
 
 OUTCOMES: Final = ("ok", "refused")
 #: Longest JSON kept for each of params, before and after.
@@ -126,3 +126,9 @@ def audit_entry(fields: Mapping[str, Any]) -> dict[str, Any]:
         except ValueError:
             out[name] = raw
     return out
+
+
+def action_matches(action: object, wanted: str) -> bool:
+    """Whether an entry's ``action`` is ``wanted`` or of its family: ``alarm`` matches
+    ``alarm`` and ``alarm.ack``, not ``alarms``."""
+    return isinstance(action, str) and (action == wanted or action.startswith(wanted + "."))

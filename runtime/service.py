@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -29,7 +30,7 @@ import ray
 from ray.exceptions import AuthenticationError
 
 from runtime import ray_auth
-from runtime.audit import AuditRecord, audit_entry
+from runtime.audit import AuditRecord, action_matches, audit_entry
 from runtime.clock import ClockSpec
 from runtime.commands import Command, check_command_shape, new_command_id, shown
 from runtime.datafile import KeyPath
@@ -59,7 +60,7 @@ from runtime.niceness import background_nice
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.request_sync import RequestStatusSync
-from runtime.store import STREAM_RETENTION_S, RetryPolicy, SyncStore
+from runtime.store import MAX_STREAM_ID_PART, STREAM_RETENTION_S, RetryPolicy, SyncStore
 from supervisors.root import RootActor
 from supervisors.spec import SupervisorOptions
 from supervisors.tree import ROOT_NAME
@@ -625,6 +626,12 @@ def _new_ray_children(before: set[int]) -> list[tuple[str, psutil.Process]]:
     return found
 
 
+def _id_key(stream_id: str) -> tuple[int, int]:
+    """A stream id (``ms-seq``) as a pair that sorts as Redis orders them."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class RuntimeBackend:
     """The admin web's view of a :class:`Service` (health, tree, system)."""
 
@@ -694,12 +701,27 @@ class RuntimeBackend:
         """Append ``record`` to the audit stream (within :data:`SUBMIT_DEADLINE_S`)."""
         self._store().append_audit(record.to_fields(), deadline_s=SUBMIT_DEADLINE_S)
 
-    def audit_trail(self, *, user: str | None = None, since: float | None = None,
-                    before: str | None = None, limit: int = 100,
+    def audit_trail(self, *, user: str | None = None, action: str | None = None,
+                    outcome: str | None = None, since: float | None = None,
+                    until: float | None = None, before: str | None = None, limit: int = 100,
                     ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of the audit stream, newest first (``AdminBackend.audit_trail``)."""
+        """A page of the audit stream, newest first (``AdminBackend.audit_trail``).
+
+        User and outcome are matched in Redis's reply before decoding; an action's family
+        after. ``until`` bounds the range by stream id, as ``since`` does: it is the
+        ``before`` of the entries written from then on, unless ``before`` is older.
+        """
+        match = {k: v for k, v in (("user", user), ("outcome", outcome)) if v is not None}
+        if until is not None:
+            bound = f"{min(math.ceil(until * 1000.0), MAX_STREAM_ID_PART)}-0"
+            if before is None or _id_key(bound) < _id_key(before):
+                before = bound
+
+        def keep(row: dict[str, Any]) -> bool:
+            return action is None or action_matches(row.get("action"), action)
+
         rows, cursor = self._store().page("audit", limit=limit, before=before, since=since,
-                                          match=None if user is None else {"user": user})
+                                          match=match, keep=keep)
         return [audit_entry(row) for row in rows], cursor
 
     def events(self, *, entity: str | None = None, kind: str | None = None,

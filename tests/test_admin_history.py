@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 import uuid
@@ -27,6 +28,7 @@ from runtime.embedded import EmbeddedRedis
 from runtime.inventory import Inventory, parse_inventory
 from runtime.service import RuntimeBackend, Service, ServiceOptions
 from runtime.store import RedisStore, StoreKeys, SyncStore
+from tests.conftest import poll
 
 TOKENS = {name: f"{name}-token-{name[0] * 20}" for name in ("admin", "operator", "viewer")}
 PASSWORD = "correct horse battery"
@@ -217,6 +219,35 @@ def test_the_audit_trail_pages_newest_first(client: FlaskClient, backend: Runtim
     assert (status, body) == (200, [])
     status, body, _ = get(client, f"/api/v1/audit?user=pager&since={t0 - 60}&limit=1000")
     assert len(body) == 25
+
+
+def test_the_audit_trail_filters_by_action_family_outcome_and_until(
+        client: FlaskClient, backend: RuntimeBackend) -> None:
+    for action, outcome in [("alarm.ack", "ok"), ("alarm.shelve", "refused"),
+                            ("alarms.export", "ok"), ("alarm", "ok")]:
+        backend.audit(AuditRecord(user="filtered", action=action, outcome=outcome,
+                                  ts=time.time(), code="" if outcome == "ok" else "403"))
+    cut = time.time()
+    # The next entry is written in a later millisecond than ``cut`` (its stream id's).
+    poll(lambda: time.time() * 1000 > math.ceil(cut * 1000) + 1, 1, what="a later ms")
+    backend.audit(AuditRecord(user="filtered", action="alarm.unshelve", ts=time.time()))
+
+    def actions(query: str) -> list[str]:
+        status, body, _ = get(client, f"/api/v1/audit?user=filtered&{query}")
+        assert status == 200, body
+        return [e["action"] for e in body]
+
+    assert actions("action=alarm") == ["alarm.unshelve", "alarm", "alarm.shelve", "alarm.ack"]
+    assert actions("action=alarm.ack") == ["alarm.ack"]
+    assert actions("outcome=refused") == ["alarm.shelve"]
+    assert actions(f"until={cut}") == ["alarm", "alarms.export", "alarm.shelve", "alarm.ack"]
+    assert actions(f"action=alarm&outcome=ok&until={cut}") == ["alarm", "alarm.ack"]
+    # until and a cursor together: the older bound of the two.
+    first, = trail(client, "filtered", limit=1)
+    assert first["action"] == "alarm.unshelve"
+    status, body, _ = get(client, f"/api/v1/audit?user=filtered&before={first['id']}"
+                                  f"&until={cut - 3600}")
+    assert (status, body) == (200, [])
 
 
 def test_an_oversized_value_is_noted_not_kept(backend: RuntimeBackend, client: FlaskClient) -> None:

@@ -251,6 +251,16 @@ def test_waiting_requests_go_to_the_first_vehicle_freed() -> None:
             assert got[second]["vehicle"] == "m1"
             assert got[first]["notes"] == "Done by crew m1."
             assert [got[first][k] is not None for k in ("created_ts", "updated_ts")]
+            # Its timeline: each change, oldest first, with the crew and the notes of then.
+            timeline = got[first]["timeline"]
+            assert [(t["state"], t["vehicle"]) for t in timeline] == [
+                ("new", None), ("assigned", "m1"), ("en_route", "m1"), ("on_site", "m1"),
+                ("done", "m1")]
+            assert timeline[1]["notes"] == "Assigned to vehicle m1 (maintenance)."
+            assert timeline[0]["ts"] >= got[first]["created_ts"]
+            assert timeline[-1]["ts"] == got[first]["updated_ts"]
+            assert [t["ts"] for t in timeline] == sorted(t["ts"] for t in timeline)
+            assert got[first]["equipment"] is None  # a citizen's request names none
 
     asyncio.run(body())
 
@@ -358,6 +368,7 @@ def test_failed_lamps_of_a_circuit_are_one_intervention_that_new_failures_join()
             assert rec["source"] == "fault" and rec["category"] == "lighting_fault"
             assert rec["lamps"] == [2] and (rec["lat"], rec["lon"]) == (47.33, 5.05)
             assert rec["municipality"] == "dijon" and rec["request_id"] is None
+            assert rec["equipment"] == "lc-1"
             cabinet(2, 5)
             got = await rig.until("lamp 5 joined", lambda x: x[rec["id"]]["lamps"] == [2, 5])
             # The alarm flaps (all lamps back, then failing again): still the one intervention.

@@ -49,8 +49,11 @@ Messages:
   "municipality"?}`` and ``cancel`` ``{"id", "reason"?}``.
 
 Read models: ``interventions`` (msgpack ``{"ts", "interventions": [...]}``,
-the records of CONTRACT.md plus ``notes``, ``source``, ``lamps`` and
-``assigned_ts``), published on every change; ``fleet`` (``{"ts", "vehicles":
+the records of CONTRACT.md plus ``notes``, ``source``, ``lamps``,
+``assigned_ts``, ``equipment`` (the lighting circuit or the building it is
+about, if any) and ``timeline`` (its last :data:`MAX_TIMELINE` changes,
+``{"ts", "state", "vehicle", "notes"}`` each, oldest first)), published on
+every change; ``fleet`` (``{"ts", "vehicles":
 [...]}``), at most once a second. The composition root copies each request's
 state into its Open311 record (``status`` closed once done or cancelled,
 ``status_notes`` the intervention's ``notes``).
@@ -73,6 +76,8 @@ from runtime.open311 import ServiceCatalogue, default_catalogue
 
 __all__ = [
     "FLEET_READ_MODEL",
+    "MAX_TIMELINE",
+    "PUBLIC_FIELDS",
     "READ_MODEL",
     "STATES",
     "DispatchCoordinator",
@@ -105,7 +110,9 @@ _ACTIONS: Final = ("open", "cancel")
 #: The fields of an intervention as the read model shows it.
 PUBLIC_FIELDS: Final = ("id", "request_id", "category", "description", "municipality", "state",
                         "vehicle", "lat", "lon", "created_ts", "updated_ts", "notes", "source",
-                        "lamps", "assigned_ts")
+                        "lamps", "assigned_ts", "equipment", "timeline")
+#: The last changes of an intervention kept in its timeline (a reassigned job adds three).
+MAX_TIMELINE: Final = 32
 
 
 def intervention_id(request_id: str) -> str:
@@ -524,6 +531,10 @@ class DispatchCoordinator(Entity):
 
     def _changed(self, rec: dict[str, Any], state: str) -> None:
         rec["updated_ts"] = self.ctx.clock.time()
+        # A new list each time: a checkpoint's shallow copy of the record must not follow.
+        step = {"ts": rec["updated_ts"], "state": state, "vehicle": rec.get("vehicle"),
+                "notes": rec.get("notes")}
+        rec["timeline"] = [*(rec.get("timeline") or ()), step][-MAX_TIMELINE:]
         self.ctx.emit("intervention", intervention=rec["id"], state=state,
                       vehicle=rec.get("vehicle") or "", request=rec.get("request_id") or "",
                       municipality=rec["municipality"])
@@ -562,4 +573,8 @@ def _fault_text(circuit: str, lamps: list[int]) -> str:
 
 
 def _public(rec: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: rec.get(name) for name in PUBLIC_FIELDS}
+    out = {name: rec.get(name) for name in PUBLIC_FIELDS}
+    # The equipment it is about: a faulty circuit's, a burning building's (none for a request).
+    out["equipment"] = rec.get("circuit") or rec.get("building") or None
+    out["timeline"] = [dict(step) for step in rec.get("timeline") or ()]
+    return out
