@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from flask import Blueprint, g, render_template
+from flask import Blueprint, render_template
 from flask.typing import ResponseReturnValue
 
 from admin_web.api import MAX_SHELVE_MINUTES
-from admin_web.auth import Role, User
+from admin_web.auth import Role
 from admin_web.backend import CRISIS_MODES
-from admin_web.guards import require_login
+from admin_web.guards import current_user, require_login
 from admin_web.interventions import INTERVENTION_STATES
 
 __all__ = ["ALARM_STATE_LABELS", "PRIORITY_ORDER", "ops_pages"]
@@ -51,8 +51,7 @@ PRIORITY_ORDER: Final = ("critical", "high", "medium", "low")
 def _who() -> dict[str, str]:
     """What the page's script needs to know of the user: his role and municipalities
     (empty: all of them), as ``data-*`` attributes of the page's root."""
-    user = g.user
-    assert isinstance(user, User)
+    user = current_user()
     return {"role": user.role.value,
             "municipalities": " ".join(sorted(user.municipalities))}
 

@@ -19,6 +19,7 @@
   const formError = document.getElementById("request-error");
   const formNotice = document.getElementById("request-notice");
   const MAX_REQUESTS_SHOWN = 200;
+  const MISSES = 15;
 
   let filters = ops.bindFilters(document.getElementById("intervention-filters"), (values) => {
     filters = values;
@@ -87,14 +88,33 @@
     document.getElementById("detail-id").textContent = selectedId;
     cp.replace(document.getElementById("detail-fields"), cp.el("dd", { class: "muted" }, "reading…"));
     cp.replace(document.getElementById("detail-timeline"));
-    detailPoll = cp.poll(`/interventions/${encodeURIComponent(selectedId)}`, 2000, renderDetail, (error) => {
-      if (error.status === 404) {
-        cp.replace(document.getElementById("detail-fields"),
-          cp.el("dd", { class: "error" }, "No such intervention among those you may read (a closed one is forgotten after a day)."));
-        if (detailPoll) detailPoll.stop();
-      }
-    });
+    find(selectedId, 0);
     detail.scrollIntoView({ block: "nearest" });
+  }
+
+  // The selected intervention, read once, then every 2 s. One just filed may not be
+  // published yet: a 404 is asked again every second for a while before it is taken for
+  // an intervention the user may not read, or one forgotten.
+  function find(id, misses) {
+    const path = `/interventions/${encodeURIComponent(id)}`;
+    cp.api(path).then((x) => {
+      if (id !== selectedId || detailPoll) return;
+      renderDetail(x);
+      const poll = cp.poll(path, 2000, renderDetail, (error) => {
+        if (error.status === 404 && detailPoll === poll) { poll.stop(); detailPoll = null; find(id, 0); }
+      });
+      detailPoll = poll;
+    }, (error) => {
+      if (id !== selectedId) return;
+      if (error.status === 404 && misses < MISSES) {
+        setTimeout(() => { if (id === selectedId && !detailPoll) find(id, misses + 1); }, 1000);
+        return;
+      }
+      cp.replace(document.getElementById("detail-fields"), cp.el("dd", { class: "error" },
+        error.status === 404
+          ? "No such intervention among those you may read (a closed one is forgotten after a day)."
+          : error.message));
+    });
   }
 
   function renderDetail(x) {
