@@ -141,8 +141,13 @@
 
   // Grouped bars: one group per row, one bar per series. rows: [{label, values: {key: n}}];
   // series: [{key, label, cls}]. Values may be null (no bar, "—" in the tooltip).
-  function barChart({ series, rows, unit, label, height = 220, minGroup = 28 }) {
-    const padLeft = 52, padBottom = 46, padTop = 12, padRight = 8;
+  function barChart({ series, rows, unit, label, id, height = 220, minGroup = 28 }) {
+    // Room for the labels, written at -35°: their length sets the bottom margin and, for
+    // the first one, the left one.
+    const longest = Math.max(4, ...rows.map((r) => String(r.label).length));
+    const padLeft = Math.max(52, Math.round(longest * 4.6)), padTop = 12, padRight = 8;
+    const padBottom = Math.min(130, 18 + Math.round(longest * 3.6));
+    height += padBottom - 46;
     const groupWidth = Math.max(minGroup, series.length * 12 + 10);
     const width = padLeft + padRight + Math.max(1, rows.length) * groupWidth;
     const values = rows.flatMap((r) => series.map((s) => r.values[s.key])).filter((v) => v !== null && v !== undefined);
@@ -152,7 +157,7 @@
     const plotH = height - padTop - padBottom;
     const y = (v) => padTop + plotH * (top - v) / range;
     const chart = svg("svg", {
-      class: "chart", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+      class: "chart", id, width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
       "aria-label": label,
     });
     chart.append(svg("title", {}, label));
@@ -160,7 +165,7 @@
       const v = bottom + range * i / 4;
       chart.append(
         svg("line", { class: "grid", x1: padLeft, x2: width - padRight, y1: y(v), y2: y(v) }),
-        svg("text", { class: "tick", x: padLeft - 4, y: y(v) + 4, "text-anchor": "end" }, number(v, 1)));
+        svg("text", { class: "tick", x: padLeft - 4, y: y(v) + 4, "text-anchor": "end" }, number(v, 2)));
     }
     chart.append(svg("text", { class: "unit", x: 4, y: padTop - 2 }, unit || ""));
     rows.forEach((row, i) => {

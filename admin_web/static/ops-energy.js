@@ -71,21 +71,25 @@
     return out;
   }
 
+  // A chart, or a line saying why there is none (no step, or nothing lit in them).
+  function chartOr(box, rows, chart) {
+    const drawn = rows.some((r) => Object.values(r.values).some((v) => v !== null && v !== undefined && v !== 0));
+    if (drawn) cp.replace(box, ...chart());
+    else cp.replace(box, cp.el("p", { class: "muted" }, "Nothing metered at night in this range yet."));
+  }
+
   function renderNights(report) {
     const steps = report.steps || [];
     const label = (s) => s.night || cp.time(s.start);
-    cp.replace(document.getElementById("energy-night-savings"),
-      ops.barChart({
-        series: SAVINGS, unit: "%", label: "savings per night, percent",
-        rows: steps.map((s) => ({ label: label(s), values: { dimming: s.dimming_saving_pct, legacy: s.legacy_saving_pct } })),
-      }), ops.legend(SAVINGS));
-    cp.replace(document.getElementById("energy-night-wh"),
-      ops.barChart({
-        series: ENERGY, unit: "kWh", label: "metered energy and baselines per night, kWh",
-        rows: steps.map((s) => ({ label: label(s), values: {
-          metered: s.metered_wh / 1000, dimming: s.dimming_baseline_wh / 1000, legacy: s.legacy_baseline_wh / 1000 } })),
-      }), ops.legend(ENERGY));
-    document.querySelector("#energy-night-savings svg").id = "energy-night-chart";
+    const savingRows = steps.map((s) => ({ label: label(s), values: { dimming: s.dimming_saving_pct, legacy: s.legacy_saving_pct } }));
+    const energyRows = steps.map((s) => ({ label: label(s), values: {
+      metered: s.metered_wh / 1000, dimming: s.dimming_baseline_wh / 1000, legacy: s.legacy_baseline_wh / 1000 } }));
+    chartOr(document.getElementById("energy-night-savings"), savingRows, () => [
+      ops.barChart({ series: SAVINGS, unit: "%", label: "savings per night, percent", rows: savingRows, id: "energy-night-chart" }),
+      ops.legend(SAVINGS)]);
+    chartOr(document.getElementById("energy-night-wh"), energyRows, () => [
+      ops.barChart({ series: ENERGY, unit: "kWh", label: "metered energy and baselines per night, kWh", rows: energyRows }),
+      ops.legend(ENERGY)]);
     const row = (name, s, attrs) => cp.el("tr", attrs,
       cp.el("th", { scope: "row" }, name),
       cp.el("td", { class: "num" }, kwh(s.metered_wh)),
@@ -102,13 +106,10 @@
 
   function renderMunicipalities(perTown) {
     const ok = perTown.filter((x) => x.report && x.report.circuits > 0);
-    cp.replace(document.getElementById("energy-muni-savings"),
-      ops.barChart({
-        series: SAVINGS, unit: "%", label: "savings per municipality, percent",
-        rows: ok.map((x) => ({ label: x.slug, values: { dimming: x.report.total.dimming_saving_pct, legacy: x.report.total.legacy_saving_pct } })),
-      }), ops.legend(SAVINGS));
-    const svg = document.querySelector("#energy-muni-savings svg");
-    if (svg) svg.id = "energy-municipality-chart";
+    const rows = ok.map((x) => ({ label: x.slug, values: { dimming: x.report.total.dimming_saving_pct, legacy: x.report.total.legacy_saving_pct } }));
+    chartOr(document.getElementById("energy-muni-savings"), rows, () => [
+      ops.barChart({ series: SAVINGS, unit: "%", label: "savings per municipality, percent", rows, id: "energy-municipality-chart" }),
+      ops.legend(SAVINGS)]);
     cp.replace(document.querySelector("#energy-municipalities tbody"), perTown.map((x) => {
       if (x.error) {
         return cp.el("tr", { "data-municipality": x.slug }, cp.el("th", { scope: "row" }, x.slug),

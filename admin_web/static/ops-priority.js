@@ -39,9 +39,8 @@
       });
       cp.replace(box, ops.barChart({
         series: [{ key: "n", label: "requests", cls: "series-a" }], rows, unit: "requests",
-        label: "latency histogram: requests per latency bucket (ms)",
+        label: "latency histogram: requests per latency bucket (ms)", id: "latency-histogram",
       }), cp.el("p", { class: "muted small" }, "Buckets by upper bound in ms."));
-      box.querySelector("svg").id = "latency-histogram";
     }
 
     const members = (data.members || []).slice().sort((a, b) => String(a.id).localeCompare(String(b.id)));
