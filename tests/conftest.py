@@ -116,7 +116,7 @@ def wire(strategy: Any, n: int, t: float) -> dict[str, Any]:
 
 
 def start_cluster(inv: Inventory, tree: dict[str, Any]) -> Iterator[Cluster]:
-    """A whole runtime (Ray, Redis, broker, tree, admin web) for one test module."""
+    """A whole runtime (Ray, Redis, broker, tree, admin web with Open311) for one test module."""
     from admin_web import (
         AdminServer,
         SwappableBackend,
@@ -124,6 +124,7 @@ def start_cluster(inv: Inventory, tree: dict[str, Any]) -> Iterator[Cluster]:
         create_app,
         create_demo_users,
     )
+    from admin_web.open311 import open311_blueprint
     from runtime.service import RuntimeBackend, Service, ServiceOptions
     from supervisors.spec import Backoff, IntensityScope, SupervisorOptions
 
@@ -136,9 +137,13 @@ def start_cluster(inv: Inventory, tree: dict[str, Any]) -> Iterator[Cluster]:
     ))
     users = UserRegistry()
     creds = create_demo_users(users, [m.slug for m in inv.municipalities])
-    server = AdminServer(create_app(SwappableBackend(RuntimeBackend(svc)), users), "127.0.0.1", 0)
+    backend = RuntimeBackend(svc)
+    app = create_app(SwappableBackend(backend), users)
+    server = AdminServer(app, "127.0.0.1", 0)
     try:
         svc.start_servers()
+        # Open311 as the demo mounts it (its store needs the service's Redis).
+        app.register_blueprint(open311_blueprint(backend.open311_backend()))
         server.start()
         svc.start_ray()
         svc.start_tree()
