@@ -115,8 +115,13 @@ def wire(strategy: Any, n: int, t: float) -> dict[str, Any]:
                                              backoff=Backoff(initial_s=0.0)))
 
 
-def start_cluster(inv: Inventory, tree: dict[str, Any]) -> Iterator[Cluster]:
-    """A whole runtime (Ray, Redis, broker, tree, admin web with Open311) for one test module."""
+def start_cluster(inv: Inventory, tree: dict[str, Any], *,
+                  devices: bool = False) -> Iterator[Cluster]:
+    """A whole runtime (Ray, Redis, broker, tree, admin web with Open311) for one test module.
+
+    With ``devices``, the inventory's field simulators run too (their control channel at
+    ``svc.sim_control_url``) and the entities hold device sessions with them.
+    """
     from admin_web import (
         AdminServer,
         SwappableBackend,
@@ -125,11 +130,12 @@ def start_cluster(inv: Inventory, tree: dict[str, Any]) -> Iterator[Cluster]:
         create_demo_users,
     )
     from admin_web.open311 import open311_blueprint
-    from runtime.service import RuntimeBackend, Service, ServiceOptions
+    from runtime.service import DEVICES, RuntimeBackend, Service, ServiceOptions
     from supervisors.spec import Backoff, IntensityScope, SupervisorOptions
 
     svc = Service(inv, ServiceOptions(
         factory="actors.drill:factory_for",
+        devices=DEVICES if devices else "", simulate=devices,
         host_supervision=SupervisorOptions(max_restarts=3, max_seconds=30.0,
                                            scope=IntensityScope.CHILD,
                                            backoff=Backoff(initial_s=0.0)),

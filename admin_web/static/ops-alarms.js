@@ -92,6 +92,10 @@
 
   // -- the table -------------------------------------------------------------------------
   function render() {
+    // A summary gone from the list (back to normal, filtered out) is closed.
+    for (const [id, entry] of Array.from(expanded)) {
+      if (!list.some((a) => a.id === id)) { entry.poll.stop(); expanded.delete(id); }
+    }
     const flat = [];
     for (const alarm of list) {
       flat.push({ alarm, child: false });

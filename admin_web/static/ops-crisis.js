@@ -22,8 +22,10 @@
   form.hidden = !canOperate;
   selectAll.disabled = !canOperate;
   let rows = {};
-  // Activations asked for from this page and not yet seen settled: id -> municipalities.
+  // Activations asked for from this page and not yet seen settled: id -> {munis, until}.
+  // One the coordinator refused never shows in the rows: past AWAIT_MS its command says why.
   const awaited = new Map();
+  const AWAIT_MS = 60000;
   let interval = FAST;
   let poll = cp.poll("/crisis", interval, onData, (e) => ops.showError(errorBox, e));
 
@@ -31,12 +33,17 @@
     rows = data;
     render();
     const running = Object.values(rows).some((r) => (r.entities && r.entities.pending) > 0);
-    for (const [id, munis] of Array.from(awaited)) {
+    for (const [id, { munis, until }] of Array.from(awaited)) {
       const settled = munis.every((m) => rows[m] && rows[m].activation_id === id
         && !(rows[m].entities && rows[m].entities.pending));
       if (settled) {
         awaited.delete(id);
         notice.textContent = `Activation ${id} done in ${munis.join(", ")}.`;
+      } else if (Date.now() > until) {
+        awaited.delete(id);
+        cp.api(`/commands/${encodeURIComponent(id)}`).then((command) => {
+          ops.showError(errorBox, new Error(`activation ${id} is ${command.status}${command.error ? `: ${command.error}` : ""}`));
+        }, (error) => ops.showError(errorBox, error));
       }
     }
     const wanted = running || awaited.size ? FAST : CALM;
@@ -76,10 +83,14 @@
       }
       progress.append(bar);
     }
-    progress.append(cp.el("span", { class: "small" },
-      cp.el("span", { class: "done" }, `${e.done} done`), " · ",
-      cp.el("span", { class: "pending" }, `${e.pending} pending`), " · ",
-      cp.el("span", { class: "failed" }, `${e.failed} failed`)));
+    if (total || row.activation_id) {
+      progress.append(cp.el("span", { class: "small" },
+        cp.el("span", { class: "done" }, `${e.done} done`), " · ",
+        cp.el("span", { class: "pending" }, `${e.pending} pending`), " · ",
+        cp.el("span", { class: e.failed ? "failed" : "" }, `${e.failed} failed`)));
+    } else {
+      progress.append(cp.el("span", { class: "muted" }, "—"));
+    }
     if (row.activation_id) progress.append(cp.el("div", { class: "muted small mono", title: "activation id" }, row.activation_id));
     const details = [];
     if (row.kept && row.kept.length) {
@@ -127,7 +138,7 @@
     if (mode !== "normal" && document.getElementById("crisis-replace").checked) body.replace = true;
     try {
       const answer = await cp.post("/crisis", body);
-      awaited.set(answer.activation_id, munis);
+      awaited.set(answer.activation_id, { munis, until: Date.now() + AWAIT_MS });
       notice.textContent = `${mode === "normal" ? "Back to normal" : `Mode ${mode}`} asked for ${munis.join(", ")} (activation ${answer.activation_id}); following it…`;
       interval = FAST;
       poll.stop();

@@ -22,13 +22,15 @@
         cp.el("td", { class: "num" }, ops.number(n, 0)),
         cp.el("td", { class: "num" }, share(n))));
 
+    document.getElementById("priority-none-refused").hidden = refused.length > 0;
+
     const latency = data.latency_ms || {};
     const ms = (v) => (v === null || v === undefined ? "—" : `${ops.number(v, 1)} ms`);
     document.getElementById("priority-p50").textContent = ms(latency.p50);
     document.getElementById("priority-p99").textContent = ms(latency.p99);
     const histogram = latency.histogram || [];
     const box = document.getElementById("latency-chart");
-    if (!histogram.length) {
+    if (!histogram.some(([, n]) => n > 0)) {
       cp.replace(box, cp.el("p", { class: "muted" }, "No request measured yet."));
     } else {
       let lower = 0;

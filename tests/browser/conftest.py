@@ -1,7 +1,8 @@
 """Fixtures of the browser tests: one small city, one Chromium, a fresh tab per test.
 
-``city`` is a whole runtime (Ray hosts over field simulators, Redis, the broker, the
-admin web behind waitress) with the demo users ``admin``, ``operator`` and ``viewer``
+``city`` is a whole runtime (Ray hosts over field simulators, whose control channel is
+at ``city.svc.sim_control_url``, Redis, the broker, the admin web behind waitress, with
+Open311) with the demo users ``admin``, ``operator`` and ``viewer``
 (their passwords and tokens in ``city.creds``); it is shared by every test of this
 folder and stopped after the last of them. ``browser`` is Debian's Chromium driven by
 Playwright; ``web`` a tab of it in a context of its own (no cookies), logged in by
@@ -33,7 +34,7 @@ _screenshots: Screenshots | None = None
 @pytest.fixture(scope="package")
 def city() -> Iterator[Cluster]:
     inv = parse_inventory(generate_demo(scale=SCALE, seed=7, ports=DemoPorts.free()), "<browser>")
-    yield from start_cluster(inv, {})
+    yield from start_cluster(inv, {}, devices=True)
 
 
 @pytest.fixture
