@@ -172,7 +172,7 @@
       cp.el("td", {}, box),
       priority,
       cp.el("td", {}, cp.el("span", { class: `state state-${a.state}`, "data-state": a.state, title: STATE_LABELS[a.state] || a.state }, a.state)),
-      cp.el("td", { class: "mono" }, a.source),
+      cp.el("td", { class: "mono" }, ops.equipmentLink(a.source, a.kind || "")),
       cp.el("td", {}, condition),
       cp.el("td", {}, a.municipality === "*" ? (a.municipalities || []).join(", ") : a.municipality),
       cp.el("td", { class: "message" }, message),

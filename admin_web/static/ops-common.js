@@ -126,6 +126,14 @@
     return select.value !== before;
   }
 
+  // An equipment id as a link to its page (/equipment/ID).
+  const KINDS = new Set(["crossroad", "lighting_circuit", "building", "camera", "vehicle", "access_terminal"]);
+  function equipmentLink(id, kind) {
+    if (!id) return cp.el("span", { class: "muted" }, "—");
+    if (kind !== undefined && !KINDS.has(kind)) return cp.el("span", { class: "mono" }, id);
+    return cp.el("a", { class: "mono", href: `/equipment/${encodeURIComponent(id)}` }, id);
+  }
+
   // Set one query parameter of the page's URL (empty: removed), without a reload.
   function setParam(name, value) {
     const next = new URLSearchParams(location.search);
@@ -202,6 +210,6 @@
     return 10 * p;
   }
 
-  window.ops = { svg, syncRows, ago, refreshAges, showError, bindFilters, filterValues, fillOptions, setParam,
+  window.ops = { svg, syncRows, ago, refreshAges, showError, bindFilters, filterValues, fillOptions, setParam, equipmentLink,
                  number, barChart, legend };
 })();

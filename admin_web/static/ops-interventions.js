@@ -56,7 +56,7 @@
 
   function buildIntervention(x) {
     const equipment = [];
-    if (x.equipment) equipment.push(cp.el("span", { class: "mono" }, x.equipment));
+    if (x.equipment) equipment.push(ops.equipmentLink(x.equipment));
     if (x.lamps && x.lamps.length) equipment.push(cp.el("span", { class: "muted small" }, ` lamps ${x.lamps.join(", ")}`));
     const origin = x.request_id
       ? cp.el("span", {}, "request ", cp.el("a", { href: `#request-${x.request_id}`, class: "mono", "data-request-id": x.request_id }, x.request_id))
@@ -69,7 +69,7 @@
       cp.el("td", {}, cp.el("span", { class: `badge istate istate-${x.state} state` }, x.state)),
       cp.el("td", {}, x.category, cp.el("div", { class: "muted small" }, x.notes || "")),
       cp.el("td", {}, x.municipality),
-      cp.el("td", { class: "mono vehicle" }, x.vehicle || cp.el("span", { class: "muted" }, "—")),
+      cp.el("td", { class: "mono vehicle" }, ops.equipmentLink(x.vehicle)),
       cp.el("td", {}, equipment.length ? equipment : cp.el("span", { class: "muted" }, "—")),
       cp.el("td", {}, origin),
       cp.el("td", {}, ops.ago(x.created_ts)),
