@@ -164,7 +164,8 @@
         cp.el("td", { class: "state" }, a.state),
         cp.el("td", {}, a.message || ""))))) : cp.el("p", { class: "muted" }, "No active alarm.");
     cp.replace(document.getElementById("alarm-list"), out, list.length
-      ? cp.el("p", {}, cp.el("a", { href: "/alarms" }, "Handle alarms")) : null);
+      ? cp.el("p", {}, cp.el("a", { href: cp.withQuery("/alarms", { source: item.id }) },
+        "Handle alarms")) : null);
   }
 
   function commands(item) {
