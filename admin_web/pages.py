@@ -1,4 +1,4 @@
-"""Server-rendered pages: login, logout and the overview."""
+"""Server-rendered pages: login, logout, the overview and the supervision tree."""
 
 from __future__ import annotations
 
@@ -147,3 +147,10 @@ def index() -> ResponseReturnValue:
     """Health and the supervision tree."""
     backend = services().backend
     return render_template("index.html", health=backend.health(), tree=backend.tree())
+
+
+@pages.get("/tree")
+@require_login(Role.VIEWER)
+def tree() -> ResponseReturnValue:
+    """The supervision tree alone: processes, hosts, the priority pool, restarts, last exits."""
+    return render_template("tree.html", tree=services().backend.tree())

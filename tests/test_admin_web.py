@@ -586,3 +586,22 @@ def test_credentials_file_is_never_wider_than_0600(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "c.json").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("who", ["viewer", "admin"])
+def test_every_page_of_the_bar_is_served_to_those_who_see_its_link(
+        users: UserRegistry, who: str) -> None:
+    from admin_web.app import NAV_PAGES
+
+    client = make_client(users)
+    login(client, who, f"{who}-password")
+    html = client.get("/").get_data(as_text=True)
+    for path, label, role in NAV_PAGES:
+        shown = f'href="{path}"' in html
+        allowed = users.get(who).can(role)
+        assert shown == allowed, (who, path)
+        answer = client.get(path)
+        assert answer.status_code == (200 if allowed else 403), (who, path, label)
+    # The supervision page has the live tree, with each node's restarts.
+    tree = client.get("/tree").get_data(as_text=True)
+    assert 'data-live-tree="2000"' in tree and 'class="restarts"' in tree
