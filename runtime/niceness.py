@@ -4,10 +4,12 @@ Two cores may run the whole metropolis: every host, the simulators, the
 broker and the store. The bus-priority path (the pool's members, the hosts
 whose crossroads serve a priority lane, the traffic controllers) is woken by
 a position and must run at once. Linux's scheduler lets a woken task of
-higher weight preempt one of lower weight, so the rest runs at a higher nice
-value, :data:`BACKGROUND_NICE` by default: the hosts with no lane and the
-simulators of the other devices take what the critical path leaves, and are
-not delayed at all while it is idle.
+higher weight preempt one of lower weight, so the hosts with no entity on
+that path run at a higher nice value, :data:`BACKGROUND_NICE` by default:
+they take what the critical path leaves, and are not delayed at all while
+it is idle. The simulators keep the normal priority: they stand for field
+devices, whose own processors no runtime slows down (a starved OPC UA
+server drops its clients' sessions).
 
 ``COMMANDPOST_BACKGROUND_NICE`` sets the value (0 turns it off; up to 19).
 Raising a nice value needs no privilege; nothing here ever lowers one.
@@ -30,8 +32,8 @@ __all__ = ["BACKGROUND_NICE", "ENV", "background_nice", "lower_priority"]
 
 log = logging.getLogger("commandpost.niceness")
 
-#: The nice value of background processes (hosts without a priority lane, simulators).
-BACKGROUND_NICE: Final = 10
+#: The nice value of the hosts with no entity on the bus-priority path.
+BACKGROUND_NICE: Final = 5
 ENV: Final = "COMMANDPOST_BACKGROUND_NICE"
 _MAX_NICE: Final = 19
 

@@ -165,7 +165,7 @@ def test_a_forged_bus_position_buys_no_green_light(city: City) -> None:
     assert all(float(e["ts"]) > genuine_since for e in outcomes()), outcomes()
 
 
-def test_only_the_priority_path_keeps_the_normal_process_priority(city: City) -> None:
+def test_hosts_off_the_priority_path_yield_the_cpu_and_nothing_else_does(city: City) -> None:
     hosts = {h["id"]: h for h in hosts_of(city.svc.tree())}
     lanes = [h for h in hosts if h.startswith("traffic-")]
     vehicles = [h for h in hosts if h.startswith("fleet-")]
@@ -181,13 +181,8 @@ def test_only_the_priority_path_keeps_the_normal_process_priority(city: City) ->
     assert all(nice(pid) == {0} for pid in members)
     for host in vehicles:
         assert nice(int(hosts[host]["pid"])) == {background_nice()}, host
-    # The traffic controllers' simulator answers the lanes: it alone keeps the normal one.
+    # The simulators stand for field devices: none is slowed down.
     assert city.svc.sim_proc is not None
     runner = psutil.Process(city.svc.sim_proc.pid)
-    sims = {}
     for proc in [runner, *runner.children(recursive=True)]:
-        cmd = proc.cmdline()
-        sims[cmd[cmd.index("--kinds") + 1] if "--kinds" in cmd else "main"] = proc.pid
-    assert nice(sims["traffic"]) == {0}
-    assert all(nice(pid) == {background_nice()} for kind, pid in sims.items()
-               if kind != "traffic"), sims
+        assert nice(proc.pid) == {0}, proc.cmdline()

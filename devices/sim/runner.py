@@ -37,7 +37,6 @@ from devices.profile import builtin_profile
 from runtime.clock import Clock, ClockSpec
 from runtime.errors import CommandpostError, ConfigError
 from runtime.inventory import Equipment, Inventory, load_inventory
-from runtime.niceness import background_nice, lower_priority
 
 log = logging.getLogger("commandpost.sim")
 
@@ -158,8 +157,7 @@ async def run(
     # costs as much as every Modbus device together: each family gets a process (and a
     # core) of its own, so that none makes another late (a crisis's burst of lighting
     # writes behind the buildings' updates). The children's control channels are served
-    # through this one. All but the traffic controllers run at the background nice value
-    # (runtime.niceness).
+    # through this one.
     children: list[subprocess.Popen[bytes]] = []
     profiles = {eq.profile for eq in inventory.equipment}
     present = {"mqtt": any(eq.endpoint == "mqtt" for eq in inventory.equipment),
@@ -187,10 +185,6 @@ async def run(
             targets.append(RemoteTarget(child_doc["control"], "modbus" if kind == "traffic"
                                         else kind))
             info += child_doc["simulators"]
-        if "traffic" not in local_kinds:
-            # Field devices that answer no latency-critical call yield the CPU to those
-            # that do (their children are started by now: they do not inherit it).
-            lower_priority(background_nice())
         for sim in sims:
             await sim.start()
             started.append(sim)
