@@ -29,13 +29,13 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from actors.fire_plan import builtin_fire_plan
 from devices.opcua import OpcUaSession, profile_nodes
 from devices.profile import builtin_profile
 from runtime.bench.common import ApiClient, City, Say, machine, percentile
-from runtime.errors import ConfigError, DeviceUnavailableError
+from runtime.errors import ConfigError, DeviceUnavailableError, ProtocolError, RejectedError
 from runtime.inventory import Equipment
 
 __all__ = ["FireRound", "candidates", "fire_round", "run", "seconds_summary"]
@@ -61,6 +61,9 @@ def candidates(city: City) -> list[Equipment]:
     return [eq for eq in city.inventory.equipment
             if eq.kind == "building" and eq.id in watched
             and (eq.attrs.get("doors") or {}).get(tag)]
+
+#: How long the bench's own OPC UA reader waits for the building's server (s).
+_READER_TIMEOUT_S: Final = 10.0
 
 
 class FireRound:
@@ -135,7 +138,9 @@ class FireRound:
 
     async def run(self) -> dict[str, float] | None:
         """Prepare, raise the fire and time its plan; seconds per step, None when it missed."""
-        session = OpcUaSession(self.building.endpoint, timeout_s=2.0)
+        # The bench's own reader, not the runtime under test: it waits for the server as
+        # long as a loaded machine may need (a session set up and activated).
+        session = OpcUaSession(self.building.endpoint, timeout_s=_READER_TIMEOUT_S)
         await session.connect()
         try:
             ids = [self._command("lock", {"door": d, "reason": "bench fire: ready for the next "
@@ -191,7 +196,7 @@ def fire_round(city: City, api: ApiClient, building: Equipment, *, say: Say | No
         if got is None and say is not None:
             say(r.problem)
         return got
-    except DeviceUnavailableError as exc:
+    except (DeviceUnavailableError, RejectedError, ProtocolError) as exc:
         if say is not None:
             say(f"{building.id}: the BMS cannot be read: {exc}")
         return None
