@@ -5,14 +5,14 @@ broker and the store. The bus-priority path (the pool's members, the hosts
 whose crossroads serve a priority lane, the traffic controllers) is woken by
 a position and must run at once. Linux's scheduler lets a woken task of
 higher weight preempt one of lower weight, so the hosts with no entity on
-that path run at a higher nice value, :data:`BACKGROUND_NICE` by default:
-they take what the critical path leaves, and are not delayed at all while
-it is idle. The simulators keep the normal priority: they stand for field
-devices, whose own processors no runtime slows down (a starved OPC UA
-server drops its clients' sessions).
-
-``COMMANDPOST_BACKGROUND_NICE`` sets the value (0 turns it off; up to 19).
-Raising a nice value needs no privilege; nothing here ever lowers one.
+that path may run at a higher nice value (``ServiceOptions.background_nice``,
+else ``COMMANDPOST_BACKGROUND_NICE``; 0, the default, leaves them as they
+are; up to 19): they take what the critical path leaves, and are not
+delayed at all while it is idle. It is off by default because it cuts both
+ways: any other process of the machine at the normal priority (a build, a
+test run) then takes the hosts' turn as well. The simulators keep the normal
+priority: they stand for field devices, whose own processors no runtime
+slows down. Raising a nice value needs no privilege; nothing here lowers one.
 
 Linux keeps a nice value per thread: :func:`lower_priority` sets every
 thread of the process, those already running included (a Ray worker's gRPC
@@ -28,12 +28,12 @@ from typing import Final
 
 from runtime.errors import ConfigError
 
-__all__ = ["BACKGROUND_NICE", "ENV", "background_nice", "lower_priority"]
+__all__ = ["BACKGROUND_NICE", "ENV", "background_nice", "check_nice", "lower_priority"]
 
 log = logging.getLogger("commandpost.niceness")
 
-#: The nice value of the hosts with no entity on the bus-priority path.
-BACKGROUND_NICE: Final = 5
+#: The nice value of the hosts with no entity on the bus-priority path, unless configured.
+BACKGROUND_NICE: Final = 0
 ENV: Final = "COMMANDPOST_BACKGROUND_NICE"
 _MAX_NICE: Final = 19
 
@@ -52,6 +52,13 @@ def background_nice() -> int:
         raise ConfigError(f"{ENV} must be a whole number from 0 to {_MAX_NICE}: {raw!r}") from None
     if not 0 <= value <= _MAX_NICE:
         raise ConfigError(f"{ENV} must be from 0 to {_MAX_NICE}: {value}")
+    return value
+
+
+def check_nice(value: int) -> int:
+    """``value`` if it is a nice value this module sets (0 to 19), else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_NICE:
+        raise ConfigError(f"background nice value must be from 0 to {_MAX_NICE}: {value!r}")
     return value
 
 

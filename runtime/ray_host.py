@@ -48,7 +48,7 @@ from runtime.errors import (
 )
 from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment
-from runtime.niceness import background_nice, lower_priority
+from runtime.niceness import lower_priority
 from runtime.placement import equipment_from_wire
 from runtime.router import Directory
 from runtime.store import STREAM_RETENTION_S, RedisStore
@@ -246,7 +246,7 @@ class HostActor:
             sys.setswitchinterval(float(os.environ.get("COMMANDPOST_LANE_SWITCH_S",
                                                        LANE_SWITCH_S)))
         if not any(is_latency_critical(slot.factory) for slot in core.slots.values()):
-            lower_priority(background_nice())
+            lower_priority(int(cfg.get("background_nice") or 0))
         await core.start()
         self._assigned.set()
         return core.status()

@@ -56,7 +56,7 @@ from runtime.inventory import (
     dump_inventory,
 )
 from runtime.lifeline import spawn_tied
-from runtime.niceness import background_nice
+from runtime.niceness import background_nice, check_nice
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.request_sync import RequestStatusSync
@@ -134,6 +134,9 @@ class ServiceOptions:
     # Priority rules to run instead of the shipped actors/plans/priority.toml: the text of
     # such a file, checked before the service starts ("": the shipped rules).
     priority_rules: str = ""
+    # The nice value of the hosts off the bus-priority path (runtime.niceness); None:
+    # ``COMMANDPOST_BACKGROUND_NICE``, else 0 (off).
+    background_nice: int | None = None
     # The city's clock: ``clock_speed`` times the machine's, from ``clock_start`` (epoch
     # seconds; default now). Every process of the service runs on it (runtime.clock).
     clock_speed: float = 1.0
@@ -156,6 +159,9 @@ class Service:
                                                  self.options.clock_start)
         self.city_clock = self.clock_spec.clock()
         inventory.check_records(self._check_record)
+        # A bad value is refused before anything starts.
+        self._background_nice = (background_nice() if self.options.background_nice is None
+                                 else check_nice(self.options.background_nice))
         if self.options.priority_rules:
             from actors.priority.policy import parse_priority_config
 
@@ -355,7 +361,6 @@ class Service:
         """Connect to ``ray_address``, or start a local Ray that :meth:`stop` shuts down."""
         if ray.is_initialized():
             return
-        background_nice()  # a bad COMMANDPOST_BACKGROUND_NICE is refused before any host
         kwargs: dict[str, Any] = {
             "namespace": self.options.ray_namespace,
             "include_dashboard": False,
@@ -419,7 +424,8 @@ class Service:
                                "priority_grant_all": self.options.priority_grant_all,
                                "priority_rules": self.options.priority_rules,
                                "opcua_security": dict(self.options.opcua_security)},
-            "host_config": {"supervision": options_to_wire(self.options.host_supervision)},
+            "host_config": {"supervision": options_to_wire(self.options.host_supervision),
+                            "background_nice": self._background_nice},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),
                      **self.options.tree},
         })

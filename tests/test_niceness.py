@@ -10,13 +10,13 @@ import sys
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.niceness import BACKGROUND_NICE, ENV, background_nice
+from runtime.niceness import BACKGROUND_NICE, ENV, background_nice, check_nice
 
 
 def test_the_background_value_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     monkeypatch.delenv(ENV, raising=False)
-    assert background_nice() == BACKGROUND_NICE
+    assert background_nice() == BACKGROUND_NICE == 0  # off unless asked for
     monkeypatch.setenv(ENV, "0")
     assert background_nice() == 0
     monkeypatch.setenv(ENV, " 7 ")
@@ -63,3 +63,10 @@ def test_every_thread_is_raised_those_before_and_after_alike() -> None:
 def test_zero_leaves_the_process_as_it_was() -> None:
     got = _child(0)
     assert got["changed"] == 0 and set(got["threads"]) == {0} and got["after"] == 0
+
+
+def test_a_configured_value_is_checked() -> None:
+    assert check_nice(0) == 0 and check_nice(19) == 19
+    for bad in (-1, 20, True, 2.5):
+        with pytest.raises(ConfigError, match="from 0 to 19"):
+            check_nice(bad)  # type: ignore[arg-type]

@@ -140,11 +140,13 @@ class City:
         clock_speed: float = 1.0,
         clock_start: float | None = None,
         priority_grant_all: bool = False,
+        background_nice: int | None = None,
         placement: Callable[[PlacementPolicy], PlacementPolicy] | None = None,
     ) -> None:
         from runtime.demo_inventory import DemoPorts, generate_demo
         from runtime.inventory import parse_inventory
 
+        self._background_nice = background_nice
         self.scale = scale
         self.say = say
         # Free ports, not the demo's documented ones: a bench runs beside a demo or a test.
@@ -274,7 +276,7 @@ class City:
             simulate=self._devices and mqtt_url is None,
             sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
             data_dir=self._data_dir, clock_speed=self._clock[0], clock_start=self._clock[1],
-            priority_grant_all=self._grant_all))
+            priority_grant_all=self._grant_all, background_nice=self._background_nice))
 
     def _start_admin(self) -> None:
         from admin_web import (
