@@ -1177,7 +1177,9 @@ def _users_paths() -> dict[str, Any]:
                 "403": _NOT_ADMIN,
                 "404": _error("no such user, or he holds no such token"),
             }, role="admin", parameters=[
-                _USER_NAME, _path_param("token_id", "the token's id (``tokens[].id``)")],
+                _USER_NAME, {**_path_param("token_id", "the token's id (``tokens[].id``)"),
+                             "schema": {"type": "string",
+                                        "pattern": f"^{TOKEN_ID_PATTERN}$"}}],
             description=audited.format("user.token_revoke"))},
         f"{p}/desks": {"get": _op(
             "listDesks", "desks", "The control room's desks and the sensitive views they "
