@@ -725,7 +725,8 @@ class RuntimeBackend:
         The inventory says what exists (kind, municipality); the hosts' equipment view
         (:data:`runtime.host.EQUIPMENT_VIEW`) says where each runs and how it stands;
         the page's twins are their checkpoints; ``in_alarm`` comes from the alarms'
-        read model. Two reads of small records, and one of the page's twins.
+        read model. Two reads of small records, and one of the page's twins; without a
+        filter on how they stand, only the page's lines of the view are read.
         """
         store = self._store()
         inventory = self.service.inventory
@@ -736,7 +737,11 @@ class RuntimeBackend:
              and (municipalities is None or eq.municipality in municipalities)
              and (after is None or eq.id > after)),
             key=lambda eq: eq.id)
-        summaries = store.hgetall(EQUIPMENT_VIEW) if candidates else {}
+        # The lines a page may need: every candidate's when filtering on them, else
+        # the page's and the one after it (whether there is more).
+        filtering = status is not None or online is not None or in_alarm is not None
+        wanted = candidates if filtering else candidates[:limit + 1]
+        summaries = store.hmget(EQUIPMENT_VIEW, [eq.id for eq in wanted])
         alarmed = self._alarmed() if in_alarm is not None else set()
         page: list[tuple[Equipment, dict[str, Any]]] = []
         more = False
@@ -761,7 +766,7 @@ class RuntimeBackend:
         """One equipment's record with its recent events, commands and active alarms."""
         store = self._store()
         eq = self.service.inventory.by_id(entity_id)
-        line = _summary_line(store.hgetall(EQUIPMENT_VIEW).get(entity_id))
+        line = _summary_line(store.hmget(EQUIPMENT_VIEW, [entity_id]).get(entity_id))
         alarms = [a for a in self.alarms() if a.get("source") == entity_id
                   and a.get("state") not in ("normal", "out_of_service")]
         record = _equipment_record(eq, line, store.load_checkpoints([entity_id]).get(entity_id),

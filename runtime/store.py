@@ -110,6 +110,7 @@ SAVE_CHUNK = 500
 LOAD_CHUNK = 1_000
 EVENT_CHUNK = 1_000
 EVENT_FILTER_WINDOW = 5_000  # newest events scanned when filtering by entity
+RECENT_COMMANDS_SCAN = 2_000  # newest journal entries scanned for an equipment's commands
 PAGE_BATCH = 1_000  # entries read per round trip while paging a stream
 PAGE_SCAN = 10_000  # entries one page may scan for its filters before it hands a cursor back
 
@@ -282,6 +283,13 @@ def _stream_id(value: str) -> tuple[int, int]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_key(stream_id: bytes | str) -> tuple[int, int]:
+    """A stream id as Redis orders it (``ms-seq``)."""
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _min_id(now: float, retention_s: float) -> str:
@@ -1208,6 +1216,49 @@ def _journal_entries(reply: Any) -> list[tuple[str, str, str]]:
 
 
 # -- Redis, sync (the Flask admin) --------------------------------------------------------------
+class _StreamTail:
+    """The newest ``size`` entries of a stream, kept in memory for the filters that look
+    through thousands of them (an equipment's recent events and commands).
+
+    Each read brings it up to date with one ``XRANGE`` of what came since the
+    last entry it holds (stream ids only grow), instead of reading the whole
+    window again; when more came than the window holds, the window is read
+    afresh. Safe to share between threads.
+    """
+
+    def __init__(self, key: str, size: int) -> None:
+        self.key = key
+        self.size = size
+        self._rows: deque[tuple[bytes, dict[bytes, bytes]]] = deque(maxlen=size)
+        self._last: bytes | None = None
+        self._lock = threading.Lock()
+
+    def newest_first(self, client: redis.Redis, oldest: tuple[int, int] = (0, 0)
+                     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The window, newest first, without the entries older than the stream id
+        ``oldest`` (one round trip to Redis)."""
+        with self._lock:
+            if self._last is None:
+                fresh: Any = client.xrevrange(self.key, count=self.size)
+                self._rows.extend(reversed(list(fresh or ())))
+            else:
+                new: Any = list(client.xrange(self.key, min=b"(" + self._last,
+                                              count=self.size) or ())
+                if len(new) >= self.size:
+                    # More came than the window holds: the newest window, read afresh.
+                    new = list(client.xrevrange(self.key, count=self.size) or ())
+                    new.reverse()
+                    self._rows.clear()
+                self._rows.extend(new)
+            if self._rows:
+                self._last = bytes(self._rows[-1][0])
+            while self._rows and _id_key(self._rows[0][0]) < oldest:
+                self._rows.popleft()
+            rows = list(self._rows)
+        rows.reverse()
+        return rows
+
+
 class SyncStore:
     """The subset of the store the threaded admin needs, over a blocking ``redis.Redis``.
 
@@ -1244,6 +1295,8 @@ class SyncStore:
             retry=SyncRetry(NoBackoff(), 0),
         )
         self._submit_script = self._redis.register_script(SUBMIT_COMMAND_LUA)
+        self._event_tail = _StreamTail(self.keys.events, EVENT_FILTER_WINDOW)
+        self._journal_tail = _StreamTail(self.keys.journal, RECENT_COMMANDS_SCAN)
 
     @property
     def healthy(self) -> bool:
@@ -1312,12 +1365,21 @@ class SyncStore:
         return Command.from_fields(raw)
 
     def recent_events(self, count: int = 100, *, entity: str | None = None) -> list[dict[str, Any]]:
-        """As :meth:`RedisStore.recent_events`."""
+        """As :meth:`RedisStore.recent_events`.
+
+        An entity's events are looked for in the newest :data:`EVENT_FILTER_WINDOW`
+        events, which this store keeps (:class:`_StreamTail`): a read brings over
+        only the events that came since the last one.
+        """
         _check_read(count, 0)
-        window = count if entity is None else max(count, EVENT_FILTER_WINDOW)
-        rows: Any = self._call(
-            "recent_events", lambda _: self._redis.xrevrange(self.keys.events, count=window)
-        )
+        if entity is None or count > EVENT_FILTER_WINDOW:
+            rows: Any = self._call(
+                "recent_events", lambda _: self._redis.xrevrange(self.keys.events, count=count))
+            return _filter_events(rows, count, entity)
+        # The stream drops what is past its retention as it grows: so does the window.
+        oldest = _id_key(_min_id(self._clock.time(), self._retention_s))
+        rows = self._call("recent_events",
+                          lambda _: self._event_tail.newest_first(self._redis, oldest))
         return _filter_events(rows, count, entity)
 
     def append_audit(self, entry: Mapping[str, Any], *, deadline_s: float | None = None) -> str:
@@ -1438,17 +1500,33 @@ class SyncStore:
         raw: Any = self._call("hgetall", lambda _: self._redis.hgetall(key))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    def hmget(self, name: str, fields: Sequence[str]) -> dict[str, str]:
+        """The named hash's ``fields`` that it holds (one round trip)."""
+        key = self.keys.hash(_check_id("hash name", name))
+        wanted = list(fields)
+        if not wanted:
+            return {}
+        raw: Any = self._call("hmget", lambda _: self._redis.hmget(key, wanted))
+        return {f: _text(v) for f, v in zip(wanted, raw, strict=True) if v is not None}
+
     def recent_commands(self, target: str, count: int = 10, *,
-                        scan: int = 2000) -> list[Command]:
+                        scan: int = RECENT_COMMANDS_SCAN) -> list[Command]:
         """The last ``count`` commands journaled for ``target``, newest first.
 
         Looks at the last ``scan`` journal entries only (one round trip for the
         entries, one for the commands): an equipment page's recent history.
+        The default window is kept by this store (:class:`_StreamTail`), which
+        brings over only the entries journaled since the last read.
         """
         _check_read(count, 0)
         _check_read(scan, 0)
-        rows: Any = self._call(
-            "recent_commands", lambda _: self._redis.xrevrange(self.keys.journal, count=scan))
+        rows: Any
+        if scan == RECENT_COMMANDS_SCAN:
+            rows = self._call("recent_commands",
+                              lambda _: self._journal_tail.newest_first(self._redis))
+        else:
+            rows = self._call("recent_commands",
+                              lambda _: self._redis.xrevrange(self.keys.journal, count=scan))
         wanted = target.encode()
         ids = [_text(f[b"command_id"]) for _, f in rows or ()
                if f.get(b"target") == wanted and b"command_id" in f][:count]

@@ -48,6 +48,7 @@ from runtime.store import (
     StateStore,
     StoreKeys,
     SyncStore,
+    _StreamTail,
 )
 
 T = TypeVar("T")
@@ -613,6 +614,56 @@ def test_redis_outage_and_recovery(tmp_path: Path) -> None:
         run(body())
     finally:
         server.stop()
+
+
+def test_a_stream_tail_brings_over_only_what_came_since(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    key = f"tail-{uuid.uuid4().hex[:8]}"
+    tail = _StreamTail(key, 3)
+    try:
+        assert tail.newest_first(client) == []
+        ids = [client.xadd(key, {"n": str(n)}) for n in range(2)]
+        assert [r[0] for r in tail.newest_first(client)] == ids[::-1]
+        ids += [client.xadd(key, {"n": str(n)}) for n in range(2, 4)]
+        assert [r[1][b"n"] for r in tail.newest_first(client)] == [b"3", b"2", b"1"]
+        # More than the window came since: the newest window, read afresh.
+        ids += [client.xadd(key, {"n": str(n)}) for n in range(4, 9)]
+        assert [r[1][b"n"] for r in tail.newest_first(client)] == [b"8", b"7", b"6"]
+        # What is older than the oldest id kept leaves the window.
+        ms, seq = (int(x) for x in ids[7].decode().split("-"))
+        assert [r[0] for r in tail.newest_first(client, (ms, seq))] == [ids[8], ids[7]]
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_sync_store_finds_what_came_after_its_last_read(redis_server: RedisServer) -> None:
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    sync = SyncStore(redis_server.url, namespace=namespace)
+
+    async def events(*rows: dict[str, Any]) -> None:
+        store = RedisStore(redis_server.url, namespace=namespace)
+        try:
+            await store.append_events(list(rows))
+            await store.hset_many("view", {"a": "1", "b": "2"})
+        finally:
+            await store.close()
+
+    try:
+        run(events({"entity": "lc-1", "seq": 1}, {"entity": "xr-1", "seq": 1}))
+        assert [e["seq"] for e in sync.recent_events(5, entity="lc-1")] == [1]
+        run(events({"entity": "lc-1", "seq": 2}))
+        assert [e["seq"] for e in sync.recent_events(5, entity="lc-1")] == [2, 1]
+        assert sync.recent_commands("lc-1") == []
+        first, _ = sync.submit_command(cmd(target="lc-1"))
+        assert [c.command_id for c in sync.recent_commands("lc-1")] == [first.command_id]
+        second, _ = sync.submit_command(cmd(target="lc-1", key="k2"))
+        assert [c.command_id for c in sync.recent_commands("lc-1")] == [
+            second.command_id, first.command_id]
+        assert sync.hmget("view", ["b", "zz"]) == {"b": "2"}
+        assert sync.hmget("view", []) == {}
+    finally:
+        sync.close()
 
 
 def test_sync_store_against_real_redis(redis_server: RedisServer) -> None:

@@ -39,8 +39,9 @@ those the server received (a WSGI counter in front of the app, all phases,
 by the operators' tokens), and the commands sent against the
 ``command.submit`` entries of the audit trail. CPU in cores over the window:
 ``server_cpu`` is the process serving the admin web (it is also the Ray
-driver, as in ``commandpost run``), ``runtime_cpu``, ``broker_cpu``,
-``simulator_cpu`` by role, ``client_cpu`` the load generator.
+driver, as in ``commandpost run``), ``redis_cpu`` the store's server, then
+``runtime_cpu`` (both of those included), ``broker_cpu``, ``simulator_cpu``
+by role, and ``client_cpu`` the load generator.
 """
 
 from __future__ import annotations
@@ -494,8 +495,10 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             admin.close()
         counter = AccessCounter(city.app.wsgi_app, {f"Bearer {s.token}" for s in seats})
         city.app.wsgi_app = counter
-        groups = city.process_groups()
-        groups = {"server": {os.getpid()}, **groups}
+        redis_server = city.svc.redis
+        groups = {"server": {os.getpid()},
+                  "redis": {redis_server.pid} if redis_server is not None else set(),
+                  **city.process_groups()}
         say(f"{len(seats)} operators added ({sum(1 for s in seats if not s.municipalities)} "
             f"over the whole metropolis); {warmup_s:g} s of warm-up, {seconds:g} s counted, "
             f"think time {think_s:g} s; {machine()}")
@@ -541,8 +544,6 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             **figures,
             "target_p95_ms": TARGET_P95_MS,
             "counted": counted,
-            "server_cpu": round(cores.pop("server"), 3),
-            "client_cpu": round(cores.pop("client"), 3),
             **{f"{role}_cpu": value for role, value in _cores(cores).items()},
             "window_s": round(meter.window_s, 1),
             "warmup_s": warmup_s,
