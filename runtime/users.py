@@ -20,6 +20,7 @@ their change applied, one after the other, and neither is lost::
     records.change("alice", lambda old: {**(old or {}), "role": "viewer"})
     records.get("alice")["role"]                 # "viewer", in every process
     records.name_of_token(digest)                # "alice" if one of her tokens has it
+    records.record_of_token(digest)              # her record, in one round trip
 
 Two implementations share that behaviour: :class:`RedisUserRecords` (blocking
 ``redis``, for the threaded admin web and the ``commandpost user`` command)
@@ -65,6 +66,13 @@ HTTP_RETRY: Final = RetryPolicy(deadline_s=3.0)
 MAX_CHANGE_ATTEMPTS: Final = 50
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The name the token index gives (KEYS[1]) and that user's record (ARGV[1] is the
+#: users' key prefix): ``{name, record}``, ``{name}`` when the record is gone, or nil.
+_TOKEN_USER_LUA: Final = """
+local name = redis.call('GET', KEYS[1])
+if not name then return false end
+return {name, redis.call('GET', ARGV[1] .. name)}
+"""
 _DIGEST_RE: Final = re.compile(r"[0-9a-f]{64}")
 
 
@@ -80,8 +88,13 @@ class UserKeys:
     def names(self) -> str:
         return f"{self.namespace}:users"
 
+    @property
+    def user_prefix(self) -> str:
+        """What every user's key starts with (the name follows)."""
+        return f"{self.namespace}:user:"
+
     def user(self, name: str) -> str:
-        return f"{self.namespace}:user:{_check_name(name)}"
+        return f"{self.user_prefix}{_check_name(name)}"
 
     def token(self, digest: str) -> str:
         return f"{self.namespace}:user_token:{digest}"
@@ -138,6 +151,11 @@ class UserRecords(Protocol):
         """The name of the user holding the token of SHA-256 ``digest``, or None."""
         ...
 
+    def record_of_token(self, digest: str) -> Record | None:
+        """The record of the user the token index names for ``digest`` (None when it names
+        nobody, or a user who is gone); the caller checks that the record holds the token."""
+        ...
+
     def change(self, name: str, update: Callable[[Record | None], Record]) -> Record:
         """Replace ``name``'s record by ``update(current)`` (None when there is none),
         atomically; returns the record written.
@@ -171,6 +189,12 @@ class MemoryUserRecords:
     def name_of_token(self, digest: str) -> str | None:
         with self._lock:
             return self._tokens.get(digest)
+
+    def record_of_token(self, digest: str) -> Record | None:
+        with self._lock:
+            name = self._tokens.get(digest)
+            found = self._records.get(name) if name is not None else None
+            return copy.deepcopy(found) if found is not None else None
 
     def change(self, name: str, update: Callable[[Record | None], Record]) -> Record:
         _check_name(name)
@@ -207,6 +231,7 @@ class RedisUserRecords:
             url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
             decode_responses=False, retry=SyncRetry(NoBackoff(), 0),
         )
+        self._token_user = self._redis.register_script(_TOKEN_USER_LUA)
 
     @property
     def healthy(self) -> bool:
@@ -252,6 +277,19 @@ class RedisUserRecords:
             return None
         raw = self._call("token_owner", lambda: self._redis.get(self.keys.token(digest)))
         return raw.decode() if isinstance(raw, bytes) else raw
+
+    def record_of_token(self, digest: str) -> Record | None:
+        # Every API request asks this: the index and the record in one round trip.
+        if not _DIGEST_RE.fullmatch(digest):
+            return None
+        reply: Any = self._call("token_user", lambda: self._token_user(
+            keys=[self.keys.token(digest)], args=[self.keys.user_prefix]))
+        if not reply:
+            return None
+        name = _text(reply[0])
+        if not _NAME_RE.fullmatch(name):
+            raise ProtocolError(f"the token index names no user: {name[:64]!r}")
+        return _decode(name, reply[1] if len(reply) > 1 else None)
 
     def change(self, name: str, update: Callable[[Record | None], Record]) -> Record:
         key = self.keys.user(name)

@@ -248,3 +248,29 @@ def test_a_malformed_record_is_an_error_not_a_user(shared_redis_url: str, namesp
     with pytest.raises(AuthError):
         users.check_password("ana", "whatever-password")
     raw.close()
+
+
+def test_a_token_s_user_is_read_in_one_go_and_must_hold_it(
+        shared_redis_url: str, namespace: str) -> None:
+    records = RedisUserRecords(shared_redis_url, namespace=namespace)
+    users = UserRegistry(records)
+    raw = redis.Redis.from_url(shared_redis_url)
+    try:
+        _, token = users.add("ana", Role.OPERATOR)
+        digest = auth.hash_token(token)
+        found = records.record_of_token(digest)
+        assert found is not None and found["name"] == "ana"
+        assert records.record_of_token(auth.hash_token("x" * 40)) is None
+        assert records.record_of_token("not a digest") is None
+        # An index entry whose user is gone names nobody; one naming a user who does not
+        # hold the token lets nobody in.
+        keys = UserKeys(namespace)
+        raw.set(keys.token("e" * 64), b"ghost")
+        assert records.record_of_token("e" * 64) is None
+        users.add("bob", Role.VIEWER)
+        raw.set(keys.token(digest), b"bob")
+        with pytest.raises(AuthError):
+            users.by_token(token)
+    finally:
+        raw.close()
+        records.close()

@@ -31,8 +31,11 @@ Latency is measured by the client (``time.perf_counter``, from the request
 sent to the last byte of the answer). The first ``warmup_s`` (15 s) are not
 counted; the next ``seconds`` (120 s) are. Figures: ``requests`` in the window,
 ``routes`` (per route: ``requests``, ``p50_ms``, ``p95_ms``, ``p99_ms``,
-``max_ms`` of the 2xx answers, and ``errors``: every answer that is not 2xx,
-or none at all, with ``error_codes``), the same overall (``p95_ms``…),
+``max_ms`` of the 2xx answers, ``kb_mean`` their mean size, and ``errors``:
+every answer that is not 2xx, or none at all, with ``error_codes``), the same
+overall (``p95_ms``…), ``app_ms`` (per route, the p50 and p95 of the time the
+app took to make its answers, measured in the server: the rest of a request's
+time is the wire, waitress, and waiting for a thread),
 ``met`` (p95 at most :data:`TARGET_P95_MS` overall and on every route, and no
 error). Both ends count: ``counted`` holds the requests the client sent and
 those the server received (a WSGI counter in front of the app, all phases,
@@ -227,21 +230,40 @@ def route_of(method: str, path: str) -> str | None:
 class AccessCounter:
     """A WSGI middleware counting, by route (:func:`route_of`, else ``other``), the requests
     that carry one of ``credentials`` (``Authorization`` header values), before the app
-    answers them."""
+    answers them; and how long the app took to make each answer (``app_s``: the body
+    made, not yet sent)."""
 
     def __init__(self, app: Callable[..., Any], credentials: Collection[str]) -> None:
         self.app = app
         self._credentials = frozenset(credentials)
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.app_s: dict[str, list[tuple[float, float]]] = {}  # route -> [(at, seconds)]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("HTTP_AUTHORIZATION") in self._credentials:
-            route = route_of(str(environ.get("REQUEST_METHOD", "")),
-                             str(environ.get("PATH_INFO", ""))) or "other"
+        if environ.get("HTTP_AUTHORIZATION") not in self._credentials:
+            return self.app(environ, start_response)
+        route = route_of(str(environ.get("REQUEST_METHOD", "")),
+                         str(environ.get("PATH_INFO", ""))) or "other"
+        with self._lock:
+            self.counts[route] += 1
+        at = time.monotonic()
+        t0 = time.perf_counter()
+        try:
+            return self.app(environ, start_response)
+        finally:
+            took = time.perf_counter() - t0
             with self._lock:
-                self.counts[route] += 1
-        return self.app(environ, start_response)
+                self.app_s.setdefault(route, []).append((at, took))
+
+    def app_ms(self, start: float, end: float) -> dict[str, dict[str, float | None]]:
+        """``{route: {"p50", "p95"}}`` in ms of the answers begun between the monotonic
+        times ``start`` and ``end``."""
+        with self._lock:
+            spans = {r: [s * 1000.0 for at, s in v if start <= at < end]
+                     for r, v in self.app_s.items()}
+        return {r: {"p50": _ms(v, 50), "p95": _ms(v, 95)} for r, v in spans.items()
+                if r in ROUTES}
 
 
 def audited_commands(store: Any, since: float, users: Collection[str]) -> int:
@@ -263,6 +285,7 @@ class _Tally:
 
     sent: int = 0  # every phase
     window_ms: list[float] = field(default_factory=list)  # 2xx answers in the window
+    window_bytes: int = 0  # their bodies
     errors: Counter[str] = field(default_factory=Counter)  # in the window, by status
 
 
@@ -346,6 +369,7 @@ class _Operator:
                 tally.sent += 1
                 if counted and 200 <= status < 300:
                     tally.window_ms.append(seconds * 1000.0)
+                    tally.window_bytes += len(raw)
                 elif counted:
                     tally.errors[str(status)] += 1
             if actual == "equipment_list" and status == 200:
@@ -401,8 +425,8 @@ def load(plan: Mapping[str, Any], out: IO[str]) -> dict[str, Any]:
     stop.set()
     for t in threads:
         t.join(_HTTP_TIMEOUT_S + 5.0)
-    return {route: {"sent": t.sent, "window_ms": t.window_ms, "errors": dict(t.errors)}
-            for route, t in tallies.items()}
+    return {route: {"sent": t.sent, "window_ms": t.window_ms, "bytes": t.window_bytes,
+                    "errors": dict(t.errors)} for route, t in tallies.items()}
 
 
 def _main() -> int:
@@ -434,7 +458,9 @@ def summarize(routes: Mapping[str, Mapping[str, Any]], window_s: float) -> dict[
         out[route] = {"requests": len(ms) + sum(codes.values()), "p50_ms": _ms(ms, 50),
                       "p95_ms": _ms(ms, 95), "p99_ms": _ms(ms, 99),
                       "max_ms": round(max(ms), 2) if ms else None,
-                      "errors": sum(codes.values()), "error_codes": codes}
+                      "errors": sum(codes.values()), "error_codes": codes,
+                      "kb_mean": (round(int(tally.get("bytes", 0)) / len(ms) / 1024, 1)
+                                  if ms else None)}
     requests = len(everything) + errors
     p95 = _ms(everything, 95)
     met = (p95 is not None and p95 <= TARGET_P95_MS and errors == 0
@@ -514,10 +540,12 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             proc.stdin.write(json.dumps(plan))
             proc.stdin.close()
             _read_event(proc, "window_start")
+            opened = time.monotonic()
             meter = CpuMeter({**groups, "client": {proc.pid}})
             meter.start()
             _read_event(proc, "window_end")
             cores = meter.stop()
+            closed = time.monotonic()
             routes = _read_event(proc, "result")["routes"]
             if proc.wait(30) != 0:
                 raise RetryableError(f"the load generator exited {proc.returncode}")
@@ -544,6 +572,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             **figures,
             "target_p95_ms": TARGET_P95_MS,
             "counted": counted,
+            "app_ms": counter.app_ms(opened, closed),
             **{f"{role}_cpu": value for role, value in _cores(cores).items()},
             "window_s": round(meter.window_s, 1),
             "warmup_s": warmup_s,
