@@ -763,20 +763,22 @@ class RuntimeBackend:
         return out, (page[-1][0].id if more and page else None)
 
     def equipment_detail(self, entity_id: str) -> dict[str, Any]:
-        """One equipment's record with its recent events, commands and active alarms."""
+        """One equipment's record with its recent events, commands and active alarms
+        (two round trips to the store: :meth:`SyncStore.equipment_page`)."""
         store = self._store()
         eq = self.service.inventory.by_id(entity_id)
-        line = _summary_line(store.hmget(EQUIPMENT_VIEW, [entity_id]).get(entity_id))
-        alarms = [a for a in self.alarms() if a.get("source") == entity_id
+        page = store.equipment_page(entity_id, view=EQUIPMENT_VIEW,
+                                    blob=f"view:{ALARMS_READ_MODEL}", events=20, commands=10)
+        alarms = [a for a in _alarms_of(page.blob) if a.get("source") == entity_id
                   and a.get("state") not in ("normal", "out_of_service")]
-        record = _equipment_record(eq, line, store.load_checkpoints([entity_id]).get(entity_id),
+        record = _equipment_record(eq, _summary_line(page.line), page.checkpoint,
                                    any(a.get("active") for a in alarms), self.geography)
-        record["events"] = store.recent_events(20, entity=entity_id)
+        record["events"] = page.events
         record["commands"] = [
             {k: v for k, v in c.to_json().items() if k in (
                 "command_id", "status", "action", "params", "caller", "created_ts",
                 "updated_ts", "error")}
-            for c in store.recent_commands(entity_id, 10)]
+            for c in page.commands]
         record["alarms"] = alarms
         return record
 
@@ -789,12 +791,7 @@ class RuntimeBackend:
         store = self.service.store
         if store is None:
             raise RetryableError("the store is not started")
-        blob = store.get_blob(f"view:{ALARMS_READ_MODEL}")
-        if blob is None:
-            return []
-        doc = unpack(blob, max_size=256 << 20)
-        alarms = doc.get("alarms") if isinstance(doc, dict) else None
-        return [a for a in alarms or () if isinstance(a, dict)]
+        return _alarms_of(store.get_blob(f"view:{ALARMS_READ_MODEL}"))
 
     def alarm_action(self, action: str, params: dict[str, Any], *, caller: str
                      ) -> dict[str, Any]:
@@ -1132,6 +1129,15 @@ def _statuses(tree: dict[str, Any]) -> set[str]:
 
 def _hosts(tree: dict[str, Any]) -> list[dict[str, Any]]:
     return [n for n in _walk(tree) if "host" in str(n.get("kind", ""))]
+
+
+def _alarms_of(blob: bytes | None) -> list[dict[str, Any]]:
+    """The alarms of the alarms' read model (none when it was never published)."""
+    if blob is None:
+        return []
+    doc = unpack(blob, max_size=256 << 20)
+    alarms = doc.get("alarms") if isinstance(doc, dict) else None
+    return [a for a in alarms or () if isinstance(a, dict)]
 
 
 def _summary_line(raw: str | None) -> dict[str, Any]:

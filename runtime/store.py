@@ -90,6 +90,7 @@ __all__ = [
     "JOURNAL_MAXLEN",
     "STREAM_RETENTION_S",
     "TERMINAL_TTL_S",
+    "EquipmentPage",
     "MemoryStore",
     "RedisStore",
     "RetryPolicy",
@@ -1223,7 +1224,9 @@ class _StreamTail:
     Each read brings it up to date with one ``XRANGE`` of what came since the
     last entry it holds (stream ids only grow), instead of reading the whole
     window again; when more came than the window holds, the window is read
-    afresh. Safe to share between threads.
+    afresh. The read can go in a pipeline with others (:meth:`ask`, then
+    :meth:`absorb` its reply). Safe to share between threads: what another
+    thread brought over meanwhile is not added twice.
     """
 
     def __init__(self, key: str, size: int) -> None:
@@ -1233,30 +1236,65 @@ class _StreamTail:
         self._last: bytes | None = None
         self._lock = threading.Lock()
 
-    def newest_first(self, client: redis.Redis, oldest: tuple[int, int] = (0, 0)
-                     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """The window, newest first, without the entries older than the stream id
-        ``oldest`` (one round trip to Redis)."""
+    def ask(self, pipe: Any) -> bytes | None:
+        """Queue on ``pipe`` the read that brings the window up to date; returns what
+        :meth:`absorb` needs back with its reply."""
         with self._lock:
-            if self._last is None:
-                fresh: Any = client.xrevrange(self.key, count=self.size)
-                self._rows.extend(reversed(list(fresh or ())))
-            else:
-                new: Any = list(client.xrange(self.key, min=b"(" + self._last,
-                                              count=self.size) or ())
-                if len(new) >= self.size:
-                    # More came than the window holds: the newest window, read afresh.
-                    new = list(client.xrevrange(self.key, count=self.size) or ())
-                    new.reverse()
-                    self._rows.clear()
-                self._rows.extend(new)
+            after = self._last
+        if after is None:
+            pipe.xrevrange(self.key, count=self.size)
+        else:
+            pipe.xrange(self.key, min=b"(" + after, count=self.size)
+        return after
+
+    def absorb(self, after: bytes | None, reply: Any, client: redis.Redis,
+               oldest: tuple[int, int] = (0, 0)) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The window once ``reply`` (to the read :meth:`ask` queued) is in, newest first,
+        without the entries older than the stream id ``oldest``; when more came than the
+        window holds, the newest window is read afresh (one more round trip)."""
+        rows = list(reply or ())
+        with self._lock:
+            if after is None:
+                rows.reverse()
+            elif len(rows) >= self.size:
+                rows = list(client.xrevrange(self.key, count=self.size) or ())
+                rows.reverse()
+                self._rows.clear()
+                self._last = None
+            if self._last is not None:
+                last = _id_key(self._last)
+                skip = 0
+                while skip < len(rows) and _id_key(rows[skip][0]) <= last:
+                    skip += 1
+                rows = rows[skip:]
+            self._rows.extend(rows)
             if self._rows:
                 self._last = bytes(self._rows[-1][0])
             while self._rows and _id_key(self._rows[0][0]) < oldest:
                 self._rows.popleft()
-            rows = list(self._rows)
-        rows.reverse()
-        return rows
+            out = list(self._rows)
+        out.reverse()
+        return out
+
+    def newest_first(self, client: redis.Redis, oldest: tuple[int, int] = (0, 0)
+                     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The window, newest first, without the entries older than the stream id
+        ``oldest`` (one round trip to Redis)."""
+        pipe = client.pipeline(transaction=False)
+        after = self.ask(pipe)
+        return self.absorb(after, pipe.execute()[0], client, oldest)
+
+
+@dataclass(frozen=True)
+class EquipmentPage:
+    """What an equipment's page shows, as stored: its line of a hash (the hosts' view),
+    its checkpoint, a blob (a read model), its recent events and commands."""
+
+    line: str | None
+    checkpoint: bytes | None
+    blob: bytes | None
+    events: list[dict[str, Any]]
+    commands: list[Command]
 
 
 class SyncStore:
@@ -1540,6 +1578,51 @@ class SyncStore:
             return pipe.execute()
 
         return [Command.from_fields(raw) for raw in self._call("recent_commands", once) if raw]
+
+    def equipment_page(self, entity_id: str, *, view: str, blob: str, events: int = 20,
+                       commands: int = 10) -> EquipmentPage:
+        """One equipment's page in two round trips: its line of the hash ``view``, its
+        checkpoint, the blob ``blob``, its last ``events`` events (as :meth:`recent_events`)
+        and, once their ids are known, its last ``commands`` commands (as
+        :meth:`recent_commands`)."""
+        _check_read(events, 0)
+        _check_read(commands, 0)
+        ident = _check_id("entity id", entity_id)
+        hash_key = self.keys.hash(_check_id("hash name", view))
+        blob_key = self.keys.blob(_check_id("blob name", blob))
+        oldest = _id_key(_min_id(self._clock.time(), self._retention_s))
+
+        def reads(_: int) -> tuple[Any, ...]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hget(hash_key, ident)
+            pipe.get(self.keys.checkpoint(ident))
+            pipe.get(blob_key)
+            after_events = self._event_tail.ask(pipe)
+            after_journal = self._journal_tail.ask(pipe)
+            line, checkpoint, value, new_events, new_journal = pipe.execute()
+            return (line, checkpoint, value,
+                    self._event_tail.absorb(after_events, new_events, self._redis, oldest),
+                    self._journal_tail.absorb(after_journal, new_journal, self._redis))
+
+        line, checkpoint, value, event_rows, journal_rows = self._call("equipment_page", reads)
+        wanted = ident.encode()
+        ids = [_text(f[b"command_id"]) for _, f in journal_rows
+               if f.get(b"target") == wanted and b"command_id" in f][:commands]
+        found: list[Command] = []
+        if ids:
+            def records(_: int) -> list[Any]:
+                pipe = self._redis.pipeline(transaction=False)
+                for command_id in ids:
+                    pipe.hgetall(self.keys.command(command_id))
+                return pipe.execute()
+
+            found = [Command.from_fields(raw) for raw in self._call("equipment_page", records)
+                     if raw]
+        return EquipmentPage(
+            line=None if line is None else _text(line),
+            checkpoint=None if checkpoint is None else bytes(checkpoint),
+            blob=None if value is None else bytes(value),
+            events=_filter_events(event_rows, events, ident), commands=found)
 
 
 # -- in memory (unit tests) ---------------------------------------------------------------------

@@ -632,6 +632,16 @@ def test_a_stream_tail_brings_over_only_what_came_since(redis_server: RedisServe
         # What is older than the oldest id kept leaves the window.
         ms, seq = (int(x) for x in ids[7].decode().split("-"))
         assert [r[0] for r in tail.newest_first(client, (ms, seq))] == [ids[8], ids[7]]
+        # Two reads asked at once, answered in either order: nothing is added twice.
+        first, second = client.pipeline(), client.pipeline()
+        asked = tail.ask(first)
+        ids.append(client.xadd(key, {"n": "9"}))
+        asked_later = tail.ask(second)
+        ids.append(client.xadd(key, {"n": "10"}))
+        late_reply = second.execute()[0]
+        tail.absorb(asked_later, late_reply, client)
+        rows = tail.absorb(asked, first.execute()[0], client)
+        assert [r[0] for r in rows] == [ids[10], ids[9], ids[8]]
     finally:
         client.delete(key)
         client.close()
@@ -662,6 +672,11 @@ def test_sync_store_finds_what_came_after_its_last_read(redis_server: RedisServe
             second.command_id, first.command_id]
         assert sync.hmget("view", ["b", "zz"]) == {"b": "2"}
         assert sync.hmget("view", []) == {}
+        run(events({"entity": "lc-1", "seq": 3}))
+        page = sync.equipment_page("lc-1", view="view", blob="none", events=2, commands=1)
+        assert (page.line, page.checkpoint, page.blob) == (None, None, None)
+        assert [e["seq"] for e in page.events] == [3, 2]
+        assert [c.command_id for c in page.commands] == [second.command_id]
     finally:
         sync.close()
 

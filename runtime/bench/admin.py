@@ -44,7 +44,9 @@ by the operators' tokens), and the commands sent against the
 ``server_cpu`` is the process serving the admin web (it is also the Ray
 driver, as in ``commandpost run``), ``redis_cpu`` the store's server, then
 ``runtime_cpu`` (both of those included), ``broker_cpu``, ``simulator_cpu``
-by role, and ``client_cpu`` the load generator.
+by role, and ``client_cpu`` the load generator; ``machine_busy_cpu`` is every
+core's busy time, and ``other_cpu`` what of it none of those used (a machine
+shared with other work).
 """
 
 from __future__ import annotations
@@ -238,7 +240,8 @@ class AccessCounter:
         self._credentials = frozenset(credentials)
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
-        self.app_s: dict[str, list[tuple[float, float]]] = {}  # route -> [(at, seconds)]
+        # route -> [(at, seconds, CPU seconds of the thread that made the answer)]
+        self.app_s: dict[str, list[tuple[float, float, float]]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("HTTP_AUTHORIZATION") not in self._credentials:
@@ -248,22 +251,25 @@ class AccessCounter:
         with self._lock:
             self.counts[route] += 1
         at = time.monotonic()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             return self.app(environ, start_response)
         finally:
-            took = time.perf_counter() - t0
+            took, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
             with self._lock:
-                self.app_s.setdefault(route, []).append((at, took))
+                self.app_s.setdefault(route, []).append((at, took, cpu))
 
     def app_ms(self, start: float, end: float) -> dict[str, dict[str, float | None]]:
-        """``{route: {"p50", "p95"}}`` in ms of the answers begun between the monotonic
-        times ``start`` and ``end``."""
+        """``{route: {"p50", "p95", "cpu_mean"}}`` in ms of the answers begun between the
+        monotonic times ``start`` and ``end`` (``cpu_mean``: the CPU time of the thread
+        that made each answer)."""
         with self._lock:
-            spans = {r: [s * 1000.0 for at, s in v if start <= at < end]
+            spans = {r: [(s, c) for at, s, c in v if start <= at < end]
                      for r, v in self.app_s.items()}
-        return {r: {"p50": _ms(v, 50), "p95": _ms(v, 95)} for r, v in spans.items()
-                if r in ROUTES}
+        return {r: {"p50": _ms([s * 1000.0 for s, _ in v], 50),
+                    "p95": _ms([s * 1000.0 for s, _ in v], 95),
+                    "cpu_mean": round(sum(c for _, c in v) / len(v) * 1000.0, 2) if v else None}
+                for r, v in spans.items() if r in ROUTES}
 
 
 def audited_commands(store: Any, since: float, users: Collection[str]) -> int:
@@ -496,6 +502,15 @@ def _load_process() -> subprocess.Popen[str]:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds every core of the machine has spent busy so far (not idle or waiting)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(t.user + t.system + sum(getattr(t, name, 0.0)
+                                         for name in ("nice", "irq", "softirq")))
+
+
 def _cores(values: Mapping[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in values.items()}
 
@@ -542,9 +557,11 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             _read_event(proc, "window_start")
             opened = time.monotonic()
             meter = CpuMeter({**groups, "client": {proc.pid}})
+            busy0 = _busy_cpu_s()
             meter.start()
             _read_event(proc, "window_end")
             cores = meter.stop()
+            busy = (_busy_cpu_s() - busy0) / meter.window_s
             closed = time.monotonic()
             routes = _read_event(proc, "result")["routes"]
             if proc.wait(30) != 0:
@@ -574,6 +591,10 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             "counted": counted,
             "app_ms": counter.app_ms(opened, closed),
             **{f"{role}_cpu": value for role, value in _cores(cores).items()},
+            "machine_busy_cpu": round(busy, 3),
+            # What ran on the machine besides the city and this bench (others' work).
+            "other_cpu": round(max(0.0, busy - sum(v for k, v in cores.items()
+                                                   if k not in ("server", "redis"))), 3),
             "window_s": round(meter.window_s, 1),
             "warmup_s": warmup_s,
             "think_s": think_s,
