@@ -725,8 +725,8 @@ class RuntimeBackend:
         The inventory says what exists (kind, municipality); the hosts' equipment view
         (:data:`runtime.host.EQUIPMENT_VIEW`) says where each runs and how it stands;
         the page's twins are their checkpoints; ``in_alarm`` comes from the alarms'
-        read model. Two reads of small records, and one of the page's twins; without a
-        filter on how they stand, only the page's lines of the view are read.
+        read model. Without a filter on how they stand, the page's lines and twins are
+        read in one round trip; with one, every candidate's line, then the page's twins.
         """
         store = self._store()
         inventory = self.service.inventory
@@ -737,11 +737,13 @@ class RuntimeBackend:
              and (municipalities is None or eq.municipality in municipalities)
              and (after is None or eq.id > after)),
             key=lambda eq: eq.id)
-        # The lines a page may need: every candidate's when filtering on them, else
-        # the page's and the one after it (whether there is more).
-        filtering = status is not None or online is not None or in_alarm is not None
-        wanted = candidates if filtering else candidates[:limit + 1]
-        summaries = store.hmget(EQUIPMENT_VIEW, [eq.id for eq in wanted])
+        if status is None and online is None and in_alarm is None:
+            first = candidates[:limit]
+            lines, twins = store.lines_and_checkpoints(EQUIPMENT_VIEW, [eq.id for eq in first])
+            out = [_equipment_record(eq, _summary_line(lines.get(eq.id)), twins.get(eq.id),
+                                     False, self.geography) for eq in first]
+            return out, (first[-1].id if len(candidates) > limit and first else None)
+        summaries = store.hmget(EQUIPMENT_VIEW, [eq.id for eq in candidates])
         alarmed = self._alarmed() if in_alarm is not None else set()
         page: list[tuple[Equipment, dict[str, Any]]] = []
         more = False

@@ -1547,6 +1547,27 @@ class SyncStore:
         raw: Any = self._call("hmget", lambda _: self._redis.hmget(key, wanted))
         return {f: _text(v) for f, v in zip(wanted, raw, strict=True) if v is not None}
 
+    def lines_and_checkpoints(self, name: str, ids: Sequence[str]
+                              ) -> tuple[dict[str, str], dict[str, bytes]]:
+        """``ids``' fields of the named hash and their checkpoints, those stored, in one
+        round trip (a page of equipment: its lines of the hosts' view and its twins)."""
+        key = self.keys.hash(_check_id("hash name", name))
+        wanted = [_check_id("entity id", i) for i in ids]
+        if not wanted:
+            return {}, {}
+
+        def once(_: int) -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(key, wanted)
+            for chunk in _chunks(wanted, LOAD_CHUNK):
+                pipe.mget([self.keys.checkpoint(i) for i in chunk])
+            return pipe.execute()
+
+        replies = self._call("lines_and_checkpoints", once)
+        lines = {i: _text(v) for i, v in zip(wanted, replies[0], strict=True) if v is not None}
+        blobs = [v for reply in replies[1:] for v in reply]
+        return lines, {i: bytes(v) for i, v in zip(wanted, blobs, strict=True) if v is not None}
+
     def recent_commands(self, target: str, count: int = 10, *,
                         scan: int = RECENT_COMMANDS_SCAN) -> list[Command]:
         """The last ``count`` commands journaled for ``target``, newest first.

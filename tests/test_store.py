@@ -656,6 +656,7 @@ def test_sync_store_finds_what_came_after_its_last_read(redis_server: RedisServe
         try:
             await store.append_events(list(rows))
             await store.hset_many("view", {"a": "1", "b": "2"})
+            await store.save_checkpoints({"xr-1": b"state"})
         finally:
             await store.close()
 
@@ -672,6 +673,9 @@ def test_sync_store_finds_what_came_after_its_last_read(redis_server: RedisServe
             second.command_id, first.command_id]
         assert sync.hmget("view", ["b", "zz"]) == {"b": "2"}
         assert sync.hmget("view", []) == {}
+        assert sync.lines_and_checkpoints("view", ["a", "xr-1", "zz"]) == (
+            {"a": "1"}, {"xr-1": b"state"})
+        assert sync.lines_and_checkpoints("view", []) == ({}, {})
         run(events({"entity": "lc-1", "seq": 3}))
         page = sync.equipment_page("lc-1", view="view", blob="none", events=2, commands=1)
         assert (page.line, page.checkpoint, page.blob) == (None, None, None)
