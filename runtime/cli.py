@@ -400,6 +400,8 @@ def _serve(
         credentials_file = str(Path.cwd() / DEFAULT_CREDENTIALS_FILE)
     backend = SwappableBackend(StaticBackend())
     server: AdminServer | None = None
+    # What follows changes in Redis for the admin web, stopped with it.
+    followers: list[Callable[[], None]] = []
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
     stopper = _Stopper()
@@ -409,8 +411,10 @@ def _serve(
             svc.start_servers()
             # The users live in the service's Redis: they outlive the process (with a
             # Redis of its own), and every admin-web process sees the same ones.
-            users = UserRegistry(RedisUserRecords(svc.redis_url,
-                                                  namespace=svc.options.namespace))
+            records = RedisUserRecords(svc.redis_url, namespace=svc.options.namespace,
+                                       track=True)
+            followers.append(records.close)
+            users = UserRegistry(records)
             if demo:
                 assert credentials_file is not None
                 creds: dict[str, dict[str, str]] = create_demo_users(
@@ -422,7 +426,8 @@ def _serve(
             app = create_app(backend, users, secure_cookies=secure_cookies,
                              trusted_proxies=trusted_proxies)
             server = AdminServer(app, host, port)
-            runtime_backend = RuntimeBackend(svc)
+            runtime_backend = RuntimeBackend(svc, track=True)
+            followers.append(runtime_backend.close)
             app.register_blueprint(open311_blueprint(runtime_backend.open311_backend()))
             if demo:
                 assert credentials_file is not None
@@ -480,6 +485,8 @@ def _serve(
             if server is not None:
                 server.stop()
         finally:
+            for stop_following in followers:
+                stop_following()
             reaper.close()
             shutil.rmtree(data_dir, ignore_errors=True)
     click.echo(f"stopped in {time.monotonic() - t_stop:.1f}s")

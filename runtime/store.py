@@ -1600,27 +1600,31 @@ class SyncStore:
 
         return [Command.from_fields(raw) for raw in self._call("recent_commands", once) if raw]
 
-    def equipment_page(self, entity_id: str, *, view: str, blob: str, events: int = 20,
-                       commands: int = 10) -> EquipmentPage:
+    def equipment_page(self, entity_id: str, *, view: str, blob: str | None = None,
+                       events: int = 20, commands: int = 10) -> EquipmentPage:
         """One equipment's page in two round trips: its line of the hash ``view``, its
-        checkpoint, the blob ``blob``, its last ``events`` events (as :meth:`recent_events`)
-        and, once their ids are known, its last ``commands`` commands (as
-        :meth:`recent_commands`)."""
+        checkpoint, the blob ``blob`` (when one is named), its last ``events`` events (as
+        :meth:`recent_events`) and, once their ids are known, its last ``commands``
+        commands (as :meth:`recent_commands`)."""
         _check_read(events, 0)
         _check_read(commands, 0)
         ident = _check_id("entity id", entity_id)
         hash_key = self.keys.hash(_check_id("hash name", view))
-        blob_key = self.keys.blob(_check_id("blob name", blob))
+        blob_key = None if blob is None else self.keys.blob(_check_id("blob name", blob))
         oldest = _id_key(_min_id(self._clock.time(), self._retention_s))
 
         def reads(_: int) -> tuple[Any, ...]:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hget(hash_key, ident)
             pipe.get(self.keys.checkpoint(ident))
-            pipe.get(blob_key)
+            if blob_key is not None:
+                pipe.get(blob_key)
             after_events = self._event_tail.ask(pipe)
             after_journal = self._journal_tail.ask(pipe)
-            line, checkpoint, value, new_events, new_journal = pipe.execute()
+            replies = pipe.execute()
+            if blob_key is None:
+                replies.insert(2, None)
+            line, checkpoint, value, new_events, new_journal = replies
             return (line, checkpoint, value,
                     self._event_tail.absorb(after_events, new_events, self._redis, oldest),
                     self._journal_tail.absorb(after_journal, new_journal, self._redis))

@@ -45,6 +45,7 @@ from redis.retry import Retry as SyncRetry
 
 from runtime.errors import ConfigError, ConflictError, ProtocolError
 from runtime.store import RetryPolicy, _check_url, _Guard, _redact, _text
+from runtime.tracking import TrackedReads
 
 __all__ = [
     "HTTP_RETRY",
@@ -96,8 +97,13 @@ class UserKeys:
     def user(self, name: str) -> str:
         return f"{self.user_prefix}{_check_name(name)}"
 
+    @property
+    def token_prefix(self) -> str:
+        """What every token index key starts with (the digest follows)."""
+        return f"{self.namespace}:user_token:"
+
     def token(self, digest: str) -> str:
-        return f"{self.namespace}:user_token:{digest}"
+        return f"{self.token_prefix}{digest}"
 
 
 def _check_name(name: str) -> str:
@@ -219,10 +225,17 @@ class RedisUserRecords:
     Connection failures are retried under ``retry`` (:data:`HTTP_RETRY` by
     default) and then raise :class:`~runtime.errors.StoreUnavailableError`, as
     :mod:`runtime.store` does.
+
+    With ``track`` (the admin web, which looks a user up at every request), the
+    records read and the token index are kept in this process until Redis
+    reports that a user changed (:class:`runtime.tracking.TrackedReads`): a change
+    made here holds at once, one made elsewhere as soon as Redis tells this
+    process (milliseconds); while Redis cannot tell, every read goes to it.
     """
 
     def __init__(self, url: str, namespace: str = "cp", retry: RetryPolicy = HTTP_RETRY, *,
-                 socket_timeout: float = 1.0, connect_timeout: float = 1.0) -> None:
+                 socket_timeout: float = 1.0, connect_timeout: float = 1.0,
+                 track: bool = False) -> None:
         _check_url(url)
         self.url = url
         self.keys = UserKeys(namespace)
@@ -232,6 +245,10 @@ class RedisUserRecords:
             decode_responses=False, retry=SyncRetry(NoBackoff(), 0),
         )
         self._token_user = self._redis.register_script(_TOKEN_USER_LUA)
+        self._tracked: TrackedReads | None = None
+        if track:
+            self._tracked = TrackedReads(url, [self.keys.user_prefix, self.keys.token_prefix],
+                                         whole=True, name=f"users of {_redact(url)}")
 
     @property
     def healthy(self) -> bool:
@@ -239,9 +256,17 @@ class RedisUserRecords:
         return self._guard.healthy
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pool (and stop following changes)."""
+        if self._tracked is not None:
+            self._tracked.close()
         with contextlib.suppress(rex.RedisError, OSError):
             self._redis.close()
+
+    def _read(self, key: str, op: str, fn: Callable[[], T]) -> T:
+        """``fn``'s reply, kept under ``key`` while tracked (nothing changed since)."""
+        if self._tracked is None:
+            return self._call(op, fn)
+        return self._tracked.get(key, lambda: self._call(op, fn))
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         # Real time here: the admin's threads cannot await an injected clock.
@@ -259,7 +284,8 @@ class RedisUserRecords:
 
     def get(self, name: str) -> Record | None:
         key = self.keys.user(name)
-        return _decode(name, self._call("get_user", lambda: self._redis.get(key)))
+        raw: Any = self._read(key, "get_user", lambda: self._redis.get(key))
+        return _decode(name, raw)
 
     def all(self) -> list[Record]:
         def once() -> list[Record]:
@@ -282,8 +308,9 @@ class RedisUserRecords:
         # Every API request asks this: the index and the record in one round trip.
         if not _DIGEST_RE.fullmatch(digest):
             return None
-        reply: Any = self._call("token_user", lambda: self._token_user(
-            keys=[self.keys.token(digest)], args=[self.keys.user_prefix]))
+        key = self.keys.token(digest)
+        reply: Any = self._read(key, "token_user", lambda: self._token_user(
+            keys=[key], args=[self.keys.user_prefix]))
         if not reply:
             return None
         name = _text(reply[0])
@@ -323,6 +350,8 @@ class RedisUserRecords:
         for _ in range(MAX_CHANGE_ATTEMPTS):
             written = self._call("change_user", once)
             if written is not None:
+                if self._tracked is not None:
+                    self._tracked.drop()  # holds here at once, not when Redis tells
                 return written
         raise ConflictError(f"user {name} is being changed by others; try again",
                             names=[name], code="busy")

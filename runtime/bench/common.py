@@ -173,6 +173,7 @@ class City:
         self._tmp: Any = None
         self.server: Any = None
         self.app: Any = None  # the admin web's Flask app, once started
+        self._followers: list[Callable[[], None]] = []  # what follows changes in Redis
         self.admin_url = ""
         self.creds: dict[str, dict[str, str]] = {}
         self.control: Any = None
@@ -255,7 +256,9 @@ class City:
         if self.server is not None:
             from runtime.service import RuntimeBackend
 
-            self._backend.swap(RuntimeBackend(self.svc))
+            backend = RuntimeBackend(self.svc, track=True)
+            self._followers.append(backend.close)
+            self._backend.swap(backend)
         t = time.monotonic()
         self.svc.start_tree()
         self.timings["tree"] = time.monotonic() - t
@@ -292,13 +295,16 @@ class City:
         from runtime.users import RedisUserRecords
 
         # The users in the service's Redis, as `commandpost run` keeps them.
-        users = UserRegistry(RedisUserRecords(self.svc.redis_url,
-                                              namespace=self.svc.options.namespace))
+        records = RedisUserRecords(self.svc.redis_url, namespace=self.svc.options.namespace,
+                                   track=True)
+        self._followers.append(records.close)
+        users = UserRegistry(records)
         self.creds = create_demo_users(users, [m.slug for m in self.inventory.municipalities])
         self._backend = SwappableBackend(StaticBackend())
         app = create_app(self._backend, users)
         # Open311 as the demo mounts it, with an API key of the bench's own.
-        runtime_backend = RuntimeBackend(self.svc)
+        runtime_backend = RuntimeBackend(self.svc, track=True)
+        self._followers.append(runtime_backend.close)
         app.register_blueprint(open311_blueprint(runtime_backend.open311_backend()))
         self.creds["open311"] = {"api_key": runtime_backend.open311_store().issue_key("bench")}
         self.app = app
@@ -314,6 +320,8 @@ class City:
             try:
                 if self.server is not None:
                     self.server.stop()
+                for stop_following in self._followers:
+                    stop_following()
             finally:
                 if self.field_broker is not None:
                     self.field_broker.stop()
