@@ -1202,6 +1202,12 @@ def _filter_events(rows: Sequence[Any], count: int, entity: str | None) -> list[
     return out
 
 
+def _command_ids(rows: Sequence[Any], target: bytes, count: int) -> list[str]:
+    """The command ids of the first ``count`` journal entries for ``target``."""
+    return [_text(f[b"command_id"]) for _, f in rows or ()
+            if f.get(b"target") == target and b"command_id" in f][:count]
+
+
 def _journal_entries(reply: Any) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     for _stream, rows in reply or ():
@@ -1217,9 +1223,13 @@ def _journal_entries(reply: Any) -> list[tuple[str, str, str]]:
 
 
 # -- Redis, sync (the Flask admin) --------------------------------------------------------------
+Row = tuple[bytes, dict[bytes, bytes]]
+
+
 class _StreamTail:
-    """The newest ``size`` entries of a stream, kept in memory for the filters that look
-    through thousands of them (an equipment's recent events and commands).
+    """The newest ``size`` entries of a stream, kept in memory and indexed by the value
+    of their ``field`` (an entity's events, a target's journal entries), for the pages
+    that want an equipment's few newest among thousands.
 
     Each read brings it up to date with one ``XRANGE`` of what came since the
     last entry it holds (stream ids only grow), instead of reading the whole
@@ -1229,10 +1239,12 @@ class _StreamTail:
     thread brought over meanwhile is not added twice.
     """
 
-    def __init__(self, key: str, size: int) -> None:
+    def __init__(self, key: str, size: int, field: bytes) -> None:
         self.key = key
         self.size = size
-        self._rows: deque[tuple[bytes, dict[bytes, bytes]]] = deque(maxlen=size)
+        self.field = field
+        self._rows: deque[Row] = deque()
+        self._by: dict[bytes, deque[Row]] = {}
         self._last: bytes | None = None
         self._lock = threading.Lock()
 
@@ -1248,18 +1260,20 @@ class _StreamTail:
         return after
 
     def absorb(self, after: bytes | None, reply: Any, client: redis.Redis,
-               oldest: tuple[int, int] = (0, 0)) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """The window once ``reply`` (to the read :meth:`ask` queued) is in, newest first,
-        without the entries older than the stream id ``oldest``; when more came than the
-        window holds, the newest window is read afresh (one more round trip)."""
-        rows = list(reply or ())
+               oldest: tuple[int, int] = (0, 0)) -> None:
+        """Take in ``reply`` (to the read :meth:`ask` queued), then let go of the entries
+        older than the stream id ``oldest``; when more came than the window holds, the
+        newest window is read afresh (one more round trip)."""
+        rows: list[Row] = list(reply or ())
         with self._lock:
             if after is None:
                 rows.reverse()
             elif len(rows) >= self.size:
-                rows = list(client.xrevrange(self.key, count=self.size) or ())
+                fresh: Any = client.xrevrange(self.key, count=self.size)
+                rows = list(fresh or ())
                 rows.reverse()
                 self._rows.clear()
+                self._by.clear()
                 self._last = None
             if self._last is not None:
                 last = _id_key(self._last)
@@ -1267,22 +1281,40 @@ class _StreamTail:
                 while skip < len(rows) and _id_key(rows[skip][0]) <= last:
                     skip += 1
                 rows = rows[skip:]
-            self._rows.extend(rows)
+            for row in rows:
+                if len(self._rows) >= self.size:
+                    self._forget_oldest()
+                self._rows.append(row)
+                value = row[1].get(self.field)
+                if value is not None:
+                    self._by.setdefault(value, deque()).append(row)
             if self._rows:
                 self._last = bytes(self._rows[-1][0])
             while self._rows and _id_key(self._rows[0][0]) < oldest:
-                self._rows.popleft()
-            out = list(self._rows)
-        out.reverse()
-        return out
+                self._forget_oldest()
 
-    def newest_first(self, client: redis.Redis, oldest: tuple[int, int] = (0, 0)
-                     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """The window, newest first, without the entries older than the stream id
-        ``oldest`` (one round trip to Redis)."""
+    def _forget_oldest(self) -> None:
+        row = self._rows.popleft()
+        value = row[1].get(self.field)
+        same = self._by.get(value) if value is not None else None
+        if same:
+            same.popleft()  # the oldest of the window is the oldest of its value
+            if not same and value is not None:
+                del self._by[value]
+
+    def newest(self, value: bytes, count: int) -> list[Row]:
+        """The newest ``count`` entries whose ``field`` is ``value``, newest first."""
+        with self._lock:
+            same = self._by.get(value)
+            if not same:
+                return []
+            return [same[-1 - i] for i in range(min(count, len(same)))]
+
+    def refresh(self, client: redis.Redis, oldest: tuple[int, int] = (0, 0)) -> None:
+        """Bring the window up to date (one round trip to Redis)."""
         pipe = client.pipeline(transaction=False)
         after = self.ask(pipe)
-        return self.absorb(after, pipe.execute()[0], client, oldest)
+        self.absorb(after, pipe.execute()[0], client, oldest)
 
 
 @dataclass(frozen=True)
@@ -1333,8 +1365,8 @@ class SyncStore:
             retry=SyncRetry(NoBackoff(), 0),
         )
         self._submit_script = self._redis.register_script(SUBMIT_COMMAND_LUA)
-        self._event_tail = _StreamTail(self.keys.events, EVENT_FILTER_WINDOW)
-        self._journal_tail = _StreamTail(self.keys.journal, RECENT_COMMANDS_SCAN)
+        self._event_tail = _StreamTail(self.keys.events, EVENT_FILTER_WINDOW, b"entity")
+        self._journal_tail = _StreamTail(self.keys.journal, RECENT_COMMANDS_SCAN, b"target")
 
     @property
     def healthy(self) -> bool:
@@ -1416,9 +1448,8 @@ class SyncStore:
             return _filter_events(rows, count, entity)
         # The stream drops what is past its retention as it grows: so does the window.
         oldest = _id_key(_min_id(self._clock.time(), self._retention_s))
-        rows = self._call("recent_events",
-                          lambda _: self._event_tail.newest_first(self._redis, oldest))
-        return _filter_events(rows, count, entity)
+        self._call("recent_events", lambda _: self._event_tail.refresh(self._redis, oldest))
+        return _filter_events(self._event_tail.newest(entity.encode(), count), count, entity)
 
     def append_audit(self, entry: Mapping[str, Any], *, deadline_s: float | None = None) -> str:
         """Append one flat entry (str, int, float or bool values) to the audit stream.
@@ -1579,16 +1610,15 @@ class SyncStore:
         """
         _check_read(count, 0)
         _check_read(scan, 0)
+        wanted = target.encode()
         rows: Any
         if scan == RECENT_COMMANDS_SCAN:
-            rows = self._call("recent_commands",
-                              lambda _: self._journal_tail.newest_first(self._redis))
+            self._call("recent_commands", lambda _: self._journal_tail.refresh(self._redis))
+            rows = self._journal_tail.newest(wanted, count)
         else:
             rows = self._call("recent_commands",
                               lambda _: self._redis.xrevrange(self.keys.journal, count=scan))
-        wanted = target.encode()
-        ids = [_text(f[b"command_id"]) for _, f in rows or ()
-               if f.get(b"target") == wanted and b"command_id" in f][:count]
+        ids = _command_ids(rows, wanted, count)
         if not ids:
             return []
 
@@ -1625,14 +1655,13 @@ class SyncStore:
             if blob_key is None:
                 replies.insert(2, None)
             line, checkpoint, value, new_events, new_journal = replies
-            return (line, checkpoint, value,
-                    self._event_tail.absorb(after_events, new_events, self._redis, oldest),
-                    self._journal_tail.absorb(after_journal, new_journal, self._redis))
+            self._event_tail.absorb(after_events, new_events, self._redis, oldest)
+            self._journal_tail.absorb(after_journal, new_journal, self._redis)
+            return line, checkpoint, value
 
-        line, checkpoint, value, event_rows, journal_rows = self._call("equipment_page", reads)
+        line, checkpoint, value = self._call("equipment_page", reads)
         wanted = ident.encode()
-        ids = [_text(f[b"command_id"]) for _, f in journal_rows
-               if f.get(b"target") == wanted and b"command_id" in f][:commands]
+        ids = _command_ids(self._journal_tail.newest(wanted, commands), wanted, commands)
         found: list[Command] = []
         if ids:
             def records(_: int) -> list[Any]:
@@ -1647,7 +1676,8 @@ class SyncStore:
             line=None if line is None else _text(line),
             checkpoint=None if checkpoint is None else bytes(checkpoint),
             blob=None if value is None else bytes(value),
-            events=_filter_events(event_rows, events, ident), commands=found)
+            events=_filter_events(self._event_tail.newest(wanted, events), events, ident),
+            commands=found)
 
 
 # -- in memory (unit tests) ---------------------------------------------------------------------

@@ -619,29 +619,42 @@ def test_redis_outage_and_recovery(tmp_path: Path) -> None:
 def test_a_stream_tail_brings_over_only_what_came_since(redis_server: RedisServer) -> None:
     client = redis.Redis.from_url(redis_server.url)
     key = f"tail-{uuid.uuid4().hex[:8]}"
-    tail = _StreamTail(key, 3)
+    tail = _StreamTail(key, 3, b"e")
+
+    def newest(value: bytes = b"x", count: int = 10) -> list[bytes]:
+        return [r[1][b"n"] for r in tail.newest(value, count)]
+
     try:
-        assert tail.newest_first(client) == []
-        ids = [client.xadd(key, {"n": str(n)}) for n in range(2)]
-        assert [r[0] for r in tail.newest_first(client)] == ids[::-1]
-        ids += [client.xadd(key, {"n": str(n)}) for n in range(2, 4)]
-        assert [r[1][b"n"] for r in tail.newest_first(client)] == [b"3", b"2", b"1"]
+        tail.refresh(client)
+        assert newest() == []
+        ids = [client.xadd(key, {"e": "x", "n": str(n)}) for n in range(2)]
+        tail.refresh(client)
+        assert [r[0] for r in tail.newest(b"x", 10)] == ids[::-1]
+        ids += [client.xadd(key, {"e": "x" if n % 2 else "y", "n": str(n)}) for n in (2, 3)]
+        tail.refresh(client)
+        assert newest() == [b"3", b"1"] and newest(b"y") == [b"2"]
+        assert newest(count=1) == [b"3"]
         # More than the window came since: the newest window, read afresh.
-        ids += [client.xadd(key, {"n": str(n)}) for n in range(4, 9)]
-        assert [r[1][b"n"] for r in tail.newest_first(client)] == [b"8", b"7", b"6"]
+        ids += [client.xadd(key, {"e": "x", "n": str(n)}) for n in range(4, 9)]
+        tail.refresh(client)
+        assert newest() == [b"8", b"7", b"6"] and newest(b"y") == []
         # What is older than the oldest id kept leaves the window.
         ms, seq = (int(x) for x in ids[7].decode().split("-"))
-        assert [r[0] for r in tail.newest_first(client, (ms, seq))] == [ids[8], ids[7]]
+        tail.refresh(client, (ms, seq))
+        assert newest() == [b"8", b"7"]
+        # Entries pushed out of the window leave their value's index too.
+        ids += [client.xadd(key, {"e": "z", "n": str(n)}) for n in (9, 10)]
+        tail.refresh(client)
+        assert newest() == [b"8"] and newest(b"z") == [b"10", b"9"]
         # Two reads asked at once, answered in either order: nothing is added twice.
         first, second = client.pipeline(), client.pipeline()
         asked = tail.ask(first)
-        ids.append(client.xadd(key, {"n": "9"}))
+        ids.append(client.xadd(key, {"e": "z", "n": "11"}))
         asked_later = tail.ask(second)
-        ids.append(client.xadd(key, {"n": "10"}))
-        late_reply = second.execute()[0]
-        tail.absorb(asked_later, late_reply, client)
-        rows = tail.absorb(asked, first.execute()[0], client)
-        assert [r[0] for r in rows] == [ids[10], ids[9], ids[8]]
+        ids.append(client.xadd(key, {"e": "z", "n": "12"}))
+        tail.absorb(asked_later, second.execute()[0], client)
+        tail.absorb(asked, first.execute()[0], client)
+        assert newest(b"z") == [b"12", b"11", b"10"] and newest() == []
     finally:
         client.delete(key)
         client.close()
