@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -517,18 +517,18 @@ def _cores(values: Mapping[str, float]) -> dict[str, float]:
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         seconds: float = DURATION_S, warmup_s: float = WARMUP_S, operators: int = OPERATORS,
-        think_s: float = THINK_S, seed: int = 0, kinds: Iterable[str] | None = None,
+        think_s: float = THINK_S, seed: int = 0, devices: bool = True, spares: int = 1,
         **_: Any) -> dict[str, Any]:
-    """The figures of this bench (module doc). ``kinds`` keeps only the equipment of those
-    kinds (a lighter city, for tests)."""
+    """The figures of this bench (module doc). ``devices`` and ``spares`` make a lighter
+    city (tests: no simulators nor device sessions, no warm spare), listed in
+    ``left_out``."""
     from actors.signal_plan import builtin_signal_plans
 
     if operators < 1 or seconds <= 0 or warmup_s < 0 or think_s <= 0:
         raise ConfigError("the admin bench needs operators >= 1, seconds > 0, warmup_s >= 0 "
                           "and think_s > 0")
     rng = random.Random(seed)
-    with City(scale=scale, say=say, broker=broker,
-              kinds=None if kinds is None else set(kinds)) as city:
+    with City(scale=scale, say=say, broker=broker, devices=devices, spares=spares) as city:
         admin = ApiClient(city.admin_url, city.token("admin"))
         try:
             seats = add_operators(admin, plan_seats(city.inventory, operators, rng))
