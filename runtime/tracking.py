@@ -51,6 +51,8 @@ POLL_S: Final = 0.25
 #: A connection that answered nothing, not even a PING, this long is taken as lost.
 SILENCE_S: Final = 10.0
 RECONNECT_S: Final = 1.0
+#: How long before asking again a Redis that refused tracking (older than 6.0, an ACL).
+REFUSED_S: Final = 60.0
 #: The most values kept at once (past it, all are dropped and kept again as read).
 MAX_KEPT: Final = 1024
 
@@ -137,6 +139,7 @@ class TrackedReads:
         lost = False
         while not self._stop.is_set():
             conn: Any = None
+            wait = RECONNECT_S
             try:
                 conn = self._pool.make_connection()
                 self._subscribe(conn)
@@ -153,6 +156,8 @@ class TrackedReads:
                     log.info("%s: not following changes (%s); reading through",
                              self.name, exc)
                 lost = True
+                if isinstance(exc, rex.ResponseError):
+                    wait = REFUSED_S
             finally:
                 with self._lock:
                     self._live = False
@@ -161,7 +166,7 @@ class TrackedReads:
                 if conn is not None:
                     with contextlib.suppress(rex.RedisError, OSError):
                         conn.disconnect()
-            self._stop.wait(RECONNECT_S)
+            self._stop.wait(wait)
 
     def _subscribe(self, conn: Any) -> None:
         conn.send_command("CLIENT", "ID")

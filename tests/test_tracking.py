@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,29 @@ def test_overlapping_prefixes_are_refused(shared_redis_url: str) -> None:
         TrackedReads(shared_redis_url, ["cp:user", "cp:user:"])
     with pytest.raises(ConfigError, match="prefix"):
         TrackedReads(shared_redis_url, [])
+
+
+def test_a_redis_that_refuses_tracking_is_read_through(shared_redis_url: str,
+                                                       client: redis.Redis) -> None:
+    name = f"u{uuid.uuid4().hex[:8]}"
+    client.execute_command("ACL", "SETUSER", name, "on", ">a-password-of-its-own", "~*",
+                           "+@all", "-client")
+    host = shared_redis_url.split("//", 1)[1]
+    tracked = TrackedReads(f"redis://{name}:a-password-of-its-own@{host}", ["k:"])
+    try:
+        assert not poll_for(lambda: tracked.live, 0.5)
+        assert tracked.get("k:1", lambda: b"one") == b"one"
+        assert tracked.get("k:1", lambda: b"two") == b"two"
+    finally:
+        tracked.close()
+        client.execute_command("ACL", "DELUSER", name)
+
+
+def poll_for(predicate: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``predicate`` held at some point within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
