@@ -307,6 +307,10 @@ class LightingCircuit(EquipmentEntity):
             if command_id.startswith("schedule-") and self._armed_for(taken, effective):
                 result = self._taken_by_cabinet(effective, now)
             else:
+                if command_id.startswith("schedule-") and isinstance(taken, int | float):
+                    # The cabinet may hold the step already (an arming whose answer was
+                    # lost): a reading asked before the step's time is not what it holds.
+                    self.wrote_ts = max(self.wrote_ts, float(taken))
                 try:
                     result = await self.actuate(effective, command_id)
                 except (RejectedError, ProtocolError, DeviceUnavailableError) as exc:

@@ -26,7 +26,7 @@ from actors.schedule import Timetable
 from runtime.clock import CITY_TZ, Clock, ManualClock
 from runtime.entity import Checkpoint
 from runtime.envelope import Envelope, MessageKind
-from runtime.errors import InvalidCommandError, RejectedError
+from runtime.errors import DeviceUnavailableError, InvalidCommandError, RejectedError
 from runtime.inventory import Equipment
 from tests.helpers import FakeContext, make_equipment
 from tests.test_equipment import FakeCabinet
@@ -51,6 +51,8 @@ class TimedCabinet(FakeCabinet):
         self.step: dict[str, Any] = {"step_at": 0, "step_on": True, "step_dim": 100}
         self.arms: list[dict[str, Any]] = []
         self.taken: list[float] = []
+        # Arms whose answer is lost on the way back: taken by the cabinet, reported failed.
+        self.lost_answers = 0
 
     def policy(self, field: str) -> str | None:
         if self.timed and field in STEP_FIELDS:
@@ -77,6 +79,9 @@ class TimedCabinet(FakeCabinet):
             assert self.timed, f"a step armed at a cabinet without timed steps: {steps}"
             self.step.update(steps)
             self.arms.append(steps)
+            if self.lost_answers and not lamps:
+                self.lost_answers -= 1
+                raise DeviceUnavailableError("the cabinet's answer was lost")
         if lamps:
             self.step["step_at"] = 0
             self.stamps += [self.clock.time()] * len(lamps)
@@ -335,6 +340,38 @@ def test_a_cabinet_back_online_after_a_step_it_took_is_not_set_back_to_the_step_
         assert len(night.cabinet.writes) == writes and night.cabinet.repeats == 0
         assert entity.state["schedule"]["step"] == "late_evening"
         assert night.cabinet.step["step_at"] == math.floor(times["night"])
+        night.stop()
+
+    run(body)
+
+
+def test_a_step_the_cabinet_took_though_its_arming_seemed_to_fail_is_not_written_again(
+) -> None:
+    # The arming of 23:00 reaches the cabinet but its answers are lost: the circuit does not
+    # know the cabinet holds the step. At 23:00 its last reading (from before the step) shows
+    # the lamps at 100 %; the cabinet has taken the step meanwhile. The circuit asks the
+    # cabinet again rather than write 70 % to lamps that hold it.
+    async def body() -> None:
+        night = Night(timed=True)
+        times = night_of(night.eq)
+        entity = await night.start()
+        # Armed at dusk, and again at the check after it: both answers lost.
+        night.cabinet.lost_answers = 2
+        await night.until(times["dusk"] + STEP_CHECK_S + 1.0)
+        assert night.cabinet.lost_answers == 0
+        assert night.cabinet.arms[-1]["step_at"] == math.floor(times["late_evening"])
+        assert "armed" not in entity.state  # as far as the circuit knows, not armed
+        await night.until(times["late_evening"] - 60)
+        reading = await night.cabinet.read()
+        await entity.handle(Envelope(
+            target=night.eq.id, type="telemetry", kind=MessageKind.EVENT,
+            payload={"seq": 99, "ts": night.clock.time(), "values": dict(reading)}))
+        writes = len(night.cabinet.writes)
+        await night.until(times["late_evening"] + STEP_CHECK_S + 1.0)
+        assert night.cabinet.levels() == {(True, 70)}
+        assert night.cabinet.taken[-1] == math.floor(times["late_evening"])
+        assert len(night.cabinet.writes) == writes and night.cabinet.repeats == 0
+        assert entity.state["schedule"]["step"] == "late_evening"
         night.stop()
 
     run(body)
