@@ -426,8 +426,7 @@ class UserRegistry:
         if not token or len(token) > MAX_SECRET_LENGTH:
             raise AuthError("invalid token")
         digest = hash_token(token)
-        name = self._records.name_of_token(digest)
-        record = self._records.get(name) if name is not None else None
+        record = self._records.record_of_token(digest)
         if record is None:
             raise AuthError("invalid token")
         user = User.from_record(record)

@@ -400,6 +400,8 @@ def _serve(
         credentials_file = str(Path.cwd() / DEFAULT_CREDENTIALS_FILE)
     backend = SwappableBackend(StaticBackend())
     server: AdminServer | None = None
+    # What follows changes in Redis for the admin web, stopped with it.
+    followers: list[Callable[[], None]] = []
     # Before any child: each one started from here on carries the reaper's mark.
     reaper = Reaper.start()
     stopper = _Stopper()
@@ -409,8 +411,10 @@ def _serve(
             svc.start_servers()
             # The users live in the service's Redis: they outlive the process (with a
             # Redis of its own), and every admin-web process sees the same ones.
-            users = UserRegistry(RedisUserRecords(svc.redis_url,
-                                                  namespace=svc.options.namespace))
+            records = RedisUserRecords(svc.redis_url, namespace=svc.options.namespace,
+                                       track=True)
+            followers.append(records.close)
+            users = UserRegistry(records)
             if demo:
                 assert credentials_file is not None
                 creds: dict[str, dict[str, str]] = create_demo_users(
@@ -422,7 +426,8 @@ def _serve(
             app = create_app(backend, users, secure_cookies=secure_cookies,
                              trusted_proxies=trusted_proxies)
             server = AdminServer(app, host, port)
-            runtime_backend = RuntimeBackend(svc)
+            runtime_backend = RuntimeBackend(svc, track=True)
+            followers.append(runtime_backend.close)
             app.register_blueprint(open311_blueprint(runtime_backend.open311_backend()))
             if demo:
                 assert credentials_file is not None
@@ -480,6 +485,8 @@ def _serve(
             if server is not None:
                 server.stop()
         finally:
+            for stop_following in followers:
+                stop_following()
             reaper.close()
             shutil.rmtree(data_dir, ignore_errors=True)
     click.echo(f"stopped in {time.monotonic() - t_stop:.1f}s")
@@ -746,6 +753,9 @@ BENCHES: dict[str, tuple[str, str]] = {
                                      "request received by the crossroad's controller, idle, "
                                      "with the metropolis running, and with the crossroads' "
                                      "host flooded by 4,000 vehicle messages/s"),
+    "admin": ("admin", "the command post's 50 operators on the admin API (1 s think time, "
+                       "equipment, alarms, tree, crisis, interventions, commands) with the "
+                       "metropolis running: latency by route, p95 <= 200 ms"),
     "tsp": ("tsp", "bus signal priority in Eclipse SUMO: each seed's traffic with and without "
                    "priority, bus and other vehicles' delay at signals (installs the extra "
                    "'tsp' when missing)"),
@@ -767,11 +777,14 @@ def _bench_help() -> str:
               help="recovery: kills to time")
 @click.option("--broker", type=click.Choice(["auto", "mosquitto", "amqtt"]), default="auto",
               show_default=True, help="embedded broker for the benches that use one")
-@click.option("--seconds", type=click.FloatRange(min=5.0), default=None,
-              help="measurement window of demo and ingest (each bench has its default)")
+@click.option("--seconds", "--duration", "seconds", type=click.FloatRange(min=5.0),
+              default=None, help="measurement window of demo, ingest and admin (each bench "
+                                 "has its default)")
 @click.option("--capacity", is_flag=True, help="ingest: step MQTT load up to the limit")
 @click.option("-n", "n", type=click.IntRange(min=1), default=None,
               help="command: commands to time (default 200)")
+@click.option("--operators", type=click.IntRange(min=1, max=500), default=None,
+              help="admin: operators at their desks (default 50)")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="also write the JSON figures (with commit) to this file")
 @click.option("--clock-speed", type=click.FloatRange(min=0.0, min_open=True, max=MAX_SPEED),
@@ -788,7 +801,8 @@ def _bench_help() -> str:
 @click.option("--additional", default=None,
               help="tsp: SUMO additional files with the bus stops (comma-separated)")
 def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
-          seconds: float | None, capacity: bool, n: int | None, output: str | None,
+          seconds: float | None, capacity: bool, n: int | None, operators: int | None,
+          output: str | None,
           clock_speed: float | None, seeds: int | None, sim_hours: float | None,
           net: str | None, routes: str | None, additional: str | None) -> None:
     import importlib
@@ -807,8 +821,8 @@ def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
         kwargs["n"] = n
     if clock_speed is not None:
         kwargs["clock_speed"] = clock_speed
-    for key, value in (("seeds", seeds), ("sim_hours", sim_hours), ("net", net),
-                       ("routes", routes), ("additional", additional)):
+    for key, value in (("operators", operators), ("seeds", seeds), ("sim_hours", sim_hours),
+                       ("net", net), ("routes", routes), ("additional", additional)):
         if value is not None:
             kwargs[key] = value
     try:

@@ -61,6 +61,7 @@ from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, pla
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.request_sync import RequestStatusSync
 from runtime.store import MAX_STREAM_ID_PART, STREAM_RETENTION_S, RetryPolicy, SyncStore
+from runtime.tracking import TrackedReads
 from supervisors.root import RootActor
 from supervisors.spec import SupervisorOptions
 from supervisors.tree import ROOT_NAME
@@ -91,6 +92,10 @@ CRISIS_READ_MODEL = "crisis"
 CRISIS = "crisis"
 #: How long the city map's states are kept before they are read again (seconds).
 CITY_CACHE_S = 1.0
+#: The read models the admin web reads at almost every request: with ``track``,
+#: :class:`RuntimeBackend` keeps them until Redis reports they changed.
+TRACKED_READ_MODELS = (ALARMS_READ_MODEL, CRISIS_READ_MODEL, INTERVENTIONS_READ_MODEL,
+                       FLEET_READ_MODEL)
 #: The broker account of the MQTT simulators (and ``…-telemetry``, their second connection).
 SIM_ACCOUNT = "sim-mqtt"
 #: The mode of a municipality without a crisis plan; asking for it ends the plan.
@@ -639,9 +644,17 @@ def _id_key(stream_id: str) -> tuple[int, int]:
 
 
 class RuntimeBackend:
-    """The admin web's view of a :class:`Service` (health, tree, system)."""
+    """The admin web's view of a :class:`Service` (health, tree, system).
 
-    def __init__(self, service: Service, simulators: list[dict[str, Any]] | None = None) -> None:
+    With ``track`` (the service's store started), the read models of
+    :data:`TRACKED_READ_MODELS` are kept, decoded, until Redis reports that a
+    coordinator published them again (:class:`runtime.tracking.TrackedReads`):
+    most requests then read none from Redis. What they return is shared
+    between requests: read only. :meth:`close` stops following them.
+    """
+
+    def __init__(self, service: Service, simulators: list[dict[str, Any]] | None = None, *,
+                 track: bool = False) -> None:
         self.service = service
         self.simulators = simulators or []
         self._cache: tuple[float, dict[str, Any]] | None = None
@@ -649,6 +662,39 @@ class RuntimeBackend:
         self._geography: Geography | None = None
         self._open311: SyncOpen311Store | None = None
         self._city: tuple[float, dict[str, Any]] | None = None
+        self._decoded: dict[str, tuple[bytes, Any]] = {}
+        self._tracked: TrackedReads | None = None
+        if track:
+            store = self._store()
+            self._tracked = TrackedReads(
+                service.redis_url, [store.keys.blob(f"view:{m}") for m in TRACKED_READ_MODELS],
+                name="read models")
+
+    def close(self) -> None:
+        """Stop following the read models (reads go to Redis each time afterwards)."""
+        if self._tracked is not None:
+            self._tracked.close()
+
+    def _model(self, name: str, max_size: int) -> Any:
+        """The read model ``name`` decoded, or None when it was never published. A model
+        read again unchanged (kept by tracking) is not decoded again."""
+        store = self._store()
+        blob_name = f"view:{name}"
+        if self._tracked is None:
+            blob = store.get_blob(blob_name)
+        else:
+            blob = self._tracked.get(store.keys.blob(blob_name),
+                                     lambda: store.get_blob(blob_name))
+        if blob is None:
+            return None
+        with self._lock:
+            seen = self._decoded.get(name)
+        if seen is not None and seen[0] is blob:
+            return seen[1]
+        doc = unpack(blob, max_size=max_size)
+        with self._lock:
+            self._decoded[name] = (blob, doc)
+        return doc
 
     def tree(self) -> dict[str, Any]:
         return self.service.tree()
@@ -768,7 +814,8 @@ class RuntimeBackend:
         The inventory says what exists (kind, municipality); the hosts' equipment view
         (:data:`runtime.host.EQUIPMENT_VIEW`) says where each runs and how it stands;
         the page's twins are their checkpoints; ``in_alarm`` comes from the alarms'
-        read model. Two reads of small records, and one of the page's twins.
+        read model. Without a filter on how they stand, the page's lines and twins are
+        read in one round trip; with one, every candidate's line, then the page's twins.
         """
         store = self._store()
         inventory = self.service.inventory
@@ -779,9 +826,15 @@ class RuntimeBackend:
              and (municipalities is None or eq.municipality in municipalities)
              and (after is None or eq.id > after)),
             key=lambda eq: eq.id)
-        summaries = store.hgetall(EQUIPMENT_VIEW) if candidates else {}
         # Every record says whether it is in alarm, filtered on it or not.
         alarmed = self._alarmed() if candidates else set()
+        if status is None and online is None and in_alarm is None:
+            first = candidates[:limit]
+            lines, twins = store.lines_and_checkpoints(EQUIPMENT_VIEW, [eq.id for eq in first])
+            out = [_equipment_record(eq, _summary_line(lines.get(eq.id)), twins.get(eq.id),
+                                     eq.id in alarmed, self.geography) for eq in first]
+            return out, (first[-1].id if len(candidates) > limit and first else None)
+        summaries = store.hmget(EQUIPMENT_VIEW, [eq.id for eq in candidates])
         page: list[tuple[Equipment, dict[str, Any]]] = []
         more = False
         for eq in candidates:
@@ -802,20 +855,27 @@ class RuntimeBackend:
         return out, (page[-1][0].id if more and page else None)
 
     def equipment_detail(self, entity_id: str) -> dict[str, Any]:
-        """One equipment's record with its recent events, commands and active alarms."""
+        """One equipment's record with its recent events, commands and active alarms
+        (two round trips to the store: :meth:`SyncStore.equipment_page`)."""
         store = self._store()
         eq = self.service.inventory.by_id(entity_id)
-        line = _summary_line(store.hgetall(EQUIPMENT_VIEW).get(entity_id))
-        alarms = [a for a in self.alarms() if a.get("source") == entity_id
+        # The alarms come with the page's reads, unless they are kept here.
+        tracked = self._tracked is not None and self._tracked.live
+        page = store.equipment_page(
+            entity_id, view=EQUIPMENT_VIEW,
+            blob=None if tracked else f"view:{ALARMS_READ_MODEL}", events=20, commands=10)
+        every = self.alarms() if tracked else _alarms_of(
+            unpack(page.blob, max_size=256 << 20) if page.blob is not None else None)
+        alarms = [a for a in every if a.get("source") == entity_id
                   and a.get("state") not in ("normal", "out_of_service")]
-        record = _equipment_record(eq, line, store.load_checkpoints([entity_id]).get(entity_id),
+        record = _equipment_record(eq, _summary_line(page.line), page.checkpoint,
                                    any(a.get("active") for a in alarms), self.geography)
-        record["events"] = store.recent_events(20, entity=entity_id)
+        record["events"] = page.events
         record["commands"] = [
             {k: v for k, v in c.to_json().items() if k in (
                 "command_id", "status", "action", "params", "caller", "created_ts",
                 "updated_ts", "error")}
-            for c in store.recent_commands(entity_id, 10)]
+            for c in page.commands]
         record["alarms"] = alarms
         return record
 
@@ -860,15 +920,7 @@ class RuntimeBackend:
 
     def alarms(self) -> list[dict[str, Any]]:
         """Every alarm, from the read model the alarms coordinator publishes."""
-        store = self.service.store
-        if store is None:
-            raise RetryableError("the store is not started")
-        blob = store.get_blob(f"view:{ALARMS_READ_MODEL}")
-        if blob is None:
-            return []
-        doc = unpack(blob, max_size=256 << 20)
-        alarms = doc.get("alarms") if isinstance(doc, dict) else None
-        return [a for a in alarms or () if isinstance(a, dict)]
+        return _alarms_of(self._model(ALARMS_READ_MODEL, 256 << 20))
 
     def alarm_action(self, action: str, params: dict[str, Any], *, caller: str
                      ) -> dict[str, Any]:
@@ -886,9 +938,7 @@ class RuntimeBackend:
     def crisis(self) -> dict[str, dict[str, Any]]:
         """Every municipality's crisis row (``AdminBackend.crisis``), from the read model the
         crisis coordinator publishes; a municipality it never listed is ``normal``."""
-        store = self._store()
-        blob = store.get_blob(f"view:{CRISIS_READ_MODEL}")
-        doc = unpack(blob, max_size=64 << 20) if blob is not None else {}
+        doc = self._model(CRISIS_READ_MODEL, 64 << 20)
         rows = doc.get("municipalities") if isinstance(doc, dict) else None
         rows = rows if isinstance(rows, dict) else {}
         out: dict[str, dict[str, Any]] = {}
@@ -1001,10 +1051,7 @@ class RuntimeBackend:
 
     # -- citizen requests and interventions (the dispatch coordinator) ----------
     def _read_model_list(self, name: str, key: str) -> list[dict[str, Any]]:
-        blob = self._store().get_blob(f"view:{name}")
-        if blob is None:
-            return []
-        doc = unpack(blob, max_size=256 << 20)
+        doc = self._model(name, 256 << 20)
         items = doc.get(key) if isinstance(doc, dict) else None
         return [x for x in items or () if isinstance(x, dict)]
 
@@ -1206,6 +1253,12 @@ def _statuses(tree: dict[str, Any]) -> set[str]:
 
 def _hosts(tree: dict[str, Any]) -> list[dict[str, Any]]:
     return [n for n in _walk(tree) if "host" in str(n.get("kind", ""))]
+
+
+def _alarms_of(doc: Any) -> list[dict[str, Any]]:
+    """The alarms of the alarms' read model (none when it was never published)."""
+    alarms = doc.get("alarms") if isinstance(doc, dict) else None
+    return [a for a in alarms or () if isinstance(a, dict)]
 
 
 def _summary_line(raw: str | None) -> dict[str, Any]:

@@ -90,6 +90,7 @@ __all__ = [
     "JOURNAL_MAXLEN",
     "STREAM_RETENTION_S",
     "TERMINAL_TTL_S",
+    "EquipmentPage",
     "MemoryStore",
     "RedisStore",
     "RetryPolicy",
@@ -110,6 +111,7 @@ SAVE_CHUNK = 500
 LOAD_CHUNK = 1_000
 EVENT_CHUNK = 1_000
 EVENT_FILTER_WINDOW = 5_000  # newest events scanned when filtering by entity
+RECENT_COMMANDS_SCAN = 2_000  # newest journal entries scanned for an equipment's commands
 PAGE_BATCH = 1_000  # entries read per round trip while paging a stream
 PAGE_SCAN = 10_000  # entries one page may scan for its filters before it hands a cursor back
 
@@ -282,6 +284,13 @@ def _stream_id(value: str) -> tuple[int, int]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_key(stream_id: bytes | str) -> tuple[int, int]:
+    """A stream id as Redis orders it (``ms-seq``)."""
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _min_id(now: float, retention_s: float) -> str:
@@ -1193,6 +1202,12 @@ def _filter_events(rows: Sequence[Any], count: int, entity: str | None) -> list[
     return out
 
 
+def _command_ids(rows: Sequence[Any], target: bytes, count: int) -> list[str]:
+    """The command ids of the first ``count`` journal entries for ``target``."""
+    return [_text(f[b"command_id"]) for _, f in rows or ()
+            if f.get(b"target") == target and b"command_id" in f][:count]
+
+
 def _journal_entries(reply: Any) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     for _stream, rows in reply or ():
@@ -1208,6 +1223,112 @@ def _journal_entries(reply: Any) -> list[tuple[str, str, str]]:
 
 
 # -- Redis, sync (the Flask admin) --------------------------------------------------------------
+Row = tuple[bytes, dict[bytes, bytes]]
+
+
+class _StreamTail:
+    """The newest ``size`` entries of a stream, kept in memory and indexed by the value
+    of their ``field`` (an entity's events, a target's journal entries), for the pages
+    that want an equipment's few newest among thousands.
+
+    Each read brings it up to date with one ``XRANGE`` of what came since the
+    last entry it holds (stream ids only grow), instead of reading the whole
+    window again; when more came than the window holds, the window is read
+    afresh. The read can go in a pipeline with others (:meth:`ask`, then
+    :meth:`absorb` its reply). Safe to share between threads: what another
+    thread brought over meanwhile is not added twice.
+    """
+
+    def __init__(self, key: str, size: int, field: bytes) -> None:
+        self.key = key
+        self.size = size
+        self.field = field
+        self._rows: deque[Row] = deque()
+        self._by: dict[bytes, deque[Row]] = {}
+        self._last: bytes | None = None
+        self._lock = threading.Lock()
+
+    def ask(self, pipe: Any) -> bytes | None:
+        """Queue on ``pipe`` the read that brings the window up to date; returns what
+        :meth:`absorb` needs back with its reply."""
+        with self._lock:
+            after = self._last
+        if after is None:
+            pipe.xrevrange(self.key, count=self.size)
+        else:
+            pipe.xrange(self.key, min=b"(" + after, count=self.size)
+        return after
+
+    def absorb(self, after: bytes | None, reply: Any, client: redis.Redis,
+               oldest: tuple[int, int] = (0, 0)) -> None:
+        """Take in ``reply`` (to the read :meth:`ask` queued), then let go of the entries
+        older than the stream id ``oldest``; when more came than the window holds, the
+        newest window is read afresh (one more round trip)."""
+        rows: list[Row] = list(reply or ())
+        with self._lock:
+            if after is None:
+                rows.reverse()
+            elif len(rows) >= self.size:
+                fresh: Any = client.xrevrange(self.key, count=self.size)
+                rows = list(fresh or ())
+                rows.reverse()
+                self._rows.clear()
+                self._by.clear()
+                self._last = None
+            if self._last is not None:
+                last = _id_key(self._last)
+                skip = 0
+                while skip < len(rows) and _id_key(rows[skip][0]) <= last:
+                    skip += 1
+                rows = rows[skip:]
+            for row in rows:
+                if len(self._rows) >= self.size:
+                    self._forget_oldest()
+                self._rows.append(row)
+                value = row[1].get(self.field)
+                if value is not None:
+                    self._by.setdefault(value, deque()).append(row)
+            if self._rows:
+                self._last = bytes(self._rows[-1][0])
+            while self._rows and _id_key(self._rows[0][0]) < oldest:
+                self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        row = self._rows.popleft()
+        value = row[1].get(self.field)
+        same = self._by.get(value) if value is not None else None
+        if same:
+            same.popleft()  # the oldest of the window is the oldest of its value
+            if not same and value is not None:
+                del self._by[value]
+
+    def newest(self, value: bytes, count: int) -> list[Row]:
+        """The newest ``count`` entries whose ``field`` is ``value``, newest first."""
+        with self._lock:
+            same = self._by.get(value)
+            if not same:
+                return []
+            return [same[-1 - i] for i in range(min(count, len(same)))]
+
+    def refresh(self, client: redis.Redis, oldest: tuple[int, int] = (0, 0)) -> None:
+        """Bring the window up to date (one round trip to Redis)."""
+        pipe = client.pipeline(transaction=False)
+        after = self.ask(pipe)
+        self.absorb(after, pipe.execute()[0], client, oldest)
+
+
+@dataclass(frozen=True)
+class EquipmentPage:
+    """What an equipment's page shows, as stored: its line of a hash (the hosts' view),
+    its checkpoint, a blob (a read model), its recent events and commands."""
+
+    line: str | None
+    checkpoint: bytes | None
+    blob: bytes | None
+    events: list[dict[str, Any]]
+    commands: list[Command]
+
+
 class SyncStore:
     """The subset of the store the threaded admin needs, over a blocking ``redis.Redis``.
 
@@ -1244,6 +1365,8 @@ class SyncStore:
             retry=SyncRetry(NoBackoff(), 0),
         )
         self._submit_script = self._redis.register_script(SUBMIT_COMMAND_LUA)
+        self._event_tail = _StreamTail(self.keys.events, EVENT_FILTER_WINDOW, b"entity")
+        self._journal_tail = _StreamTail(self.keys.journal, RECENT_COMMANDS_SCAN, b"target")
 
     @property
     def healthy(self) -> bool:
@@ -1312,13 +1435,21 @@ class SyncStore:
         return Command.from_fields(raw)
 
     def recent_events(self, count: int = 100, *, entity: str | None = None) -> list[dict[str, Any]]:
-        """As :meth:`RedisStore.recent_events`."""
+        """As :meth:`RedisStore.recent_events`.
+
+        An entity's events are looked for in the newest :data:`EVENT_FILTER_WINDOW`
+        events, which this store keeps (:class:`_StreamTail`): a read brings over
+        only the events that came since the last one.
+        """
         _check_read(count, 0)
-        window = count if entity is None else max(count, EVENT_FILTER_WINDOW)
-        rows: Any = self._call(
-            "recent_events", lambda _: self._redis.xrevrange(self.keys.events, count=window)
-        )
-        return _filter_events(rows, count, entity)
+        if entity is None or count > EVENT_FILTER_WINDOW:
+            rows: Any = self._call(
+                "recent_events", lambda _: self._redis.xrevrange(self.keys.events, count=count))
+            return _filter_events(rows, count, entity)
+        # The stream drops what is past its retention as it grows: so does the window.
+        oldest = _id_key(_min_id(self._clock.time(), self._retention_s))
+        self._call("recent_events", lambda _: self._event_tail.refresh(self._redis, oldest))
+        return _filter_events(self._event_tail.newest(entity.encode(), count), count, entity)
 
     def append_audit(self, entry: Mapping[str, Any], *, deadline_s: float | None = None) -> str:
         """Append one flat entry (str, int, float or bool values) to the audit stream.
@@ -1438,20 +1569,56 @@ class SyncStore:
         raw: Any = self._call("hgetall", lambda _: self._redis.hgetall(key))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    def hmget(self, name: str, fields: Sequence[str]) -> dict[str, str]:
+        """The named hash's ``fields`` that it holds (one round trip)."""
+        key = self.keys.hash(_check_id("hash name", name))
+        wanted = list(fields)
+        if not wanted:
+            return {}
+        raw: Any = self._call("hmget", lambda _: self._redis.hmget(key, wanted))
+        return {f: _text(v) for f, v in zip(wanted, raw, strict=True) if v is not None}
+
+    def lines_and_checkpoints(self, name: str, ids: Sequence[str]
+                              ) -> tuple[dict[str, str], dict[str, bytes]]:
+        """``ids``' fields of the named hash and their checkpoints, those stored, in one
+        round trip (a page of equipment: its lines of the hosts' view and its twins)."""
+        key = self.keys.hash(_check_id("hash name", name))
+        wanted = [_check_id("entity id", i) for i in ids]
+        if not wanted:
+            return {}, {}
+
+        def once(_: int) -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(key, wanted)
+            for chunk in _chunks(wanted, LOAD_CHUNK):
+                pipe.mget([self.keys.checkpoint(i) for i in chunk])
+            return pipe.execute()
+
+        replies = self._call("lines_and_checkpoints", once)
+        lines = {i: _text(v) for i, v in zip(wanted, replies[0], strict=True) if v is not None}
+        blobs = [v for reply in replies[1:] for v in reply]
+        return lines, {i: bytes(v) for i, v in zip(wanted, blobs, strict=True) if v is not None}
+
     def recent_commands(self, target: str, count: int = 10, *,
-                        scan: int = 2000) -> list[Command]:
+                        scan: int = RECENT_COMMANDS_SCAN) -> list[Command]:
         """The last ``count`` commands journaled for ``target``, newest first.
 
         Looks at the last ``scan`` journal entries only (one round trip for the
         entries, one for the commands): an equipment page's recent history.
+        The default window is kept by this store (:class:`_StreamTail`), which
+        brings over only the entries journaled since the last read.
         """
         _check_read(count, 0)
         _check_read(scan, 0)
-        rows: Any = self._call(
-            "recent_commands", lambda _: self._redis.xrevrange(self.keys.journal, count=scan))
         wanted = target.encode()
-        ids = [_text(f[b"command_id"]) for _, f in rows or ()
-               if f.get(b"target") == wanted and b"command_id" in f][:count]
+        rows: Any
+        if scan == RECENT_COMMANDS_SCAN:
+            self._call("recent_commands", lambda _: self._journal_tail.refresh(self._redis))
+            rows = self._journal_tail.newest(wanted, count)
+        else:
+            rows = self._call("recent_commands",
+                              lambda _: self._redis.xrevrange(self.keys.journal, count=scan))
+        ids = _command_ids(rows, wanted, count)
         if not ids:
             return []
 
@@ -1462,6 +1629,55 @@ class SyncStore:
             return pipe.execute()
 
         return [Command.from_fields(raw) for raw in self._call("recent_commands", once) if raw]
+
+    def equipment_page(self, entity_id: str, *, view: str, blob: str | None = None,
+                       events: int = 20, commands: int = 10) -> EquipmentPage:
+        """One equipment's page in two round trips: its line of the hash ``view``, its
+        checkpoint, the blob ``blob`` (when one is named), its last ``events`` events (as
+        :meth:`recent_events`) and, once their ids are known, its last ``commands``
+        commands (as :meth:`recent_commands`)."""
+        _check_read(events, 0)
+        _check_read(commands, 0)
+        ident = _check_id("entity id", entity_id)
+        hash_key = self.keys.hash(_check_id("hash name", view))
+        blob_key = None if blob is None else self.keys.blob(_check_id("blob name", blob))
+        oldest = _id_key(_min_id(self._clock.time(), self._retention_s))
+
+        def reads(_: int) -> tuple[Any, ...]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hget(hash_key, ident)
+            pipe.get(self.keys.checkpoint(ident))
+            if blob_key is not None:
+                pipe.get(blob_key)
+            after_events = self._event_tail.ask(pipe)
+            after_journal = self._journal_tail.ask(pipe)
+            replies = pipe.execute()
+            if blob_key is None:
+                replies.insert(2, None)
+            line, checkpoint, value, new_events, new_journal = replies
+            self._event_tail.absorb(after_events, new_events, self._redis, oldest)
+            self._journal_tail.absorb(after_journal, new_journal, self._redis)
+            return line, checkpoint, value
+
+        line, checkpoint, value = self._call("equipment_page", reads)
+        wanted = ident.encode()
+        ids = _command_ids(self._journal_tail.newest(wanted, commands), wanted, commands)
+        found: list[Command] = []
+        if ids:
+            def records(_: int) -> list[Any]:
+                pipe = self._redis.pipeline(transaction=False)
+                for command_id in ids:
+                    pipe.hgetall(self.keys.command(command_id))
+                return pipe.execute()
+
+            found = [Command.from_fields(raw) for raw in self._call("equipment_page", records)
+                     if raw]
+        return EquipmentPage(
+            line=None if line is None else _text(line),
+            checkpoint=None if checkpoint is None else bytes(checkpoint),
+            blob=None if value is None else bytes(value),
+            events=_filter_events(self._event_tail.newest(wanted, events), events, ident),
+            commands=found)
 
 
 # -- in memory (unit tests) ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ their change applied, one after the other, and neither is lost::
     records.change("alice", lambda old: {**(old or {}), "role": "viewer"})
     records.get("alice")["role"]                 # "viewer", in every process
     records.name_of_token(digest)                # "alice" if one of her tokens has it
+    records.record_of_token(digest)              # her record, in one round trip
 
 Two implementations share that behaviour: :class:`RedisUserRecords` (blocking
 ``redis``, for the threaded admin web and the ``commandpost user`` command)
@@ -44,6 +45,7 @@ from redis.retry import Retry as SyncRetry
 
 from runtime.errors import ConfigError, ConflictError, ProtocolError
 from runtime.store import RetryPolicy, _check_url, _Guard, _redact, _text
+from runtime.tracking import TrackedReads
 
 __all__ = [
     "HTTP_RETRY",
@@ -65,6 +67,13 @@ HTTP_RETRY: Final = RetryPolicy(deadline_s=3.0)
 MAX_CHANGE_ATTEMPTS: Final = 50
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The name the token index gives (KEYS[1]) and that user's record (ARGV[1] is the
+#: users' key prefix): ``{name, record}``, ``{name}`` when the record is gone, or nil.
+_TOKEN_USER_LUA: Final = """
+local name = redis.call('GET', KEYS[1])
+if not name then return false end
+return {name, redis.call('GET', ARGV[1] .. name)}
+"""
 _DIGEST_RE: Final = re.compile(r"[0-9a-f]{64}")
 
 
@@ -80,11 +89,21 @@ class UserKeys:
     def names(self) -> str:
         return f"{self.namespace}:users"
 
+    @property
+    def user_prefix(self) -> str:
+        """What every user's key starts with (the name follows)."""
+        return f"{self.namespace}:user:"
+
     def user(self, name: str) -> str:
-        return f"{self.namespace}:user:{_check_name(name)}"
+        return f"{self.user_prefix}{_check_name(name)}"
+
+    @property
+    def token_prefix(self) -> str:
+        """What every token index key starts with (the digest follows)."""
+        return f"{self.namespace}:user_token:"
 
     def token(self, digest: str) -> str:
-        return f"{self.namespace}:user_token:{digest}"
+        return f"{self.token_prefix}{digest}"
 
 
 def _check_name(name: str) -> str:
@@ -138,6 +157,11 @@ class UserRecords(Protocol):
         """The name of the user holding the token of SHA-256 ``digest``, or None."""
         ...
 
+    def record_of_token(self, digest: str) -> Record | None:
+        """The record of the user the token index names for ``digest`` (None when it names
+        nobody, or a user who is gone); the caller checks that the record holds the token."""
+        ...
+
     def change(self, name: str, update: Callable[[Record | None], Record]) -> Record:
         """Replace ``name``'s record by ``update(current)`` (None when there is none),
         atomically; returns the record written.
@@ -172,6 +196,12 @@ class MemoryUserRecords:
         with self._lock:
             return self._tokens.get(digest)
 
+    def record_of_token(self, digest: str) -> Record | None:
+        with self._lock:
+            name = self._tokens.get(digest)
+            found = self._records.get(name) if name is not None else None
+            return copy.deepcopy(found) if found is not None else None
+
     def change(self, name: str, update: Callable[[Record | None], Record]) -> Record:
         _check_name(name)
         with self._lock:
@@ -195,10 +225,17 @@ class RedisUserRecords:
     Connection failures are retried under ``retry`` (:data:`HTTP_RETRY` by
     default) and then raise :class:`~runtime.errors.StoreUnavailableError`, as
     :mod:`runtime.store` does.
+
+    With ``track`` (the admin web, which looks a user up at every request), the
+    records read and the token index are kept in this process until Redis
+    reports that a user changed (:class:`runtime.tracking.TrackedReads`): a change
+    made here holds at once, one made elsewhere as soon as Redis tells this
+    process (milliseconds); while Redis cannot tell, every read goes to it.
     """
 
     def __init__(self, url: str, namespace: str = "cp", retry: RetryPolicy = HTTP_RETRY, *,
-                 socket_timeout: float = 1.0, connect_timeout: float = 1.0) -> None:
+                 socket_timeout: float = 1.0, connect_timeout: float = 1.0,
+                 track: bool = False) -> None:
         _check_url(url)
         self.url = url
         self.keys = UserKeys(namespace)
@@ -207,6 +244,11 @@ class RedisUserRecords:
             url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
             decode_responses=False, retry=SyncRetry(NoBackoff(), 0),
         )
+        self._token_user = self._redis.register_script(_TOKEN_USER_LUA)
+        self._tracked: TrackedReads | None = None
+        if track:
+            self._tracked = TrackedReads(url, [self.keys.user_prefix, self.keys.token_prefix],
+                                         whole=True, name=f"users of {_redact(url)}")
 
     @property
     def healthy(self) -> bool:
@@ -214,9 +256,17 @@ class RedisUserRecords:
         return self._guard.healthy
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pool (and stop following changes)."""
+        if self._tracked is not None:
+            self._tracked.close()
         with contextlib.suppress(rex.RedisError, OSError):
             self._redis.close()
+
+    def _read(self, key: str, op: str, fn: Callable[[], T]) -> T:
+        """``fn``'s reply, kept under ``key`` while tracked (nothing changed since)."""
+        if self._tracked is None:
+            return self._call(op, fn)
+        return self._tracked.get(key, lambda: self._call(op, fn))
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         # Real time here: the admin's threads cannot await an injected clock.
@@ -234,7 +284,8 @@ class RedisUserRecords:
 
     def get(self, name: str) -> Record | None:
         key = self.keys.user(name)
-        return _decode(name, self._call("get_user", lambda: self._redis.get(key)))
+        raw: Any = self._read(key, "get_user", lambda: self._redis.get(key))
+        return _decode(name, raw)
 
     def all(self) -> list[Record]:
         def once() -> list[Record]:
@@ -252,6 +303,20 @@ class RedisUserRecords:
             return None
         raw = self._call("token_owner", lambda: self._redis.get(self.keys.token(digest)))
         return raw.decode() if isinstance(raw, bytes) else raw
+
+    def record_of_token(self, digest: str) -> Record | None:
+        # Every API request asks this: the index and the record in one round trip.
+        if not _DIGEST_RE.fullmatch(digest):
+            return None
+        key = self.keys.token(digest)
+        reply: Any = self._read(key, "token_user", lambda: self._token_user(
+            keys=[key], args=[self.keys.user_prefix]))
+        if not reply:
+            return None
+        name = _text(reply[0])
+        if not _NAME_RE.fullmatch(name):
+            raise ProtocolError(f"the token index names no user: {name[:64]!r}")
+        return _decode(name, reply[1] if len(reply) > 1 else None)
 
     def change(self, name: str, update: Callable[[Record | None], Record]) -> Record:
         key = self.keys.user(name)
@@ -285,6 +350,8 @@ class RedisUserRecords:
         for _ in range(MAX_CHANGE_ATTEMPTS):
             written = self._call("change_user", once)
             if written is not None:
+                if self._tracked is not None:
+                    self._tracked.drop()  # holds here at once, not when Redis tells
                 return written
         raise ConflictError(f"user {name} is being changed by others; try again",
                             names=[name], code="busy")

@@ -22,8 +22,15 @@ from runtime.embedded import EmbeddedRedis
 from runtime.envelope import pack
 from runtime.host import EQUIPMENT_VIEW
 from runtime.inventory import Inventory, parse_inventory
-from runtime.service import ALARMS_READ_MODEL, RuntimeBackend, Service, ServiceOptions
+from runtime.service import (
+    ALARMS_READ_MODEL,
+    CRISIS_READ_MODEL,
+    RuntimeBackend,
+    Service,
+    ServiceOptions,
+)
 from runtime.store import StoreKeys
+from tests.conftest import poll
 
 TOKENS = {"admin": "a" * 40, "operator": "o" * 40, "op2": "p" * 40, "viewer": "v" * 40}
 
@@ -75,15 +82,20 @@ def _publish(svc: Service, inventory: Inventory) -> None:
         r.close()
 
 
-@pytest.fixture(scope="module")
-def client(service: Service, inventory: Inventory) -> FlaskClient:
+@pytest.fixture(scope="module", params=[False, True], ids=["read-through", "tracked"])
+def client(request: pytest.FixtureRequest, service: Service,
+           inventory: Inventory) -> Iterator[FlaskClient]:
     users = UserRegistry()
     towns = sorted({eq.municipality for eq in inventory.equipment})
     users.add("admin", Role.ADMIN, token=TOKENS["admin"])
     users.add("operator", Role.OPERATOR, token=TOKENS["operator"])
     users.add("op2", Role.OPERATOR, municipalities=[towns[0]], token=TOKENS["op2"])
     users.add("viewer", Role.VIEWER, token=TOKENS["viewer"])
-    return create_app(RuntimeBackend(service), users, secret_key=b"k" * 32).test_client()
+    backend = RuntimeBackend(service, track=request.param)
+    try:
+        yield create_app(backend, users, secret_key=b"k" * 32).test_client()
+    finally:
+        backend.close()
 
 
 def get(client: FlaskClient, path: str, who: str = "operator") -> Any:
@@ -185,3 +197,29 @@ def test_alarm_actions_are_audited(client: FlaskClient, inventory: Inventory) ->
     assert accepted["before"]["state"] == "unacknowledged"
     assert (refused["action"], refused["outcome"], refused["code"]) == (
         "alarm.shelve", "refused", "422")
+
+
+def test_a_tracked_read_model_is_read_again_once_republished(service: Service) -> None:
+    backend = RuntimeBackend(service, track=True)
+    keys = StoreKeys(service.options.namespace)
+    r = redis.Redis.from_url(service.redis_url)
+    crisis = keys.blob(f"view:{CRISIS_READ_MODEL}")
+    try:
+        poll(lambda: backend._tracked is not None and backend._tracked.live, 5,
+             what="tracking live")
+        r.set(crisis, pack({"ts": 1.0, "municipalities": {}}))
+        town = service.inventory.municipalities[0].slug
+        poll(lambda: backend.crisis()[town]["mode"] == "normal", 5, what="crisis read")
+        first = backend.crisis()
+        assert backend._model(CRISIS_READ_MODEL, 1 << 20) is backend._model(
+            CRISIS_READ_MODEL, 1 << 20)  # kept, decoded once
+        r.set(crisis, pack({"ts": 2.0, "municipalities": {town: {
+            "mode": "snow", "since": 2.0, "by": "user:a:operator", "activation_id": "a-1",
+            "entities": {"done": 0, "pending": 0, "failed": 0}, "kept": []}}}))
+        poll(lambda: backend.crisis()[town]["mode"] == "snow", 5, interval=0.005,
+             what="the republished model read")
+        assert first[town]["mode"] == "normal"
+    finally:
+        r.delete(crisis)
+        r.close()
+        backend.close()

@@ -48,6 +48,7 @@ from runtime.store import (
     StateStore,
     StoreKeys,
     SyncStore,
+    _StreamTail,
 )
 
 T = TypeVar("T")
@@ -613,6 +614,88 @@ def test_redis_outage_and_recovery(tmp_path: Path) -> None:
         run(body())
     finally:
         server.stop()
+
+
+def test_a_stream_tail_brings_over_only_what_came_since(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    key = f"tail-{uuid.uuid4().hex[:8]}"
+    tail = _StreamTail(key, 3, b"e")
+
+    def newest(value: bytes = b"x", count: int = 10) -> list[bytes]:
+        return [r[1][b"n"] for r in tail.newest(value, count)]
+
+    try:
+        tail.refresh(client)
+        assert newest() == []
+        ids = [client.xadd(key, {"e": "x", "n": str(n)}) for n in range(2)]
+        tail.refresh(client)
+        assert [r[0] for r in tail.newest(b"x", 10)] == ids[::-1]
+        ids += [client.xadd(key, {"e": "x" if n % 2 else "y", "n": str(n)}) for n in (2, 3)]
+        tail.refresh(client)
+        assert newest() == [b"3", b"1"] and newest(b"y") == [b"2"]
+        assert newest(count=1) == [b"3"]
+        # More than the window came since: the newest window, read afresh.
+        ids += [client.xadd(key, {"e": "x", "n": str(n)}) for n in range(4, 9)]
+        tail.refresh(client)
+        assert newest() == [b"8", b"7", b"6"] and newest(b"y") == []
+        # What is older than the oldest id kept leaves the window.
+        ms, seq = (int(x) for x in ids[7].decode().split("-"))
+        tail.refresh(client, (ms, seq))
+        assert newest() == [b"8", b"7"]
+        # Entries pushed out of the window leave their value's index too.
+        ids += [client.xadd(key, {"e": "z", "n": str(n)}) for n in (9, 10)]
+        tail.refresh(client)
+        assert newest() == [b"8"] and newest(b"z") == [b"10", b"9"]
+        # Two reads asked at once, answered in either order: nothing is added twice.
+        first, second = client.pipeline(), client.pipeline()
+        asked = tail.ask(first)
+        ids.append(client.xadd(key, {"e": "z", "n": "11"}))
+        asked_later = tail.ask(second)
+        ids.append(client.xadd(key, {"e": "z", "n": "12"}))
+        tail.absorb(asked_later, second.execute()[0], client)
+        tail.absorb(asked, first.execute()[0], client)
+        assert newest(b"z") == [b"12", b"11", b"10"] and newest() == []
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_sync_store_finds_what_came_after_its_last_read(redis_server: RedisServer) -> None:
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    sync = SyncStore(redis_server.url, namespace=namespace)
+
+    async def events(*rows: dict[str, Any]) -> None:
+        store = RedisStore(redis_server.url, namespace=namespace)
+        try:
+            await store.append_events(list(rows))
+            await store.hset_many("view", {"a": "1", "b": "2"})
+            await store.save_checkpoints({"xr-1": b"state"})
+        finally:
+            await store.close()
+
+    try:
+        run(events({"entity": "lc-1", "seq": 1}, {"entity": "xr-1", "seq": 1}))
+        assert [e["seq"] for e in sync.recent_events(5, entity="lc-1")] == [1]
+        run(events({"entity": "lc-1", "seq": 2}))
+        assert [e["seq"] for e in sync.recent_events(5, entity="lc-1")] == [2, 1]
+        assert sync.recent_commands("lc-1") == []
+        first, _ = sync.submit_command(cmd(target="lc-1"))
+        assert [c.command_id for c in sync.recent_commands("lc-1")] == [first.command_id]
+        second, _ = sync.submit_command(cmd(target="lc-1", key="k2"))
+        assert [c.command_id for c in sync.recent_commands("lc-1")] == [
+            second.command_id, first.command_id]
+        assert sync.hmget("view", ["b", "zz"]) == {"b": "2"}
+        assert sync.hmget("view", []) == {}
+        assert sync.lines_and_checkpoints("view", ["a", "xr-1", "zz"]) == (
+            {"a": "1"}, {"xr-1": b"state"})
+        assert sync.lines_and_checkpoints("view", []) == ({}, {})
+        run(events({"entity": "lc-1", "seq": 3}))
+        page = sync.equipment_page("lc-1", view="view", blob="none", events=2, commands=1)
+        assert (page.line, page.checkpoint, page.blob) == (None, None, None)
+        assert [e["seq"] for e in page.events] == [3, 2]
+        assert [c.command_id for c in page.commands] == [second.command_id]
+    finally:
+        sync.close()
 
 
 def test_sync_store_against_real_redis(redis_server: RedisServer) -> None:

@@ -17,6 +17,7 @@ from admin_web import auth
 from admin_web.auth import Role, UnknownUserError, UserRegistry, password_problem
 from runtime.errors import AuthError, ConfigError, ConflictError
 from runtime.users import MemoryUserRecords, RedisUserRecords, UserKeys
+from tests.conftest import poll
 
 
 @pytest.fixture(autouse=True)
@@ -29,12 +30,13 @@ def namespace() -> str:
     return f"u{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-tracked"])
 def registry(request: pytest.FixtureRequest, namespace: str) -> Iterator[UserRegistry]:
     if request.param == "memory":
         yield UserRegistry(MemoryUserRecords())
         return
-    records = RedisUserRecords(request.getfixturevalue("shared_redis_url"), namespace=namespace)
+    records = RedisUserRecords(request.getfixturevalue("shared_redis_url"), namespace=namespace,
+                               track=request.param == "redis-tracked")
     try:
         yield UserRegistry(records)
     finally:
@@ -248,3 +250,59 @@ def test_a_malformed_record_is_an_error_not_a_user(shared_redis_url: str, namesp
     with pytest.raises(AuthError):
         users.check_password("ana", "whatever-password")
     raw.close()
+
+
+def test_a_token_s_user_is_read_in_one_go_and_must_hold_it(
+        shared_redis_url: str, namespace: str) -> None:
+    records = RedisUserRecords(shared_redis_url, namespace=namespace)
+    users = UserRegistry(records)
+    raw = redis.Redis.from_url(shared_redis_url)
+    try:
+        _, token = users.add("ana", Role.OPERATOR)
+        digest = auth.hash_token(token)
+        found = records.record_of_token(digest)
+        assert found is not None and found["name"] == "ana"
+        assert records.record_of_token(auth.hash_token("x" * 40)) is None
+        assert records.record_of_token("not a digest") is None
+        # An index entry whose user is gone names nobody; one naming a user who does not
+        # hold the token lets nobody in.
+        keys = UserKeys(namespace)
+        raw.set(keys.token("e" * 64), b"ghost")
+        assert records.record_of_token("e" * 64) is None
+        users.add("bob", Role.VIEWER)
+        raw.set(keys.token(digest), b"bob")
+        with pytest.raises(AuthError):
+            users.by_token(token)
+    finally:
+        raw.close()
+        records.close()
+
+
+def test_a_tracked_registry_sees_another_s_changes_as_redis_tells_it(
+        shared_redis_url: str, namespace: str) -> None:
+    admin_web = RedisUserRecords(shared_redis_url, namespace=namespace, track=True)
+    tracked, other = UserRegistry(admin_web), UserRegistry(
+        RedisUserRecords(shared_redis_url, namespace=namespace))
+    try:
+        poll(lambda: admin_web._tracked is not None and admin_web._tracked.live, 5,
+             what="tracking live")
+        other.add("admin", Role.ADMIN)
+        _, token = other.add("ana", Role.OPERATOR)
+        assert tracked.by_token(token).name == "ana"
+        assert tracked.by_token(token).name == "ana"  # kept: no round trip
+        other.set_disabled("ana")
+
+        def refused() -> bool:
+            try:
+                tracked.by_token(token)
+            except AuthError:
+                return True
+            return False
+
+        poll(refused, 5, interval=0.005, what="the disabled user's token refused")
+        other.set_disabled("ana", False)
+        other.update("ana", municipalities=["dijon"])
+        poll(lambda: tracked.by_token(token).municipalities == {"dijon"}, 5, interval=0.005,
+             what="the change of scope seen")
+    finally:
+        admin_web.close()

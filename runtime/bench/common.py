@@ -2,8 +2,8 @@
 
 :class:`City` starts what ``make demo`` runs — embedded Redis and broker,
 field simulators on the real protocols, Ray, the supervision tree with its
-warm spare, device sessions, and the admin web on a free port — and waits
-until every device is online::
+warm spare, device sessions, and the admin web on a free port (its users in
+the service's Redis) — and waits until every device is online::
 
     with City(scale=0.1, say=print) as city:
         token = city.token("operator")
@@ -174,6 +174,8 @@ class City:
         self.field_broker: Any = None  # the broker started by start_field (else the service's)
         self._tmp: Any = None
         self.server: Any = None
+        self.app: Any = None  # the admin web's Flask app, once started
+        self._followers: list[Callable[[], None]] = []  # what follows changes in Redis
         self.admin_url = ""
         self.creds: dict[str, dict[str, str]] = {}
         self.control: Any = None
@@ -256,7 +258,9 @@ class City:
         if self.server is not None:
             from runtime.service import RuntimeBackend
 
-            self._backend.swap(RuntimeBackend(self.svc))
+            backend = RuntimeBackend(self.svc, track=True)
+            self._followers.append(backend.close)
+            self._backend.swap(backend)
         t = time.monotonic()
         self.svc.start_tree()
         self.timings["tree"] = time.monotonic() - t
@@ -290,15 +294,22 @@ class City:
         from admin_web.open311 import open311_blueprint
         from runtime.embedded import free_port
         from runtime.service import RuntimeBackend
+        from runtime.users import RedisUserRecords
 
-        users = UserRegistry()
+        # The users in the service's Redis, as `commandpost run` keeps them.
+        records = RedisUserRecords(self.svc.redis_url, namespace=self.svc.options.namespace,
+                                   track=True)
+        self._followers.append(records.close)
+        users = UserRegistry(records)
         self.creds = create_demo_users(users, [m.slug for m in self.inventory.municipalities])
         self._backend = SwappableBackend(StaticBackend())
         app = create_app(self._backend, users)
         # Open311 as the demo mounts it, with an API key of the bench's own.
-        runtime_backend = RuntimeBackend(self.svc)
+        runtime_backend = RuntimeBackend(self.svc, track=True)
+        self._followers.append(runtime_backend.close)
         app.register_blueprint(open311_blueprint(runtime_backend.open311_backend()))
         self.creds["open311"] = {"api_key": runtime_backend.open311_store().issue_key("bench")}
+        self.app = app
         self.server = AdminServer(app, "127.0.0.1", free_port())
         self.server.start()
         self.admin_url = self.server.url
@@ -311,6 +322,8 @@ class City:
             try:
                 if self.server is not None:
                     self.server.stop()
+                for stop_following in self._followers:
+                    stop_following()
             finally:
                 if self.field_broker is not None:
                     self.field_broker.stop()

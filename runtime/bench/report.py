@@ -68,11 +68,16 @@ FIGURES: Mapping[str, tuple[str, ...]] = {
             "bus_signal_delay_s.on", "bus_signal_delay_reduction_pct", "bus_travel_time_s.off",
             "bus_travel_time_s.on", "other_delay_s.off", "other_delay_s.on",
             "other_delay_increase_pct", "requests.granted", "requests.refused", "lag_s"),
+    "admin": ("operators", "requests", "requests_per_s", "p50_ms", "p95_ms", "p99_ms",
+              "errors", "met", "routes.equipment_list.p95_ms", "routes.equipment_detail.p95_ms",
+              "routes.alarms.p95_ms", "routes.tree.p95_ms", "routes.crisis.p95_ms",
+              "routes.interventions.p95_ms", "routes.commands.p95_ms", "server_cpu",
+              "machine_busy_cpu", "other_cpu"),
 }
 
 #: Rows come in this order; benches not listed follow by name.
 ORDER = ("startup", "recovery", "demo", "ingest", "command", "alarm", "crisis", "dispatch",
-         "energy", "fire", "priority-latency", "tsp")
+         "energy", "fire", "priority-latency", "tsp", "admin")
 
 #: Keys that describe a run rather than measure it: never shown as figures.
 _CONTEXT = frozenset({"machine", "broker", "left_out", "scale", "command", "commit"})
