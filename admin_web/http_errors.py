@@ -18,7 +18,7 @@ from flask import Flask, Response, current_app, jsonify, render_template, reques
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from runtime.errors import AuthError, RetryableError
+from runtime.errors import AuthError, RetryableError, StoreUnavailableError
 
 log: Final = logging.getLogger("commandpost.admin_web")
 
@@ -120,9 +120,13 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
 def _handle_retryable(exc: RetryableError) -> Response | tuple[str, int]:
     # The runtime is briefly unavailable (a supervisor restarting, Redis away): ask to retry.
     log.warning("%s %s: %s", request.method, request.path, exc)
+    # Redis away before the route got to its own refusal (the user behind a token, say).
+    what = ("store unavailable, " + ("try again" if request.method in ("GET", "HEAD")
+                                     else "request not accepted")
+            if isinstance(exc, StoreUnavailableError) else "temporarily unavailable, try again")
     if not is_api_request():
-        return _page_error(503, "temporarily unavailable, try again")
-    response = _json_error(503, "temporarily unavailable, try again")
+        return _page_error(503, what)
+    response = _json_error(503, what)
     response.headers["Retry-After"] = "1"
     return response
 

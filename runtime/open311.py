@@ -74,7 +74,15 @@ from runtime.clock import Clock, SystemClock
 from runtime.datafile import KeyPath, Locator, field_name, parse_toml, type_name
 from runtime.demo_inventory import SERVICE_ROLES
 from runtime.errors import ConfigError, DataFileError, RejectedError
-from runtime.store import RetryPolicy, StoreKeys, _check_url, _Guard, _redact, _text
+from runtime.store import (
+    HTTP_DEADLINE_S,
+    RetryPolicy,
+    StoreKeys,
+    _check_url,
+    _Guard,
+    _redact,
+    _text,
+)
 
 if TYPE_CHECKING:
     # Only for annotations: a coordinator that just closes requests never loads shapely.
@@ -118,7 +126,7 @@ QUERY_SPAN_S: Final = 90 * 86_400.0
 MAX_DESCRIPTION: Final = 4000
 _DEFAULT_RETRY: Final = RetryPolicy()
 #: Retries for a store behind an HTTP request: a prompt 503 beats a 30 s wait.
-HTTP_RETRY: Final = RetryPolicy(deadline_s=3.0)
+HTTP_RETRY: Final = RetryPolicy(deadline_s=HTTP_DEADLINE_S)
 
 #: The GeoReport v2 fields of a request, in the specification's order.
 PUBLIC_FIELDS: Final = (

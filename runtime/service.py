@@ -60,7 +60,13 @@ from runtime.niceness import background_nice, check_nice
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.request_sync import RequestStatusSync
-from runtime.store import MAX_STREAM_ID_PART, STREAM_RETENTION_S, RetryPolicy, SyncStore
+from runtime.store import (
+    HTTP_DEADLINE_S,
+    MAX_STREAM_ID_PART,
+    STREAM_RETENTION_S,
+    RetryPolicy,
+    SyncStore,
+)
 from runtime.tracking import TrackedReads
 from supervisors.root import RootActor
 from supervisors.spec import SupervisorOptions
@@ -78,7 +84,7 @@ FACTORY = "actors.registry:factory_for"
 WARM_MODULES = ("actors.registry", "devices.manager")
 DEVICES = "devices.manager:create"
 # How long a command submission rides out a Redis outage before the API answers 503.
-SUBMIT_DEADLINE_S = 0.5
+SUBMIT_DEADLINE_S = HTTP_DEADLINE_S
 #: The read model the alarms coordinator publishes (``actors.control.alarms.READ_MODEL``).
 ALARMS_READ_MODEL = "alarms"
 #: The dispatch coordinator's id and read models (``actors.control.dispatch``).

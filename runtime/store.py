@@ -86,6 +86,7 @@ from runtime.errors import (
 )
 
 __all__ = [
+    "HTTP_DEADLINE_S",
     "IDEMPOTENCY_TTL_S",
     "JOURNAL_MAXLEN",
     "STREAM_RETENTION_S",
@@ -105,6 +106,9 @@ T = TypeVar("T")
 
 IDEMPOTENCY_TTL_S = 172_800  # 48 h: the contract promises at least 24 h
 TERMINAL_TTL_S = 7 * 86_400  # a finished command stays readable for a week
+#: How long a call behind an HTTP request rides out a Redis outage before the API
+#: answers 503: an operator wants a prompt refusal, not a request that hangs.
+HTTP_DEADLINE_S = 0.5
 STREAM_RETENTION_S = 30 * 86_400  # events and audit: kept 30 days, however many
 JOURNAL_MAXLEN = 1_000_000
 SAVE_CHUNK = 500

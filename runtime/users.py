@@ -44,7 +44,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
 from runtime.errors import ConfigError, ConflictError, ProtocolError
-from runtime.store import RetryPolicy, _check_url, _Guard, _redact, _text
+from runtime.store import HTTP_DEADLINE_S, RetryPolicy, _check_url, _Guard, _redact, _text
 from runtime.tracking import TrackedReads
 
 __all__ = [
@@ -60,8 +60,9 @@ __all__ = [
 T = TypeVar("T")
 Record = dict[str, Any]
 
-#: An HTTP caller wants a prompt 503 rather than a 30 s wait on a Redis that is away.
-HTTP_RETRY: Final = RetryPolicy(deadline_s=3.0)
+#: An HTTP caller wants a prompt 503 rather than a wait on a Redis that is away: the
+#: user behind a request is looked up within the deadline its command has.
+HTTP_RETRY: Final = RetryPolicy(deadline_s=HTTP_DEADLINE_S)
 #: How many times a change is tried again when another one landed between its read and
 #: its write; past that it is refused (ConflictError) rather than looping.
 MAX_CHANGE_ATTEMPTS: Final = 50

@@ -35,11 +35,13 @@ def _counting(client: redis.Redis, key: str, reads: list[str]) -> object:
 
 def test_a_value_is_read_once_until_its_key_changes(shared_redis_url: str, prefix: str,
                                                     client: redis.Redis) -> None:
+    # Written before the tracking starts: Redis reports changes asynchronously, and a
+    # report of this write must not race with the reads that follow.
+    client.set(f"{prefix}a", b"1")
     tracked = TrackedReads(shared_redis_url, [f"{prefix}a", f"{prefix}b"])
     reads: list[str] = []
     try:
         poll(lambda: tracked.live, 5, what="tracking live")
-        client.set(f"{prefix}a", b"1")
         for _ in range(3):
             assert tracked.get(f"{prefix}a", lambda: _counting(client, f"{prefix}a",
                                                                reads)) == b"1"
