@@ -61,15 +61,15 @@ def test_the_server_counts_only_the_operators_requests() -> None:
         answered.append(environ["PATH_INFO"])
         return [b"{}"]
 
-    counter = AccessCounter(app, {"Bearer ours"})
-    for auth, method, path in (("Bearer ours", "GET", "/api/v1/tree"),
-                               ("Bearer ours", "POST", "/api/v1/equipment/x/commands"),
-                               ("Bearer ours", "GET", "/api/v1/health"),
-                               ("Bearer theirs", "GET", "/api/v1/tree"),
+    counter = AccessCounter(app, {"seat-01"})
+    for seat, method, path in (("seat-01", "GET", "/api/v1/tree"),
+                               ("seat-01", "POST", "/api/v1/equipment/x/commands"),
+                               ("seat-01", "GET", "/api/v1/health"),
+                               ("seat-02", "GET", "/api/v1/tree"),
                                (None, "GET", "/api/v1/tree")):
         environ = {"REQUEST_METHOD": method, "PATH_INFO": path}
-        if auth is not None:
-            environ["HTTP_AUTHORIZATION"] = auth
+        if seat is not None:
+            environ["HTTP_X_BENCH_SEAT"] = seat
         counter(environ, lambda *a: None)
     assert len(answered) == 5
     assert counter.counts == {"tree": 1, "commands": 1, "other": 1}
@@ -98,6 +98,8 @@ def test_a_short_run_counts_every_request_at_both_ends() -> None:
     result = run(scale=0.02, operators=4, seconds=3.0, warmup_s=1.0, think_s=0.2,
                  devices=False, spares=0, say=lambda _: None)
     assert result["operators"] == 4
+    # Each operator logged in through the form and worked through his session.
+    assert result["logins"] == {"ok": 4, "failed": 0}
     assert set(result["routes"]) == set(ROUTES)
     assert result["requests"] > 0
     assert result["requests"] == sum(r["requests"] for r in result["routes"].values())

@@ -7,7 +7,13 @@ reference command post seats fifty people: each gets desks
 (:data:`SEATS`, cycled: traffic, urban supervision, security, municipal
 police, citizen calls, snow) and municipalities (every fifth seat the whole
 metropolis, the others one to three municipalities drawn by population, with
-at least one equipment their desks command), and an API token.
+at least one equipment their desks command), and a password.
+
+Each operator logs in as one does at the command post (the login form, its
+CSRF token, then a page for the session's CSRF token) and works through his
+login session, as the pages do: reads with the session cookie, commands with
+the session's ``X-CSRF-Token`` too. The logins happen in the warm-up; an
+operator whose login fails is counted in ``logins_failed`` and sends nothing.
 
 A load generator in a process of its own (real HTTP over loopback, one
 keep-alive connection per operator, one thread each) runs every operator's
@@ -39,7 +45,7 @@ time is the wire, waitress, and waiting for a thread),
 ``met`` (p95 at most :data:`TARGET_P95_MS` overall and on every route, and no
 error). Both ends count: ``counted`` holds the requests the client sent and
 those the server received (a WSGI counter in front of the app, all phases,
-by the operators' tokens), and the commands sent against the
+by the operators' seat header), and the commands sent against the
 ``command.submit`` entries of the audit trail. CPU in cores over the window:
 ``server_cpu`` is the process serving the admin web (it is also the Ray
 driver, as in ``commandpost run``), ``redis_cpu`` the store's server, then
@@ -52,9 +58,11 @@ shared with other work).
 from __future__ import annotations
 
 import http.client
+import http.cookies
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -66,6 +74,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 from urllib.parse import urlencode, urlsplit
 
+from admin_web.guards import CSRF_FIELD, CSRF_HEADER
 from runtime.bench.common import ApiClient, City, CpuMeter, Say, machine, percentile
 from runtime.errors import ConfigError, ProtocolError, RetryableError
 from runtime.inventory import Inventory
@@ -111,13 +120,21 @@ COMMANDED: Final = ("lighting_circuit", "crossroad", "camera", "vehicle")
 _SEEN_IDS: Final = 500
 _HTTP_TIMEOUT_S: Final = 30.0
 _API: Final = "/api/v1"
+#: The header that names the seat a request comes from, so the server counts the
+#: operators' requests apart from any other client's.
+SEAT_HEADER: Final = "X-Bench-Seat"
+#: How long an operator keeps trying to log in (a login refused while too many
+#: password checks run at once says to retry).
+_LOGIN_DEADLINE_S: Final = 60.0
+_META_CSRF: Final = re.compile(rb'<meta name="csrf-token" content="([^"]+)"')
+_FORM_CSRF: Final = re.compile(rb'name="' + CSRF_FIELD.encode() + rb'" value="([^"]+)"')
 
 
 # -- the seats --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Seat:
-    """One operator as the load generator drives him: his token, scope, what his desks read
-    and command, and the equipment he commands (``{"id", "kind", "presets"?}``)."""
+    """One operator as the load generator drives him: his password, scope, what his desks
+    read and command, and the equipment he commands (``{"id", "kind", "presets"?}``)."""
 
     name: str
     desks: tuple[str, ...]
@@ -125,7 +142,7 @@ class Seat:
     reads: tuple[str, ...]
     commands: tuple[str, ...]
     targets: tuple[dict[str, Any], ...]
-    token: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
 
 
 def _target(eq: Any) -> dict[str, Any] | None:
@@ -148,7 +165,7 @@ def _target(eq: Any) -> dict[str, Any] | None:
 
 
 def plan_seats(inventory: Inventory, n: int, rng: random.Random) -> list[Seat]:
-    """``n`` operators' seats over ``inventory`` (module doc); tokens are added later.
+    """``n`` operators' seats over ``inventory`` (module doc); passwords are added later.
 
     Raises :class:`ConfigError` when no seat could command anything (an
     inventory without any equipment the desks command).
@@ -201,15 +218,16 @@ def plan_seats(inventory: Inventory, n: int, rng: random.Random) -> list[Seat]:
 
 
 def add_operators(admin: ApiClient, seats: Sequence[Seat]) -> list[Seat]:
-    """Add each seat's operator through ``POST /api/v1/users``; the seats with their tokens."""
+    """Add each seat's operator through ``POST /api/v1/users``; the seats with the
+    passwords the service generated."""
     out = []
     for seat in seats:
         code, body = admin.call("POST", f"{_API}/users", {
             "name": seat.name, "role": "operator", "municipalities": list(seat.municipalities),
             "desks": list(seat.desks)})
-        if code != 201 or not isinstance(body, dict) or not body.get("token"):
+        if code != 201 or not isinstance(body, dict) or not body.get("password"):
             raise ConfigError(f"POST /api/v1/users for {seat.name} answered {code}: {body}")
-        out.append(Seat(**{**asdict(seat), "token": str(body["token"])}))
+        out.append(Seat(**{**asdict(seat), "password": str(body["password"])}))
     return out
 
 
@@ -231,20 +249,19 @@ def route_of(method: str, path: str) -> str | None:
 
 class AccessCounter:
     """A WSGI middleware counting, by route (:func:`route_of`, else ``other``), the requests
-    that carry one of ``credentials`` (``Authorization`` header values), before the app
-    answers them; and how long the app took to make each answer (``app_s``: the body
-    made, not yet sent)."""
+    from one of ``seats`` (their :data:`SEAT_HEADER`), before the app answers them; and
+    how long the app took to make each answer (``app_s``: the body made, not yet sent)."""
 
-    def __init__(self, app: Callable[..., Any], credentials: Collection[str]) -> None:
+    def __init__(self, app: Callable[..., Any], seats: Collection[str]) -> None:
         self.app = app
-        self._credentials = frozenset(credentials)
+        self._seats = frozenset(seats)
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         # route -> [(at, seconds, CPU seconds of the thread that made the answer)]
         self.app_s: dict[str, list[tuple[float, float, float]]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("HTTP_AUTHORIZATION") not in self._credentials:
+        if environ.get("HTTP_" + SEAT_HEADER.upper().replace("-", "_")) not in self._seats:
             return self.app(environ, start_response)
         route = route_of(str(environ.get("REQUEST_METHOD", "")),
                          str(environ.get("PATH_INFO", ""))) or "other"
@@ -309,8 +326,42 @@ class _Operator:
         self.lock = lock
         self.seen: deque[str] = deque(maxlen=_SEEN_IDS)
         self.conn: http.client.HTTPConnection | None = None
-        self.headers = {"Authorization": f"Bearer {seat['token']}",
-                        "Content-Type": "application/json"}
+        self.cookies: dict[str, str] = {}
+        self.csrf = ""
+        self.logged_in = False
+
+    def headers(self, method: str, *, seat: bool = True) -> dict[str, str]:
+        """The login session's headers: its cookie, and its CSRF token on a change."""
+        out = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        if method not in ("GET", "HEAD"):
+            out[CSRF_HEADER] = self.csrf
+            out["Content-Type"] = "application/json"
+        if seat:
+            out[SEAT_HEADER] = str(self.seat["name"])
+        return out
+
+    def login(self, deadline: float, stop: threading.Event) -> bool:
+        """Log in through the form, then read the session's CSRF token from a page."""
+        while not stop.is_set() and time.monotonic() < deadline:
+            self.cookies.clear()
+            status, raw, _ = self.send("GET", "/login", None, seat=False)
+            form = _FORM_CSRF.search(raw) if status == 200 else None
+            if form is not None:
+                fields = urlencode({"name": self.seat["name"], "password": self.seat["password"],
+                                    CSRF_FIELD: form.group(1).decode(), "next": "/"}).encode()
+                status, raw, _ = self.send("POST", "/login", fields, seat=False,
+                                           content_type="application/x-www-form-urlencoded")
+                if status == 302:
+                    status, raw, _ = self.send("GET", "/", None, seat=False)
+                    meta = _META_CSRF.search(raw) if status == 200 else None
+                    if meta is not None:
+                        self.csrf = meta.group(1).decode()
+                        self.logged_in = True
+                        return True
+            if status not in (0, 429, 503):
+                return False  # refused for good (a wrong password, say)
+            stop.wait(1.0)
+        return False
 
     def request_for(self, route: str) -> tuple[str, str, bytes | None]:
         """``(method, path, body)`` of the next request on ``route``."""
@@ -336,16 +387,29 @@ class _Operator:
             return "GET", f"{_API}/equipment?{urlencode(query)}", None
         return "GET", f"{_API}/{route}", None
 
-    def send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes, float]:
-        """``(status, body, seconds)``; status 0 when no answer came."""
+    def send(self, method: str, path: str, body: bytes | None, *, seat: bool = True,
+             content_type: str | None = None) -> tuple[int, bytes, float]:
+        """``(status, body, seconds)``; status 0 when no answer came. The session's cookie
+        is kept up to date with what the answer sets."""
+        headers = self.headers(method, seat=seat)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         t0 = time.perf_counter()
         try:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(*self._where, timeout=_HTTP_TIMEOUT_S)
-            self.conn.request(method, path, body=body, headers=self.headers)
+            self.conn.request(method, path, body=body, headers=headers)
             resp = self.conn.getresponse()
             raw = resp.read()
             status = resp.status
+            for header in resp.headers.get_all("Set-Cookie") or ():
+                jar = http.cookies.SimpleCookie()
+                jar.load(header)
+                for name, morsel in jar.items():
+                    if morsel["max-age"] == "0" or not morsel.value:
+                        self.cookies.pop(name, None)
+                    else:
+                        self.cookies[name] = morsel.value
         except (OSError, http.client.HTTPException):
             self.close()
             return 0, b"", time.perf_counter() - t0
@@ -362,6 +426,9 @@ class _Operator:
         think = float(self.plan["think_s"])
         # Operators sit down one after the other, not all in the same millisecond.
         if stop.wait(self.rng.uniform(0.0, think)):
+            return
+        if not self.login(time.monotonic() + _LOGIN_DEADLINE_S, stop):
+            self.close()
             return
         while not stop.is_set():
             route = self.rng.choices(routes, weights)[0]
@@ -431,16 +498,19 @@ def load(plan: Mapping[str, Any], out: IO[str]) -> dict[str, Any]:
     stop.set()
     for t in threads:
         t.join(_HTTP_TIMEOUT_S + 5.0)
-    return {route: {"sent": t.sent, "window_ms": t.window_ms, "bytes": t.window_bytes,
-                    "errors": dict(t.errors)} for route, t in tallies.items()}
+    return {"routes": {route: {"sent": t.sent, "window_ms": t.window_ms,
+                               "bytes": t.window_bytes, "errors": dict(t.errors)}
+                       for route, t in tallies.items()},
+            "logins": {"ok": sum(1 for op in operators if op.logged_in),
+                       "failed": sum(1 for op in operators if not op.logged_in)}}
 
 
 def _main() -> int:
     """The load generator's process: the plan as JSON on stdin, event lines then
-    ``{"event": "result", "routes": …}`` on stdout."""
+    ``{"event": "result", "routes": …, "logins": …}`` on stdout."""
     plan = json.loads(sys.stdin.read())
-    routes = load(plan, sys.stdout)
-    sys.stdout.write(json.dumps({"event": "result", "routes": routes}) + "\n")
+    result = load(plan, sys.stdout)
+    sys.stdout.write(json.dumps({"event": "result", **result}) + "\n")
     sys.stdout.flush()
     return 0
 
@@ -534,7 +604,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             seats = add_operators(admin, plan_seats(city.inventory, operators, rng))
         finally:
             admin.close()
-        counter = AccessCounter(city.app.wsgi_app, {f"Bearer {s.token}" for s in seats})
+        counter = AccessCounter(city.app.wsgi_app, {s.name for s in seats})
         city.app.wsgi_app = counter
         redis_server = city.svc.redis
         groups = {"server": {os.getpid()},
@@ -563,7 +633,8 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
             cores = meter.stop()
             busy = (_busy_cpu_s() - busy0) / meter.window_s
             closed = time.monotonic()
-            routes = _read_event(proc, "result")["routes"]
+            result = _read_event(proc, "result")
+            routes, logins = result["routes"], result["logins"]
             if proc.wait(30) != 0:
                 raise RetryableError(f"the load generator exited {proc.returncode}")
         finally:
@@ -571,6 +642,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                 proc.kill()
                 proc.wait(10)
         figures = summarize(routes, meter.window_s)
+        figures["met"] = figures["met"] and logins["failed"] == 0
         sent = {route: int(routes[route]["sent"]) for route in ROUTES}
         received = dict(counter.counts)
         commands_audited = audited_commands(city.svc.store, since, {s.name for s in seats})
@@ -587,6 +659,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         return {
             "operators": len(seats),
             **figures,
+            "logins": logins,
             "target_p95_ms": TARGET_P95_MS,
             "counted": counted,
             "app_ms": counter.app_ms(opened, closed),
