@@ -20,7 +20,8 @@ The round's latency is when the last of these was seen. The round then
 clears the fire at the source, acknowledges the alarm and resets the plan
 (``fire_reset``, an operator's decision).
 
-Figures: ``n`` rounds, ``p50_s``, ``p99_s`` (and ``max_s``, ``missed``, per step).
+Figures: ``n`` rounds, ``p50_s``, ``p99_s`` (and ``max_s``, ``missed`` with
+``missed_why``: each missed round and why, per step).
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def fire_round(city: City, api: ApiClient, building: Equipment, *, say: Say | No
         r.clean_up()
 
 
-def _missed(say: Say, round_no: int, text: str) -> None:
+def _missed(say: Say, why: list[str], round_no: int, text: str) -> None:
+    why.append(f"round {round_no}: {text}")
     say(f"round {round_no} missed: {text}")
 
 
@@ -224,10 +226,11 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto", n: int = 
         totals: list[float] = []
         by_step: dict[str, list[float]] = {}
         missed = 0
+        why: list[str] = []
         for i in range(n):
             building = pool[i % len(pool)]
             got = fire_round(city, api, building, poll_s=poll_s, timeout_s=timeout_s,
-                             say=functools.partial(_missed, say, i))
+                             say=functools.partial(_missed, say, why, i))
             if got is None:
                 missed += 1
                 continue
@@ -243,6 +246,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto", n: int = 
             "p99_s": summary["p99"],
             "max_s": summary["max"],
             "missed": missed,
+            "missed_why": why,
             "by_step": {k: seconds_summary(v) for k, v in by_step.items()},
             "scale": scale,
             "machine": machine(),
