@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Final
 
 from runtime.errors import ConfigError
@@ -284,11 +285,20 @@ class DemoPorts:
 
     @classmethod
     def free(cls) -> DemoPorts:
-        """Four blocks of consecutive loopback ports that are free at this moment."""
+        """Four blocks of consecutive loopback ports that are free at this moment.
+
+        They are drawn below the system's ephemeral range when there is room: a port in
+        that range, free now, may be taken by any process's next outgoing connection (a
+        Ray worker's, a Redis client's) before the simulator listens on it.
+        """
+        low, high = _FREE_PORTS
+        first, _ = _ephemeral_ports()
+        if first - low >= 64 * _PORT_SPAN:
+            high = first
         rng = random.Random()
         bases: list[int] = []
         while len(bases) < 4:
-            base = rng.randrange(20_000, 60_000, _PORT_SPAN)
+            base = rng.randrange(low, high - _PORT_SPAN, _PORT_SPAN)
             if base not in bases and all(_port_free(base + k) for k in range(_PORT_SPAN)):
                 bases.append(base)
         return cls(*bases)
@@ -296,6 +306,20 @@ class DemoPorts:
 
 #: Consecutive ports one family may use (lighting at scale 9: 51 cabinets per 200 → 51 ports).
 _PORT_SPAN: Final = 64
+
+
+#: Where :meth:`DemoPorts.free` draws its ports (the part below the ephemeral range).
+_FREE_PORTS: Final = (10_000, 60_000)
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The system's range of ports for outgoing connections (Linux's default otherwise)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        first, last = (int(x) for x in text.split())
+    except (OSError, ValueError):
+        return 32_768, 60_999
+    return first, last
 
 
 def _port_free(port: int) -> bool:

@@ -19,6 +19,7 @@ from runtime.demo_inventory import (
     BUS_LINES,
     MAX_SCALE,
     SERVICE_ROLES,
+    DemoPorts,
     build_demo,
     demo_counts,
     generate_demo,
@@ -1206,3 +1207,14 @@ def test_the_demo_tags_equipment_for_the_plans() -> None:
     first = build_demo(0.3, seed=5).by_id("xr-dijon-0001")
     assert (first.lat, first.lon) == (47.306529, 5.018067)
     assert generate_demo(0.1, seed=3) == generate_demo(0.1, seed=3)
+
+
+def test_free_demo_ports_stay_below_the_ephemeral_range() -> None:
+    # A port of the ephemeral range, free when drawn, may be taken by an outgoing
+    # connection before the simulator listens on it.
+    first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        ports = DemoPorts.free()
+        bases = (ports.traffic, ports.lighting, ports.access, ports.opcua)
+        assert len(set(bases)) == 4
+        assert all(10_000 <= b and b + 64 <= first for b in bases), bases
