@@ -31,7 +31,7 @@ _CHILD = """
 import json, os, threading
 from runtime.niceness import lower_priority
 gate = threading.Event()
-before = threading.Thread(target=gate.wait)
+before = threading.Thread(target=gate.wait, daemon=True)
 before.start()
 changed = lower_priority({nice})
 again = lower_priority({nice})
@@ -39,9 +39,16 @@ seen = {{}}
 after = threading.Thread(target=lambda: seen.update(
     after=os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
 after.start(); after.join()
+
+def priority(tid):
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except ProcessLookupError:  # a thread gone since the listing (the joined one)
+        return None
+
 tids = [int(t) for t in os.listdir("/proc/self/task")]
 print(json.dumps({{"changed": changed, "again": again, "after": seen["after"],
-                  "threads": [os.getpriority(os.PRIO_PROCESS, t) for t in tids]}}))
+                  "threads": [p for p in map(priority, tids) if p is not None]}}))
 gate.set(); before.join()
 """
 

@@ -163,7 +163,10 @@ def test_a_forged_bus_position_buys_no_green_light(city: City) -> None:
 
     poll(lambda: any(e.get("outcome") == "granted" for e in outcomes()), 10,
          what="the victim's own passes granted")
-    assert all(float(e["ts"]) > genuine_since for e in outcomes()), outcomes()
+    # Requests (granted or refused) only: a check-in of the victim's own, open when the
+    # simulator stopped driving it, may still end (cancelled as stale) meanwhile.
+    requests = [e for e in outcomes() if e.get("outcome") in ("granted", "refused")]
+    assert all(float(e["ts"]) > genuine_since for e in requests), outcomes()
 
 
 def test_hosts_off_the_priority_path_yield_the_cpu_and_nothing_else_does(city: City) -> None:
