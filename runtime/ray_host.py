@@ -46,6 +46,7 @@ from runtime.errors import (
     RetryableError,
     UnknownEntityError,
 )
+from runtime.gcpolicy import settle
 from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment
 from runtime.niceness import lower_priority
@@ -248,6 +249,7 @@ class HostActor:
         if not any(is_latency_critical(slot.factory) for slot in core.slots.values()):
             lower_priority(int(cfg.get("background_nice") or 0))
         await core.start()
+        settle(f"host {core.host_id}")
         self._assigned.set()
         return core.status()
 

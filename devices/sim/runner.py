@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from devices.profile import builtin_profile
 from runtime.clock import Clock, ClockSpec
 from runtime.errors import CommandpostError, ConfigError
+from runtime.gcpolicy import settle
 from runtime.inventory import Equipment, Inventory, load_inventory
 
 log = logging.getLogger("commandpost.sim")
@@ -190,6 +191,7 @@ async def run(
             started.append(sim)
         channel = ControlServer(targets, *control)
         await channel.start()
+        settle("simulators " + ",".join(local_kinds))
         if ready_file:
             _write_ready(ready_file, {"control": channel.url, "simulators": info})
         log.info("simulators ready: %s", info)
