@@ -9,13 +9,14 @@ scale 1.0, such a pause lasted 100 to 460 ms in a host and 1.3 s in the
 lighting simulator, and every thread of the process waited through it — a
 priority lane's controller write, a cabinet's answer to a crisis setpoint.
 
-:func:`settle` runs once a process has built what it keeps: one full
-collection (the garbage of start-up), then :func:`gc.freeze`, which moves
-every surviving object to the permanent generation that no later collection
-visits. What the process allocates afterwards is collected as before, so a
-reference cycle made at run time is still reclaimed; a frozen object that
-becomes garbage is freed by its reference count, as most are, or stays (the
-start-up's own cycles were collected just before).
+:func:`settle` runs once a process has built what it keeps: a collection
+of the young generations (the latest garbage of start-up; a full one would
+cost another such pause, in every host at once), then :func:`gc.freeze`,
+which moves every surviving object to the permanent generation that no
+later collection visits. What the process allocates afterwards is collected
+as before, so a reference cycle made at run time is still reclaimed; a
+frozen object that becomes garbage is freed by its reference count, as most
+are, or stays.
 
 ``COMMANDPOST_GC_FREEZE=0`` leaves the collector as CPython has it (to
 measure the difference).
@@ -37,12 +38,12 @@ ENV: Final = "COMMANDPOST_GC_FREEZE"
 
 
 def settle(what: str = "process") -> int:
-    """Collect the start-up's garbage and freeze what survived (see the module doc);
+    """Collect the young generations and freeze what survived (see the module doc);
     the number of objects now frozen (0 when ``COMMANDPOST_GC_FREEZE=0``)."""
     if os.environ.get(ENV, "1").strip() == "0":
         return 0
     started = time.perf_counter()
-    gc.collect()
+    gc.collect(1)
     gc.freeze()
     frozen = gc.get_freeze_count()
     log.debug("%s: %d objects frozen in %.0f ms", what, frozen,

@@ -9,15 +9,20 @@ it. Then the member serving them is killed with kill -9: within a second its bus
 served again (by the other member, whose lease takes over, or by its replacement if the
 tree was quicker), the next passes are granted, no request reaches a controller twice, and
 the member ends up serving its own buses. A position published under a bus's id by a
-client that is not that bus never reaches the pool: no request, nothing received.
+client that is not that bus never reaches the pool: no request, nothing received. The
+crossroads' host killed with kill -9 while a controller holds a request: the controller
+lets it go by its deadline by itself, and nothing sends it again.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
+import re
 import signal
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -28,7 +33,7 @@ import psutil
 import pytest
 
 from actors.priority.pool import partition_of
-from runtime.bench.common import City, hosts_of
+from runtime.bench.common import City, find_node, hosts_of
 from runtime.bench.priority import drive_passes, match, passes_for
 from tests.conftest import poll
 
@@ -36,12 +41,26 @@ log = logging.getLogger(__name__)
 #: The nice value asked for the hosts off the priority path (off by default).
 BACKGROUND = 5
 pytestmark = pytest.mark.timeout(600)
+#: How long a controller holds a request: the shipped rules' 60 s, shortened so that a test
+#: can wait it out (a pass checks in at most 20 s before the stop line: it is checked out
+#: well within it).
+DEADLINE_S = 30
+
+
+def _rules() -> str:
+    text = importlib.resources.files("actors").joinpath("plans/priority.toml").read_text(
+        encoding="utf-8")
+    for key in ("request_deadline_s", "eta_window_s"):
+        text, n = re.subn(rf"^{key} = \d+", f"{key} = {DEADLINE_S}", text, flags=re.M)
+        assert n == 1, key
+    return text
 
 
 @pytest.fixture(scope="module")
 def city() -> Iterator[City]:
     with City(scale=0.1, kinds=("crossroad", "vehicle"), say=log.info, online_timeout_s=180,
-              priority_grant_all=True, background_nice=BACKGROUND) as c:
+              priority_grant_all=True, priority_rules=_rules(),
+              background_nice=BACKGROUND) as c:
         yield c
 
 
@@ -142,7 +161,8 @@ def test_a_forged_bus_position_buys_no_green_light(city: City) -> None:
     buses = [eq.id for eq in city.inventory.equipment if eq.profile == "bus"]
     victim, forger = list(passes_for(city.inventory, buses))[4:6]
     city.control.offline([victim, forger])
-    passes = passes_for(city.inventory, [victim])
+    # Short passes: from beyond the detection reach to a few seconds past the check-in.
+    passes = passes_for(city.inventory, [victim], through=False)
     broker = city.svc.broker
     # The forger is a bus of the city with an account of its own, publishing the victim's
     # passes under the victim's id: the broker drops every one of them.
@@ -190,3 +210,61 @@ def test_hosts_off_the_priority_path_yield_the_cpu_and_nothing_else_does(city: C
     runner = psutil.Process(city.svc.sim_proc.pid)
     for proc in [runner, *runner.children(recursive=True)]:
         assert nice(proc.pid) == {0}, proc.cmdline()
+
+
+def test_a_killed_crossroad_host_s_request_is_let_go_by_the_controller_within_its_deadline(
+        city: City) -> None:
+    buses = [eq.id for eq in city.inventory.equipment if eq.profile == "bus"]
+    bus = next(iter(passes_for(city.inventory, buses)))
+    passes = passes_for(city.inventory, [bus], through=False)
+    crossroad = passes[bus][0].crossroad
+    # The city's buses off the field: their check-ins end (stale), and this controller's
+    # last word is about the test's request alone.
+    city.control.offline(buses)
+    poll(lambda: city.control.values(crossroad).get("prio_active") == 0, 30, interval=0.2,
+         what="no request held at the controller")
+    host_id = city.svc.plan.owner[crossroad]
+    pid = int(find_node(city.svc.tree(), host_id)["pid"])
+    since = time.time()
+    url = city.publisher_url("test-bus-host-kill", [city.inventory.by_id(bus)])
+    driver = threading.Thread(target=drive_passes, args=(url, passes), daemon=True, kwargs={
+        "rounds": 1, "clock": city.city_clock, "lines": city.inventory.bus_lines})
+    driver.start()
+
+    def received() -> dict[str, Any] | None:
+        return next((r for r in city.control.priority_log(crossroad, since=since)
+                     if r["command"] == "request"), None)
+
+    # The host dies as soon as the controller holds the request: before the bus's check-out
+    # or cancel (its pass goes on for seconds, then its positions go stale) could clear it.
+    request = poll(received, 30, interval=0.02, what="the request at the controller")
+    os.kill(pid, signal.SIGKILL)
+    log.info("killed %s (pid %d) %.3f s after the controller took request %d", host_id, pid,
+             time.time() - float(request["ts"]), request["request_id"])
+    driver.join(60)
+
+    def let_go() -> tuple[float, dict[str, Any]] | None:
+        values = city.control.values(crossroad)
+        return (time.time(), values) if values.get("prio_active") == 0 else None
+
+    gone_at, values = poll(let_go, DEADLINE_S + 15, interval=0.1, what="the request let go")
+    held_s = gone_at - float(request["ts"])
+    log.info("the controller let request %d go %.2f s after it arrived (deadline %d s): %s "
+             "(%s)", request["request_id"], held_s, DEADLINE_S, values.get("prio_status"),
+             values.get("prio_reason"))
+    # Never held past its deadline (a tick of the controller and a poll of slack), and let
+    # go by the controller itself: served (its green ended) or expired, not cleared.
+    assert held_s <= DEADLINE_S + 1.0
+    assert values.get("prio_status_id") == request["request_id"], values
+    assert values.get("prio_status") in ("served", "expired"), values
+
+    # The host comes back; the request is never sent again, nor cleared late.
+    def back() -> bool:
+        node = find_node(city.svc.tree(), host_id)
+        return node.get("status") == "running" and int(node.get("pid") or pid) != pid
+
+    poll(back, 60, interval=0.2, what=f"{host_id} back")
+    writes = [r for r in city.control.priority_log(crossroad, since=since)
+              if r["request_id"] == request["request_id"]]
+    assert [r["command"] for r in writes] == ["request"], writes
+    city.control.offline(buses, False)

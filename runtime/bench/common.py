@@ -118,7 +118,8 @@ class City:
     ``sim_rate_hz`` overrides the MQTT devices' rate; ``clock_speed`` and
     ``clock_start`` set the city's clock (:class:`~runtime.clock.ClockSpec`),
     which :attr:`city_clock` reads once the service exists; ``priority_grant_all``
-    makes the bus-priority policy grant every request (the latency bench);
+    makes the bus-priority policy grant every request (the latency bench), and
+    ``priority_rules`` (TOML) are the service's own priority rules;
     ``placement`` edits the inventory's placement policy (given the demo's, it
     returns the one to run, such as one with a domain colocated with another).
     """
@@ -140,6 +141,7 @@ class City:
         clock_speed: float = 1.0,
         clock_start: float | None = None,
         priority_grant_all: bool = False,
+        priority_rules: str = "",
         background_nice: int | None = None,
         placement: Callable[[PlacementPolicy], PlacementPolicy] | None = None,
     ) -> None:
@@ -170,6 +172,7 @@ class City:
         self._data_dir = data_dir
         self._clock = (clock_speed, clock_start)
         self._grant_all = priority_grant_all
+        self._rules = priority_rules
         self.svc: Any = None
         self.field_broker: Any = None  # the broker started by start_field (else the service's)
         self._tmp: Any = None
@@ -280,7 +283,8 @@ class City:
             simulate=self._devices and mqtt_url is None,
             sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
             data_dir=self._data_dir, clock_speed=self._clock[0], clock_start=self._clock[1],
-            priority_grant_all=self._grant_all, background_nice=self._background_nice))
+            priority_grant_all=self._grant_all, priority_rules=self._rules,
+            background_nice=self._background_nice))
 
     def _start_admin(self) -> None:
         from admin_web import (
