@@ -470,8 +470,7 @@ class LineGeometry:
         ``start_m`` and ``end_m`` restrict the search to that stretch of the
         path (where a path passes near itself, or to follow a bus).
         """
-        from shapely.geometry import Point
-        from shapely.ops import substring
+        from shapely.geometry import LineString, Point
 
         to_metric, _ = _transformers()
         x, y = to_metric.transform(lon, lat)
@@ -481,9 +480,16 @@ class LineGeometry:
         end = length if end_m is None else max(start, min(length, end_m))
         if start <= 0.0 and end >= length:
             return float(self._line.project(point)), float(self._line.distance(point))
-        part = substring(self._line, start, end)
-        if part.geom_type != "LineString":  # a stretch of no length is a point
-            return start, float(part.distance(point))
+        # The stretch: its two ends and the path points between them (what shapely's
+        # ``substring`` builds, without its generic handling: this runs for every position
+        # of every bus the priority pool follows).
+        first = self._line.interpolate(start)
+        if end <= start:  # a stretch of no length is a point
+            return start, float(first.distance(point))
+        cuts = self.vertex_s_m
+        inner = self._xy[bisect.bisect_right(cuts, start):bisect.bisect_left(cuts, end)]
+        last = self._line.interpolate(end)
+        part = LineString([(first.x, first.y), *inner, (last.x, last.y)])
         return start + float(part.project(point)), float(part.distance(point))
 
     def point_at(self, s_m: float) -> LatLon:

@@ -10,6 +10,8 @@ import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devices.profile import builtin_profile
 from devices.sim.mqtt_devices import MqttDeviceSimulator, _Bus
@@ -503,3 +505,29 @@ def test_a_line_without_timetable_spreads_its_buses_over_the_round_trip() -> Non
     for sample in drive(model, 400):
         _, off = geometry.locate(float(sample["lat"]), float(sample["lon"]))  # type: ignore[arg-type]
         assert off < 0.5
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(-50.0, 2500.0), span=st.floats(0.0, 2500.0),
+       bearing=st.floats(0.0, 360.0), dist=st.floats(0.0, 400.0), along=st.floats(0.0, 1.0))
+def test_locate_in_a_stretch_is_shapely_s_substring(start: float, span: float, bearing: float,
+                                                    dist: float, along: float) -> None:
+    from shapely.geometry import Point
+    from shapely.ops import substring
+
+    from runtime.transit import _transformers
+
+    geometry = line_geometry(PATH)
+    probe = destination(geometry.point_at(along * geometry.length_m), bearing, dist)
+    s, off = geometry.locate(*probe, start_m=start, end_m=start + span)
+    # The oracle: the stretch as shapely cuts it.
+    lo = max(0.0, min(geometry.length_m, start))
+    hi = max(lo, min(geometry.length_m, start + span))
+    x, y = _transformers()[0].transform(probe[1], probe[0])
+    part = substring(geometry._line, lo, hi)
+    if lo <= 0.0 and hi >= geometry.length_m:
+        part = geometry._line
+        lo = 0.0
+    want_s = lo if part.geom_type != "LineString" else lo + part.project(Point(x, y))
+    assert s == pytest.approx(want_s, abs=1e-6)
+    assert off == pytest.approx(part.distance(Point(x, y)), abs=1e-6)
