@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from runtime.bench.common import ApiClient, City
-from tests.conftest import poll
+from tests.conftest import FIELD, poll
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), FIELD]
 
 STORMED = 300
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 
 from runtime.bench.energy import run
+from tests.conftest import FIELD
+
+pytestmark = FIELD
 
 SPEED = 600.0
 

@@ -20,9 +20,9 @@ import pytest
 from runtime.bench.common import City
 from runtime.bench.recovery import KillRound, Recovery, Sent
 from runtime.commands import CommandStatus
-from tests.conftest import poll
+from tests.conftest import FIELD, poll
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), FIELD]
 
 
 @pytest.fixture(scope="module")
