@@ -30,7 +30,9 @@ from runtime.service import (
     ServiceOptions,
 )
 from runtime.store import StoreKeys
-from tests.conftest import poll
+from tests.conftest import FIELD, poll
+
+pytestmark = FIELD
 
 TOKENS = {"admin": "a" * 40, "operator": "o" * 40, "op2": "p" * 40, "viewer": "v" * 40}
 

@@ -50,6 +50,9 @@ from runtime.store import (
     SyncStore,
     _StreamTail,
 )
+from tests.conftest import FIELD
+
+pytestmark = FIELD
 
 T = TypeVar("T")
 S = CommandStatus

@@ -13,7 +13,9 @@ import redis
 from runtime.embedded import EmbeddedRedis
 from runtime.errors import ConfigError
 from runtime.tracking import TrackedReads
-from tests.conftest import poll
+from tests.conftest import FIELD, poll
+
+pytestmark = FIELD
 
 
 @pytest.fixture()
