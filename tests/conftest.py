@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import settings
 
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import Inventory, PlacementPolicy, parse_inventory
@@ -20,11 +19,6 @@ from runtime.inventory import Inventory, PlacementPolicy, parse_inventory
 #: pytest-xdist (``make test`` runs two workers) they run one after another on one worker,
 #: never two at once, while the other worker takes the rest of the suite.
 FIELD = pytest.mark.xdist_group("field")
-
-# Hypothesis judges what a property holds, not how fast: no per-example deadline (timings
-# belong to the benches, and a loaded machine would fail an example for its slowness).
-settings.register_profile("commandpost", deadline=None)
-settings.load_profile("commandpost")
 
 SCALE = 0.05
 

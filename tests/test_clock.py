@@ -19,9 +19,6 @@ from runtime.clock import (
     clock_from_wire,
 )
 from runtime.errors import ConfigError
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 
 def test_the_default_spec_is_the_machines_clock() -> None:

@@ -20,10 +20,7 @@ from runtime.errors import (
 )
 from runtime.mailbox import Mailbox
 from supervisors import ExitKind
-from tests.conftest import FIELD
 from tests.helpers import FakeContext, make_equipment, poll
-
-pytestmark = FIELD
 
 
 def tele(target: str, sender: str, type: str, value: Any) -> Envelope:

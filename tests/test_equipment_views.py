@@ -30,9 +30,7 @@ from runtime.service import (
     ServiceOptions,
 )
 from runtime.store import StoreKeys
-from tests.conftest import FIELD, poll
-
-pytestmark = FIELD
+from tests.conftest import poll
 
 TOKENS = {"admin": "a" * 40, "operator": "o" * 40, "op2": "p" * 40, "viewer": "v" * 40}
 

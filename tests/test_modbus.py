@@ -20,9 +20,6 @@ from runtime.clock import ManualClock
 from runtime.embedded import free_port
 from runtime.errors import ConfigError, DeviceUnavailableError, ProtocolError, RejectedError
 from runtime.inventory import Equipment
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 T = TypeVar("T")
 TIMEOUT_S = 0.3

@@ -386,9 +386,6 @@ def test_session_reconnects_after_the_broker_is_killed(
 WILL_CHILD = """
 import asyncio, sys
 from devices.mqtt import MqttSession, encode_status
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 async def main():
     session = MqttSession(sys.argv[1], client_id="cam-will", keepalive=5,
                           will=(sys.argv[2], encode_status(False)))

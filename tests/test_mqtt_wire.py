@@ -19,9 +19,6 @@ from devices.mqtt_wire import (
 from runtime.embedded import EmbeddedBroker
 from runtime.errors import ProtocolError
 from runtime.inventory import Equipment
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 BROKER = "auto"  # mosquitto when on PATH, else amqtt
 

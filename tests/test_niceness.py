@@ -30,9 +30,6 @@ def test_the_background_value_comes_from_the_environment(monkeypatch: pytest.Mon
 _CHILD = """
 import json, os, threading
 from runtime.niceness import lower_priority
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 gate = threading.Event()
 before = threading.Thread(target=gate.wait, daemon=True)
 before.start()

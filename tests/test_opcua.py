@@ -28,9 +28,6 @@ from devices.profile import Profile, load_profile
 from devices.sim.bms import BmsSimulator
 from runtime.errors import ConfigError, DeviceUnavailableError, RejectedError
 from runtime.inventory import Equipment
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 T = TypeVar("T")
 PROFILE_PATH = "devices/profiles/bms.toml"

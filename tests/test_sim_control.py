@@ -16,9 +16,6 @@ from devices.sim.traffic import TrafficSimulator
 from runtime.embedded import free_port
 from runtime.errors import RejectedError
 from runtime.inventory import Equipment
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 
 def _eq(i: int, kind: str, profile: str, port: int, **attrs: object) -> Equipment:

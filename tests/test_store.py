@@ -50,9 +50,6 @@ from runtime.store import (
     SyncStore,
     _StreamTail,
 )
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 T = TypeVar("T")
 S = CommandStatus

@@ -31,9 +31,6 @@ from supervisors import (
     UnknownChildError,
 )
 from supervisors import core as supervisor_core
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 BOOM = ExitReason(ExitKind.ERROR, "boom")
 RUNNING = ChildStatus.RUNNING

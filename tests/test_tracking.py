@@ -13,9 +13,7 @@ import redis
 from runtime.embedded import EmbeddedRedis
 from runtime.errors import ConfigError
 from runtime.tracking import TrackedReads
-from tests.conftest import FIELD, poll
-
-pytestmark = FIELD
+from tests.conftest import poll
 
 
 @pytest.fixture()

@@ -10,9 +10,9 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.web import Web
-from tests.conftest import FIELD, Cluster
+from tests.conftest import Cluster
 
-pytestmark = [pytest.mark.timeout(180), FIELD]
+pytestmark = pytest.mark.timeout(180)
 
 #: How long the device may take to acknowledge a command, in ms.
 ACK_MS = 30_000

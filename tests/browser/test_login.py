@@ -6,9 +6,9 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.web import Web
-from tests.conftest import FIELD, Cluster
+from tests.conftest import Cluster
 
-pytestmark = [pytest.mark.timeout(180), FIELD]
+pytestmark = pytest.mark.timeout(180)
 
 
 def test_login_form_logs_in_and_shows_who(web: Web, city: Cluster) -> None:

@@ -19,9 +19,9 @@ from playwright.sync_api import expect
 
 from devices.sim.control import SimControl
 from tests.browser.web import Web
-from tests.conftest import FIELD, Cluster, poll
+from tests.conftest import Cluster, poll
 
-pytestmark = [pytest.mark.timeout(300), FIELD]
+pytestmark = pytest.mark.timeout(300)
 
 #: How long the page may take to show an alarm the API lists: its poll is every second.
 ALARM_ON_PAGE_MS = 2_000

@@ -9,9 +9,9 @@ import pytest
 from playwright.sync_api import Locator, expect
 
 from tests.browser.web import Web
-from tests.conftest import FIELD, Cluster, poll
+from tests.conftest import Cluster, poll
 
-pytestmark = [pytest.mark.timeout(180), FIELD]
+pytestmark = pytest.mark.timeout(180)
 
 #: Long enough for a host to be replaced and the page's next poll (every 2 s) to see it.
 LIVE_MS = 30_000
