@@ -19,12 +19,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/commandpost demo $(ARGS)
 
-# Two workers: the tests that start a city, a cluster, a demo or a browser (tests.conftest's
-# FIELD group) one after another on one of them, the rest of the suite on the other.
-PYTEST_WORKERS ?= 2
-
 test: $(STAMP) system-packages lint typecheck
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # A command is found on PATH or in /usr/sbin and /usr/bin (mosquitto lives in /usr/sbin,
 # which is not on a user's PATH).

@@ -15,11 +15,6 @@ import pytest
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import Inventory, PlacementPolicy, parse_inventory
 
-#: The tests that start processes of their own (a city, a cluster, a demo, a browser). Under
-#: pytest-xdist (``make test`` runs two workers) they run one after another on one worker,
-#: never two at once, while the other worker takes the rest of the suite.
-FIELD = pytest.mark.xdist_group("field")
-
 SCALE = 0.05
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from runtime.bench.common import ApiClient, City
-from tests.conftest import FIELD, poll
+from tests.conftest import poll
 
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 STORMED = 300
 

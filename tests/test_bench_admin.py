@@ -22,9 +22,6 @@ from runtime.bench.admin import (
 )
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import parse_inventory
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 
 def test_each_seat_commands_equipment_of_its_desks_within_its_municipalities() -> None:

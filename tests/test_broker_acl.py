@@ -45,10 +45,7 @@ from runtime.embedded import (
 from runtime.errors import ConfigError, DeviceUnavailableError, ProtocolError
 from runtime.inventory import Equipment
 from tests.certs import TestCA
-from tests.conftest import FIELD
 from tests.helpers import poll
-
-pytestmark = FIELD
 
 T = TypeVar("T")
 LIMIT_S = 30.0

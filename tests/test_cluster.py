@@ -17,9 +17,9 @@ import ray
 
 from runtime.commands import Command, CommandStatus, new_command_id
 from runtime.envelope import Envelope, MessageKind, pack
-from tests.conftest import FIELD, Cluster, poll
+from tests.conftest import Cluster, poll
 
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import ray
 
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import parse_inventory
-from tests.conftest import FIELD, Cluster, poll, start_cluster
+from tests.conftest import Cluster, poll, start_cluster
 
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,8 @@ from runtime.inventory import Equipment
 from runtime.router import Directory
 from runtime.service import check_command
 from runtime.store import MemoryStore, StoreKeys
-from tests.conftest import FIELD
 from tests.conftest import poll as poll_sync
 from tests.helpers import make_equipment, poll
-
-pytestmark = FIELD
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import pytest
 from actors.plan import builtin_plans
 from runtime.bench.common import ApiClient, City
 from runtime.envelope import unpack
-from tests.conftest import FIELD, poll
+from tests.conftest import poll
 from tests.helpers import next_local
 
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")

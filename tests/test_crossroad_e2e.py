@@ -26,10 +26,10 @@ from actors.schedule import Timetable, builtin_schedules, day_profile
 from actors.signal_plan import builtin_signal_plans
 from runtime.bench.common import City
 from runtime.clock import CITY_TZ
-from tests.conftest import FIELD, poll
+from tests.conftest import poll
 
 log = logging.getLogger(__name__)
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 
 

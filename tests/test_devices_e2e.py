@@ -18,9 +18,9 @@ import ray
 from runtime.commands import Command, new_command_id
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import Inventory, parse_inventory
-from tests.conftest import FIELD, Http, poll
+from tests.conftest import Http, poll
 
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 
 class SimThread:

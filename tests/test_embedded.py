@@ -29,9 +29,6 @@ from runtime.embedded import (
 )
 from runtime.errors import ConfigError, RetryableError
 from runtime.procmem import cpu_seconds, is_ray_cmdline, pss_mb, ray_pids, tree_pids
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 DEADLINE_S = 10.0
 

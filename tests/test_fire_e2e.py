@@ -16,9 +16,9 @@ import pytest
 
 from runtime.bench.common import ApiClient, City
 from runtime.bench.fire import candidates, fire_round
-from tests.conftest import FIELD, poll
+from tests.conftest import poll
 
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,6 @@ import pytest
 
 from runtime.bench.common import City
 from runtime.bench.ingest import measure_capacity, measure_nominal
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 RATE_HZ = 20.0
 

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 
 from runtime.bench.energy import run
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 SPEED = 600.0
 

@@ -28,7 +28,6 @@ import pytest
 
 from runtime.embedded import free_port
 from runtime.reaper import MARK_ENV, find_marked
-from tests.conftest import FIELD
 
 START_TIMEOUT_S = 240.0  # a demo at scale 0.1 starts in ~20 s; the machine may be shared
 KILL_DEADLINE_S = 8.0  # the acceptance: nothing left 8 s after a kill -9
@@ -38,7 +37,7 @@ STOP_DEADLINE_S = 10.0  # SIGTERM or Ctrl-C: stopped within 10 s
 # children of this demo's raylet.
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 
 
 @dataclass

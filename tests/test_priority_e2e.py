@@ -35,12 +35,12 @@ import pytest
 from actors.priority.pool import partition_of
 from runtime.bench.common import City, find_node, hosts_of
 from runtime.bench.priority import drive_passes, match, passes_for
-from tests.conftest import FIELD, poll
+from tests.conftest import poll
 
 log = logging.getLogger(__name__)
 #: The nice value asked for the hosts off the priority path (off by default).
 BACKGROUND = 5
-pytestmark = [pytest.mark.timeout(600), FIELD]
+pytestmark = pytest.mark.timeout(600)
 #: How long a controller holds a request: the shipped rules' 60 s, shortened so that a test
 #: can wait it out (a pass checks in at most 20 s before the stop line: it is checked out
 #: well within it).

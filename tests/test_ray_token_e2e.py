@@ -32,10 +32,10 @@ import psutil
 import pytest
 
 from runtime.demo_inventory import generate_demo
-from tests.conftest import FIELD, poll
+from tests.conftest import poll
 from tests.test_deploy import PORT_PARAMS, raycluster
 
-pytestmark = [pytest.mark.timeout(240), FIELD]
+pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"

@@ -20,9 +20,9 @@ import pytest
 from runtime.bench.common import City
 from runtime.bench.recovery import KillRound, Recovery, Sent
 from runtime.commands import CommandStatus
-from tests.conftest import FIELD, poll
+from tests.conftest import poll
 
-pytestmark = [pytest.mark.timeout(300), FIELD]
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,6 @@ from devices.sumo import STEP_S, binary, ensure_sumo, tool_env
 from runtime.sumo.delay import read_trips
 from runtime.sumo.network import parse_network, parse_routes, scenario_of
 from runtime.sumo.scenario import LINE, SIGNALS, build_corridor
-from tests.conftest import FIELD
-
-pytestmark = FIELD
 
 
 def test_controllers_drive_sumo_as_its_own_programs(tmp_path: Path) -> None:

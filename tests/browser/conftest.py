@@ -20,7 +20,7 @@ import pytest
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import parse_inventory
 from tests.browser.web import BrowserMissing, Screenshots, Web, artifacts_dir, find_chromium, launch
-from tests.conftest import FIELD, Cluster, poll, start_cluster
+from tests.conftest import Cluster, poll, start_cluster
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -89,10 +89,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _screenshots is not None and _screenshots.taken:
         terminalreporter.write_line(
             f"browser screenshots: {len(_screenshots.taken)} in {_screenshots.folder}")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every browser test starts a runtime and a browser: with the other :data:`FIELD` tests."""
-    for item in items:
-        if "tests/browser/" in item.nodeid:
-            item.add_marker(FIELD)
