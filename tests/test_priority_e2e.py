@@ -16,7 +16,6 @@ lets it go by its deadline by itself, and nothing sends it again.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any
 import psutil
 import pytest
 
+from actors.priority.policy import builtin_priority_rules
 from actors.priority.pool import partition_of
 from runtime.bench.common import City, find_node, hosts_of
 from runtime.bench.priority import drive_passes, match, passes_for
@@ -48,8 +48,7 @@ DEADLINE_S = 30
 
 
 def _rules() -> str:
-    text = importlib.resources.files("actors").joinpath("plans/priority.toml").read_text(
-        encoding="utf-8")
+    text = builtin_priority_rules()
     for key in ("request_deadline_s", "eta_window_s"):
         text, n = re.subn(rf"^{key} = \d+", f"{key} = {DEADLINE_S}", text, flags=re.M)
         assert n == 1, key

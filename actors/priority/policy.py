@@ -159,6 +159,7 @@ __all__ = [
     "PriorityRequest",
     "RequestIdAllocator",
     "builtin_priority_config",
+    "builtin_priority_rules",
     "eligible",
     "load_priority_config",
     "parse_priority_config",
@@ -827,9 +828,14 @@ def load_priority_config(path: str | os.PathLike[str]) -> PolicyConfig:
 BUILTIN_SOURCE: Final = "actors/plans/priority.toml"
 
 
+def builtin_priority_rules() -> str:
+    """The text of the shipped ``actors/plans/priority.toml`` (a service may run an edited
+    copy: ``ServiceOptions.priority_rules``)."""
+    return importlib.resources.files("actors").joinpath("plans/priority.toml").read_text(
+        encoding="utf-8")
+
+
 @functools.cache
 def builtin_priority_config() -> PolicyConfig:
     """The shipped ``actors/plans/priority.toml`` (read once)."""
-    text = importlib.resources.files("actors").joinpath("plans/priority.toml").read_text(
-        encoding="utf-8")
-    return parse_priority_config(text, BUILTIN_SOURCE)
+    return parse_priority_config(builtin_priority_rules(), BUILTIN_SOURCE)
