@@ -636,3 +636,74 @@ def test_the_equipment_view_shows_the_schedule_the_circuit_recorded() -> None:
     assert (schedule["name"], schedule["step"]) == ("road_lighting", "night")
     assert schedule["next"]["step"] == "before_dawn" and schedule["next"]["at"] > schedule["since"]
     assert "schedule" not in _equipment_record(road_circuit(), {}, None, False)
+
+
+def test_the_cabinet_s_registers_are_its_values_encoded_after_ticks_writes_and_faults() -> None:
+    from devices.sim.lighting import LightingSimulator
+
+    async def body() -> None:
+        eq = make_equipment("lc-dijon-0002", "lighting_circuit", profile="lighting_cabinet",
+                            endpoint="modbus://127.0.0.1:15031/1",
+                            attrs={"points": 6, "lamp_w": 70})
+        sim = LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+        profile = sim.profile
+        dim = next(s for s in profile.fields if s.name == "broadcast_dim")
+        on = next(s for s in profile.fields if s.name == "broadcast_on")
+        server, unit = sim.location(eq.id)
+        assert server.on_write is not None
+        first = profile.register_span(eq.attrs)[0]
+
+        def expected() -> list[int]:
+            # Every field encoded from scratch, from what the model holds now.
+            values = sim.held_values(eq.id)
+            regs = list(sim.registers(eq.id))
+            for spec in profile.fields:
+                if spec.name != "seq":
+                    assert spec.address is not None
+                    at = spec.address - first
+                    regs[at:at + spec.width] = spec.encode(values[spec.name])
+            for block in profile.blocks:
+                assert block.base is not None and block.stride is not None
+                for i, item in enumerate(values[block.name]):
+                    for spec in block.fields:
+                        assert spec.address is not None
+                        at = block.base + i * block.stride + spec.address - first
+                        regs[at:at + spec.width] = spec.encode(item[spec.name])
+            return regs
+
+        assert dim.address is not None and on.address is not None
+        for step, level in enumerate((40, 40, 100, 0, 40)):
+            assert server.on_write(unit, dim.address, [level]) is None
+            assert server.on_write(unit, on.address, [step % 2]) is None
+            await sim.tick(600.0)
+            if step == 2:
+                await sim.fault(eq.id, "counter_reset", True)
+            assert sim.registers(eq.id) == expected(), step
+
+    run(body)
+
+
+def test_a_simulator_remembers_encodings_by_type_and_value_and_refuses_as_the_field_does(
+) -> None:
+    from devices.modbus import _check_registers
+    from devices.profile import builtin_profile
+    from devices.sim import _MEMO_SIZE, _Codec
+
+    profile = builtin_profile("lighting_cabinet")
+    dim = _Codec(next(s for s in profile.fields if s.name == "broadcast_dim"))
+    flag = _Codec(next(s for s in profile.fields if s.name == "broadcast_on"))
+    assert dim.encode(1) == [1] and flag.encode(True) == [1]
+    # 1 was seen, True never was for a number: refused as the field refuses it.
+    with pytest.raises(RejectedError):
+        dim.encode(True)
+    with pytest.raises(RejectedError):
+        dim.encode(101)
+    counter = _Codec(next(s for b in profile.blocks for s in b.fields if s.name == "energy_wh"))
+    for wh in range(3 * _MEMO_SIZE):
+        assert counter.encode(wh) == [wh >> 16, wh & 0xFFFF]
+    assert len(counter.memo) <= _MEMO_SIZE
+    _check_registers([0, 65535, 7])
+    _check_registers([])
+    for bad in ([True], [65536], [-1], [1.0], [0, 3, None]):
+        with pytest.raises(ValueError, match="outside"):
+            _check_registers(bad)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from devices.modbus import ModbusServer, parse_endpoint
-from devices.profile import FieldSpec, Profile
+from devices.profile import BlockSpec, FieldSpec, Profile
 from devices.sim.control import DeviceCounters
 from runtime.clock import Clock, SystemClock
 from runtime.errors import ConfigError, ProtocolError, RejectedError
@@ -118,6 +118,54 @@ M = TypeVar("M", bound=DeviceModel)
 
 #: Devices a tick advances between two chances for the servers to answer.
 _TICK_SLICE: Final = 25
+#: The encodings a simulator remembers per field before it starts again (a counter's
+#: values never repeat; a lamp's dim level or a phase number take a few values).
+_MEMO_SIZE: Final = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """Where a block's repeats lie."""
+
+    name: str
+    base: int
+    stride: int
+
+    def __init__(self, block: BlockSpec) -> None:
+        if block.base is None or block.stride is None:
+            raise ConfigError(f"block {block.name!r} has no register layout")
+        object.__setattr__(self, "name", block.name)
+        object.__setattr__(self, "base", block.base)
+        object.__setattr__(self, "stride", block.stride)
+
+
+class _Codec:
+    """One field's register encoding, remembered per value: a cabinet's registers are
+    written again for every read after a tick, and most of its values (dim levels,
+    flags, a stage) are the same as the time before."""
+
+    __slots__ = ("memo", "name", "offset", "spec")
+
+    def __init__(self, spec: FieldSpec) -> None:
+        if spec.address is None:
+            raise ConfigError(f"field {spec.name!r} has no register address")
+        self.spec = spec
+        self.name = spec.name
+        self.offset = spec.address  # in the profile, or in one repeat of its block
+        self.memo: dict[tuple[type, Any], list[int]] = {}
+
+    def encode(self, value: Any) -> list[int]:
+        """``spec.encode(value)``, which raises as it does."""
+        # The type is part of the key: True == 1 and 1 == 1.0, which a field encodes
+        # (or refuses) differently.
+        key = (value.__class__, value)
+        raw = self.memo.get(key)
+        if raw is None:
+            raw = self.spec.encode(value)
+            if len(self.memo) >= _MEMO_SIZE:
+                self.memo.clear()
+            self.memo[key] = raw
+        return raw
 
 
 @dataclass(slots=True)
@@ -171,6 +219,9 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         if seq_spec is None or seq_spec.address is None:
             raise ConfigError(f"profile {profile.name!r} has no seq register")
         self._seq_spec = seq_spec
+        self._field_codecs = [_Codec(spec) for spec in profile.fields]
+        self._block_codecs: list[tuple[_Block, list[_Codec]]] = [
+            (_Block(block), [_Codec(spec) for spec in block.fields]) for block in profile.blocks]
         sizes: dict[tuple[int, int], int] = {}
         for eq in equipment:
             if self.kind and eq.kind != self.kind:
@@ -366,30 +417,34 @@ class ModbusSimulator(abc.ABC, Generic[M]):
         values = device.model.values()
         first, count = device.span
         regs = device.server.get(device.unit, first, count)
-
-        def put(spec: FieldSpec, address: int, value: Any) -> None:
-            try:
-                raw = spec.encode(value)
-            except RejectedError as exc:
-                raise ConfigError(
-                    f"{device.equipment.id}: model value {value!r} for {spec.name}: {exc}"
-                ) from exc
-            regs[address - first : address - first + len(raw)] = raw
-
-        for spec in self.profile.fields:
-            assert spec.address is not None
-            value = device.seq if spec.name == "seq" else values[spec.name]
-            put(spec, spec.address, value)
-        for block in self.profile.blocks:
-            assert block.base is not None and block.stride is not None
+        # A few hundred registers for a cabinet, after every tick it is read: the loops
+        # look each value's encoding up inline, and encode only what they have not seen.
+        for codec in self._field_codecs:
+            value = device.seq if codec.name == "seq" else values[codec.name]
+            raw = codec.memo.get((value.__class__, value)) or self._encode(device, codec, value)
+            at = codec.offset - first
+            regs[at : at + len(raw)] = raw
+        for block, codecs in self._block_codecs:
             items: Sequence[Mapping[str, Any]] = values.get(block.name, ())
-            for i, item in enumerate(
-                items[: self.profile.count(block.name, device.equipment.attrs)]
-            ):
-                for spec in block.fields:
-                    assert spec.address is not None
-                    put(spec, block.base + i * block.stride + spec.address, item[spec.name])
+            base = block.base - first
+            for item in items[: self.profile.count(block.name, device.equipment.attrs)]:
+                for codec in codecs:
+                    value = item[codec.name]
+                    raw = (codec.memo.get((value.__class__, value))
+                           or self._encode(device, codec, value))
+                    at = base + codec.offset
+                    regs[at : at + len(raw)] = raw
+                base += block.stride
         device.server.set(device.unit, first, regs)
+
+    @staticmethod
+    def _encode(device: _Device[M], codec: _Codec, value: Any) -> list[int]:
+        try:
+            return codec.encode(value)
+        except RejectedError as exc:
+            raise ConfigError(
+                f"{device.equipment.id}: model value {value!r} for {codec.name}: {exc}"
+            ) from exc
 
     def _read_hook(self, port: int) -> Any:
         seq_at = self._seq_spec.address
