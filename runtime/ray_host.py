@@ -49,7 +49,7 @@ from runtime.errors import (
 from runtime.gcpolicy import settle
 from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment
-from runtime.niceness import lower_priority
+from runtime.niceness import check_nice, lower_priority
 from runtime.placement import equipment_from_wire
 from runtime.router import Directory
 from runtime.store import STREAM_RETENTION_S, RedisStore
@@ -247,7 +247,7 @@ class HostActor:
             sys.setswitchinterval(float(os.environ.get("COMMANDPOST_LANE_SWITCH_S",
                                                        LANE_SWITCH_S)))
         if not any(is_latency_critical(slot.factory) for slot in core.slots.values()):
-            lower_priority(int(cfg.get("background_nice") or 0))
+            lower_priority(check_nice(cfg.get("background_nice") or 0))
         await core.start()
         settle(f"host {core.host_id}")
         self._assigned.set()

@@ -56,7 +56,7 @@ from runtime.inventory import (
     dump_inventory,
 )
 from runtime.lifeline import spawn_tied
-from runtime.niceness import background_nice, check_nice
+from runtime.niceness import Background, background_nice, check_nice
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.request_sync import RequestStatusSync
@@ -145,9 +145,12 @@ class ServiceOptions:
     # Priority rules to run instead of the shipped actors/plans/priority.toml: the text of
     # such a file, checked before the service starts ("": the shipped rules).
     priority_rules: str = ""
-    # The nice value of the hosts off the bus-priority path (runtime.niceness); None:
-    # ``COMMANDPOST_BACKGROUND_NICE``, else 0 (off).
-    background_nice: int | None = None
+    # The priority of the hosts off the bus-priority path (runtime.niceness): a nice value
+    # or "idle"; None: ``COMMANDPOST_BACKGROUND_NICE``, else 0 (off).
+    background_nice: Background | None = None
+    # The simulators of the families off that path run only on a CPU nothing else wants
+    # (runtime.niceness; benches that share the machine with the simulated city).
+    sim_background: bool = False
     # The city's clock: ``clock_speed`` times the machine's, from ``clock_start`` (epoch
     # seconds; default now). Every process of the service runs on it (runtime.clock).
     clock_speed: float = 1.0
@@ -335,6 +338,8 @@ class Service:
             argv += ["--rate-hz", str(self.options.sim_rate_hz)]
         if not self.clock_spec.real:
             argv += ["--clock", json.dumps(self.clock_spec.to_wire())]
+        if self.options.sim_background:
+            argv.append("--background")
         with open(data / "simulators.log", "ab") as log_file:  # the child keeps its own copy
             # Tied to our life: a kill -9 of the runtime must not leave the
             # simulators holding the Modbus and OPC UA ports. A session of its

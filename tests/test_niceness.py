@@ -1,16 +1,19 @@
 """Process priority of background work: the value from the environment, and every thread
-of a process raised to it (in a child process: a nice value is never lowered again)."""
+of a process put in that background (in a child process: a priority is never raised
+again)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from typing import Any, Final
 
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.niceness import BACKGROUND_NICE, ENV, background_nice, check_nice
+from runtime.niceness import BACKGROUND_NICE, ENV, IDLE, background_nice, check_nice
 
 
 def test_the_background_value_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
@@ -21,7 +24,9 @@ def test_the_background_value_comes_from_the_environment(monkeypatch: pytest.Mon
     assert background_nice() == 0
     monkeypatch.setenv(ENV, " 7 ")
     assert background_nice() == 7
-    for bad in ("high", "-3", "20", "1.5"):
+    monkeypatch.setenv(ENV, "Idle")
+    assert background_nice() == IDLE
+    for bad in ("high", "-3", "20", "1.5", "idler"):
         monkeypatch.setenv(ENV, bad)
         with pytest.raises(ConfigError, match=ENV):
             background_nice()
@@ -33,18 +38,18 @@ from runtime.niceness import lower_priority
 gate = threading.Event()
 before = threading.Thread(target=gate.wait, daemon=True)
 before.start()
-changed = lower_priority({nice})
-again = lower_priority({nice})
+changed = lower_priority({nice!r})
+again = lower_priority({nice!r})
 seen = {{}}
-after = threading.Thread(target=lambda: seen.update(
-    after=os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-after.start(); after.join()
 
 def priority(tid):
     try:
-        return os.getpriority(os.PRIO_PROCESS, tid)
+        return [os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid)]
     except ProcessLookupError:  # a thread gone since the listing (the joined one)
         return None
+
+after = threading.Thread(target=lambda: seen.update(after=priority(threading.get_native_id())))
+after.start(); after.join()
 
 tids = [int(t) for t in os.listdir("/proc/self/task")]
 print(json.dumps({{"changed": changed, "again": again, "after": seen["after"],
@@ -53,27 +58,38 @@ gate.set(); before.join()
 """
 
 
-def _child(nice: int) -> dict[str, int | list[int]]:
+def _child(nice: int | str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-c", _CHILD.format(nice=nice)], check=True,
                          capture_output=True, text=True, timeout=60)
-    got: dict[str, int | list[int]] = json.loads(out.stdout)
+    got: dict[str, Any] = json.loads(out.stdout)
     return got
+
+
+NORMAL: Final = os.SCHED_OTHER
 
 
 def test_every_thread_is_raised_those_before_and_after_alike() -> None:
     got = _child(6)
     assert got["changed"] == 2  # the main thread and the one already running
     assert got["again"] == 0  # already there: nothing to change
-    assert set(got["threads"]) == {6} and got["after"] == 6
+    assert {tuple(t) for t in got["threads"]} == {(6, NORMAL)} and got["after"] == [6, NORMAL]
+
+
+def test_idle_puts_every_thread_in_the_idle_policy_those_before_and_after_alike() -> None:
+    got = _child(IDLE)
+    assert got["changed"] == 2 and got["again"] == 0
+    assert {tuple(t) for t in got["threads"]} == {(0, os.SCHED_IDLE)}
+    assert got["after"] == [0, os.SCHED_IDLE]
 
 
 def test_zero_leaves_the_process_as_it_was() -> None:
     got = _child(0)
-    assert got["changed"] == 0 and set(got["threads"]) == {0} and got["after"] == 0
+    assert got["changed"] == 0 and {tuple(t) for t in got["threads"]} == {(0, NORMAL)}
+    assert got["after"] == [0, NORMAL]
 
 
 def test_a_configured_value_is_checked() -> None:
-    assert check_nice(0) == 0 and check_nice(19) == 19
-    for bad in (-1, 20, True, 2.5):
+    assert check_nice(0) == 0 and check_nice(19) == 19 and check_nice(IDLE) == IDLE
+    for bad in (-1, 20, True, 2.5, "Idle", "5"):
         with pytest.raises(ConfigError, match="from 0 to 19"):
             check_nice(bad)  # type: ignore[arg-type]

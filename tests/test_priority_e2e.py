@@ -35,11 +35,13 @@ from actors.priority.policy import builtin_priority_rules
 from actors.priority.pool import partition_of
 from runtime.bench.common import City, find_node, hosts_of
 from runtime.bench.priority import drive_passes, match, passes_for
+from runtime.niceness import IDLE
 from tests.conftest import poll
 
 log = logging.getLogger(__name__)
-#: The nice value asked for the hosts off the priority path (off by default).
-BACKGROUND = 5
+#: The priority asked for the hosts off the priority path (off by default): they run only
+#: on a CPU nothing else wants, and so do the simulators but the traffic controllers.
+BACKGROUND = IDLE
 pytestmark = pytest.mark.timeout(600)
 #: How long a controller holds a request: the shipped rules' 60 s, shortened so that a test
 #: can wait it out (a pass checks in at most 20 s before the stop line: it is checked out
@@ -59,7 +61,7 @@ def _rules() -> str:
 def city() -> Iterator[City]:
     with City(scale=0.1, kinds=("crossroad", "vehicle"), say=log.info, online_timeout_s=180,
               priority_grant_all=True, priority_rules=_rules(),
-              background_nice=BACKGROUND) as c:
+              background_nice=BACKGROUND, sim_background=True) as c:
         yield c
 
 
@@ -188,27 +190,37 @@ def test_a_forged_bus_position_buys_no_green_light(city: City) -> None:
     assert all(float(e["ts"]) > genuine_since for e in requests), outcomes()
 
 
-def test_hosts_off_the_priority_path_yield_the_cpu_and_nothing_else_does(city: City) -> None:
+def test_hosts_and_simulators_off_the_priority_path_yield_the_cpu_and_nothing_else_does(
+        city: City) -> None:
     hosts = {h["id"]: h for h in hosts_of(city.svc.tree())}
     lanes = [h for h in hosts if h.startswith("traffic-")]
     vehicles = [h for h in hosts if h.startswith("fleet-")]
     members = [int(m["pid"]) for m in priority(city)["members"]]
     assert lanes and vehicles and members, sorted(hosts)
 
-    def nice(pid: int) -> set[int]:
-        # Every thread: Linux keeps a nice value per thread.
-        return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+    def policies(pid: int) -> set[tuple[int, int]]:
+        # Every thread: Linux keeps a nice value and a policy per thread.
+        return {(os.getpriority(os.PRIO_PROCESS, int(t)), os.sched_getscheduler(int(t)))
+                for t in os.listdir(f"/proc/{pid}/task")}
 
+    normal, idle = {(0, os.SCHED_OTHER)}, {(0, os.SCHED_IDLE)}
     for host in lanes:
-        assert nice(int(hosts[host]["pid"])) == {0}, host
-    assert all(nice(pid) == {0} for pid in members)
+        assert policies(int(hosts[host]["pid"])) == normal, host
+    assert all(policies(pid) == normal for pid in members)
     for host in vehicles:
-        assert nice(int(hosts[host]["pid"])) == {BACKGROUND}, host
-    # The simulators stand for field devices: none is slowed down.
+        assert policies(int(hosts[host]["pid"])) == idle, host
+    # The broker carries every position: never lowered.
+    broker = city.process_groups()["broker"]
+    assert broker and all(policies(pid) == normal for pid in broker)
+    # The simulators of the vehicles run in the background, the controllers never do.
     assert city.svc.sim_proc is not None
     runner = psutil.Process(city.svc.sim_proc.pid)
+    families = {}
     for proc in [runner, *runner.children(recursive=True)]:
-        assert nice(proc.pid) == {0}, proc.cmdline()
+        argv = proc.cmdline()
+        kinds = argv[argv.index("--kinds") + 1] if "--kinds" in argv else "runner"
+        families[kinds] = policies(proc.pid)
+    assert families == {"runner": idle, "mqtt": idle, "traffic": normal}, families
 
 
 def test_a_killed_crossroad_host_s_request_is_let_go_by_the_controller_within_its_deadline(

@@ -38,6 +38,7 @@ from runtime.clock import Clock, ClockSpec
 from runtime.errors import CommandpostError, ConfigError
 from runtime.gcpolicy import settle
 from runtime.inventory import Equipment, Inventory, load_inventory
+from runtime.niceness import IDLE, lower_priority
 
 log = logging.getLogger("commandpost.sim")
 
@@ -64,6 +65,8 @@ def _endpoints(equipment: Sequence[Equipment]) -> list[str]:
 #: Families of simulators a runner can run: ``traffic`` is the traffic controllers (Modbus),
 #: ``modbus`` the other Modbus devices (lighting cabinets, access terminals).
 KINDS = ("modbus", "traffic", "opcua", "mqtt")
+#: The families on the bus-priority path: never put in the background (``--background``).
+LATENCY_KINDS = frozenset({"traffic"})
 #: Families that get a runner process of their own when a runner runs several.
 _OWN_PROCESS = ("mqtt", "traffic", "opcua")
 
@@ -148,7 +151,15 @@ async def run(
     inventory_file: str = "",
     clock: ClockSpec | None = None,
     telemetry_url: str | None = None,
+    background: bool = False,
 ) -> None:
+    """Run the simulators of ``kinds`` until SIGTERM or SIGINT.
+
+    With ``background``, the processes whose families are all off the bus-priority
+    path (every one but the traffic controllers') run only on a CPU nothing else
+    wants (:mod:`runtime.niceness`): on a machine shared with the runtime, they
+    stand for field devices with processors of their own.
+    """
     from devices.sim.control import ControlServer, ControlTarget, RemoteTarget
 
     clock = clock or ClockSpec()
@@ -181,11 +192,15 @@ async def run(
         for kind in split:
             child, child_doc = await asyncio.to_thread(
                 _start_child, kind, inventory_file, (mqtt_url, telemetry_url), rate_hz,
-                ready_file or "", clock)
+                ready_file or "", clock, background=background)
             children.append(child)
             targets.append(RemoteTarget(child_doc["control"], "modbus" if kind == "traffic"
                                         else kind))
             info += child_doc["simulators"]
+        # After the children: a thread keeps the policy it was forked with, and one
+        # in the background cannot leave it again without privilege.
+        if background and local_kinds and not LATENCY_KINDS & set(local_kinds):
+            lower_priority(IDLE)
         for sim in sims:
             await sim.start()
             started.append(sim)
@@ -208,7 +223,8 @@ async def run(
 
 def _start_child(kind: str, inventory_file: str, urls: tuple[str, str | None],
                  rate_hz: float | None, ready_file: str, clock: ClockSpec,
-                 timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+                 timeout: float = 60.0, *, background: bool = False,
+                 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """A runner of the family ``kind`` alone, tied to this process's life (blocking).
 
     The broker URLs ``(mqtt, telemetry)`` go through its environment, not its command line.
@@ -229,6 +245,8 @@ def _start_child(kind: str, inventory_file: str, urls: tuple[str, str | None],
         argv += ["--rate-hz", str(rate_hz)]
     if not clock.real:
         argv += ["--clock", json.dumps(clock.to_wire())]
+    if background:
+        argv.append("--background")
     child = spawn_tied(argv, env=env)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):
@@ -267,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the city's clock as JSON {speed, origin, start} (default: real)")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="simulator families to run (comma-separated: modbus,opcua,mqtt)")
+    parser.add_argument("--background", action="store_true",
+                        help="the families off the bus-priority path run only on a CPU "
+                             "nothing else wants (SCHED_IDLE)")
     args = parser.parse_args(argv)
     if not args.mqtt:
         parser.error(f"the broker URL is needed: ${MQTT_URL_ENV} or --mqtt")
@@ -288,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--clock {args.clock!r}: {exc}")
         asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz, (host, int(port)),
                         kinds, args.inventory, spec,
-                        os.environ.get(MQTT_TELEMETRY_URL_ENV) or None))
+                        os.environ.get(MQTT_TELEMETRY_URL_ENV) or None, args.background))
     except CommandpostError as exc:
         print(f"simulators: {exc}", file=sys.stderr)
         return 1

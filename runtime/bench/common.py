@@ -42,6 +42,7 @@ import psutil
 from runtime.clock import Clock
 from runtime.errors import ConfigError, ProtocolError, RetryableError
 from runtime.inventory import Equipment, PlacementPolicy
+from runtime.niceness import Background
 from runtime.procmem import cpu_seconds, pss_mb, ray_pids, session_pids, tree_pids
 
 Say = Callable[[str], None]
@@ -120,6 +121,8 @@ class City:
     which :attr:`city_clock` reads once the service exists; ``priority_grant_all``
     makes the bus-priority policy grant every request (the latency bench), and
     ``priority_rules`` (TOML) are the service's own priority rules;
+    ``background_nice`` and ``sim_background`` put the hosts and the simulators off the
+    bus-priority path in the background (:mod:`runtime.niceness`);
     ``placement`` edits the inventory's placement policy (given the demo's, it
     returns the one to run, such as one with a domain colocated with another).
     """
@@ -142,13 +145,15 @@ class City:
         clock_start: float | None = None,
         priority_grant_all: bool = False,
         priority_rules: str = "",
-        background_nice: int | None = None,
+        background_nice: Background | None = None,
+        sim_background: bool = False,
         placement: Callable[[PlacementPolicy], PlacementPolicy] | None = None,
     ) -> None:
         from runtime.demo_inventory import DemoPorts, generate_demo
         from runtime.inventory import parse_inventory
 
         self._background_nice = background_nice
+        self._sim_background = sim_background
         self.scale = scale
         self.say = say
         # Free ports, not the demo's documented ones: a bench runs beside a demo or a test.
@@ -284,7 +289,7 @@ class City:
             sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
             data_dir=self._data_dir, clock_speed=self._clock[0], clock_start=self._clock[1],
             priority_grant_all=self._grant_all, priority_rules=self._rules,
-            background_nice=self._background_nice))
+            background_nice=self._background_nice, sim_background=self._sim_background))
 
     def _start_admin(self) -> None:
         from admin_web import (

@@ -36,8 +36,18 @@ counters), how many devices it spoke for (``flooded_devices``) and the
 entities of the crossroads' host (``host_entities``). Each phase also gives,
 per pool member, where its granted requests' time went (``stages_ms``: p50 and
 p99 of each stage of :data:`actors.priority.pool.STAGES`) and the positions it
-dropped by reason (``member_errors``). The target is
-``flood_p99_ratio`` (flood p99 ÷ idle p99) ≤ 2.
+dropped by reason (``member_errors``), and the points the simulated field
+answered or published per second over the passes, by the simulators' own
+counters (``field_points_per_s``: the city's load was there).
+
+Every phase runs the service as a deployment that serves bus priority is
+meant to run: the hosts with no entity on the priority path in the
+background (``background_nice = "idle"``, :mod:`runtime.niceness`), and so
+are the simulators of every family but the traffic controllers, which stand
+for field devices with processors of their own (``sim_background``). The
+store, the broker, Ray's daemons, the crossroads' hosts, the pool and the
+controllers keep the normal priority. The target is ``flood_p99_ratio``
+(flood p99 ÷ idle p99) ≤ 2.
 """
 
 from __future__ import annotations
@@ -69,6 +79,8 @@ MISS_S: Final = 1.0
 #: vehicles it speaks for (4,000 messages/s of five values each: 20,000 points/s).
 FLOOD_MSGS_PER_S: Final = 4000
 FLOOD_DEVICES: Final = 200
+#: The service's background (runtime.niceness) in every phase.
+BACKGROUND: Final = "idle"
 #: How long the generator runs at its pace before the first pass (s).
 _FLOOD_WARMUP_S: Final = 3.0
 #: Where a pass starts and ends, from the stop line (m), its speed (m/s) and sample rate.
@@ -298,10 +310,12 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
         gen = _Flood(city, Path(tmp), passes) if flood else None
         try:
             since = time.time()
+            field0 = _field_points(city)
             url = city.publisher_url("bench-buses", [inv.by_id(b) for b in passes])
             triggers = drive_passes(url, passes, rounds=rounds,
                                     clock=city.city_clock, lines=inv.bus_lines)
             load = gen.finish() if gen is not None else {}
+            field = (_field_points(city) - field0) / (time.time() - since)
         finally:
             if gen is not None:
                 gen.stop()
@@ -309,6 +323,7 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
     receipts = city.control.priority_log(since=since)
     latencies = match(triggers, receipts, {})
     out = summary(latencies)
+    out["field_points_per_s"] = round(field, 1)
     out.update(load)
     from runtime.service import RuntimeBackend
 
@@ -322,6 +337,13 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
     if quiet:
         city.control.hold(False)
     return out
+
+
+def _field_points(city: City) -> int:
+    """The points every simulated device has answered or published so far, by the
+    simulators' own counters (the load generator's are its own)."""
+    counters = city.control.counters()
+    return sum(int(d.get("points", 0)) for d in counters.get("devices", {}).values())
 
 
 class _Flood:
@@ -393,7 +415,8 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         before = os.environ.get(ENV)
         os.environ[ENV] = traces  # the pool's processes inherit it
         try:
-            with City(say=say, broker=broker, priority_grant_all=True, **kw) as city:
+            with City(say=say, broker=broker, priority_grant_all=True,
+                      background_nice=BACKGROUND, sim_background=True, **kw) as city:
                 out[name] = _phase(city, say, samples, name, flood=name == "flood",
                                    quiet=name.startswith("idle"))
                 out.setdefault("broker", city.broker_kind)
@@ -410,6 +433,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
     out["flood_p99_ratio"] = (None if not idle["p99_ms"] or flood["p99_ms"] is None
                               else round(flood["p99_ms"] / idle["p99_ms"], 2))
     out["machine"] = machine()
+    out["background"] = BACKGROUND
     out["scale"] = scale
     out["left_out"] = []
     return out
