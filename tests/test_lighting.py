@@ -590,14 +590,22 @@ def test_lit_seconds_cover_dusk_to_dawn() -> None:
 
 # -- the simulator's side ---------------------------------------------------------------
 
+def simulated_cabinet(eid: str, port: int, points: int) -> tuple[Equipment, Any]:
+    """A cabinet of ``points`` 70-W lamps and its simulator, ticked by hand, lamps that
+    never fail."""
+    from devices.sim.lighting import LightingSimulator
+
+    eq = make_equipment(eid, "lighting_circuit", profile="lighting_cabinet",
+                        endpoint=f"modbus://127.0.0.1:{port}/1",
+                        attrs={"points": points, "lamp_w": 70})
+    return eq, LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+
+
 def test_the_simulator_integrates_power_and_resets_or_wraps_counters_on_demand() -> None:
-    from devices.sim.lighting import WRAP_HEADROOM_WH, LightingSimulator
+    from devices.sim.lighting import WRAP_HEADROOM_WH
 
     async def body() -> None:
-        eq = make_equipment("lc-dijon-0001", "lighting_circuit", profile="lighting_cabinet",
-                            endpoint="modbus://127.0.0.1:15030/1",
-                            attrs={"points": 2, "lamp_w": 70})
-        sim = LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+        eq, sim = simulated_cabinet("lc-dijon-0001", 15030, 2)
         await sim.tick(3600.0)
         values = sim.held_values(eq.id)
         assert [lamp["energy_wh"] for lamp in values["lamp"]] == [70, 70]
@@ -639,13 +647,8 @@ def test_the_equipment_view_shows_the_schedule_the_circuit_recorded() -> None:
 
 
 def test_the_cabinet_s_registers_are_its_values_encoded_after_ticks_writes_and_faults() -> None:
-    from devices.sim.lighting import LightingSimulator
-
     async def body() -> None:
-        eq = make_equipment("lc-dijon-0002", "lighting_circuit", profile="lighting_cabinet",
-                            endpoint="modbus://127.0.0.1:15031/1",
-                            attrs={"points": 6, "lamp_w": 70})
-        sim = LightingSimulator([eq], autotick=False, failure_rate_per_h=0.0)
+        eq, sim = simulated_cabinet("lc-dijon-0002", 15031, 6)
         profile = sim.profile
         dim = next(s for s in profile.fields if s.name == "broadcast_dim")
         on = next(s for s in profile.fields if s.name == "broadcast_on")
