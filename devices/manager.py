@@ -43,9 +43,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from devices import modbus, mqtt, mqtt_wire, opcua
+from devices import modbus, mqtt, mqtt_wire
 from devices.profile import FieldSpec, Profile, builtin_profile
 from runtime.broker_accounts import RUNTIME_CLIENT_PREFIX
 from runtime.clock import clock_from_wire
@@ -58,6 +58,9 @@ from runtime.errors import (
     RejectedError,
 )
 from runtime.inventory import Equipment
+
+if TYPE_CHECKING:
+    from devices.opcua import SecurityConfig
 
 log = logging.getLogger("commandpost.devices")
 
@@ -200,7 +203,11 @@ class HostDevices:
         self._acks: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
         # OPC UA message security from the service's options (None in the demo).
         sec = options.get("opcua_security") or {}
-        self._opcua_security = opcua.SecurityConfig(**sec) if sec else None
+        self._opcua_security: SecurityConfig | None = None
+        if sec:
+            from devices.opcua import SecurityConfig
+
+            self._opcua_security = SecurityConfig(**sec)
         self._by_topic: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------
@@ -429,6 +436,9 @@ class HostDevices:
 
     # -- OPC UA ----------------------------------------------------------
     async def _watch_opcua(self, st: DeviceState) -> None:
+        # OPC UA's library is imported by the hosts that hold an OPC UA device only.
+        from devices import opcua
+
         eq, profile = st.equipment, st.profile
         refs = opcua.profile_nodes(profile, eq.id, eq.attrs)
         by_node = {r.node_id: r for r in refs}
@@ -491,6 +501,8 @@ class HostDevices:
         session = self._opcua.get(st.equipment.id)
         if session is None:
             raise DeviceUnavailableError(f"{st.equipment.id}: no OPC UA session")
+        from devices import opcua
+
         refs = {r.key: r for r in opcua.profile_nodes(st.profile, st.equipment.id,
                                                       st.equipment.attrs)}
         for name, value in fields.items():

@@ -440,8 +440,6 @@ def _serve(
                 click.echo(f"credentials: {credentials_file}  ({what})")
             else:
                 click.echo(f"users:       {what}")
-            for line in _connection_lines(svc.redis_url, svc.mqtt_url, svc.simulators):
-                click.echo(line)
             t0 = time.monotonic()
             try:
                 svc.start_ray()
@@ -458,6 +456,10 @@ def _serve(
                 raise _StopRequested(signal.SIGTERM)
             # Ray's agents overwrite their environment with their title: adopt them by pid.
             reaper.adopt_descendants()
+            # The simulators started with the servers and got ready while Ray started.
+            svc.wait_simulators()
+            for line in _connection_lines(svc.redis_url, svc.mqtt_url, svc.simulators):
+                click.echo(line)
             backend.swap(runtime_backend)
             svc.start_tree()
             reaper.adopt_descendants()

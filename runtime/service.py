@@ -211,6 +211,8 @@ class Service:
         self.sim_proc: subprocess.Popen[bytes] | None = None
         self.simulators: list[dict[str, Any]] = []
         self.sim_control_url = ""  # the simulators' control channel (devices.sim.control)
+        # Simulators started and not yet known ready: (ready file, log file, deadline).
+        self._sim_pending: tuple[Path, Path, float] | None = None
         # Copies interventions' states into their Open311 requests (started with the tree).
         self.request_sync: RequestStatusSync | None = None
 
@@ -268,7 +270,12 @@ class Service:
         return dataclasses.replace(eq, attrs={**eq.attrs, **extra}) if extra else eq
 
     def start_servers(self) -> None:
-        """Embedded Redis and broker unless URLs were given."""
+        """Embedded Redis and broker unless URLs were given, and the simulators
+        when the service simulates its field.
+
+        The simulators start here and get ready while Ray starts: :meth:`start_tree`
+        (or :meth:`wait_simulators`) waits for them.
+        """
         data = self.options.data_dir
         if data is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="commandpost-")
@@ -286,7 +293,7 @@ class Service:
         self.store = SyncStore(self.redis_url, namespace=self.options.namespace,
                                retention_s=self.options.retention_s)
         if self.options.simulate:
-            self.start_simulators(data)
+            self.start_simulators(data, wait=False)
         # Health probes must see an outage at once, not ride it out with retries.
         self._probe = SyncStore(self.redis_url, namespace=self.options.namespace,
                                 retry=RetryPolicy(deadline_s=0.2))
@@ -318,8 +325,12 @@ class Service:
         return (self.publisher_url(SIM_ACCOUNT, mqtt),
                 self.publisher_url(f"{SIM_ACCOUNT}-telemetry", mqtt))
 
-    def start_simulators(self, data: Path, timeout: float = 90.0) -> None:
+    def start_simulators(self, data: Path, timeout: float = 90.0, *, wait: bool = True) -> None:
         """The field simulators in a child process, on the real protocols.
+
+        With ``wait``, returns once they serve (their endpoints in
+        :attr:`simulators`, their control channel at :attr:`sim_control_url`);
+        without, :meth:`wait_simulators` waits for them later.
 
         Their broker URLs (with their passwords) go through the child's
         environment, not its command line, which every local user can read.
@@ -347,14 +358,32 @@ class Service:
             self.sim_proc = spawn_tied(argv, stdin=subprocess.DEVNULL, stdout=log_file,
                                        stderr=subprocess.STDOUT, start_new_session=True,
                                        env=env)
-        deadline = time.monotonic() + timeout
+        self._sim_pending = (ready, data / "simulators.log", time.monotonic() + timeout)
+        if wait:
+            self.wait_simulators()
+
+    @property
+    def simulators_starting(self) -> bool:
+        """Whether simulators were started without waiting and are not known ready yet."""
+        return self._sim_pending is not None
+
+    def wait_simulators(self) -> None:
+        """Wait until the simulators started by :meth:`start_simulators` serve.
+
+        Raises :class:`ConfigError` if they exit first (the tail of their log
+        says why), :class:`RetryableError` past the start's timeout.
+        """
+        pending, self._sim_pending = self._sim_pending, None
+        if pending is None or self.sim_proc is None:
+            return
+        ready, log_path, deadline = pending
         while not ready.exists():
             if self.sim_proc.poll() is not None:
-                tail = (data / "simulators.log").read_text(errors="replace")[-2000:]
+                tail = log_path.read_text(errors="replace")[-2000:]
                 raise ConfigError(f"simulators exited with {self.sim_proc.returncode}: {tail}")
             if time.monotonic() > deadline:
-                raise RetryableError(f"simulators not ready within {timeout:.0f}s")
-            time.sleep(0.1)
+                raise RetryableError(f"simulators not ready in time (their log: {log_path})")
+            time.sleep(0.05)
         ready_doc = json.loads(ready.read_text(encoding="utf-8"))
         self.simulators = list(ready_doc["simulators"])
         self.sim_control_url = str(ready_doc["control"])
@@ -447,7 +476,9 @@ class Service:
         })
 
     def start_tree(self) -> dict[str, Any]:
-        """Create (or find) the root and start every host; blocks until all started."""
+        """Create (or find) the root and start every host; blocks until all started
+        (the simulators first, when they are still starting)."""
+        self.wait_simulators()
         self._root_blob = self.root_config()
         self.root = self._create_root()
         try:

@@ -263,6 +263,11 @@ class City:
         t = time.monotonic()
         self.svc.start_ray()
         self.timings["ray"] = time.monotonic() - t
+        if self.svc.simulators_starting:
+            # Started with the servers, the simulators got ready while Ray started.
+            t = time.monotonic()
+            self.svc.wait_simulators()
+            self.timings["simulators"] = time.monotonic() - t
         if self.server is not None:
             from runtime.service import RuntimeBackend
 
