@@ -132,7 +132,13 @@ class SparePool:
     async def _make(self) -> tuple[str, Any]:
         name = SPARE_PREFIX + uuid.uuid4().hex[:10]
         handle = HostActor.options(**host_options(name, self.namespace)).remote()  # type: ignore[attr-defined]
-        await handle.warm.remote(self.warm_modules)
+        try:
+            await handle.warm.remote(self.warm_modules)
+        except BaseException:
+            # Detached: a spare not handed to the pool (the pool closed while it warmed,
+            # or it failed) would outlive the tree.
+            ray.kill(handle, no_restart=True)
+            raise
         return name, handle
 
     def prestart(self, count: int) -> None:

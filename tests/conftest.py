@@ -1,9 +1,11 @@
-"""Shared fixtures: one Ray instance, one Redis, one broker, one tree per session."""
+"""Shared fixtures: one Ray for the session's runtimes, one Redis, a tree per module."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +18,8 @@ from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import Inventory, PlacementPolicy, parse_inventory
 
 SCALE = 0.05
+
+log = logging.getLogger("tests")
 
 
 def poll(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
@@ -181,3 +185,44 @@ def shared_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with EmbeddedRedis(Path(tmp_path_factory.mktemp("shared-redis"))) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def shared_ray() -> Iterator[None]:
+    """One local Ray for every runtime of the session (a module takes it through
+    :func:`ray_runtime`).
+
+    A :class:`~runtime.service.Service` that finds Ray running uses it and leaves it
+    running at its stop, as it does with a cluster it joins; Ray is started here as
+    the service starts its own, and stopped at the end of the session.
+    """
+    from runtime.service import Service, ServiceOptions
+
+    svc = Service(cluster_inventory(), ServiceOptions())
+    svc.start_ray()
+    try:
+        yield
+    finally:
+        svc.stop()
+
+
+def kill_leftover_actors() -> None:
+    """Kill whatever named actor (root, hosts, spares) is still in the shared Ray: a
+    module that failed may have left its runtime's; the next one starts from none."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        try:
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]),
+                     no_restart=True)
+        except ValueError:
+            continue  # gone since the listing
+        log.warning("killed %s/%s, left running by an earlier module", actor["namespace"],
+                    actor["name"])
+
+
+@pytest.fixture(scope="module")
+def ray_runtime(shared_ray: None) -> None:
+    """For a module that starts a runtime: the shared Ray, with no actor of another's."""
+    kill_leftover_actors()

@@ -16,7 +16,7 @@ import pytest
 from runtime.bench.common import ApiClient, City
 from tests.conftest import poll
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 
 STORMED = 300
 

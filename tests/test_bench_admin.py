@@ -23,6 +23,8 @@ from runtime.bench.admin import (
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import parse_inventory
 
+pytestmark = pytest.mark.usefixtures("ray_runtime")
+
 
 def test_each_seat_commands_equipment_of_its_desks_within_its_municipalities() -> None:
     inv = parse_inventory(generate_demo(scale=0.05, seed=1, ports=DemoPorts.free()), "<t>")

@@ -19,7 +19,7 @@ from runtime.commands import Command, CommandStatus, new_command_id
 from runtime.envelope import Envelope, MessageKind, pack
 from tests.conftest import Cluster, poll
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import parse_inventory
 from tests.conftest import Cluster, poll, start_cluster
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,29 @@ def test_a_restarted_root_re_adopts_living_hosts(life: Cluster) -> None:
     moved = {h: (p, after[h]["pid"]) for h, p in living.items() if after[h]["pid"] != p}
     assert not moved, moved  # adopted, not recreated
     assert life.svc.root_restarts == 1
+
+
+def test_closing_the_spare_pool_while_a_spare_warms_leaves_no_spare_behind(
+        life: Cluster) -> None:
+    import asyncio
+
+    from supervisors.tree import SPARE_PREFIX, SparePool
+
+    namespace = "spare-pool-close"
+
+    def spares() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == namespace and a["name"].startswith(SPARE_PREFIX)}
+
+    async def fill_then_close() -> set[str]:
+        pool = SparePool(1, namespace, ["actors.drill"])
+        pool.refill()
+        await asyncio.sleep(0)  # the fill has started its spare and awaits its warm-up
+        started = spares()
+        await pool.close()
+        return started
+
+    started = asyncio.run(fill_then_close())
+    assert len(started) == 1, started
+    # The spare was still warming when the pool closed: it is killed, not left detached.
+    poll(lambda: not spares(), 30, what="the warming spare gone")

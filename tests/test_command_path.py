@@ -38,6 +38,8 @@ from runtime.store import MemoryStore, StoreKeys
 from tests.conftest import poll as poll_sync
 from tests.helpers import make_equipment, poll
 
+pytestmark = pytest.mark.usefixtures("ray_runtime")
+
 log = logging.getLogger(__name__)
 
 # -- tier 1: HostCore, in memory -------------------------------------------------------

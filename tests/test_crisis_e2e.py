@@ -18,7 +18,7 @@ from runtime.envelope import unpack
 from tests.conftest import poll
 from tests.helpers import next_local
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from runtime.clock import CITY_TZ
 from tests.conftest import poll
 
 log = logging.getLogger(__name__)
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 
 
 

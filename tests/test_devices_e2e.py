@@ -20,7 +20,7 @@ from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import Inventory, parse_inventory
 from tests.conftest import Http, poll
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 
 
 class SimThread:

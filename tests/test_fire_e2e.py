@@ -18,7 +18,7 @@ from runtime.bench.common import ApiClient, City
 from runtime.bench.fire import candidates, fire_round
 from tests.conftest import poll
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 
 
 @pytest.fixture(scope="module")

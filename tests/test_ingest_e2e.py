@@ -16,6 +16,8 @@ import pytest
 from runtime.bench.common import City
 from runtime.bench.ingest import measure_capacity, measure_nominal
 
+pytestmark = pytest.mark.usefixtures("ray_runtime")
+
 RATE_HZ = 20.0
 
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 import datetime
 import json
 
+import pytest
+
 from runtime.bench.energy import run
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 SPEED = 600.0
 

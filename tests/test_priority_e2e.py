@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 #: The priority asked for the hosts off the priority path (off by default): they run only
 #: on a CPU nothing else wants, and so do the simulators but the traffic controllers.
 BACKGROUND = IDLE
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 #: How long a controller holds a request: the shipped rules' 60 s, shortened so that a test
 #: can wait it out (a pass checks in at most 20 s before the stop line: it is checked out
 #: well within it).

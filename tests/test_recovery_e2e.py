@@ -22,7 +22,7 @@ from runtime.bench.recovery import KillRound, Recovery, Sent
 from runtime.commands import CommandStatus
 from tests.conftest import poll
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_runtime")]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 from runtime.demo_inventory import DemoPorts, generate_demo
 from runtime.inventory import parse_inventory
 from tests.browser.web import BrowserMissing, Screenshots, Web, artifacts_dir, find_chromium, launch
-from tests.conftest import Cluster, poll, start_cluster
+from tests.conftest import Cluster, kill_leftover_actors, poll, start_cluster
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -32,7 +32,8 @@ _screenshots: Screenshots | None = None
 
 
 @pytest.fixture(scope="package")
-def city() -> Iterator[Cluster]:
+def city(shared_ray: None) -> Iterator[Cluster]:
+    kill_leftover_actors()
     inv = parse_inventory(generate_demo(scale=SCALE, seed=7, ports=DemoPorts.free()), "<browser>")
     yield from start_cluster(inv, {}, devices=True)
 
