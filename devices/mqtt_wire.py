@@ -288,14 +288,23 @@ class TelemetryPublisher:
     async def connect(self, timeout: float = 5.0) -> None:
         """Connect and wait for the CONNACK; :class:`DeviceUnavailableError` otherwise."""
         await self.close()
+        handshaken = False
         try:
             reader, writer = await asyncio.wait_for(_open(self._url, self._tls), timeout)
+            handshaken = True
             writer.write(connect_packet(self._client_id, username=self._url.username,
                                         password=self._url.password))
             ack = await asyncio.wait_for(reader.readexactly(4), timeout)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            hint = ""
+            if handshaken and self._url.tls and not self._url.certfile \
+                    and not isinstance(exc, TimeoutError) and "certificate" not in str(exc):
+                # With TLS 1.3 a server checks the client's certificate after the
+                # handshake: its alert may be lost to the reset of its close.
+                hint = (" (closed after the TLS handshake: the broker may require a client "
+                        "certificate, which the URL does not give: certfile=...&keyfile=...)")
             raise DeviceUnavailableError(
-                f"telemetry connection to {self._url.redacted}: {exc}") from exc
+                f"telemetry connection to {self._url.redacted}: {exc}{hint}") from exc
         if ack[0] != _CONNACK or ack[3] != 0:
             writer.close()
             raise DeviceUnavailableError(f"broker refused the telemetry connection: {ack!r}")

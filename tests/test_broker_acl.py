@@ -16,6 +16,8 @@ import os
 import pwd
 import re
 import socket
+import ssl
+import struct
 import subprocess
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -445,6 +447,33 @@ def test_mqtts_with_a_client_certificate(ca: TestCA, tmp_path: Path) -> None:
                 assert s.connected
 
         run(scenario())
+
+
+def test_a_close_after_the_tls_handshake_names_the_missing_client_certificate(
+        ca: TestCA) -> None:
+    # What a broker that requires a client certificate may look like under TLS 1.3: the
+    # handshake completes, then the connection is reset before any alert is read.
+    server = ca.issue("server-reset", server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server.cert, server.key)
+
+    async def reset(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def scenario() -> str:
+        listener = await asyncio.start_server(reset, "127.0.0.1", 0, ssl=context)
+        port = listener.sockets[0].getsockname()[1]
+        async with listener:
+            probe = TelemetryPublisher(f"mqtts://u:p@127.0.0.1:{port}?cafile={ca.cafile}", "x")
+            with pytest.raises(DeviceUnavailableError) as err:
+                await probe.connect(5.0)
+            return str(err.value)
+
+    message = run(scenario())
+    assert "client certificate" in message and "certfile=" in message, message
+    assert ":p@" not in message, message  # the password stays hidden
 
 
 # --- deploy/mosquitto, as shipped ---------------------------------------------------------
