@@ -49,6 +49,7 @@ from runtime.errors import (
 from runtime.gcpolicy import settle
 from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment
+from runtime.lanewire import LaneClient, LaneServer
 from runtime.niceness import check_nice, lower_priority
 from runtime.placement import equipment_from_wire
 from runtime.router import Directory
@@ -59,6 +60,8 @@ log = logging.getLogger("commandpost.ray_host")
 
 #: The thread switch interval of a host with priority lanes (s).
 LANE_SWITCH_S = 0.0005
+#: How long a member waits for a host's lane connection before going through Ray (s).
+_LANE_CONNECT_S = 1.0
 
 NAMESPACE = "commandpost"
 REGISTRY_BLOB = "hosts"  # store blob: host id -> {"actor": name, "generation": n}
@@ -111,13 +114,20 @@ def options_to_wire(o: SupervisorOptions) -> dict[str, Any]:
 
 
 class RayTransport:
-    """Batches to other hosts as one Ray call each, resolving hosts by registry."""
+    """Batches to other hosts as one Ray call each, resolving hosts by registry; priority
+    envelopes on the target host's lane connection (:mod:`runtime.lanewire`) when the
+    service gave its hosts a lane secret, else as one Ray call too."""
 
-    def __init__(self, store: RedisStore, namespace: str = NAMESPACE) -> None:
+    def __init__(self, store: RedisStore, namespace: str = NAMESPACE,
+                 lane_secret: bytes = b"") -> None:
         self._store = store
         self._namespace = namespace
         self._handles: dict[str, Any] = {}
         self._names: dict[str, str] = {}
+        self._lane_secret = lane_secret
+        self._lanes: dict[str, LaneClient] = {}
+        self._lanes_refused: dict[str, Any] = {}  # host id -> the handle whose lane failed
+        self._lane_locks: dict[str, asyncio.Lock] = {}
 
     async def _refresh(self) -> None:
         blob = await self._store.get_blob(REGISTRY_BLOB)
@@ -143,7 +153,53 @@ class RayTransport:
         self._handles[host_id] = h
         return h
 
+    async def _lane(self, host_id: str) -> LaneClient | None:
+        """The connection to ``host_id``'s lane, made on first use; None when the host
+        serves no lane connection (the call goes through Ray)."""
+        got = self._lanes.get(host_id)
+        if got is not None and not got.closed:
+            return got
+        lock = self._lane_locks.setdefault(host_id, asyncio.Lock())
+        async with lock:
+            got = self._lanes.get(host_id)
+            if got is not None and not got.closed:
+                return got
+            handle = await self.handle(host_id)
+            if self._lanes_refused.get(host_id) is handle:
+                return None  # this incarnation's lane is not usable from here
+            try:
+                endpoint = await handle.lane_endpoint.remote()
+            except RayActorError as exc:
+                self._handles.pop(host_id, None)
+                await self._refresh()
+                raise RetryableError(f"host {host_id} died before its lane answered") from exc
+            if not endpoint:
+                return None  # not serving yet (or stopped): through Ray, asked again next time
+            where = (str(endpoint[0]), int(endpoint[1]))
+            try:
+                client = await LaneClient.connect(*where, self._lane_secret, _LANE_CONNECT_S)
+            except (OSError, TimeoutError) as exc:
+                # A host of another start of the service (adopted, with its secret), or a
+                # network between: through Ray while this incarnation of the host lives.
+                self._lanes_refused[host_id] = handle
+                log.warning("lane of %s at %s:%d not usable (%s): through Ray", host_id,
+                            *where, exc)
+                return None
+            self._lanes[host_id] = client
+            return client
+
     async def priority(self, host_id: str, blob: bytes) -> bytes:
+        if self._lane_secret:
+            lane = await self._lane(host_id)
+            if lane is not None:
+                try:
+                    return await lane.call(blob)
+                except ConnectionError as exc:
+                    self._lanes.pop(host_id, None)
+                    self._handles.pop(host_id, None)
+                    await self._refresh()
+                    raise RetryableError(
+                        f"host {host_id} closed its lane during a priority call") from exc
         handle = await self.handle(host_id)
         try:
             answer: bytes = await handle.priority.remote(blob)
@@ -203,6 +259,14 @@ class HostActor:
         self.core: HostCore | None = None
         self.store: RedisStore | None = None
         self.lane: _Lane | None = None
+        # The lane's connection server (runtime.lanewire), started on the priority loop
+        # when a member first asks where it listens.
+        self._lane_secret = b""
+        self._lane_bind = ""
+        self._lane_server: LaneServer | None = None
+        self._lane_endpoint: tuple[str, int] | None = None
+        self._lane_loop: asyncio.AbstractEventLoop | None = None
+        self._lane_lock: asyncio.Lock | None = None
         self._stopped = threading.Event()
         self._assigned = threading.Event()
         self.pid = os.getpid()
@@ -225,6 +289,9 @@ class HostActor:
         chooser = load_factory(a["factory"])
         equipment = [equipment_from_wire(d) for d in a["equipment"]]
         cfg = a.get("config") or {}
+        options = a.get("device_options") or {}
+        self._lane_secret = bytes.fromhex(str(options.get("lane_secret") or ""))
+        self._lane_bind = str(options.get("lane_bind") or "")
         config = HostConfig(
             mailbox_capacity=int(cfg.get("mailbox_capacity", 256)),
             checkpoint_interval_s=float(cfg.get("checkpoint_interval_s", 0.25)),
@@ -233,7 +300,8 @@ class HostActor:
         )
         core = HostCore(
             a["host_id"], equipment, factory_for=chooser, store=self.store,
-            transport=RayTransport(self.store, a.get("ray_namespace", NAMESPACE)),
+            transport=RayTransport(self.store, a.get("ray_namespace", NAMESPACE),
+                                   lane_secret=self._lane_secret),
             directory=Directory(a.get("directory") or {}), config=config,
             generation=int(a.get("generation", 0)),
             devices=load_device_factory(a["devices"]) if a.get("devices") else None,
@@ -340,6 +408,8 @@ class HostActor:
 
     async def stop(self) -> bool:
         """Graceful stop: entities in reverse order, last checkpoints, then idle."""
+        if self._lane_server is not None and self._lane_loop is not None:
+            self._lane_loop.call_soon_threadsafe(self._lane_server.close)
         if self.core is not None:
             await self.core.stop()
         if self.store is not None:
@@ -348,6 +418,26 @@ class HostActor:
         return True
 
     # -- priority group --------------------------------------------------
+    @ray.method(concurrency_group="priority")
+    async def lane_endpoint(self) -> list[Any] | None:
+        """Where this host serves its lane connection (``[address, port]``), listening
+        from the first ask on; None without an assignment or a lane secret."""
+        if self.core is None or self.lane is None or not self._lane_secret \
+                or self._stopped.is_set():
+            return None
+        if self._lane_lock is None:
+            self._lane_lock = asyncio.Lock()
+        async with self._lane_lock:
+            if self._lane_endpoint is None:
+                server = LaneServer(self._lane_secret, self._serve_priority)
+                # A service on a Ray of its own keeps to loopback; in a cluster, the
+                # members may run on other nodes.
+                bind = self._lane_bind or str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+                self._lane_endpoint = await server.start(bind)
+                self._lane_server = server
+                self._lane_loop = asyncio.get_running_loop()
+        return list(self._lane_endpoint)
+
     @ray.method(concurrency_group="priority")
     async def priority(self, blob: bytes) -> bytes:
         """Serve a latency-critical envelope at once, ahead of the default loop's work."""

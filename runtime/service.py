@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -213,6 +214,7 @@ class Service:
         self.sim_control_url = ""  # the simulators' control channel (devices.sim.control)
         # Simulators started and not yet known ready: (ready file, log file, deadline).
         self._sim_pending: tuple[Path, Path, float] | None = None
+        self._lane_secret = secrets.token_hex(16)
         # Copies interventions' states into their Open311 requests (started with the tree).
         self.request_sync: RequestStatusSync | None = None
 
@@ -468,7 +470,13 @@ class Service:
             "device_options": {"mqtt_url": self.mqtt_url,
                                "priority_grant_all": self.options.priority_grant_all,
                                "priority_rules": self.options.priority_rules,
-                               "opcua_security": dict(self.options.opcua_security)},
+                               "opcua_security": dict(self.options.opcua_security),
+                               # The pool's requests reach a crossroad's host on a
+                               # connection of its lane (runtime.lanewire), for this
+                               # service's members only; on loopback with a Ray of
+                               # its own, on the node's address in a cluster.
+                               "lane_secret": self._lane_secret,
+                               "lane_bind": "" if self.options.ray_address else "127.0.0.1"},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision),
                             "background_nice": self._background_nice},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),

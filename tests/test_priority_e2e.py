@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 import pytest
+import ray
 
 from actors.priority.policy import builtin_priority_rules
 from actors.priority.pool import partition_of
@@ -115,6 +116,22 @@ def test_buses_crossing_get_priority_once_each_and_are_checked_out(city: City) -
     events = [e for e in city.svc.store.recent_events(5000) if e.get("event") == "priority"]
     assert any(e.get("outcome") == "granted" for e in events), "grants are events"
     assert any(e.get("outcome") == "checked_out" for e in events), "check-outs are events"
+    # The requests went on the lanes' own connections, not through Ray: each crossroad
+    # host that served one listens on loopback where it says, and a member is connected.
+    served = {city.svc.plan.owner[r["device"]] for r in received}
+    hosts = {h["id"]: int(h["pid"]) for h in hosts_of(city.svc.tree())}
+    listening = {}
+    for host in served:
+        address, port = ray.get(city.svc.host_handle(host).lane_endpoint.remote(), timeout=10)
+        assert address == "127.0.0.1", address
+        assert any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                   for c in psutil.Process(hosts[host]).net_connections(kind="tcp")), host
+        listening[port] = host
+    connected = {listening[c.raddr.port] for m in view["members"]
+                 for c in psutil.Process(int(m["pid"])).net_connections(kind="tcp")
+                 if c.raddr and c.raddr.port in listening
+                 and c.status == psutil.CONN_ESTABLISHED}
+    assert served and connected == served, (served, listening, connected)
 
 
 def test_a_killed_member_s_buses_are_served_again_within_a_second(city: City) -> None:

@@ -1,9 +1,10 @@
 """A crossroad's priority lane: the pool's requests, decided and written to the controller.
 
-The pool (:mod:`actors.priority.pool`) reaches a crossroad with one call into
-its host's ``priority`` concurrency group (:meth:`runtime.entity.EntityContext.priority`),
-which runs :func:`serve` on that group's own event loop, ahead of whatever the
-host's main loop is doing:
+The pool (:mod:`actors.priority.pool`) reaches a crossroad with one message to
+its host's lane (:meth:`runtime.entity.EntityContext.priority`): on the lane's
+own connection (:mod:`runtime.lanewire`), else one Ray call into the host's
+``priority`` concurrency group. Either way :func:`serve` runs on that group's
+own event loop, ahead of whatever the host's main loop is doing:
 
 1. the crossroad's :class:`~actors.priority.policy.CrossroadPolicy` (one per
    crossroad, kept in the lane's resources) decides from the request and what
