@@ -9,7 +9,10 @@ connection between the same two processes costs ~0.3 ms and ~1 ms. So a host
 serves its lane on a socket too: :class:`LaneServer` runs on the host's
 ``priority`` event loop, and a member keeps one :class:`LaneClient` per host
 it sends to. Ray still finds the host (its actor answers where its lane
-listens) and supervises it; the socket only carries the requests.
+listens) and supervises it; the socket only carries the requests. The lane
+listens on loopback: a service that runs its own Ray (one machine) gives its
+hosts a lane secret; in a cluster, whose nodes talk on Ray's ports alone, the
+requests go through Ray.
 
 The wire: frames of a header (body length, request id: two unsigned 32-bit
 integers, network order) and a body. A client's first frame (id 0) carries the

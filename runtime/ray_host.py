@@ -262,7 +262,6 @@ class HostActor:
         # The lane's connection server (runtime.lanewire), started on the priority loop
         # when a member first asks where it listens.
         self._lane_secret = b""
-        self._lane_bind = ""
         self._lane_server: LaneServer | None = None
         self._lane_endpoint: tuple[str, int] | None = None
         self._lane_loop: asyncio.AbstractEventLoop | None = None
@@ -291,7 +290,6 @@ class HostActor:
         cfg = a.get("config") or {}
         options = a.get("device_options") or {}
         self._lane_secret = bytes.fromhex(str(options.get("lane_secret") or ""))
-        self._lane_bind = str(options.get("lane_bind") or "")
         config = HostConfig(
             mailbox_capacity=int(cfg.get("mailbox_capacity", 256)),
             checkpoint_interval_s=float(cfg.get("checkpoint_interval_s", 0.25)),
@@ -430,10 +428,8 @@ class HostActor:
         async with self._lane_lock:
             if self._lane_endpoint is None:
                 server = LaneServer(self._lane_secret, self._serve_priority)
-                # A service on a Ray of its own keeps to loopback; in a cluster, the
-                # members may run on other nodes.
-                bind = self._lane_bind or str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-                self._lane_endpoint = await server.start(bind)
+                # Given a secret by a service on a Ray of its own: one machine.
+                self._lane_endpoint = await server.start("127.0.0.1")
                 self._lane_server = server
                 self._lane_loop = asyncio.get_running_loop()
         return list(self._lane_endpoint)

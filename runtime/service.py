@@ -473,10 +473,11 @@ class Service:
                                "opcua_security": dict(self.options.opcua_security),
                                # The pool's requests reach a crossroad's host on a
                                # connection of its lane (runtime.lanewire), for this
-                               # service's members only; on loopback with a Ray of
-                               # its own, on the node's address in a cluster.
-                               "lane_secret": self._lane_secret,
-                               "lane_bind": "" if self.options.ray_address else "127.0.0.1"},
+                               # service's members only, on loopback: with a Ray of
+                               # its own. A cluster's nodes talk on Ray's ports alone
+                               # (deploy/kuberay's NetworkPolicy): there, through Ray.
+                               "lane_secret": "" if self.options.ray_address
+                               else self._lane_secret},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision),
                             "background_nice": self._background_nice},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),

@@ -114,3 +114,17 @@ def test_a_lost_connection_fails_the_waiting_requests_and_the_client_says_closed
 def test_a_lane_server_needs_a_secret() -> None:
     with pytest.raises(ValueError):
         LaneServer(b"", echo_after)
+
+
+def test_a_service_on_its_own_ray_gives_its_hosts_a_lane_secret_and_a_cluster_does_not() -> None:
+    from runtime.service import Service, ServiceOptions
+    from tests.conftest import cluster_inventory
+
+    def secret(**options: str) -> str:
+        doc = unpack(Service(cluster_inventory(), ServiceOptions(**options)).root_config())
+        return str(doc["device_options"]["lane_secret"])
+
+    own, other = secret(), secret()
+    assert len(own) == 32 and own != other  # one per start of a service
+    # A cluster's nodes talk on Ray's ports alone: the requests go through Ray there.
+    assert secret(ray_address="10.0.0.1:6379") == ""
