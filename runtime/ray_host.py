@@ -153,6 +153,13 @@ class RayTransport:
         self._handles[host_id] = h
         return h
 
+    async def _lost(self, host_id: str, what: str) -> RetryableError:
+        """The error for a host gone mid-call: its handle forgotten, the registry read
+        again (the host may have been replaced)."""
+        self._handles.pop(host_id, None)
+        await self._refresh()
+        return RetryableError(f"host {host_id} {what}")
+
     async def _lane(self, host_id: str) -> LaneClient | None:
         """The connection to ``host_id``'s lane, made on first use; None when the host
         serves no lane connection (the call goes through Ray)."""
@@ -170,9 +177,7 @@ class RayTransport:
             try:
                 endpoint = await handle.lane_endpoint.remote()
             except RayActorError as exc:
-                self._handles.pop(host_id, None)
-                await self._refresh()
-                raise RetryableError(f"host {host_id} died before its lane answered") from exc
+                raise await self._lost(host_id, "died before its lane answered") from exc
             if not endpoint:
                 return None  # not serving yet (or stopped): through Ray, asked again next time
             where = (str(endpoint[0]), int(endpoint[1]))
@@ -196,17 +201,13 @@ class RayTransport:
                     return await lane.call(blob)
                 except ConnectionError as exc:
                     self._lanes.pop(host_id, None)
-                    self._handles.pop(host_id, None)
-                    await self._refresh()
-                    raise RetryableError(
-                        f"host {host_id} closed its lane during a priority call") from exc
+                    raise await self._lost(host_id, "closed its lane during a priority call") \
+                        from exc
         handle = await self.handle(host_id)
         try:
             answer: bytes = await handle.priority.remote(blob)
         except RayActorError as exc:
-            self._handles.pop(host_id, None)
-            await self._refresh()
-            raise RetryableError(f"host {host_id} died during a priority call") from exc
+            raise await self._lost(host_id, "died during a priority call") from exc
         return answer
 
     async def send_batch(self, host_id: str, blob: bytes) -> Mapping[str, Any]:
@@ -214,9 +215,7 @@ class RayTransport:
         try:
             result: Mapping[str, Any] = await handle.deliver.remote(blob)
         except RayActorError as exc:
-            self._handles.pop(host_id, None)
-            await self._refresh()
-            raise RetryableError(f"host {host_id} died during delivery") from exc
+            raise await self._lost(host_id, "died during delivery") from exc
         return result
 
 
