@@ -61,6 +61,9 @@ class HostServices(Protocol):
     def device_port(self, entity_id: str) -> DevicePort | None:
         """The entity's device session, if the host runs one for it."""
 
+    def view_published(self, entity_id: str, view: Mapping[str, Any]) -> None:
+        """An entity published the view its priority lane reads."""
+
     def publish_read_model(self, name: str, data: bytes) -> None:
         """Write read model ``name`` to the store soon (the latest one wins)."""
 
@@ -225,6 +228,7 @@ class _Context:
     def publish_view(self, view: Mapping[str, Any]) -> None:
         # One reference swap: the priority thread reads either the old or the new view.
         self._slot.view = MappingProxyType(dict(view))
+        self._host.view_published(self._slot.id, self._slot.view)
 
     def observe(self, metric: str, value: float) -> None:
         self._host.observe(metric, value)

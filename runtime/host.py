@@ -195,6 +195,8 @@ class HostCore:
         # The Ray actor's priority method, when this host serves one (a call to an entity of
         # this very host takes it without a Ray hop).
         self.priority_lane: Callable[[bytes], Awaitable[bytes]] | None = None
+        # Told of every view an entity publishes (a lane process mirrors them).
+        self.view_listener: Callable[[str, Mapping[str, Any]], None] | None = None
         self.slots: dict[str, EntitySlot] = {
             eq.id: EntitySlot(eq, factory_for(eq), Mailbox(config.mailbox_capacity))
             for eq in equipment
@@ -442,6 +444,11 @@ class HostCore:
         if h is None:
             h = self.metrics[metric] = Histogram()
         h.observe(value)
+
+    def view_published(self, entity_id: str, view: Mapping[str, Any]) -> None:
+        """An entity published its lane view (:meth:`EntityContext.publish_view`)."""
+        if self.view_listener is not None:
+            self.view_listener(entity_id, view)
 
     async def priority(self, env: Envelope, timeout: float) -> Any:
         """Serve ``env`` on its target's priority lane: this host's own, or one Ray call to

@@ -40,7 +40,6 @@ from runtime.device_port import DeviceManagerFactory
 from runtime.entity import has_priority_lane, is_latency_critical
 from runtime.envelope import Envelope, MessageKind, pack, unpack
 from runtime.errors import (
-    CommandpostError,
     ConfigError,
     RejectedError,
     RetryableError,
@@ -49,6 +48,13 @@ from runtime.errors import (
 from runtime.gcpolicy import settle
 from runtime.host import HostConfig, HostCore
 from runtime.inventory import Equipment
+from runtime.laneproc import (
+    START_TIMEOUT_S,
+    LaneProcess,
+    behaviour_path,
+    lane_resources,
+    serve_blob,
+)
 from runtime.lanewire import LaneClient, LaneServer
 from runtime.niceness import check_nice, lower_priority
 from runtime.placement import equipment_from_wire
@@ -62,6 +68,8 @@ log = logging.getLogger("commandpost.ray_host")
 LANE_SWITCH_S = 0.0005
 #: How long a member waits for a host's lane connection before going through Ray (s).
 _LANE_CONNECT_S = 1.0
+#: How often a lane's endpoint is looked at while its process starts (s).
+_LANE_POLL_S = 0.02
 
 NAMESPACE = "commandpost"
 REGISTRY_BLOB = "hosts"  # store blob: host id -> {"actor": name, "generation": n}
@@ -220,21 +228,14 @@ class RayTransport:
 
 
 class _Lane:
-    """The priority lane's resources and its hand-off to the default loop."""
+    """The priority lane's resources and its hand-off to the default loop (a host that
+    serves its lane itself, without a lane process)."""
 
     def __init__(self, core: HostCore) -> None:
-        # ``clock``: the city's, which the entities' decisions run on; whether the priority
-        # policy grants every request (the service's option, for the latency bench).
-        self.resources: dict[str, Any] = {
-            "clock": core.city_clock,
-            "priority_grant_all": bool(core.option("priority_grant_all"))}
         rules = core.option("priority_rules")
-        if rules:
-            # The service's own rules (checked before it started), for every crossroad here.
-            from actors.priority.policy import parse_priority_config
-
-            self.resources["priority_config"] = parse_priority_config(
-                str(rules), "<service priority_rules>")
+        self.resources: dict[str, Any] = lane_resources(
+            core.city_clock, bool(core.option("priority_grant_all")),
+            str(rules) if rules else None)
         self._core = core
 
     def post(self, env: Envelope) -> None:
@@ -265,6 +266,10 @@ class HostActor:
         self._lane_endpoint: tuple[str, int] | None = None
         self._lane_loop: asyncio.AbstractEventLoop | None = None
         self._lane_lock: asyncio.Lock | None = None
+        # The lane process (runtime.laneproc) and the priority loop's connection to it.
+        self._lane_process: LaneProcess | None = None
+        self._lane_process_started = threading.Event()
+        self._lane_process_clients: dict[asyncio.AbstractEventLoop, LaneClient] = {}
         self._stopped = threading.Event()
         self._assigned = threading.Event()
         self.pid = os.getpid()
@@ -314,9 +319,39 @@ class HostActor:
         if not any(is_latency_critical(slot.factory) for slot in core.slots.values()):
             lower_priority(check_nice(cfg.get("background_nice") or 0))
         await core.start()
+        self._start_lane_process(core, a.get("clock"))
         settle(f"host {core.host_id}")
         self._assigned.set()
         return core.status()
+
+    def _start_lane_process(self, core: HostCore, clock: Any) -> None:
+        """Serve this host's priority lane from a process of its own (runtime.laneproc)
+        when the service gave a lane secret and every lane's behaviour can be imported
+        there; the lane is served here otherwise."""
+        behaviours = {eid: behaviour_path(slot.factory) for eid, slot in core.slots.items()
+                      if has_priority_lane(slot.factory)}
+        if not self._lane_secret or not behaviours or None in behaviours.values():
+            self._lane_process_started.set()
+            return
+        rules = core.option("priority_rules")
+        process = LaneProcess({
+            "secret": self._lane_secret.hex(), "address": "127.0.0.1",
+            "behaviours": behaviours, "clock": clock,
+            "grant_all": bool(core.option("priority_grant_all")),
+            "rules": str(rules) if rules else ""}, core.route)
+
+        async def start() -> None:
+            try:
+                views = {eid: dict(core.slots[eid].view) for eid in behaviours}
+                if await process.start(views) is not None:
+                    self._lane_process = process
+                    core.view_listener = process.view
+                else:
+                    await process.stop()
+            finally:
+                self._lane_process_started.set()
+
+        asyncio.get_running_loop().create_task(start(), name=f"{core.host_id}.lane-process")
 
     # -- control group ---------------------------------------------------
     @ray.method(concurrency_group="control")
@@ -405,6 +440,8 @@ class HostActor:
 
     async def stop(self) -> bool:
         """Graceful stop: entities in reverse order, last checkpoints, then idle."""
+        if self._lane_process is not None:
+            await self._lane_process.stop()
         if self._lane_server is not None and self._lane_loop is not None:
             self._lane_loop.call_soon_threadsafe(self._lane_server.close)
         if self.core is not None:
@@ -422,6 +459,9 @@ class HostActor:
         if self.core is None or self.lane is None or not self._lane_secret \
                 or self._stopped.is_set():
             return None
+        process = await self._lane_process_ready()
+        if process is not None:
+            return list(process.endpoint) if process.endpoint else None
         if self._lane_lock is None:
             self._lane_lock = asyncio.Lock()
         async with self._lane_lock:
@@ -438,25 +478,56 @@ class HostActor:
         """Serve a latency-critical envelope at once, ahead of the default loop's work."""
         return await self._serve_priority(blob)
 
+    async def _lane_process_ready(self) -> LaneProcess | None:
+        """The lane process, once it listens; None when this host serves its lane itself."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        # A threading.Event: the process is started on the default loop, this is the
+        # priority loop.
+        while not self._lane_process_started.is_set() \
+                and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_LANE_POLL_S)
+        process = self._lane_process
+        while process is not None and process.endpoint is None \
+                and not self._stopped.is_set() \
+                and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_LANE_POLL_S)  # being started again
+        return process
+
     async def _serve_priority(self, blob: bytes) -> bytes:
-        core, lane = self.core, self.lane
+        process = self._lane_process
+        if process is not None:
+            return await self._forward(process, blob)
+        if self.core is None or self.lane is None:
+            return _retryable("host has no assignment yet")
+        return await serve_blob(blob, self._resolve, self.lane)
+
+    def _resolve(self, target: str) -> tuple[Mapping[str, Any], Any]:
+        slot = self.core.slots.get(target) if self.core is not None else None
+        if slot is None:
+            raise UnknownEntityError(target)
+        entity = slot.entity
+        return slot.view, type(entity) if entity is not None else slot.factory
+
+    async def _forward(self, process: LaneProcess, blob: bytes) -> bytes:
+        """A request that came through Ray (or from an entity of this host), served by the
+        lane process like those on its own connections."""
+        loop = asyncio.get_running_loop()
+        client = self._lane_process_clients.get(loop)
         try:
-            if core is None or lane is None:
-                raise RetryableError("host has no assignment yet")
-            env = Envelope.from_wire(unpack(blob))
-            slot = core.slots.get(env.target)
-            if slot is None:
-                raise UnknownEntityError(env.target)
-            entity = slot.entity
-            behaviour = type(entity) if entity is not None else slot.factory
-            handler = getattr(behaviour, "on_priority", None)
-            if handler is None:
-                raise RejectedError(f"{env.target} has no priority lane", code="no_priority")
-            result = await handler(slot.view, env, lane)
-            return pack({"ok": True, "result": result})
-        except CommandpostError as exc:
-            return pack({"ok": False, "error": str(exc),
-                         "code": getattr(exc, "code", type(exc).__name__)})
+            if client is None or client.closed:
+                where = process.endpoint
+                if where is None:
+                    return _retryable("the lane process is starting again")
+                client = await LaneClient.connect(*where, self._lane_secret, _LANE_CONNECT_S)
+                self._lane_process_clients[loop] = client
+            return await client.call(blob)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            self._lane_process_clients.pop(loop, None)
+            return _retryable(f"the lane process is unreachable: {exc}")
+
+
+def _retryable(error: str) -> bytes:
+    return pack({"ok": False, "error": error, "code": "RetryableError"})
 
 
 def host_options(name: str, namespace: str = NAMESPACE) -> dict[str, Any]:

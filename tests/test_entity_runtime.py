@@ -232,6 +232,7 @@ class FakeHost:
         self.events: list[tuple[str, str]] = []
         self.dirty: list[str] = []
         self.read_models: dict[str, bytes] = {}
+        self.views: dict[str, Mapping[str, Any]] = {}
         self.done: list[tuple[str, CommandpostError | None]] = []
 
     def route(self, env: Envelope) -> None:
@@ -245,6 +246,9 @@ class FakeHost:
 
     def publish_read_model(self, name: str, data: bytes) -> None:
         self.read_models[name] = data
+
+    def view_published(self, entity_id: str, view: Mapping[str, Any]) -> None:
+        self.views[entity_id] = view
 
     def message_done(self, slot: EntitySlot, env: Envelope,
                      error: CommandpostError | None) -> None:

@@ -117,15 +117,18 @@ def test_buses_crossing_get_priority_once_each_and_are_checked_out(city: City) -
     assert any(e.get("outcome") == "granted" for e in events), "grants are events"
     assert any(e.get("outcome") == "checked_out" for e in events), "check-outs are events"
     # The requests went on the lanes' own connections, not through Ray: each crossroad
-    # host that served one listens on loopback where it says, and a member is connected.
+    # host that served one has a lane process of its own (runtime.laneproc), a child
+    # listening on loopback where the host says, and a member is connected to it.
     served = {city.svc.plan.owner[r["device"]] for r in received}
     hosts = {h["id"]: int(h["pid"]) for h in hosts_of(city.svc.tree())}
     listening = {}
     for host in served:
         address, port = ray.get(city.svc.host_handle(host).lane_endpoint.remote(), timeout=10)
         assert address == "127.0.0.1", address
-        assert any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
-                   for c in psutil.Process(hosts[host]).net_connections(kind="tcp")), host
+        lane = [child for child in psutil.Process(hosts[host]).children()
+                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                       for c in child.net_connections(kind="tcp"))]
+        assert len(lane) == 1 and "runtime.laneproc" in lane[0].cmdline(), host
         listening[port] = host
     connected = {listening[c.raddr.port] for m in view["members"]
                  for c in psutil.Process(int(m["pid"])).net_connections(kind="tcp")

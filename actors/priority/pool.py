@@ -56,7 +56,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -104,6 +104,8 @@ _CALL_TIMEOUT_S: Final = 1.0
 #: controller write, and the answer back to the member.
 STAGES: Final = ("decode", "track", "spawn", "call", "policy", "write", "answer")
 _PUBLISH_S: Final = 1.0
+#: How many recent grants' times a member keeps (:meth:`PoolMember.on_status`).
+_TIMELINE: Final = 4096
 
 
 def member_ids(n: int) -> tuple[str, ...]:
@@ -215,6 +217,10 @@ class PoolMember(Entity):
         self.active: dict[tuple[str, str], int] = {}  # (bus, crossroad) -> request id
         self.latency = _Latency()
         self.stages = _Stages()
+        # Each recent grant's times: request id, then the wall-clock times the position
+        # was received, the request sent, and the lane took, decided and wrote it.
+        self.timeline: deque[tuple[int, float, float, float, float, float]] = deque(
+            maxlen=_TIMELINE)
         self.granted = 0
         self.refused: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -385,7 +391,9 @@ class PoolMember(Entity):
             lane_ts = answer.get("lane_ts") if isinstance(answer, Mapping) else None
             if granted and len(stamps) == 3 and isinstance(lane_ts, list) \
                     and len(lane_ts) == 3:
-                self.stages.add([*stamps, sent, *map(float, lane_ts), time.time()])
+                entered, decided, written = map(float, lane_ts)
+                self.stages.add([*stamps, sent, entered, decided, written, time.time()])
+                self.timeline.append((request_id, stamps[0], sent, entered, decided, written))
             tracing.decided(span, answer if isinstance(answer, Mapping) else {})
             if granted:
                 self.granted += 1
@@ -422,9 +430,11 @@ class PoolMember(Entity):
             "ts": time.time()}))
 
     async def on_status(self, msg: Envelope) -> dict[str, Any]:
-        """What the member serves now (tests, tools)."""
+        """What the member serves now, and its recent grants' times (``timeline``:
+        request id, received, sent, lane entered, decided, written; tests, benches)."""
         return {"partitions": sorted(self.serving), "buses": self.served_buses(),
-                "granted": self.granted, "refused": dict(self.refused)}
+                "granted": self.granted, "refused": dict(self.refused),
+                "timeline": [list(t) for t in self.timeline]}
 
 
 def merge_members(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -70,8 +70,8 @@ from runtime.errors import ConfigError
 from runtime.inventory import Equipment, Inventory, PlacementPolicy
 from runtime.transit import OUTBOUND, BusLine, Crossing, line_geometry
 
-__all__ = ["FLOOD_DEVICES", "FLOOD_MSGS_PER_S", "MISS_S", "Pass", "colocated", "drive_passes",
-           "flooded", "passes_for", "run"]
+__all__ = ["FLOOD_DEVICES", "FLOOD_MSGS_PER_S", "LEGS", "MISS_S", "Pass", "colocated",
+           "drive_passes", "flooded", "legs", "match", "matched", "passes_for", "run"]
 
 #: A trigger with no receipt within this long is a miss (s).
 MISS_S: Final = 1.0
@@ -232,25 +232,63 @@ def match(triggers: Sequence[Trigger], receipts: Sequence[Mapping[str, Any]],
           device_of: Mapping[str, str]) -> list[float]:
     """Latency (s) of each trigger: to the first request the crossroad's controller
     received on the trigger's approach after it; :data:`MISS_S` + when none."""
-    by_key: dict[tuple[str, int], list[float]] = {}
+    return [x for x, _ in matched(triggers, receipts, device_of)]
+
+
+def matched(triggers: Sequence[Trigger], receipts: Sequence[Mapping[str, Any]],
+            device_of: Mapping[str, str]) -> list[tuple[float, Mapping[str, Any] | None]]:
+    """Each trigger's latency (s) as :func:`match` gives it, with the receipt it matched
+    (None for a miss), in the order of their publishes."""
+    by_key: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for r in receipts:
         if r.get("command") == "request":
-            by_key.setdefault((str(r["device"]), int(r["approach"])), []).append(float(r["ts"]))
-    for times in by_key.values():
-        times.sort()
+            by_key.setdefault((str(r["device"]), int(r["approach"])), []).append(r)
+    for records in by_key.values():
+        records.sort(key=lambda r: float(r["ts"]))
     used: dict[tuple[str, int], int] = {}
-    out = []
+    out: list[tuple[float, Mapping[str, Any] | None]] = []
     for t in sorted(triggers, key=lambda t: t.published):
         key = (device_of.get(t.crossroad, t.crossroad), t.approach)
-        times = by_key.get(key, [])
+        records = by_key.get(key, [])
         k = used.get(key, 0)
-        while k < len(times) and times[k] < t.published:
+        while k < len(records) and float(records[k]["ts"]) < t.published:
             k += 1
-        if k < len(times) and times[k] - t.published <= MISS_S:
-            out.append(times[k] - t.published)
+        if k < len(records) and float(records[k]["ts"]) - t.published <= MISS_S:
+            out.append((float(records[k]["ts"]) - t.published, records[k]))
             used[key] = k + 1
         else:
-            out.append(math.inf)
+            out.append((math.inf, None))
+    return out
+
+
+#: The legs of a sample's way (:func:`legs`), each between two of its stamps.
+LEGS: Final = ("broker", "member", "call", "policy", "field")
+
+
+def legs(samples: Sequence[tuple[float, Mapping[str, Any] | None]],
+         published: Sequence[float],
+         timelines: Sequence[Sequence[Sequence[float]]]) -> dict[str, Any]:
+    """Where each matched sample's time went (ms: p50, p99), joined by request id with
+    the members' timelines (:meth:`actors.priority.pool.PoolMember.on_status`): from the
+    publish to the member's receipt (``broker``), to its request sent (``member``), to the
+    lane's taking it (``call``), to its decision (``policy``), to the controller's receipt
+    of the write (``field``); ``joined``: how many samples were found in a timeline."""
+    by_id = {int(t[0]): t for line in timelines for t in line if len(t) == 6}
+    spans: dict[str, list[float]] = {leg: [] for leg in LEGS}
+    joined = 0
+    for (latency, record), at in zip(samples, published, strict=True):
+        t = by_id.get(int(record["request_id"])) if record is not None else None
+        if t is None or not math.isfinite(latency):
+            continue
+        joined += 1
+        _, received, sent, entered, decided, _ = map(float, t)
+        stamps = (at, received, sent, entered, decided, float(record["ts"]))
+        for leg, a, b in zip(LEGS, stamps, stamps[1:], strict=False):
+            spans[leg].append((b - a) * 1000.0)
+    out: dict[str, Any] = {leg: {"p50": round(percentile(v, 50), 3),
+                                 "p99": round(percentile(v, 99), 3)} if v else None
+                           for leg, v in spans.items()}
+    out["joined"] = joined
     return out
 
 
@@ -321,8 +359,8 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
                 gen.stop()
     time.sleep(MISS_S + 0.5)
     receipts = city.control.priority_log(since=since)
-    latencies = match(triggers, receipts, {})
-    out = summary(latencies)
+    found = matched(triggers, receipts, {})
+    out = summary([x for x, _ in found])
     out["field_points_per_s"] = round(field, 1)
     out.update(load)
     from runtime.service import RuntimeBackend
@@ -332,10 +370,24 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
     # Where a granted request's time went, per member (pool.STAGES), and what they dropped.
     out["stages_ms"] = {str(m.get("id")): m.get("stages_ms", {}) for m in members}
     out["member_errors"] = {str(m.get("id")): m.get("errors", {}) for m in members}
+    out["legs_ms"] = legs(found, sorted(t.published for t in triggers),
+                          _timelines(city, [str(m.get("id")) for m in members]))
     say(f"{name}: {json_line(out)}")
     city.control.offline(list(passes), False)
     if quiet:
         city.control.hold(False)
+    return out
+
+
+def _timelines(city: City, members: Sequence[str]) -> list[list[list[float]]]:
+    """Each member's recent grants' times (its ``status``)."""
+    import ray
+
+    out = []
+    for member in members:
+        handle = city.svc.host_handle(city.svc.plan.owner[member])
+        status = ray.get(handle.request.remote(member, "status", None, 10.0), timeout=15)
+        out.append(list(status.get("timeline") or ()))
     return out
 
 
