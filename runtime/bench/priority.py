@@ -277,8 +277,10 @@ def legs(samples: Sequence[tuple[float, Mapping[str, Any] | None]],
     spans: dict[str, list[float]] = {leg: [] for leg in LEGS}
     joined = 0
     for (latency, record), at in zip(samples, published, strict=True):
-        t = by_id.get(int(record["request_id"])) if record is not None else None
-        if t is None or not math.isfinite(latency):
+        if record is None or not math.isfinite(latency):
+            continue
+        t = by_id.get(int(record["request_id"]))
+        if t is None:
             continue
         joined += 1
         _, received, sent, entered, decided, _ = map(float, t)
