@@ -3,12 +3,15 @@
 Each sample of the bench is one MQTT publish of a position that checks a bus
 in at a crossroad (the first position inside the detection distance of the
 approach's stop line, :mod:`actors.priority.tracker`): from just before that
-publish (``time.time()``) to the moment the crossroad's controller simulator
+publish was written to the broker's socket (``time.time()``, by the buses' own
+process, :mod:`runtime.bench.buses`) to the moment the crossroad's controller simulator
 decoded the request's Modbus write (its receipt log,
 :meth:`devices.sim.control.SimControl.priority_log`, stamped with the same
 machine's ``time.time()``). The path between is the runtime's: broker, a pool
-member (its own process), one Ray call into the crossroad's host priority
-lane, the policy, one Modbus write on the lane's own session.
+member (its own process), one message on the lane connection of the crossroad's
+host (served by its lane process, :mod:`runtime.laneproc`), the policy, one
+Modbus write on the lane's own session. Each phase also
+gives where each sample's time went (``legs_ms``, :func:`legs`).
 
 The bench drives buses of its own: buses of the inventory taken off the field
 at the simulator (no simulated position is published under their ids), each
@@ -52,12 +55,10 @@ controllers keep the normal priority. The target is ``flood_p99_ratio``
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
 import tempfile
-import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from actors.priority.tracker import DETECTION_DISTANCE_M, DETECTION_ETA_S
+from runtime.bench.buses import HZ, SPEED_MPS
 from runtime.bench.common import City, Say, machine, percentile
 from runtime.errors import ConfigError
 from runtime.inventory import Equipment, Inventory, PlacementPolicy
@@ -86,8 +88,8 @@ _FLOOD_WARMUP_S: Final = 3.0
 #: Where a pass starts and ends, from the stop line (m), its speed (m/s) and sample rate.
 _BEFORE_M: Final = 330.0
 _AFTER_M: Final = 30.0
-_SPEED_MPS: Final = 14.0
-_HZ: Final = 2.0
+_SPEED_MPS: Final = SPEED_MPS
+_HZ: Final = HZ
 #: How far from its stop line the tracker checks a bus at that speed in.
 _REACH_M: Final = max(DETECTION_DISTANCE_M, DETECTION_ETA_S * _SPEED_MPS)
 #: A short pass: from this far beyond the reach to this far past the check-in (m).
@@ -163,12 +165,6 @@ def passes_for(inventory: Inventory, buses: Sequence[str], *, through: bool = Tr
     return out
 
 
-def _sample(p: Pass, i: int, seq: int, now: float) -> dict[str, Any]:
-    lat, lon, heading, _ = p.points[i]
-    return {"ts": now, "lat": lat, "lon": lon, "speed": _SPEED_MPS, "heading": heading,
-            "seq": seq, "line": p.line, "direction": p.direction, "delay_s": p.delay_s}
-
-
 @dataclass(slots=True)
 class Trigger:
     bus_id: str
@@ -178,54 +174,43 @@ class Trigger:
 
 
 def drive_passes(mqtt_url: str, passes: Mapping[str, Sequence[Pass]], *, rounds: int,
-                 clock: Any, lines: Mapping[str, BusLine],
-                 stop: threading.Event | None = None) -> list[Trigger]:
-    """Drive every bus through its passes ``rounds`` times, concurrently (one asyncio task
-    per bus, samples at :data:`_HZ`), and return each check-in trigger's publish time.
+                 clock: Any, lines: Mapping[str, BusLine]) -> list[Trigger]:
+    """Drive every bus through its passes ``rounds`` times, concurrently, from a process
+    of their own (:mod:`runtime.bench.buses`), and return each check-in trigger with
+    its publish time.
 
     ``mqtt_url`` must be allowed to publish as these buses (:meth:`City.publisher_url`).
-
-    A trigger is a publish that checks its bus in: each sample goes through a tracker of
-    the bench's own (the pool's code, on the same ``lines``) as it is published, so the
-    sample that checks in is known exactly, not guessed from the geometry.
     """
-    from actors.priority.tracker import BusTracker, EventKind
-    from devices.mqtt import MqttSession, encode_payload, topic
+    import json
+    import os
+    import subprocess
+    import sys
 
-    triggers: list[Trigger] = []
-    tracker = BusTracker(lines, clock_speed=clock.speed)
+    from runtime.transit import line_to_wire
 
-    async def bus(session: MqttSession, bus_id: str, route: Sequence[Pass], offset: float
-                  ) -> None:
-        await asyncio.sleep(offset)
-        seq = 0
-        for _ in range(rounds):
-            for p in route:
-                name = topic(p.municipality, "vehicle", bus_id, "telemetry")
-                for i in range(len(p.points)):
-                    if stop is not None and stop.is_set():
-                        return
-                    seq += 1
-                    sample = _sample(p, i, seq, clock.time())
-                    payload = encode_payload(sample)
-                    events = tracker.update(bus_id, sample, sample["ts"])
-                    published = time.time()
-                    await session.publish(name, payload, qos=0)
-                    triggers.extend(Trigger(bus_id, ev.crossroad, ev.approach, published)
-                                    for ev in events if ev.kind is EventKind.CHECK_IN)
-                    await asyncio.sleep(1.0 / _HZ)
+    spec = {"passes": {bus: [dataclasses.asdict(p) for p in route]
+                       for bus, route in passes.items()},
+            "rounds": rounds, "clock": _clock_wire(clock),
+            "lines": [line_to_wire(line) for line in lines.values()]}
+    with tempfile.TemporaryDirectory(prefix="cp-buses-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "triggers.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        # The URL carries the account's password: the environment, not the command line.
+        env = dict(os.environ, COMMANDPOST_MQTT_URL=mqtt_url)
+        done = subprocess.run([sys.executable, "-m", "runtime.bench.buses", str(spec_path),
+                               str(out_path)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, check=False)
+        if done.returncode != 0:
+            raise ConfigError(f"the bench's buses failed ({done.returncode}): "
+                              f"{done.stderr.strip()[-2000:]}")
+        rows = json.loads(out_path.read_text(encoding="utf-8"))
+    return [Trigger(str(b), str(c), int(a), float(t)) for b, c, a, t in rows]
 
-    async def main() -> None:
-        session = MqttSession(mqtt_url, client_id=f"bench-buses-{time.monotonic_ns()}",
-                              clean_session=True)
-        async with session:
-            await session.wait_connected()
-            spread = 1.0 / _HZ / max(1, len(passes))
-            await asyncio.gather(*(bus(session, b, route, k * spread)
-                                   for k, (b, route) in enumerate(passes.items())))
 
-    asyncio.run(main())
-    return triggers
+def _clock_wire(clock: Any) -> dict[str, float] | None:
+    """The spec of the city's clock on the wire (None: the machine's)."""
+    spec = getattr(clock, "spec", None)
+    return None if spec is None else dict(spec.to_wire())
 
 
 def match(triggers: Sequence[Trigger], receipts: Sequence[Mapping[str, Any]],
