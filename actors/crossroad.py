@@ -117,6 +117,11 @@ class Crossroad(EquipmentEntity):
         (:mod:`actors.priority.lane`)."""
         return await priority_lane.serve(view, msg, lane)
 
+    @classmethod
+    async def prepare_priority_lane(cls, view: Mapping[str, Any], lane: PriorityLane) -> None:
+        """The lane's connection to the controller, opened before the first request."""
+        await priority_lane.prepare(view, lane)
+
     def lane_view(self) -> dict[str, Any]:
         """The reported values, the controller's endpoint and the approaches a bus may
         ask for (``attrs.approaches``; 1..8 when the inventory gives none)."""

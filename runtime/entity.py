@@ -372,13 +372,22 @@ class Entity:
         """
         raise RejectedError(f"{cls.kind or 'entity'} has no priority lane", code="no_priority")
 
+    @classmethod
+    async def prepare_priority_lane(cls, view: Mapping[str, Any], lane: PriorityLane) -> None:
+        """Get the lane ready to serve this entity at once (open what its requests will
+        use), called by a lane process when the entity's first view reaches it. Nothing
+        by default."""
+
 
 _RESERVED = frozenset({"start", "stop", "priority"})
-def is_latency_critical(behaviour: Any) -> bool:
+def is_latency_critical(behaviour: Any, *, lane_apart: bool = False) -> bool:
     """Whether an entity class (or factory) is on the bus-priority path: it serves a
-    priority lane (:func:`has_priority_lane`) or says so (``LATENCY_CRITICAL``). Its host
-    keeps the normal process priority (:mod:`runtime.niceness`)."""
-    return has_priority_lane(behaviour) or bool(getattr(behaviour, "LATENCY_CRITICAL", False))
+    priority lane (:func:`has_priority_lane`), unless its host serves the lanes from a
+    process of its own (``lane_apart``, :mod:`runtime.laneproc`), or says so
+    (``LATENCY_CRITICAL``). Its host keeps the normal process priority
+    (:mod:`runtime.niceness`)."""
+    return (has_priority_lane(behaviour) and not lane_apart) \
+        or bool(getattr(behaviour, "LATENCY_CRITICAL", False))
 
 
 def has_priority_lane(behaviour: Any) -> bool:

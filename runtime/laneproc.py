@@ -49,7 +49,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -169,6 +169,13 @@ class LaneProcess:
     async def start(self, views: Mapping[str, Mapping[str, Any]]) -> tuple[str, int] | None:
         """Start the child with ``views`` as they stand and wait until it listens: where,
         or None when it cannot serve this host's lane (the reason is logged)."""
+        await self.spawn(views)
+        return await self.wait_ready()
+
+    async def spawn(self, views: Mapping[str, Mapping[str, Any]]) -> None:
+        """Start the child with ``views`` as they stand, without waiting for it: the views
+        published from now on follow (:meth:`view`) once this returns. The child takes
+        the priority of the thread that starts it."""
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._started_at = time.monotonic()
@@ -179,24 +186,27 @@ class LaneProcess:
         try:
             args = [sys.executable, "-m", "runtime.laneproc", str(theirs.fileno())]
             fds = (theirs.fileno(),)
-
-            def spawn() -> subprocess.Popen[bytes]:
-                return subprocess.Popen(args, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
-
-            self._child = await loop.run_in_executor(None, spawn)
+            self._child = subprocess.Popen(args, pass_fds=fds, env=env,  # noqa: ASYNC220
+                                           stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         reader, self._writer = await asyncio.open_connection(sock=ours)
         self._sent = {eid: dict(v) for eid, v in views.items()}
         self._writer.write(_frame({**self._init, "t": "init", "views": self._sent}))
         self._reading = loop.create_task(self._read(reader), name="lane-process.read")
+
+    async def wait_ready(self) -> tuple[str, int] | None:
+        """Where the child listens once it does; None when it cannot serve or did not
+        listen within :data:`START_TIMEOUT_S` (it is stopped then)."""
+        assert self._ready is not None, "spawn first"
         try:
             where = await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
         except TimeoutError:
             log.warning("lane process %s did not listen within %.0fs", self.pid_or_child,
                         START_TIMEOUT_S)
+            where = None
+        if where is None:
             await self.stop()
-            return None
         return where
 
     @property
@@ -314,16 +324,38 @@ class _Mirror:
                                                 for eid in behaviours}
         self.views: dict[str, Mapping[str, Any]] = {
             eid: MappingProxyType(dict(v)) for eid, v in self.held.items()}
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def apply(self, changes: Mapping[str, Any]) -> None:
+    def apply(self, changes: Mapping[str, Any]) -> list[str]:
+        """Apply a ``view`` frame; the entities whose first view this was."""
+        first = []
         for eid, (changed, gone) in changes.items():
             held = self.held.get(eid)
             if held is None:
                 continue
+            if not held and changed:
+                first.append(eid)
             held.update(changed)
             for k in gone:
                 held.pop(k, None)
             self.views[eid] = MappingProxyType(dict(held))
+        return first
+
+    def prepare(self, entity_ids: Sequence[str], lane: _ChildLane) -> None:
+        """Let each entity's behaviour get the lane ready for it (in the background)."""
+        loop = asyncio.get_running_loop()
+        for eid in entity_ids:
+            prepare = getattr(self.behaviours[eid], "prepare_priority_lane", None)
+            if prepare is not None:
+                task = loop.create_task(self._prepare(eid, prepare, lane))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _prepare(self, eid: str, prepare: Any, lane: _ChildLane) -> None:
+        try:
+            await prepare(self.views[eid], lane)
+        except Exception:  # a lane not prepared serves all the same
+            log.exception("%s: preparing the lane failed", eid)
 
     def resolve(self, entity_id: str) -> tuple[Mapping[str, Any], Any]:
         behaviour = self.behaviours.get(entity_id)
@@ -334,6 +366,12 @@ class _Mirror:
 
 async def _child(fd: int) -> int:
     from runtime.clock import clock_from_wire
+    from runtime.gcpolicy import settle
+    from runtime.niceness import restore_priority
+
+    if not restore_priority():
+        log.warning("lane process %d runs at its host's background priority (started again "
+                    "by a host in the background, without the right to raise it)", os.getpid())
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
@@ -355,6 +393,8 @@ async def _child(fd: int) -> int:
         writer.write(_frame({"t": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         await writer.drain()
         return 1
+    mirror.prepare([eid for eid, held in mirror.held.items() if held], lane)
+    settle("lane process")
     writer.write(_frame({"t": "ready", "endpoint": list(endpoint), "pid": os.getpid()}))
     try:
         while True:
@@ -362,7 +402,7 @@ async def _child(fd: int) -> int:
             if doc is None or doc.get("t") == "stop":
                 break
             if doc.get("t") == "view":
-                mirror.apply(doc.get("changes") or {})
+                mirror.prepare(mirror.apply(doc.get("changes") or {}), lane)
     finally:
         server.close()
         writer.close()

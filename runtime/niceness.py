@@ -1,9 +1,10 @@
 """Process priority: background work yields the CPU to the latency-critical path.
 
 Two cores may run the whole metropolis: every host, the simulators, the
-broker and the store. The bus-priority path (the pool's members, the hosts
-whose crossroads serve a priority lane, the traffic controllers) is woken by
-a position and must run at once. Linux's scheduler lets a woken task of
+broker and the store. The bus-priority path (the pool's members, the
+crossroads' lane processes of :mod:`runtime.laneproc` — or their hosts, when
+those serve the lane themselves —, the traffic controllers) is woken by a
+position and must run at once. Linux's scheduler lets a woken task of
 higher weight preempt one of lower weight, so the hosts with no entity on
 that path may run in the background (``ServiceOptions.background_nice``,
 else ``COMMANDPOST_BACKGROUND_NICE``):
@@ -27,7 +28,11 @@ the background too (``ServiceOptions.sim_background``): they then stand
 for processors of their own that take nothing from the runtime, rather
 than for a load that competes with it.
 
-Lowering needs no privilege, and nothing here raises a priority again.
+Lowering needs no privilege. Only a process the critical path starts of its own,
+a host's lane process (:mod:`runtime.laneproc`), asks for the normal priority
+back (:func:`restore_priority`): started again by a host that is in the
+background by then, it inherited the host's; Linux grants it to root or within
+``RLIMIT_NICE``, and the process says when it is refused.
 Linux keeps a nice value and a policy per thread: :func:`lower_priority`
 sets every thread of the process, those already running included (a Ray
 worker's gRPC and event-loop threads start before its actor is given its
@@ -44,7 +49,7 @@ from typing import Final, Literal, TypeAlias
 from runtime.errors import ConfigError
 
 __all__ = ["BACKGROUND_NICE", "ENV", "IDLE", "Background", "background_nice", "check_nice",
-           "lower_priority"]
+           "lower_priority", "restore_priority"]
 
 log = logging.getLogger("commandpost.niceness")
 
@@ -105,6 +110,25 @@ def lower_priority(background: Background) -> int:
     if nice <= 0:
         return 0
     return _each_thread(lambda tid: _set_nice(tid, nice))
+
+
+def restore_priority() -> bool:
+    """Put the calling thread back at the normal priority (``SCHED_OTHER``, nice 0) if it
+    is below it; whether it is at the normal priority now. Call it before starting
+    threads (they inherit it)."""
+    ok = True
+    idle = getattr(os, "SCHED_IDLE", None)
+    if idle is not None and os.sched_getscheduler(0) == idle:
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except PermissionError:
+            ok = False
+    if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except PermissionError:
+            ok = False
+    return ok
 
 
 def _set_nice(tid: int, nice: int) -> bool:

@@ -267,7 +267,8 @@ class HostActor:
         self._lane_loop: asyncio.AbstractEventLoop | None = None
         self._lane_lock: asyncio.Lock | None = None
         # The lane process (runtime.laneproc) and the priority loop's connection to it.
-        self._lane_process: LaneProcess | None = None
+        self._lane_child: LaneProcess | None = None  # started
+        self._lane_process: LaneProcess | None = None  # listening
         self._lane_process_started = threading.Event()
         self._lane_process_clients: dict[asyncio.AbstractEventLoop, LaneClient] = {}
         self._stopped = threading.Event()
@@ -313,45 +314,59 @@ class HostActor:
         self.core = core
         self.lane = _Lane(core)
         core.priority_lane = self._serve_priority
-        if any(has_priority_lane(slot.factory) for slot in core.slots.values()):
+        # Started before the host may lower its priority: the child keeps the normal one.
+        apart = await self._spawn_lane_process(core, a.get("clock"))
+        factories = [slot.factory for slot in core.slots.values()]
+        if not apart and any(has_priority_lane(f) for f in factories):
             sys.setswitchinterval(float(os.environ.get("COMMANDPOST_LANE_SWITCH_S",
                                                        LANE_SWITCH_S)))
-        if not any(is_latency_critical(slot.factory) for slot in core.slots.values()):
+        # A lane served from its own process takes its latency there: the host itself is
+        # then on the critical path only for what says so (the pool's members).
+        if not any(is_latency_critical(f, lane_apart=apart) for f in factories):
             lower_priority(check_nice(cfg.get("background_nice") or 0))
         await core.start()
-        self._start_lane_process(core, a.get("clock"))
         settle(f"host {core.host_id}")
         self._assigned.set()
         return core.status()
 
-    def _start_lane_process(self, core: HostCore, clock: Any) -> None:
+    async def _spawn_lane_process(self, core: HostCore, clock: Any) -> bool:
         """Serve this host's priority lane from a process of its own (runtime.laneproc)
         when the service gave a lane secret and every lane's behaviour can be imported
-        there; the lane is served here otherwise."""
+        there: whether one was started. Until it listens, and if it cannot serve, the
+        lane is served here."""
         behaviours = {eid: behaviour_path(slot.factory) for eid, slot in core.slots.items()
                       if has_priority_lane(slot.factory)}
         if not self._lane_secret or not behaviours or None in behaviours.values():
             self._lane_process_started.set()
-            return
+            return False
         rules = core.option("priority_rules")
         process = LaneProcess({
             "secret": self._lane_secret.hex(), "address": "127.0.0.1",
             "behaviours": behaviours, "clock": clock,
             "grant_all": bool(core.option("priority_grant_all")),
             "rules": str(rules) if rules else ""}, core.route)
+        try:
+            await process.spawn({eid: {} for eid in behaviours})
+        except OSError as exc:
+            log.warning("%s: no lane process (%s): the lane is served here", core.host_id, exc)
+            self._lane_process_started.set()
+            return False
+        self._lane_child = process
+        core.view_listener = process.view
 
-        async def start() -> None:
+        async def ready() -> None:
             try:
-                views = {eid: dict(core.slots[eid].view) for eid in behaviours}
-                if await process.start(views) is not None:
+                if await process.wait_ready() is not None:
                     self._lane_process = process
-                    core.view_listener = process.view
                 else:
-                    await process.stop()
+                    core.view_listener = None
+                    log.warning("%s: the lane process cannot serve: the lane is served here",
+                                core.host_id)
             finally:
                 self._lane_process_started.set()
 
-        asyncio.get_running_loop().create_task(start(), name=f"{core.host_id}.lane-process")
+        asyncio.get_running_loop().create_task(ready(), name=f"{core.host_id}.lane-process")
+        return True
 
     # -- control group ---------------------------------------------------
     @ray.method(concurrency_group="control")
@@ -440,8 +455,8 @@ class HostActor:
 
     async def stop(self) -> bool:
         """Graceful stop: entities in reverse order, last checkpoints, then idle."""
-        if self._lane_process is not None:
-            await self._lane_process.stop()
+        if self._lane_child is not None:
+            await self._lane_child.stop()
         if self._lane_server is not None and self._lane_loop is not None:
             self._lane_loop.call_soon_threadsafe(self._lane_server.close)
         if self.core is not None:

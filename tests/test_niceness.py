@@ -93,3 +93,25 @@ def test_a_configured_value_is_checked() -> None:
     for bad in (-1, 20, True, 2.5, "Idle", "5"):
         with pytest.raises(ConfigError, match="from 0 to 19"):
             check_nice(bad)  # type: ignore[arg-type]
+
+
+_RESTORE: Final = """
+import json, os
+from runtime.niceness import IDLE, lower_priority, restore_priority
+lower_priority(5)
+lower_priority(IDLE)
+lowered = [os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)]
+ok = restore_priority()
+print(json.dumps({"lowered": lowered, "ok": ok,
+                  "after": [os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)]}))
+"""
+
+
+def test_a_lane_process_started_in_the_background_asks_for_the_normal_priority_back() -> None:
+    out = json.loads(subprocess.run([sys.executable, "-c", _RESTORE], capture_output=True,
+                                    text=True, check=True).stdout)
+    assert out["lowered"] == [5, os.SCHED_IDLE]
+    if os.geteuid() == 0:  # Linux grants it to root (or within RLIMIT_NICE)
+        assert out["ok"] and out["after"] == [0, os.SCHED_OTHER]
+    else:
+        assert not out["ok"] or out["after"] == [0, os.SCHED_OTHER]

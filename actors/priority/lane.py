@@ -32,6 +32,7 @@ itself. Nothing here is journaled or replayed: a request lives once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -53,7 +54,7 @@ from runtime.entity import PriorityLane
 from runtime.envelope import Envelope, MessageKind
 from runtime.errors import DeviceUnavailableError, ProtocolError, RejectedError
 
-__all__ = ["CLEAR", "OUTCOME", "REQUEST", "LaneResources", "serve"]
+__all__ = ["CLEAR", "OUTCOME", "REQUEST", "LaneResources", "prepare", "serve"]
 
 #: The message types the lane serves, and the one it posts to its crossroad.
 REQUEST: Final = "priority_request"
@@ -145,6 +146,19 @@ async def _write(res: LaneResources, view: Mapping[str, Any], values: Mapping[st
     session = res.session(host, port, unit, res.profile.timeout_s)
     start, regs = res.profile.encode_block(_BLOCK, 0, {n: values[n] for n in _REQUEST_FIELDS})
     await session.write_many(unit, [(start, regs)], urgent=True)
+
+
+async def prepare(view: Mapping[str, Any], lane: PriorityLane) -> None:
+    """Open the lane's connection to the controller the view names, so that the first
+    request does not wait for it (a controller not reachable yet is connected to by the
+    first request, as before)."""
+    endpoint = view.get("endpoint")
+    if not isinstance(endpoint, str) or not endpoint:
+        return
+    res = resources(lane)
+    host, port, unit = parse_endpoint(endpoint)
+    with contextlib.suppress(DeviceUnavailableError):
+        await res.session(host, port, unit, res.profile.timeout_s).connect()
 
 
 def _clear_values(clear_id: int, command: str) -> dict[str, Any]:

@@ -231,9 +231,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "password belongs: a command line is readable by every local user)")
     parser.add_argument("--devices", required=True, help="JSON list of MQTT devices")
     parser.add_argument("--client-id", default=f"loadgen-{os.getpid()}")
+    parser.add_argument("--background", action="store_true",
+                        help="run in Linux's SCHED_IDLE class, as the simulators of the "
+                        "families off the bus-priority path may (runtime.niceness): the "
+                        "devices it speaks for have processors of their own")
     args = parser.parse_args(argv)
     if not args.mqtt:
         parser.error(f"the broker URL is needed: --mqtt or ${MQTT_URL_ENV}")
+    if args.background:
+        from runtime.niceness import IDLE, lower_priority
+
+        lower_priority(IDLE)
     try:
         with open(args.devices, encoding="utf-8") as f:
             rows = json.load(f)

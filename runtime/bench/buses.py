@@ -7,7 +7,8 @@ publish as these buses, :meth:`runtime.bench.common.City.publisher_url`) in
 fields as :class:`runtime.bench.priority.Pass` has them), ``rounds``, the city's
 clock (its spec on the wire, :meth:`runtime.clock.ClockSpec.to_wire`; none for the
 machine's) and the bus lines (:func:`runtime.transit.line_to_wire`). Every bus drives
-its passes ``rounds`` times, concurrently (samples at :data:`HZ` each), and ``OUT``
+its passes ``rounds`` times, concurrently (samples at :data:`HZ` each, the buses' samples
+spread evenly over each period), and ``OUT``
 gets the triggers: ``[bus, crossroad, approach, published]`` for each publish that
 checked its bus in, ``published`` the wall-clock time (``time.time()``) just before the
 publish was written to the broker's socket.
@@ -58,13 +59,18 @@ async def drive(url: str, passes: Mapping[str, Sequence[Mapping[str, Any]]], rou
     publisher = TelemetryPublisher(url, f"bench-buses-{os.getpid()}")
     await publisher.connect()
 
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
     async def bus(bus_id: str, route: Sequence[Mapping[str, Any]], offset: float) -> None:
-        await asyncio.sleep(offset)
+        # Each sample at its own time from the start: a late turn of the loop delays the
+        # samples due meanwhile, not every later one (the buses stay spread out).
         seq = 0
         for _ in range(rounds):
             for p in route:
                 name = topic(p["municipality"], "vehicle", bus_id, "telemetry").encode()
                 for i in range(len(p["points"])):
+                    await asyncio.sleep(max(0.0, start + offset + seq / HZ - loop.time()))
                     seq += 1
                     sample = _sample(p, i, seq, clock.time())
                     payload = encode_payload(sample)
@@ -73,7 +79,6 @@ async def drive(url: str, passes: Mapping[str, Sequence[Mapping[str, Any]]], rou
                     publisher.publish(name, payload)
                     triggers.extend([bus_id, ev.crossroad, ev.approach, published]
                                     for ev in events if ev.kind is EventKind.CHECK_IN)
-                    await asyncio.sleep(1.0 / HZ)
 
     try:
         spread = 1.0 / HZ / max(1, len(passes))

@@ -198,6 +198,11 @@ class City:
             self.left_out += ["device sessions", "simulators"]
 
     @property
+    def sim_background(self) -> bool:
+        """Whether the simulators off the bus-priority path run in the background."""
+        return self._sim_background
+
+    @property
     def city_clock(self) -> Clock:
         """The city's clock, as every process of the service reads it."""
         if self.svc is None:

@@ -197,8 +197,11 @@ class GeneratorProcess:
         self.devices = len(rows)
         # The URL carries the account's password: the environment, not the command line.
         env = dict(os.environ, COMMANDPOST_MQTT_URL=city.publisher_url(LOADGEN_ACCOUNT, chosen))
+        # In the background with the simulators off the priority path, when they are.
+        background = ["--background"] if city.sim_background else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devices.sim.loadgen", "--devices", str(path)],
+            [sys.executable, "-m", "devices.sim.loadgen", "--devices", str(path),
+             *background],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         ready = self._read()
         if not ready.get("ready"):
