@@ -39,6 +39,7 @@ __all__ = [
     "connect_packet",
     "publish_packet",
     "subscribe_packet",
+    "unsubscribe_packet",
 ]
 
 _log = logging.getLogger(__name__)
@@ -46,12 +47,16 @@ _log = logging.getLogger(__name__)
 _CONNACK: Final = 0x20
 _PUBLISH: Final = 0x30
 _SUBACK: Final = 0x90
+_UNSUBACK: Final = 0xB0
 _PINGRESP: Final = 0xD0
 _PINGREQ: Final = b"\xc0\x00"
 _DISCONNECT: Final = b"\xe0\x00"
 #: Stop buffering past this: the broker is not reading, the messages are dropped.
 _MAX_BUFFER: Final = 4 << 20
 _FILTERS_PER_SUBSCRIBE: Final = 200
+#: Packet ids above this are the (un)subscriptions made on an open connection; those
+#: below, the ones each connection starts with.
+_FIRST_LIVE_ID: Final = 0x8000
 
 MessageCallback = Callable[[str, bytes], None]
 
@@ -95,6 +100,12 @@ def subscribe_packet(packet_id: int, filters: Iterable[str]) -> bytes:
     """An MQTT SUBSCRIBE of ``filters``, each at QoS 0."""
     body = packet_id.to_bytes(2, "big") + b"".join(_string(f) + b"\x00" for f in filters)
     return b"\x82" + _remaining_length(len(body)) + body
+
+
+def unsubscribe_packet(packet_id: int, filters: Iterable[str]) -> bytes:
+    """An MQTT UNSUBSCRIBE of ``filters``."""
+    body = packet_id.to_bytes(2, "big") + b"".join(_string(f) for f in filters)
+    return b"\xa2" + _remaining_length(len(body)) + body
 
 
 def split_packets(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -152,6 +163,7 @@ class TelemetrySubscriber:
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
         self._rng = random.Random()
+        self._live_id = _FIRST_LIVE_ID
         self.received = 0
         self.malformed = 0
         self.reconnects = 0
@@ -163,6 +175,33 @@ class TelemetrySubscriber:
     def add_filters(self, filters: Iterable[str]) -> None:
         """Topic filters to subscribe (on every connection, from the next one on)."""
         self._filters.extend(filters)
+
+    def subscribe(self, filters: Iterable[str]) -> None:
+        """Subscribe ``filters`` on the connection open now (if any) and on every later
+        one; those already subscribed are left as they are."""
+        new = [f for f in dict.fromkeys(filters) if f not in self._filters]
+        self._filters.extend(new)
+        self._send_live(new, subscribe_packet)
+
+    def unsubscribe(self, filters: Iterable[str]) -> None:
+        """Stop receiving ``filters``, on the connection open now and on later ones."""
+        gone = set(filters)
+        dropped = [f for f in self._filters if f in gone]
+        self._filters = [f for f in self._filters if f not in gone]
+        self._send_live(dropped, unsubscribe_packet)
+
+    def _send_live(self, filters: list[str],
+                   packet: Callable[[int, Iterable[str]], bytes]) -> None:
+        # A connection being opened subscribes what the list holds once the broker
+        # accepted it; one open now is told at once (a filter sent twice does no harm).
+        w = self._writer
+        if not filters or w is None or w.is_closing():
+            return
+        for k in range(0, len(filters), _FILTERS_PER_SUBSCRIBE):
+            self._live_id = self._live_id % 0xFFFF + 1
+            if self._live_id <= _FIRST_LIVE_ID:
+                self._live_id = _FIRST_LIVE_ID + 1
+            w.write(packet(self._live_id, filters[k:k + _FILTERS_PER_SUBSCRIBE]))
 
     async def start(self) -> None:
         if self._task is None:
@@ -223,6 +262,8 @@ class TelemetrySubscriber:
         for k in range(0, len(filters), _FILTERS_PER_SUBSCRIBE):
             pending += 1
             writer.write(subscribe_packet(pending, filters[k:k + _FILTERS_PER_SUBSCRIBE]))
+        if not pending:
+            self._connected.set()  # nothing to subscribe yet (see subscribe)
         pinger = asyncio.create_task(self._ping(writer), name=f"telemetry[{self._client_id}].ping")
         try:
             await self._read(reader, pending)
@@ -263,10 +304,11 @@ class TelemetrySubscriber:
                     if b"\x80" in body[2:]:
                         raise ConfigError(f"telemetry[{self._client_id}]: the broker refused "
                                           "a subscription (ACL?)")
-                    subacks -= 1
-                    if subacks <= 0:
-                        self._connected.set()
-                elif kind != _PINGRESP:
+                    if int.from_bytes(body[:2], "big") <= _FIRST_LIVE_ID:
+                        subacks -= 1
+                        if subacks <= 0:
+                            self._connected.set()
+                elif kind != _PINGRESP and kind != _UNSUBACK:
                     self.malformed += 1
 
 

@@ -80,3 +80,56 @@ def test_publisher_to_subscriber_through_a_real_broker() -> None:
             asyncio.run(asyncio.wait_for(scenario(broker.url, publisher_url), 60))
         finally:
             broker.stop()
+
+
+def test_filters_are_subscribed_and_unsubscribed_on_the_open_connection() -> None:
+    cameras = [Equipment(id=f"cam-{i}", kind="camera", municipality="dijon", lat=47.3,
+                         lon=5.0, endpoint="mqtt", profile="camera") for i in range(3)]
+    names = [f"city/dijon/camera/cam-{i}/telemetry" for i in range(3)]
+
+    async def scenario(url: str, publisher_url: str) -> None:
+        got: list[str] = []
+        sub = TelemetrySubscriber(url, "cp-t-live", lambda t, p: got.append(t))
+        await sub.start()
+        await sub.wait_connected(10)  # nothing to subscribe yet: connected all the same
+        pub = TelemetryPublisher(publisher_url, "t-pub")
+        await pub.connect()
+
+        async def until_received(name: str) -> None:
+            for _ in range(500):
+                pub.publish(name.encode(), b"x")
+                await asyncio.sleep(0.01)
+                if name in got:
+                    return
+            raise AssertionError(f"{name} never arrived")
+
+        sub.subscribe(names[:2])
+        sub.subscribe(names[:1])  # already there: not twice
+        await until_received(names[0])
+        await until_received(names[1])
+        sub.unsubscribe([names[0]])
+        # Once the broker has the unsubscription, nothing more of cam-0 arrives.
+        sub.subscribe([names[2]])
+        await until_received(names[2])  # after the unsubscribe on the same connection
+        got.clear()
+        for _ in range(20):
+            pub.publish(names[0].encode(), b"x")
+            pub.publish(names[1].encode(), b"y")
+        await pub.flush()
+        for _ in range(200):
+            if got.count(names[1]) >= 20:
+                break
+            await asyncio.sleep(0.01)
+        assert got.count(names[1]) == 20 and names[0] not in got
+        assert sub.malformed == 0 and sub.reconnects == 0
+        await pub.close()
+        await sub.stop()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = EmbeddedBroker(Path(tmp) / "mqtt", prefer=BROKER)
+        broker.start()
+        try:
+            publisher_url = broker.add_simulator("t-pub", cameras)
+            asyncio.run(asyncio.wait_for(scenario(broker.url, publisher_url), 60))
+        finally:
+            broker.stop()

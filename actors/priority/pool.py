@@ -70,7 +70,8 @@ from actors.priority.policy import (
     parse_priority_config,
 )
 from actors.priority.tracker import BusTracker, EventKind, TrackEvent
-from devices.mqtt import MqttSession, decode_payload, topic
+from devices.mqtt import decode_payload, topic
+from devices.mqtt_wire import TelemetrySubscriber
 from devices.profile import builtin_profile
 from runtime.broker_accounts import RUNTIME_CLIENT_PREFIX
 from runtime.entity import Checkpoint, Entity
@@ -229,11 +230,12 @@ class PoolMember(Entity):
         self.profile = builtin_profile("bus")
         self._tasks: set[asyncio.Task[Any]] = set()
         url = self.ctx.option("mqtt_url")
-        self.session: MqttSession | None = None
+        # The positions on a plain QoS 0 connection (devices.mqtt_wire): each read handed
+        # over at once, where a full client takes a loop turn per packet.
+        self.session: TelemetrySubscriber | None = None
         if url:
-            self.session = MqttSession(str(url), clean_session=True,
-                                       client_id=f"{RUNTIME_CLIENT_PREFIX}{self.ctx.id}")
-            self.session.on_message(self._on_message)
+            self.session = TelemetrySubscriber(
+                str(url), f"{RUNTIME_CLIENT_PREFIX}{self.ctx.id}", self._on_message)
             await self.session.start()
         self._loop = asyncio.get_running_loop().create_task(self._leases(),
                                                              name=f"{self.ctx.id}.leases")
@@ -302,9 +304,8 @@ class PoolMember(Entity):
 
     async def _take(self, p: int) -> None:
         if self.session is not None:
-            for bus in self.parts.get(p, ()):
-                await self.session.subscribe(
-                    topic(self.buses[bus], "vehicle", bus, "telemetry"), qos=0)
+            self.session.subscribe([topic(self.buses[bus], "vehicle", bus, "telemetry")
+                                    for bus in self.parts.get(p, ())])
         self.ctx.emit("priority_partition", partition=p, taken=True,
                       buses=len(self.parts.get(p, ())))
         self._publish()
@@ -312,9 +313,8 @@ class PoolMember(Entity):
     async def _give_up(self, p: int) -> None:
         self.serving.pop(p, None)
         if self.session is not None:
-            for bus in self.parts.get(p, ()):
-                await self.session.unsubscribe(topic(self.buses[bus], "vehicle", bus,
-                                                     "telemetry"))
+            self.session.unsubscribe([topic(self.buses[bus], "vehicle", bus, "telemetry")
+                                      for bus in self.parts.get(p, ())])
         now = self.ctx.clock.time()
         for bus in self.parts.get(p, ()):
             for ev in self.tracker.drop(bus, now):
