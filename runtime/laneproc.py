@@ -276,6 +276,8 @@ class LaneProcess:
         self.restarts += 1
         self.pid = 0
         await self.start(self._sent)
+        if self._stopping:  # stopped while this one started: it goes too
+            await self.stop()
 
     async def stop(self) -> None:
         """Close the channel (the child exits) and reap the child."""
@@ -295,11 +297,6 @@ class LaneProcess:
             self._reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reading
-
-    def kill(self) -> None:
-        """Kill the child now (tests of the restart)."""
-        if self._child is not None:
-            self._child.kill()
 
 
 # -- the child's side ------------------------------------------------------------------
