@@ -257,7 +257,10 @@ def _runs_on(files: _Files, scenario: Scenario, seeds: Sequence[int], workdir: P
     field_loop: _FieldLoop | None = None
     try:
         svc.start_servers()
-        field_loop = _FieldLoop(scenario, inventory, svc.mqtt_url)
+        # The buses publish as themselves: the broker takes from an account only what its
+        # devices may publish (the runtime's own account is dropped on their topics).
+        field_loop = _FieldLoop(scenario, inventory, svc.publisher_url(
+            "sumo-buses", [eq for eq in inventory.equipment if eq.profile == "bus"]))
         svc.start_ray()
         svc.start_tree()
         want = len(_crossroads(inventory))
@@ -356,6 +359,12 @@ def run(*, seeds: int = 3, sim_hours: float = 1.0, net: str | None = None,
         fleet = {line: most.get(line, 0) + _SPARE_BUSES for line in scenario.lines}
         on, extra = _runs_on(files, scenario, seed_list, workdir, fleet, clock_speed, broker,
                              say)
+    if after_buses := sum(on[s].bus_trips for s in seed_list):
+        if not extra["granted"] and not sum(extra["refused"].values()):
+            # No request reached a crossroad: the runs "with priority" ran without it.
+            raise ConfigError(f"no priority request was decided in {after_buses} bus trips "
+                              f"({extra['published']} positions published): the pool "
+                              "received none, or none checked in")
     before, after = _pooled(list(off.values())), _pooled([on[s] for s in seed_list])
     reduction = change_pct(before.bus_delay_s, after.bus_delay_s)
     refused: Counter[str] = extra["refused"]
