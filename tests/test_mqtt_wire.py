@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,20 @@ def test_split_packets_keeps_a_partial_packet_for_the_next_read() -> None:
         split_packets(bytearray(b"\x30\xff\xff\xff\xff\x01"))
 
 
+def through_a_broker(cameras: list[Equipment],
+                     scenario: Callable[[str, str], Awaitable[None]]) -> None:
+    """Run ``scenario(runtime URL, publisher URL)`` against a real broker of its own, the
+    publisher's account allowed to publish as ``cameras``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = EmbeddedBroker(Path(tmp) / "mqtt", prefer=BROKER)
+        broker.start()
+        try:
+            publisher_url = broker.add_simulator("t-pub", cameras)
+            asyncio.run(asyncio.wait_for(scenario(broker.url, publisher_url), 60))
+        finally:
+            broker.stop()
+
+
 def test_publisher_to_subscriber_through_a_real_broker() -> None:
     cameras = [Equipment(id=f"cam-{i}", kind="camera", municipality="dijon", lat=47.3,
                          lon=5.0, endpoint="mqtt", profile="camera") for i in range(300)]
@@ -72,14 +87,7 @@ def test_publisher_to_subscriber_through_a_real_broker() -> None:
         assert got[0] == ("city/dijon/camera/cam-0/telemetry", b"0")
         assert [int(p) for _, p in got] == list(range(2000))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(Path(tmp) / "mqtt", prefer=BROKER)
-        broker.start()
-        try:
-            publisher_url = broker.add_simulator("t-pub", cameras)
-            asyncio.run(asyncio.wait_for(scenario(broker.url, publisher_url), 60))
-        finally:
-            broker.stop()
+    through_a_broker(cameras, scenario)
 
 
 def test_filters_are_subscribed_and_unsubscribed_on_the_open_connection() -> None:
@@ -125,11 +133,4 @@ def test_filters_are_subscribed_and_unsubscribed_on_the_open_connection() -> Non
         await pub.close()
         await sub.stop()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(Path(tmp) / "mqtt", prefer=BROKER)
-        broker.start()
-        try:
-            publisher_url = broker.add_simulator("t-pub", cameras)
-            asyncio.run(asyncio.wait_for(scenario(broker.url, publisher_url), 60))
-        finally:
-            broker.stop()
+    through_a_broker(cameras, scenario)
