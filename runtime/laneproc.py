@@ -364,17 +364,19 @@ class _Mirror:
 async def _child(fd: int) -> int:
     from runtime.clock import clock_from_wire
     from runtime.gcpolicy import settle
-    from runtime.niceness import restore_priority
-
-    if not restore_priority():
-        log.warning("lane process %d runs at its host's background priority (started again "
-                    "by a host in the background, without the right to raise it)", os.getpid())
+    from runtime.niceness import enter_realtime, restore_priority
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     init = await _read_frame(reader)
     if init is None or init.get("t") != "init":
         return 2
+    # Before any thread starts (they inherit the class): the real-time one if the service
+    # asks for it, else at least the normal one back.
+    realtime = init.get("realtime")
+    if not (isinstance(realtime, int) and enter_realtime(realtime)) and not restore_priority():
+        log.warning("lane process %d runs at its host's background priority (started again "
+                    "by a host in the background, without the right to raise it)", os.getpid())
     try:
         behaviours = {str(eid): _load(str(path))
                       for eid, path in (init.get("behaviours") or {}).items()}

@@ -56,7 +56,7 @@ from runtime.laneproc import (
     serve_blob,
 )
 from runtime.lanewire import LaneClient, LaneServer
-from runtime.niceness import check_nice, lower_priority
+from runtime.niceness import check_nice, check_realtime, enter_realtime, lower_priority
 from runtime.placement import equipment_from_wire
 from runtime.router import Directory
 from runtime.store import STREAM_RETENTION_S, RedisStore
@@ -315,7 +315,8 @@ class HostActor:
         self.lane = _Lane(core)
         core.priority_lane = self._serve_priority
         # Started before the host may lower its priority: the child keeps the normal one.
-        apart = await self._spawn_lane_process(core, a.get("clock"))
+        apart = await self._spawn_lane_process(core, a.get("clock"),
+                                               check_realtime(int(cfg.get("realtime") or 0)))
         factories = [slot.factory for slot in core.slots.values()]
         if not apart and any(has_priority_lane(f) for f in factories):
             sys.setswitchinterval(float(os.environ.get("COMMANDPOST_LANE_SWITCH_S",
@@ -324,12 +325,16 @@ class HostActor:
         # then on the critical path only for what says so (the pool's members).
         if not any(is_latency_critical(f, lane_apart=apart) for f in factories):
             lower_priority(check_nice(cfg.get("background_nice") or 0))
+        elif all(getattr(f, "LATENCY_CRITICAL", False) for f in factories):
+            # Nothing but the critical path here (a pool member): the real-time class, if
+            # the service asks for it. A host that serves a lane itself carries telemetry too.
+            enter_realtime(check_realtime(int(cfg.get("realtime") or 0)))
         await core.start()
         settle(f"host {core.host_id}")
         self._assigned.set()
         return core.status()
 
-    async def _spawn_lane_process(self, core: HostCore, clock: Any) -> bool:
+    async def _spawn_lane_process(self, core: HostCore, clock: Any, realtime: int) -> bool:
         """Serve this host's priority lane from a process of its own (runtime.laneproc)
         when the service gave a lane secret and every lane's behaviour can be imported
         there: whether one was started. Until it listens, and if it cannot serve, the
@@ -344,7 +349,8 @@ class HostActor:
             "secret": self._lane_secret.hex(), "address": "127.0.0.1",
             "behaviours": behaviours, "clock": clock,
             "grant_all": bool(core.option("priority_grant_all")),
-            "rules": str(rules) if rules else ""}, core.route)
+            "rules": str(rules) if rules else "",
+            "realtime": realtime}, core.route)
         try:
             await process.spawn({eid: {} for eid in behaviours})
         except OSError as exc:

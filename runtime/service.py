@@ -57,7 +57,13 @@ from runtime.inventory import (
     dump_inventory,
 )
 from runtime.lifeline import spawn_tied
-from runtime.niceness import Background, background_nice, check_nice
+from runtime.niceness import (
+    Background,
+    background_nice,
+    check_nice,
+    check_realtime,
+    priority_realtime,
+)
 from runtime.placement import PlacementPlan, coordinator, equipment_to_wire, plan
 from runtime.ray_host import NAMESPACE, load_factory, options_to_wire
 from runtime.request_sync import RequestStatusSync
@@ -152,6 +158,13 @@ class ServiceOptions:
     # The simulators of the families off that path run only on a CPU nothing else wants
     # (runtime.niceness; benches that share the machine with the simulated city).
     sim_background: bool = False
+    # The real-time priority (SCHED_RR, 1 to 99) of the processes whose whole work is the
+    # bus-priority path: the pool's members and the crossroads' lane processes
+    # (runtime.niceness); None: ``COMMANDPOST_PRIORITY_REALTIME``, else 0 (off).
+    priority_realtime: int | None = None
+    # The traffic controllers' simulators run at that priority too (benches: they stand
+    # for controllers with processors of their own).
+    sim_realtime: bool = False
     # The city's clock: ``clock_speed`` times the machine's, from ``clock_start`` (epoch
     # seconds; default now). Every process of the service runs on it (runtime.clock).
     clock_speed: float = 1.0
@@ -177,6 +190,8 @@ class Service:
         # A bad value is refused before anything starts.
         self._background_nice = (background_nice() if self.options.background_nice is None
                                  else check_nice(self.options.background_nice))
+        self._realtime = (priority_realtime() if self.options.priority_realtime is None
+                          else check_realtime(self.options.priority_realtime))
         if self.options.priority_rules:
             from actors.priority.policy import parse_priority_config
 
@@ -353,6 +368,8 @@ class Service:
             argv += ["--clock", json.dumps(self.clock_spec.to_wire())]
         if self.options.sim_background:
             argv.append("--background")
+        if self.options.sim_realtime and self._realtime:
+            argv += ["--realtime", str(self._realtime)]
         with open(data / "simulators.log", "ab") as log_file:  # the child keeps its own copy
             # Tied to our life: a kill -9 of the runtime must not leave the
             # simulators holding the Modbus and OPC UA ports. A session of its
@@ -479,7 +496,8 @@ class Service:
                                "lane_secret": "" if self.options.ray_address
                                else self._lane_secret},
             "host_config": {"supervision": options_to_wire(self.options.host_supervision),
-                            "background_nice": self._background_nice},
+                            "background_nice": self._background_nice,
+                            "realtime": self._realtime},
             "tree": {"spares": self.options.spares, "warm_modules": list(WARM_MODULES),
                      **self.options.tree},
         })

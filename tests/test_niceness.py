@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from typing import Any, Final
@@ -13,7 +14,16 @@ from typing import Any, Final
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.niceness import BACKGROUND_NICE, ENV, IDLE, background_nice, check_nice
+from runtime.niceness import (
+    BACKGROUND_NICE,
+    ENV,
+    IDLE,
+    REALTIME_ENV,
+    background_nice,
+    check_nice,
+    check_realtime,
+    priority_realtime,
+)
 
 
 def test_the_background_value_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
@@ -115,3 +125,70 @@ def test_a_lane_process_started_in_the_background_asks_for_the_normal_priority_b
         assert out["ok"] and out["after"] == [0, os.SCHED_OTHER]
     else:
         assert not out["ok"] or out["after"] == [0, os.SCHED_OTHER]
+
+
+def test_the_real_time_priority_comes_from_the_environment_or_the_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(REALTIME_ENV, raising=False)
+    assert priority_realtime() == 0  # off unless asked for
+    monkeypatch.setenv(REALTIME_ENV, " 10 ")
+    assert priority_realtime() == 10
+    for bad in ("rt", "-1", "100", "2.5"):
+        monkeypatch.setenv(REALTIME_ENV, bad)
+        with pytest.raises(ConfigError, match=REALTIME_ENV):
+            priority_realtime()
+    assert check_realtime(0) == 0 and check_realtime(99) == 99
+    for value in (-1, 100, True, 1.5, "10"):
+        with pytest.raises(ConfigError, match="from 0"):
+            check_realtime(value)  # type: ignore[arg-type]
+
+
+_REALTIME: Final = """
+import json, os, resource, sys, threading
+if len(sys.argv) > 2:  # no RLIMIT_RTPRIO either (the capability is taken by setpriv)
+    resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+from runtime.niceness import enter_realtime, realtime_of
+gate = threading.Event()
+before = threading.Thread(target=gate.wait, daemon=True)
+before.start()
+ok = enter_realtime(int(sys.argv[1]))
+seen = {}
+after = threading.Thread(target=lambda: seen.update(
+    after=[os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]))
+after.start(); after.join()
+def policy(tid):
+    try:
+        return (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+    except ProcessLookupError:  # a thread gone since the listing (the joined one)
+        return None
+threads = sorted({p for p in map(policy, map(int, os.listdir("/proc/self/task"))) if p})
+print(json.dumps({"ok": ok, "threads": threads, "after": seen["after"],
+                  "of": realtime_of(os.getpid())}))
+gate.set(); before.join()
+"""
+
+
+def _realtime(*argv: str, prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = subprocess.run([*prefix, sys.executable, "-c", _REALTIME, *argv],
+                         capture_output=True, text=True, check=True, timeout=60)
+    got: dict[str, Any] = json.loads(out.stdout)
+    got["stderr"] = out.stderr
+    return got
+
+
+def test_the_critical_path_enters_the_real_time_class_every_thread_alike() -> None:
+    rr = os.SCHED_RR
+    if os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 7:
+        got = _realtime("7")
+        assert got["ok"] and got["threads"] == [[rr, 7]] and got["after"] == [rr, 7]
+        assert got["of"] == 7
+    off = _realtime("0")
+    assert not off["ok"] and off["threads"] == [[NORMAL, 0]] and off["of"] == 0
+
+
+def test_a_process_refused_the_real_time_class_says_so_and_keeps_the_normal_one() -> None:
+    # Root without CAP_SYS_NICE (util-linux's setpriv), and no RLIMIT_RTPRIO.
+    got = _realtime("7", "unprivileged", prefix=(
+        "setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"))
+    assert not got["ok"] and got["threads"] == [[NORMAL, 0]] and got["of"] == 0
+    assert "RLIMIT_RTPRIO" in got["stderr"] and "refused" in got["stderr"]

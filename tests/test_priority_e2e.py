@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import threading
 import time
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 #: The priority asked for the hosts off the priority path (off by default): they run only
 #: on a CPU nothing else wants, and so do the simulators but the traffic controllers.
 BACKGROUND = IDLE
+#: The real-time priority asked for the processes on it (the members, the lane processes,
+#: the traffic controllers' simulators): Linux grants it to root or within RLIMIT_RTPRIO.
+REALTIME = 10
+GRANTED = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= REALTIME
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("ray_runtime")]
 #: How long a controller holds a request: the shipped rules' 60 s, shortened so that a test
 #: can wait it out (a pass checks in at most 20 s before the stop line: it is checked out
@@ -62,7 +67,8 @@ def _rules() -> str:
 def city() -> Iterator[City]:
     with City(scale=0.1, kinds=("crossroad", "vehicle"), say=log.info, online_timeout_s=180,
               priority_grant_all=True, priority_rules=_rules(),
-              background_nice=BACKGROUND, sim_background=True) as c:
+              background_nice=BACKGROUND, sim_background=True, priority_realtime=REALTIME,
+              sim_realtime=True) as c:
         yield c
 
 
@@ -210,7 +216,7 @@ def test_a_forged_bus_position_buys_no_green_light(city: City) -> None:
     assert all(float(e["ts"]) > genuine_since for e in requests), outcomes()
 
 
-def test_hosts_and_simulators_off_the_priority_path_yield_the_cpu_and_nothing_else_does(
+def test_the_priority_path_runs_in_the_real_time_class_and_what_is_off_it_yields(
         city: City) -> None:
     hosts = {h["id"]: h for h in hosts_of(city.svc.tree())}
     lanes = [h for h in hosts if h.startswith("traffic-")]
@@ -218,20 +224,23 @@ def test_hosts_and_simulators_off_the_priority_path_yield_the_cpu_and_nothing_el
     members = [int(m["pid"]) for m in priority(city)["members"]]
     assert lanes and vehicles and members, sorted(hosts)
 
-    def policies(pid: int) -> set[tuple[int, int]]:
+    def policies(pid: int) -> set[tuple[int, int, int]]:
         # Every thread: Linux keeps a nice value and a policy per thread.
-        return {(os.getpriority(os.PRIO_PROCESS, int(t)), os.sched_getscheduler(int(t)))
+        return {(os.getpriority(os.PRIO_PROCESS, int(t)), os.sched_getscheduler(int(t)),
+                 os.sched_getparam(int(t)).sched_priority)
                 for t in os.listdir(f"/proc/{pid}/task")}
 
-    normal, idle = {(0, os.SCHED_OTHER)}, {(0, os.SCHED_IDLE)}
-    # A crossroads' host serves their lane from a process of its own (runtime.laneproc),
-    # which keeps the normal priority; the host's own work is off the priority path.
+    normal, idle = {(0, os.SCHED_OTHER, 0)}, {(0, os.SCHED_IDLE, 0)}
+    # The processes whose whole work is the priority path: the real-time class.
+    critical = {(0, os.SCHED_RR, REALTIME)} if GRANTED else normal
+    # A crossroads' host serves their lane from a process of its own (runtime.laneproc);
+    # the host's own work is off the priority path.
     for host in lanes:
         assert policies(int(hosts[host]["pid"])) == idle, host
         lane = [p for p in psutil.Process(int(hosts[host]["pid"])).children()
                 if "runtime.laneproc" in p.cmdline()]
-        assert len(lane) == 1 and policies(lane[0].pid) == normal, host
-    assert all(policies(pid) == normal for pid in members)
+        assert len(lane) == 1 and policies(lane[0].pid) == critical, host
+    assert all(policies(pid) == critical for pid in members)
     for host in vehicles:
         assert policies(int(hosts[host]["pid"])) == idle, host
     # The broker carries every position: never lowered.
@@ -245,7 +254,7 @@ def test_hosts_and_simulators_off_the_priority_path_yield_the_cpu_and_nothing_el
         argv = proc.cmdline()
         kinds = argv[argv.index("--kinds") + 1] if "--kinds" in argv else "runner"
         families[kinds] = policies(proc.pid)
-    assert families == {"runner": idle, "mqtt": idle, "traffic": normal}, families
+    assert families == {"runner": idle, "mqtt": idle, "traffic": critical}, families
 
 
 def test_a_killed_crossroad_host_s_request_is_let_go_by_the_controller_within_its_deadline(

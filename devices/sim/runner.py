@@ -38,7 +38,7 @@ from runtime.clock import Clock, ClockSpec
 from runtime.errors import CommandpostError, ConfigError
 from runtime.gcpolicy import settle
 from runtime.inventory import Equipment, Inventory, load_inventory
-from runtime.niceness import IDLE, lower_priority
+from runtime.niceness import IDLE, check_realtime, enter_realtime, lower_priority
 
 log = logging.getLogger("commandpost.sim")
 
@@ -152,13 +152,16 @@ async def run(
     clock: ClockSpec | None = None,
     telemetry_url: str | None = None,
     background: bool = False,
+    realtime: int = 0,
 ) -> None:
     """Run the simulators of ``kinds`` until SIGTERM or SIGINT.
 
     With ``background``, the processes whose families are all off the bus-priority
     path (every one but the traffic controllers') run only on a CPU nothing else
     wants (:mod:`runtime.niceness`): on a machine shared with the runtime, they
-    stand for field devices with processors of their own.
+    stand for field devices with processors of their own. With ``realtime`` (1 to 99),
+    the process of the traffic controllers runs in the real-time class at that priority,
+    for the same reason: the controllers answer the bus-priority path.
     """
     from devices.sim.control import ControlServer, ControlTarget, RemoteTarget
 
@@ -192,7 +195,7 @@ async def run(
         for kind in split:
             child, child_doc = await asyncio.to_thread(
                 _start_child, kind, inventory_file, (mqtt_url, telemetry_url), rate_hz,
-                ready_file or "", clock, background=background)
+                ready_file or "", clock, background=background, realtime=realtime)
             children.append(child)
             targets.append(RemoteTarget(child_doc["control"], "modbus" if kind == "traffic"
                                         else kind))
@@ -201,6 +204,8 @@ async def run(
         # in the background cannot leave it again without privilege.
         if background and local_kinds and not LATENCY_KINDS & set(local_kinds):
             lower_priority(IDLE)
+        if realtime and local_kinds and set(local_kinds) <= LATENCY_KINDS:
+            enter_realtime(realtime)
         for sim in sims:
             await sim.start()
             started.append(sim)
@@ -223,7 +228,7 @@ async def run(
 
 def _start_child(kind: str, inventory_file: str, urls: tuple[str, str | None],
                  rate_hz: float | None, ready_file: str, clock: ClockSpec,
-                 timeout: float = 60.0, *, background: bool = False,
+                 timeout: float = 60.0, *, background: bool = False, realtime: int = 0,
                  ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """A runner of the family ``kind`` alone, tied to this process's life (blocking).
 
@@ -247,6 +252,8 @@ def _start_child(kind: str, inventory_file: str, urls: tuple[str, str | None],
         argv += ["--clock", json.dumps(clock.to_wire())]
     if background:
         argv.append("--background")
+    if realtime:
+        argv += ["--realtime", str(realtime)]
     child = spawn_tied(argv, env=env)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):
@@ -288,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--background", action="store_true",
                         help="the families off the bus-priority path run only on a CPU "
                              "nothing else wants (SCHED_IDLE)")
+    parser.add_argument("--realtime", type=int, default=0, metavar="PRIORITY",
+                        help="the traffic controllers run in the real-time class at this "
+                             "priority (SCHED_RR, 1 to 99; default 0: off)")
     args = parser.parse_args(argv)
     if not args.mqtt:
         parser.error(f"the broker URL is needed: ${MQTT_URL_ENV} or --mqtt")
@@ -309,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--clock {args.clock!r}: {exc}")
         asyncio.run(run(inv, args.mqtt, args.ready_file, args.rate_hz, (host, int(port)),
                         kinds, args.inventory, spec,
-                        os.environ.get(MQTT_TELEMETRY_URL_ENV) or None, args.background))
+                        os.environ.get(MQTT_TELEMETRY_URL_ENV) or None, args.background,
+                        check_realtime(args.realtime)))
     except CommandpostError as exc:
         print(f"simulators: {exc}", file=sys.stderr)
         return 1

@@ -122,7 +122,9 @@ class City:
     makes the bus-priority policy grant every request (the latency bench), and
     ``priority_rules`` (TOML) are the service's own priority rules;
     ``background_nice`` and ``sim_background`` put the hosts and the simulators off the
-    bus-priority path in the background (:mod:`runtime.niceness`);
+    bus-priority path in the background, and ``priority_realtime`` and ``sim_realtime``
+    the processes on it (and the traffic controllers' simulators) in the real-time class
+    (:mod:`runtime.niceness`);
     ``placement`` edits the inventory's placement policy (given the demo's, it
     returns the one to run, such as one with a domain colocated with another).
     """
@@ -147,6 +149,8 @@ class City:
         priority_rules: str = "",
         background_nice: Background | None = None,
         sim_background: bool = False,
+        priority_realtime: int | None = None,
+        sim_realtime: bool = False,
         placement: Callable[[PlacementPolicy], PlacementPolicy] | None = None,
     ) -> None:
         from runtime.demo_inventory import DemoPorts, generate_demo
@@ -154,6 +158,7 @@ class City:
 
         self._background_nice = background_nice
         self._sim_background = sim_background
+        self._realtime = (priority_realtime, sim_realtime)
         self.scale = scale
         self.say = say
         # Free ports, not the demo's documented ones: a bench runs beside a demo or a test.
@@ -299,7 +304,8 @@ class City:
             sim_rate_hz=self._sim_rate_hz, spares=self._spares, broker=self._broker,
             data_dir=self._data_dir, clock_speed=self._clock[0], clock_start=self._clock[1],
             priority_grant_all=self._grant_all, priority_rules=self._rules,
-            background_nice=self._background_nice, sim_background=self._sim_background))
+            background_nice=self._background_nice, sim_background=self._sim_background,
+            priority_realtime=self._realtime[0], sim_realtime=self._realtime[1]))
 
     def _start_admin(self) -> None:
         from admin_web import (

@@ -49,12 +49,18 @@ background (``background_nice = "idle"``, :mod:`runtime.niceness`), and so
 are the simulators of every family but the traffic controllers, which stand
 for field devices with processors of their own (``sim_background``). The
 store, the broker, Ray's daemons, the crossroads' hosts, the pool and the
-controllers keep the normal priority. The target is ``flood_p99_ratio``
-(flood p99 ÷ idle p99) ≤ 2.
+controllers keep the normal priority; and the priority path itself runs in the
+real-time class (``priority_realtime`` :data:`REALTIME`, ``SCHED_RR``, with the
+traffic controllers' simulators: ``sim_realtime``), as the README's deployment of
+``COMMANDPOST_PRIORITY_REALTIME`` does. Each phase says what the system granted
+(``realtime``: the real-time priority of each member, lane process and
+controllers' simulator; 0 where it was refused, the normal class). The target
+is ``flood_p99_ratio`` (flood p99 ÷ idle p99) ≤ 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -67,7 +73,7 @@ from typing import Any, Final
 
 from actors.priority.tracker import DETECTION_DISTANCE_M, DETECTION_ETA_S
 from runtime.bench.buses import HZ, SPEED_MPS
-from runtime.bench.common import City, Say, machine, percentile
+from runtime.bench.common import City, Say, hosts_of, machine, percentile
 from runtime.errors import ConfigError
 from runtime.inventory import Equipment, Inventory, PlacementPolicy
 from runtime.transit import OUTBOUND, BusLine, Crossing, line_geometry
@@ -83,6 +89,8 @@ FLOOD_MSGS_PER_S: Final = 4000
 FLOOD_DEVICES: Final = 200
 #: The service's background (runtime.niceness) in every phase.
 BACKGROUND: Final = "idle"
+REALTIME: Final = 10
+"""The real-time priority the bench asks for the priority path (``SCHED_RR``, 1..99)."""
 #: How long the generator runs at its pace before the first pass (s).
 _FLOOD_WARMUP_S: Final = 3.0
 #: Where a pass starts and ends, from the stop line (m), its speed (m/s) and sample rate.
@@ -359,11 +367,38 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
     out["member_errors"] = {str(m.get("id")): m.get("errors", {}) for m in members}
     out["legs_ms"] = legs(found, sorted(t.published for t in triggers),
                           _timelines(city, [str(m.get("id")) for m in members]))
+    out["realtime"] = realtime_granted(city, [int(m.get("pid") or 0) for m in members])
     say(f"{name}: {json_line(out)}")
     city.control.offline(list(passes), False)
     if quiet:
         city.control.hold(False)
     return out
+
+
+def realtime_granted(city: City, members: Sequence[int]) -> dict[str, list[int]]:
+    """The real-time priority each process of the priority path runs at (0: the normal
+    class; :mod:`runtime.niceness`): the members, the crossroads' lane processes and the
+    traffic controllers' simulators, as the system says."""
+    import psutil
+
+    from runtime.niceness import realtime_of
+
+    lanes: list[int] = []
+    for host in hosts_of(city.svc.tree()):
+        with contextlib.suppress(psutil.Error, ValueError):
+            lanes += [p.pid for p in psutil.Process(int(host.get("pid") or 0)).children()
+                      if "runtime.laneproc" in p.cmdline()]
+    controllers: list[int] = []
+    if city.svc.sim_proc is not None:
+        with contextlib.suppress(psutil.Error):
+            runner = psutil.Process(city.svc.sim_proc.pid)
+            for proc in [runner, *runner.children(recursive=True)]:
+                argv = proc.cmdline()
+                if "--kinds" in argv and "traffic" in argv[argv.index("--kinds") + 1]:
+                    controllers.append(proc.pid)
+    return {"members": [realtime_of(pid) for pid in members],
+            "lanes": [realtime_of(pid) for pid in lanes],
+            "controllers": [realtime_of(pid) for pid in controllers]}
 
 
 def _timelines(city: City, members: Sequence[str]) -> list[list[list[float]]]:
@@ -455,7 +490,8 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         os.environ[ENV] = traces  # the pool's processes inherit it
         try:
             with City(say=say, broker=broker, priority_grant_all=True,
-                      background_nice=BACKGROUND, sim_background=True, **kw) as city:
+                      background_nice=BACKGROUND, sim_background=True,
+                      priority_realtime=REALTIME, sim_realtime=True, **kw) as city:
                 out[name] = _phase(city, say, samples, name, flood=name == "flood",
                                    quiet=name.startswith("idle"))
                 out.setdefault("broker", city.broker_kind)
@@ -473,6 +509,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                               else round(flood["p99_ms"] / idle["p99_ms"], 2))
     out["machine"] = machine()
     out["background"] = BACKGROUND
+    out["realtime_asked"] = REALTIME
     out["scale"] = scale
     out["left_out"] = []
     return out
