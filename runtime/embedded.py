@@ -63,6 +63,7 @@ from runtime.broker_accounts import (
 )
 from runtime.errors import ConfigError, RetryableError
 from runtime.lifeline import spawn_tied
+from runtime.niceness import check_realtime, realtime_process
 
 __all__ = [
     "MAX_PACKET_BYTES",
@@ -173,6 +174,7 @@ class _ChildServer:
         self._watchdog: threading.Thread | None = None
         self._restarts = 0
         self._started_at = 0.0
+        self._realtime = 0
 
     # -- what each server provides --
 
@@ -226,6 +228,17 @@ class _ChildServer:
     def restarts(self) -> int:
         """How many times the watchdog brought the server back."""
         return self._restarts
+
+    def set_realtime(self, priority: int) -> bool:
+        """Run the server in the real-time class at ``priority`` (``SCHED_RR``; 0: the
+        normal class from its next start), now if it runs and on every restart
+        (:mod:`runtime.niceness`); whether it runs there now."""
+        self._realtime = check_realtime(priority)
+        with self._lock:
+            proc = self._proc
+        if proc is None or proc.poll() is not None or not self._realtime:
+            return False
+        return realtime_process(proc.pid, self._realtime)
 
     def alive(self) -> bool:
         """Whether the child process is running."""
@@ -345,6 +358,8 @@ class _ChildServer:
         proc = self._launch()
         with self._lock:
             self._proc = proc
+        if self._realtime:
+            realtime_process(proc.pid, self._realtime)
         deadline = time.monotonic() + START_TIMEOUT_S
         delay = 0.005
         while True:

@@ -159,8 +159,8 @@ class ServiceOptions:
     # (runtime.niceness; benches that share the machine with the simulated city).
     sim_background: bool = False
     # The real-time priority (SCHED_RR, 1 to 99) of the processes whose whole work is the
-    # bus-priority path: the pool's members and the crossroads' lane processes
-    # (runtime.niceness); None: ``COMMANDPOST_PRIORITY_REALTIME``, else 0 (off).
+    # bus-priority path: the pool's members, the crossroads' lane processes and the
+    # embedded broker (runtime.niceness); None: ``COMMANDPOST_PRIORITY_REALTIME``, else 0 (off).
     priority_realtime: int | None = None
     # The traffic controllers' simulators run at that priority too (benches: they stand
     # for controllers with processors of their own).
@@ -317,9 +317,13 @@ class Service:
 
     def use_broker(self, broker: EmbeddedBroker) -> None:
         """Run on an embedded broker started by the caller (who stops it): the runtime
-        connects with its account, the field gets accounts of its own (publisher_url)."""
+        connects with its account, the field gets accounts of its own (publisher_url).
+        It carries the positions to the bus-priority pool: with ``priority_realtime``, it
+        runs in the real-time class with the rest of that path (:mod:`runtime.niceness`)."""
         self._field_broker = broker
         self.mqtt_url = broker.url
+        if self._realtime:
+            broker.set_realtime(self._realtime)
 
     def publisher_url(self, name: str, equipment: Iterable[Equipment]) -> str:
         """A broker URL that may publish as each of ``equipment`` (simulators, benches).

@@ -205,3 +205,14 @@ def test_the_systemd_unit_has_no_secret_on_its_command_line(word: str) -> None:
     argv = shlex.split(exec_start)
     assert argv[1:3] == ["run", "--inventory"]
     assert not any(word in a for a in argv)
+
+
+def test_the_systemd_unit_allows_the_real_time_priority_its_environment_file_names() -> None:
+    from runtime.niceness import REALTIME_ENV, check_realtime
+
+    (limit,) = [v for k, v in unit_settings() if k == "LimitRTPRIO"]
+    example = (UNIT.parent / "commandpost.env.example").read_text(encoding="utf-8")
+    (line,) = [ln.lstrip("#") for ln in example.splitlines()
+               if ln.lstrip("#").startswith(f"{REALTIME_ENV}=")]
+    asked = check_realtime(int(line.split("=", 1)[1]))
+    assert 0 < asked <= int(limit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -234,6 +235,31 @@ def test_broker_round_trip_survives_kill_and_stops_clean(tmp_path: Path, kind: s
     assert not broker.alive()
     assert _process_gone(pid)
     assert _watchdog_threads() == []
+
+
+def _classes(pid: int) -> set[tuple[int, int]]:
+    """The scheduling policy and real-time priority of every thread of ``pid``."""
+    return {(os.sched_getscheduler(int(t)), os.sched_getparam(int(t)).sched_priority)
+            for t in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.parametrize("kind", _broker_kinds())
+def test_a_real_time_broker_is_started_again_in_the_real_time_class(tmp_path: Path,
+                                                                     kind: str) -> None:
+    granted = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 5
+    want = {(os.SCHED_RR, 5)} if granted else {(os.SCHED_OTHER, 0)}
+    with EmbeddedBroker(tmp_path / "mqtt", prefer=kind) as broker:
+        assert _classes(broker.pid) == {(os.SCHED_OTHER, 0)}
+        assert broker.set_realtime(5) is granted
+        assert _classes(broker.pid) == want
+        broker.start_watchdog()
+        first_pid = broker.pid
+        broker.kill()
+        _poll(lambda: broker.restarts == 1, "the watchdog to restart the broker")
+        assert broker.pid != first_pid and _classes(broker.pid) == want
+        assert _round_trips(broker)
+        with pytest.raises(ConfigError):
+            broker.set_realtime(100)
 
 
 def test_broker_prefer_is_validated(tmp_path: Path) -> None:

@@ -243,9 +243,9 @@ def test_the_priority_path_runs_in_the_real_time_class_and_what_is_off_it_yields
     assert all(policies(pid) == critical for pid in members)
     for host in vehicles:
         assert policies(int(hosts[host]["pid"])) == idle, host
-    # The broker carries every position: never lowered.
+    # The broker carries the positions to the pool: on the path.
     broker = city.process_groups()["broker"]
-    assert broker and all(policies(pid) == normal for pid in broker)
+    assert broker and all(policies(pid) == critical for pid in broker)
     # The simulators of the vehicles run in the background, the controllers never do.
     assert city.svc.sim_proc is not None
     runner = psutil.Process(city.svc.sim_proc.pid)
