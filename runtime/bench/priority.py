@@ -48,13 +48,14 @@ meant to run: the hosts with no entity on the priority path in the
 background (``background_nice = "idle"``, :mod:`runtime.niceness`), and so
 are the simulators of every family but the traffic controllers, which stand
 for field devices with processors of their own (``sim_background``). The
-store, the broker, Ray's daemons, the crossroads' hosts, the pool and the
-controllers keep the normal priority; and the priority path itself runs in the
-real-time class (``priority_realtime`` :data:`REALTIME`, ``SCHED_RR``, with the
-traffic controllers' simulators: ``sim_realtime``), as the README's deployment of
-``COMMANDPOST_PRIORITY_REALTIME`` does. Each phase says what the system granted
-(``realtime``: the real-time priority of each member, lane process and
-controllers' simulator; 0 where it was refused, the normal class). The target
+store and Ray's daemons keep the normal priority; the priority path itself
+runs in the real-time class (``priority_realtime`` :data:`REALTIME`,
+``SCHED_RR``: the pool's members, the crossroads' lane processes, the
+embedded broker, and with ``sim_realtime`` the traffic controllers'
+simulators), as the README's deployment of ``COMMANDPOST_PRIORITY_REALTIME``
+does. Each phase says what the system granted (``realtime``: the real-time
+priority of each member, lane process, broker process and controllers'
+simulator; 0 where it was refused, the normal class). The target
 is ``flood_p99_ratio`` (flood p99 ÷ idle p99) ≤ 2.
 """
 
@@ -377,8 +378,8 @@ def _phase(city: City, say: Say, samples: int, name: str, *, flood: bool = False
 
 def realtime_granted(city: City, members: Sequence[int]) -> dict[str, list[int]]:
     """The real-time priority each process of the priority path runs at (0: the normal
-    class; :mod:`runtime.niceness`): the members, the crossroads' lane processes and the
-    traffic controllers' simulators, as the system says."""
+    class; :mod:`runtime.niceness`): the members, the crossroads' lane processes, the
+    broker and the traffic controllers' simulators, as the system says."""
     import psutil
 
     from runtime.niceness import realtime_of
@@ -398,6 +399,7 @@ def realtime_granted(city: City, members: Sequence[int]) -> dict[str, list[int]]
                     controllers.append(proc.pid)
     return {"members": [realtime_of(pid) for pid in members],
             "lanes": [realtime_of(pid) for pid in lanes],
+            "broker": [realtime_of(pid) for pid in city.process_groups()["broker"]],
             "controllers": [realtime_of(pid) for pid in controllers]}
 
 
