@@ -243,7 +243,7 @@ class AdminBackend(Protocol):
 
     def priority(self) -> dict[str, Any]:
         """The bus-priority pool as its members last published it: ``{"members": [{"id",
-        "pid", "buses"}], "requests": {"granted", "refused": {reason: n}}, "latency_ms":
+        "pid", "buses", "realtime"}], "requests": {"granted", "refused": {reason: n}}, "latency_ms":
         {"p50", "p99", "histogram": [[upper_ms, n], …]}}`` (CONTRACT.md)."""
         ...
 

@@ -485,8 +485,12 @@ def _schemas() -> dict[str, Any]:
         "CrisisAccepted": _obj({"activation_id": _STR, "status": command_status},
                                ("activation_id", "status"), closed=True),
         "Priority": _obj({
-            "members": _array(_obj({"id": _NSTR, "pid": _nullable(_INT), "buses": _COUNT},
-                                   ("id", "pid", "buses"))),
+            "members": _array(_obj({
+                "id": _NSTR, "pid": _nullable(_INT), "buses": _COUNT,
+                "realtime": {"type": "integer", "minimum": 0, "maximum": 99,
+                             "description": "the member's real-time priority (SCHED_RR), "
+                                            "0 in the normal class"}},
+                ("id", "pid", "buses"))),
             "requests": _obj({"granted": _COUNT,
                               "refused": {"type": "object", "additionalProperties": _COUNT,
                                           "description": "by reason"}},

@@ -243,6 +243,9 @@ def test_the_priority_path_runs_in_the_real_time_class_and_what_is_off_it_yields
                 if "runtime.laneproc" in p.cmdline()]
         assert len(lane) == 1 and policies(lane[0].pid) == critical, host
     assert all(policies(pid) == critical for pid in members)
+    # The API says so too, as each member reads its own class.
+    assert [m["realtime"] for m in priority(city)["members"]] == [
+        REALTIME if GRANTED else 0] * len(members)
     for host in vehicles:
         assert policies(int(hosts[host]["pid"])) == idle, host
     # The broker carries the positions to the pool: on the path.

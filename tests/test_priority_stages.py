@@ -68,3 +68,5 @@ def test_an_empty_stage_summary_has_no_figures_and_members_carry_theirs() -> Non
     merged = merge_members([{"id": "priority-1", "stages_ms": {"call": {"p50": 1.0}}}, {}])
     assert merged["members"][0]["stages_ms"] == {"call": {"p50": 1.0}}
     assert merged["members"][1]["stages_ms"] == {}
+    # A member that says no scheduling class (an older one) is in the normal class.
+    assert [m["realtime"] for m in merged["members"]] == [0, 0]

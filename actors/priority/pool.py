@@ -78,6 +78,7 @@ from runtime.entity import Checkpoint, Entity
 from runtime.envelope import Envelope, MessageKind, pack
 from runtime.errors import CommandpostError, MalformedMessageError
 from runtime.inventory import PRIORITY_PREFIX, Inventory
+from runtime.niceness import realtime_of
 from runtime.placement import stable_shard
 from runtime.transit import line_from_wire, line_to_wire
 
@@ -419,7 +420,8 @@ class PoolMember(Entity):
     def _publish(self) -> None:
         self.ctx.publish_read_model(f"priority-member-{self.index + 1}", pack({
             "id": self.ctx.id, "pid": os.getpid(), "buses": len(self.served_buses()),
-            "partitions": sorted(self.serving), "granted": self.granted,
+            "realtime": realtime_of(os.getpid()), "partitions": sorted(self.serving),
+            "granted": self.granted,
             "refused": dict(self.refused), "errors": dict(self.errors),
             "received": self.received, "tracked": dict(self.tracked),
             "spans": tracing.exported(),
@@ -440,7 +442,8 @@ class PoolMember(Entity):
 def merge_members(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """``GET /api/v1/priority`` from the members' read models."""
     members = [{"id": d.get("id"), "pid": d.get("pid"), "buses": d.get("buses", 0),
-                "partitions": d.get("partitions", []), "received": d.get("received", 0),
+                "realtime": d.get("realtime", 0), "partitions": d.get("partitions", []),
+                "received": d.get("received", 0),
                 "tracked": d.get("tracked", {}), "ignored": d.get("ignored", {}),
                 "errors": d.get("errors", {}), "spans": d.get("spans", 0),
                 "stages_ms": d.get("stages_ms", {})} for d in docs]

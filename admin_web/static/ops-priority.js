@@ -51,7 +51,8 @@
       (m) => cp.el("tr", { "data-member-id": m.id },
         cp.el("td", { class: "mono" }, m.id || "—"),
         cp.el("td", { class: "num" }, m.pid === null ? "—" : m.pid),
-        cp.el("td", { class: "num" }, ops.number(m.buses, 0))));
+        cp.el("td", { class: "num" }, ops.number(m.buses, 0)),
+        cp.el("td", {}, m.realtime ? `real-time ${m.realtime}` : "normal")));
     document.getElementById("priority-no-members").hidden = members.length > 0;
   });
 })();

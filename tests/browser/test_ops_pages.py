@@ -154,6 +154,11 @@ def test_priority_and_energy_pages_read_their_reports(web: Web, running_city: Cl
     expect(web.page.locator("#priority-granted")).to_have_text(re.compile(r"\d"), timeout=LIVE_MS)
     members = _api(running_city, "viewer", "GET", "/api/v1/priority")["members"]
     expect(web.page.locator("#priority-members tbody tr")).to_have_count(len(members))
+    # Each member's scheduling class, as the member itself reads it.
+    for m in members:
+        row = web.page.locator(f'#priority-members tr[data-member-id="{m["id"]}"]')
+        expect(row.locator("td").last).to_have_text(
+            f"real-time {m['realtime']}" if m["realtime"] else "normal")
     web.shot("priority")
     web.goto("/energy")
     expect(web.page.locator("#energy-range")).to_contain_text("nights", timeout=LIVE_MS)
