@@ -802,11 +802,15 @@ def _bench_help() -> str:
               help="tsp: the network's routes (.rou.xml, comma-separated files)")
 @click.option("--additional", default=None,
               help="tsp: SUMO additional files with the bus stops (comma-separated)")
+@click.option("--realtime", type=click.IntRange(min=0, max=99), default=None,
+              help="priority-latency: the priority path's real-time priority (SCHED_RR; "
+                   "0: the normal class; default 10)")
 def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
           seconds: float | None, capacity: bool, n: int | None, operators: int | None,
           output: str | None,
           clock_speed: float | None, seeds: int | None, sim_hours: float | None,
-          net: str | None, routes: str | None, additional: str | None) -> None:
+          net: str | None, routes: str | None, additional: str | None,
+          realtime: int | None) -> None:
     import importlib
 
     entry = BENCHES.get(name)
@@ -824,7 +828,8 @@ def bench(name: str, as_json: bool, scale: float, kills: int, broker: str,
     if clock_speed is not None:
         kwargs["clock_speed"] = clock_speed
     for key, value in (("operators", operators), ("seeds", seeds), ("sim_hours", sim_hours),
-                       ("net", net), ("routes", routes), ("additional", additional)):
+                       ("net", net), ("routes", routes), ("additional", additional),
+                       ("realtime", realtime)):
         if value is not None:
             kwargs[key] = value
     try:

@@ -63,7 +63,7 @@ from runtime.broker_accounts import (
 )
 from runtime.errors import ConfigError, RetryableError
 from runtime.lifeline import spawn_tied
-from runtime.niceness import check_realtime, realtime_process
+from runtime.niceness import check_realtime, enter_realtime
 
 __all__ = [
     "MAX_PACKET_BYTES",
@@ -238,7 +238,7 @@ class _ChildServer:
             proc = self._proc
         if proc is None or proc.poll() is not None or not self._realtime:
             return False
-        return realtime_process(proc.pid, self._realtime)
+        return enter_realtime(self._realtime, proc.pid)
 
     def alive(self) -> bool:
         """Whether the child process is running."""
@@ -359,7 +359,7 @@ class _ChildServer:
         with self._lock:
             self._proc = proc
         if self._realtime:
-            realtime_process(proc.pid, self._realtime)
+            enter_realtime(self._realtime, proc.pid)
         deadline = time.monotonic() + START_TIMEOUT_S
         delay = 0.005
         while True:

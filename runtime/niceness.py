@@ -79,7 +79,7 @@ from runtime.errors import ConfigError
 
 __all__ = ["BACKGROUND_NICE", "ENV", "IDLE", "REALTIME_ENV", "Background", "background_nice",
            "check_nice", "check_realtime", "enter_realtime", "lower_priority",
-           "priority_realtime", "realtime_of", "realtime_process", "restore_priority"]
+           "priority_realtime", "realtime_of", "restore_priority"]
 
 log = logging.getLogger("commandpost.niceness")
 
@@ -156,11 +156,12 @@ def _checked_realtime(value: object, what: str) -> int:
     return value
 
 
-def enter_realtime(priority: int) -> bool:
-    """Put every thread of this process in the real-time class (``SCHED_RR`` at
-    ``priority``), those already running included; threads started later inherit it.
-    Whether it is there now: ``priority`` 0 asks nothing (False); refused by the system,
-    it says so once, and the process keeps its class."""
+def enter_realtime(priority: int, pid: int = 0) -> bool:
+    """Put every thread of the process ``pid`` (0: this one; else a child it started,
+    the embedded broker) in the real-time class (``SCHED_RR`` at ``priority``), those
+    already running included; threads started later inherit it. Whether it is there now:
+    ``priority`` 0 asks nothing (False); refused by the system, it says so, and the
+    process keeps its class."""
     if not check_realtime(priority):
         return False
     policy = getattr(os, "SCHED_RR", None)
@@ -168,33 +169,12 @@ def enter_realtime(priority: int) -> bool:
         log.warning("no real-time class on this system: the critical path keeps the normal one")
         return False
     try:
-        os.sched_setscheduler(0, policy, os.sched_param(priority))
-    except PermissionError:
-        log.warning(
-            "the real-time class (priority %d) is refused to this process: it needs "
-            "CAP_SYS_NICE or an RLIMIT_RTPRIO of at least %d (ulimit -r); the bus-priority "
-            "path keeps the normal class", priority, priority)
-        return False
-    _each_thread(lambda tid: _set_realtime(tid, policy, priority))
-    return True
-
-
-def realtime_process(pid: int, priority: int) -> bool:
-    """Put every thread of the process ``pid`` (a child this process started: the
-    embedded broker) in the real-time class, as :func:`enter_realtime` does its own;
-    whether it is there now."""
-    if not check_realtime(priority):
-        return False
-    policy = getattr(os, "SCHED_RR", None)
-    if policy is None:
-        return False
-    try:
         os.sched_setscheduler(pid, policy, os.sched_param(priority))
     except PermissionError:
         log.warning(
-            "the real-time class (priority %d) is refused to process %d: it needs "
-            "CAP_SYS_NICE or an RLIMIT_RTPRIO of at least %d (ulimit -r); it keeps the "
-            "normal class", priority, pid, priority)
+            "the real-time class (priority %d) is refused to %s: it needs CAP_SYS_NICE or "
+            "an RLIMIT_RTPRIO of at least %d (ulimit -r); the bus-priority path keeps the "
+            "normal class", priority, f"process {pid}" if pid else "this process", priority)
         return False
     except ProcessLookupError:
         return False
@@ -268,11 +248,11 @@ def _set_realtime(tid: int, policy: int, priority: int) -> bool:
     return True
 
 
-def _each_thread(change: Callable[[int], bool], pid: int | None = None) -> int:
+def _each_thread(change: Callable[[int], bool], pid: int = 0) -> int:
     try:
         threads = [int(t) for t in os.listdir(f"/proc/{pid or 'self'}/task")]
     except FileNotFoundError:
-        threads = [pid or 0]
+        threads = [pid]
     changed = 0
     for tid in threads:
         try:

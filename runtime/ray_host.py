@@ -314,9 +314,9 @@ class HostActor:
         self.core = core
         self.lane = _Lane(core)
         core.priority_lane = self._serve_priority
+        realtime = check_realtime(int(cfg.get("realtime") or 0))
         # Started before the host may lower its priority: the child keeps the normal one.
-        apart = await self._spawn_lane_process(core, a.get("clock"),
-                                               check_realtime(int(cfg.get("realtime") or 0)))
+        apart = await self._spawn_lane_process(core, a.get("clock"), realtime)
         factories = [slot.factory for slot in core.slots.values()]
         if not apart and any(has_priority_lane(f) for f in factories):
             sys.setswitchinterval(float(os.environ.get("COMMANDPOST_LANE_SWITCH_S",
@@ -328,7 +328,7 @@ class HostActor:
         elif all(getattr(f, "LATENCY_CRITICAL", False) for f in factories):
             # Nothing but the critical path here (a pool member): the real-time class, if
             # the service asks for it. A host that serves a lane itself carries telemetry too.
-            enter_realtime(check_realtime(int(cfg.get("realtime") or 0)))
+            enter_realtime(realtime)
         await core.start()
         settle(f"host {core.host_id}")
         self._assigned.set()

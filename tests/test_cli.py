@@ -50,6 +50,9 @@ def test_usage_errors_exit_2_with_one_line() -> None:
     out = cp("bench", "no-such-bench")
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+    # A real-time priority Linux has not: refused before anything starts.
+    out = cp("bench", "priority-latency", "--realtime", "100")
+    assert out.returncode == 2 and "--realtime" in out.stderr
 
 
 def test_run_refuses_opcua_security_without_certificates(tmp_path: Path) -> None:

@@ -91,7 +91,8 @@ FLOOD_DEVICES: Final = 200
 #: The service's background (runtime.niceness) in every phase.
 BACKGROUND: Final = "idle"
 REALTIME: Final = 10
-"""The real-time priority the bench asks for the priority path (``SCHED_RR``, 1..99)."""
+"""The real-time priority the bench asks for the priority path (``SCHED_RR``, 1..99),
+unless told otherwise (``--realtime``; 0: the normal class)."""
 #: How long the generator runs at its pace before the first pass (s).
 _FLOOD_WARMUP_S: Final = 3.0
 #: Where a pass starts and ends, from the stop line (m), its speed (m/s) and sample rate.
@@ -478,11 +479,15 @@ def _phases(scale: float) -> Iterator[tuple[str, dict[str, Any], str]]:
 
 
 def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
-        samples: int = 1000, **_: Any) -> dict[str, Any]:
-    """The figures of this bench (see the module docstring)."""
+        samples: int = 1000, realtime: int = REALTIME, **_: Any) -> dict[str, Any]:
+    """The figures of this bench (see the module docstring); ``realtime`` 0 runs the
+    priority path in the normal class (a deployment without the privilege)."""
     import os
 
     from actors.priority.tracing import ENV
+    from runtime.niceness import check_realtime
+
+    realtime = check_realtime(realtime)
 
     # The bench's own publisher queues many samples at once: aiomqtt warns of each.
     logging.getLogger("devices.mqtt").setLevel(logging.ERROR)
@@ -493,7 +498,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
         try:
             with City(say=say, broker=broker, priority_grant_all=True,
                       background_nice=BACKGROUND, sim_background=True,
-                      priority_realtime=REALTIME, sim_realtime=True, **kw) as city:
+                      priority_realtime=realtime, sim_realtime=bool(realtime), **kw) as city:
                 out[name] = _phase(city, say, samples, name, flood=name == "flood",
                                    quiet=name.startswith("idle"))
                 out.setdefault("broker", city.broker_kind)
@@ -511,7 +516,7 @@ def run(*, scale: float = 1.0, say: Say = print, broker: str = "auto",
                               else round(flood["p99_ms"] / idle["p99_ms"], 2))
     out["machine"] = machine()
     out["background"] = BACKGROUND
-    out["realtime_asked"] = REALTIME
+    out["realtime_asked"] = realtime
     out["scale"] = scale
     out["left_out"] = []
     return out
