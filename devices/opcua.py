@@ -13,6 +13,10 @@ event loop shares one TCP connection, counted by references.
 Reconnection is asyncua's own supervisor (``auto_reconnect``): after a loss it
 retries with exponential backoff up to ``reconnect_max_s`` and re-creates the
 live subscriptions, so data-change and event callbacks resume by themselves.
+A re-creation the connection interrupts again leaves asyncua's subscription
+without its monitored items (it forgets them before asking the server); each
+connection watches for re-created subscriptions and builds any that came back
+empty anew, retrying with the same backoff until the server answers.
 While it is reconnecting every request fails with
 :class:`~runtime.errors.DeviceUnavailableError` after at most ``timeout_s``.
 Only the first :meth:`OpcUaSession.connect` is the caller's job: when the
@@ -39,10 +43,12 @@ from urllib.parse import urlsplit
 
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.client.ua_client import UaClientState
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.crypto import security_policies
+from asyncua.observer import Observer, SubscriptionEvent
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
@@ -337,10 +343,15 @@ class _Connection:
         self.lock = asyncio.Lock()
         self.client: Client | None = None
         self.event_sub: Subscription | None = None
+        self.event_interval_s = 0.5
         self.event_handlers: dict[str, list[EventCallback]] = {}
+        self.handles: set[SubscriptionHandle] = set()
+        self._repair: asyncio.Task[None] | None = None
+        self._repair_again = False
 
     async def open(self) -> None:
         client = Client(self.url, timeout=self.timeout_s)
+        client.uaclient.observer = _Watch(self)
         if self.security.mode != "None":
             assert self.security.certificate is not None
             assert self.security.private_key is not None
@@ -374,12 +385,67 @@ class _Connection:
         client, self.client = self.client, None
         self.event_sub = None
         self.event_handlers.clear()
+        self.handles.clear()
+        repair, self._repair = self._repair, None
+        if repair is not None:
+            repair.cancel()
         if client is not None:
             await _disconnect_quietly(client)
+
+    def schedule_repair(self) -> None:
+        """Check the subscriptions soon (asyncua re-created one, or reconnected)."""
+        if self.client is None:
+            return
+        if self._repair is not None and not self._repair.done():
+            self._repair_again = True
+            return
+        self._repair = asyncio.get_running_loop().create_task(
+            self._repair_loop(), name=f"opcua-repair {self.url}")
+
+    def _event_sub_lost(self) -> bool:
+        sub = self.event_sub
+        return sub is not None and _lost(sub, 1)
+
+    async def _repair_loop(self) -> None:
+        """Build anew every subscription a re-creation left empty, until none is."""
+        delay = min(0.5, self.reconnect_max_s)
+        while self.client is not None:
+            # The re-creation that reported runs on until its next request: let
+            # it put its monitored items back before counting them.
+            await asyncio.sleep(0)
+            self._repair_again = False
+            lost = [h for h in self.handles if h.lost]
+            event_lost = self._event_sub_lost()
+            if not lost and not event_lost:
+                if self._repair_again:
+                    continue
+                return
+            try:
+                for handle in lost:
+                    await handle.rebuild(self)
+                if event_lost and self._event_sub_lost():
+                    old, self.event_sub = self.event_sub, None
+                    async with self.lock:
+                        await asyncio.wait_for(
+                            self.ensure_event_subscription(self.event_interval_s),
+                            timeout=self.timeout_s * 2)
+                    if old is not None:
+                        await _delete_quietly(old)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.info("opcua %s: subscriptions not rebuilt yet (%s); again in %.1f s",
+                          self.url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
+                continue
+            _log.warning("opcua %s: rebuilt %d subscription(s) a reconnection left empty",
+                         self.url, len(lost) + int(event_lost))
 
     async def ensure_event_subscription(self, interval_s: float) -> None:
         if self.event_sub is not None:
             return
+        self.event_interval_s = interval_s
         client = self.require()
         sub = await client.create_subscription(interval_s * 1000.0, _EventHandler(self))
         try:
@@ -395,6 +461,35 @@ class _Connection:
         if self.client is None:
             raise DeviceUnavailableError(f"{self.url}: not connected")
         return self.client
+
+
+def _lost(sub: Subscription, expected: int) -> bool:
+    """True when asyncua's ``sub`` holds fewer monitored items than were created.
+
+    asyncua keeps them in ``Subscription._monitored_items`` and exposes no
+    count of its own; a failed re-creation leaves that map empty.
+    """
+    if sub.subscription_id is None:
+        return False  # being re-created right now: its RECREATED event follows
+    return len(sub._monitored_items) < expected
+
+
+class _Watch(Observer):
+    """asyncua's observer hook of one connection: re-creations and reconnections."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._state: UaClientState | None = None
+
+    def on_state_change(self, state: UaClientState) -> None:
+        before, self._state = self._state, state
+        if before is UaClientState.RECONNECTING and state is UaClientState.CONNECTED:
+            self._conn.schedule_repair()
+
+    def on_subscription_event(self, subscription_id: int | None,
+                              event: SubscriptionEvent) -> None:
+        if event is SubscriptionEvent.RECREATED:
+            self._conn.schedule_repair()
 
 
 async def _disconnect_quietly(client: Client) -> None:
@@ -463,20 +558,65 @@ _REGISTRY: weakref.WeakKeyDictionary[
 class SubscriptionHandle:
     """A live data-change subscription; :meth:`unsubscribe` ends it."""
 
-    def __init__(self, session: OpcUaSession, sub: Subscription) -> None:
+    def __init__(self, session: OpcUaSession, sub: Subscription, *, node_ids: Sequence[ua.NodeId],
+                 handler: _DataHandler, interval_ms: float, queue_size: int) -> None:
         self._session = session
         self._sub: Subscription | None = sub
+        self._node_ids = tuple(node_ids)
+        self._handler = handler
+        self._interval_ms = interval_ms
+        self._queue_size = queue_size
+        self._conn: _Connection | None = None
 
     @property
     def active(self) -> bool:
         """True until :meth:`unsubscribe` (or the session's close) ran."""
         return self._sub is not None
 
+    @property
+    def lost(self) -> bool:
+        """True when a reconnection left the server-side subscription without its items."""
+        sub = self._sub
+        return sub is not None and _lost(sub, len(self._node_ids))
+
+    def attach(self, conn: _Connection) -> None:
+        self._conn = conn
+        conn.handles.add(self)
+
+    async def rebuild(self, conn: _Connection) -> None:
+        """Create the subscription anew on ``conn`` and drop the empty one."""
+        client = conn.require()
+        sub = await asyncio.wait_for(
+            client.create_subscription(self._interval_ms, self._handler), timeout=conn.timeout_s)
+        try:
+            results: list[int | ua.StatusCode] = await asyncio.wait_for(
+                sub.subscribe_data_change([client.get_node(i) for i in self._node_ids],
+                                          queuesize=self._queue_size),
+                timeout=conn.timeout_s)
+        except BaseException:
+            await _delete_quietly(sub)
+            raise
+        refused = [(i, r) for i, r in zip(self._node_ids, results, strict=True)
+                   if isinstance(r, ua.StatusCode)]
+        if refused:
+            _log.warning("opcua %s: after reconnecting, the server refuses %s",
+                         conn.url, ", ".join(f"{i.to_string()} ({r.name})" for i, r in refused))
+            self._node_ids = tuple(i for i, r in zip(self._node_ids, results, strict=True)
+                                   if not isinstance(r, ua.StatusCode))
+        old, self._sub = self._sub, sub
+        if old is None:  # unsubscribed while this ran
+            self._sub = None
+            await _delete_quietly(sub)
+            return
+        await _delete_quietly(old)
+
     async def unsubscribe(self) -> None:
         """Delete the subscription on the server (locally only if the server is gone)."""
         sub, self._sub = self._sub, None
         if sub is not None:
             self._session._handles.discard(self)
+            if self._conn is not None:
+                self._conn.handles.discard(self)
             await _delete_quietly(sub)
 
 
@@ -621,10 +761,10 @@ class OpcUaSession:
             raise ConfigError(f"publishing interval {publishing_interval_s!r} outside (0, 3600]")
         ids = [_parse_node_id(n) for n in node_ids]
         names = dict(zip(ids, node_ids, strict=True))
+        handler = _DataHandler(names, callback)
         sub: Subscription = await self._call(
             "create subscription",
-            client.create_subscription(publishing_interval_s * 1000.0,
-                                       _DataHandler(names, callback)))
+            client.create_subscription(publishing_interval_s * 1000.0, handler))
         try:
             results: list[int | ua.StatusCode] = await self._call(
                 "subscribe", sub.subscribe_data_change([client.get_node(i) for i in ids],
@@ -636,8 +776,12 @@ class OpcUaSession:
         except BaseException:
             await _delete_quietly(sub)
             raise
-        handle = SubscriptionHandle(self, sub)
+        handle = SubscriptionHandle(self, sub, node_ids=ids, handler=handler,
+                                    interval_ms=publishing_interval_s * 1000.0,
+                                    queue_size=queue_size)
         self._handles.add(handle)
+        if self._conn is not None:
+            handle.attach(self._conn)
         return handle
 
     async def subscribe_events(self, callback: EventCallback,

@@ -344,6 +344,114 @@ def test_server_restart_then_session_recovers(sim: SimThread, port: int) -> None
     run(main())
 
 
+#: Request encodings (OPC UA Part 6 binary) the relay can cut a connection on.
+TRANSFER_SUBSCRIPTIONS = 841
+CREATE_SUBSCRIPTION = 787
+
+
+class CuttingRelay:
+    """A TCP relay to an OPC UA server that cuts connections on demand.
+
+    :meth:`cut_all` drops every open connection; once :attr:`cut_on` holds
+    request type ids, the next connection whose client sends one of them is
+    dropped before the request reaches the server (once).
+    """
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self.cut_on: set[int] = set()
+        self.cuts = 0
+        self.connections = 0
+        self._open: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self.cut_all()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut_all(self) -> None:
+        for writer in list(self._open):
+            writer.transport.abort()
+        self._open.clear()
+
+    async def _relay(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self._open |= {c_writer, s_writer}
+
+        async def upstream() -> None:
+            while True:
+                header = await c_reader.readexactly(8)
+                body = await c_reader.readexactly(int.from_bytes(header[4:8], "little") - 8)
+                # MSG chunk, security None: channel, token, sequence and request
+                # ids, then the request's type as a four-byte NodeId.
+                if header[:3] == b"MSG" and body[16] == 0x01 and self.cut_on:
+                    kind = int.from_bytes(body[18:20], "little")
+                    if kind in self.cut_on:
+                        self.cut_on.clear()
+                        self.cuts += 1
+                        c_writer.transport.abort()
+                        s_writer.transport.abort()
+                        return
+                s_writer.write(header + body)
+                await s_writer.drain()
+
+        async def downstream() -> None:
+            while data := await s_reader.read(65536):
+                c_writer.write(data)
+                await c_writer.drain()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for writer in (c_writer, s_writer):
+                self._open.discard(writer)
+                writer.transport.abort()
+
+
+def test_subscriptions_resume_when_their_restoration_is_cut(sim: SimThread, port: int) -> None:
+    """A reconnection cut while asyncua restores the subscriptions still ends with them live."""
+
+    async def main() -> None:
+        relay = CuttingRelay(port)
+        await relay.start()
+        session = OpcUaSession(endpoint(relay.port, "bld-t3"), timeout_s=1.0,
+                               reconnect_max_s=1.0)
+        seq_id = sim.sim.node_id("bld-t3", "seq")
+        seen: list[tuple[str, Any, str, float]] = []
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        try:
+            await session.connect()
+            await session.subscribe([seq_id], lambda *a: seen.append(a), 0.05)
+            await session.subscribe_events(lambda *a: events.append(a), 0.05)
+            await until(lambda: seen, what="initial value")
+            relay.cut_on = {TRANSFER_SUBSCRIPTIONS, CREATE_SUBSCRIPTION}
+            relay.cut_all()
+            await until(lambda: relay.cuts == 1, timeout=10, what="the restoration cut")
+            await until(lambda: relay.connections >= 3, timeout=10, what="a second reconnection")
+            target = sim.sim.value("bld-t3", "seq")
+            await asyncio.to_thread(sim.call, lambda: sim.sim.tick(1.0))
+            await until(lambda: seen[-1][1] == target + 1, timeout=15,
+                        what="data changes resumed")
+            await asyncio.to_thread(sim.call, lambda: sim.sim.raise_event("bld-t3", "badge",
+                                                                          door=5))
+            await until(lambda: events, timeout=15, what="events resumed")
+            assert events[0][:2] == ("bld-t3", "badge") and events[0][2]["door"] == 5
+        finally:
+            await session.close()
+            await relay.stop()
+    run(main())
+
+
 def test_simulator_groups_buildings_by_port(profile: Profile) -> None:
     def eq(i: int, port: int, name: str | None = None) -> Equipment:
         ident = f"bld-g-{i:04d}"
