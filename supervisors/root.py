@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import ray
@@ -34,6 +35,34 @@ from supervisors.tree import (
 )
 
 log = logging.getLogger("commandpost.root")
+
+#: Each step of the root's shutdown after the hosts' stops is given up after this (s).
+SHUTDOWN_STEP_S = 5.0
+#: A shutdown still running after this long (s) logs what the root's tasks wait on.
+SLOW_SHUTDOWN_S = 20.0
+
+
+async def _bounded(what: str, aw: Awaitable[Any]) -> None:
+    """Await ``aw`` for at most :data:`SHUTDOWN_STEP_S`; past it, log and go on."""
+    try:
+        await asyncio.wait_for(aw, SHUTDOWN_STEP_S)
+    except TimeoutError:
+        log.warning("shutdown: %s took over %.0f s; given up", what, SHUTDOWN_STEP_S)
+
+
+async def _report_slow_shutdown(after_s: float) -> None:
+    await asyncio.sleep(after_s)
+    me = asyncio.current_task()
+    stacks = []
+    for task in asyncio.all_tasks():
+        if task is me:
+            continue
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name} ({os.path.basename(f.f_code.co_filename)}:"
+                            f"{f.f_lineno})" for f in reversed(frames))
+        stacks.append(f"  {task.get_name()}: {where or 'not started'}")
+    log.warning("shutdown still running after %.0f s; the root's tasks:\n%s", after_s,
+                "\n".join(sorted(stacks)))
 
 
 def tree_config_from_wire(d: dict[str, Any]) -> TreeConfig:
@@ -223,24 +252,33 @@ class RootActor:
         return list(self.recent)
 
     async def shutdown(self) -> bool:
-        """Reverse-order shutdown of the whole tree, spares included."""
-        if self.root is not None:
-            await self.root.shutdown()
-        if self.ctx is not None:
-            await self.ctx.spares.close()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
-        if self.store is not None:
-            if self.events:
-                try:
-                    await self.store.append_events(list(self.events))
-                except Exception as exc:
-                    log.warning("last supervisor events not recorded: %s", exc)
-            await self.store.close()
+        """Reverse-order shutdown of the whole tree, spares included.
+
+        The hosts' stops are bounded by their shutdown timeouts; what follows
+        them (spares, the last events, the store) by :data:`SHUTDOWN_STEP_S`
+        each. A shutdown still running after :data:`SLOW_SHUTDOWN_S` logs what
+        each of the root's tasks waits on.
+        """
+        loop = asyncio.get_running_loop()
+        watch = loop.create_task(_report_slow_shutdown(SLOW_SHUTDOWN_S), name="root.slow-stop")
+        try:
+            if self.root is not None:
+                await self.root.shutdown()
+            if self.ctx is not None:
+                await _bounded("closing the spares", self.ctx.spares.close())
+            if self._flusher is not None:
+                self._flusher.cancel()
+                await _bounded("ending the event flusher", asyncio.wait({self._flusher}))
+            if self.store is not None:
+                if self.events:
+                    try:
+                        await _bounded("recording the last events",
+                                       self.store.append_events(list(self.events)))
+                    except Exception as exc:
+                        log.warning("last supervisor events not recorded: %s", exc)
+                await _bounded("closing the store", self.store.close())
+        finally:
+            watch.cancel()
         self.started = False
         return True
 
