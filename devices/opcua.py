@@ -36,6 +36,7 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -481,6 +482,9 @@ class _Watch(Observer):
         self._conn = conn
         self._state: UaClientState | None = None
 
+    def observe_request(self, request: Any) -> AbstractContextManager[None]:
+        return nullcontext()  # no timing of each request: only the two hooks below
+
     def on_state_change(self, state: UaClientState) -> None:
         before, self._state = self._state, state
         if before is UaClientState.RECONNECTING and state is UaClientState.CONNECTED:
@@ -555,6 +559,24 @@ _REGISTRY: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
+async def _data_subscription(client: Client, node_ids: Sequence[ua.NodeId],
+                             handler: _DataHandler, interval_ms: float, queue_size: int,
+                             call: Callable[[str, Awaitable[Any]], Awaitable[Any]],
+                             ) -> tuple[Subscription, list[int | ua.StatusCode]]:
+    """A subscription delivering ``node_ids`` to ``handler``, and each node's result
+    (a monitored item id, or the StatusCode the server refused it with)."""
+    sub: Subscription = await call("create subscription",
+                                   client.create_subscription(interval_ms, handler))
+    try:
+        results: list[int | ua.StatusCode] = await call(
+            "subscribe", sub.subscribe_data_change([client.get_node(i) for i in node_ids],
+                                                   queuesize=queue_size))
+    except BaseException:
+        await _delete_quietly(sub)
+        raise
+    return sub, results
+
+
 class SubscriptionHandle:
     """A live data-change subscription; :meth:`unsubscribe` ends it."""
 
@@ -585,17 +607,9 @@ class SubscriptionHandle:
 
     async def rebuild(self, conn: _Connection) -> None:
         """Create the subscription anew on ``conn`` and drop the empty one."""
-        client = conn.require()
-        sub = await asyncio.wait_for(
-            client.create_subscription(self._interval_ms, self._handler), timeout=conn.timeout_s)
-        try:
-            results: list[int | ua.StatusCode] = await asyncio.wait_for(
-                sub.subscribe_data_change([client.get_node(i) for i in self._node_ids],
-                                          queuesize=self._queue_size),
-                timeout=conn.timeout_s)
-        except BaseException:
-            await _delete_quietly(sub)
-            raise
+        sub, results = await _data_subscription(
+            conn.require(), self._node_ids, self._handler, self._interval_ms, self._queue_size,
+            lambda _, aw: asyncio.wait_for(aw, conn.timeout_s))
         refused = [(i, r) for i, r in zip(self._node_ids, results, strict=True)
                    if isinstance(r, ua.StatusCode)]
         if refused:
@@ -762,20 +776,14 @@ class OpcUaSession:
         ids = [_parse_node_id(n) for n in node_ids]
         names = dict(zip(ids, node_ids, strict=True))
         handler = _DataHandler(names, callback)
-        sub: Subscription = await self._call(
-            "create subscription",
-            client.create_subscription(publishing_interval_s * 1000.0, handler))
-        try:
-            results: list[int | ua.StatusCode] = await self._call(
-                "subscribe", sub.subscribe_data_change([client.get_node(i) for i in ids],
-                                                       queuesize=queue_size))
-            for text, result in zip(node_ids, results, strict=True):
-                if isinstance(result, ua.StatusCode):
-                    raise RejectedError(f"{self.endpoint}: subscribe {text}: {result.name}",
-                                        code=result.name)
-        except BaseException:
-            await _delete_quietly(sub)
-            raise
+        sub, results = await _data_subscription(client, ids, handler,
+                                                publishing_interval_s * 1000.0, queue_size,
+                                                self._call)
+        for text, result in zip(node_ids, results, strict=True):
+            if isinstance(result, ua.StatusCode):
+                await _delete_quietly(sub)
+                raise RejectedError(f"{self.endpoint}: subscribe {text}: {result.name}",
+                                    code=result.name)
         handle = SubscriptionHandle(self, sub, node_ids=ids, handler=handler,
                                     interval_ms=publishing_interval_s * 1000.0,
                                     queue_size=queue_size)
